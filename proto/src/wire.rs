@@ -1,0 +1,278 @@
+//! Frames between `pov-dpud` and `pov-proxy` (`docs/protocol.md`, "DPU–proxy frames").
+//!
+//! A transport carries a byte stream of frames: `len: u32` (bytes that follow, at most
+//! [`MAX_FRAME`]) then the frame body. A body is a [`ProxyRequest`] (DPU → proxy) or a
+//! [`ProxyResponse`] (proxy → DPU), each a fixed header followed by variable parts.
+//! The proxy request header wraps the host's SDK hint with the tenant, the normalized
+//! path and load information, so that the proxy side's route table can place the
+//! request in one hop (paper §4.3.2).
+
+use crate::codec::*;
+use crate::io::{Op, SdkHint, MAX_PATH};
+use crate::{DecodeError, Status, MAX_IO_BYTES, PROTOCOL_VERSION};
+
+/// Magic of a proxy request: ASCII `PoVP`.
+pub const PROXY_REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"PoVP");
+/// Magic of a proxy response: ASCII `PoVp`.
+pub const PROXY_RESPONSE_MAGIC: u32 = u32::from_le_bytes(*b"PoVp");
+/// Fixed part of a proxy request, bytes.
+pub const PROXY_REQUEST_HEADER: usize = 128;
+/// Fixed part of a proxy response, bytes.
+pub const PROXY_RESPONSE_HEADER: usize = 40;
+/// Largest frame body, bytes: a request header, a tenant, a path and 1 MiB of data.
+pub const MAX_FRAME: usize = PROXY_REQUEST_HEADER + 64 + MAX_PATH + MAX_IO_BYTES as usize;
+/// Size of the length prefix, bytes.
+pub const LEN_PREFIX: usize = 4;
+
+/// Reads the length prefix at the start of `b`: `Ok(None)` if fewer than 4 bytes are
+/// there, `Err` if the announced body is larger than [`MAX_FRAME`].
+pub fn frame_len(b: &[u8]) -> Result<Option<usize>, DecodeError> {
+    if b.len() < LEN_PREFIX {
+        return Ok(None);
+    }
+    let n = get_u32(b, 0) as usize;
+    if n > MAX_FRAME {
+        return Err(DecodeError::Invalid { field: "frame length", why: "over the frame limit" });
+    }
+    Ok(Some(n))
+}
+
+/// Fixed fields of a proxy request (the "proxy request header").
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 4 | magic `PoVP` |
+/// | 4 | 2 | protocol version |
+/// | 6 | 2 | operation ([`Op`]) |
+/// | 8 | 8 | tag (DPU request context, echoed) |
+/// | 16 | 8 | offset (bytes; List: entry index; Truncate: size) |
+/// | 24 | 4 | length (Read: bytes wanted) |
+/// | 28 | 4 | flags (IO request flags) |
+/// | 32 | 2 | tenant length |
+/// | 34 | 2 | path length |
+/// | 36 | 4 | payload length |
+/// | 40 | 64 | SDK hint |
+/// | 104 | 1 | trace switch (1 = trace) |
+/// | 105 | 1 | QoS class of the originating queue |
+/// | 106 | 2 | reserved |
+/// | 108 | 4 | load: requests the DPU has in flight on this connection |
+/// | 112 | 8 | session ID (for accounting and traces) |
+/// | 120 | 8 | reserved |
+/// | 128 | … | tenant, path, payload |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyRequest {
+    pub op: Op,
+    pub tag: u64,
+    pub offset: u64,
+    pub length: u32,
+    pub flags: u32,
+    pub hint: SdkHint,
+    pub trace: bool,
+    pub qos: u8,
+    pub load: u32,
+    pub session_id: u64,
+    pub tenant: String,
+    pub path: String,
+}
+
+/// A decoded proxy request borrowing its payload from the frame.
+#[derive(Debug)]
+pub struct ProxyRequestRef<'a> {
+    pub req: ProxyRequest,
+    pub payload: &'a [u8],
+}
+
+impl ProxyRequest {
+    /// Encodes the frame (length prefix included) with `payload` appended, into `out`
+    /// (cleared first). Fails if a variable part is over its limit.
+    pub fn encode_frame(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
+        if self.tenant.len() > crate::admin::MAX_TENANT_NAME {
+            return Err(DecodeError::Invalid { field: "tenant", why: "too long" });
+        }
+        if self.path.len() > MAX_PATH {
+            return Err(DecodeError::Invalid { field: "path", why: "too long" });
+        }
+        if payload.len() > MAX_IO_BYTES as usize {
+            return Err(DecodeError::Invalid { field: "payload", why: "over 1 MiB" });
+        }
+        let body = PROXY_REQUEST_HEADER + self.tenant.len() + self.path.len() + payload.len();
+        out.clear();
+        out.reserve(LEN_PREFIX + body);
+        out.extend_from_slice(&(body as u32).to_le_bytes());
+        let mut h = [0u8; PROXY_REQUEST_HEADER];
+        put_u32(&mut h, 0, PROXY_REQUEST_MAGIC);
+        put_u16(&mut h, 4, PROTOCOL_VERSION);
+        put_u16(&mut h, 6, self.op as u16);
+        put_u64(&mut h, 8, self.tag);
+        put_u64(&mut h, 16, self.offset);
+        put_u32(&mut h, 24, self.length);
+        put_u32(&mut h, 28, self.flags);
+        put_u16(&mut h, 32, self.tenant.len() as u16);
+        put_u16(&mut h, 34, self.path.len() as u16);
+        put_u32(&mut h, 36, payload.len() as u32);
+        self.hint.encode_into(&mut h, 40);
+        h[104] = self.trace as u8;
+        h[105] = self.qos;
+        put_u32(&mut h, 108, self.load);
+        put_u64(&mut h, 112, self.session_id);
+        out.extend_from_slice(&h);
+        out.extend_from_slice(self.tenant.as_bytes());
+        out.extend_from_slice(self.path.as_bytes());
+        out.extend_from_slice(payload);
+        Ok(())
+    }
+
+    /// Decodes a frame body (without the length prefix).
+    pub fn decode(b: &[u8]) -> Result<ProxyRequestRef<'_>, DecodeError> {
+        need(b, PROXY_REQUEST_HEADER)?;
+        check_magic(b, PROXY_REQUEST_MAGIC)?;
+        let op = Op::from_u16(get_u16(b, 6))?;
+        let tl = get_u16(b, 32) as usize;
+        let pl = get_u16(b, 34) as usize;
+        let dl = get_u32(b, 36) as usize;
+        if tl > crate::admin::MAX_TENANT_NAME || pl > MAX_PATH || dl > MAX_IO_BYTES as usize {
+            return Err(DecodeError::Invalid { field: "lengths", why: "over limit" });
+        }
+        if b.len() != PROXY_REQUEST_HEADER + tl + pl + dl {
+            return Err(DecodeError::Invalid { field: "frame length", why: "does not match header" });
+        }
+        let s = PROXY_REQUEST_HEADER;
+        let tenant = std::str::from_utf8(&b[s..s + tl])
+            .map_err(|_| DecodeError::Invalid { field: "tenant", why: "not UTF-8" })?
+            .to_string();
+        let path = std::str::from_utf8(&b[s + tl..s + tl + pl])
+            .map_err(|_| DecodeError::Invalid { field: "path", why: "not UTF-8" })?
+            .to_string();
+        Ok(ProxyRequestRef {
+            req: ProxyRequest {
+                op,
+                tag: get_u64(b, 8),
+                offset: get_u64(b, 16),
+                length: get_u32(b, 24),
+                flags: get_u32(b, 28),
+                hint: SdkHint::decode_from(b, 40)?,
+                trace: b[104] != 0,
+                qos: b[105],
+                load: get_u32(b, 108),
+                session_id: get_u64(b, 112),
+                tenant,
+                path,
+            },
+            payload: &b[s + tl + pl..],
+        })
+    }
+}
+
+/// Fixed fields of a proxy response.
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 4 | magic `PoVp` |
+/// | 4 | 2 | protocol version |
+/// | 6 | 2 | operation echoed |
+/// | 8 | 8 | tag echoed |
+/// | 16 | 4 | status ([`Status`]) |
+/// | 20 | 4 | payload length |
+/// | 24 | 8 | result (as in the IO response) |
+/// | 32 | 4 | flags (IO response flags) |
+/// | 36 | 4 | reserved |
+/// | 40 | … | payload |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyResponse {
+    pub op: u16,
+    pub tag: u64,
+    pub status: Status,
+    pub result: u64,
+    pub flags: u32,
+}
+
+impl ProxyResponse {
+    /// Encodes the frame (length prefix included) with `payload`, into `out` (cleared
+    /// first).
+    pub fn encode_frame(&self, payload: &[u8], out: &mut Vec<u8>) {
+        let body = PROXY_RESPONSE_HEADER + payload.len();
+        out.clear();
+        out.reserve(LEN_PREFIX + body);
+        out.extend_from_slice(&(body as u32).to_le_bytes());
+        let mut h = [0u8; PROXY_RESPONSE_HEADER];
+        put_u32(&mut h, 0, PROXY_RESPONSE_MAGIC);
+        put_u16(&mut h, 4, PROTOCOL_VERSION);
+        put_u16(&mut h, 6, self.op);
+        put_u64(&mut h, 8, self.tag);
+        put_u32(&mut h, 16, self.status.as_u32());
+        put_u32(&mut h, 20, payload.len() as u32);
+        put_u64(&mut h, 24, self.result);
+        put_u32(&mut h, 32, self.flags);
+        out.extend_from_slice(&h);
+        out.extend_from_slice(payload);
+    }
+
+    /// Decodes a frame body (without the length prefix), returning the response and
+    /// its payload.
+    pub fn decode(b: &[u8]) -> Result<(ProxyResponse, &[u8]), DecodeError> {
+        need(b, PROXY_RESPONSE_HEADER)?;
+        check_magic(b, PROXY_RESPONSE_MAGIC)?;
+        let dl = get_u32(b, 20) as usize;
+        if dl > MAX_IO_BYTES as usize || b.len() != PROXY_RESPONSE_HEADER + dl {
+            return Err(DecodeError::Invalid { field: "payload length", why: "does not match frame" });
+        }
+        Ok((
+            ProxyResponse {
+                op: get_u16(b, 6),
+                tag: get_u64(b, 8),
+                status: Status::from_u32(get_u32(b, 16)),
+                result: get_u64(b, 24),
+                flags: get_u32(b, 32),
+            },
+            &b[PROXY_RESPONSE_HEADER..],
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_frame_round_trip() {
+        let r = ProxyRequest {
+            op: Op::Write,
+            tag: 1,
+            offset: 2,
+            length: 3,
+            flags: 4,
+            hint: SdkHint::default(),
+            trace: true,
+            qos: 1,
+            load: 9,
+            session_id: 10,
+            tenant: "t".into(),
+            path: "a/b".into(),
+        };
+        let mut out = Vec::new();
+        r.encode_frame(b"hello", &mut out).unwrap();
+        let n = frame_len(&out).unwrap().unwrap();
+        assert_eq!(n + 4, out.len());
+        let d = ProxyRequest::decode(&out[4..]).unwrap();
+        assert_eq!(d.req, r);
+        assert_eq!(d.payload, b"hello");
+        assert!(ProxyRequest::decode(&out[4..out.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn response_frame_round_trip() {
+        let r = ProxyResponse { op: 3, tag: 8, status: Status::NotFound, result: 0, flags: 0 };
+        let mut out = Vec::new();
+        r.encode_frame(b"xy", &mut out);
+        let (d, p) = ProxyResponse::decode(&out[4..]).unwrap();
+        assert_eq!(d, r);
+        assert_eq!(p, b"xy");
+    }
+
+    #[test]
+    fn oversized_frame_rejected() {
+        let b = (MAX_FRAME as u32 + 1).to_le_bytes();
+        assert!(frame_len(&b).is_err());
+        assert_eq!(frame_len(&b[..2]).unwrap(), None);
+    }
+}
