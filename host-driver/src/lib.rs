@@ -1,0 +1,1 @@
+//! PoV host driver (in progress).
