@@ -230,7 +230,7 @@ impl RequestHeader {
             hint: SdkHint::decode_from(b, 64)?,
         };
         if h.payload_len > crate::MAX_IO_BYTES || h.length > crate::MAX_IO_BYTES {
-            return Err(DecodeError::Invalid { field: "length", why: "IO over 1 MiB" });
+            return Err(DecodeError::TooLarge(h.payload_len.max(h.length)));
         }
         if h.op.carries_path() && h.payload_len as usize > MAX_PATH {
             return Err(DecodeError::Invalid { field: "payload_len", why: "path over 4096 bytes" });
@@ -238,15 +238,31 @@ impl RequestHeader {
         Ok(h)
     }
 
-    /// Partially decodes a header that failed [`RequestHeader::decode`], returning
-    /// `(queue_id, request_id, op)` so that the error response can still be matched
-    /// by the host. Needs only the first 32 bytes.
-    pub fn peek_ids(b: &[u8]) -> Option<(u32, u64, u16)> {
+    /// Reads the identity fields of a header without validating it, so that the
+    /// server can check queue ownership before judging the rest and can still match an
+    /// error response to the request. Needs only the first 32 bytes.
+    pub fn peek_ids(b: &[u8]) -> Option<PeekedIds> {
         if b.len() < 32 {
             return None;
         }
-        Some((get_u32(b, 8), get_u64(b, 24), get_u16(b, 6)))
+        Some(PeekedIds {
+            op: get_u16(b, 6),
+            queue_id: get_u32(b, 8),
+            pid: get_u32(b, 12),
+            session_id: get_u64(b, 16),
+            request_id: get_u64(b, 24),
+        })
     }
+}
+
+/// Identity fields of a request header, read without validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeekedIds {
+    pub op: u16,
+    pub queue_id: u32,
+    pub pid: u32,
+    pub session_id: u64,
+    pub request_id: u64,
 }
 
 /// The 512-byte IO response header at the start of a response slot.
@@ -340,7 +356,8 @@ mod tests {
         let mut b = [0xffu8; 512];
         req().encode_into(&mut b);
         assert_eq!(RequestHeader::decode(&b).unwrap(), req());
-        assert_eq!(RequestHeader::peek_ids(&b), Some((7, 99, Op::Write as u16)));
+        let ids = RequestHeader::peek_ids(&b).unwrap();
+        assert_eq!((ids.queue_id, ids.request_id, ids.op, ids.pid), (7, 99, Op::Write as u16, 4242));
         assert!(RequestHeader::decode(&b).unwrap().hint.forbids(2));
     }
 
@@ -357,7 +374,7 @@ mod tests {
         assert_eq!(RequestHeader::decode(&m).unwrap_err().status(), Status::UnknownOp);
         let mut m = b;
         put_u32(&mut m, 56, crate::MAX_IO_BYTES + 1);
-        assert_eq!(RequestHeader::decode(&m).unwrap_err().status(), Status::Invalid);
+        assert_eq!(RequestHeader::decode(&m).unwrap_err().status(), Status::TooLarge);
         let mut m = b;
         put_u16(&mut m, 4, 2);
         assert_eq!(RequestHeader::decode(&m).unwrap_err().status(), Status::BadVersion);

@@ -54,6 +54,9 @@ pub enum DecodeError {
     /// The operation code is not known.
     #[error("unknown operation {0}")]
     UnknownOp(u16),
+    /// The IO carries or asks for more than [`MAX_IO_BYTES`].
+    #[error("IO of {0} bytes is over the 1 MiB limit")]
+    TooLarge(u32),
     /// A field holds a value outside its legal range.
     #[error("invalid field {field}: {why}")]
     Invalid { field: &'static str, why: &'static str },
@@ -67,6 +70,7 @@ impl DecodeError {
             DecodeError::BadMagic { .. } => Status::BadMagic,
             DecodeError::BadVersion(_) => Status::BadVersion,
             DecodeError::UnknownOp(_) => Status::UnknownOp,
+            DecodeError::TooLarge(_) => Status::TooLarge,
         }
     }
 }

@@ -18,5 +18,5 @@ pub mod reactor;
 pub mod sys;
 pub mod transport;
 
-pub use reactor::{PollStatus, Poller, PollerId, Reactor, ReactorConfig, ReactorContext, ReactorHandle, Runtime};
+pub use reactor::{FdRegistry, PollStatus, Poller, PollerId, Reactor, ReactorConfig, ReactorContext, ReactorHandle, Runtime};
 pub use transport::{Listener, Transport, TransportError};

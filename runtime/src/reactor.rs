@@ -236,6 +236,29 @@ impl ReactorContext {
     }
 }
 
+/// Something that can watch descriptors for the reactor's sleep. Implemented by
+/// [`ReactorContext`]; `()` ignores every call (for tests that poll by hand).
+pub trait FdRegistry {
+    /// Wake the reactor when `fd` is readable.
+    fn watch(&mut self, fd: RawFd);
+    /// Stop watching `fd`.
+    fn unwatch(&mut self, fd: RawFd);
+}
+
+impl FdRegistry for ReactorContext {
+    fn watch(&mut self, fd: RawFd) {
+        self.watch_fd(fd)
+    }
+    fn unwatch(&mut self, fd: RawFd) {
+        self.unwatch_fd(fd)
+    }
+}
+
+impl FdRegistry for () {
+    fn watch(&mut self, _fd: RawFd) {}
+    fn unwatch(&mut self, _fd: RawFd) {}
+}
+
 /// One reactor: a thread running pollers and messages.
 pub struct Reactor {
     ctx: ReactorContext,
