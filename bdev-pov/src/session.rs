@@ -1,0 +1,79 @@
+//! Sessions (one per host SDK instance), their IO queues and open file handles
+//! (paper §4.3.1 control plane, §4.6 keep-alive and reclamation).
+
+use pov_proto::admin::QosClass;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Most files one session may hold open.
+pub(crate) const MAX_HANDLES: usize = 65_536;
+
+/// An open file: the tenant-namespace path it resolves to and its access mode.
+#[derive(Debug, Clone)]
+pub(crate) struct Handle {
+    pub path: String,
+    pub writable: bool,
+}
+
+/// Lifecycle of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionState {
+    /// Serving requests.
+    Open,
+    /// Closed by the host or timed out: no new requests; queues are freed once their
+    /// in-flight requests are answered.
+    Reclaiming,
+}
+
+/// One session: a tenant's SDK instance in one host process.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub id: u64,
+    pub tenant: String,
+    pub pid: u32,
+    pub area: u32,
+    pub state: SessionState,
+    pub last_heartbeat: Instant,
+    /// Global IDs of the queues this session created.
+    pub queues: Vec<u32>,
+    pub handles: HashMap<u64, Handle>,
+    pub next_handle: u64,
+}
+
+impl Session {
+    pub fn new(id: u64, tenant: String, pid: u32, area: u32, now: Instant) -> Session {
+        Session {
+            id,
+            tenant,
+            pid,
+            area,
+            state: SessionState::Open,
+            last_heartbeat: now,
+            queues: Vec::new(),
+            handles: HashMap::new(),
+            next_handle: 1,
+        }
+    }
+
+    /// Registers an open file, returning its handle, or `None` when the session holds
+    /// [`MAX_HANDLES`] already.
+    pub fn add_handle(&mut self, h: Handle) -> Option<u64> {
+        if self.handles.len() >= MAX_HANDLES {
+            return None;
+        }
+        let id = self.next_handle;
+        self.next_handle += 1;
+        self.handles.insert(id, h);
+        Some(id)
+    }
+}
+
+/// Who owns an open queue (the mapping-table entry of paper §4.3.1).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueOwner {
+    pub session_id: u64,
+    pub pid: u32,
+    pub qos: QosClass,
+    /// Index of the proxy connection this queue is mapped to.
+    pub proxy: usize,
+}

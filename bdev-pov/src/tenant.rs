@@ -1,0 +1,93 @@
+//! Tenants and their secrets, shared by every device of a daemon.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+/// Tenant name → secret. Cloning shares the table. Written by the control plane
+/// (JSON-RPC), read when a session opens.
+#[derive(Clone, Default, Debug)]
+pub struct TenantTable {
+    inner: Arc<RwLock<BTreeMap<String, Vec<u8>>>>,
+}
+
+/// Why a tenant could not be created.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TenantError {
+    /// Name not 1..=63 bytes of `[A-Za-z0-9_.-]`.
+    #[error("invalid tenant name {0:?}: use 1-63 characters of A-Z a-z 0-9 _ . -")]
+    BadName(String),
+    /// Secret empty or over 255 bytes.
+    #[error("invalid secret: must be 1-255 bytes")]
+    BadSecret,
+    /// A tenant of that name exists.
+    #[error("tenant {0:?} already exists")]
+    Exists(String),
+    /// No tenant of that name.
+    #[error("tenant {0:?} does not exist")]
+    NotFound(String),
+}
+
+impl TenantTable {
+    /// Adds a tenant.
+    pub fn create(&self, name: &str, secret: &[u8]) -> Result<(), TenantError> {
+        if !pov_proto::path::valid_tenant_name(name) {
+            return Err(TenantError::BadName(name.to_string()));
+        }
+        if secret.is_empty() || secret.len() > pov_proto::admin::MAX_SECRET {
+            return Err(TenantError::BadSecret);
+        }
+        let mut t = self.inner.write().unwrap();
+        if t.contains_key(name) {
+            return Err(TenantError::Exists(name.to_string()));
+        }
+        t.insert(name.to_string(), secret.to_vec());
+        Ok(())
+    }
+
+    /// Removes a tenant. Open sessions of that tenant are refused at their next
+    /// heartbeat.
+    pub fn delete(&self, name: &str) -> Result<(), TenantError> {
+        self.inner.write().unwrap().remove(name).map(|_| ()).ok_or_else(|| TenantError::NotFound(name.to_string()))
+    }
+
+    /// `true` if `secret` is the tenant's secret (constant-time comparison).
+    pub fn authenticate(&self, name: &str, secret: &[u8]) -> bool {
+        let t = self.inner.read().unwrap();
+        let Some(s) = t.get(name) else { return false };
+        if s.len() != secret.len() {
+            return false;
+        }
+        s.iter().zip(secret).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+
+    /// `true` if the tenant exists.
+    pub fn exists(&self, name: &str) -> bool {
+        self.inner.read().unwrap().contains_key(name)
+    }
+
+    /// Every tenant with its secret, for `save_config`.
+    pub fn list(&self) -> Vec<(String, Vec<u8>)> {
+        self.inner.read().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_auth_delete() {
+        let t = TenantTable::default();
+        t.create("acme", b"pw").unwrap();
+        assert_eq!(t.create("acme", b"pw"), Err(TenantError::Exists("acme".into())));
+        assert!(matches!(t.create("../x", b"pw"), Err(TenantError::BadName(_))));
+        assert_eq!(t.create("b", b""), Err(TenantError::BadSecret));
+        assert!(t.authenticate("acme", b"pw"));
+        assert!(!t.authenticate("acme", b"pW"));
+        assert!(!t.authenticate("acme", b"pw2"));
+        assert!(!t.authenticate("nobody", b"pw"));
+        t.delete("acme").unwrap();
+        assert!(!t.authenticate("acme", b"pw"));
+        assert!(t.delete("acme").is_err());
+    }
+}
