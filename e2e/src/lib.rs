@@ -1,1 +1,201 @@
-//! End-to-end tests live in `tests/`; this library holds their shared harness.
+//! Harness for PoV's end-to-end tests: starts the real `pov-proxy` and `pov-dpud`
+//! binaries (built by `cargo build --workspace --bins`, which `scripts/test` runs
+//! first), configures them through the JSON-RPC socket, and stops them on drop.
+//!
+//! The tests in `tests/` drive the stack through the host driver (`pov-host`) over
+//! vhost-user with libblkio, exactly as a host would.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Secret of the tenants the harness creates.
+pub const SECRET: &str = "e2e-secret";
+
+/// Directory holding the workspace's binaries (next to the test executable's `deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("deps dir");
+    let dir = if deps.ends_with("deps") { deps.parent().expect("profile dir") } else { deps };
+    dir.to_path_buf()
+}
+
+/// Path of workspace binary `name`; panics with a hint if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` (scripts/test does)", p.display());
+    p
+}
+
+/// A running daemon whose output is captured line by line.
+pub struct Daemon {
+    pub child: Child,
+    pub name: &'static str,
+    lines: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+}
+
+impl Daemon {
+    fn spawn(name: &'static str, mut cmd: Command) -> Daemon {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "info");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (tx, rx) = mpsc::channel();
+        for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(r).lines().map_while(Result::ok) {
+                    if tx.send(l).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Daemon { child, name, lines: rx, log: Vec::new() }
+    }
+
+    /// Waits (up to 30 s) for an output line containing `needle`; returns it.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok(l) => {
+                    self.log.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(st)) = self.child.try_wait() {
+                        panic!("{} exited ({st}) before printing {needle:?}; output:\n{}", self.name, self.log.join("\n"));
+                    }
+                    assert!(Instant::now() < deadline, "{} never printed {needle:?}; output:\n{}", self.name, self.log.join("\n"));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("{} closed its output before printing {needle:?}; output:\n{}", self.name, self.log.join("\n"))
+                }
+            }
+        }
+    }
+
+    /// CPU time (user + system) the daemon has used, in clock ticks (1/100 s).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    }
+
+    /// Asks the daemon to stop (SIGTERM) and waits up to 10 s, then kills it.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A JSON-RPC 2.0 client for `pov-dpud`'s control socket.
+pub fn rpc(sock: &Path, method: &str, params: Value) -> Result<Value, Value> {
+    let mut s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    s.write_all(req.to_string().as_bytes()).unwrap();
+    let mut de = serde_json::Deserializer::from_reader(&mut s).into_iter::<Value>();
+    let resp = de.next().expect("no RPC response").expect("bad RPC response");
+    match resp.get("error") {
+        Some(e) => Err(e.clone()),
+        None => Ok(resp["result"].clone()),
+    }
+}
+
+/// A running PoV stack: proxy with a local backend, DPU daemon, tenants `acme` and
+/// `other` (secret [`SECRET`]) and device `pov0`.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub proxy: Daemon,
+    pub dpud: Daemon,
+    pub proxy_addr: String,
+    pub rpc_sock: PathBuf,
+    pub vhost_sock: PathBuf,
+}
+
+impl Stack {
+    /// Starts the stack. `device_params` are merged into `pov_device_create`'s
+    /// parameters (e.g. `{"session_timeout_ms": 2000}`).
+    pub fn start(device_params: Value) -> Stack {
+        let dir = tempfile::Builder::new().prefix("pov-e2e").tempdir().unwrap();
+        let mut cmd = Command::new(bin("pov-proxy"));
+        cmd.args(["--listen", "127.0.0.1:0", "--backend"]).arg(format!("local:{}", dir.path().join("backend").display()));
+        let mut proxy = Daemon::spawn("pov-proxy", cmd);
+        let line = proxy.wait_for("listening on");
+        let proxy_addr = line.rsplit(' ').next().unwrap().trim().to_string();
+        let rpc_sock = dir.path().join("rpc.sock");
+        let mut cmd = Command::new(bin("pov-dpud"));
+        cmd.arg("--rpc-socket").arg(&rpc_sock);
+        let mut dpud = Daemon::spawn("pov-dpud", cmd);
+        dpud.wait_for("ready");
+        for t in ["acme", "other"] {
+            rpc(&rpc_sock, "pov_tenant_create", json!({"name": t, "secret": SECRET})).expect("tenant create");
+        }
+        let vhost_sock = dir.path().join("pov0.sock");
+        let mut params = json!({"name": "pov0", "socket": vhost_sock, "proxies": [format!("tcp:{proxy_addr}")]});
+        if let (Some(p), Some(extra)) = (params.as_object_mut(), device_params.as_object()) {
+            for (k, v) in extra {
+                p.insert(k.clone(), v.clone());
+            }
+        }
+        rpc(&rpc_sock, "pov_device_create", params).expect("device create");
+        Stack { dir, proxy, dpud, proxy_addr, rpc_sock, vhost_sock }
+    }
+
+    /// The device spec a host uses: `vhost-user:<socket>`.
+    pub fn device_spec(&self) -> String {
+        format!("vhost-user:{}", self.vhost_sock.display())
+    }
+
+    /// Where the proxy's local backend keeps tenant `t`'s files.
+    pub fn backend_dir(&self, tenant: &str) -> PathBuf {
+        self.dir.path().join("backend").join(tenant)
+    }
+
+    /// A `pov-host` command preset with device, tenant `acme` and the secret.
+    pub fn host_cmd(&self) -> Command {
+        let mut c = Command::new(bin("pov-host"));
+        c.env("POV_DEVICE", self.device_spec()).env("POV_TENANT", "acme").env("POV_SECRET", SECRET);
+        c
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -1,0 +1,74 @@
+# Shared helpers for scripts/demo, scripts/dev-stack and CI. Source it; it defines
+# functions and variables only.
+# shellcheck shell=bash
+
+POV_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# Binary directory: release by default, override with POV_PROFILE=debug.
+pov_bin_dir() {
+  local tgt=${CARGO_TARGET_DIR:-$POV_ROOT/target}
+  echo "$tgt/${POV_PROFILE:-release}"
+}
+
+pov_build() {
+  local flag=--release
+  [ "${POV_PROFILE:-release}" = debug ] && flag=
+  (cd "$POV_ROOT" && cargo build $flag --bins --workspace --quiet)
+}
+
+# Waits until FILE contains a line matching REGEX; prints the match. Fails after
+# TIMEOUT seconds (default 30) or if PID dies.
+pov_wait_line() {
+  local file=$1 regex=$2 pid=$3 timeout=${4:-30} i
+  for ((i = 0; i < timeout * 20; i++)); do
+    if grep -Eo "$regex" "$file" 2>/dev/null | head -n1 | grep .; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "process $pid exited; its log:" >&2; cat "$file" >&2; return 1
+    fi
+    sleep 0.05
+  done
+  echo "timed out waiting for /$regex/ in $file" >&2; cat "$file" >&2; return 1
+}
+
+# pov_start_stack STATE_DIR BACKEND_SPEC
+# Starts pov-proxy and pov-dpud with state under STATE_DIR, creates tenant
+# $POV_TENANT (secret $POV_SECRET) and device pov0. Sets POV_PROXY_ADDR, POV_RPC_SOCK,
+# POV_DEVICE and writes pids to STATE_DIR/*.pid.
+pov_start_stack() {
+  local dir=$1 backend=$2 bin
+  bin=$(pov_bin_dir)
+  mkdir -p "$dir"
+  "$bin/pov-proxy" --listen 127.0.0.1:0 --backend "$backend" >"$dir/proxy.log" 2>&1 &
+  echo $! >"$dir/proxy.pid"
+  local line
+  line=$(pov_wait_line "$dir/proxy.log" 'listening on [0-9.:]+' "$(cat "$dir/proxy.pid")") || return 1
+  POV_PROXY_ADDR=${line##* }
+  POV_RPC_SOCK=$dir/rpc.sock
+  "$bin/pov-dpud" --rpc-socket "$POV_RPC_SOCK" >"$dir/dpud.log" 2>&1 &
+  echo $! >"$dir/dpud.pid"
+  pov_wait_line "$dir/dpud.log" 'ready' "$(cat "$dir/dpud.pid")" >/dev/null || return 1
+  "$bin/pov-rpc" -s "$POV_RPC_SOCK" pov_tenant_create \
+    "{\"name\":\"$POV_TENANT\",\"secret\":\"$POV_SECRET\"}" >/dev/null || return 1
+  "$bin/pov-rpc" -s "$POV_RPC_SOCK" pov_device_create \
+    "{\"name\":\"pov0\",\"socket\":\"$dir/pov0.sock\",\"proxies\":[\"tcp:$POV_PROXY_ADDR\"]}" >/dev/null || return 1
+  POV_DEVICE=vhost-user:$dir/pov0.sock
+  export POV_PROXY_ADDR POV_RPC_SOCK POV_DEVICE
+}
+
+# pov_stop_stack STATE_DIR: stops the daemons started by pov_start_stack.
+pov_stop_stack() {
+  local dir=$1 f pid i
+  for f in dpud proxy; do
+    [ -f "$dir/$f.pid" ] || continue
+    pid=$(cat "$dir/$f.pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$dir/$f.pid"
+  done
+}
+
+# CPU time (user+sys, in clock ticks) of PID.
+pov_cpu_ticks() {
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
