@@ -1,0 +1,205 @@
+//! An opened PoV device: validated configuration space plus the admin channel.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use pov_proto::admin::{AdminOp, AdminRequest, AdminResponse, QosClass, ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE};
+use pov_proto::layout::{ConfigSpace, Geometry, ADMIN_REQ_OFFSET, ADMIN_RESP_OFFSET, CONFIG_SIZE};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::kernel::KernelTransport;
+use crate::spec::{DeviceOptions, DeviceSpec};
+use crate::transport::{BlockOp, BlockTransport, Lane};
+use crate::vhost::VhostUserTransport;
+
+/// An open PoV device. Cheap to clone (all clones share one transport); `Send + Sync`.
+///
+/// Opening reads and validates the configuration space, so a `Device` always speaks to
+/// a PoV device whose protocol version and layout this driver understands.
+#[derive(Clone)]
+pub struct Device {
+    inner: Arc<DeviceInner>,
+}
+
+struct DeviceInner {
+    transport: Box<dyn BlockTransport>,
+    config: ConfigSpace,
+    admin_seq: AtomicU64,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("device", &self.describe())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+/// Reads the configuration space through `transport` and validates it: magic, protocol
+/// version, fixed layout constants, geometry limits, and a capacity large enough for
+/// the geometry.
+///
+/// Errors: [`ErrorKind::Access`] if the read fails, [`ErrorKind::NotPovDevice`] if the
+/// record does not validate.
+pub fn read_config(transport: &dyn BlockTransport) -> Result<ConfigSpace> {
+    let what = transport.describe();
+    let access = |e: std::io::Error| Error::new(ErrorKind::Access, format!("read configuration space of {what}")).with_source(e);
+    if transport.capacity() < CONFIG_SIZE {
+        return Err(Error::new(
+            ErrorKind::NotPovDevice,
+            format!("{what}: {} bytes is too small to hold a PoV configuration space", transport.capacity()),
+        ));
+    }
+    let mut buf = transport.alloc_buf(CONFIG_SIZE as usize).map_err(access)?;
+    transport
+        .submit(Lane::Admin, &mut [BlockOp::read(0, &mut buf, CONFIG_SIZE as usize)])
+        .map_err(access)?;
+    let config = ConfigSpace::decode(&buf[..CONFIG_SIZE as usize])
+        .map_err(|e| Error::new(ErrorKind::NotPovDevice, what.clone()).with_source(e))?;
+    let need = config.geometry.capacity_bytes();
+    if transport.capacity() < need {
+        return Err(Error::new(
+            ErrorKind::NotPovDevice,
+            format!(
+                "{what}: capacity {} bytes is smaller than its geometry needs ({need} bytes for {} areas x {} queues)",
+                transport.capacity(),
+                config.geometry.areas,
+                config.geometry.queues_per_area
+            ),
+        ));
+    }
+    Ok(config)
+}
+
+impl Device {
+    /// Opens the device named by `spec` (`/dev/vdX` or `vhost-user:SOCKET`, see
+    /// [`DeviceSpec`]) with default [`DeviceOptions`].
+    ///
+    /// Errors: [`ErrorKind::BadSpec`], [`ErrorKind::Access`] (open or connect failed),
+    /// [`ErrorKind::NotPovDevice`].
+    pub fn open(spec: &str) -> Result<Device> {
+        Device::open_with(&spec.parse()?, &DeviceOptions::default())
+    }
+
+    /// Opens the device named by `spec` with explicit transport options.
+    ///
+    /// Errors: as [`Device::open`].
+    pub fn open_with(spec: &DeviceSpec, opts: &DeviceOptions) -> Result<Device> {
+        let transport: Box<dyn BlockTransport> = match spec {
+            DeviceSpec::Kernel(p) => Box::new(
+                KernelTransport::open(p)
+                    .map_err(|e| Error::new(ErrorKind::Access, format!("open device {spec}")).with_source(e))?,
+            ),
+            DeviceSpec::VhostUser(p) => Box::new(
+                VhostUserTransport::connect(p, opts.blkio_queues.max(1), opts.io_timeout)
+                    .map_err(|e| Error::new(ErrorKind::Access, format!("connect to {spec}")).with_source(e))?,
+            ),
+        };
+        Device::from_transport(transport)
+    }
+
+    /// Wraps an already opened transport (e.g. a custom one) and validates its
+    /// configuration space.
+    ///
+    /// Errors: as [`read_config`].
+    pub fn from_transport(transport: Box<dyn BlockTransport>) -> Result<Device> {
+        let config = read_config(transport.as_ref())?;
+        log::debug!("{}: PoV device {:?}, {:?}", transport.describe(), config.name, config.geometry);
+        Ok(Device { inner: Arc::new(DeviceInner { transport, config, admin_seq: AtomicU64::new(1) }) })
+    }
+
+    /// The validated configuration record.
+    pub fn config(&self) -> &ConfigSpace {
+        &self.inner.config
+    }
+
+    /// The device geometry (IO areas and queues per area).
+    pub fn geometry(&self) -> Geometry {
+        self.inner.config.geometry
+    }
+
+    /// The device name from the configuration space.
+    pub fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    /// The device as named by its spec, e.g. `/dev/vdb`.
+    pub fn describe(&self) -> String {
+        self.inner.transport.describe()
+    }
+
+    /// Device capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.inner.transport.capacity()
+    }
+
+    pub(crate) fn transport(&self) -> &dyn BlockTransport {
+        self.inner.transport.as_ref()
+    }
+
+    /// Sends one admin request and returns the device's response, whatever its status.
+    ///
+    /// `req.request_id` is replaced by a fresh ID unique to this process. The WRITE of
+    /// the request and the READ of the response happen under the device-wide admin lock
+    /// (a mutex plus `flock(2)`), so concurrent threads and processes do not interleave.
+    ///
+    /// Errors: [`ErrorKind::InvalidArgument`] (tenant or secret too long),
+    /// [`ErrorKind::Access`] (IO failed), [`ErrorKind::Protocol`] (undecodable response),
+    /// [`ErrorKind::AdminMismatch`] (the response is not ours).
+    pub fn admin_raw(&self, mut req: AdminRequest) -> Result<AdminResponse> {
+        let seq = self.inner.admin_seq.fetch_add(1, Ordering::Relaxed);
+        req.request_id = (u64::from(std::process::id()) << 32) | (seq & 0xffff_ffff);
+        let ctx = || format!("admin {:?} on {}", req.op, self.describe());
+        let bytes = req
+            .encode()
+            .map_err(|e| Error::new(ErrorKind::InvalidArgument, ctx()).with_source(e))?;
+        let t = self.transport();
+        let access = |e: std::io::Error| Error::new(ErrorKind::Access, ctx()).with_source(e);
+        let mut buf = t.alloc_buf(ADMIN_REQUEST_SIZE.max(ADMIN_RESPONSE_SIZE)).map_err(access)?;
+        let resp = {
+            let _lock = t.lock_admin().map_err(access)?;
+            buf[..ADMIN_REQUEST_SIZE].copy_from_slice(&bytes);
+            // The device executes the request before completing the WRITE; only then is
+            // the response readable, so the two IOs are not batched.
+            t.submit(Lane::Admin, &mut [BlockOp::write(ADMIN_REQ_OFFSET, &mut buf, ADMIN_REQUEST_SIZE)])
+                .map_err(access)?;
+            t.submit(Lane::Admin, &mut [BlockOp::read(ADMIN_RESP_OFFSET, &mut buf, ADMIN_RESPONSE_SIZE)])
+                .map_err(access)?;
+            AdminResponse::decode(&buf[..ADMIN_RESPONSE_SIZE])
+                .map_err(|e| Error::new(ErrorKind::Protocol, ctx()).with_source(e))?
+        };
+        if resp.request_id != req.request_id || (resp.op != 0 && resp.op != req.op as u16) {
+            return Err(Error::new(
+                ErrorKind::AdminMismatch,
+                format!("{}: sent request {:#x}, got response to {:#x} (op {})", ctx(), req.request_id, resp.request_id, resp.op),
+            ));
+        }
+        Ok(resp)
+    }
+
+    /// Like [`Device::admin_raw`], but a non-Ok status is an [`ErrorKind::Admin`] error.
+    pub fn admin(&self, req: AdminRequest) -> Result<AdminResponse> {
+        let op = req.op;
+        let resp = self.admin_raw(req)?;
+        let status = resp.status();
+        if !status.is_ok() {
+            return Err(Error::new(ErrorKind::Admin(status), format!("admin {op:?} on {}", self.describe())));
+        }
+        Ok(resp)
+    }
+}
+
+/// An admin request of `op` from this process with every other field empty.
+pub(crate) fn admin_request(op: AdminOp) -> AdminRequest {
+    AdminRequest {
+        op,
+        pid: std::process::id(),
+        queue_id: 0,
+        session_id: 0,
+        request_id: 0,
+        qos: QosClass::Latency,
+        tenant: String::new(),
+        secret: Vec::new(),
+    }
+}

@@ -1,0 +1,239 @@
+//! Errors.
+//!
+//! Setup and control operations (opening a device, opening or closing a session) return
+//! [`Error`]: a [`ErrorKind`] plus context and an optional source. File operations
+//! return `std::io::Result`; when the device answered with a PoV status, the
+//! `io::Error` carries a [`StatusError`] (its kind follows [`Status::errno`]) and
+//! [`status_of`] recovers the status.
+
+use std::fmt;
+use std::io;
+
+use pov_proto::io::Op;
+use pov_proto::Status;
+
+/// What went wrong, for setup and control operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The device spec string is malformed.
+    #[error("bad device spec")]
+    BadSpec,
+    /// The device could not be opened, read or written.
+    #[error("device access failed")]
+    Access,
+    /// The device's configuration space does not describe a PoV device this driver
+    /// understands.
+    #[error("not a PoV device")]
+    NotPovDevice,
+    /// The device answered an admin request with this status.
+    #[error("admin request refused: {0} (PoV status {0:?})")]
+    Admin(Status),
+    /// The admin response does not echo our request: another process used the admin
+    /// space without taking the admin lock.
+    #[error("admin response mismatch (another process raced us on the admin space)")]
+    AdminMismatch,
+    /// A response from the device could not be decoded.
+    #[error("malformed response from the device")]
+    Protocol,
+    /// An argument is out of range (tenant name, secret, queue count...).
+    #[error("invalid argument")]
+    InvalidArgument,
+    /// The session is closed or was reclaimed by the device.
+    #[error("session closed")]
+    Closed,
+}
+
+/// Error of a setup or control operation: a kind, what was being done, and the
+/// underlying error if any. `Display` shows all three.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    context: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// Result of a setup or control operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An error of `kind` while doing `context` (e.g. "open session on /dev/vdb").
+    pub fn new(kind: ErrorKind, context: impl Into<String>) -> Error {
+        Error { kind, context: context.into(), source: None }
+    }
+
+    /// Attaches the underlying error.
+    pub fn with_source(mut self, source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Error {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+
+    /// What was being done.
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+
+    /// The PoV status the device answered with, if the failure is one.
+    pub fn status(&self) -> Option<Status> {
+        match self.kind {
+            ErrorKind::Admin(s) => Some(s),
+            _ => self.source.as_deref().and_then(|s| s.downcast_ref::<io::Error>()).and_then(status_of),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.context, self.kind)?;
+        if let Some(s) = &self.source {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        let kind = match &e.kind {
+            ErrorKind::BadSpec | ErrorKind::InvalidArgument => io::ErrorKind::InvalidInput,
+            ErrorKind::NotPovDevice | ErrorKind::Protocol => io::ErrorKind::InvalidData,
+            ErrorKind::Admin(s) => errno_kind(s.errno()),
+            ErrorKind::Closed => io::ErrorKind::NotConnected,
+            ErrorKind::Access => match e.source.as_deref().and_then(|s| s.downcast_ref::<io::Error>()) {
+                Some(io) => io.kind(),
+                None => io::ErrorKind::Other,
+            },
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// The `io::ErrorKind` the OS associates with `errno`.
+pub fn errno_kind(errno: i32) -> io::ErrorKind {
+    io::Error::from_raw_os_error(errno).kind()
+}
+
+/// A PoV status returned by the device for a file operation; carried inside the
+/// `io::Error`s of file operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusError {
+    /// The status the device answered.
+    pub status: Status,
+    /// The operation that failed.
+    pub op: Op,
+    /// The path or file the operation was about.
+    pub target: String,
+}
+
+impl StatusError {
+    /// The POSIX errno closest to the status.
+    pub fn errno(&self) -> i32 {
+        self.status.errno()
+    }
+}
+
+impl fmt::Display for StatusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let errno = io::Error::from_raw_os_error(self.status.errno());
+        write!(
+            f,
+            "{} {}: {} (PoV status {:?}; {errno})",
+            op_name(self.op),
+            self.target,
+            self.status,
+            self.status
+        )
+    }
+}
+
+impl std::error::Error for StatusError {}
+
+/// Lower-case name of an operation, for messages.
+pub fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Open => "open",
+        Op::Close => "close",
+        Op::Read => "read",
+        Op::Write => "write",
+        Op::Append => "append",
+        Op::Truncate => "truncate",
+        Op::Stat => "stat",
+        Op::List => "list",
+        Op::Remove => "remove",
+        Op::Fsync => "fsync",
+    }
+}
+
+/// An `io::Error` for a non-Ok `status`: its kind is that of [`Status::errno`] and its
+/// message names the operation, the target and the status.
+pub fn status_error(status: Status, op: Op, target: impl Into<String>) -> io::Error {
+    io::Error::new(errno_kind(status.errno()), StatusError { status, op, target: target.into() })
+}
+
+/// The PoV status inside an `io::Error` returned by a file operation, if the device
+/// answered with one.
+pub fn status_of(e: &io::Error) -> Option<Status> {
+    let inner = e.get_ref()?;
+    if let Some(s) = inner.downcast_ref::<StatusError>() {
+        return Some(s.status);
+    }
+    inner.downcast_ref::<Error>().and_then(Error::status)
+}
+
+/// An `InvalidData` error for a response that breaks the protocol.
+pub(crate) fn protocol_error(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("PoV protocol error: {}", msg.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_errors_map_to_errno_kinds_and_keep_the_status() {
+        let e = status_error(Status::NotFound, Op::Open, "/a/b");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert_eq!(status_of(&e), Some(Status::NotFound));
+        let msg = e.to_string();
+        assert!(msg.contains("open /a/b"), "{msg}");
+        assert!(msg.contains("NotFound"), "{msg}");
+        assert!(msg.contains("No such file"), "{msg}");
+
+        assert_eq!(status_error(Status::Exists, Op::Open, "x").kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(status_error(Status::Permission, Op::Read, "x").kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(status_error(Status::Timeout, Op::Read, "x").kind(), io::ErrorKind::TimedOut);
+        let e = status_error(Status::BadSession, Op::Read, "x");
+        assert_eq!(e.get_ref().unwrap().downcast_ref::<StatusError>().unwrap().errno(), 116);
+        assert_eq!(status_of(&io::Error::other("plain")), None);
+    }
+
+    #[test]
+    fn setup_errors_display_context_kind_and_source() {
+        let e = Error::new(ErrorKind::Access, "open device /dev/vdq")
+            .with_source(io::Error::from_raw_os_error(libc::ENOENT));
+        let s = e.to_string();
+        assert!(s.starts_with("open device /dev/vdq: device access failed: "), "{s}");
+        assert!(s.contains("No such file"), "{s}");
+        let io: io::Error = e.into();
+        assert_eq!(io.kind(), io::ErrorKind::NotFound);
+
+        let e = Error::new(ErrorKind::Admin(Status::AuthFailed), "open session");
+        assert_eq!(e.status(), Some(Status::AuthFailed));
+        assert!(e.to_string().contains("authentication failed"));
+        let io: io::Error = e.into();
+        assert_eq!(io.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(status_of(&io), Some(Status::AuthFailed));
+    }
+}

@@ -1,0 +1,305 @@
+//! Files: positional reads and writes on a handle opened through a [`Session`].
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use pov_proto::entry::Stat;
+use pov_proto::io::{flags, Op};
+use pov_proto::MAX_IO_BYTES;
+
+use crate::error::protocol_error;
+use crate::session::{run_parallel, session_inner, split, wire_path, Call, Session, SessionInner};
+
+/// How to open a file, in the style of `std::fs::OpenOptions`. Every handle can read;
+/// `write` makes it writable.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    write: bool,
+    create: bool,
+    create_new: bool,
+    truncate: bool,
+}
+
+impl OpenOptions {
+    /// Read-only, open an existing file.
+    pub fn new() -> OpenOptions {
+        OpenOptions::default()
+    }
+
+    /// Allow writes, appends, truncation and fsync through the handle.
+    pub fn write(&mut self, yes: bool) -> &mut OpenOptions {
+        self.write = yes;
+        self
+    }
+
+    /// Create the file (and its parent directories) if it does not exist. Needs `write`.
+    pub fn create(&mut self, yes: bool) -> &mut OpenOptions {
+        self.create = yes;
+        self
+    }
+
+    /// Create the file, failing with `AlreadyExists` if it exists. Needs `write`.
+    pub fn create_new(&mut self, yes: bool) -> &mut OpenOptions {
+        self.create_new = yes;
+        self
+    }
+
+    /// Truncate the file to 0 bytes on open. Needs `write`.
+    pub fn truncate(&mut self, yes: bool) -> &mut OpenOptions {
+        self.truncate = yes;
+        self
+    }
+
+    /// The Open request flags for these options.
+    ///
+    /// Errors: `InvalidInput` if create/create_new/truncate is set without write.
+    pub fn wire_flags(&self) -> io::Result<u32> {
+        if (self.create || self.create_new || self.truncate) && !self.write {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "create, create_new and truncate need write(true)",
+            ));
+        }
+        let mut f = 0;
+        if self.write {
+            f |= flags::WRITE;
+        }
+        if self.create_new {
+            f |= flags::CREATE | flags::EXCL;
+        } else if self.create {
+            f |= flags::CREATE;
+        }
+        if self.truncate {
+            f |= flags::TRUNCATE;
+        }
+        Ok(f)
+    }
+
+    /// Opens `path` (a tenant-namespace path like `/dir/file`) in `session`.
+    ///
+    /// Errors: `InvalidInput` (bad option mix), `PermissionDenied` for a path with `..`
+    /// or one the tenant may not open, `NotFound`, `AlreadyExists` (create_new),
+    /// `IsADirectory`, and the other statuses of the device; `NotConnected` once the
+    /// session is closed or lost.
+    pub fn open(&self, session: &Session, path: &str) -> io::Result<File> {
+        let f = self.wire_flags()?;
+        let wire = wire_path(path, Op::Open)?;
+        let inner = session_inner(session);
+        let c = Call { flags: f, ..Call::path(Op::Open, &wire, 0) };
+        let handle = inner.call(&c, |h, _| Ok(h.result))?;
+        if handle == 0 {
+            return Err(protocol_error(format!("open {wire}: device returned file handle 0")));
+        }
+        Ok(File { session: inner, handle, path: wire, closed: AtomicBool::new(false) })
+    }
+}
+
+/// An open file of a PoV session. `Send + Sync`: all methods take `&self` and
+/// positional offsets, so threads may share one `File` (each call uses its own queue).
+///
+/// Reads and writes larger than [`MAX_IO_BYTES`] (1 MiB) are split into requests of at
+/// most 1 MiB that run in parallel on the session's queues; each request is atomic on
+/// the device, the whole call is not.
+///
+/// Dropping a `File` closes the handle, ignoring errors; [`File::close`] reports them.
+pub struct File {
+    session: Arc<SessionInner>,
+    handle: u64,
+    path: String,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for File {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("File").field("path", &self.path).field("handle", &self.handle).finish()
+    }
+}
+
+impl File {
+    /// The normalized path the file was opened with.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The device's handle for the file.
+    pub fn handle(&self) -> u64 {
+        self.handle
+    }
+
+    /// Reads up to `buf.len()` bytes starting at byte `offset`; returns the bytes read,
+    /// which is less than `buf.len()` only at end of file (0 at or past it).
+    ///
+    /// Errors: the device's status (e.g. `BadHandle`), transport errors, or
+    /// `InvalidData` if the device returns more than was asked for.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let max = MAX_IO_BYTES as usize;
+        let pieces: Vec<(u64, &mut [u8])> =
+            buf.chunks_mut(max).enumerate().map(|(i, c)| (offset + (i * max) as u64, c)).collect();
+        let lens: Vec<usize> = pieces.iter().map(|p| p.1.len()).collect();
+        let results = run_parallel(pieces, self.session.queue_count(), |(off, dst)| self.read_piece(dst, off));
+        let mut done = 0;
+        for (r, want) in results.into_iter().zip(lens) {
+            let n = r.unwrap_or_else(|| Err(io::Error::other("read piece skipped")))?;
+            done += n;
+            if n < want {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// One Read request of at most 1 MiB.
+    fn read_piece(&self, dst: &mut [u8], off: u64) -> io::Result<usize> {
+        let want = dst.len();
+        let c = Call { offset: off, length: want as u32, expect: want, ..Call::handle(Op::Read, self.handle, &self.path) };
+        self.session.call(&c, |h, payload| {
+            let n = h.result as usize;
+            if n > want || payload.len() < n {
+                return Err(protocol_error(format!(
+                    "read {}: asked {want} bytes, device says {n} with {} payload bytes",
+                    self.path,
+                    payload.len()
+                )));
+            }
+            dst[..n].copy_from_slice(&payload[..n]);
+            Ok(n)
+        })
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    ///
+    /// Errors: `UnexpectedEof` if the file ends first, plus those of [`File::read_at`].
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let n = self.read_at(buf, offset)?;
+        if n < buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("read {}: end of file after {n} of {} bytes", self.path, buf.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes all of `buf` at byte `offset` (in requests of at most 1 MiB) and returns
+    /// `buf.len()`. The file grows as needed.
+    ///
+    /// Errors: `PermissionDenied` if the handle is not writable, the `NoSpace` status
+    /// (errno `ENOSPC`) and other device statuses, transport errors, `WriteZero` if the
+    /// device reports a short write. After an error some pieces may have been written.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        let pieces: Vec<(u64, std::ops::Range<usize>)> = split(offset, buf.len(), MAX_IO_BYTES as usize).collect();
+        let results = run_parallel(pieces, self.session.queue_count(), |(off, range)| {
+            let want = range.len();
+            let c = Call { offset: off, payload: &buf[range], ..Call::handle(Op::Write, self.handle, &self.path) };
+            let n = self.session.call(&c, |h, _| Ok(h.result))?;
+            if n != want as u64 {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("write {}: device wrote {n} of {want} bytes at offset {off}", self.path),
+                ));
+            }
+            Ok(())
+        });
+        for r in results {
+            r.unwrap_or_else(|| Err(io::Error::other("write piece skipped")))?;
+        }
+        Ok(buf.len())
+    }
+
+    /// Appends `buf` at the end of the file and returns the byte offset where it landed.
+    /// Up to 1 MiB is one atomic append; a larger `buf` is several appends, which other
+    /// writers may interleave with (the returned offset is that of the first).
+    ///
+    /// Errors: as [`File::write_at`].
+    pub fn append(&self, buf: &[u8]) -> io::Result<u64> {
+        let mut first = None;
+        for (_, range) in split(0, buf.len(), MAX_IO_BYTES as usize) {
+            let c = Call { payload: &buf[range], ..Call::handle(Op::Append, self.handle, &self.path) };
+            let at = self.session.call(&c, |h, _| Ok(h.result))?;
+            first.get_or_insert(at);
+        }
+        match first {
+            Some(at) => Ok(at),
+            // Nothing to append: report the current end of file.
+            None => Ok(self.stat()?.size),
+        }
+    }
+
+    /// Attributes of the open file.
+    ///
+    /// Errors: the device's status, transport errors.
+    pub fn stat(&self) -> io::Result<Stat> {
+        self.session.stat_handle(self.handle, &self.path)
+    }
+
+    /// Sets the file size to `size` bytes (truncating or extending with zeros).
+    ///
+    /// Errors: `PermissionDenied` if the handle is not writable; other statuses.
+    pub fn set_len(&self, size: u64) -> io::Result<()> {
+        let c = Call { offset: size, ..Call::handle(Op::Truncate, self.handle, &self.path) };
+        self.session.call(&c, |_, _| Ok(()))
+    }
+
+    /// Makes the file's data durable on the storage backend.
+    ///
+    /// Errors: the device's status, transport errors.
+    pub fn sync(&self) -> io::Result<()> {
+        self.session.call(&Call::handle(Op::Fsync, self.handle, &self.path), |_, _| Ok(()))
+    }
+
+    /// Closes the handle, reporting errors.
+    ///
+    /// Errors: the device's status, transport errors, `NotConnected` if the session is
+    /// gone (the device dropped its handles with it).
+    pub fn close(self) -> io::Result<()> {
+        self.closed.store(true, Ordering::Relaxed);
+        self.send_close()
+    }
+
+    fn send_close(&self) -> io::Result<()> {
+        self.session.check()?;
+        self.session.call(&Call::handle(Op::Close, self.handle, &self.path), |_, _| Ok(()))
+    }
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        if !self.closed.swap(true, Ordering::Relaxed) && self.session.check().is_ok() {
+            if let Err(e) = self.send_close() {
+                log::debug!("close {} on drop: {e}", self.path);
+            }
+        }
+    }
+}
+
+impl std::os::unix::fs::FileExt for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        File::read_at(self, buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        File::write_at(self, buf, offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_flags() {
+        assert_eq!(OpenOptions::new().wire_flags().unwrap(), 0);
+        assert_eq!(OpenOptions::new().write(true).wire_flags().unwrap(), flags::WRITE);
+        assert_eq!(
+            OpenOptions::new().write(true).create(true).truncate(true).wire_flags().unwrap(),
+            flags::WRITE | flags::CREATE | flags::TRUNCATE
+        );
+        assert_eq!(
+            OpenOptions::new().write(true).create(true).create_new(true).wire_flags().unwrap(),
+            flags::WRITE | flags::CREATE | flags::EXCL
+        );
+        assert!(OpenOptions::new().create(true).wire_flags().is_err());
+        assert!(OpenOptions::new().truncate(true).wire_flags().is_err());
+    }
+}

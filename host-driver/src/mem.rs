@@ -1,0 +1,365 @@
+//! Raw memory and raw system calls: every `unsafe` block of this crate lives here.
+//!
+//! * [`IoBuf`]: an IO buffer whose address and length suit direct IO to a block device.
+//!   It is either heap memory aligned to 4 KiB (the kernel path, `O_DIRECT`) or a piece
+//!   of memory that libblkio has mapped for the device (the vhost-user path, where the
+//!   device can only reach memory the client announced to it).
+//! * [`RegionPool`]: hands out [`IoBuf`]s backed by libblkio memory regions
+//!   (`alloc_mem_region` + `map_mem_region`) and takes them back for reuse.
+//! * [`Flock`]: an exclusive `flock(2)` held for the lifetime of a guard.
+
+use std::alloc::Layout;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+/// Alignment of every [`IoBuf`], in bytes: enough for `O_DIRECT` on any Linux block
+/// device (logical block sizes are at most 4 KiB).
+pub const IO_ALIGN: usize = 4096;
+
+/// Rounds `n` up to a multiple of `align` (a power of two).
+pub(crate) fn round_up(n: usize, align: usize) -> usize {
+    debug_assert!(align.is_power_of_two());
+    (n + align - 1) & !(align - 1)
+}
+
+enum Owner {
+    /// Allocated with the global allocator with this layout.
+    Heap(Layout),
+    /// Lent by a [`RegionPool`]; goes back to it on drop.
+    Pool { pool: Arc<RegionPool>, region: blkio::MemoryRegion },
+}
+
+/// A zero-initialised IO buffer aligned to [`IO_ALIGN`] whose length is a multiple of
+/// [`IO_ALIGN`].
+///
+/// Transports hand these out ([`crate::transport::BlockTransport::alloc_buf`]); a
+/// transport may refuse a buffer it did not allocate (libblkio can only do IO to its
+/// own mapped memory).
+pub struct IoBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    owner: Owner,
+    /// A device may still be writing into this buffer (an IO was abandoned): never
+    /// reuse its memory.
+    in_doubt: bool,
+}
+
+// SAFETY: an IoBuf owns its memory exclusively (like a Box<[u8]>); nothing else holds
+// the pointer, so moving it to another thread is sound.
+unsafe impl Send for IoBuf {}
+// SAFETY: shared access only hands out `&[u8]`, which is sound from any thread.
+unsafe impl Sync for IoBuf {}
+
+impl IoBuf {
+    /// Allocates a zeroed heap buffer of at least `len` bytes (rounded up to a multiple
+    /// of [`IO_ALIGN`], and at least [`IO_ALIGN`]), aligned to [`IO_ALIGN`].
+    ///
+    /// Errors: `OutOfMemory` if the allocation fails, `InvalidInput` if `len` is absurd.
+    pub fn aligned(len: usize) -> io::Result<IoBuf> {
+        let size = round_up(len.max(1), IO_ALIGN);
+        let layout = Layout::from_size_align(size, IO_ALIGN)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "IO buffer too large"))?;
+        // SAFETY: `layout` has a non-zero size (at least IO_ALIGN bytes).
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "cannot allocate IO buffer"))?;
+        Ok(IoBuf { ptr, len: size, owner: Owner::Heap(layout), in_doubt: false })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// `true` if the buffer has no bytes (never, in practice).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// `true` if the buffer lives in memory mapped for a libblkio device.
+    pub fn is_device_memory(&self) -> bool {
+        matches!(self.owner, Owner::Pool { .. })
+    }
+
+    /// Marks the buffer as possibly still in use by the device (an IO on it was
+    /// abandoned after a timeout or a transport failure). Its memory will not be handed
+    /// out again; libblkio frees it with the device.
+    pub(crate) fn set_in_doubt(&mut self) {
+        self.in_doubt = true;
+    }
+
+    /// Address of byte `off`, for handing to a device. Panics if `off > len`.
+    pub(crate) fn ptr_at(&mut self, off: usize) -> *mut u8 {
+        assert!(off <= self.len);
+        // SAFETY: `off <= len`, so the result stays inside (or one past the end of) the
+        // allocation this buffer owns.
+        unsafe { self.ptr.as_ptr().add(off) }
+    }
+}
+
+impl std::ops::Deref for IoBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for reads of `len` bytes for the life of `self` (heap
+        // memory we own, or a mapped region the pool keeps alive), the bytes are
+        // initialised (zeroed at allocation), and `&self` rules out a `&mut` alias.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for IoBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::fmt::Debug for IoBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoBuf")
+            .field("addr", &self.ptr)
+            .field("len", &self.len)
+            .field("device_memory", &self.is_device_memory())
+            .finish()
+    }
+}
+
+impl Drop for IoBuf {
+    fn drop(&mut self) {
+        match &self.owner {
+            Owner::Heap(layout) => {
+                // SAFETY: `ptr` came from `alloc_zeroed(layout)` and is freed only here.
+                unsafe { std::alloc::dealloc(self.ptr.as_ptr(), *layout) }
+            }
+            Owner::Pool { pool, region } => {
+                if self.in_doubt {
+                    log::warn!("not reusing device memory region {:#x}: an IO on it was abandoned", region.addr);
+                } else {
+                    pool.give_back(*region)
+                }
+            }
+        }
+    }
+}
+
+/// Memory regions mapped for one libblkio instance, handed out as [`IoBuf`]s and reused
+/// after they are dropped (mapping a region is a round trip to the vhost-user device,
+/// and the device accepts a limited number of regions).
+///
+/// Each buffer is a whole region. The pool keeps the `Blkio` alive, and libblkio frees a
+/// region only when the `Blkio` and all its queues are dropped, so a lent buffer's memory
+/// stays valid for as long as the buffer exists.
+pub(crate) struct RegionPool {
+    blkio: Arc<Mutex<blkio::Blkio>>,
+    align: usize,
+    free: Mutex<Vec<blkio::MemoryRegion>>,
+}
+
+impl RegionPool {
+    /// A pool for a started `Blkio`.
+    pub(crate) fn new(blkio: Arc<Mutex<blkio::Blkio>>) -> io::Result<Arc<RegionPool>> {
+        let align = {
+            let b = blkio.lock().unwrap_or_else(|e| e.into_inner());
+            b.get_u64("mem-region-alignment").map_err(blkio_err("get mem-region-alignment"))?
+        };
+        let align = usize::try_from(align).unwrap_or(IO_ALIGN).max(IO_ALIGN);
+        if !align.is_power_of_two() {
+            return Err(io::Error::other(format!("mem-region-alignment {align} is not a power of two")));
+        }
+        Ok(Arc::new(RegionPool { blkio, align, free: Mutex::new(Vec::new()) }))
+    }
+
+    /// A buffer of at least `len` bytes in device-mapped memory.
+    pub(crate) fn alloc(self: &Arc<Self>, len: usize) -> io::Result<IoBuf> {
+        let want = round_up(len.max(1), self.align);
+        let reused = {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            free.iter().position(|r| r.len == want).map(|i| free.swap_remove(i))
+        };
+        let region = match reused {
+            Some(r) => r,
+            None => {
+                let mut b = self.blkio.lock().unwrap_or_else(|e| e.into_inner());
+                let r = b.alloc_mem_region(want).map_err(blkio_err("alloc_mem_region"))?;
+                if let Err(e) = b.map_mem_region(&r) {
+                    b.free_mem_region(&r);
+                    return Err(blkio_err("map_mem_region")(e));
+                }
+                log::debug!("mapped device memory region of {want} bytes at {:#x}", r.addr);
+                r
+            }
+        };
+        let ptr = NonNull::new(region.addr as *mut u8)
+            .ok_or_else(|| io::Error::other("libblkio returned a null memory region"))?;
+        if region.addr % IO_ALIGN != 0 || region.len < want {
+            return Err(io::Error::other("libblkio memory region is misaligned or short"));
+        }
+        let mut buf = IoBuf { ptr, len: want, owner: Owner::Pool { pool: Arc::clone(self), region }, in_doubt: false };
+        buf.fill(0);
+        Ok(buf)
+    }
+
+    fn give_back(&self, region: blkio::MemoryRegion) {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(region);
+    }
+}
+
+/// One reaped libblkio completion: the request's `user_data` and its outcome.
+pub(crate) struct Reaped {
+    pub(crate) user_data: usize,
+    pub(crate) result: io::Result<()>,
+}
+
+/// Calls `do_io` on `q` until `want` completions have been reaped (or an error or the
+/// timeout, which covers the whole wait). `EINTR` is retried.
+///
+/// Errors: `TimedOut` when `timeout` passes, any other `do_io` error.
+pub(crate) fn blkio_reap(
+    q: &mut blkio::Blkioq,
+    want: usize,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<Vec<Reaped>> {
+    let mut slots: Vec<std::mem::MaybeUninit<blkio::Completion>> =
+        (0..want).map(|_| std::mem::MaybeUninit::uninit()).collect();
+    let mut out = Vec::with_capacity(want);
+    let mut left = timeout;
+    while out.len() < want {
+        let need = want - out.len();
+        let n = match q.do_io(&mut slots[..need], need, left.as_mut(), None) {
+            Ok(n) => n.min(need),
+            Err(e) if e.errno() == blkio::Errno::INTR => continue,
+            Err(e) if e.errno() == blkio::Errno::TIME => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "libblkio do_io: timed out waiting for the device"))
+            }
+            Err(e) => return Err(blkio_err("do_io")(e)),
+        };
+        for slot in &slots[..n] {
+            // SAFETY: do_io initialised the first `n` elements of the slice it was given.
+            let c = unsafe { slot.assume_init_read() };
+            let result = if c.ret < 0 {
+                let msg = if c.error_msg.is_null() {
+                    String::new()
+                } else {
+                    // SAFETY: libblkio sets `error_msg` to null or to a static
+                    // NUL-terminated string (see `Completion::for_failed_req`).
+                    let m = unsafe { std::ffi::CStr::from_ptr(c.error_msg) };
+                    format!(": {}", m.to_string_lossy())
+                };
+                let os = io::Error::from_raw_os_error(-c.ret);
+                Err(io::Error::new(os.kind(), format!("IO completed with error {os}{msg}")))
+            } else {
+                Ok(())
+            };
+            out.push(Reaped { user_data: c.user_data, result });
+        }
+    }
+    Ok(out)
+}
+
+/// Converts a libblkio error into an `io::Error` that keeps its errno and message.
+pub(crate) fn blkio_err(what: &'static str) -> impl Fn(blkio::Error) -> io::Error {
+    move |e| {
+        let errno = e.errno().raw_os_error();
+        let kind = io::Error::from_raw_os_error(errno).kind();
+        io::Error::new(kind, format!("libblkio {what}: {} (errno {errno})", e.message()))
+    }
+}
+
+/// An exclusive `flock(2)` on a file, released when dropped.
+///
+/// `flock` locks belong to the open file description: two `File`s opened separately
+/// (in one process or in two) exclude each other, but threads sharing one `File` do not,
+/// so callers pair it with a `Mutex`.
+pub struct Flock<'a> {
+    file: &'a File,
+}
+
+impl<'a> Flock<'a> {
+    /// Blocks until an exclusive lock on `file` is held.
+    ///
+    /// Errors: the `flock` errno (e.g. `EBADF`, `ENOLCK`).
+    pub fn exclusive(file: &'a File) -> io::Result<Flock<'a>> {
+        loop {
+            // SAFETY: flock takes a file descriptor that `file` keeps open for the call;
+            // it touches no memory of ours.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(Flock { file });
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+impl Drop for Flock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as in `exclusive`; the descriptor is still open (we borrow the File).
+        let rc = unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+        if rc != 0 {
+            log::warn!("flock(LOCK_UN) failed: {}", io::Error::last_os_error());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_buffers_are_aligned_zeroed_and_rounded() {
+        for len in [0usize, 1, 511, 512, 4096, 4097, 1 << 20, (1 << 20) + 4096] {
+            let mut b = IoBuf::aligned(len).unwrap();
+            assert_eq!(b.as_ptr() as usize % IO_ALIGN, 0, "len {len}");
+            assert!(b.len() >= len.max(1));
+            assert_eq!(b.len() % IO_ALIGN, 0);
+            assert!(b.iter().all(|&x| x == 0));
+            let last = b.len() - 1;
+            b[last] = 7;
+            let p = b.ptr_at(last);
+            assert_eq!(p as usize, b.as_ptr() as usize + last);
+            assert!(!b.is_device_memory());
+        }
+    }
+
+    #[test]
+    fn round_up_works() {
+        assert_eq!(round_up(0, 512), 0);
+        assert_eq!(round_up(1, 512), 512);
+        assert_eq!(round_up(512, 512), 512);
+        assert_eq!(round_up(513, 4096), 4096);
+        assert_eq!(round_up(4097, 4096), 8192);
+    }
+
+    #[test]
+    fn flock_excludes_another_open_file_description() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lock");
+        let a = File::create(&p).unwrap();
+        let b = File::open(&p).unwrap();
+        let g = Flock::exclusive(&a).unwrap();
+        // SAFETY-free probe: a non-blocking attempt through the other description fails.
+        let probe = |f: &File| {
+            let fd = f.as_raw_fd();
+            std::thread::scope(|s| s.spawn(move || try_lock_nb(fd)).join().unwrap())
+        };
+        assert!(!probe(&b));
+        drop(g);
+        assert!(probe(&b));
+    }
+
+    fn try_lock_nb(fd: i32) -> bool {
+        // SAFETY: flock on a descriptor the caller keeps open; no memory is touched.
+        let rc = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            // SAFETY: as above.
+            unsafe { libc::flock(fd, libc::LOCK_UN) };
+        }
+        rc == 0
+    }
+}
