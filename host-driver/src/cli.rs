@@ -1,2 +1,941 @@
-//! CLI
-pub fn main() -> i32 { 0 }
+//! The `pov-host` command-line tool: list PoV devices, and copy, list, print, stat and
+//! remove files through a PoV session. `main.rs` only calls [`main`].
+//!
+//! Files inside PoV are written `pov:/path`; anything else is a local path. The secret
+//! is read from `POV_SECRET` or `--secret-file FILE`, never from the command line
+//! (where other users could read it in `ps`).
+
+use std::fs;
+use std::io::{self, IsTerminal, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{ArgAction, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::session::join;
+use crate::{Device, DeviceOptions, DeviceSpec, Kind, OpenOptions, Session};
+
+/// Prefix that marks a path inside PoV.
+pub const POV_PREFIX: &str = "pov:";
+
+/// Copies of at least this many bytes show a progress bar (on a terminal).
+const PROGRESS_MIN_BYTES: u64 = 32 << 20;
+
+/// Bytes per copy chunk: one PoV request.
+const CHUNK: usize = pov_proto::MAX_IO_BYTES as usize;
+
+const EXAMPLES: &str = "\
+Environment:
+  POV_DEVICE   device, as --device
+  POV_TENANT   tenant, as --tenant
+  POV_SECRET   the tenant's secret (or use --secret-file; never given as an argument)
+  RUST_LOG     log filter (e.g. debug), overrides -v
+
+Examples:
+  pov-host list
+  export POV_DEVICE=/dev/vdb POV_TENANT=acme POV_SECRET=...
+  pov-host cp -r ./photos pov:/photos      copy a tree into PoV
+  pov-host cp pov:/photos/a.jpg .          copy a file out
+  pov-host ls pov:/photos
+  pov-host cat pov:/notes.txt
+  pov-host --device vhost-user:/run/pov/pov0.sock --secret-file ~/.pov-secret stat pov:/notes.txt
+  pov-host rm -r pov:/photos";
+
+/// Command line of `pov-host`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pov-host",
+    version,
+    about = "Use PoV storage through a PoV device (virtio-blk): copy, list, print and remove files",
+    long_about = "Use PoV storage through a PoV device.\n\n\
+        A PoV device is a virtio-blk device that carries file RPCs to PoV storage: a kernel \
+        block device such as /dev/vdb, or a vhost-user-blk socket reached with libblkio \
+        (vhost-user:SOCKET). Paths inside PoV are written pov:/path and live in the tenant's \
+        namespace; every other path is local.",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    /// PoV device: /dev/vdX (kernel virtio-blk) or vhost-user:SOCKET (libblkio)
+    #[arg(short, long, env = "POV_DEVICE", global = true, value_name = "DEV")]
+    pub device: Option<String>,
+
+    /// Tenant to open the session as
+    #[arg(short, long, env = "POV_TENANT", global = true, value_name = "NAME")]
+    pub tenant: Option<String>,
+
+    /// Read the tenant secret from FILE (one trailing newline is dropped); without it the
+    /// secret comes from the POV_SECRET environment variable
+    #[arg(long, global = true, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+
+    /// IO queues of the session: requests in flight at once (1-64)
+    #[arg(short, long, global = true, default_value_t = 4, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub queues: u32,
+
+    /// More log output (-v info, -vv debug)
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List PoV devices on this host: virtio-blk disks whose serial starts with "pov-"
+    /// (/sys/block/vd*/serial), with capacity and whether the configuration space
+    /// validates. With --device vhost-user:SOCKET, probe that device too.
+    List,
+    /// Copy files and directory trees into, out of, or within PoV
+    #[command(after_help = "Either SRC or DST (or both) is pov:/path. If DST is an existing \
+        directory or ends with '/', SRC is copied into it under its own name; otherwise SRC is \
+        copied to DST. Directories need -r. Prints a summary: files, bytes, MiB/s.")]
+    Cp {
+        /// Copy directories recursively
+        #[arg(short, long)]
+        recursive: bool,
+        /// Source: pov:/path or a local path
+        src: String,
+        /// Destination: pov:/path or a local path
+        dst: String,
+    },
+    /// Print PoV files to standard output
+    Cat {
+        /// Files (pov:/path; the pov: prefix is optional)
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// List a PoV directory (default: the tenant's root)
+    Ls {
+        /// Long format: kind, size in bytes, name
+        #[arg(short, long)]
+        long: bool,
+        /// Directory or file (pov:/path; the pov: prefix is optional)
+        path: Option<String>,
+    },
+    /// Remove PoV files (and directory trees with -r)
+    Rm {
+        /// Remove directories and their contents
+        #[arg(short, long)]
+        recursive: bool,
+        /// Ignore paths that do not exist
+        #[arg(short, long)]
+        force: bool,
+        /// Paths (pov:/path; the pov: prefix is optional)
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Show the kind, size and modification time of PoV files or directories
+    Stat {
+        /// Paths (pov:/path; the pov: prefix is optional)
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+}
+
+/// Runs the tool with the process's arguments; returns the exit code (0 success,
+/// 1 failure, 2 usage error).
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .init();
+    match run(&cli) {
+        Ok(()) => 0,
+        Err(e) if is_broken_pipe(&e) => 0,
+        Err(e) => {
+            eprintln!("pov-host: error: {}", error_chain(&e));
+            1
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
+}
+
+/// `a: b: c` from an error chain, leaving out causes already in the previous message.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
+}
+
+/// Runs a parsed command line.
+///
+/// Errors: anything that makes the command fail, with context.
+pub fn run(cli: &Cli) -> anyhow::Result<()> {
+    if let Command::List = cli.command {
+        return list_devices(cli.device.as_deref());
+    }
+    let session = open_session(cli)?;
+    let res = run_with_session(&cli.command, &session, cli.queues as usize);
+    if let Err(e) = session.close() {
+        log::warn!("{e}");
+    }
+    res
+}
+
+/// Opens the device and a session as the command line says.
+fn open_session(cli: &Cli) -> anyhow::Result<Session> {
+    let device = cli
+        .device
+        .as_deref()
+        .ok_or_else(|| anyhow!("no PoV device given: use --device DEV or set POV_DEVICE (see `pov-host list`)"))?;
+    let tenant = cli.tenant.as_deref().ok_or_else(|| anyhow!("no tenant given: use --tenant NAME or set POV_TENANT"))?;
+    let secret = read_secret(cli.secret_file.as_deref(), std::env::var_os("POV_SECRET"))?;
+    let spec: DeviceSpec = device.parse()?;
+    let opts = DeviceOptions { blkio_queues: cli.queues as usize, ..DeviceOptions::default() };
+    let dev = Device::open_with(&spec, &opts)?;
+    Ok(Session::open(&dev, tenant, &secret, cli.queues)?)
+}
+
+/// The secret from `file` (preferred) or the `POV_SECRET` value `env`.
+///
+/// Errors: neither given, the file unreadable, or an empty secret.
+pub fn read_secret(file: Option<&Path>, env: Option<std::ffi::OsString>) -> anyhow::Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut secret = match (file, env) {
+        (Some(f), _) => {
+            let meta = fs::metadata(f).with_context(|| format!("secret file {}", f.display()))?;
+            if meta.permissions().mode() & 0o077 != 0 {
+                log::warn!("secret file {} is readable by other users (chmod 600 it)", f.display());
+            }
+            fs::read(f).with_context(|| format!("read secret file {}", f.display()))?
+        }
+        (None, Some(v)) => v.into_vec(),
+        (None, None) => bail!("no secret: set POV_SECRET or use --secret-file FILE (secrets are never taken as arguments)"),
+    };
+    if secret.ends_with(b"\n") {
+        secret.pop();
+        if secret.ends_with(b"\r") {
+            secret.pop();
+        }
+    }
+    if secret.is_empty() {
+        bail!("the secret is empty");
+    }
+    Ok(secret)
+}
+
+/// Runs a session command (everything but `list`) on an open session.
+///
+/// Errors: anything that makes the command fail, with context.
+pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::Result<()> {
+    let stdout = io::stdout();
+    match cmd {
+        Command::List => list_devices(None),
+        Command::Cp { recursive, src, dst } => {
+            let summary = copy(s, &Loc::parse(src), &Loc::parse(dst), *recursive, workers)?;
+            writeln!(stdout.lock(), "{summary}")?;
+            Ok(())
+        }
+        Command::Cat { paths } => {
+            let mut out = stdout.lock();
+            for p in paths {
+                cat(s, &pov_path(p), &mut out)?;
+            }
+            out.flush()?;
+            Ok(())
+        }
+        Command::Ls { long, path } => {
+            let p = pov_path(path.as_deref().unwrap_or("/"));
+            let mut out = stdout.lock();
+            ls(s, &p, *long, &mut out)?;
+            out.flush()?;
+            Ok(())
+        }
+        Command::Rm { recursive, force, paths } => {
+            for p in paths {
+                rm(s, &pov_path(p), *recursive, *force)?;
+            }
+            Ok(())
+        }
+        Command::Stat { paths } => {
+            let mut out = stdout.lock();
+            for p in paths {
+                let p = pov_path(p);
+                let st = s.stat(&p).with_context(|| format!("stat pov:{p}"))?;
+                let kind = if st.kind == Kind::Dir { "directory" } else { "file" };
+                writeln!(out, "  path: pov:{p}\n  kind: {kind}\n  size: {} bytes", st.size)?;
+                writeln!(out, " mtime: {} ({} ns since the epoch)", format_utc(st.mtime_ns), st.mtime_ns)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A copy endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loc {
+    /// A path inside PoV (always starting with `/`).
+    Pov(String),
+    /// A local path.
+    Local(PathBuf),
+}
+
+impl Loc {
+    /// `pov:/x` (or `pov:x`) is inside PoV; anything else is local.
+    pub fn parse(s: &str) -> Loc {
+        match s.strip_prefix(POV_PREFIX) {
+            Some(p) => Loc::Pov(pov_path(p)),
+            None => Loc::Local(PathBuf::from(s)),
+        }
+    }
+
+    fn join(&self, name: &str) -> Loc {
+        match self {
+            Loc::Pov(p) => Loc::Pov(join(p, name)),
+            Loc::Local(p) => Loc::Local(p.join(name)),
+        }
+    }
+
+    /// Last path component ("" for a root).
+    fn name(&self) -> String {
+        match self {
+            Loc::Pov(p) => p.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_string(),
+            Loc::Local(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        }
+    }
+}
+
+impl std::fmt::Display for Loc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Loc::Pov(p) => write!(f, "{POV_PREFIX}{p}"),
+            Loc::Local(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// A PoV path from a command-line argument: strips an optional `pov:` and makes it
+/// absolute.
+pub fn pov_path(arg: &str) -> String {
+    let p = arg.strip_prefix(POV_PREFIX).unwrap_or(arg);
+    if p.starts_with('/') {
+        p.to_string()
+    } else {
+        format!("/{p}")
+    }
+}
+
+/// What a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum What {
+    File(u64),
+    Dir,
+    Other,
+}
+
+fn what(s: &Session, loc: &Loc) -> io::Result<Option<What>> {
+    let r = match loc {
+        Loc::Pov(p) => s.stat(p).map(|st| if st.kind == Kind::Dir { What::Dir } else { What::File(st.size) }),
+        Loc::Local(p) => fs::metadata(p).map(|m| {
+            if m.is_dir() {
+                What::Dir
+            } else if m.is_file() {
+                What::File(m.len())
+            } else {
+                What::Other
+            }
+        }),
+    };
+    match r {
+        Ok(w) => Ok(Some(w)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// One file to copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub src: Loc,
+    pub dst: Loc,
+    pub size: u64,
+}
+
+/// Everything a copy will do, decided before any data moves.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Directories to create (local: all of them; PoV: only those that stay empty,
+    /// since creating a file creates its parents).
+    pub dirs: Vec<Loc>,
+    pub files: Vec<Job>,
+}
+
+/// Where `src` lands when copied to `dst`: into `dst` if it is an existing directory
+/// (or written with a trailing `/`), else at `dst`.
+fn target(src: &Loc, dst: &Loc, dst_raw_is_dir: bool) -> Loc {
+    let name = src.name();
+    if dst_raw_is_dir && !name.is_empty() {
+        dst.join(&name)
+    } else {
+        dst.clone()
+    }
+}
+
+fn dst_ends_with_slash(dst: &Loc) -> bool {
+    match dst {
+        Loc::Pov(p) => p.ends_with('/'),
+        Loc::Local(p) => p.as_os_str().to_string_lossy().ends_with('/'),
+    }
+}
+
+/// Decides what `cp [-r] src dst` copies.
+///
+/// Errors: a missing source, a directory without `-r`, a directory onto a file.
+pub fn plan(s: &Session, src: &Loc, dst: &Loc, recursive: bool) -> anyhow::Result<Plan> {
+    if let (Loc::Local(_), Loc::Local(_)) = (src, dst) {
+        bail!("cp: one of SRC and DST must be a pov:/path (use cp(1) for local copies)");
+    }
+    let src_what = what(s, src).with_context(|| format!("cp: {src}"))?.ok_or_else(|| anyhow!("cp: {src}: no such file or directory"))?;
+    let dst_what = what(s, dst).with_context(|| format!("cp: {dst}"))?;
+    let into = dst_what == Some(What::Dir) || dst_ends_with_slash(dst);
+    let to = target(src, dst, into);
+    let mut plan = Plan::default();
+    match src_what {
+        What::File(size) => plan.files.push(Job { src: src.clone(), dst: to, size }),
+        What::Other => bail!("cp: {src}: not a regular file or directory"),
+        What::Dir => {
+            if !recursive {
+                bail!("cp: {src} is a directory (use -r)");
+            }
+            if let Some(What::File(_)) = what(s, &to).with_context(|| format!("cp: {to}"))? {
+                bail!("cp: cannot copy directory {src} onto file {to}");
+            }
+            walk(s, src, &to, &mut plan)?;
+        }
+    }
+    Ok(plan)
+}
+
+fn walk(s: &Session, src: &Loc, dst: &Loc, plan: &mut Plan) -> anyhow::Result<()> {
+    let mut entries: Vec<(String, What)> = Vec::new();
+    match src {
+        Loc::Pov(p) => {
+            for e in s.list(p).with_context(|| format!("cp: list {src}"))? {
+                let w = if e.kind == Kind::Dir { What::Dir } else { What::File(e.size) };
+                entries.push((e.name, w));
+            }
+        }
+        Loc::Local(p) => {
+            for e in fs::read_dir(p).with_context(|| format!("cp: read directory {src}"))? {
+                let e = e.with_context(|| format!("cp: read directory {src}"))?;
+                let name = e.file_name().into_string().map_err(|n| anyhow!("cp: {}: file name is not UTF-8", p.join(n).display()))?;
+                // Follow symbolic links, like `find -L`.
+                match fs::metadata(e.path()) {
+                    Ok(m) if m.is_dir() => entries.push((name, What::Dir)),
+                    Ok(m) if m.is_file() => entries.push((name, What::File(m.len()))),
+                    Ok(_) => log::warn!("cp: skipping {} (not a regular file or directory)", e.path().display()),
+                    Err(err) => log::warn!("cp: skipping {}: {err}", e.path().display()),
+                }
+            }
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    if matches!(dst, Loc::Local(_)) || entries.is_empty() {
+        plan.dirs.push(dst.clone());
+    }
+    for (name, w) in entries {
+        let (cs, cd) = (src.join(&name), dst.join(&name));
+        match w {
+            What::Dir => walk(s, &cs, &cd, plan)?,
+            What::File(size) => plan.files.push(Job { src: cs, dst: cd, size }),
+            What::Other => {}
+        }
+    }
+    Ok(())
+}
+
+/// Copies as `cp [-r] src dst` and returns a one-line summary.
+///
+/// Errors: the first failure, naming the file.
+pub fn copy(s: &Session, src: &Loc, dst: &Loc, recursive: bool, workers: usize) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let plan = plan(s, src, dst, recursive)?;
+    for d in &plan.dirs {
+        match d {
+            Loc::Local(p) => fs::create_dir_all(p).with_context(|| format!("cp: create directory {}", p.display()))?,
+            Loc::Pov(p) => s.create_dir_all(p).with_context(|| format!("cp: create directory {d}"))?,
+        }
+    }
+    let total: u64 = plan.files.iter().map(|j| j.size).sum();
+    let bar = if total >= PROGRESS_MIN_BYTES && io::stderr().is_terminal() {
+        let style = ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        ProgressBar::new(total).with_style(style)
+    } else {
+        ProgressBar::hidden()
+    };
+    let copied = AtomicU64::new(0);
+    let workers = workers.max(1);
+    // Small files: one worker per file. Large files: one at a time, chunks in parallel.
+    let (small, large): (Vec<&Job>, Vec<&Job>) = plan.files.iter().partition(|j| j.size <= CHUNK as u64);
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let work = || {
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= small.len() || stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let j = small[i];
+                if let Err(e) = copy_file(s, j, 1, &mut buf, &copied, &bar) {
+                    stop.store(true, Ordering::Relaxed);
+                    failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                }
+            }
+        };
+        for _ in 1..workers.min(small.len().max(1)) {
+            sc.spawn(work);
+        }
+        work();
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        bar.abandon();
+        return Err(e);
+    }
+    let mut buf = Vec::new();
+    for j in large {
+        if let Err(e) = copy_file(s, j, workers, &mut buf, &copied, &bar) {
+            bar.abandon();
+            return Err(e);
+        }
+    }
+    bar.finish_and_clear();
+    let bytes = copied.load(Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    let rate = if secs > 0.0 { mib / secs } else { 0.0 };
+    let files = plan.files.len();
+    Ok(format!(
+        "copied {files} file{} ({bytes} bytes, {mib:.1} MiB) in {secs:.2} s: {rate:.1} MiB/s",
+        if files == 1 { "" } else { "s" }
+    ))
+}
+
+enum Src {
+    Local(fs::File),
+    Pov(crate::File),
+}
+
+impl Src {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        match self {
+            // Fill the buffer unless the file ends: local reads may come back short.
+            Src::Local(f) => {
+                let mut n = 0;
+                while n < buf.len() {
+                    match f.read_at(&mut buf[n..], off + n as u64) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(n)
+            }
+            Src::Pov(f) => f.read_at(buf, off),
+        }
+    }
+}
+
+enum Dst {
+    Local(fs::File),
+    Pov(crate::File),
+}
+
+impl Dst {
+    fn write_all_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        match self {
+            Dst::Local(f) => f.write_all_at(buf, off),
+            Dst::Pov(f) => f.write_at(buf, off).map(|_| ()),
+        }
+    }
+}
+
+/// Copies one file with `workers` threads (1 MiB chunks), adding to `copied` and `bar`.
+fn copy_file(
+    s: &Session,
+    j: &Job,
+    workers: usize,
+    buf: &mut Vec<u8>,
+    copied: &AtomicU64,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
+    let ctx = || format!("cp: {} -> {}", j.src, j.dst);
+    let src = match &j.src {
+        Loc::Local(p) => Src::Local(fs::File::open(p).with_context(ctx)?),
+        Loc::Pov(p) => Src::Pov(s.open_file(p, &OpenOptions::new()).with_context(ctx)?),
+    };
+    let dst = match &j.dst {
+        Loc::Local(p) => {
+            if let Some(parent) = p.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).with_context(ctx)?;
+            }
+            Dst::Local(fs::File::create(p).with_context(ctx)?)
+        }
+        Loc::Pov(p) => Dst::Pov(s.create(p).with_context(ctx)?),
+    };
+    let chunks = j.size.div_ceil(CHUNK as u64);
+    let next = AtomicU64::new(0);
+    let one = |buf: &mut Vec<u8>| -> anyhow::Result<bool> {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= chunks {
+            return Ok(false);
+        }
+        let off = i * CHUNK as u64;
+        let want = (j.size - off).min(CHUNK as u64) as usize;
+        buf.resize(CHUNK, 0);
+        let n = src.read_at(&mut buf[..want], off).with_context(|| format!("{}: read {} at {off}", ctx(), want))?;
+        if n > 0 {
+            dst.write_all_at(&buf[..n], off).with_context(|| format!("{}: write {n} at {off}", ctx()))?;
+        }
+        if n < want {
+            log::warn!("{}: source shrank while copying (short read at {off})", ctx());
+        }
+        copied.fetch_add(n as u64, Ordering::Relaxed);
+        bar.inc(n as u64);
+        Ok(true)
+    };
+    if workers <= 1 || chunks <= 1 {
+        while one(buf)? {}
+    } else {
+        let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+        std::thread::scope(|sc| {
+            let work = || {
+                let mut b = Vec::new();
+                loop {
+                    match one(&mut b) {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(e) => {
+                            next.store(chunks, Ordering::Relaxed);
+                            failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                            return;
+                        }
+                    }
+                }
+            };
+            for _ in 1..workers.min(chunks as usize) {
+                sc.spawn(work);
+            }
+            work();
+        });
+        if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
+    }
+    if let Src::Pov(f) = src {
+        f.close().with_context(ctx)?;
+    }
+    if let Dst::Pov(f) = dst {
+        f.close().with_context(ctx)?;
+    }
+    Ok(())
+}
+
+/// Writes the PoV file at `path` to `out`, 1 MiB per request.
+///
+/// Errors: open or read failures, write failures on `out` (a broken pipe included).
+pub fn cat(s: &Session, path: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    let f = s.open_file(path, &OpenOptions::new()).with_context(|| format!("cat pov:{path}"))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut off = 0u64;
+    loop {
+        let n = f.read_at(&mut buf, off).with_context(|| format!("cat pov:{path}: read at {off}"))?;
+        out.write_all(&buf[..n])?;
+        off += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    f.close().with_context(|| format!("cat pov:{path}"))?;
+    Ok(())
+}
+
+/// Lists `path` to `out`: a directory's entries (directories with a trailing `/`), or
+/// the file itself. `long` adds kind (`d`/`-`) and size in bytes.
+///
+/// Errors: list/stat failures, write failures on `out`.
+pub fn ls(s: &Session, path: &str, long: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let entries = match s.list(path) {
+        Ok(e) => e,
+        Err(e) if crate::status_of(&e) == Some(crate::Status::NotDir) => {
+            let st = s.stat(path).with_context(|| format!("ls pov:{path}"))?;
+            let name = path.rsplit('/').next().unwrap_or(path).to_string();
+            vec![crate::DirEntry { kind: st.kind, size: st.size, name }]
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("ls pov:{path}"))),
+    };
+    for e in entries {
+        let dir = e.kind == Kind::Dir;
+        let slash = if dir { "/" } else { "" };
+        if long {
+            writeln!(out, "{} {:>14} {}{slash}", if dir { 'd' } else { '-' }, e.size, e.name)?;
+        } else {
+            writeln!(out, "{}{slash}", e.name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes `path`; directories need `recursive`. `force` ignores a missing path.
+///
+/// Errors: a directory without `recursive`, the namespace root, remove failures.
+pub fn rm(s: &Session, path: &str, recursive: bool, force: bool) -> anyhow::Result<()> {
+    if path.split('/').all(|c| c.is_empty() || c == ".") {
+        bail!("rm: refusing to remove the root of the namespace");
+    }
+    let st = match s.stat(path) {
+        Ok(st) => st,
+        Err(e) if force && e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("rm pov:{path}"))),
+    };
+    if st.kind == Kind::Dir && !recursive {
+        bail!("rm: pov:{path} is a directory (use -r)");
+    }
+    s.remove_all(path).with_context(|| format!("rm pov:{path}"))
+}
+
+/// `YYYY-MM-DD HH:MM:SS.nnnnnnnnn UTC` for nanoseconds since the Unix epoch.
+pub fn format_utc(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:09} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ns % 1_000_000_000
+    )
+}
+
+/// A virtio-blk disk found in sysfs whose serial marks it as a PoV device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundDevice {
+    /// `/dev/<name>`.
+    pub path: PathBuf,
+    /// The serial, trailing NULs and whitespace removed.
+    pub serial: String,
+    /// Capacity in bytes (sysfs `size` × 512).
+    pub capacity: u64,
+}
+
+/// Scans `<sys_block>/vd*/serial` for PoV serials (see
+/// [`pov_proto::layout::is_pov_serial`]), sorted by name.
+pub fn scan_sysfs(sys_block: &Path) -> Vec<FoundDevice> {
+    let Ok(rd) = fs::read_dir(sys_block) else { return Vec::new() };
+    let mut out: Vec<FoundDevice> = rd
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            if !name.starts_with("vd") {
+                return None;
+            }
+            let raw = fs::read(e.path().join("serial")).ok()?;
+            if !pov_proto::layout::is_pov_serial(&raw) {
+                return None;
+            }
+            let serial = String::from_utf8_lossy(&raw).trim_end_matches(['\0', '\n', ' ']).to_string();
+            let sectors: u64 = fs::read_to_string(e.path().join("size")).ok()?.trim().parse().ok()?;
+            Some(FoundDevice { path: Path::new("/dev").join(&name), serial, capacity: sectors * 512 })
+        })
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+fn probe(spec: &DeviceSpec) -> String {
+    match Device::open_with(spec, &DeviceOptions { blkio_queues: 1, ..DeviceOptions::default() }) {
+        Ok(d) => {
+            let g = d.geometry();
+            format!("ok (name {:?}, {} areas x {} queues)", d.name(), g.areas, g.queues_per_area)
+        }
+        Err(e) => format!("INVALID: {e}"),
+    }
+}
+
+fn list_devices(extra: Option<&str>) -> anyhow::Result<()> {
+    let found = scan_sysfs(Path::new("/sys/block"));
+    let mut out = io::stdout().lock();
+    let mut rows = Vec::new();
+    for d in &found {
+        rows.push((d.path.display().to_string(), d.serial.clone(), Some(d.capacity), probe(&DeviceSpec::Kernel(d.path.clone()))));
+    }
+    if let Some(spec) = extra {
+        let spec: DeviceSpec = spec.parse()?;
+        if !found.iter().any(|d| DeviceSpec::Kernel(d.path.clone()) == spec) {
+            let cap = Device::open_with(&spec, &DeviceOptions { blkio_queues: 1, ..DeviceOptions::default() })
+                .ok()
+                .map(|d| d.capacity());
+            let serial = if matches!(spec, DeviceSpec::VhostUser(_)) { "(n/a: vhost-user)" } else { "-" };
+            rows.push((spec.to_string(), serial.to_string(), cap, probe(&spec)));
+        }
+    }
+    if rows.is_empty() {
+        eprintln!("pov-host: no PoV devices found (no /sys/block/vd*/serial starting with \"pov-\")");
+        return Ok(());
+    }
+    writeln!(out, "{:<24} {:<22} {:>14}  CONFIG", "DEVICE", "SERIAL", "CAPACITY")?;
+    for (path, serial, cap, status) in rows {
+        let cap = cap.map_or("-".to_string(), |c| format!("{} MiB", c >> 20));
+        writeln!(out, "{path:<24} {serial:<22} {cap:>14}  {status}")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("pov-host").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_commands_and_global_options_anywhere() {
+        let c = parse(&["--device", "/dev/vdb", "-t", "acme", "cp", "-r", "a", "pov:/b"]).unwrap();
+        assert_eq!(c.device.as_deref(), Some("/dev/vdb"));
+        assert_eq!(c.tenant.as_deref(), Some("acme"));
+        assert_eq!(c.queues, 4);
+        assert!(matches!(c.command, Command::Cp { recursive: true, ref src, ref dst } if src == "a" && dst == "pov:/b"));
+        let c = parse(&["ls", "pov:/x", "--secret-file", "/s", "-q", "8"]).unwrap();
+        assert_eq!(c.secret_file.as_deref(), Some(Path::new("/s")));
+        assert_eq!(c.queues, 8);
+        assert!(matches!(c.command, Command::Ls { long: false, path: Some(ref p) } if p == "pov:/x"));
+        assert!(matches!(parse(&["rm", "-rf", "pov:/x", "pov:/y"]).unwrap().command,
+            Command::Rm { recursive: true, force: true, ref paths } if paths.len() == 2));
+        assert!(parse(&["-q", "0", "ls"]).is_err());
+        assert!(parse(&["-q", "65", "ls"]).is_err());
+        assert!(parse(&["cat"]).is_err(), "cat needs a path");
+        assert!(parse(&["cp", "a"]).is_err());
+        // There is no way to pass the secret on the command line.
+        assert!(parse(&["--secret", "x", "ls"]).is_err());
+        assert!(parse(&["ls", "--secret=x"]).is_err());
+    }
+
+    #[test]
+    fn help_mentions_the_secret_rules() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("POV_SECRET"), "{help}");
+        assert!(help.contains("vhost-user:"), "{help}");
+        assert!(help.contains("pov:/"), "{help}");
+    }
+
+    #[test]
+    fn secrets_come_from_file_or_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        fs::write(&f, "hunter2\n").unwrap();
+        assert_eq!(read_secret(Some(&f), Some("env".into())).unwrap(), b"hunter2");
+        fs::write(&f, "crlf\r\n").unwrap();
+        assert_eq!(read_secret(Some(&f), None).unwrap(), b"crlf");
+        assert_eq!(read_secret(None, Some("fromenv".into())).unwrap(), b"fromenv");
+        let e = read_secret(None, None).unwrap_err().to_string();
+        assert!(e.contains("POV_SECRET") && e.contains("--secret-file"), "{e}");
+        assert!(read_secret(Some(&dir.path().join("missing")), None).is_err());
+        fs::write(&f, "\n").unwrap();
+        assert!(read_secret(Some(&f), None).is_err(), "empty secret");
+    }
+
+    #[test]
+    fn locations_parse() {
+        assert_eq!(Loc::parse("pov:/a/b"), Loc::Pov("/a/b".into()));
+        assert_eq!(Loc::parse("pov:a"), Loc::Pov("/a".into()));
+        assert_eq!(Loc::parse("pov:"), Loc::Pov("/".into()));
+        assert_eq!(Loc::parse("./pov:x"), Loc::Local("./pov:x".into()));
+        assert_eq!(Loc::parse("/tmp/x"), Loc::Local("/tmp/x".into()));
+        assert_eq!(pov_path("x/y"), "/x/y");
+        assert_eq!(pov_path("pov:/x"), "/x");
+        assert_eq!(Loc::parse("pov:/a/b/").name(), "b");
+        assert_eq!(Loc::parse("pov:/").name(), "");
+        assert_eq!(Loc::parse("dir/file.txt").name(), "file.txt");
+        assert_eq!(target(&Loc::parse("x/f"), &Loc::parse("pov:/d"), true), Loc::Pov("/d/f".into()));
+        assert_eq!(target(&Loc::parse("x/f"), &Loc::parse("pov:/d"), false), Loc::Pov("/d".into()));
+        assert_eq!(target(&Loc::parse("pov:/"), &Loc::parse("out"), true), Loc::Local("out".into()));
+        assert!(dst_ends_with_slash(&Loc::parse("pov:/d/")));
+        assert!(dst_ends_with_slash(&Loc::parse("d/")));
+    }
+
+    #[test]
+    fn dates_format_in_utc() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00.000000000 UTC");
+        assert_eq!(format_utc(951_782_400_000_000_000), "2000-02-29 00:00:00.000000000 UTC");
+        assert_eq!(format_utc(1_700_000_000_123_456_789), "2023-11-14 22:13:20.123456789 UTC");
+        assert_eq!(format_utc(4_107_542_399_000_000_000), "2100-02-28 23:59:59.000000000 UTC");
+    }
+
+    #[test]
+    fn sysfs_scan_finds_pov_serials() {
+        let dir = tempfile::tempdir().unwrap();
+        let mk = |name: &str, serial: &[u8], size: &str| {
+            let d = dir.path().join(name);
+            fs::create_dir(&d).unwrap();
+            fs::write(d.join("serial"), serial).unwrap();
+            fs::write(d.join("size"), size).unwrap();
+        };
+        mk("vdb", b"pov-dev0\0\0\0\0", "264192\n");
+        mk("vda", b"QM00001", "1000\n");
+        mk("sda", b"pov-notvirtio", "8\n");
+        mk("vdc", b"pov-x", "16\n");
+        let found = scan_sysfs(dir.path());
+        assert_eq!(
+            found,
+            vec![
+                FoundDevice { path: "/dev/vdb".into(), serial: "pov-dev0".into(), capacity: 264192 * 512 },
+                FoundDevice { path: "/dev/vdc".into(), serial: "pov-x".into(), capacity: 8192 },
+            ]
+        );
+        assert!(scan_sysfs(&dir.path().join("none")).is_empty());
+    }
+
+    #[test]
+    fn error_chains_are_deduplicated() {
+        let e = anyhow::Error::new(io::Error::other("inner")).context("outer: inner").context("top");
+        assert_eq!(error_chain(&e), "top: outer: inner");
+    }
+}

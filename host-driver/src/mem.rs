@@ -264,7 +264,12 @@ pub(crate) fn blkio_err(what: &'static str) -> impl Fn(blkio::Error) -> io::Erro
     move |e| {
         let errno = e.errno().raw_os_error();
         let kind = io::Error::from_raw_os_error(errno).kind();
-        io::Error::new(kind, format!("libblkio {what}: {} (errno {errno})", e.message()))
+        let msg = e.message();
+        if msg.contains("os error") {
+            io::Error::new(kind, format!("libblkio {what}: {msg}"))
+        } else {
+            io::Error::new(kind, format!("libblkio {what}: {msg} (errno {errno})"))
+        }
     }
 }
 

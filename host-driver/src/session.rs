@@ -342,6 +342,28 @@ impl Session {
         self.remove(path)
     }
 
+    /// Makes sure a directory exists at `path`, creating it and its parents if needed.
+    ///
+    /// PoV has no mkdir operation (creating a file creates its parents), so a missing
+    /// directory is made by creating and removing a placeholder file inside it; the
+    /// directory stays. Only needed for directories that will stay empty.
+    ///
+    /// Errors: `AlreadyExists` if `path` is a file; the statuses of Open and Remove.
+    pub fn create_dir_all(&self, path: &str) -> io::Result<()> {
+        match self.stat(path) {
+            Ok(st) if st.kind == Kind::Dir => return Ok(()),
+            Ok(_) => {
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{path}: exists and is not a directory")))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let n = self.inner.next_request.load(Ordering::Relaxed);
+        let placeholder = join(path, &format!(".pov-mkdir-{}-{n}", self.inner.pid));
+        OpenOptions::new().write(true).create_new(true).open(self, &placeholder)?.close()?;
+        self.remove(&placeholder)
+    }
+
     /// Reads a whole file, like `std::fs::read`.
     ///
     /// Errors: as [`Session::open_file`] and [`File::read_at`].

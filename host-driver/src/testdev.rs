@@ -544,6 +544,11 @@ mod tests {
         assert_eq!(status_of(&e), Some(Status::NotEmpty));
         s.remove("/d/empty").unwrap();
         s.write("/d/e/f/g", b"1").unwrap();
+        s.create_dir_all("/d/empty/dir").unwrap();
+        s.create_dir_all("/d/empty/dir").unwrap();
+        assert!(s.list("/d/empty/dir").unwrap().is_empty());
+        assert_eq!(s.stat("/d/empty").unwrap().kind, Kind::Dir);
+        assert_eq!(s.create_dir_all("/d/e/f/g").unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
         s.remove_all("/d").unwrap();
         assert!(s.list("/").unwrap().is_empty());
         assert_eq!(fake.open_handles(), 0, "every handle closed");
@@ -649,5 +654,86 @@ mod tests {
         let e = f.read_at(&mut [0u8; 4], 0).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::NotConnected);
         assert_eq!(f.close().unwrap_err().kind(), std::io::ErrorKind::NotConnected);
+    }
+
+    fn tree_of(root: &std::path::Path) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String, Option<Vec<u8>>)>) {
+            let mut es: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+            es.sort();
+            for p in es {
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                if p.is_dir() {
+                    out.push((rel, None));
+                    walk(root, &p, out);
+                } else {
+                    out.push((rel, Some(std::fs::read(&p).unwrap())));
+                }
+            }
+        }
+        walk(root, root, &mut out);
+        out
+    }
+
+    #[test]
+    fn cli_copies_trees_in_and_out() {
+        use crate::cli::{cat, copy, ls, rm, Loc};
+        let (fake, _dev, s) = setup();
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(src.join("sub/deeper")).unwrap();
+        std::fs::create_dir_all(src.join("empty")).unwrap();
+        std::fs::write(src.join("zero"), b"").unwrap();
+        std::fs::write(src.join("one"), b"1").unwrap();
+        std::fs::write(src.join("sub/page"), pattern(4096, 3)).unwrap();
+        std::fs::write(src.join("sub/deeper/big"), pattern(3 * (1 << 20) + 7, 4)).unwrap();
+        std::fs::write(src.join("sub/exact"), pattern(1 << 20, 5)).unwrap();
+
+        let local = |p: &std::path::Path| Loc::Local(p.to_path_buf());
+        let e = copy(&s, &local(&src), &Loc::parse("pov:/tree"), false, 4).unwrap_err();
+        assert!(e.to_string().contains("use -r"), "{e}");
+        let summary = copy(&s, &local(&src), &Loc::parse("pov:/tree"), true, 4).unwrap();
+        assert!(summary.starts_with("copied 5 files"), "{summary}");
+        assert!(summary.contains("MiB/s"), "{summary}");
+        assert_eq!(fake.file("tree/sub/deeper/big").unwrap(), pattern(3 * (1 << 20) + 7, 4));
+        assert_eq!(fake.file("tree/zero").unwrap(), b"");
+        assert_eq!(s.stat("/tree/empty").unwrap().kind, Kind::Dir, "empty directories are kept");
+
+        let out = tmp.path().join("out");
+        copy(&s, &Loc::parse("pov:/tree"), &local(&out), true, 4).unwrap();
+        assert_eq!(tree_of(&src), tree_of(&out));
+
+        // Into an existing directory: lands under the source's name.
+        copy(&s, &Loc::parse("pov:/tree/one"), &local(&out), false, 1).unwrap();
+        assert_eq!(std::fs::read(out.join("one")).unwrap(), b"1");
+        copy(&s, &local(&src.join("sub/page")), &Loc::parse("pov:/tree/sub/"), false, 2).unwrap();
+        copy(&s, &Loc::parse("pov:/tree/sub/deeper/big"), &Loc::parse("pov:/copy/big2"), false, 3).unwrap();
+        assert_eq!(fake.file("copy/big2").unwrap(), pattern(3 * (1 << 20) + 7, 4));
+        assert!(copy(&s, &local(&src), &local(&out), true, 1).is_err(), "local to local refused");
+        let e = copy(&s, &Loc::parse("pov:/nothing"), &local(&out), false, 1).unwrap_err();
+        assert!(e.to_string().contains("no such file"), "{e}");
+
+        let mut text = Vec::new();
+        cat(&s, "/tree/sub/deeper/big", &mut text).unwrap();
+        assert_eq!(text, pattern(3 * (1 << 20) + 7, 4));
+        let mut text = Vec::new();
+        cat(&s, "/tree/sub/exact", &mut text).unwrap();
+        assert_eq!(text.len(), 1 << 20);
+
+        let mut listing = Vec::new();
+        ls(&s, "/tree", false, &mut listing).unwrap();
+        assert_eq!(String::from_utf8(listing).unwrap(), "empty/\none\nsub/\nzero\n");
+        let mut listing = Vec::new();
+        ls(&s, "/tree/one", true, &mut listing).unwrap();
+        assert_eq!(String::from_utf8(listing).unwrap(), "-              1 one\n");
+
+        assert!(rm(&s, "/tree", false, false).unwrap_err().to_string().contains("use -r"));
+        assert!(rm(&s, "/", true, false).is_err());
+        assert!(rm(&s, "/missing", false, false).is_err());
+        rm(&s, "/missing", false, true).unwrap();
+        rm(&s, "/tree", true, false).unwrap();
+        assert_eq!(s.stat("/tree").unwrap_err().kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(fake.open_handles(), 0);
+        assert!(fake.violations().is_empty());
     }
 }
