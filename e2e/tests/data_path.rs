@@ -1,0 +1,186 @@
+//! The whole data path, for real: host driver (libblkio over vhost-user) -> pov-dpud
+//! (bdev-pov) -> TCP -> pov-proxy -> local files.
+
+use pov_e2e::{pattern, Stack, SECRET};
+use pov_host::{Device, OpenOptions, Session};
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+/// File sizes every round trip covers: empty, tiny, just under a page, exactly one
+/// IO, one IO plus a byte, several IOs.
+const SIZES: [usize; 7] = [0, 1, 4095, 4096, MIB, MIB + 1, 5 * MIB + 123];
+
+fn session(stack: &Stack, tenant: &str, queues: u32) -> (Device, Session) {
+    let dev = Device::open(&stack.device_spec()).expect("open PoV device");
+    let s = Session::open(&dev, tenant, SECRET.as_bytes(), queues).expect("open session");
+    (dev, s)
+}
+
+#[test]
+fn library_round_trip_and_backend_holds_the_bytes() {
+    let stack = Stack::start(json!({}));
+    let (_dev, s) = session(&stack, "acme", 4);
+    for (i, &n) in SIZES.iter().enumerate() {
+        let data = pattern(n, i as u64);
+        let path = format!("/lib/d{}/f{n}", i % 3);
+        s.write(&path, &data).expect("write");
+        assert_eq!(s.read(&path).expect("read"), data, "{path}");
+        assert_eq!(s.stat(&path).unwrap().size, n as u64);
+        // The proxy's backend really stores it, under the tenant's namespace.
+        let on_disk = std::fs::read(stack.backend_dir("acme").join(path.trim_start_matches('/'))).unwrap();
+        assert_eq!(on_disk, data);
+    }
+    // Offsets, appends, truncation through a File.
+    let f = OpenOptions::new().write(true).create(true).open(&s, "/lib/edit").unwrap();
+    f.write_at(b"hello world", 0).unwrap();
+    f.write_at(b"W", 6).unwrap();
+    assert_eq!(f.append(b"!").unwrap(), 11);
+    let mut b = vec![0u8; 64];
+    let n = f.read_at(&mut b, 0).unwrap();
+    assert_eq!(&b[..n], b"hello World!");
+    f.set_len(5).unwrap();
+    assert_eq!(f.stat().unwrap().size, 5);
+    f.sync().unwrap();
+    let names: Vec<String> = s.list("/lib").unwrap().into_iter().map(|e| e.name).collect();
+    assert!(names.contains(&"d0".to_string()) && names.contains(&"edit".to_string()), "{names:?}");
+    s.remove("/lib/edit").unwrap();
+    assert_eq!(s.stat("/lib/edit").unwrap_err().raw_os_error(), Some(libc_enoent()));
+    s.close().unwrap();
+}
+
+fn libc_enoent() -> i32 {
+    2
+}
+
+fn make_tree(root: &Path, seed: u64) -> usize {
+    let mut files = 0;
+    for (i, &n) in SIZES.iter().enumerate() {
+        let dir = root.join(format!("d{}/sub{}", i % 2, i % 3));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("file{i}.bin")), pattern(n, seed + i as u64)).unwrap();
+        files += 1;
+    }
+    for i in 0..40 {
+        std::fs::write(root.join(format!("small{i}.txt")), format!("small file {i} {seed}\n")).unwrap();
+        files += 1;
+    }
+    files
+}
+
+fn assert_same_tree(a: &Path, b: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(a).unwrap() {
+        let e = e.unwrap();
+        let other = b.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            assert!(other.is_dir(), "{} missing", other.display());
+            n += assert_same_tree(&e.path(), &other);
+        } else {
+            let x = std::fs::read(e.path()).unwrap();
+            let y = std::fs::read(&other).unwrap_or_else(|_| panic!("{} missing", other.display()));
+            assert!(x == y, "{} differs ({} vs {} bytes)", other.display(), x.len(), y.len());
+            n += 1;
+        }
+    }
+    n
+}
+
+fn run_ok(mut c: std::process::Command) -> String {
+    let out = c.output().expect("run pov-host");
+    assert!(out.status.success(), "pov-host failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn cli_tree_round_trip_two_processes_at_once() {
+    let stack = Stack::start(json!({}));
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    let fa = make_tree(&a, 100);
+    let fb = make_tree(&b, 200);
+    // Two processes copy in at the same time, each with its own session.
+    let mut ca = stack.host_cmd();
+    ca.args(["cp", "-r"]).arg(&a).arg("pov:/trees/a");
+    let mut cb = stack.host_cmd();
+    cb.args(["cp", "-r"]).arg(&b).arg("pov:/trees/b");
+    let (ha, hb) = (ca.spawn().unwrap(), cb.spawn().unwrap());
+    for (h, name) in [(ha, "a"), (hb, "b")] {
+        let out = h.wait_with_output().unwrap();
+        assert!(out.status.success(), "cp {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // And back out, again two processes at once.
+    let (oa, ob) = (work.path().join("out-a"), work.path().join("out-b"));
+    let mut ca = stack.host_cmd();
+    ca.args(["cp", "-r", "pov:/trees/a"]).arg(&oa);
+    let mut cb = stack.host_cmd();
+    cb.args(["cp", "-r", "pov:/trees/b"]).arg(&ob);
+    let (ha, hb) = (ca.spawn().unwrap(), cb.spawn().unwrap());
+    assert!(ha.wait_with_output().unwrap().status.success());
+    assert!(hb.wait_with_output().unwrap().status.success());
+    assert_eq!(assert_same_tree(&a, &oa), fa);
+    assert_eq!(assert_same_tree(&b, &ob), fb);
+    // The other CLI commands.
+    let mut c = stack.host_cmd();
+    c.args(["cat", "pov:/trees/a/small3.txt"]);
+    assert_eq!(run_ok(c), "small file 3 100\n");
+    let mut c = stack.host_cmd();
+    c.args(["ls", "pov:/trees"]);
+    let ls = run_ok(c);
+    assert!(ls.contains('a') && ls.contains('b'), "{ls}");
+    let mut c = stack.host_cmd();
+    c.args(["stat", "pov:/trees/a/d0/sub0/file0.bin"]);
+    assert!(run_ok(c).contains('0'));
+    let mut c = stack.host_cmd();
+    c.args(["rm", "-r", "pov:/trees/b"]);
+    run_ok(c);
+    assert!(!stack.backend_dir("acme").join("trees/b").exists());
+    // The secret is required and never taken from the command line.
+    let mut c = stack.host_cmd();
+    c.env_remove("POV_SECRET").args(["ls", "pov:/"]);
+    assert!(!c.output().unwrap().status.success());
+}
+
+#[test]
+fn four_threads_share_a_session() {
+    let stack = Stack::start(json!({}));
+    let (_dev, s) = session(&stack, "acme", 4);
+    std::thread::scope(|sc| {
+        for t in 0..6u64 {
+            let s = &s;
+            sc.spawn(move || {
+                for i in 0..8u64 {
+                    let n = [0, 1, 4095, 70_000, MIB + 1][(i % 5) as usize];
+                    let data = pattern(n, t * 100 + i);
+                    let path = format!("/threads/t{t}/f{i}");
+                    s.write(&path, &data).unwrap();
+                    assert_eq!(s.read(&path).unwrap(), data, "{path}");
+                }
+            });
+        }
+    });
+    for t in 0..6u64 {
+        assert_eq!(s.list(&format!("/threads/t{t}")).unwrap().len(), 8);
+    }
+}
+
+#[test]
+fn daemons_idle_below_two_percent_cpu() {
+    let stack = Stack::start(json!({}));
+    {
+        let (_dev, s) = session(&stack, "acme", 2);
+        s.write("/warm", &pattern(MIB, 1)).unwrap();
+        s.close().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let window = Duration::from_secs(3);
+    let (p0, d0, t0) = (stack.proxy.cpu_ticks(), stack.dpud.cpu_ticks(), Instant::now());
+    std::thread::sleep(window);
+    let (p1, d1) = (stack.proxy.cpu_ticks(), stack.dpud.cpu_ticks());
+    let ticks = t0.elapsed().as_secs_f64() * 100.0;
+    let (pp, dp) = ((p1 - p0) as f64 * 100.0 / ticks, (d1 - d0) as f64 * 100.0 / ticks);
+    println!("idle CPU over {window:?}: pov-proxy {pp:.2}%, pov-dpud {dp:.2}%");
+    // A busy-polling daemon would show ~100% here.
+    assert!(pp < 2.0 && dp < 2.0, "idle daemons use too much CPU: proxy {pp:.2}%, dpud {dp:.2}%");
+}
