@@ -6,3 +6,20 @@
 //! * [`blockdev`]: the [`BlockDevice`](blockdev::BlockDevice) seam the front end
 //!   drives: [`bdev_pov::PovDevice`] in production, [`MemDisk`](blockdev::MemDisk) in
 //!   tests.
+//! * [`daemon`]: the control API (tenants, devices, reactors, `save_config`).
+//! * [`rpc`]: the JSON-RPC 2.0 control server (SPDK conventions) and a client;
+//!   [`config`]: replay of a saved configuration.
+//! * [`app`]: the daemon's start-up/shutdown sequence; `src/bin/` holds the thin
+//!   `pov-dpud` and `pov-rpc` binaries.
+//!
+//! Unsafe code is confined to [`sys`] (signal masks).
+
+pub mod app;
+pub mod blockdev;
+pub mod config;
+pub mod daemon;
+pub mod rpc;
+pub mod sys;
+pub mod vhost_blk;
+
+mod util;

@@ -1,1 +1,47 @@
-fn main() {}
+//! `pov-rpc`: call a `pov-dpud` JSON-RPC method (our `rpc.py`).
+
+use clap::Parser;
+use pov_dpu_firmware::rpc::client::{call, ClientError};
+use pov_dpu_firmware::rpc::DEFAULT_RPC_SOCKET;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Calls METHOD on pov-dpud's control socket and prints the result as JSON.
+#[derive(Parser)]
+#[command(name = "pov-rpc", version)]
+struct Args {
+    /// Control socket of pov-dpud.
+    #[arg(short = 's', long = "server", value_name = "SOCK", default_value = DEFAULT_RPC_SOCKET)]
+    server: PathBuf,
+    /// Seconds to wait for the answer.
+    #[arg(short = 't', long, default_value_t = 60.0)]
+    timeout: f64,
+    /// Method, e.g. `pov_device_get_devices` (`rpc_get_methods` lists them).
+    method: String,
+    /// Parameters as a JSON object, e.g. '{"name":"pov0"}'.
+    params: Option<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let params = match args.params.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            eprintln!("pov-rpc: parameters are not valid JSON: {e}");
+            std::process::exit(2);
+        }
+    };
+    let timeout = Duration::try_from_secs_f64(args.timeout).ok().filter(|t| !t.is_zero());
+    match call(&args.server, &args.method, params, timeout) {
+        Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())),
+        Err(ClientError::Rpc(e)) => {
+            eprintln!("pov-rpc: {}: {} (code {})", args.method, e.message, e.code);
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("pov-rpc: {}: {e}", args.server.display());
+            std::process::exit(1);
+        }
+    }
+}

@@ -30,7 +30,6 @@ use crate::blockdev::BlockDevice;
 use backend::{BlkBackend, ConnState, DeviceShared};
 use poller::DevicePoller;
 use pov_runtime::{PollerId, ReactorHandle};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -260,12 +259,10 @@ fn thread_name(prefix: &str, name: &str) -> String {
 
 /// Binds the socket, replacing a stale socket file.
 fn bind(path: &Path) -> Result<Listener, VhostBlkError> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() || UnixStream::connect(path).is_ok() {
-            return Err(VhostBlkError::SocketInUse(path.to_path_buf()));
-        }
-        let _ = std::fs::remove_file(path);
-    }
+    crate::util::claim_socket_path(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => VhostBlkError::SocketInUse(path.to_path_buf()),
+        _ => VhostBlkError::Socket { path: path.to_path_buf(), source: e },
+    })?;
     Listener::new(path, false).map_err(|e| VhostBlkError::Socket {
         path: path.to_path_buf(),
         source: match e {

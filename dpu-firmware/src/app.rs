@@ -1,0 +1,106 @@
+//! The `pov-dpud` daemon's start-up and shutdown sequence (the binary only parses
+//! arguments).
+
+use crate::config::load_config_file;
+use crate::daemon::{pov_device_factory, Daemon};
+use crate::rpc::RpcServer;
+use anyhow::Context;
+use pov_runtime::{ReactorConfig, Runtime};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How to run the daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// Control socket path.
+    pub rpc_socket: PathBuf,
+    /// One reactor per entry: `Some(cpu)` pinned, `None` unpinned.
+    pub cores: Vec<Option<usize>>,
+    /// Configuration to replay before serving RPC.
+    pub config: Option<PathBuf>,
+}
+
+/// Parses a CPU list such as `0,1` or `0-3,6` (no duplicates).
+///
+/// # Errors
+/// A message naming the bad element.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let num = |x: &str| x.trim().parse::<usize>().map_err(|_| format!("bad CPU {x:?} in {s:?}"));
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b || b - a > 4096 {
+                    return Err(format!("bad CPU range {part:?}"));
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(num(part)?),
+        }
+    }
+    let mut sorted = out.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != out.len() {
+        return Err(format!("CPU listed twice in {s:?}"));
+    }
+    Ok(out)
+}
+
+/// Runs the daemon until SIGINT or SIGTERM: blocks the signals, starts the reactors,
+/// replays `config`, listens on the control socket, prints
+/// `pov-dpud ready: rpc socket PATH` on stdout, waits for a signal, then removes the
+/// control socket and every device socket and stops the reactors.
+///
+/// Must be called before any other thread is started (signal mask inheritance).
+///
+/// # Errors
+/// Start-up failures (reactors, config replay, control socket) with context.
+pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
+    crate::sys::block_termination_signals().context("blocking SIGINT/SIGTERM")?;
+    let rt = Runtime::start(&opts.cores, ReactorConfig::default()).context("starting reactors")?;
+    let daemon = Arc::new(Daemon::new(rt.reactors().to_vec(), pov_device_factory()));
+    if let Some(path) = &opts.config {
+        let n = load_config_file(&daemon, path).with_context(|| format!("replaying {}", path.display()));
+        match n {
+            Ok(n) => log::info!("replayed {n} calls from {}", path.display()),
+            Err(e) => {
+                daemon.shutdown();
+                return Err(e);
+            }
+        }
+    }
+    let server = match RpcServer::start(&opts.rpc_socket, daemon.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            daemon.shutdown();
+            return Err(e).with_context(|| format!("listening on {}", opts.rpc_socket.display()));
+        }
+    };
+    println!("pov-dpud ready: rpc socket {}", opts.rpc_socket.display());
+    let _ = std::io::stdout().flush();
+    let sig = crate::sys::wait_termination_signal().context("waiting for signals")?;
+    log::info!("signal {sig}: shutting down");
+    server.stop();
+    daemon.shutdown();
+    rt.shutdown();
+    log::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0,1").unwrap(), vec![0, 1]);
+        assert_eq!(parse_cpu_list("2-4, 7").unwrap(), vec![2, 3, 4, 7]);
+        assert!(parse_cpu_list("1,1").is_err());
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("a").is_err());
+        assert!(parse_cpu_list("").is_err());
+    }
+}

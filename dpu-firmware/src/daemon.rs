@@ -1,0 +1,437 @@
+//! The daemon's library API: tenants and PoV devices (SPDK's "module" side; the
+//! JSON-RPC layer in [`crate::rpc`] only decodes parameters and calls these functions).
+//!
+//! Each device is created on a reactor chosen round-robin (or given), exposed on its
+//! own vhost-user-blk socket by a [`VhostBlkServer`], and can write itself out as the
+//! `pov_device_create` call that recreates it ([`Daemon::save_config`]).
+
+use crate::blockdev::BlockDevice;
+use crate::vhost_blk::{VhostBlkError, VhostBlkOptions, VhostBlkServer, DEFAULT_NUM_QUEUES, DEFAULT_QUEUE_SIZE};
+use bdev_pov::tenant::TenantError;
+use bdev_pov::{PovDevice, PovDeviceConfig, TenantTable};
+use pov_runtime::ReactorHandle;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Builds the device behind a `pov_device_create` call. Runs on the device's reactor.
+/// The error is a human-readable reason (reported as invalid parameters).
+pub type DeviceFactory = Arc<dyn Fn(&PovDeviceConfig, &TenantTable) -> Result<Box<dyn BlockDevice>, String> + Send + Sync>;
+
+/// The production factory: a [`PovDevice`].
+pub fn pov_device_factory() -> DeviceFactory {
+    Arc::new(|cfg, tenants| {
+        PovDevice::new(cfg.clone(), tenants.clone()).map(|d| Box::new(d) as Box<dyn BlockDevice>).map_err(|e| e.to_string())
+    })
+}
+
+/// Parameters of `pov_tenant_create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantCreateOpts {
+    /// Tenant name: 1-63 characters of `A-Z a-z 0-9 _ . -`.
+    pub name: String,
+    /// Shared secret the tenant's applications authenticate with (1-255 bytes).
+    pub secret: String,
+}
+
+/// Parameters of the calls that only name an object (`pov_tenant_delete`,
+/// `pov_device_delete`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameOpts {
+    /// The object's name.
+    pub name: String,
+}
+
+/// Parameters of `pov_device_create`. Optional fields take [`PovDeviceConfig`]'s
+/// defaults (and [`DEFAULT_NUM_QUEUES`] virtqueues).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceCreateOpts {
+    /// Device name: 1-31 characters of `A-Z a-z 0-9 _ . -`; the virtio-blk serial is
+    /// `pov-<name>`.
+    pub name: String,
+    /// Path of the vhost-user-blk socket to create.
+    pub socket: PathBuf,
+    /// Proxy endpoints, `tcp:HOST:PORT`.
+    pub proxies: Vec<String>,
+    /// PoV queues one session may create (1..=64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_queues: Option<u32>,
+    /// Sessions open at once (1..=4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<u32>,
+    /// Heartbeat interval hosts are told to use, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u32>,
+    /// A session without heartbeat for this long is reclaimed, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_timeout_ms: Option<u32>,
+    /// A forwarded request without a proxy answer for this long fails, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u32>,
+    /// virtio-blk queues offered to each client (1..=64, default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtqueues: Option<u16>,
+    /// Index of the reactor that runs the device (default: round-robin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reactor: Option<u32>,
+}
+
+impl DeviceCreateOpts {
+    /// Minimal options: defaults for everything but name, socket and proxies.
+    pub fn new(name: &str, socket: impl Into<PathBuf>, proxies: Vec<String>) -> DeviceCreateOpts {
+        DeviceCreateOpts {
+            name: name.to_string(),
+            socket: socket.into(),
+            proxies,
+            num_queues: None,
+            max_sessions: None,
+            heartbeat_interval_ms: None,
+            session_timeout_ms: None,
+            request_timeout_ms: None,
+            virtqueues: None,
+            reactor: None,
+        }
+    }
+
+    /// The device configuration these options describe.
+    pub fn device_config(&self) -> PovDeviceConfig {
+        let mut c = PovDeviceConfig::new(&self.name, self.proxies.clone());
+        if let Some(v) = self.num_queues {
+            c.num_queues = v;
+        }
+        if let Some(v) = self.max_sessions {
+            c.max_sessions = v;
+        }
+        if let Some(v) = self.heartbeat_interval_ms {
+            c.heartbeat_interval_ms = v;
+        }
+        if let Some(v) = self.session_timeout_ms {
+            c.session_timeout_ms = v;
+        }
+        if let Some(v) = self.request_timeout_ms {
+            c.request_timeout_ms = v;
+        }
+        c
+    }
+}
+
+/// What `pov_device_get_devices` shows of a device.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceInfo {
+    /// Device name.
+    pub name: String,
+    /// vhost-user-blk socket path.
+    pub socket: PathBuf,
+    /// Proxy endpoints.
+    pub proxies: Vec<String>,
+    /// Index of the reactor running the device.
+    pub reactor: u32,
+    /// Virtqueues offered.
+    pub virtqueues: u16,
+    /// Full device configuration (defaults resolved).
+    pub config: PovDeviceConfig,
+    /// Clients connected now.
+    pub clients: usize,
+    /// Device counters (`null` if the reactor stopped).
+    pub stats: Value,
+    /// Counters of the vhost-user adapter (`null` if the reactor stopped).
+    pub vhost_stats: Value,
+}
+
+/// Why a control operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// An object with that name (or socket) exists.
+    #[error("{kind} {name:?} already exists")]
+    Exists {
+        /// "tenant", "device" or "socket".
+        kind: &'static str,
+        /// The conflicting name.
+        name: String,
+    },
+    /// No object with that name.
+    #[error("no such {kind}: {name:?}")]
+    NotFound {
+        /// "tenant" or "device".
+        kind: &'static str,
+        /// The name asked for.
+        name: String,
+    },
+    /// A parameter is invalid.
+    #[error("invalid parameter: {0}")]
+    Invalid(String),
+    /// The socket or reactor failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<TenantError> for DaemonError {
+    fn from(e: TenantError) -> DaemonError {
+        match e {
+            TenantError::Exists(name) => DaemonError::Exists { kind: "tenant", name },
+            TenantError::NotFound(name) => DaemonError::NotFound { kind: "tenant", name },
+            other => DaemonError::Invalid(other.to_string()),
+        }
+    }
+}
+
+struct DeviceEntry {
+    opts: DeviceCreateOpts,
+    config: PovDeviceConfig,
+    virtqueues: u16,
+    server: VhostBlkServer,
+}
+
+/// The daemon state: tenants, devices, reactors. Share it behind an [`Arc`]; every
+/// method may be called from any thread except a reactor thread (device operations
+/// wait for the device's reactor).
+pub struct Daemon {
+    reactors: Vec<ReactorHandle>,
+    tenants: TenantTable,
+    factory: DeviceFactory,
+    devices: Mutex<BTreeMap<String, DeviceEntry>>,
+    next_reactor: AtomicUsize,
+}
+
+/// `true` if `name` is 1..=`max` bytes of `A-Z a-z 0-9 _ . -`.
+fn valid_name(name: &str, max: usize) -> bool {
+    !name.is_empty() && name.len() <= max && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+impl Daemon {
+    /// A daemon that places devices on `reactors` and builds them with `factory`
+    /// (normally [`pov_device_factory`]).
+    pub fn new(reactors: Vec<ReactorHandle>, factory: DeviceFactory) -> Daemon {
+        Daemon {
+            reactors,
+            tenants: TenantTable::default(),
+            factory,
+            devices: Mutex::new(BTreeMap::new()),
+            next_reactor: AtomicUsize::new(0),
+        }
+    }
+
+    /// The tenant table shared by every device.
+    pub fn tenants(&self) -> &TenantTable {
+        &self.tenants
+    }
+
+    fn devices(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DeviceEntry>> {
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a tenant.
+    ///
+    /// # Errors
+    /// [`DaemonError::Exists`] if it exists, [`DaemonError::Invalid`] for a bad name or
+    /// secret.
+    pub fn tenant_create(&self, opts: &TenantCreateOpts) -> Result<(), DaemonError> {
+        self.tenants.create(&opts.name, opts.secret.as_bytes())?;
+        log::info!("tenant {} created", opts.name);
+        Ok(())
+    }
+
+    /// Removes a tenant; its open sessions are refused at their next heartbeat.
+    ///
+    /// # Errors
+    /// [`DaemonError::NotFound`] if there is no such tenant.
+    pub fn tenant_delete(&self, name: &str) -> Result<(), DaemonError> {
+        self.tenants.delete(name)?;
+        log::info!("tenant {name} deleted");
+        Ok(())
+    }
+
+    /// Tenant names, sorted (secrets are never shown).
+    pub fn tenant_names(&self) -> Vec<String> {
+        self.tenants.list().into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// Creates a device on a reactor and starts serving its vhost-user-blk socket.
+    ///
+    /// # Errors
+    /// [`DaemonError::Exists`] if the name or the socket is taken,
+    /// [`DaemonError::Invalid`] for bad parameters (including those the device
+    /// rejects), [`DaemonError::Internal`] if the socket cannot be created or the
+    /// reactor stopped.
+    pub fn device_create(&self, opts: &DeviceCreateOpts) -> Result<(), DaemonError> {
+        if !valid_name(&opts.name, pov_proto::layout::MAX_DEVICE_NAME) {
+            return Err(DaemonError::Invalid(format!(
+                "device name {:?}: use 1-{} characters of A-Z a-z 0-9 _ . -",
+                opts.name,
+                pov_proto::layout::MAX_DEVICE_NAME
+            )));
+        }
+        let mut devices = self.devices();
+        if devices.contains_key(&opts.name) {
+            return Err(DaemonError::Exists { kind: "device", name: opts.name.clone() });
+        }
+        if devices.values().any(|d| d.opts.socket == opts.socket) {
+            return Err(DaemonError::Exists { kind: "socket", name: opts.socket.display().to_string() });
+        }
+        if self.reactors.is_empty() {
+            return Err(DaemonError::Internal("no reactor is running".into()));
+        }
+        let reactor = match opts.reactor {
+            Some(r) => self.reactors.get(r as usize).ok_or_else(|| {
+                DaemonError::Invalid(format!("reactor {r} does not exist (0..{})", self.reactors.len()))
+            })?,
+            None => &self.reactors[self.next_reactor.fetch_add(1, Ordering::Relaxed) % self.reactors.len()],
+        };
+        let config = opts.device_config();
+        let virtqueues = opts.virtqueues.unwrap_or(DEFAULT_NUM_QUEUES);
+        let vopts = VhostBlkOptions {
+            name: opts.name.clone(),
+            socket: opts.socket.clone(),
+            num_queues: virtqueues,
+            max_queue_size: DEFAULT_QUEUE_SIZE,
+        };
+        let (factory, tenants, cfg) = (self.factory.clone(), self.tenants.clone(), config.clone());
+        let server = VhostBlkServer::start(vopts, reactor, move || factory(&cfg, &tenants)).map_err(|e| match e {
+            VhostBlkError::SocketInUse(p) => DaemonError::Exists { kind: "socket", name: p.display().to_string() },
+            VhostBlkError::Invalid { field, why } => DaemonError::Invalid(format!("{}: {why}", vhost_field(field))),
+            VhostBlkError::Device(why) => DaemonError::Invalid(why),
+            other => DaemonError::Internal(other.to_string()),
+        })?;
+        log::info!("device {} created on reactor {} (socket {})", opts.name, reactor.id(), opts.socket.display());
+        devices.insert(opts.name.clone(), DeviceEntry { opts: opts.clone(), config, virtqueues, server });
+        Ok(())
+    }
+
+    /// Stops a device: its socket is removed, clients are disconnected, in-flight IO
+    /// fails.
+    ///
+    /// # Errors
+    /// [`DaemonError::NotFound`] if there is no such device.
+    pub fn device_delete(&self, name: &str) -> Result<(), DaemonError> {
+        let entry = self.devices().remove(name).ok_or_else(|| DaemonError::NotFound { kind: "device", name: name.to_string() })?;
+        entry.server.stop();
+        log::info!("device {name} deleted");
+        Ok(())
+    }
+
+    /// Every device, or only `name`.
+    ///
+    /// # Errors
+    /// [`DaemonError::NotFound`] if `name` is given and no such device exists.
+    pub fn device_info(&self, name: Option<&str>) -> Result<Vec<DeviceInfo>, DaemonError> {
+        let devices = self.devices();
+        if let Some(n) = name {
+            if !devices.contains_key(n) {
+                return Err(DaemonError::NotFound { kind: "device", name: n.to_string() });
+            }
+        }
+        Ok(devices
+            .values()
+            .filter(|d| match name {
+                Some(n) => n == d.opts.name,
+                None => true,
+            })
+            .map(|d| {
+                let stats = d.server.stats().unwrap_or(Value::Null);
+                DeviceInfo {
+                    name: d.opts.name.clone(),
+                    socket: d.opts.socket.clone(),
+                    proxies: d.opts.proxies.clone(),
+                    reactor: d.server.reactor().id(),
+                    virtqueues: d.virtqueues,
+                    config: d.config.clone(),
+                    clients: d.server.clients(),
+                    stats: stats.get("device").cloned().unwrap_or(Value::Null),
+                    vhost_stats: stats.get("vhost").cloned().unwrap_or(Value::Null),
+                }
+            })
+            .collect())
+    }
+
+    /// Reactors and their pollers, in the shape of SPDK's `framework_get_reactors`:
+    /// `{"tick_rate": 1, "reactors": [{"lcore", "reactor", "pinned", "busy", "idle",
+    /// "sleeps", "messages", "cpu_time_us", "pollers": [{"name"}]}]}`. `busy` and
+    /// `idle` count reactor loop iterations (one tick = one iteration); `lcore` is the
+    /// CPU of a pinned reactor, else its index.
+    pub fn reactors_info(&self) -> Value {
+        let reactors: Vec<Value> = self
+            .reactors
+            .iter()
+            .map(|r| {
+                let s = r.stats();
+                let pollers: Vec<Value> = s
+                    .pollers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|n| json!({ "name": n }))
+                    .collect();
+                json!({
+                    "lcore": r.core().unwrap_or(r.id() as usize),
+                    "reactor": r.id(),
+                    "pinned": r.core().is_some(),
+                    "busy": s.busy_iterations.load(Ordering::Relaxed),
+                    "idle": s.idle_iterations.load(Ordering::Relaxed),
+                    "sleeps": s.sleeps.load(Ordering::Relaxed),
+                    "messages": s.messages.load(Ordering::Relaxed),
+                    "cpu_time_us": s.cpu_time_us.load(Ordering::Relaxed),
+                    "pollers": pollers,
+                })
+            })
+            .collect();
+        json!({ "tick_rate": 1, "reactors": reactors })
+    }
+
+    /// The replayable configuration, SPDK format:
+    /// `{"subsystems": [{"subsystem": "pov", "config": [{"method", "params"}, ...]}]}`
+    /// with every tenant (secrets included) and then every device (defaults resolved).
+    pub fn save_config(&self) -> Value {
+        let mut calls = Vec::new();
+        for (name, secret) in self.tenants.list() {
+            let params = TenantCreateOpts { name, secret: String::from_utf8_lossy(&secret).into_owned() };
+            calls.push(json!({ "method": "pov_tenant_create", "params": params }));
+        }
+        for d in self.devices().values() {
+            let c = &d.config;
+            let params = DeviceCreateOpts {
+                name: d.opts.name.clone(),
+                socket: d.opts.socket.clone(),
+                proxies: d.opts.proxies.clone(),
+                num_queues: Some(c.num_queues),
+                max_sessions: Some(c.max_sessions),
+                heartbeat_interval_ms: Some(c.heartbeat_interval_ms),
+                session_timeout_ms: Some(c.session_timeout_ms),
+                request_timeout_ms: Some(c.request_timeout_ms),
+                virtqueues: Some(d.virtqueues),
+                reactor: d.opts.reactor,
+            };
+            calls.push(json!({ "method": "pov_device_create", "params": params }));
+        }
+        json!({ "subsystems": [{ "subsystem": "pov", "config": calls }] })
+    }
+
+    /// Deletes every device (sockets removed, clients disconnected).
+    pub fn shutdown(&self) {
+        let all = std::mem::take(&mut *self.devices());
+        for (name, d) in all {
+            d.server.stop();
+            log::info!("device {name} stopped");
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The RPC parameter name of a [`VhostBlkOptions`] field.
+fn vhost_field(field: &str) -> &str {
+    match field {
+        "num_queues" => "virtqueues",
+        f => f,
+    }
+}

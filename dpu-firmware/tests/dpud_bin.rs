@@ -1,0 +1,130 @@
+//! The real binaries: `pov-dpud` replays a config with a real `PovDevice`, serves RPC
+//! to `pov-rpc`, exposes the PoV device to a libblkio client, and exits cleanly on
+//! SIGTERM, removing its sockets.
+
+use blkio::{Blkio, Completion, ReqFlags};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::mem::MaybeUninit;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn spawn_dpud(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pov-dpud"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+fn pov_rpc(sock: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pov-rpc")).arg("-s").arg(sock).args(args).output().unwrap()
+}
+
+/// Reads the PoV configuration space (sector 0) through libblkio.
+fn read_config_space(sock: &Path) -> (u64, Vec<u8>) {
+    let mut b = Blkio::new("virtio-blk-vhost-user").unwrap();
+    b.set_str("path", sock.to_str().unwrap()).unwrap();
+    b.connect().unwrap();
+    b.set_i32("num-queues", 1).unwrap();
+    let mut q = b.start().unwrap().queues.remove(0);
+    let region = b.alloc_mem_region(1 << 20).unwrap();
+    b.map_mem_region(&region).unwrap();
+    q.read(0, region.addr as *mut u8, 4096, 0, ReqFlags::empty());
+    let mut c = [MaybeUninit::<Completion>::uninit()];
+    let mut t = Duration::from_secs(10);
+    assert_eq!(q.do_io(&mut c, 1, Some(&mut t), None).unwrap(), 1);
+    // SAFETY: do_io filled the first element.
+    assert_eq!(unsafe { c[0].assume_init_ref() }.ret, 0);
+    // SAFETY: the region is 1 MiB mapped by libblkio and the read has completed.
+    let data = unsafe { std::slice::from_raw_parts(region.addr as *const u8, 4096) }.to_vec();
+    (b.get_u64("capacity").unwrap(), data)
+}
+
+#[test]
+fn dpud_config_rpc_vhost_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let rpc_sock = dir.path().join("rpc.sock");
+    let dev_sock = dir.path().join("pov0.sock");
+    let cfg = dir.path().join("cfg.json");
+    let calls = json!([
+        {"method": "pov_tenant_create", "params": {"name": "acme", "secret": "pw"}},
+        {"method": "pov_device_create", "params": {"name": "pov0", "socket": dev_sock, "proxies": ["tcp:127.0.0.1:1"], "max_sessions": 4}}
+    ]);
+    std::fs::write(&cfg, calls.to_string()).unwrap();
+    let (mut child, lines) = spawn_dpud(&[
+        "--rpc-socket",
+        rpc_sock.to_str().unwrap(),
+        "--reactors",
+        "2",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--log-level",
+        "debug",
+    ]);
+    let ready = lines.recv_timeout(Duration::from_secs(30)).expect("no ready line");
+    assert_eq!(ready, format!("pov-dpud ready: rpc socket {}", rpc_sock.display()));
+
+    let out = pov_rpc(&rpc_sock, &["pov_device_get_devices"]);
+    assert!(out.status.success(), "{out:?}");
+    let devs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(devs[0]["name"], "pov0");
+    assert_eq!(devs[0]["config"]["max_sessions"], 4);
+    let out = pov_rpc(&rpc_sock, &["pov_tenant_get_tenants"]);
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!([{"name": "acme"}]));
+
+    let out = pov_rpc(&rpc_sock, &["no_such_method"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Method not found"), "{out:?}");
+    let out = pov_rpc(&rpc_sock, &["pov_device_delete", "{not json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = pov_rpc(&dir.path().join("nothing.sock"), &["rpc_get_methods"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // The real PoV device behind the adapter: its configuration space starts with
+    // the magic "PoVD".
+    let (capacity, sector0) = read_config_space(&dev_sock);
+    assert_eq!(&sector0[..4], b"PoVD");
+    assert!(capacity > 1 << 20, "capacity {capacity}");
+
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!rpc_sock.exists(), "rpc socket left behind");
+    assert!(!dev_sock.exists(), "device socket left behind");
+}
+
+#[test]
+fn dpud_fails_on_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg.json");
+    let sock = dir.path().join("p.sock");
+    let calls = json!({"subsystems": [{"subsystem": "pov", "config": [
+        {"method": "pov_tenant_create", "params": {"name": "acme", "secret": "pw"}},
+        {"method": "pov_device_create", "params": {"name": "p", "socket": sock, "proxies": []}}
+    ]}]});
+    std::fs::write(&cfg, calls.to_string()).unwrap();
+    let rpc_sock = dir.path().join("rpc.sock");
+    let out = Command::new(env!("CARGO_BIN_EXE_pov-dpud"))
+        .args(["--rpc-socket", rpc_sock.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config call #1 (pov_device_create) failed"), "{err}");
+    assert!(!rpc_sock.exists());
+    let out = Command::new(env!("CARGO_BIN_EXE_pov-dpud")).args(["--cpus", "0,0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

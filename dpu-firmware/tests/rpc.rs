@@ -1,0 +1,304 @@
+//! JSON-RPC control server over a real unix socket, and configuration replay. Devices
+//! are `MemDisk`s (the daemon's device factory is a test double), so nothing here
+//! depends on a proxy.
+
+use pov_dpu_firmware::blockdev::{BlockDevice, MemDisk};
+use pov_dpu_firmware::config::{load_config, ConfigError};
+use pov_dpu_firmware::daemon::{Daemon, DeviceFactory};
+use pov_dpu_firmware::rpc::client::{ClientError, RpcClient};
+use pov_dpu_firmware::rpc::{codes, RpcServer};
+use pov_runtime::{ReactorConfig, Runtime};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn memdisk_factory() -> DeviceFactory {
+    Arc::new(|cfg, _tenants| {
+        if cfg.proxies.is_empty() {
+            return Err("at least one proxy endpoint is needed".into());
+        }
+        Ok(Box::new(MemDisk::new(1 << 20, &format!("pov-{}", cfg.name))) as Box<dyn BlockDevice>)
+    })
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    rt: Option<Runtime>,
+    daemon: Arc<Daemon>,
+    server: Option<RpcServer>,
+    sock: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let dir = tempfile::tempdir().unwrap();
+        let rt = Runtime::start(&[None, None], ReactorConfig::default()).unwrap();
+        let daemon = Arc::new(Daemon::new(rt.reactors().to_vec(), memdisk_factory()));
+        let sock = dir.path().join("rpc.sock");
+        let server = RpcServer::start(&sock, daemon.clone()).unwrap();
+        Env { dir, rt: Some(rt), daemon, server: Some(server), sock }
+    }
+
+    fn client(&self) -> RpcClient {
+        RpcClient::connect(&self.sock, Some(Duration::from_secs(10))).unwrap()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop();
+        }
+        self.daemon.shutdown();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown();
+        }
+    }
+}
+
+fn code(r: Result<Value, ClientError>) -> i32 {
+    match r {
+        Err(ClientError::Rpc(e)) => e.code,
+        other => panic!("expected an RPC error, got {other:?}"),
+    }
+}
+
+/// Sends raw bytes, reads `n` newline-terminated responses.
+fn raw(sock: &Path, bytes: &[u8], n: usize) -> Vec<Value> {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut r = BufReader::new(s);
+    (0..n)
+        .map(|_| {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad response {line:?}: {e}"))
+        })
+        .collect()
+}
+
+#[test]
+fn tenants_and_devices_over_the_socket() {
+    let env = Env::new();
+    let mut c = env.client();
+    let methods = c.call("rpc_get_methods", None).unwrap();
+    for m in ["pov_device_create", "pov_tenant_get_tenants", "save_config", "framework_get_reactors"] {
+        assert!(methods.as_array().unwrap().contains(&json!(m)), "{methods}");
+    }
+
+    assert_eq!(c.call("pov_tenant_create", Some(json!({"name": "acme", "secret": "s3cret"}))).unwrap(), json!(true));
+    assert_eq!(code(c.call("pov_tenant_create", Some(json!({"name": "acme", "secret": "x"})))), codes::EEXIST);
+    assert_eq!(code(c.call("pov_tenant_create", Some(json!({"name": "../x", "secret": "x"})))), codes::INVALID_PARAMS);
+    let tenants = c.call("pov_tenant_get_tenants", None).unwrap();
+    assert_eq!(tenants, json!([{"name": "acme"}]));
+    assert!(!tenants.to_string().contains("s3cret"));
+
+    let sock0 = env.path("pov0.sock");
+    let r = c.call("pov_device_create", Some(json!({"name": "pov0", "socket": sock0, "proxies": ["tcp:127.0.0.1:1"], "virtqueues": 2})));
+    assert_eq!(r.unwrap(), json!("pov0"));
+    assert!(sock0.exists());
+    // Duplicate name, duplicate socket, bad parameters, device-level rejection.
+    let dup = json!({"name": "pov0", "socket": env.path("other.sock"), "proxies": ["tcp:127.0.0.1:1"]});
+    assert_eq!(code(c.call("pov_device_create", Some(dup))), codes::EEXIST);
+    let dup_sock = json!({"name": "pov1", "socket": sock0, "proxies": ["tcp:127.0.0.1:1"]});
+    assert_eq!(code(c.call("pov_device_create", Some(dup_sock))), codes::EEXIST);
+    let unknown_field = json!({"name": "pov1", "socket": env.path("p1.sock"), "proxies": [], "bogus": 1});
+    assert_eq!(code(c.call("pov_device_create", Some(unknown_field))), codes::INVALID_PARAMS);
+    let no_proxy = json!({"name": "pov1", "socket": env.path("p1.sock"), "proxies": []});
+    assert_eq!(code(c.call("pov_device_create", Some(no_proxy))), codes::INVALID_PARAMS);
+    assert!(!env.path("p1.sock").exists(), "failed create left its socket behind");
+    let bad_vq = json!({"name": "pov1", "socket": env.path("p1.sock"), "proxies": ["tcp:x:1"], "virtqueues": 0});
+    assert_eq!(code(c.call("pov_device_create", Some(bad_vq))), codes::INVALID_PARAMS);
+    let bad_name = json!({"name": "a/b", "socket": env.path("p1.sock"), "proxies": ["tcp:x:1"]});
+    assert_eq!(code(c.call("pov_device_create", Some(bad_name))), codes::INVALID_PARAMS);
+    let bad_reactor = json!({"name": "pov1", "socket": env.path("p1.sock"), "proxies": ["tcp:x:1"], "reactor": 9});
+    assert_eq!(code(c.call("pov_device_create", Some(bad_reactor))), codes::INVALID_PARAMS);
+    let missing = json!({"name": "pov1"});
+    assert_eq!(code(c.call("pov_device_create", Some(missing))), codes::INVALID_PARAMS);
+    assert_eq!(code(c.call("pov_device_create", Some(json!([1, 2])))), codes::INVALID_PARAMS);
+    let r = c.call("pov_device_create", Some(json!({"name": "pov1", "socket": env.path("p1.sock"), "proxies": ["tcp:h:2"], "num_queues": 4})));
+    assert_eq!(r.unwrap(), json!("pov1"));
+
+    let devs = c.call("pov_device_get_devices", None).unwrap();
+    let devs = devs.as_array().unwrap();
+    assert_eq!(devs.len(), 2);
+    assert_eq!(devs[0]["name"], "pov0");
+    assert_eq!(devs[0]["virtqueues"], 2);
+    assert_eq!(devs[0]["clients"], 0);
+    assert_eq!(devs[0]["config"]["num_queues"], 16);
+    assert_eq!(devs[1]["config"]["num_queues"], 4);
+    // Round-robin placement over the two reactors.
+    assert_ne!(devs[0]["reactor"], devs[1]["reactor"]);
+    assert!(devs[0]["stats"].is_object(), "{}", devs[0]);
+    let one = c.call("pov_device_get_devices", Some(json!({"name": "pov1"}))).unwrap();
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    assert_eq!(code(c.call("pov_device_get_devices", Some(json!({"name": "nope"})))), codes::ENODEV);
+
+    // The device pollers show up on their reactors.
+    let t = Instant::now();
+    loop {
+        let r = c.call("framework_get_reactors", None).unwrap();
+        let names: Vec<String> = r["reactors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|x| x["pollers"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()))
+            .collect();
+        if names.contains(&"vhost_blk_pov0".to_string()) && names.contains(&"vhost_blk_pov1".to_string()) {
+            assert_eq!(r["reactors"].as_array().unwrap().len(), 2);
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "pollers not listed: {r}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // save_config carries secrets and full device parameters.
+    let saved = c.call("save_config", None).unwrap();
+    let calls = saved["subsystems"][0]["config"].as_array().unwrap();
+    assert_eq!(saved["subsystems"][0]["subsystem"], "pov");
+    assert_eq!(calls[0], json!({"method": "pov_tenant_create", "params": {"name": "acme", "secret": "s3cret"}}));
+    assert_eq!(calls[1]["method"], "pov_device_create");
+    assert_eq!(calls[1]["params"]["virtqueues"], 2);
+    assert_eq!(calls[1]["params"]["session_timeout_ms"], 10000);
+
+    assert_eq!(c.call("pov_device_delete", Some(json!({"name": "pov0"}))).unwrap(), json!(true));
+    assert!(!sock0.exists(), "socket not removed");
+    assert_eq!(code(c.call("pov_device_delete", Some(json!({"name": "pov0"})))), codes::ENODEV);
+    assert_eq!(code(c.call("pov_device_delete", Some(json!({})))), codes::INVALID_PARAMS);
+    assert_eq!(c.call("pov_tenant_delete", Some(json!({"name": "acme"}))).unwrap(), json!(true));
+    assert_eq!(code(c.call("pov_tenant_delete", Some(json!({"name": "acme"})))), codes::ENODEV);
+    // The name is free again.
+    let again = json!({"name": "pov0", "socket": sock0, "proxies": ["tcp:127.0.0.1:1"]});
+    assert_eq!(c.call("pov_device_create", Some(again)).unwrap(), json!("pov0"));
+}
+
+#[test]
+fn protocol_errors_never_kill_the_server() {
+    let env = Env::new();
+    let mut c = env.client();
+    assert_eq!(code(c.call("no_such_method", None)), codes::METHOD_NOT_FOUND);
+    assert_eq!(code(c.call("save_config", Some(json!({"x": 1})))), codes::INVALID_PARAMS);
+    assert_eq!(code(c.call("pov_tenant_create", Some(json!({"name": 5, "secret": "x"})))), codes::INVALID_PARAMS);
+    // The connection is still usable after errors.
+    assert!(c.call("pov_tenant_get_tenants", None).is_ok());
+
+    // Invalid requests.
+    let r = raw(&env.sock, br#"{"id":1,"method":"rpc_get_methods"}"#, 1);
+    assert_eq!(r[0]["error"]["code"], codes::INVALID_REQUEST);
+    assert_eq!(r[0]["id"], 1);
+    let r = raw(&env.sock, br#"{"jsonrpc":"2.0","id":2,"method":7} 42 {"jsonrpc":"2.0","id":[1],"method":"x"}"#, 3);
+    assert!(r.iter().all(|x| x["error"]["code"] == codes::INVALID_REQUEST), "{r:?}");
+
+    // Requests back to back without separators; a notification gets no answer.
+    let bytes = br#"{"jsonrpc":"2.0","method":"pov_tenant_create","params":{"name":"n","secret":"s"}}{"jsonrpc":"2.0","id":"a","method":"pov_tenant_get_tenants"}{"jsonrpc":"2.0","id":"b","method":"rpc_get_methods"}"#;
+    let r = raw(&env.sock, bytes, 2);
+    assert_eq!(r[0]["id"], "a");
+    assert_eq!(r[0]["result"], json!([{"name": "n"}]));
+    assert_eq!(r[1]["id"], "b");
+
+    // A batch.
+    let r = raw(&env.sock, br#"[{"jsonrpc":"2.0","id":1,"method":"pov_tenant_get_tenants"},{"jsonrpc":"2.0","id":2,"method":"nope"}]"#, 1);
+    assert_eq!(r[0][0]["id"], 1);
+    assert_eq!(r[0][1]["error"]["code"], codes::METHOD_NOT_FOUND);
+    let r = raw(&env.sock, b"[]", 1);
+    assert_eq!(r[0]["error"]["code"], codes::INVALID_REQUEST);
+
+    // Garbage: a parse error, then the server closes that connection.
+    let mut s = UnixStream::connect(&env.sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"\x00\xffnot json at all}").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["error"]["code"], codes::PARSE_ERROR);
+    assert_eq!(v["id"], Value::Null);
+
+    // A client that disconnects in the middle of a request.
+    let mut s = UnixStream::connect(&env.sock).unwrap();
+    s.write_all(br#"{"jsonrpc":"2.0","id":1,"meth"#).unwrap();
+    drop(s);
+
+    // Still serving.
+    let mut c2 = env.client();
+    assert_eq!(c2.call("pov_tenant_get_tenants", None).unwrap(), json!([{"name": "n"}]));
+    assert_eq!(c.call("pov_tenant_get_tenants", None).unwrap(), json!([{"name": "n"}]));
+}
+
+#[test]
+fn rpc_socket_in_use_is_refused_and_removed_on_stop() {
+    let env = Env::new();
+    let second = RpcServer::start(&env.sock, env.daemon.clone());
+    assert_eq!(second.err().unwrap().kind(), std::io::ErrorKind::AddrInUse);
+    let other = env.path("rpc2.sock");
+    let s = RpcServer::start(&other, env.daemon.clone()).unwrap();
+    // A connected, idle client does not block stop().
+    let _idle = UnixStream::connect(&other).unwrap();
+    s.stop();
+    assert!(!other.exists());
+}
+
+#[test]
+fn config_replay_both_formats() {
+    let saved;
+    let sock0;
+    {
+        let env = Env::new();
+        let mut c = env.client();
+        c.call("pov_tenant_create", Some(json!({"name": "t1", "secret": "pw1"}))).unwrap();
+        sock0 = env.path("d0.sock");
+        let p = json!({"name": "d0", "socket": sock0, "proxies": ["tcp:127.0.0.1:9"], "max_sessions": 8, "reactor": 1});
+        c.call("pov_device_create", Some(p)).unwrap();
+        saved = c.call("save_config", None).unwrap();
+        // Replaying on top of the live state fails on the first duplicate.
+        match load_config(&env.daemon, &saved) {
+            Err(ConfigError::Call { index: 0, method, error }) => {
+                assert_eq!(method, "pov_tenant_create");
+                assert_eq!(error.code, codes::EEXIST);
+            }
+            other => panic!("expected a failed call, got {other:?}"),
+        }
+        drop(c);
+        env.daemon.shutdown();
+        assert!(!sock0.exists());
+        // Same process, fresh daemon: replay the SPDK format.
+        let rt = Runtime::start(&[None, None], ReactorConfig::default()).unwrap();
+        let d2 = Daemon::new(rt.reactors().to_vec(), memdisk_factory());
+        assert_eq!(load_config(&d2, &saved).unwrap(), 2);
+        assert_eq!(d2.save_config(), saved);
+        assert!(sock0.exists());
+        let info = d2.device_info(Some("d0")).unwrap();
+        assert_eq!(info[0].reactor, 1);
+        assert_eq!(info[0].config.max_sessions, 8);
+        d2.shutdown();
+
+        // The plain list format.
+        let d3 = Daemon::new(rt.reactors().to_vec(), memdisk_factory());
+        let list = json!([
+            {"method": "pov_tenant_create", "params": {"name": "t2", "secret": "x"}},
+            {"method": "rpc_get_methods"},
+            {"method": "pov_device_create", "params": {"name": "d1", "socket": env.path("d1.sock"), "proxies": ["tcp:a:1"]}}
+        ]);
+        assert_eq!(load_config(&d3, &list).unwrap(), 3);
+        assert_eq!(d3.tenant_names(), vec!["t2".to_string()]);
+        // Malformed documents run nothing.
+        for bad in [json!({"x": 1}), json!([{"params": {}}]), json!(5), json!([{"method": "a", "extra": 1}])] {
+            assert!(matches!(load_config(&d3, &bad), Err(ConfigError::Shape(_))), "{bad}");
+        }
+        let failing = json!({"subsystems": [{"subsystem": "pov", "config": null}, {"subsystem": "pov", "config": [{"method": "nope"}]}]});
+        match load_config(&d3, &failing) {
+            Err(ConfigError::Call { index: 0, error, .. }) => assert_eq!(error.code, codes::METHOD_NOT_FOUND),
+            other => panic!("{other:?}"),
+        }
+        d3.shutdown();
+        rt.shutdown();
+    }
+}
