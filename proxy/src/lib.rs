@@ -1,1 +1,53 @@
-//! (in progress)
+//! `pov-proxy`: the storage-cluster side of PoV's data path (paper §4.3).
+//!
+//! The DPU firmware (`pov-dpud`) forwards each file request from a host as a
+//! length-prefixed frame (`pov_proto::wire::ProxyRequest`) over a transport
+//! connection (TCP now, RDMA later). The proxy serves it from a storage backend inside
+//! the request's tenant namespace and answers with a `ProxyResponse` carrying the same
+//! tag. The proxy keeps no per-file state: handles live on the DPU.
+//!
+//! * [`backend`]: the storage seam ([`backend::Backend`]) with the `local` and `null`
+//!   implementations, the spec strings that choose one (`local:DIR`, `null`) and the
+//!   conformance suite every storing backend passes.
+//! * [`sys`]: the crate's only `unsafe` code (`*at` system calls, signal self-pipe).
+
+pub mod backend;
+pub mod sys;
+
+/// Setup errors of the proxy (per-request failures are response statuses instead).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The backend spec string is not one of the known forms.
+    #[error("bad backend spec {spec:?}: {why}")]
+    BadBackendSpec {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The backend's directory cannot be created or opened.
+    #[error("cannot set up backend directory {}: {source}", path.display())]
+    BackendSetup {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listen endpoint cannot be parsed or bound.
+    #[error("cannot listen on {endpoint}: {source}")]
+    Listen {
+        /// The endpoint as given.
+        endpoint: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The reactor threads cannot be started.
+    #[error("cannot start reactors: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// A reactor stopped while the server was being set up.
+    #[error("reactor {0} stopped during startup")]
+    ReactorStopped(u32),
+}

@@ -1,0 +1,487 @@
+//! The one test body every storing [`Backend`] must pass.
+//!
+//! Each case is a function taking a fresh backend; [`CASES`] lists them and
+//! [`run_all`] runs them in turn on one backend (cases use distinct tenants, so they do
+//! not disturb each other). In a test module,
+//! `pov_proxy::backend_conformance_tests!(expr)` generates one `#[test]` per case,
+//! where `expr` evaluates to `(guard, Box<dyn Backend>)` (the guard, e.g. a temporary
+//! directory, lives as long as the test).
+//!
+//! Failures panic with a message naming the operation, as tests expect.
+
+use super::Backend;
+use pov_proto::entry::{DirEntry, Kind};
+use pov_proto::io::flags::{CREATE, EXCL, TRUNCATE, WRITE};
+use pov_proto::{Status, MAX_IO_BYTES};
+
+const MIB: usize = 1 << 20;
+
+/// Deterministic pseudo-random bytes (xorshift), different for every `seed`.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn read_all(b: &mut dyn Backend, t: &str, p: &str, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    let n = b.read(t, p, offset, &mut buf).unwrap_or_else(|s| panic!("read {t}/{p}@{offset}: {s}"));
+    buf.truncate(n);
+    buf
+}
+
+fn create(b: &mut dyn Backend, t: &str, p: &str) {
+    b.open(t, p, CREATE | WRITE).unwrap_or_else(|s| panic!("create {t}/{p}: {s}"));
+}
+
+fn names(entries: &[DirEntry]) -> Vec<&str> {
+    entries.iter().map(|e| e.name.as_str()).collect()
+}
+
+/// Open: CREATE (with parents), EXCL, TRUNCATE, directories, files used as
+/// directories, normalized spellings of one path.
+pub fn open_create(b: &mut dyn Backend) {
+    let t = "conf-open";
+    assert_eq!(b.open(t, "f", 0), Err(Status::NotFound));
+    assert_eq!(b.open(t, "f", WRITE), Err(Status::NotFound));
+    create(b, t, "f");
+    b.open(t, "f", 0).unwrap();
+    b.open(t, "f", WRITE).unwrap();
+    b.open(t, "f", CREATE).unwrap();
+    assert_eq!(b.open(t, "f", CREATE | EXCL), Err(Status::Exists));
+    b.open(t, "g", CREATE | EXCL | WRITE).unwrap();
+    create(b, t, "d1/d2/d3/f");
+    assert_eq!(b.stat(t, "d1").unwrap().kind, Kind::Dir);
+    assert_eq!(b.stat(t, "d1/d2").unwrap().kind, Kind::Dir);
+    assert_eq!(b.stat(t, "d1/d2/d3/f").unwrap().kind, Kind::File);
+    assert_eq!(b.open(t, "d1/d2", 0), Err(Status::IsDir));
+    assert_eq!(b.open(t, "d1", CREATE | WRITE), Err(Status::IsDir));
+    assert_eq!(b.open(t, "", 0), Err(Status::IsDir));
+    assert_eq!(b.open(t, "/", CREATE), Err(Status::IsDir));
+    assert_eq!(b.open(t, "f/sub", 0), Err(Status::NotDir));
+    assert_eq!(b.open(t, "f/sub", CREATE | WRITE), Err(Status::NotDir));
+    b.write(t, "f", 0, b"hello", false).unwrap();
+    b.open(t, "f", WRITE).unwrap();
+    assert_eq!(b.stat(t, "f").unwrap().size, 5, "open without TRUNCATE keeps data");
+    b.open(t, "f", TRUNCATE | WRITE).unwrap();
+    assert_eq!(b.stat(t, "f").unwrap().size, 0, "TRUNCATE empties the file");
+    create(b, t, "/x//y/./z");
+    assert_eq!(b.stat(t, "x/y/z").unwrap().kind, Kind::File);
+}
+
+/// Writes and reads at aligned and unaligned offsets, holes, short reads at end of
+/// file, reads past it, empty IOs, synchronous writes.
+pub fn read_write_offsets(b: &mut dyn Backend) {
+    let t = "conf-rw";
+    create(b, t, "f");
+    assert_eq!(b.write(t, "f", 0, b"hello world", false), Ok(11));
+    assert_eq!(read_all(b, t, "f", 0, 11), b"hello world");
+    assert_eq!(b.write(t, "f", 6, b"WORLD", false), Ok(5));
+    assert_eq!(read_all(b, t, "f", 0, 64), b"hello WORLD", "short read at end of file");
+    let data = pattern(1, 5000);
+    assert_eq!(b.write(t, "f", 4093, &data, false), Ok(5000));
+    let all = read_all(b, t, "f", 0, 4093 + 5000);
+    assert_eq!(all.len(), 9093);
+    assert_eq!(&all[..11], b"hello WORLD");
+    assert!(all[11..4093].iter().all(|&x| x == 0), "a hole reads as zeros");
+    assert_eq!(&all[4093..], &data[..]);
+    assert_eq!(read_all(b, t, "f", 4097, 13), &data[4..17], "unaligned read");
+    assert_eq!(read_all(b, t, "f", 9000, 1000).len(), 93);
+    assert_eq!(read_all(b, t, "f", 9093, 10).len(), 0, "read at end of file");
+    assert_eq!(read_all(b, t, "f", 1 << 40, 10).len(), 0, "read far past end of file");
+    assert_eq!(read_all(b, t, "f", 0, 0).len(), 0);
+    assert_eq!(b.write(t, "f", 3, b"", false), Ok(0));
+    assert_eq!(b.write(t, "f", 1, b"E", true), Ok(1), "synchronous write");
+    assert_eq!(read_all(b, t, "f", 0, 5), b"hEllo");
+    assert_eq!(b.stat(t, "f").unwrap().size, 9093);
+}
+
+/// A file larger than one IO (1 MiB), written in several pieces, read back in
+/// unaligned 1 MiB pieces.
+pub fn large_files(b: &mut dyn Backend) {
+    let t = "conf-large";
+    create(b, t, "big");
+    let total = 3 * MIB + 777;
+    let data = pattern(2, total);
+    let mut off = 0usize;
+    for len in [1_000_003usize, MIB, MIB, total - 1_000_003 - 2 * MIB] {
+        assert_eq!(b.write(t, "big", off as u64, &data[off..off + len], false), Ok(len));
+        off += len;
+    }
+    assert_eq!(b.stat(t, "big").unwrap().size, total as u64);
+    let mut off = 333usize;
+    let mut got = read_all(b, t, "big", 0, 333);
+    while off < total {
+        let piece = read_all(b, t, "big", off as u64, MAX_IO_BYTES as usize);
+        assert_eq!(piece.len(), MIB.min(total - off));
+        got.extend_from_slice(&piece);
+        off += piece.len();
+    }
+    assert!(got == data, "large file read back differs");
+}
+
+/// Appends land at the end, one after the other; an empty append reports the size.
+pub fn append_sequential(b: &mut dyn Backend) {
+    let t = "conf-append";
+    create(b, t, "log");
+    assert_eq!(b.append(t, "log", b"abc", false), Ok(0));
+    assert_eq!(b.append(t, "log", b"defgh", true), Ok(3));
+    assert_eq!(b.append(t, "log", b"", false), Ok(8));
+    b.write(t, "log", 20, b"z", false).unwrap();
+    assert_eq!(b.append(t, "log", b"!", false), Ok(21));
+    let got = read_all(b, t, "log", 0, 64);
+    assert_eq!(&got[..8], b"abcdefgh");
+    assert_eq!(&got[20..], b"z!");
+}
+
+/// Threads appending records of different sizes to one file through their own
+/// channels: no record is lost, none overlaps or interleaves with another, and each
+/// landed where its append said.
+pub fn append_concurrent(b: &mut dyn Backend) {
+    let t = "conf-append-mt";
+    create(b, t, "log");
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 150;
+    let handles: Vec<_> = (0..THREADS)
+        .map(|th| {
+            let mut ch = b.channel();
+            std::thread::spawn(move || {
+                let mut landed = Vec::new();
+                for i in 0..PER_THREAD {
+                    let len = 1 + (th * 7919 + i * 104_729) % 9000;
+                    let rec = pattern((th * 1000 + i) as u64 + 7, len);
+                    let off = ch.append(t, "log", &rec, false).expect("append");
+                    landed.push((off, rec));
+                }
+                landed
+            })
+        })
+        .collect();
+    let mut all: Vec<(u64, Vec<u8>)> = handles.into_iter().flat_map(|h| h.join().expect("appender thread")).collect();
+    all.sort_by_key(|(off, _)| *off);
+    let total: usize = all.iter().map(|(_, r)| r.len()).sum();
+    assert_eq!(b.stat(t, "log").unwrap().size, total as u64, "appended data lost");
+    let mut end = 0u64;
+    for (off, rec) in &all {
+        assert_eq!(*off, end, "appends overlap or leave a gap");
+        end += rec.len() as u64;
+    }
+    let mut content = Vec::with_capacity(total);
+    while content.len() < total {
+        let piece = read_all(b, t, "log", content.len() as u64, MIB);
+        assert!(!piece.is_empty());
+        content.extend_from_slice(&piece);
+    }
+    for (off, rec) in &all {
+        let off = *off as usize;
+        assert!(content[off..off + rec.len()] == rec[..], "record at {off} interleaved");
+    }
+}
+
+/// Truncate shrinks, grows with zeros, and reports the new size.
+pub fn truncate(b: &mut dyn Backend) {
+    let t = "conf-truncate";
+    create(b, t, "f");
+    let data = pattern(3, 100);
+    b.write(t, "f", 0, &data, false).unwrap();
+    assert_eq!(b.truncate(t, "f", 10), Ok(10));
+    assert_eq!(b.stat(t, "f").unwrap().size, 10);
+    assert_eq!(read_all(b, t, "f", 0, 100), &data[..10]);
+    assert_eq!(b.truncate(t, "f", 5000), Ok(5000));
+    let got = read_all(b, t, "f", 0, 6000);
+    assert_eq!(got.len(), 5000);
+    assert_eq!(&got[..10], &data[..10]);
+    assert!(got[10..].iter().all(|&x| x == 0), "growing fills with zeros");
+    assert_eq!(b.truncate(t, "f", 0), Ok(0));
+    assert_eq!(read_all(b, t, "f", 0, 10).len(), 0);
+    create(b, t, "d/f");
+    assert_eq!(b.truncate(t, "d", 0), Err(Status::IsDir));
+    assert_eq!(b.truncate(t, "nope", 0), Err(Status::NotFound));
+}
+
+/// Stat of files, directories, the namespace root (even before the tenant has any
+/// file) and missing names.
+pub fn stat(b: &mut dyn Backend) {
+    let t = "conf-stat";
+    let root = b.stat(t, "").unwrap();
+    assert_eq!((root.kind, root.size), (Kind::Dir, 0), "root of a fresh tenant");
+    create(b, t, "dir/f");
+    b.write(t, "dir/f", 0, &pattern(4, 1234), false).unwrap();
+    let s = b.stat(t, "dir/f").unwrap();
+    assert_eq!((s.kind, s.size), (Kind::File, 1234));
+    assert!(s.mtime_ns > 1_500_000_000 * 1_000_000_000, "mtime is ns since the epoch");
+    assert_eq!(b.stat(t, "dir").unwrap().kind, Kind::Dir);
+    assert_eq!(b.stat(t, "/dir/").unwrap().kind, Kind::Dir);
+    assert_eq!(b.stat(t, "").unwrap().kind, Kind::Dir);
+    assert_eq!(b.stat(t, "nope"), Err(Status::NotFound));
+    assert_eq!(b.stat(t, "dir/f/x"), Err(Status::NotDir));
+}
+
+/// Listing: sorted by name (bytes), kinds and sizes, sub-directories, start index,
+/// errors.
+pub fn list_sorted(b: &mut dyn Backend) {
+    let t = "conf-list";
+    let empty = b.list(t, "", 0, MIB).unwrap();
+    assert!(empty.entries.is_empty() && !empty.more, "root of a fresh tenant is empty");
+    for (i, p) in ["b", "a", "C", "dir/x", "z10", "z9"].iter().enumerate() {
+        create(b, t, p);
+        b.write(t, p, 0, &pattern(i as u64, i * 10), false).unwrap();
+    }
+    let l = b.list(t, "", 0, MIB).unwrap();
+    assert!(!l.more);
+    assert_eq!(names(&l.entries), ["C", "a", "b", "dir", "z10", "z9"]);
+    let size_of = |n: &str| l.entries.iter().find(|e| e.name == n).map(|e| (e.kind, e.size));
+    assert_eq!(size_of("a"), Some((Kind::File, 10)));
+    assert_eq!(size_of("C"), Some((Kind::File, 20)));
+    assert_eq!(size_of("dir"), Some((Kind::Dir, 0)));
+    assert_eq!(b.list(t, "", 0, MIB).unwrap(), l, "listing is deterministic");
+    assert_eq!(names(&b.list(t, "", 2, MIB).unwrap().entries), ["b", "dir", "z10", "z9"]);
+    let past = b.list(t, "", 6, MIB).unwrap();
+    assert!(past.entries.is_empty() && !past.more);
+    assert!(b.list(t, "", u64::MAX, MIB).unwrap().entries.is_empty());
+    let sub = b.list(t, "/dir/", 0, MIB).unwrap();
+    assert_eq!(sub.entries, [DirEntry { kind: Kind::File, size: 30, name: "x".into() }]);
+    assert_eq!(b.list(t, "nope", 0, MIB), Err(Status::NotFound));
+    assert_eq!(b.list(t, "a", 0, MIB), Err(Status::NotDir));
+}
+
+/// A directory whose listing does not fit in one 1 MiB page: pages carry `more`,
+/// never exceed the byte budget, and together list every entry once, in order.
+pub fn list_pagination(b: &mut dyn Backend) {
+    let t = "conf-list-many";
+    const N: usize = 4500;
+    // 240-byte names: 251 encoded bytes each, ~1.08 MiB in total.
+    let expected: Vec<String> = (0..N).map(|i| format!("{i:05}-{}", "n".repeat(234))).collect();
+    for n in &expected {
+        create(b, t, &format!("many/{n}"));
+    }
+    for budget in [MAX_IO_BYTES as usize, 100_000] {
+        let mut got: Vec<String> = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = b.list(t, "many", got.len() as u64, budget).unwrap();
+            pages += 1;
+            assert!(pages <= N, "pagination does not advance");
+            let bytes: usize = page.entries.iter().map(DirEntry::encoded_len).sum();
+            assert!(bytes <= budget, "page of {bytes} bytes over budget {budget}");
+            assert!(!page.entries.is_empty() || !page.more, "empty page claims more");
+            got.extend(page.entries.into_iter().map(|e| e.name));
+            if !page.more {
+                break;
+            }
+        }
+        assert!(pages >= 2, "{N} long names must not fit in one page of {budget} bytes");
+        assert!(got == expected, "paged listing differs from the directory");
+    }
+}
+
+/// Remove files and empty directories; non-empty directories and the root refuse.
+pub fn remove(b: &mut dyn Backend) {
+    let t = "conf-remove";
+    create(b, t, "f");
+    assert_eq!(b.remove(t, "f"), Ok(()));
+    assert_eq!(b.stat(t, "f"), Err(Status::NotFound));
+    assert_eq!(b.remove(t, "f"), Err(Status::NotFound));
+    create(b, t, "d/e/f");
+    assert_eq!(b.remove(t, "d"), Err(Status::NotEmpty));
+    assert_eq!(b.remove(t, "d/e"), Err(Status::NotEmpty));
+    assert_eq!(b.remove(t, "d/e/f"), Ok(()));
+    assert_eq!(b.remove(t, "d/e"), Ok(()));
+    assert_eq!(b.remove(t, "/d/"), Ok(()));
+    assert_eq!(b.remove(t, ""), Err(Status::Permission));
+    assert!(b.list(t, "", 0, MIB).unwrap().entries.is_empty());
+    create(b, t, "again");
+    assert_eq!(b.stat(t, "again").unwrap().size, 0, "a removed name can be created anew");
+}
+
+/// Fsync of files, directories and the root; missing files fail.
+pub fn fsync(b: &mut dyn Backend) {
+    let t = "conf-fsync";
+    assert_eq!(b.fsync(t, ""), Ok(()));
+    create(b, t, "d/f");
+    b.write(t, "d/f", 0, b"durable", false).unwrap();
+    assert_eq!(b.fsync(t, "d/f"), Ok(()));
+    assert_eq!(b.fsync(t, "d"), Ok(()));
+    assert_eq!(b.fsync(t, ""), Ok(()));
+    assert_eq!(b.fsync(t, "nope"), Err(Status::NotFound));
+    assert_eq!(read_all(b, t, "d/f", 0, 16), b"durable");
+}
+
+/// Threads writing their own files through their own channels, chunks in a
+/// scrambled order: every file reads back exactly.
+pub fn concurrent_writers(b: &mut dyn Backend) {
+    let t = "conf-writers";
+    const THREADS: usize = 4;
+    const CHUNKS: usize = 24;
+    const CHUNK: usize = 50_001;
+    for th in 0..THREADS {
+        create(b, t, &format!("w{th}"));
+    }
+    let handles: Vec<_> = (0..THREADS)
+        .map(|th| {
+            let mut ch = b.channel();
+            std::thread::spawn(move || {
+                let p = format!("w{th}");
+                let data = pattern(100 + th as u64, CHUNKS * CHUNK);
+                for k in 0..CHUNKS {
+                    let j = (k * 7) % CHUNKS;
+                    let off = j * CHUNK;
+                    assert_eq!(ch.write(t, &p, off as u64, &data[off..off + CHUNK], false), Ok(CHUNK));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("writer thread");
+    }
+    for th in 0..THREADS {
+        let p = format!("w{th}");
+        let data = pattern(100 + th as u64, CHUNKS * CHUNK);
+        let mut got = Vec::new();
+        while got.len() < data.len() {
+            let piece = read_all(b, t, &p, got.len() as u64, MIB);
+            assert!(!piece.is_empty());
+            got.extend_from_slice(&piece);
+        }
+        assert!(got == data, "file {p} differs");
+    }
+}
+
+/// Every operation on a missing file (or in a missing directory, or for a tenant
+/// that has nothing yet) fails with NotFound and creates nothing.
+pub fn missing_files(b: &mut dyn Backend) {
+    for t in ["conf-missing", "conf-missing-fresh"] {
+        if t == "conf-missing" {
+            create(b, t, "present");
+        }
+        for p in ["nope", "nodir/nope"] {
+            let mut buf = [0u8; 8];
+            assert_eq!(b.open(t, p, 0), Err(Status::NotFound), "open {t}/{p}");
+            assert_eq!(b.open(t, p, WRITE | TRUNCATE), Err(Status::NotFound), "open {t}/{p}");
+            assert_eq!(b.read(t, p, 0, &mut buf), Err(Status::NotFound), "read {t}/{p}");
+            assert_eq!(b.write(t, p, 0, b"x", false), Err(Status::NotFound), "write {t}/{p}");
+            assert_eq!(b.append(t, p, b"x", false), Err(Status::NotFound), "append {t}/{p}");
+            assert_eq!(b.truncate(t, p, 1), Err(Status::NotFound), "truncate {t}/{p}");
+            assert_eq!(b.stat(t, p), Err(Status::NotFound), "stat {t}/{p}");
+            assert_eq!(b.list(t, p, 0, MIB), Err(Status::NotFound), "list {t}/{p}");
+            assert_eq!(b.remove(t, p), Err(Status::NotFound), "remove {t}/{p}");
+            assert_eq!(b.fsync(t, p), Err(Status::NotFound), "fsync {t}/{p}");
+        }
+        let l = b.list(t, "", 0, MIB).unwrap();
+        assert!(l.entries.iter().all(|e| e.name == "present"), "failed calls created {:?}", names(&l.entries));
+    }
+}
+
+/// A tenant reaching for another tenant's file: `..` paths are refused for every
+/// operation, the same path under another tenant is a different file, and invalid
+/// tenant names are refused.
+pub fn tenant_isolation(b: &mut dyn Backend) {
+    let (a, other) = ("conf-iso-a", "conf-iso-b");
+    create(b, a, "secret");
+    b.write(a, "secret", 0, b"a's secret", false).unwrap();
+    let escapes = ["../conf-iso-a/secret", "x/../../conf-iso-a/secret", "/../conf-iso-a/secret", "..", "../conf-iso-a"];
+    for p in escapes {
+        let mut buf = [0u8; 64];
+        let perm = Err(Status::Permission);
+        assert_eq!(b.open(other, p, 0), perm, "open {p}");
+        assert_eq!(b.open(other, p, CREATE | TRUNCATE | WRITE), perm, "open {p}");
+        assert_eq!(b.read(other, p, 0, &mut buf), perm.map(|()| 0), "read {p}");
+        assert_eq!(b.write(other, p, 0, b"pwned", false), perm.map(|()| 0), "write {p}");
+        assert_eq!(b.append(other, p, b"pwned", false), perm.map(|()| 0), "append {p}");
+        assert_eq!(b.truncate(other, p, 0), perm.map(|()| 0), "truncate {p}");
+        assert_eq!(b.stat(other, p).map(|_| ()), perm, "stat {p}");
+        assert_eq!(b.list(other, p, 0, MIB).map(|_| ()), perm, "list {p}");
+        assert_eq!(b.remove(other, p), perm, "remove {p}");
+        assert_eq!(b.fsync(other, p), perm, "fsync {p}");
+    }
+    assert_eq!(b.stat(other, "secret"), Err(Status::NotFound));
+    let mut buf = [0u8; 64];
+    assert_eq!(b.read(other, "secret", 0, &mut buf), Err(Status::NotFound));
+    create(b, other, "secret");
+    b.write(other, "secret", 0, b"b", false).unwrap();
+    assert_eq!(read_all(b, other, "secret", 0, 64), b"b");
+    assert_eq!(read_all(b, a, "secret", 0, 64), b"a's secret");
+    let lb = b.list(other, "", 0, MIB).unwrap();
+    assert_eq!(lb.entries, [DirEntry { kind: Kind::File, size: 1, name: "secret".into() }]);
+    assert_eq!(b.list(a, "", 0, MIB).unwrap().entries[0].size, 10);
+    b.remove(other, "secret").unwrap();
+    assert_eq!(read_all(b, a, "secret", 0, 64), b"a's secret");
+    let long = "x".repeat(64);
+    for bad in ["", "..", ".", "../conf-iso-a", "conf-iso-a/..", "conf-iso-a/x", ".hidden", "a b", long.as_str()] {
+        assert_eq!(b.read(bad, "secret", 0, &mut buf), Err(Status::Permission), "tenant {bad:?}");
+        assert_eq!(b.open(bad, "secret", CREATE | WRITE), Err(Status::Permission), "tenant {bad:?}");
+        assert_eq!(b.list(bad, "", 0, MIB).map(|_| ()), Err(Status::Permission), "tenant {bad:?}");
+    }
+    assert_eq!(read_all(b, a, "secret", 0, 64), b"a's secret");
+}
+
+/// Malformed names: NUL bytes, over-long components and paths.
+pub fn bad_names(b: &mut dyn Backend) {
+    let t = "conf-names";
+    assert_eq!(b.open(t, "a\0b", CREATE), Err(Status::Invalid));
+    let long = "c".repeat(256);
+    assert_eq!(b.open(t, &long, CREATE), Err(Status::NameTooLong));
+    let deep = "d/".repeat(2100);
+    assert_eq!(b.open(t, &deep, CREATE), Err(Status::NameTooLong));
+    let ok = "c".repeat(255);
+    create(b, t, &ok);
+    assert_eq!(b.stat(t, &ok).unwrap().kind, Kind::File);
+}
+
+/// A conformance case.
+pub type Case = fn(&mut dyn Backend);
+
+/// Every case, with its name.
+pub const CASES: &[(&str, Case)] = &[
+    ("open_create", open_create),
+    ("read_write_offsets", read_write_offsets),
+    ("large_files", large_files),
+    ("append_sequential", append_sequential),
+    ("append_concurrent", append_concurrent),
+    ("truncate", truncate),
+    ("stat", stat),
+    ("list_sorted", list_sorted),
+    ("list_pagination", list_pagination),
+    ("remove", remove),
+    ("fsync", fsync),
+    ("concurrent_writers", concurrent_writers),
+    ("missing_files", missing_files),
+    ("tenant_isolation", tenant_isolation),
+    ("bad_names", bad_names),
+];
+
+/// Runs every case on `b`.
+pub fn run_all(b: &mut dyn Backend) {
+    for (name, case) in CASES {
+        log::debug!("conformance case {name}");
+        case(b);
+    }
+}
+
+/// Generates one `#[test]` per conformance case. `$make` is evaluated once per test
+/// and must yield `(guard, Box<dyn Backend>)`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! backend_conformance_tests {
+    ($make:expr) => {
+        $crate::backend_conformance_tests!(@cases $make;
+            open_create, read_write_offsets, large_files, append_sequential, append_concurrent,
+            truncate, stat, list_sorted, list_pagination, remove, fsync, concurrent_writers,
+            missing_files, tenant_isolation, bad_names);
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let (_guard, mut backend) = $make;
+                $crate::backend::conformance::$case(backend.as_mut());
+            }
+        )*
+    };
+}

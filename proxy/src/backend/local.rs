@@ -1,0 +1,444 @@
+//! The local backend (`local:DIR`): tenant `T`'s file `a/b` is the regular file
+//! `DIR/T/a/b`.
+//!
+//! **Confinement.** `DIR` is opened once; every later name is resolved one component
+//! at a time relative to an open directory descriptor (`openat`, `mkdirat`,
+//! `fstatat`, `unlinkat`) with `O_NOFOLLOW`, so no symbolic link is ever followed:
+//! a link placed inside the tree (by an administrator; tenants cannot create links)
+//! is answered with [`Status::Permission`] and never leads out of `DIR/T`. Paths are
+//! re-normalized first ([`super::resolve`]), so `..` never reaches the file system.
+//! FIFOs, sockets and devices inside the tree are refused the same way, and files
+//! are opened with `O_NONBLOCK` so that a FIFO can never block a reactor.
+//!
+//! **Appends** take an in-process lock (striped by tenant and path) around an
+//! `O_APPEND` write, so concurrent appends through any channel of one backend never
+//! interleave, and the offset each one landed at is exact.
+//!
+//! Directories are created `0700`, files `0600` (before umask): only the proxy's user
+//! reads tenant data. Directory entries that are not regular files or directories, or
+//! whose names are not UTF-8, are left out of listings.
+
+use super::{resolve, Backend, Listing};
+use crate::sys::{self, EntryType};
+use pov_proto::entry::{DirEntry, Kind, Stat};
+use pov_proto::io::flags;
+use pov_proto::Status;
+use std::collections::hash_map::DefaultHasher;
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::io::{self, Seek, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Number of append lock stripes.
+const APPEND_STRIPES: usize = 64;
+const DIR_MODE: libc::mode_t = 0o700;
+const FILE_MODE: libc::mode_t = 0o600;
+
+struct Inner {
+    dir: PathBuf,
+    root: OwnedFd,
+    append_locks: Vec<Mutex<()>>,
+}
+
+/// Files under a local directory. Cheap to clone through [`Backend::channel`]: all
+/// channels share the root descriptor and the append locks.
+pub struct LocalBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBackend").field("dir", &self.inner.dir).finish()
+    }
+}
+
+/// Maps an error from a call on `name` under `dir`: a symbolic link (or anything not
+/// a file or directory) becomes [`Status::Permission`], a file where a directory was
+/// needed [`Status::NotDir`].
+fn classify(dir: BorrowedFd<'_>, name: &str, e: io::Error) -> Status {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => Status::Permission,
+        Some(libc::ENOTDIR) => match sys::stat_at(dir, name) {
+            Ok(s) if s.kind == EntryType::File => Status::NotDir,
+            Ok(s) if s.kind == EntryType::Dir => Status::from_io_error(&e),
+            Ok(_) => Status::Permission,
+            Err(e2) => Status::from_io_error(&e2),
+        },
+        _ => Status::from_io_error(&e),
+    }
+}
+
+/// Splits a normalized, non-root path into parent components and the last one.
+fn split(p: &str) -> (Vec<&str>, &str) {
+    let mut parts: Vec<&str> = p.split('/').collect();
+    let last = parts.pop().unwrap_or("");
+    (parts, last)
+}
+
+fn check_offset(v: u64) -> Result<(), Status> {
+    if v > i64::MAX as u64 {
+        return Err(Status::Invalid);
+    }
+    Ok(())
+}
+
+impl LocalBackend {
+    /// Opens (creating it and its parents if missing) the directory `dir`.
+    ///
+    /// Errors: [`crate::Error::BackendSetup`] if it cannot be created or opened.
+    pub fn open(dir: &Path) -> Result<LocalBackend, crate::Error> {
+        let err = |source| crate::Error::BackendSetup { path: dir.to_path_buf(), source };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let root = sys::open_dir_path(dir).map_err(err)?;
+        let append_locks = (0..APPEND_STRIPES).map(|_| Mutex::new(())).collect();
+        Ok(LocalBackend { inner: Arc::new(Inner { dir: dir.to_path_buf(), root, append_locks }) })
+    }
+
+    /// The directory holding the tenants' trees.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The tenant's root directory; `None` if it does not exist and `create` is false.
+    fn tenant_dir(&self, tenant: &str, create: bool) -> Result<Option<OwnedFd>, Status> {
+        let root = self.inner.root.as_fd();
+        match sys::open_dir_at(root, tenant) {
+            Ok(fd) => return Ok(Some(fd)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(classify(root, tenant, e)),
+        }
+        match sys::mkdir_at(root, tenant, DIR_MODE) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Status::from_io_error(&e)),
+        }
+        sys::open_dir_at(root, tenant).map(Some).map_err(|e| classify(root, tenant, e))
+    }
+
+    /// Walks `parents` under the tenant's root, creating missing directories when
+    /// `create` is set; returns the innermost directory.
+    fn parent_dir(&self, tenant: &str, parents: &[&str], create: bool) -> Result<OwnedFd, Status> {
+        let mut cur = self.tenant_dir(tenant, create)?.ok_or(Status::NotFound)?;
+        for c in parents {
+            let next = match sys::open_dir_at(cur.as_fd(), c) {
+                Ok(fd) => fd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                    match sys::mkdir_at(cur.as_fd(), c, DIR_MODE) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(classify(cur.as_fd(), c, e)),
+                    }
+                    sys::open_dir_at(cur.as_fd(), c).map_err(|e| classify(cur.as_fd(), c, e))?
+                }
+                Err(e) => return Err(classify(cur.as_fd(), c, e)),
+            };
+            cur = next;
+        }
+        Ok(cur)
+    }
+
+    /// Opens the regular file at `path` with `oflags` (`O_NOFOLLOW`, `O_NONBLOCK` and
+    /// `O_CLOEXEC` added). Directories give [`Status::IsDir`]; anything else that is
+    /// not a regular file gives [`Status::Permission`].
+    fn open_file(&self, tenant: &str, path: &str, oflags: libc::c_int) -> Result<File, Status> {
+        let p = resolve(tenant, path)?;
+        if p.is_empty() {
+            return Err(Status::IsDir);
+        }
+        let (parents, name) = split(&p);
+        let create = oflags & libc::O_CREAT != 0;
+        let parent = self.parent_dir(tenant, &parents, create)?;
+        let fd = sys::open_at(parent.as_fd(), name, oflags | libc::O_NONBLOCK, FILE_MODE)
+            .map_err(|e| classify(parent.as_fd(), name, e))?;
+        match sys::stat_fd(fd.as_fd()).map_err(|e| Status::from_io_error(&e))?.kind {
+            EntryType::File => Ok(File::from(fd)),
+            EntryType::Dir => Err(Status::IsDir),
+            _ => Err(Status::Permission),
+        }
+    }
+
+    fn append_lock(&self, tenant: &str, path: &str) -> &Mutex<()> {
+        let mut h = DefaultHasher::new();
+        (tenant, path).hash(&mut h);
+        &self.inner.append_locks[(h.finish() % APPEND_STRIPES as u64) as usize]
+    }
+}
+
+impl Backend for LocalBackend {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn channel(&self) -> Box<dyn Backend> {
+        Box::new(LocalBackend { inner: self.inner.clone() })
+    }
+
+    fn open(&mut self, tenant: &str, path: &str, f: u32) -> Result<(), Status> {
+        let create = f & flags::CREATE != 0;
+        let mut o = if create || f & (flags::WRITE | flags::TRUNCATE) != 0 { libc::O_RDWR } else { libc::O_RDONLY };
+        if create {
+            o |= libc::O_CREAT;
+            if f & flags::EXCL != 0 {
+                o |= libc::O_EXCL;
+            }
+        }
+        if f & flags::TRUNCATE != 0 {
+            o |= libc::O_TRUNC;
+        }
+        self.open_file(tenant, path, o).map(|_| ())
+    }
+
+    fn read(&mut self, tenant: &str, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, Status> {
+        check_offset(offset)?;
+        let file = self.open_file(tenant, path, libc::O_RDONLY)?;
+        let mut done = 0;
+        while done < buf.len() {
+            match file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Status::from_io_error(&e)),
+            }
+        }
+        Ok(done)
+    }
+
+    fn write(&mut self, tenant: &str, path: &str, offset: u64, data: &[u8], sync: bool) -> Result<usize, Status> {
+        check_offset(offset)?;
+        let file = self.open_file(tenant, path, libc::O_WRONLY)?;
+        file.write_all_at(data, offset).map_err(|e| Status::from_io_error(&e))?;
+        if sync {
+            file.sync_data().map_err(|e| Status::from_io_error(&e))?;
+        }
+        Ok(data.len())
+    }
+
+    fn append(&mut self, tenant: &str, path: &str, data: &[u8], sync: bool) -> Result<u64, Status> {
+        let mut file = self.open_file(tenant, path, libc::O_WRONLY | libc::O_APPEND)?;
+        let p = resolve(tenant, path)?;
+        let landed = {
+            let _g = self.append_lock(tenant, &p).lock().unwrap_or_else(|e| e.into_inner());
+            if data.is_empty() {
+                file.metadata().map_err(|e| Status::from_io_error(&e))?.len()
+            } else {
+                file.write_all(data).map_err(|e| Status::from_io_error(&e))?;
+                // With O_APPEND the descriptor's position ends right after our data.
+                let end = file.stream_position().map_err(|e| Status::from_io_error(&e))?;
+                end - data.len() as u64
+            }
+        };
+        if sync {
+            file.sync_data().map_err(|e| Status::from_io_error(&e))?;
+        }
+        Ok(landed)
+    }
+
+    fn truncate(&mut self, tenant: &str, path: &str, size: u64) -> Result<u64, Status> {
+        check_offset(size)?;
+        let file = self.open_file(tenant, path, libc::O_WRONLY)?;
+        file.set_len(size).map_err(|e| Status::from_io_error(&e))?;
+        Ok(size)
+    }
+
+    fn stat(&mut self, tenant: &str, path: &str) -> Result<Stat, Status> {
+        let p = resolve(tenant, path)?;
+        if p.is_empty() {
+            return match self.tenant_dir(tenant, false)? {
+                Some(fd) => {
+                    let s = sys::stat_fd(fd.as_fd()).map_err(|e| Status::from_io_error(&e))?;
+                    Ok(Stat { kind: Kind::Dir, size: 0, mtime_ns: s.mtime_ns })
+                }
+                None => Ok(Stat { kind: Kind::Dir, size: 0, mtime_ns: 0 }),
+            };
+        }
+        let (parents, name) = split(&p);
+        let parent = self.parent_dir(tenant, &parents, false)?;
+        let s = sys::stat_at(parent.as_fd(), name).map_err(|e| classify(parent.as_fd(), name, e))?;
+        match s.kind {
+            EntryType::File => Ok(Stat { kind: Kind::File, size: s.size, mtime_ns: s.mtime_ns }),
+            EntryType::Dir => Ok(Stat { kind: Kind::Dir, size: 0, mtime_ns: s.mtime_ns }),
+            EntryType::Symlink | EntryType::Other => Err(Status::Permission),
+        }
+    }
+
+    fn list(&mut self, tenant: &str, path: &str, start: u64, max_bytes: usize) -> Result<Listing, Status> {
+        let p = resolve(tenant, path)?;
+        let dir = if p.is_empty() {
+            match self.tenant_dir(tenant, false)? {
+                Some(fd) => fd,
+                None => return Ok(Listing::default()),
+            }
+        } else {
+            let (parents, name) = split(&p);
+            let parent = self.parent_dir(tenant, &parents, false)?;
+            sys::open_dir_at(parent.as_fd(), name).map_err(|e| classify(parent.as_fd(), name, e))?
+        };
+        let reader = dir.try_clone().map_err(|e| Status::from_io_error(&e))?;
+        let raw = sys::read_dir(reader).map_err(|e| Status::from_io_error(&e))?;
+        let mut names: Vec<String> = Vec::with_capacity(raw.len());
+        for (name, t) in raw {
+            let Ok(name) = String::from_utf8(name) else { continue };
+            let kind = match t {
+                Some(k) => k,
+                None => match sys::stat_at(dir.as_fd(), &name) {
+                    Ok(s) => s.kind,
+                    Err(_) => continue,
+                },
+            };
+            if matches!(kind, EntryType::File | EntryType::Dir) {
+                names.push(name);
+            }
+        }
+        names.sort_unstable();
+        let mut out = Listing::default();
+        let mut used = 0usize;
+        let skip = usize::try_from(start).unwrap_or(usize::MAX);
+        for name in names.into_iter().skip(skip) {
+            let s = match sys::stat_at(dir.as_fd(), &name) {
+                Ok(s) => s,
+                // Removed since readdir: leave it out.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Status::from_io_error(&e)),
+            };
+            let entry = match s.kind {
+                EntryType::File => DirEntry { kind: Kind::File, size: s.size, name },
+                EntryType::Dir => DirEntry { kind: Kind::Dir, size: 0, name },
+                _ => continue,
+            };
+            if used + entry.encoded_len() > max_bytes {
+                out.more = true;
+                break;
+            }
+            used += entry.encoded_len();
+            out.entries.push(entry);
+        }
+        Ok(out)
+    }
+
+    fn remove(&mut self, tenant: &str, path: &str) -> Result<(), Status> {
+        let p = resolve(tenant, path)?;
+        if p.is_empty() {
+            return Err(Status::Permission);
+        }
+        let (parents, name) = split(&p);
+        let parent = self.parent_dir(tenant, &parents, false)?;
+        let s = sys::stat_at(parent.as_fd(), name).map_err(|e| classify(parent.as_fd(), name, e))?;
+        let is_dir = match s.kind {
+            EntryType::File => false,
+            EntryType::Dir => true,
+            EntryType::Symlink | EntryType::Other => return Err(Status::Permission),
+        };
+        sys::unlink_at(parent.as_fd(), name, is_dir).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOTEMPTY) | Some(libc::EEXIST) => Status::NotEmpty,
+            _ => Status::from_io_error(&e),
+        })
+    }
+
+    fn fsync(&mut self, tenant: &str, path: &str) -> Result<(), Status> {
+        let p = resolve(tenant, path)?;
+        let sync = |fd: OwnedFd| File::from(fd).sync_all().map_err(|e| Status::from_io_error(&e));
+        if p.is_empty() {
+            return match self.tenant_dir(tenant, false)? {
+                Some(fd) => sync(fd),
+                None => Ok(()),
+            };
+        }
+        let (parents, name) = split(&p);
+        let parent = self.parent_dir(tenant, &parents, false)?;
+        let fd = sys::open_at(parent.as_fd(), name, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+            .map_err(|e| classify(parent.as_fd(), name, e))?;
+        match sys::stat_fd(fd.as_fd()).map_err(|e| Status::from_io_error(&e))?.kind {
+            EntryType::File | EntryType::Dir => {}
+            _ => return Err(Status::Permission),
+        }
+        sync(fd)?;
+        // Also the directory entry, so that a newly created file survives a crash.
+        sync(parent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> (tempfile::TempDir, Box<dyn Backend>) {
+        let d = tempfile::tempdir().unwrap();
+        let b = LocalBackend::open(&d.path().join("data")).unwrap();
+        (d, Box::new(b))
+    }
+
+    crate::backend_conformance_tests!({
+        let (d, b) = backend();
+        (d, b)
+    });
+
+    /// Symbolic links planted inside a tenant's tree (by someone with shell access)
+    /// never lead out of it, neither as the last component nor in the middle.
+    #[test]
+    fn symlinks_never_lead_out() {
+        let (d, mut b) = backend();
+        let data = d.path().join("data");
+        b.open("victim", "secret", flags::CREATE | flags::WRITE).unwrap();
+        b.write("victim", "secret", 0, b"victim data", false).unwrap();
+        std::fs::write(d.path().join("outside"), b"outside data").unwrap();
+        b.open("evil", "x", flags::CREATE | flags::WRITE).unwrap();
+        let evil = data.join("evil");
+        std::os::unix::fs::symlink(data.join("victim/secret"), evil.join("to_secret")).unwrap();
+        std::os::unix::fs::symlink(data.join("victim"), evil.join("to_victim")).unwrap();
+        std::os::unix::fs::symlink(d.path(), evil.join("to_top")).unwrap();
+        std::os::unix::fs::symlink("../victim", evil.join("rel")).unwrap();
+        let mut buf = [0u8; 64];
+        for p in ["to_secret", "to_victim/secret", "to_top/outside", "rel/secret"] {
+            assert_eq!(b.read("evil", p, 0, &mut buf), Err(Status::Permission), "read {p}");
+            assert_eq!(b.open("evil", p, 0), Err(Status::Permission), "open {p}");
+            assert_eq!(b.open("evil", p, flags::CREATE | flags::TRUNCATE | flags::WRITE), Err(Status::Permission));
+            assert_eq!(b.write("evil", p, 0, b"pwned", false), Err(Status::Permission), "write {p}");
+            assert_eq!(b.append("evil", p, b"pwned", false), Err(Status::Permission), "append {p}");
+            assert_eq!(b.truncate("evil", p, 0), Err(Status::Permission), "truncate {p}");
+            assert_eq!(b.fsync("evil", p), Err(Status::Permission), "fsync {p}");
+            assert!(b.stat("evil", p).is_err(), "stat {p}");
+            assert!(b.list("evil", p, 0, 1 << 20).is_err(), "list {p}");
+            assert!(b.remove("evil", p).is_err(), "remove {p}");
+        }
+        assert_eq!(b.open("evil", "to_victim/new", flags::CREATE), Err(Status::Permission));
+        assert_eq!(b.list("evil", "to_victim", 0, 1 << 20), Err(Status::Permission));
+        // Links are left out of listings.
+        let names: Vec<String> = b.list("evil", "", 0, 1 << 20).unwrap().entries.into_iter().map(|e| e.name).collect();
+        assert_eq!(names, ["x"]);
+        // Nothing outside moved.
+        assert_eq!(std::fs::read(data.join("victim/secret")).unwrap(), b"victim data");
+        assert_eq!(std::fs::read(d.path().join("outside")).unwrap(), b"outside data");
+        assert!(!data.join("victim/new").exists());
+        // A tenant directory that is itself a link is refused too.
+        std::os::unix::fs::symlink(data.join("victim"), data.join("alias")).unwrap();
+        assert_eq!(b.read("alias", "secret", 0, &mut buf), Err(Status::Permission));
+        assert_eq!(b.list("alias", "", 0, 1 << 20), Err(Status::Permission));
+    }
+
+    /// A FIFO inside the tree is refused without blocking.
+    #[test]
+    fn fifo_is_refused_without_blocking() {
+        let (d, mut b) = backend();
+        b.open("t", "x", flags::CREATE).unwrap();
+        let fifo = d.path().join("data/t/fifo");
+        let st = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(st.success());
+        let mut buf = [0u8; 4];
+        assert_eq!(b.read("t", "fifo", 0, &mut buf), Err(Status::Permission));
+        assert_eq!(b.stat("t", "fifo"), Err(Status::Permission));
+        let names: Vec<String> = b.list("t", "", 0, 1 << 20).unwrap().entries.into_iter().map(|e| e.name).collect();
+        assert_eq!(names, ["x"]);
+    }
+
+    #[test]
+    fn files_land_under_dir_tenant_path() {
+        let (d, mut b) = backend();
+        b.open("acme", "a/b/c.txt", flags::CREATE | flags::WRITE).unwrap();
+        b.write("acme", "/a//b/./c.txt", 0, b"hi", false).unwrap();
+        assert_eq!(std::fs::read(d.path().join("data/acme/a/b/c.txt")).unwrap(), b"hi");
+    }
+}

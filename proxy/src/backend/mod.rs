@@ -1,0 +1,229 @@
+//! The storage seam: where the proxy keeps tenants' files.
+//!
+//! A [`Backend`] serves file operations inside per-tenant namespaces. Every method
+//! takes the tenant name and a path inside that tenant's namespace (`/`-separated, the
+//! namespace root is `""`), re-checks both (see [`resolve`]) and answers with a
+//! [`Status`] on failure. A tenant can never name another tenant's files: a path with
+//! a `..` component is refused with [`Status::Permission`] whatever the backend.
+//!
+//! Implementations, chosen by a spec string ([`BackendSpec`]):
+//! * [`local`] (`local:DIR`): files under `DIR/<tenant>/<path>`, resolved without ever
+//!   following a symbolic link.
+//! * [`null`] (`null`): stores nothing (reads return zeros); for benchmarks.
+//!
+//! Every storing backend passes the same test body, [`conformance`].
+//!
+//! # Threads and channels
+//! A backend value is used by one thread at a time (`&mut self`, `Send`). Each reactor
+//! connection gets its own [`Backend::channel`], a handle onto the same store (like an
+//! SPDK IO channel); channels may run concurrently on different threads.
+//!
+//! # Asynchronous backends (plan)
+//! The methods here complete synchronously, which suits local files. A backend whose
+//! operations complete later (Ceph through `rados_aio_*`) will fit in without changing
+//! this contract: the trait gains a `submit(cookie, request)` method whose default
+//! implementation calls the synchronous methods and returns the completion at once,
+//! plus `reap(&mut dyn FnMut(cookie, completion))` and a `notify_fd()` that the
+//! connection poller watches so the reactor still sleeps when idle. The server's
+//! [`crate::service::Service`] already maps one request to one completion
+//! (`status, result, flags, payload`), so only the connection poller learns to keep
+//! requests in flight; the conformance suite keeps running against the synchronous
+//! methods.
+
+pub mod conformance;
+pub mod local;
+pub mod null;
+
+use pov_proto::entry::{DirEntry, Stat};
+use pov_proto::Status;
+
+/// One page of a directory listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Entries, sorted by name (byte order), starting at the requested index.
+    pub entries: Vec<DirEntry>,
+    /// `true` if entries remain after the last one returned.
+    pub more: bool,
+}
+
+/// File operations inside per-tenant namespaces.
+///
+/// Arguments shared by every method: `tenant` must pass
+/// [`pov_proto::path::valid_tenant_name`] (else [`Status::Permission`]); `path` is
+/// re-normalized with [`pov_proto::path::normalize`] (a `..` component gives
+/// [`Status::Permission`], a NUL byte [`Status::Invalid`], an over-long name
+/// [`Status::NameTooLong`]). Offsets and sizes are bytes. Errors from the storage are
+/// mapped with [`Status::from_io_error`]; the usual ones are listed per method.
+pub trait Backend: Send {
+    /// Short name of the implementation (`"local"`, `"null"`).
+    fn kind(&self) -> &'static str;
+
+    /// `false` for backends that drop data (the null backend).
+    fn stores_data(&self) -> bool {
+        true
+    }
+
+    /// A new handle onto the same store, for another thread or reactor.
+    fn channel(&self) -> Box<dyn Backend>;
+
+    /// Checks that the file can be opened, creating it when `flags` holds
+    /// [`pov_proto::io::flags::CREATE`] (missing parent directories are created too).
+    /// Other flags: `EXCL` (with `CREATE`: [`Status::Exists`] if the file exists),
+    /// `TRUNCATE` (set the size to 0), `WRITE` (the file must be writable).
+    ///
+    /// Errors: [`Status::NotFound`] (missing, no `CREATE`), [`Status::IsDir`] (a
+    /// directory, including the namespace root), [`Status::NotDir`] (a parent is a
+    /// file).
+    fn open(&mut self, tenant: &str, path: &str, flags: u32) -> Result<(), Status>;
+
+    /// Reads up to `buf.len()` bytes at `offset` into `buf`; returns the number read
+    /// (short at end of file, 0 past it).
+    ///
+    /// Errors: [`Status::NotFound`], [`Status::IsDir`], [`Status::Invalid`] (offset
+    /// beyond `i64::MAX`).
+    fn read(&mut self, tenant: &str, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, Status>;
+
+    /// Writes `data` at `offset` in an existing file (a gap reads as zeros); returns
+    /// the bytes written (`data.len()`). With `sync`, the data is durable (fdatasync)
+    /// before the call returns.
+    ///
+    /// Errors: [`Status::NotFound`], [`Status::IsDir`], [`Status::NoSpace`],
+    /// [`Status::TooLarge`] (past the largest file size).
+    fn write(&mut self, tenant: &str, path: &str, offset: u64, data: &[u8], sync: bool) -> Result<usize, Status>;
+
+    /// Appends `data` at the end of an existing file, atomically with respect to other
+    /// appends to the same file through any channel of this backend; returns the
+    /// offset (bytes) the data landed at.
+    ///
+    /// Errors: as [`Backend::write`].
+    fn append(&mut self, tenant: &str, path: &str, data: &[u8], sync: bool) -> Result<u64, Status>;
+
+    /// Sets the size of an existing file to `size` bytes (growing fills with zeros);
+    /// returns the new size.
+    ///
+    /// Errors: [`Status::NotFound`], [`Status::IsDir`], [`Status::Invalid`].
+    fn truncate(&mut self, tenant: &str, path: &str, size: u64) -> Result<u64, Status>;
+
+    /// Attributes of a file or directory (the root `""` is always a directory).
+    ///
+    /// Errors: [`Status::NotFound`].
+    fn stat(&mut self, tenant: &str, path: &str) -> Result<Stat, Status>;
+
+    /// Lists the directory `path` from entry index `start` (0-based, in name order),
+    /// returning as many entries as fit in `max_bytes` of encoded
+    /// [`DirEntry`] records. The root of a tenant that has no files yet is empty.
+    ///
+    /// Errors: [`Status::NotFound`], [`Status::NotDir`].
+    fn list(&mut self, tenant: &str, path: &str, start: u64, max_bytes: usize) -> Result<Listing, Status>;
+
+    /// Removes a file or an empty directory.
+    ///
+    /// Errors: [`Status::NotFound`], [`Status::NotEmpty`], [`Status::Permission`]
+    /// (the namespace root).
+    fn remove(&mut self, tenant: &str, path: &str) -> Result<(), Status>;
+
+    /// Makes the file's data and its directory entry durable.
+    ///
+    /// Errors: [`Status::NotFound`].
+    fn fsync(&mut self, tenant: &str, path: &str) -> Result<(), Status>;
+}
+
+/// Checks a tenant name and re-normalizes a path, as every backend must before
+/// touching storage. Returns the normalized path (`""` for the namespace root).
+///
+/// Errors: [`Status::Permission`] for an invalid tenant name or a path leaving the
+/// namespace; [`Status::Invalid`] / [`Status::NameTooLong`] for malformed paths.
+pub fn resolve(tenant: &str, path: &str) -> Result<String, Status> {
+    if !pov_proto::path::valid_tenant_name(tenant) {
+        return Err(Status::Permission);
+    }
+    pov_proto::path::normalize(path.as_bytes())
+}
+
+/// A parsed backend spec string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendSpec {
+    /// `local:DIR`: files under `DIR` (created if missing).
+    Local(std::path::PathBuf),
+    /// `null`: stores nothing.
+    Null,
+}
+
+impl BackendSpec {
+    /// Parses `local:DIR` or `null`.
+    ///
+    /// Errors: [`crate::Error::BadBackendSpec`] for anything else (an empty `DIR`
+    /// included).
+    pub fn parse(spec: &str) -> Result<BackendSpec, crate::Error> {
+        let bad = |why: &str| crate::Error::BadBackendSpec { spec: spec.to_string(), why: why.to_string() };
+        match spec.split_once(':') {
+            None if spec == "null" => Ok(BackendSpec::Null),
+            Some(("local", dir)) if !dir.is_empty() => Ok(BackendSpec::Local(dir.into())),
+            Some(("local", _)) => Err(bad("local needs a directory: local:DIR")),
+            Some(("ceph", _)) => Err(bad("the Ceph backend is not built yet; use local:DIR or null")),
+            _ => Err(bad("expected local:DIR or null")),
+        }
+    }
+
+    /// Opens the backend (for `local`, creates the directory if missing).
+    ///
+    /// Errors: [`crate::Error::BackendSetup`] if the directory cannot be created or
+    /// opened.
+    pub fn open(&self) -> Result<Box<dyn Backend>, crate::Error> {
+        match self {
+            BackendSpec::Local(dir) => Ok(Box::new(local::LocalBackend::open(dir)?)),
+            BackendSpec::Null => Ok(Box::new(null::NullBackend::new())),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendSpec::Local(d) => write!(f, "local:{}", d.display()),
+            BackendSpec::Null => f.write_str("null"),
+        }
+    }
+}
+
+impl std::str::FromStr for BackendSpec {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        BackendSpec::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!(BackendSpec::parse("null").unwrap(), BackendSpec::Null);
+        assert_eq!(BackendSpec::parse("local:/tmp/x").unwrap(), BackendSpec::Local("/tmp/x".into()));
+        assert_eq!(BackendSpec::parse("local:rel/dir").unwrap().to_string(), "local:rel/dir");
+        for bad in ["", "local", "local:", "nul", "ceph:pool", "s3:x"] {
+            assert!(BackendSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resolve_checks_tenant_and_path() {
+        assert_eq!(resolve("t", "/a//b/").unwrap(), "a/b");
+        assert_eq!(resolve("t", "").unwrap(), "");
+        assert_eq!(resolve("../t", "a"), Err(Status::Permission));
+        assert_eq!(resolve("", "a"), Err(Status::Permission));
+        assert_eq!(resolve("t", "a/../../u/x"), Err(Status::Permission));
+        assert_eq!(resolve("t", "a\0"), Err(Status::Invalid));
+    }
+
+    #[test]
+    fn open_creates_local_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("new/nested");
+        let b = BackendSpec::Local(dir.clone()).open().unwrap();
+        assert_eq!(b.kind(), "local");
+        assert!(dir.is_dir());
+        assert!(!BackendSpec::Null.open().unwrap().stores_data());
+    }
+}

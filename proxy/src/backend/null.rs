@@ -1,0 +1,133 @@
+//! The null backend (`null`): **stores nothing**. For benchmarks of the path in front
+//! of the storage (DPU, transport, proxy) without any storage cost.
+//!
+//! Semantics, for any tenant and path that pass [`super::resolve`]:
+//! * Open succeeds (the namespace root gives [`Status::IsDir`]); nothing is created.
+//! * Read returns `buf.len()` zero bytes (there is no end of file).
+//! * Write drops the data and reports it all written; Append reports offset 0.
+//! * Truncate reports the requested size; Stat says "file, size 0, mtime 0" (the root
+//!   is a directory); List is always empty; Remove and Fsync succeed.
+//!
+//! Invalid tenants and paths are refused like in every other backend.
+
+use super::{resolve, Backend, Listing};
+use pov_proto::entry::{Kind, Stat};
+use pov_proto::Status;
+
+/// A backend that drops writes and reads zeros. See the module documentation.
+#[derive(Debug, Default, Clone)]
+pub struct NullBackend {}
+
+impl NullBackend {
+    /// Creates a null backend.
+    pub fn new() -> NullBackend {
+        NullBackend {}
+    }
+}
+
+impl Backend for NullBackend {
+    fn kind(&self) -> &'static str {
+        "null"
+    }
+
+    fn stores_data(&self) -> bool {
+        false
+    }
+
+    fn channel(&self) -> Box<dyn Backend> {
+        Box::new(NullBackend {})
+    }
+
+    fn open(&mut self, tenant: &str, path: &str, _flags: u32) -> Result<(), Status> {
+        if resolve(tenant, path)?.is_empty() {
+            return Err(Status::IsDir);
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, tenant: &str, path: &str, _offset: u64, buf: &mut [u8]) -> Result<usize, Status> {
+        resolve(tenant, path)?;
+        buf.fill(0);
+        Ok(buf.len())
+    }
+
+    fn write(&mut self, tenant: &str, path: &str, _offset: u64, data: &[u8], _sync: bool) -> Result<usize, Status> {
+        resolve(tenant, path)?;
+        Ok(data.len())
+    }
+
+    fn append(&mut self, tenant: &str, path: &str, _data: &[u8], _sync: bool) -> Result<u64, Status> {
+        resolve(tenant, path)?;
+        Ok(0)
+    }
+
+    fn truncate(&mut self, tenant: &str, path: &str, size: u64) -> Result<u64, Status> {
+        resolve(tenant, path)?;
+        Ok(size)
+    }
+
+    fn stat(&mut self, tenant: &str, path: &str) -> Result<Stat, Status> {
+        let kind = if resolve(tenant, path)?.is_empty() { Kind::Dir } else { Kind::File };
+        Ok(Stat { kind, size: 0, mtime_ns: 0 })
+    }
+
+    fn list(&mut self, tenant: &str, path: &str, _start: u64, _max_bytes: usize) -> Result<Listing, Status> {
+        resolve(tenant, path)?;
+        Ok(Listing::default())
+    }
+
+    fn remove(&mut self, tenant: &str, path: &str) -> Result<(), Status> {
+        if resolve(tenant, path)?.is_empty() {
+            return Err(Status::Permission);
+        }
+        Ok(())
+    }
+
+    fn fsync(&mut self, tenant: &str, path: &str) -> Result<(), Status> {
+        resolve(tenant, path)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pov_proto::io::flags;
+
+    /// The null backend stores nothing: written data never comes back.
+    #[test]
+    fn stores_nothing() {
+        let mut b: Box<dyn Backend> = Box::new(NullBackend::new());
+        assert!(!b.stores_data());
+        assert_eq!(b.kind(), "null");
+        assert_eq!(b.open("t", "f", 0), Ok(()), "open succeeds without CREATE");
+        assert_eq!(b.open("t", "f", flags::CREATE | flags::EXCL), Ok(()), "nothing exists, EXCL never fails");
+        assert_eq!(b.write("t", "f", 0, b"hello", true), Ok(5));
+        let mut buf = [0xffu8; 16];
+        assert_eq!(b.read("t", "f", 0, &mut buf), Ok(16), "reads are full length");
+        assert_eq!(buf, [0u8; 16], "reads are zeros, not the written data");
+        assert_eq!(b.read("t", "f", 1 << 50, &mut buf), Ok(16), "no end of file");
+        assert_eq!(b.append("t", "f", b"x", false), Ok(0));
+        assert_eq!(b.append("t", "f", b"y", false), Ok(0));
+        assert_eq!(b.truncate("t", "f", 77), Ok(77));
+        assert_eq!(b.stat("t", "f"), Ok(Stat { kind: Kind::File, size: 0, mtime_ns: 0 }));
+        assert_eq!(b.stat("t", "").unwrap().kind, Kind::Dir);
+        assert_eq!(b.list("t", "", 0, 1 << 20), Ok(Listing::default()));
+        assert_eq!(b.remove("t", "f"), Ok(()));
+        assert_eq!(b.fsync("t", "f"), Ok(()));
+        let mut ch = b.channel();
+        assert_eq!(ch.read("t", "f", 0, &mut buf[..3]), Ok(3));
+    }
+
+    /// Names are still checked: the null backend is no way around confinement.
+    #[test]
+    fn still_checks_names() {
+        let mut b = NullBackend::new();
+        let mut buf = [0u8; 4];
+        assert_eq!(b.read("t", "../u/f", 0, &mut buf), Err(Status::Permission));
+        assert_eq!(b.write("../u", "f", 0, b"x", false), Err(Status::Permission));
+        assert_eq!(b.open("t", "a\0", 0), Err(Status::Invalid));
+        assert_eq!(b.open("t", "", 0), Err(Status::IsDir));
+        assert_eq!(b.remove("t", "/"), Err(Status::Permission));
+    }
+}

@@ -1,0 +1,316 @@
+//! Thin, safe wrappers over the Linux calls the proxy needs and `std` does not offer:
+//! the `*at` family (resolve names relative to an open directory, never following a
+//! symbolic link) and the termination-signal self-pipe. **All `unsafe` code of this
+//! crate lives here.**
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// Kind of a directory entry as seen without following symbolic links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EntryType {
+    File,
+    Dir,
+    Symlink,
+    /// FIFO, socket, device: never served.
+    Other,
+}
+
+impl EntryType {
+    fn from_mode(mode: libc::mode_t) -> EntryType {
+        match mode & libc::S_IFMT {
+            libc::S_IFREG => EntryType::File,
+            libc::S_IFDIR => EntryType::Dir,
+            libc::S_IFLNK => EntryType::Symlink,
+            _ => EntryType::Other,
+        }
+    }
+
+    /// `None` for `DT_UNKNOWN` (the caller must `stat`).
+    fn from_dtype(t: u8) -> Option<EntryType> {
+        match t {
+            libc::DT_REG => Some(EntryType::File),
+            libc::DT_DIR => Some(EntryType::Dir),
+            libc::DT_LNK => Some(EntryType::Symlink),
+            libc::DT_UNKNOWN => None,
+            _ => Some(EntryType::Other),
+        }
+    }
+}
+
+/// What `fstatat` says about one name.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EntryStat {
+    pub kind: EntryType,
+    /// Bytes.
+    pub size: u64,
+    /// Nanoseconds since the Unix epoch (0 if before it).
+    pub mtime_ns: u64,
+}
+
+fn cstr(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Opens `name` relative to `dir` with `flags | O_NOFOLLOW | O_CLOEXEC` (and `mode` if
+/// `O_CREAT` is set). A symbolic link as `name` fails with `ELOOP`.
+pub(crate) fn open_at(dir: BorrowedFd<'_>, name: &str, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    loop {
+        // SAFETY: `c` is a NUL-terminated string that outlives the call; `dir` is an open
+        // descriptor borrowed for the call; `mode` is passed as the variadic argument
+        // openat expects (promoted to c_uint).
+        let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags, mode as libc::c_uint) };
+        if fd >= 0 {
+            // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Opens the directory `name` under `dir` (read-only, `O_DIRECTORY | O_NOFOLLOW`).
+pub(crate) fn open_dir_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+    open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+}
+
+/// Opens a directory by absolute or relative path (used once, for a backend's root).
+pub(crate) fn open_dir_path(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is NUL-terminated and outlives the call; no other pointers.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Creates the directory `name` under `dir` with `mode` (before umask).
+pub(crate) fn mkdir_at(dir: BorrowedFd<'_>, name: &str, mode: libc::mode_t) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: `c` is NUL-terminated and outlives the call; `dir` is open.
+    let r = unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn stat_from(st: &libc::stat) -> EntryStat {
+    let ns = (st.st_mtime as i128) * 1_000_000_000 + st.st_mtime_nsec as i128;
+    EntryStat {
+        kind: EntryType::from_mode(st.st_mode),
+        size: st.st_size.max(0) as u64,
+        mtime_ns: ns.clamp(0, u64::MAX as i128) as u64,
+    }
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+pub(crate) fn stat_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<EntryStat> {
+    let c = cstr(name)?;
+    // SAFETY: `struct stat` is plain data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated, `st` is a valid out-pointer, `dir` is open.
+    let r = unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat_from(&st))
+}
+
+/// `fstat(fd)`.
+pub(crate) fn stat_fd(fd: BorrowedFd<'_>) -> io::Result<EntryStat> {
+    // SAFETY: `struct stat` is plain data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer and `fd` is open.
+    let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat_from(&st))
+}
+
+/// Removes `name` under `dir`: a directory if `dir_entry`, else a non-directory.
+pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &str, dir_entry: bool) -> io::Result<()> {
+    let c = cstr(name)?;
+    let flags = if dir_entry { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: `c` is NUL-terminated and outlives the call; `dir` is open.
+    let r = unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads every entry of the open directory `dir` (consumed), without `.` and `..`.
+/// Returns raw names and the type from `d_type` (`None` when the file system does not
+/// fill it in).
+pub(crate) fn read_dir(dir: OwnedFd) -> io::Result<Vec<(Vec<u8>, Option<EntryType>)>> {
+    let raw = dir.into_raw_fd();
+    // SAFETY: `raw` is an open directory descriptor whose ownership passes to the
+    // DIR stream (closedir below closes it).
+    let d = unsafe { libc::fdopendir(raw) };
+    if d.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so `raw` is still ours to close.
+        unsafe { libc::close(raw) };
+        return Err(e);
+    }
+    let mut out = Vec::new();
+    let result = loop {
+        // SAFETY: errno is thread-local; resetting it lets us tell end-of-stream
+        // (NULL, errno 0) from an error (NULL, errno set).
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `d` is a valid DIR stream used by this thread only.
+        let ent = unsafe { libc::readdir(d) };
+        if ent.is_null() {
+            let e = io::Error::last_os_error();
+            break if e.raw_os_error().unwrap_or(0) == 0 { Ok(()) } else { Err(e) };
+        }
+        // SAFETY: readdir returned a valid dirent that stays valid until the next
+        // readdir/closedir on `d`; d_name is NUL-terminated. We copy before moving on.
+        let (name, dtype) = unsafe { (CStr::from_ptr((*ent).d_name.as_ptr()).to_bytes().to_vec(), (*ent).d_type) };
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push((name, EntryType::from_dtype(dtype)));
+    };
+    // SAFETY: `d` is a valid DIR stream, closed exactly once.
+    unsafe { libc::closedir(d) };
+    result.map(|_| out)
+}
+
+// ----- termination signals -------------------------------------------------------
+
+/// Write end of the termination self-pipe (-1 until installed).
+static SIGNAL_PIPE_WR: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_termination_signal(sig: libc::c_int) {
+    // Only async-signal-safe work here: save errno, write one byte, restore errno.
+    // SAFETY: __errno_location returns this thread's errno slot.
+    let saved = unsafe { *libc::__errno_location() };
+    let fd = SIGNAL_PIPE_WR.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; `b` is a live byte. A full pipe
+        // (EAGAIN) is fine: a byte is already waiting for the reader.
+        unsafe { libc::write(fd, &b as *const u8 as *const libc::c_void, 1) };
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved };
+}
+
+/// Receives SIGINT and SIGTERM through a self-pipe (see [`install_termination_pipe`]).
+#[derive(Debug)]
+pub struct TerminationSignals {
+    rd: OwnedFd,
+}
+
+/// Installs handlers for SIGINT and SIGTERM that write the signal number into a pipe,
+/// and returns its read end. Call once per process, before starting threads.
+///
+/// Errors: `pipe2` or `sigaction` failed.
+pub fn install_termination_pipe() -> io::Result<TerminationSignals> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    set_nonblocking(wr.as_raw_fd())?;
+    // The write end must stay open for the life of the process (the handler may run
+    // at any time), so it is leaked on purpose.
+    let old = SIGNAL_PIPE_WR.swap(wr.into_raw_fd(), Ordering::SeqCst);
+    if old >= 0 {
+        // SAFETY: `old` was a write end leaked by an earlier call; nothing else uses it
+        // now that the handler sees the new descriptor.
+        unsafe { libc::close(old) };
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: sigaction is plain data; all-zero is an empty mask with no flags.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = on_termination_signal as *const () as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART;
+        // SAFETY: `sa.sa_mask` is a valid sigset_t.
+        unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+        // SAFETY: `sa` is a fully initialised sigaction; the handler only does
+        // async-signal-safe work; a null old-action pointer is allowed.
+        if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(TerminationSignals { rd })
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an open descriptor with integer arguments only.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if fl < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl TerminationSignals {
+    /// Blocks until SIGINT or SIGTERM arrives; returns the signal number.
+    ///
+    /// Errors: reading the pipe failed (other than EINTR).
+    pub fn wait(&self) -> io::Result<i32> {
+        let mut b = 0u8;
+        loop {
+            // SAFETY: reads at most one byte into a live u8 from our own pipe.
+            let n = unsafe { libc::read(self.rd.as_raw_fd(), &mut b as *mut u8 as *mut libc::c_void, 1) };
+            if n == 1 {
+                return Ok(b as i32);
+            }
+            let e = io::Error::last_os_error();
+            if n < 0 && e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(if n == 0 { io::Error::new(io::ErrorKind::UnexpectedEof, "signal pipe closed") } else { e });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn at_calls_refuse_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink("f", d.path().join("l")).unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        let root = open_dir_path(d.path()).unwrap();
+        assert!(open_at(root.as_fd(), "f", libc::O_RDONLY, 0).is_ok());
+        let e = open_at(root.as_fd(), "l", libc::O_RDONLY, 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
+        assert_eq!(stat_at(root.as_fd(), "l").unwrap().kind, EntryType::Symlink);
+        assert_eq!(stat_at(root.as_fd(), "sub").unwrap().kind, EntryType::Dir);
+        let s = stat_at(root.as_fd(), "f").unwrap();
+        assert_eq!((s.kind, s.size), (EntryType::File, 1));
+        assert!(s.mtime_ns > 0);
+        let mut names: Vec<_> = read_dir(open_dir_at(root.as_fd(), "sub").unwrap()).unwrap();
+        assert!(names.is_empty());
+        names = read_dir(root.try_clone().unwrap()).unwrap();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(names.iter().map(|(n, _)| n.as_slice()).collect::<Vec<_>>(), [&b"f"[..], b"l", b"sub"]);
+        mkdir_at(root.as_fd(), "new", 0o755).unwrap();
+        unlink_at(root.as_fd(), "new", true).unwrap();
+        unlink_at(root.as_fd(), "f", false).unwrap();
+        assert_eq!(stat_at(root.as_fd(), "f").unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert!(open_at(root.as_fd(), "a\0b", libc::O_RDONLY, 0).is_err());
+    }
+}
