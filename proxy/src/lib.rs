@@ -9,9 +9,13 @@
 //! * [`backend`]: the storage seam ([`backend::Backend`]) with the `local` and `null`
 //!   implementations, the spec strings that choose one (`local:DIR`, `null`) and the
 //!   conformance suite every storing backend passes.
+//! * [`service`]: transport-free request execution: frame body in, response frame out.
+//! * [`stats`]: per-tenant and server-wide counters (the input of per-tenant QoS).
 //! * [`sys`]: the crate's only `unsafe` code (`*at` system calls, signal self-pipe).
 
 pub mod backend;
+pub mod service;
+pub mod stats;
 pub mod sys;
 
 /// Setup errors of the proxy (per-request failures are response statuses instead).

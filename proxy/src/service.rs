@@ -1,0 +1,347 @@
+//! Request execution, free of any transport: one frame body in, one response frame out.
+//!
+//! [`Service::handle_frame`] decodes a `pov_proto::wire` proxy request, re-checks the
+//! tenant and path, runs the operation on the [`Backend`] and encodes the
+//! [`ProxyResponse`] (tag echoed). Every per-request failure is a response status,
+//! never an `Err` and never a panic. A frame that does not decode is answered with
+//! the status of its [`pov_proto::DecodeError`] and the tag found at body bytes
+//! 8..16 (and operation at 6..8); a frame too short to hold a tag is dropped.
+//!
+//! Results per operation ([`Op`]):
+//!
+//! | op | result | response payload |
+//! |---|---|---|
+//! | Open, Close, Remove, Fsync, Stat | 0 | Stat: one 32-byte [`pov_proto::entry::Stat`] |
+//! | Read | bytes read | the data |
+//! | Write | bytes written | — |
+//! | Append | offset the data landed at | — |
+//! | Truncate | new size | — |
+//! | List | number of entries returned | [`pov_proto::entry::DirEntry`] records, [`flags::MORE`] if entries remain |
+
+use crate::backend::{resolve, Backend};
+use crate::stats::{ProxyStats, TenantCache};
+use pov_proto::io::{flags, Op};
+use pov_proto::wire::{ProxyRequest, ProxyResponse};
+use pov_proto::{Status, MAX_IO_BYTES};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Outcome of one operation (the response fields besides op, tag and payload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// Status of the operation.
+    pub status: Status,
+    /// Result field (see the module table).
+    pub result: u64,
+    /// Response flags ([`flags::MORE`]).
+    pub flags: u32,
+}
+
+impl Completion {
+    fn ok(result: u64) -> Completion {
+        Completion { status: Status::Ok, result, flags: 0 }
+    }
+
+    fn err(status: Status) -> Completion {
+        Completion { status, result: 0, flags: 0 }
+    }
+}
+
+/// How many undecodable frames per connection are logged at `warn` (later ones at
+/// `debug`), so a misbehaving peer cannot flood the log.
+const BAD_FRAME_WARNINGS: u32 = 10;
+
+/// Executes requests for one connection on one backend channel.
+pub struct Service {
+    backend: Box<dyn Backend>,
+    tenants: TenantCache,
+    payload: Vec<u8>,
+    bad_frames_warned: u32,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("backend", &self.backend.kind()).finish()
+    }
+}
+
+impl Service {
+    /// A service running requests on `backend`, counting them in `stats`.
+    pub fn new(backend: Box<dyn Backend>, stats: Arc<ProxyStats>) -> Service {
+        Service { backend, tenants: TenantCache::new(stats), payload: Vec::new(), bad_frames_warned: 0 }
+    }
+
+    /// Handles one frame body (length prefix stripped). Writes the complete response
+    /// frame (length prefix included) into `out` and returns `true`, or returns
+    /// `false` when the frame is dropped without an answer (too short to carry a tag).
+    pub fn handle_frame(&mut self, body: &[u8], out: &mut Vec<u8>) -> bool {
+        let r = match ProxyRequest::decode(body) {
+            Ok(r) => r,
+            Err(e) => return self.answer_bad_frame(body, e, out),
+        };
+        let stats = self.tenants.server();
+        stats.frames.fetch_add(1, Ordering::Relaxed);
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.clear();
+        let c = self.execute(&r.req, r.payload, &mut payload);
+        let req = &r.req;
+        if req.trace || req.flags & flags::TRACE != 0 {
+            log::info!(
+                target: "pov_proxy::trace",
+                "session {:#x} tenant {} {:?} {:?} offset {} length {} payload {} -> {} result {} flags {:#x}",
+                req.session_id, req.tenant, req.op, req.path, req.offset, req.length, r.payload.len(),
+                c.status, c.result, c.flags
+            );
+        }
+        ProxyResponse { op: req.op as u16, tag: req.tag, status: c.status, result: c.result, flags: c.flags }
+            .encode_frame(&payload, out);
+        self.payload = payload;
+        true
+    }
+
+    fn answer_bad_frame(&mut self, body: &[u8], e: pov_proto::DecodeError, out: &mut Vec<u8>) -> bool {
+        let stats = self.tenants.server();
+        stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+        let level = if self.bad_frames_warned < BAD_FRAME_WARNINGS { log::Level::Warn } else { log::Level::Debug };
+        self.bad_frames_warned = self.bad_frames_warned.saturating_add(1);
+        if body.len() < 16 {
+            stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
+            log::log!(level, "dropping a {}-byte frame that does not decode ({e}) and carries no tag", body.len());
+            return false;
+        }
+        let op = u16::from_le_bytes([body[6], body[7]]);
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&body[8..16]);
+        let tag = u64::from_le_bytes(tag);
+        log::log!(level, "bad frame (tag {tag:#x}, {} bytes): {e}", body.len());
+        ProxyResponse { op, tag, status: e.status(), result: 0, flags: 0 }.encode_frame(&[], out);
+        true
+    }
+
+    /// Runs one decoded request. `out` (empty on entry) receives the response payload;
+    /// it is left empty when the status is not `Ok`. Counts the request for its
+    /// tenant.
+    pub fn execute(&mut self, req: &ProxyRequest, payload: &[u8], out: &mut Vec<u8>) -> Completion {
+        let tenant_ok = pov_proto::path::valid_tenant_name(&req.tenant);
+        let c = match resolve(&req.tenant, &req.path) {
+            Ok(path) => self.run(req, &path, payload, out),
+            Err(s) => Completion::err(s),
+        };
+        if c.status != Status::Ok {
+            out.clear();
+        }
+        if tenant_ok {
+            let t = self.tenants.get(&req.tenant);
+            t.requests.fetch_add(1, Ordering::Relaxed);
+            if c.status != Status::Ok {
+                t.errors.fetch_add(1, Ordering::Relaxed);
+            } else if req.op == Op::Read {
+                t.read_bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
+            } else if req.op.carries_data() {
+                t.write_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+            }
+        }
+        c
+    }
+
+    fn run(&mut self, req: &ProxyRequest, path: &str, payload: &[u8], out: &mut Vec<u8>) -> Completion {
+        if !req.op.carries_data() && !payload.is_empty() {
+            return Completion::err(Status::Invalid);
+        }
+        let t = req.tenant.as_str();
+        let b = self.backend.as_mut();
+        let sync = req.flags & flags::SYNC != 0;
+        let r: Result<Completion, Status> = match req.op {
+            Op::Open => b.open(t, path, req.flags).map(|()| Completion::ok(0)),
+            // The proxy keeps no handles: nothing to release.
+            Op::Close => Ok(Completion::ok(0)),
+            Op::Read => {
+                if req.length > MAX_IO_BYTES {
+                    return Completion::err(Status::TooLarge);
+                }
+                out.resize(req.length as usize, 0);
+                b.read(t, path, req.offset, out).map(|n| {
+                    out.truncate(n);
+                    Completion::ok(n as u64)
+                })
+            }
+            Op::Write => b.write(t, path, req.offset, payload, sync).map(|n| Completion::ok(n as u64)),
+            Op::Append => b.append(t, path, payload, sync).map(Completion::ok),
+            Op::Truncate => b.truncate(t, path, req.offset).map(Completion::ok),
+            Op::Stat => b.stat(t, path).map(|s| {
+                out.extend_from_slice(&s.encode());
+                Completion::ok(0)
+            }),
+            Op::List => b.list(t, path, req.offset, MAX_IO_BYTES as usize).map(|l| {
+                for e in &l.entries {
+                    e.encode_into(out);
+                }
+                Completion { status: Status::Ok, result: l.entries.len() as u64, flags: if l.more { flags::MORE } else { 0 } }
+            }),
+            Op::Remove => b.remove(t, path).map(|()| Completion::ok(0)),
+            Op::Fsync => b.fsync(t, path).map(|()| Completion::ok(0)),
+        };
+        r.unwrap_or_else(Completion::err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::local::LocalBackend;
+    use pov_proto::entry::{DirEntry, Kind, Stat};
+    use pov_proto::io::SdkHint;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        svc: Service,
+        stats: Arc<ProxyStats>,
+        tag: u64,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(ProxyStats::default());
+        let b = LocalBackend::open(dir.path()).unwrap();
+        Fixture { _dir: dir, svc: Service::new(Box::new(b), stats.clone()), stats, tag: 0 }
+    }
+
+    fn req(op: Op, tenant: &str, path: &str) -> ProxyRequest {
+        ProxyRequest {
+            op,
+            tag: 0,
+            offset: 0,
+            length: 0,
+            flags: 0,
+            hint: SdkHint::default(),
+            trace: false,
+            qos: 0,
+            load: 0,
+            session_id: 1,
+            tenant: tenant.into(),
+            path: path.into(),
+        }
+    }
+
+    impl Fixture {
+        /// Sends `r` through the frame path; returns the decoded response and payload.
+        fn call(&mut self, mut r: ProxyRequest, payload: &[u8]) -> (ProxyResponse, Vec<u8>) {
+            self.tag += 1;
+            r.tag = self.tag;
+            let mut f = Vec::new();
+            r.encode_frame(payload, &mut f).unwrap();
+            let mut out = Vec::new();
+            assert!(self.svc.handle_frame(&f[4..], &mut out));
+            assert_eq!(u32::from_le_bytes(out[..4].try_into().unwrap()) as usize, out.len() - 4);
+            let (resp, p) = ProxyResponse::decode(&out[4..]).unwrap();
+            assert_eq!(resp.tag, self.tag, "tag echoed");
+            assert_eq!(resp.op, r.op as u16, "op echoed");
+            (resp, p.to_vec())
+        }
+    }
+
+    #[test]
+    fn every_op_through_frames() {
+        let mut fx = fixture();
+        let mut r = req(Op::Open, "t", "dir/f");
+        r.flags = flags::CREATE | flags::WRITE;
+        assert_eq!(fx.call(r, &[]).0.status, Status::Ok);
+        let mut w = req(Op::Write, "t", "dir/f");
+        w.offset = 3;
+        w.flags = flags::SYNC;
+        let (resp, _) = fx.call(w, b"hello");
+        assert_eq!((resp.status, resp.result), (Status::Ok, 5));
+        let (resp, _) = fx.call(req(Op::Append, "t", "dir/f"), b"!!");
+        assert_eq!((resp.status, resp.result), (Status::Ok, 8));
+        let mut rd = req(Op::Read, "t", "dir/f");
+        rd.length = 100;
+        let (resp, p) = fx.call(rd.clone(), &[]);
+        assert_eq!((resp.status, resp.result), (Status::Ok, 10));
+        assert_eq!(p, b"\0\0\0hello!!");
+        let (resp, p) = fx.call(req(Op::Stat, "t", "dir/f"), &[]);
+        assert_eq!(resp.status, Status::Ok);
+        let s = Stat::decode(&p).unwrap();
+        assert_eq!((s.kind, s.size), (Kind::File, 10));
+        let mut tr = req(Op::Truncate, "t", "dir/f");
+        tr.offset = 4;
+        assert_eq!(fx.call(tr, &[]).0.result, 4);
+        let (resp, p) = fx.call(req(Op::List, "t", ""), &[]);
+        assert_eq!((resp.status, resp.result, resp.flags), (Status::Ok, 1, 0));
+        assert_eq!(DirEntry::decode_all(&p).unwrap(), [DirEntry { kind: Kind::Dir, size: 0, name: "dir".into() }]);
+        assert_eq!(fx.call(req(Op::Fsync, "t", "dir/f"), &[]).0.status, Status::Ok);
+        assert_eq!(fx.call(req(Op::Close, "t", "dir/f"), &[]).0.status, Status::Ok);
+        assert_eq!(fx.call(req(Op::Remove, "t", "dir"), &[]).0.status, Status::NotEmpty);
+        assert_eq!(fx.call(req(Op::Remove, "t", "dir/f"), &[]).0.status, Status::Ok);
+        let (resp, p) = fx.call(rd, &[]);
+        assert_eq!((resp.status, resp.result, p.len()), (Status::NotFound, 0, 0));
+        let t = &fx.stats.tenants()[0];
+        assert_eq!((t.tenant.as_str(), t.requests, t.errors, t.read_bytes, t.write_bytes), ("t", 12, 2, 10, 7));
+    }
+
+    #[test]
+    fn list_sets_more_when_entries_remain() {
+        let mut fx = fixture();
+        let long = "x".repeat(240);
+        for i in 0..4300 {
+            let mut r = req(Op::Open, "t", &format!("d/{i:05}{long}"));
+            r.flags = flags::CREATE;
+            assert_eq!(fx.call(r, &[]).0.status, Status::Ok);
+        }
+        let (resp, p) = fx.call(req(Op::List, "t", "d"), &[]);
+        assert_eq!(resp.flags & flags::MORE, flags::MORE);
+        assert!(p.len() <= MAX_IO_BYTES as usize);
+        let first = DirEntry::decode_all(&p).unwrap();
+        assert_eq!(first.len() as u64, resp.result);
+        let mut r = req(Op::List, "t", "d");
+        r.offset = resp.result;
+        let (resp2, p2) = fx.call(r, &[]);
+        assert_eq!(resp2.flags & flags::MORE, 0);
+        assert_eq!(first.len() + DirEntry::decode_all(&p2).unwrap().len(), 4300);
+    }
+
+    #[test]
+    fn bad_requests_are_answered_not_fatal() {
+        let mut fx = fixture();
+        assert_eq!(fx.call(req(Op::Open, "t", "../u/f"), &[]).0.status, Status::Permission);
+        assert_eq!(fx.call(req(Op::Read, "../u", "f"), &[]).0.status, Status::Permission);
+        assert_eq!(fx.call(req(Op::Stat, "t", "a\0b"), &[]).0.status, Status::Invalid);
+        let mut big = req(Op::Read, "t", "f");
+        big.length = MAX_IO_BYTES + 1;
+        assert_eq!(fx.call(big, &[]).0.status, Status::TooLarge);
+        assert_eq!(fx.call(req(Op::Stat, "t", "f"), b"junk").0.status, Status::Invalid, "payload on a non-data op");
+        // Undecodable frames: the tag comes back when there is one.
+        let mut f = Vec::new();
+        let mut r = req(Op::Stat, "t", "f");
+        r.tag = 0xabcd;
+        r.encode_frame(&[], &mut f).unwrap();
+        let mut body = f[4..].to_vec();
+        body[6..8].copy_from_slice(&999u16.to_le_bytes());
+        let mut out = Vec::new();
+        assert!(fx.svc.handle_frame(&body, &mut out));
+        let (resp, _) = ProxyResponse::decode(&out[4..]).unwrap();
+        assert_eq!((resp.status, resp.tag, resp.op), (Status::UnknownOp, 0xabcd, 999));
+        body[0] = b'X';
+        assert!(fx.svc.handle_frame(&body, &mut out));
+        assert_eq!(ProxyResponse::decode(&out[4..]).unwrap().0.status, Status::BadMagic);
+        assert!(fx.svc.handle_frame(&body[..20], &mut out));
+        assert!(!fx.svc.handle_frame(&body[..15], &mut out), "no tag: dropped");
+        assert!(!fx.svc.handle_frame(&[], &mut out));
+        let s = fx.stats.server();
+        assert_eq!((s.bad_frames, s.dropped_frames), (5, 2));
+        // Random bodies never panic.
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for n in 0..3000usize {
+            let mut b: Vec<u8> = (0..n % 300).map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            }).collect();
+            if b.len() >= 8 && n % 2 == 0 {
+                b[..4].copy_from_slice(b"PoVP");
+                b[4..6].copy_from_slice(&1u16.to_le_bytes());
+            }
+            let _ = fx.svc.handle_frame(&b, &mut out);
+        }
+    }
+}

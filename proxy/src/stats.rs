@@ -1,0 +1,179 @@
+//! Counters: per tenant (requests, errors, bytes; the input of the per-tenant QoS
+//! scheduler to come) and per server (frames, connections).
+//!
+//! Counters are relaxed atomics shared by every reactor. Each connection caches the
+//! `Arc` of the tenants it serves, so the registry's lock is taken only the first
+//! time a connection sees a tenant. The registry tracks at most
+//! [`MAX_TRACKED_TENANTS`] names; requests of further tenants are counted under
+//! [`OVERFLOW_TENANT`], so a peer cannot grow it without bound.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Most distinct tenants counted separately.
+pub const MAX_TRACKED_TENANTS: usize = 4096;
+/// Name under which tenants beyond [`MAX_TRACKED_TENANTS`] are counted.
+pub const OVERFLOW_TENANT: &str = "*other*";
+
+/// Live counters of one tenant.
+#[derive(Debug, Default)]
+pub struct TenantCounters {
+    /// Requests answered (any status).
+    pub requests: AtomicU64,
+    /// Requests answered with a status other than `Ok`.
+    pub errors: AtomicU64,
+    /// File data returned by reads, bytes.
+    pub read_bytes: AtomicU64,
+    /// File data accepted by writes and appends, bytes.
+    pub write_bytes: AtomicU64,
+}
+
+/// A copy of one tenant's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantStats {
+    /// Tenant name (or [`OVERFLOW_TENANT`]).
+    pub tenant: String,
+    /// Requests answered (any status).
+    pub requests: u64,
+    /// Requests answered with an error status.
+    pub errors: u64,
+    /// Bytes returned by reads.
+    pub read_bytes: u64,
+    /// Bytes accepted by writes and appends.
+    pub write_bytes: u64,
+}
+
+/// Server-wide counters plus the tenant registry.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    tenants: Mutex<HashMap<String, Arc<TenantCounters>>>,
+    overflow: Arc<TenantCounters>,
+    /// Frames received that decoded as requests.
+    pub frames: AtomicU64,
+    /// Frames that did not decode (answered with an error when they carried a tag).
+    pub bad_frames: AtomicU64,
+    /// Bad frames too short to carry a tag, dropped without an answer.
+    pub dropped_frames: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_accepted: AtomicU64,
+    /// Connections currently open.
+    pub connections_open: AtomicU64,
+}
+
+/// A copy of the server-wide counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Frames that decoded as requests.
+    pub frames: u64,
+    /// Frames that did not decode.
+    pub bad_frames: u64,
+    /// Bad frames dropped without an answer.
+    pub dropped_frames: u64,
+    /// Connections accepted since start.
+    pub connections_accepted: u64,
+    /// Connections currently open.
+    pub connections_open: u64,
+}
+
+impl ProxyStats {
+    /// The counters of `tenant` (a valid tenant name), registering it if new.
+    pub fn tenant(&self, tenant: &str) -> Arc<TenantCounters> {
+        let mut m = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = m.get(tenant) {
+            return c.clone();
+        }
+        if m.len() >= MAX_TRACKED_TENANTS {
+            return self.overflow.clone();
+        }
+        let c = Arc::new(TenantCounters::default());
+        m.insert(tenant.to_string(), c.clone());
+        c
+    }
+
+    /// Copies of every tenant's counters, sorted by tenant name (the overflow bucket
+    /// last, if used).
+    pub fn tenants(&self) -> Vec<TenantStats> {
+        let snap = |name: &str, c: &TenantCounters| TenantStats {
+            tenant: name.to_string(),
+            requests: c.requests.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            read_bytes: c.read_bytes.load(Ordering::Relaxed),
+            write_bytes: c.write_bytes.load(Ordering::Relaxed),
+        };
+        let m = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<TenantStats> = m.iter().map(|(k, c)| snap(k, c)).collect();
+        v.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        if self.overflow.requests.load(Ordering::Relaxed) > 0 {
+            v.push(snap(OVERFLOW_TENANT, &self.overflow));
+        }
+        v
+    }
+
+    /// A copy of the server-wide counters.
+    pub fn server(&self) -> ServerStats {
+        ServerStats {
+            frames: self.frames.load(Ordering::Relaxed),
+            bad_frames: self.bad_frames.load(Ordering::Relaxed),
+            dropped_frames: self.dropped_frames.load(Ordering::Relaxed),
+            connections_accepted: self.connections_accepted.load(Ordering::Relaxed),
+            connections_open: self.connections_open.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One connection's cache of tenant counters (avoids the registry lock per request).
+#[derive(Debug)]
+pub struct TenantCache {
+    stats: Arc<ProxyStats>,
+    map: HashMap<String, Arc<TenantCounters>>,
+}
+
+impl TenantCache {
+    /// An empty cache over `stats`.
+    pub fn new(stats: Arc<ProxyStats>) -> TenantCache {
+        TenantCache { stats, map: HashMap::new() }
+    }
+
+    /// The counters of `tenant`.
+    pub fn get(&mut self, tenant: &str) -> &TenantCounters {
+        if !self.map.contains_key(tenant) {
+            let c = self.stats.tenant(tenant);
+            if self.map.len() >= MAX_TRACKED_TENANTS {
+                self.map.clear();
+            }
+            self.map.insert(tenant.to_string(), c);
+        }
+        &self.map[tenant]
+    }
+
+    /// The server-wide counters.
+    pub fn server(&self) -> &ProxyStats {
+        &self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_tenant_and_caps_the_registry() {
+        let s = Arc::new(ProxyStats::default());
+        let mut c = TenantCache::new(s.clone());
+        c.get("b").requests.fetch_add(2, Ordering::Relaxed);
+        c.get("a").read_bytes.fetch_add(10, Ordering::Relaxed);
+        c.get("b").errors.fetch_add(1, Ordering::Relaxed);
+        let v = s.tenants();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0], TenantStats { tenant: "a".into(), read_bytes: 10, ..Default::default() });
+        assert_eq!(v[1], TenantStats { tenant: "b".into(), requests: 2, errors: 1, ..Default::default() });
+        for i in 0..MAX_TRACKED_TENANTS + 10 {
+            s.tenant(&format!("t{i}")).requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let v = s.tenants();
+        assert_eq!(v.len(), MAX_TRACKED_TENANTS + 1);
+        assert_eq!(v.last().unwrap().tenant, OVERFLOW_TENANT);
+        assert_eq!(v.last().unwrap().requests, 12);
+    }
+}
