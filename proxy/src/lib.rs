@@ -10,13 +10,18 @@
 //!   implementations, the spec strings that choose one (`local:DIR`, `null`) and the
 //!   conformance suite every storing backend passes.
 //! * [`service`]: transport-free request execution: frame body in, response frame out.
+//! * [`server`]: the polled-mode server on `pov_runtime` reactors
+//!   ([`Server::start`] → [`Server`] with `local_addr()` and `shutdown()`).
 //! * [`stats`]: per-tenant and server-wide counters (the input of per-tenant QoS).
 //! * [`sys`]: the crate's only `unsafe` code (`*at` system calls, signal self-pipe).
 
 pub mod backend;
+pub mod server;
 pub mod service;
 pub mod stats;
 pub mod sys;
+
+pub use server::{Server, ServerConfig};
 
 /// Setup errors of the proxy (per-request failures are response statuses instead).
 #[derive(Debug, thiserror::Error)]
