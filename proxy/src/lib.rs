@@ -13,9 +13,26 @@
 //! * [`server`]: the polled-mode server on `pov_runtime` reactors
 //!   ([`Server::start`] → [`Server`] with `local_addr()` and `shutdown()`).
 //! * [`stats`]: per-tenant and server-wide counters (the input of per-tenant QoS).
+//! * [`cli`]: the `pov-proxy` command line (the binary only parses and calls
+//!   [`cli::run`]).
 //! * [`sys`]: the crate's only `unsafe` code (`*at` system calls, signal self-pipe).
+//!
+//! Quick start (in-process, as tests do):
+//!
+//! ```no_run
+//! use pov_proxy::{backend::BackendSpec, Server, ServerConfig};
+//! let server = Server::start(ServerConfig {
+//!     listen: "127.0.0.1:0".into(),
+//!     backend: BackendSpec::Null,
+//!     ..Default::default()
+//! })?;
+//! println!("listening on {}", server.local_addr());
+//! server.shutdown();
+//! # Ok::<(), pov_proxy::Error>(())
+//! ```
 
 pub mod backend;
+pub mod cli;
 pub mod server;
 pub mod service;
 pub mod stats;
