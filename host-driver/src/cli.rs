@@ -82,6 +82,7 @@ pub struct Cli {
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
 
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -371,8 +372,11 @@ fn what(s: &Session, loc: &Loc) -> io::Result<Option<What>> {
 /// One file to copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
+    /// Where the data comes from.
     pub src: Loc,
+    /// Where it goes (created or truncated).
     pub dst: Loc,
+    /// Bytes to copy (the source size when planned).
     pub size: u64,
 }
 
@@ -382,6 +386,7 @@ pub struct Plan {
     /// Directories to create (local: all of them; PoV: only those that stay empty,
     /// since creating a file creates its parents).
     pub dirs: Vec<Loc>,
+    /// Files to copy.
     pub files: Vec<Job>,
 }
 
@@ -814,10 +819,12 @@ fn list_devices(extra: Option<&str>) -> anyhow::Result<()> {
         eprintln!("pov-host: no PoV devices found (no /sys/block/vd*/serial starting with \"pov-\")");
         return Ok(());
     }
-    writeln!(out, "{:<24} {:<22} {:>14}  CONFIG", "DEVICE", "SERIAL", "CAPACITY")?;
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(6);
+    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(6);
+    writeln!(out, "{:<w0$}  {:<w1$}  {:>10}  CONFIG", "DEVICE", "SERIAL", "CAPACITY")?;
     for (path, serial, cap, status) in rows {
         let cap = cap.map_or("-".to_string(), |c| format!("{} MiB", c >> 20));
-        writeln!(out, "{path:<24} {serial:<22} {cap:>14}  {status}")?;
+        writeln!(out, "{path:<w0$}  {serial:<w1$}  {cap:>10}  {status}")?;
     }
     Ok(())
 }

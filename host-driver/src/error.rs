@@ -68,6 +68,12 @@ impl Error {
         self
     }
 
+    /// Replaces the context (what was being done), keeping kind and source.
+    pub fn recontext(mut self, context: impl Into<String>) -> Error {
+        self.context = context.into();
+        self
+    }
+
     /// The kind of failure.
     pub fn kind(&self) -> &ErrorKind {
         &self.kind
@@ -146,14 +152,14 @@ impl StatusError {
 
 impl fmt::Display for StatusError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let errno = io::Error::from_raw_os_error(self.status.errno());
         write!(
             f,
-            "{} {}: {} (PoV status {:?}; {errno})",
+            "{} {}: {} (PoV status {:?}, errno {})",
             op_name(self.op),
             self.target,
             self.status,
-            self.status
+            self.status,
+            self.status.errno()
         )
     }
 }
@@ -209,7 +215,8 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("open /a/b"), "{msg}");
         assert!(msg.contains("NotFound"), "{msg}");
-        assert!(msg.contains("No such file"), "{msg}");
+        assert!(msg.contains("no such file or directory"), "{msg}");
+        assert!(msg.contains("errno 2"), "{msg}");
 
         assert_eq!(status_error(Status::Exists, Op::Open, "x").kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(status_error(Status::Permission, Op::Read, "x").kind(), io::ErrorKind::PermissionDenied);

@@ -43,6 +43,8 @@
 //! context); file operations return `std::io::Result`, with the device's PoV status
 //! available through [`status_of`].
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod device;
 pub mod error;

@@ -4,7 +4,7 @@
 //!   It is either heap memory aligned to 4 KiB (the kernel path, `O_DIRECT`) or a piece
 //!   of memory that libblkio has mapped for the device (the vhost-user path, where the
 //!   device can only reach memory the client announced to it).
-//! * [`RegionPool`]: hands out [`IoBuf`]s backed by libblkio memory regions
+//! * `RegionPool`: hands out [`IoBuf`]s backed by libblkio memory regions
 //!   (`alloc_mem_region` + `map_mem_region`) and takes them back for reuse.
 //! * [`Flock`]: an exclusive `flock(2)` held for the lifetime of a guard.
 

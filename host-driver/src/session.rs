@@ -169,7 +169,7 @@ impl Session {
         let mut req = admin_request(AdminOp::OpenSession);
         req.tenant = tenant.to_string();
         req.secret = secret.to_vec();
-        let resp = device.admin(req).map_err(|e| reword(e, &ctx))?;
+        let resp = device.admin(req).map_err(|e| e.recontext(&ctx))?;
         let hb_ms = if resp.heartbeat_interval_ms == 0 {
             match resp.session_timeout_ms {
                 0 => DEFAULT_HEARTBEAT_MS,
@@ -201,7 +201,7 @@ impl Session {
                 let mut req = admin_request(AdminOp::CreateQueue);
                 req.session_id = info.session_id;
                 req.qos = opts.qos;
-                let resp = device.admin(req).map_err(|e| reword(e, &format!("{ctx}: create queue {index}")))?;
+                let resp = device.admin(req).map_err(|e| e.recontext(format!("{ctx}: create queue {index}")))?;
                 let queue_id = resp.queue_id;
                 created.push(queue_id);
                 if queue_id >= g.total_queues() || created[..index].contains(&queue_id) {
@@ -330,16 +330,31 @@ impl Session {
         self.inner.call(&Call::path(Op::Remove, &wire, 0), |_, _| Ok(()))
     }
 
-    /// Removes `path` and, if it is a directory, everything under it (depth first).
+    /// Removes `path` and, if it is a directory, everything under it (depth first;
+    /// the files of a directory are removed in parallel on the session's queues).
     ///
     /// Errors: the first failure; entries removed before it stay removed.
     pub fn remove_all(&self, path: &str) -> io::Result<()> {
         if self.stat(path)?.kind == Kind::Dir {
-            for e in self.list(path)? {
-                self.remove_all(&join(path, &e.name))?;
-            }
+            self.remove_tree(path)?;
         }
         self.remove(path)
+    }
+
+    /// Removes everything inside directory `dir`.
+    fn remove_tree(&self, dir: &str) -> io::Result<()> {
+        let (dirs, files): (Vec<DirEntry>, Vec<DirEntry>) =
+            self.list(dir)?.into_iter().partition(|e| e.kind == Kind::Dir);
+        let paths: Vec<String> = files.iter().map(|e| join(dir, &e.name)).collect();
+        for r in run_parallel(paths, self.inner.queue_count(), |p| self.remove(&p)) {
+            r.unwrap_or_else(|| Err(io::Error::other("remove skipped")))?;
+        }
+        for d in dirs {
+            let p = join(dir, &d.name);
+            self.remove_tree(&p)?;
+            self.remove(&p)?;
+        }
+        Ok(())
     }
 
     /// Makes sure a directory exists at `path`, creating it and its parents if needed.
@@ -423,13 +438,13 @@ impl Session {
             req.queue_id = q;
             if let Err(e) = inner.device.admin(req) {
                 log::warn!("{ctx}: delete queue {q}: {e}");
-                first.get_or_insert(reword(e, &format!("{ctx}: delete queue {q}")));
+                first.get_or_insert(e.recontext(format!("{ctx}: delete queue {q}")));
             }
         }
         let mut req = admin_request(AdminOp::CloseSession);
         req.session_id = inner.info.session_id;
         if let Err(e) = inner.device.admin(req) {
-            first.get_or_insert(reword(e, &ctx));
+            first.get_or_insert(e.recontext(&ctx));
         }
         match first {
             Some(e) => Err(e),
@@ -448,12 +463,6 @@ impl Drop for Session {
             log::warn!("{e}");
         }
     }
-}
-
-/// Re-labels an error from a lower layer with the caller's context, keeping its kind.
-fn reword(e: Error, ctx: &str) -> Error {
-    let kind = e.kind().clone();
-    Error::new(kind, ctx.to_string()).with_source(e)
 }
 
 fn start_heartbeat(inner: &Arc<SessionInner>) -> io::Result<Heartbeat> {

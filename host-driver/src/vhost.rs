@@ -3,7 +3,7 @@
 //! the application and the PoV device.
 //!
 //! libblkio can only do IO to memory it has mapped for the device, so every buffer comes
-//! from [`RegionPool`]. Each libblkio queue is guarded by a mutex; PoV queue `i` of a
+//! from a pool of mapped regions. Each libblkio queue is guarded by a mutex; PoV queue `i` of a
 //! session travels on data queue `i % data_queues` and admin traffic on a queue of its
 //! own when the device offers more than one. A request and its response READ go out in
 //! one `do_io` call: one device round trip.
