@@ -203,3 +203,59 @@ pub(crate) fn admin_request(op: AdminOp) -> AdminRequest {
         secret: Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pov_proto::layout::{ConfigSpace, Geometry};
+    use std::os::unix::fs::FileExt;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn public_handles_are_send_and_sync() {
+        assert_send_sync::<Device>();
+        assert_send_sync::<crate::Session>();
+        assert_send_sync::<crate::File>();
+        assert_send_sync::<crate::IoBuf>();
+    }
+
+    #[test]
+    fn bad_specs_are_rejected_before_any_io() {
+        assert_eq!(Device::open("").unwrap_err().kind(), &ErrorKind::BadSpec);
+        assert_eq!(Device::open("nvme:x").unwrap_err().kind(), &ErrorKind::BadSpec);
+        let e = Device::open("/nonexistent/pov-dev").unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Access);
+        assert!(e.to_string().contains("/nonexistent/pov-dev"), "{e}");
+    }
+
+    /// The kernel path on image files (when the file system supports O_DIRECT): only a
+    /// valid configuration record on a large enough device opens.
+    #[test]
+    fn kernel_path_validates_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("img");
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(2 << 20).unwrap();
+        let e = match Device::open(img.to_str().unwrap()) {
+            Err(e) if e.kind() == &ErrorKind::Access => return, // no O_DIRECT here
+            other => other.unwrap_err(),
+        };
+        assert_eq!(e.kind(), &ErrorKind::NotPovDevice, "{e}");
+        assert!(e.to_string().contains("bad magic"), "{e}");
+
+        let g = Geometry::new(2, 2).unwrap();
+        f.write_all_at(&ConfigSpace { geometry: g, name: "img0".into() }.encode(), 0).unwrap();
+        let e = Device::open(img.to_str().unwrap()).unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::NotPovDevice);
+        assert!(e.to_string().contains("smaller than its geometry"), "{e}");
+
+        f.set_len(g.capacity_bytes()).unwrap();
+        let dev = Device::open(img.to_str().unwrap()).unwrap();
+        assert_eq!(dev.name(), "img0");
+        assert_eq!(dev.geometry(), g);
+        // A plain file does not execute admin requests: the response record is garbage.
+        let e = dev.admin(admin_request(AdminOp::Heartbeat)).unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Protocol, "{e}");
+    }
+}
