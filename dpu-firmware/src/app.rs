@@ -17,6 +17,8 @@ pub struct DaemonOptions {
     pub rpc_socket: PathBuf,
     /// One reactor per entry: `Some(cpu)` pinned, `None` unpinned.
     pub cores: Vec<Option<usize>>,
+    /// Reactor tuning (adaptive polling).
+    pub reactor: ReactorConfig,
     /// Configuration to replay before serving RPC.
     pub config: Option<PathBuf>,
 }
@@ -60,7 +62,7 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
 /// Start-up failures (reactors, config replay, control socket) with context.
 pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     crate::sys::block_termination_signals().context("blocking SIGINT/SIGTERM")?;
-    let rt = Runtime::start(&opts.cores, ReactorConfig::default()).context("starting reactors")?;
+    let rt = Runtime::start(&opts.cores, opts.reactor.clone()).context("starting reactors")?;
     let daemon = Arc::new(Daemon::new(rt.reactors().to_vec(), pov_device_factory()));
     if let Some(path) = &opts.config {
         let n = load_config_file(&daemon, path).with_context(|| format!("replaying {}", path.display()));

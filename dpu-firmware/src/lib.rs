@@ -14,6 +14,9 @@
 //!
 //! Unsafe code is confined to [`sys`] (signal masks).
 
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod app;
 pub mod blockdev;
 pub mod config;

@@ -124,3 +124,58 @@ fn libblkio_round_trip_two_clients() {
     drop((a, c));
     rt.shutdown();
 }
+
+/// Rough throughput of the adapter alone (MemDisk answers at once): 4 KiB random
+/// reads at QD1 and QD32 for 2 s each. Run with
+/// `cargo test --release -p pov-dpu-firmware --test vhost_blkio -- --ignored --nocapture`
+/// (env `BENCH_REACTOR_CPU=N` pins the reactor, `BENCH_IDLE_US` sets its idle window).
+#[test]
+#[ignore]
+fn bench_memdisk_4k_reads() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let cpu = std::env::var("BENCH_REACTOR_CPU").ok().and_then(|v| v.parse().ok());
+    let mut cfg = ReactorConfig::default();
+    if let Some(us) = std::env::var("BENCH_IDLE_US").ok().and_then(|v| v.parse().ok()) {
+        cfg.idle_window = Duration::from_micros(us);
+    }
+    let rt = Runtime::start(&[cpu], cfg).unwrap();
+    let opts = VhostBlkOptions::new("bench", dir.path().join("b.sock"));
+    let srv = VhostBlkServer::start(opts, &rt.reactors()[0], || Ok(Box::new(MemDisk::new(DISK, "b")) as Box<dyn BlockDevice>)).unwrap();
+    let mut c = Client::connect(srv.socket(), 1);
+    for qd in [1usize, 32] {
+        let mut comps: Vec<MaybeUninit<Completion>> = (0..qd).map(|_| MaybeUninit::uninit()).collect();
+        let base = c.region.addr as *mut u8;
+        let mut x: u64 = 0x9e37_79b9;
+        let mut next_off = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % (DISK as u64 / 4096)) * 4096
+        };
+        for i in 0..qd {
+            c.queues[0].read(next_off(), base.wrapping_add(i * 4096), 4096, i, ReqFlags::empty());
+        }
+        let t = std::time::Instant::now();
+        let mut done = 0u64;
+        while t.elapsed() < Duration::from_secs(2) {
+            let n = c.queues[0].do_io(&mut comps, 1, None, None).unwrap();
+            for comp in &comps[..n] {
+                // SAFETY: do_io filled the first n elements.
+                let comp = unsafe { comp.assume_init_ref() };
+                assert_eq!(comp.ret, 0);
+                let slot = comp.user_data;
+                c.queues[0].read(next_off(), base.wrapping_add(slot * 4096), 4096, slot, ReqFlags::empty());
+            }
+            done += n as u64;
+        }
+        let mut left = qd;
+        while left > 0 {
+            left -= c.queues[0].do_io(&mut comps, 1, None, None).unwrap();
+        }
+        println!("QD{qd}: {:.0} IOPS", done as f64 / t.elapsed().as_secs_f64());
+    }
+    drop(c);
+    srv.stop();
+    rt.shutdown();
+}

@@ -3,7 +3,9 @@
 use clap::Parser;
 use pov_dpu_firmware::app::{parse_cpu_list, run, DaemonOptions};
 use pov_dpu_firmware::rpc::DEFAULT_RPC_SOCKET;
+use pov_runtime::ReactorConfig;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// PoV DPU daemon: serves PoV devices over vhost-user-blk on polled reactors and is
 /// configured over JSON-RPC (SPDK conventions).
@@ -23,14 +25,20 @@ struct Args {
     /// `{method, params}`) before serving RPC; start-up fails if a call fails.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Log level: error, warn, info, debug, trace (or an env_logger filter).
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    log_level: String,
+    /// Keep polling this many microseconds after the last work before a reactor
+    /// sleeps (default: the runtime's, 100 µs).
+    #[arg(long, value_name = "US")]
+    poll_idle_us: Option<u64>,
+    /// Log level: error, warn, info, debug, trace (or an env_logger filter such as
+    /// `info,pov_dpu_firmware=debug`). Default: `$RUST_LOG`, else `info`.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
 }
 
 fn main() {
     let args = Args::parse();
-    env_logger::Builder::new().parse_filters(&args.log_level).format_timestamp_micros().init();
+    let level = args.log_level.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".into());
+    env_logger::Builder::new().parse_filters(&level).format_timestamp_micros().init();
     let cores = match &args.cpus {
         Some(list) => match parse_cpu_list(list) {
             Ok(c) => c.into_iter().map(Some).collect(),
@@ -41,7 +49,11 @@ fn main() {
         },
         None => vec![None; usize::from(args.reactors)],
     };
-    if let Err(e) = run(DaemonOptions { rpc_socket: args.rpc_socket, cores, config: args.config }) {
+    let mut reactor = ReactorConfig::default();
+    if let Some(us) = args.poll_idle_us {
+        reactor.idle_window = Duration::from_micros(us);
+    }
+    if let Err(e) = run(DaemonOptions { rpc_socket: args.rpc_socket, cores, reactor, config: args.config }) {
         eprintln!("pov-dpud: {e:#}");
         std::process::exit(1);
     }

@@ -2,11 +2,11 @@
 //!
 //! A [`VhostBlkServer`] exposes one [`BlockDevice`] on a vhost-user socket:
 //!
-//! * the device lives in a poller on one reactor ([`poller`]); that poller processes
+//! * the device lives in a poller on one reactor (module `poller`); that poller processes
 //!   the virtqueues of every connected client, SPDK style;
 //! * an accept thread serves the socket. Several clients may be connected at once
 //!   (e.g. two processes, each with its own libblkio connection): each connection gets
-//!   its own `VhostUserDaemon` and backend ([`backend`]), whose threads only handle
+//!   its own `VhostUserDaemon` and backend (module `backend`), whose threads only handle
 //!   vhost-user control messages and turn kicks into reactor wake-ups;
 //! * [`request`] parses virtio-blk chains into [`bdev_pov::BlockRequest`]s whose
 //!   buffers copy to and from guest memory.
