@@ -179,3 +179,92 @@ fn bench_memdisk_4k_reads() {
     srv.stop();
     rt.shutdown();
 }
+
+/// A device that parks every READ until shutdown (like a PoV response slot whose
+/// proxy never answers) and completes everything else at once.
+struct Parking {
+    parked: Vec<bdev_pov::BlockRequest>,
+    done: Vec<bdev_pov::BlockCompletion>,
+}
+
+impl BlockDevice for Parking {
+    fn capacity_sectors(&self) -> u64 {
+        2048
+    }
+    fn submit(&mut self, req: bdev_pov::BlockRequest) {
+        if req.op == bdev_pov::BlockOp::Read {
+            self.parked.push(req);
+        } else {
+            self.done.push(bdev_pov::BlockCompletion { tag: req.tag, status: bdev_pov::BlockStatus::Ok, written: 0, buf: req.buf });
+        }
+    }
+    fn poll(&mut self, _fds: &mut dyn pov_runtime::FdRegistry) -> pov_runtime::PollStatus {
+        pov_runtime::PollStatus::Idle
+    }
+    fn take_completions(&mut self, out: &mut Vec<bdev_pov::BlockCompletion>) {
+        out.append(&mut self.done);
+    }
+    fn deadline(&self) -> Option<std::time::Instant> {
+        None
+    }
+    fn stats_json(&self) -> serde_json::Value {
+        serde_json::json!({ "parked": self.parked.len() })
+    }
+    fn shutdown(&mut self, _fds: &mut dyn pov_runtime::FdRegistry) {
+        for r in self.parked.drain(..) {
+            self.done.push(bdev_pov::BlockCompletion { tag: r.tag, status: bdev_pov::BlockStatus::IoErr, written: 0, buf: r.buf });
+        }
+    }
+}
+
+#[test]
+fn client_leaving_with_parked_reads_and_stop_with_io_in_flight() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::start(&[None], ReactorConfig::default()).unwrap();
+    let opts = VhostBlkOptions::new("park", dir.path().join("p.sock"));
+    let srv = VhostBlkServer::start(opts, &rt.reactors()[0], || {
+        Ok(Box::new(Parking { parked: Vec::new(), done: Vec::new() }) as Box<dyn BlockDevice>)
+    })
+    .unwrap();
+    let wait_in_flight = |n: u64| {
+        let t = std::time::Instant::now();
+        loop {
+            let s = srv.stats().unwrap();
+            if s["in_flight"] == n {
+                return s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "in_flight never reached {n}: {s}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    {
+        let mut a = Client::connect(srv.socket(), 1);
+        let p = a.region.addr as *mut u8;
+        a.queues[0].read(0, p, 4096, 0, ReqFlags::empty());
+        a.queues[0].read(4096, p.wrapping_add(4096), 4096, 0, ReqFlags::empty());
+        let mut c = [MaybeUninit::<Completion>::uninit()];
+        let mut t = Duration::from_millis(50);
+        // Nothing completes: the reads are parked.
+        assert_eq!(a.queues[0].do_io(&mut c, 0, Some(&mut t), None).unwrap(), 0);
+        wait_in_flight(2);
+        // Writes on the same queue still complete while reads are parked.
+        assert_eq!(a.write(0, 0, 8192, 512), 0);
+    }
+    // The client left with two reads parked; a new client is served normally.
+    let t = std::time::Instant::now();
+    while srv.clients() != 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut b = Client::connect(srv.socket(), 1);
+    assert_eq!(b.write(0, 0, 0, 4096), 0);
+    let p = b.region.addr as *mut u8;
+    b.queues[0].read(0, p, 4096, 0, ReqFlags::empty());
+    wait_in_flight(3);
+    // Stopping with a connected client and IO in flight: no hang, completions of the
+    // departed client are dropped, the socket is removed.
+    srv.stop();
+    assert!(!dir.path().join("p.sock").exists());
+    drop(b);
+    rt.shutdown();
+}
