@@ -21,7 +21,7 @@ pub const HEADER_LEN: usize = 16;
 /// so that no PoV request ever needs splitting. Bytes.
 pub const SIZE_MAX: u32 = pov_proto::layout::SLOT_SIZE as u32;
 /// Largest number of data segments per request (`seg_max`): a 1 MiB + 4 KiB buffer in
-/// 4 KiB pages, unaligned at both ends (259), rounded up.
+/// 4 KiB pages is 257 segments, 258 if unaligned; rounded up.
 pub const SEG_MAX: u32 = 260;
 /// Logical block size reported to the driver (`blk_size`), bytes.
 pub const BLK_SIZE: u32 = 512;
