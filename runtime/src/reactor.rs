@@ -304,7 +304,9 @@ impl Reactor {
             }
             self.stats.idle_iterations.fetch_add(1, Ordering::Relaxed);
             if now.duration_since(last_busy) < self.cfg.idle_window {
-                std::hint::spin_loop();
+                // Yield rather than spin: on a shared CPU a spinning reactor starves
+                // the very client whose next request it waits for.
+                std::thread::yield_now();
                 continue;
             }
             // Idle long enough: arm notifications, then sleep unless work appeared.
