@@ -119,6 +119,11 @@ pub enum VolumeError {
 }
 
 impl VolumeConfig {
+    /// Capacity in 512-byte sectors (virtio-blk `capacity`).
+    pub fn capacity_sectors(&self) -> u64 {
+        self.size / 512
+    }
+
     /// Checks name, size, block size and timeout; `null` volumes need no proxies.
     ///
     /// # Errors
@@ -359,16 +364,6 @@ impl VolumeDevice {
         &self.cfg
     }
 
-    /// Capacity in 512-byte sectors (virtio-blk `capacity`).
-    pub fn capacity_sectors(&self) -> u64 {
-        self.cfg.size / 512
-    }
-
-    /// Block size in bytes (virtio-blk `blk_size`).
-    pub fn block_size(&self) -> u32 {
-        self.cfg.block_size
-    }
-
     /// The 20-byte virtio-blk serial (`vol-<name>`).
     pub fn serial(&self) -> [u8; pov_proto::layout::SERIAL_LEN] {
         self.serial
@@ -604,17 +599,9 @@ impl VolumeDevice {
         let mut busy = false;
         let mut frames = std::mem::take(&mut self.rx_frames);
         for i in 0..self.proxies.len() {
-            let conn = &mut self.proxies[i];
-            let mut broken = false;
-            if let Some(t) = conn.transport.as_mut() {
-                match t.poll(&mut |f| frames.push(f.to_vec())) {
-                    Ok(moved) => busy |= moved || t.pending_send_bytes() > 0,
-                    Err(e) => {
-                        log::warn!("volume {}: proxy {}: {e}", self.cfg.name, conn.endpoint);
-                        broken = true;
-                    }
-                }
-            }
+            let (moved, broken) = self.proxies[i].poll_frames(&self.cfg.name, &mut frames);
+            // Bytes still to send: keep polling so that the transport drains them.
+            busy |= moved || self.proxies[i].pending_send_bytes() > 0;
             for f in frames.drain(..) {
                 busy = true;
                 match ProxyResponse::decode(&f) {
@@ -708,16 +695,6 @@ impl NullVolume {
     /// The device's configuration.
     pub fn config(&self) -> &VolumeConfig {
         &self.cfg
-    }
-
-    /// Capacity in 512-byte sectors.
-    pub fn capacity_sectors(&self) -> u64 {
-        self.cfg.size / 512
-    }
-
-    /// Block size in bytes.
-    pub fn block_size(&self) -> u32 {
-        self.cfg.block_size
     }
 
     /// Counters.

@@ -185,7 +185,7 @@ fn volume_round_trip_split_and_checks() {
     let p = fake_proxy(&store, 0, Behaviour::default());
     let size = 8 * MIB as u64;
     let mut h = Harness::new(cfg("vol0", size, &[p]));
-    assert_eq!(h.dev.capacity_sectors(), size / 512);
+    assert_eq!(h.dev.config().capacity_sectors(), size / 512);
     // Pieces: a 3 MiB + 4 KiB write (4 frames), the last block, small IOs.
     let writes = [(4096u64, pattern(1, 3 * MIB + 4096)), (size - 512, pattern(2, 512)), (0, pattern(3, 1024)), (5 * MIB as u64 - 512, pattern(4, MIB + 1024))];
     for (off, data) in &writes {
@@ -224,7 +224,7 @@ fn block_size_4096_requires_4096_alignment() {
     let mut c = cfg("vol4k", MIB as u64, &[p]);
     c.block_size = 4096;
     let mut h = Harness::new(c);
-    assert_eq!(h.dev.block_size(), 4096);
+    assert_eq!(h.dev.config().block_size, 4096);
     assert_eq!(h.io(BlockOp::Write, 512, vec![1; 4096]).0, BlockStatus::IoErr);
     assert_eq!(h.io(BlockOp::Write, 4096, vec![1; 512]).0, BlockStatus::IoErr);
     assert_eq!(h.io(BlockOp::Write, 4096, vec![1; 8192]).0, BlockStatus::Ok);

@@ -76,10 +76,10 @@ impl BlockDevice for PovDevice {
 
 impl BlockDevice for VolumeDevice {
     fn capacity_sectors(&self) -> u64 {
-        VolumeDevice::capacity_sectors(self)
+        self.config().capacity_sectors()
     }
     fn block_size(&self) -> u32 {
-        VolumeDevice::block_size(self)
+        self.config().block_size
     }
     fn submit(&mut self, req: BlockRequest) {
         VolumeDevice::submit(self, req)
@@ -104,10 +104,10 @@ impl BlockDevice for VolumeDevice {
 /// Completes at submission; nothing to poll, nothing in flight at shutdown.
 impl BlockDevice for NullVolume {
     fn capacity_sectors(&self) -> u64 {
-        NullVolume::capacity_sectors(self)
+        self.config().capacity_sectors()
     }
     fn block_size(&self) -> u32 {
-        NullVolume::block_size(self)
+        self.config().block_size
     }
     fn submit(&mut self, req: BlockRequest) {
         NullVolume::submit(self, req)

@@ -17,7 +17,7 @@ use pov_runtime::ReactorHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -427,19 +427,8 @@ impl Daemon {
         let reactor = self.pick_reactor(opts.reactor)?;
         let config = opts.device_config();
         let virtqueues = opts.virtqueues.unwrap_or(DEFAULT_NUM_QUEUES);
-        let vopts = VhostBlkOptions {
-            name: opts.name.clone(),
-            socket: opts.socket.clone(),
-            num_queues: virtqueues,
-            max_queue_size: DEFAULT_QUEUE_SIZE,
-        };
         let (factory, tenants, cfg) = (self.factory.clone(), self.tenants.clone(), config.clone());
-        let server = VhostBlkServer::start(vopts, reactor, move || factory(&cfg, &tenants)).map_err(|e| match e {
-            VhostBlkError::SocketInUse(p) => DaemonError::Exists { kind: "socket", name: p.display().to_string() },
-            VhostBlkError::Invalid { field, why } => DaemonError::Invalid(format!("{}: {why}", vhost_field(field))),
-            VhostBlkError::Device(why) => DaemonError::Invalid(why),
-            other => DaemonError::Internal(other.to_string()),
-        })?;
+        let server = start_server(&opts.name, &opts.socket, virtqueues, reactor, move || factory(&cfg, &tenants))?;
         log::info!("device {} created on reactor {} (socket {})", opts.name, reactor.id(), opts.socket.display());
         devices.insert(opts.name.clone(), DeviceEntry { opts: opts.clone(), config, virtqueues, server });
         Ok(())
@@ -519,12 +508,6 @@ impl Daemon {
         Self::check_free(&devices, &volumes, &opts.name, &opts.socket)?;
         let reactor = self.pick_reactor(opts.reactor)?;
         let virtqueues = opts.virtqueues.unwrap_or(DEFAULT_NUM_QUEUES);
-        let vopts = VhostBlkOptions {
-            name: opts.name.clone(),
-            socket: opts.socket.clone(),
-            num_queues: virtqueues,
-            max_queue_size: DEFAULT_QUEUE_SIZE,
-        };
         let cfg = config.clone();
         let make = move || -> Result<Box<dyn BlockDevice>, String> {
             if null {
@@ -533,12 +516,7 @@ impl Daemon {
                 VolumeDevice::new(cfg).map(|d| Box::new(d) as Box<dyn BlockDevice>).map_err(|e| e.to_string())
             }
         };
-        let server = VhostBlkServer::start(vopts, reactor, make).map_err(|e| match e {
-            VhostBlkError::SocketInUse(p) => DaemonError::Exists { kind: "socket", name: p.display().to_string() },
-            VhostBlkError::Invalid { field, why } => DaemonError::Invalid(format!("{}: {why}", vhost_field(field))),
-            VhostBlkError::Device(why) => DaemonError::Invalid(why),
-            other => DaemonError::Internal(other.to_string()),
-        })?;
+        let server = start_server(&opts.name, &opts.socket, virtqueues, reactor, make)?;
         log::info!(
             "volume {} ({} bytes, block size {}, {}) created on reactor {} (socket {})",
             opts.name,
@@ -711,6 +689,25 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Exposes the device `make` builds (on `reactor`) on a vhost-user-blk socket.
+fn start_server<F>(name: &str, socket: &Path, virtqueues: u16, reactor: &ReactorHandle, make: F) -> Result<VhostBlkServer, DaemonError>
+where
+    F: FnOnce() -> Result<Box<dyn BlockDevice>, String> + Send + 'static,
+{
+    let vopts = VhostBlkOptions {
+        name: name.to_string(),
+        socket: socket.to_path_buf(),
+        num_queues: virtqueues,
+        max_queue_size: DEFAULT_QUEUE_SIZE,
+    };
+    VhostBlkServer::start(vopts, reactor, make).map_err(|e| match e {
+        VhostBlkError::SocketInUse(p) => DaemonError::Exists { kind: "socket", name: p.display().to_string() },
+        VhostBlkError::Invalid { field, why } => DaemonError::Invalid(format!("{}: {why}", vhost_field(field))),
+        VhostBlkError::Device(why) => DaemonError::Invalid(why),
+        other => DaemonError::Internal(other.to_string()),
+    })
 }
 
 /// The daemon error for a volume that cannot be opened or built.
