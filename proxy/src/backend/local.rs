@@ -128,19 +128,26 @@ impl LocalBackend {
 
     /// The tenant's root directory; `None` if it does not exist and `create` is false.
     fn tenant_dir(&self, tenant: &str, create: bool) -> Result<Option<OwnedFd>, Status> {
+        self.top_dir(tenant, create).map(|(d, _)| d)
+    }
+
+    /// The directory `name` right under `DIR`, created when missing and `create` is
+    /// set; `None` if it does not exist. The flag tells whether this call created it.
+    fn top_dir(&self, name: &str, create: bool) -> Result<(Option<OwnedFd>, bool), Status> {
         let root = self.inner.root.as_fd();
-        match sys::open_dir_at(root, tenant) {
-            Ok(fd) => return Ok(Some(fd)),
+        match sys::open_dir_at(root, name) {
+            Ok(fd) => return Ok((Some(fd), false)),
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(classify(root, tenant, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((None, false)),
+            Err(e) => return Err(classify(root, name, e)),
         }
-        match sys::mkdir_at(root, tenant, DIR_MODE) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        let created = match sys::mkdir_at(root, name, DIR_MODE) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
             Err(e) => return Err(Status::from_io_error(&e)),
-        }
-        sys::open_dir_at(root, tenant).map(Some).map_err(|e| classify(root, tenant, e))
+        };
+        let fd = sys::open_dir_at(root, name).map_err(|e| classify(root, name, e))?;
+        Ok((Some(fd), created))
     }
 
     /// Walks `parents` under the tenant's root, creating missing directories when
@@ -188,24 +195,13 @@ impl LocalBackend {
     /// The volumes directory, created when `create` is set; `None` if it does not
     /// exist.
     fn volumes_dir(&self, create: bool) -> Result<Option<OwnedFd>, Status> {
-        let root = self.inner.root.as_fd();
-        match sys::open_dir_at(root, VOLUMES_DIR) {
-            Ok(fd) => return Ok(Some(fd)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(classify(root, VOLUMES_DIR, e)),
+        let (fd, created) = self.top_dir(VOLUMES_DIR, create)?;
+        if created {
+            // The new directory entry must survive a crash too.
+            let root = self.inner.root.try_clone().map_err(|e| Status::from_io_error(&e))?;
+            File::from(root).sync_all().map_err(|e| Status::from_io_error(&e))?;
         }
-        match sys::mkdir_at(root, VOLUMES_DIR, DIR_MODE) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Status::from_io_error(&e)),
-        }
-        let fd = sys::open_dir_at(root, VOLUMES_DIR).map_err(|e| classify(root, VOLUMES_DIR, e))?;
-        // The new directory entry must survive a crash too.
-        File::from(root.try_clone_to_owned().map_err(|e| Status::from_io_error(&e))?)
-            .sync_all()
-            .map_err(|e| Status::from_io_error(&e))?;
-        Ok(Some(fd))
+        Ok(fd)
     }
 
     /// Opens an existing volume file read-write; gives its descriptor and size.
