@@ -139,7 +139,7 @@ impl VolumeConfig {
         if self.block_size != 512 && self.block_size != 4096 {
             return inv("block_size", "must be 512 or 4096");
         }
-        if self.size == 0 || self.size % self.block_size as u64 != 0 || self.size > i64::MAX as u64 {
+        if self.size == 0 || self.size.checked_rem(self.block_size as u64) != Some(0) || self.size > i64::MAX as u64 {
             return inv("size", "must be a non-zero multiple of block_size (bytes)");
         }
         if self.request_timeout_ms == 0 {
@@ -238,7 +238,7 @@ fn volume_request(op: Op, tag: u64, offset: u64, length: u32, fl: u32, load: u32
 /// Checks a READ/WRITE against the volume: aligned to `block_size`, inside `size`.
 fn io_in_range(offset: u64, len: usize, size: u64, block_size: u32) -> bool {
     let bs = block_size as u64;
-    offset % bs == 0 && (len as u64) % bs == 0 && offset.checked_add(len as u64).is_some_and(|e| e <= size)
+    offset.checked_rem(bs) == Some(0) && (len as u64).checked_rem(bs) == Some(0) && offset.checked_add(len as u64).is_some_and(|e| e <= size)
 }
 
 fn get_id(mut req: BlockRequest, serial: &[u8]) -> BlockCompletion {

@@ -546,7 +546,7 @@ impl Daemon {
     pub fn volume_info(&self, name: Option<&str>) -> Vec<VolumeInfo> {
         self.volumes()
             .values()
-            .filter(|v| name.map_or(true, |n| n == v.opts.name))
+            .filter(|v| name.is_none() || name == Some(v.opts.name.as_str()))
             .map(|v| {
                 let stats = v.server.stats().unwrap_or(Value::Null);
                 VolumeInfo {

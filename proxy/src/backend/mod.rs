@@ -177,7 +177,7 @@ pub fn check_volume_geometry(volume: &str, size: u64, block_size: u32) -> Result
     if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
         return Err(Status::Invalid);
     }
-    if size == 0 || size % block_size as u64 != 0 || size > i64::MAX as u64 {
+    if size == 0 || size.checked_rem(block_size as u64) != Some(0) || size > i64::MAX as u64 {
         return Err(Status::Invalid);
     }
     Ok(())
