@@ -326,6 +326,8 @@ pub struct VolumeDevice {
     frame: Vec<u8>,
     data: Vec<u8>,
     rx_frames: Vec<Vec<u8>>,
+    /// Set by [`VolumeDevice::shutdown`]: nothing is sent any more.
+    stopping: bool,
     stats: VolumeStats,
 }
 
@@ -355,6 +357,7 @@ impl VolumeDevice {
             frame: Vec::new(),
             data: Vec::new(),
             rx_frames: Vec::new(),
+            stopping: false,
             stats: VolumeStats::default(),
         })
     }
@@ -477,6 +480,9 @@ impl VolumeDevice {
 
     #[allow(clippy::too_many_arguments)]
     fn send(&mut self, id: u64, op: Op, offset: u64, length: u32, pidx: usize, payload: &[u8], buf_offset: usize, len: usize) -> bool {
+        if self.stopping {
+            return false;
+        }
         let tag = self.next_tag;
         self.next_tag += 1;
         let conn = &mut self.proxies[pidx];
@@ -640,13 +646,14 @@ impl VolumeDevice {
     /// Stops the device: every request in progress completes with IOERR and proxy
     /// connections are closed.
     pub fn shutdown(&mut self, fds: &mut dyn FdRegistry) {
+        self.stopping = true;
+        // FLUSHes still behind their barrier fail with everything else below.
+        self.flushes.clear();
         let tags: Vec<u64> = self.pieces.keys().copied().collect();
         for tag in tags {
             self.finish_piece(tag, Status::Unavailable, 0, &[]);
         }
-        // FLUSHes still behind their barrier, and IOs with nothing outstanding.
         let ids: Vec<u64> = self.ios.keys().copied().collect();
-        self.flushes.clear();
         for id in ids {
             if let Some(io) = self.ios.get_mut(&id) {
                 io.failed = true;

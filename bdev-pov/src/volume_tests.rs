@@ -291,6 +291,26 @@ fn flush_waits_for_earlier_writes() {
     assert!(wpos < fpos, "flush executed after the write: {log:?}");
 }
 
+/// Shutdown with a slow write and a FLUSH behind it: both complete with IOERR, none
+/// is lost, nothing stays in flight.
+#[test]
+fn shutdown_fails_everything_in_progress() {
+    let store = Store::default();
+    let p = fake_proxy(&store, 0, Behaviour { slow_write_at: Some(0), silent: false });
+    let mut h = Harness::new(cfg("vols", MIB as u64, &[p]));
+    let w = h.submit(BlockOp::Write, 0, vec![1; 4096]);
+    let f = h.submit(BlockOp::Flush, 0, vec![]);
+    let r = h.submit(BlockOp::Read, 4096, vec![0; 4096]);
+    h.dev.shutdown(&mut ());
+    let mut v = Vec::new();
+    h.dev.take_completions(&mut v);
+    let mut got: Vec<(u64, BlockStatus)> = v.iter().map(|c| (c.tag, c.status)).collect();
+    got.sort_by_key(|x| x.0);
+    assert_eq!(got, [(w, BlockStatus::IoErr), (f, BlockStatus::IoErr), (r, BlockStatus::IoErr)]);
+    assert_eq!(h.dev.stats().in_flight, 0);
+    assert_eq!(h.dev.deadline(), None);
+}
+
 #[test]
 fn timeout_unreachable_and_recovery() {
     // A proxy that never answers: IOERR after the request timeout.
