@@ -88,6 +88,11 @@ pub struct DeviceStats {
     pub split_requests: u64,
     /// Block IOs rejected because they crossed a region boundary (block-layer merge).
     pub crossing_ios: u64,
+    /// Largest single block WRITE received on a request slot, bytes (a whole 1 MiB
+    /// request arrives as 1 MiB + 512 unless the host block layer split it).
+    pub max_request_write_bytes: u64,
+    /// Largest single block READ received on a response slot, bytes.
+    pub max_response_read_bytes: u64,
     pub proxies_connected: u32,
     pub stale_proxy_responses: u64,
 }
@@ -526,6 +531,7 @@ impl PovDevice {
 
     fn write_request_slot(&mut self, req: BlockRequest, queue: u32, offset: usize) {
         let len = req.buf.len();
+        self.stats.max_request_write_bytes = self.stats.max_request_write_bytes.max(len as u64);
         let Some(q) = self.queues.get_mut(&queue) else {
             // Not an open queue: nobody to answer in a response slot.
             log::debug!("device {}: write to request slot of unopened queue {queue}", self.cfg.name);
@@ -587,6 +593,7 @@ impl PovDevice {
     }
 
     fn read_response_slot(&mut self, req: BlockRequest, queue: u32, offset: usize) {
+        self.stats.max_response_read_bytes = self.stats.max_response_read_bytes.max(req.buf.len() as u64);
         let Some(q) = self.queues.get_mut(&queue) else {
             return self.complete(req, BlockStatus::IoErr, 0);
         };

@@ -354,7 +354,11 @@ fn split_request_is_reassembled() {
     let (_, b) = h.io(BlockOp::Read, g.response_slot(q), vec![0; 512]);
     let r = ResponseHeader::decode(&b).unwrap();
     assert_eq!((r.status, r.result, r.request_id), (Status::Ok, data.len() as u64, 30));
-    assert!(h.dev.stats().split_requests >= 1);
+    let st = h.dev.stats();
+    assert!(st.split_requests >= 1);
+    // The largest piece was the tail; the response READ was one header.
+    assert_eq!(st.max_request_write_bytes, (all.len() - cut) as u64);
+    assert_eq!(st.max_response_read_bytes, 512);
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //! The tests in `tests/` drive the stack through the host driver (`pov-host`) over
 //! vhost-user with libblkio, exactly as a host would.
 
+pub mod guest;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
