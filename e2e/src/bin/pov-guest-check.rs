@@ -30,6 +30,8 @@ enum Cmd {
     },
     /// Writes the deterministic tree of seed SEED under DIR.
     MakeTree { dir: PathBuf, seed: u64 },
+    /// Compares tree A with tree B byte by byte; exits 1 on the first difference.
+    Compare { a: PathBuf, b: PathBuf },
     /// Prints the seeds of the trees `run` copies to pov:/guest/tree<i>.
     TreeSeeds,
 }
@@ -60,6 +62,16 @@ fn main() {
             }
             Err(e) => {
                 eprintln!("pov-guest-check: make-tree {}: {e}", dir.display());
+                1
+            }
+        },
+        Cmd::Compare { a, b } => match pov_e2e::guest::compare_trees(&a, &b) {
+            Ok(n) => {
+                println!("{n} files identical: {} = {}", a.display(), b.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("pov-guest-check: compare: {e}");
                 1
             }
         },
