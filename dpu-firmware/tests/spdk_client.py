@@ -29,6 +29,7 @@ PROXY = "tcp:" + os.environ["POV_PROXY_ADDR"]
 WORK = os.environ["POV_WORK"]
 BIN = os.environ["POV_BIN"]
 SPDK_RPC = shutil.which("spdk-rpc")
+PLUGIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python")
 
 
 def error_of(exc):
@@ -168,6 +169,47 @@ class SpdkClient(unittest.TestCase):
         r = run("bdev_get_bdevs")
         self.assertEqual(r.returncode, 1)
         self.assertIn("-32601", r.stdout + r.stderr)
+
+    def test_spdk_rpc_plugin_commands(self):
+        """PoV's commands through spdk-rpc's own --plugin mechanism."""
+        env = dict(os.environ, PYTHONPATH=PLUGIN_DIR, POV_SECRET="plugin-secret")
+
+        def run(*a):
+            r = subprocess.run([SPDK_RPC, "-s", SOCK, "--plugin", "pov_spdk_plugin", *a],
+                               capture_output=True, text=True, timeout=60, env=env)
+            self.assertNotIn("Module pov_spdk_plugin not found", r.stdout, r.stdout)
+            return r
+
+        def ok(*a):
+            r = run(*a)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            return json.loads(r.stdout)
+
+        self.assertEqual(ok("pov_tenant_create", "-n", "plugin-t"), True)
+        self.assertIn("plugin-t", [t["name"] for t in ok("pov_tenant_get_tenants")])
+        self.assertIn({"name": "plugin-t", "secret": "plugin-secret"},
+                      [x["params"] for x in self.c.framework_get_config(name="pov")
+                       if x["method"] == "pov_tenant_create"])
+        sock = os.path.join(WORK, "plugin-dev.sock")
+        self.assertEqual(ok("pov_device_create", "-n", "plugdev", "--socket", sock, "--proxy", PROXY,
+                            "--virtqueues", "2", "--session-timeout-ms", "5000"), "plugdev")
+        dev = ok("pov_device_get_devices", "-n", "plugdev")[0]
+        self.assertEqual((dev["virtqueues"], dev["config"]["session_timeout_ms"]), (2, 5000))
+        vsock = os.path.join(WORK, "plugin-vol.sock")
+        self.assertEqual(ok("pov_volume_create", "-n", "plugvol", "--socket", vsock,
+                            "--size", str(8 << 20), "--block-size", "4096", "--proxy", PROXY), True)
+        self.assertEqual(ok("pov_device_get_devices", "-n", "plugvol")[0]["kind"], "volume")
+        # Errors keep SPDK's codes and fail the command.
+        r = run("pov_volume_create", "-n", "plugvol", "--socket", vsock + "2", "--size", str(8 << 20),
+                "--proxy", PROXY)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('"code": -17', r.stdout)
+        self.assertEqual(ok("pov_volume_delete", "-n", "plugvol"), True)
+        self.assertEqual(ok("pov_device_delete", "-n", "plugdev"), True)
+        self.assertEqual(ok("pov_tenant_delete", "-n", "plugin-t"), True)
+        r = run("pov_device_delete", "-n", "plugdev")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('"code": -19', r.stdout)
 
 
 if __name__ == "__main__":
