@@ -265,32 +265,29 @@ pub fn run(cfg: &GuestConfig) -> usize {
         for (i, &seed) in TREE_SEEDS.iter().enumerate() {
             files += make_tree(&cfg.scratch.join(format!("tree{i}")), seed).map_err(err("make tree"))?;
         }
-        let spawn = |args: [&str; 2]| {
+        // `pov-host cp -r FROM TO` in its own process, with its own session.
+        let cp = |from: &str, to: &str| {
             Command::new(&cfg.pov_host)
-                .args(["cp", "-r", args[0], args[1]])
+                .args(["cp", "-r", from, to])
                 .env("POV_DEVICE", &path)
                 .env("POV_TENANT", &cfg.tenant)
                 .env("POV_SECRET", std::ffi::OsStr::from_bytes(&cfg.secret))
-                .output()
+                .spawn()
         };
-        for dir in ["in", "out"] {
-            let (a, b) = std::thread::scope(|sc| {
-                let jobs: Vec<_> = (0..TREE_SEEDS.len())
-                    .map(|i| {
-                        let local = cfg.scratch.join(format!("{}{i}", if dir == "in" { "tree" } else { "out" }));
-                        let remote = format!("pov:/guest/tree{i}");
-                        let (l, r) = (local.to_string_lossy().into_owned(), remote);
-                        sc.spawn(move || if dir == "in" { spawn([&l, &r]) } else { spawn([&r, &l]) })
-                    })
-                    .collect();
-                let mut it = jobs.into_iter().map(|h| h.join());
-                (it.next(), it.next())
-            });
-            for r in [a, b] {
-                match r {
-                    Some(Ok(Ok(out))) if out.status.success() => {}
-                    Some(Ok(Ok(out))) => return Err(format!("pov-host cp ({dir}) failed: {}", String::from_utf8_lossy(&out.stderr))),
-                    other => return Err(format!("pov-host cp ({dir}) did not run: {other:?}")),
+        for inbound in [true, false] {
+            let mut children = Vec::new();
+            for i in 0..TREE_SEEDS.len() {
+                let local = cfg.scratch.join(format!("{}{i}", if inbound { "tree" } else { "out" }));
+                let (local, remote) = (local.to_string_lossy().into_owned(), format!("pov:/guest/tree{i}"));
+                let child = if inbound { cp(&local, &remote) } else { cp(&remote, &local) };
+                children.push(child.map_err(err("spawn pov-host"))?);
+            }
+            // Both processes run at once; wait for all of them before judging.
+            let statuses: Vec<_> = children.into_iter().map(|mut c| c.wait()).collect();
+            for st in statuses {
+                match st {
+                    Ok(st) if st.success() => {}
+                    other => return Err(format!("pov-host cp -r ({}) failed: {other:?}", if inbound { "in" } else { "out" })),
                 }
             }
         }
