@@ -29,6 +29,31 @@ def _secret(args):
     return secret
 
 
+def _name_only(subparsers, method, help):
+    """A command whose one parameter is `name`."""
+    def run(args):
+        print_dict(args.client.call(method, {"name": args.name}))
+
+    p = subparsers.add_parser(method, help=help)
+    p.add_argument("-n", "--name", required=True)
+    p.set_defaults(func=run)
+
+
+def _frontend_args(p, proxy_required):
+    """Options every vhost-user-blk object (PoV device or volume) has."""
+    p.add_argument("-n", "--name", required=True)
+    p.add_argument("--socket", required=True, help="vhost-user-blk socket path")
+    p.add_argument("--proxy", action="append", required=proxy_required, help="tcp:HOST:PORT (repeat for several)")
+    p.add_argument("--virtqueues", type=int)
+    p.add_argument("--reactor", type=int)
+    p.add_argument("--request-timeout-ms", type=int)
+
+
+def _frontend_params(args):
+    return {"name": args.name, "socket": args.socket, "proxies": args.proxy, "virtqueues": args.virtqueues,
+            "reactor": args.reactor, "request_timeout_ms": args.request_timeout_ms}
+
+
 def spdk_rpc_plugin_initialize(subparsers):
     """Adds the pov_* commands to spdk-rpc's argument parser."""
 
@@ -40,12 +65,7 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument("--secret-file", help="file holding the secret")
     p.set_defaults(func=pov_tenant_create)
 
-    def pov_tenant_delete(args):
-        print_dict(args.client.pov_tenant_delete(name=args.name))
-
-    p = subparsers.add_parser("pov_tenant_delete", help="Delete a tenant")
-    p.add_argument("-n", "--name", required=True)
-    p.set_defaults(func=pov_tenant_delete)
+    _name_only(subparsers, "pov_tenant_delete", "Delete a tenant")
 
     def pov_tenant_get_tenants(args):
         print_dict(args.client.pov_tenant_get_tenants())
@@ -55,30 +75,19 @@ def spdk_rpc_plugin_initialize(subparsers):
 
     def pov_device_create(args):
         print_dict(args.client.pov_device_create(
-            name=args.name, socket=args.socket, proxies=args.proxy, num_queues=args.num_queues,
-            max_sessions=args.max_sessions, heartbeat_interval_ms=args.heartbeat_interval_ms,
-            session_timeout_ms=args.session_timeout_ms, request_timeout_ms=args.request_timeout_ms,
-            virtqueues=args.virtqueues, reactor=args.reactor))
+            num_queues=args.num_queues, max_sessions=args.max_sessions,
+            heartbeat_interval_ms=args.heartbeat_interval_ms, session_timeout_ms=args.session_timeout_ms,
+            **_frontend_params(args)))
 
     p = subparsers.add_parser("pov_device_create", help="Create a PoV device (vhost-user-blk socket)")
-    p.add_argument("-n", "--name", required=True)
-    p.add_argument("--socket", required=True, help="vhost-user-blk socket path")
-    p.add_argument("--proxy", action="append", required=True, help="tcp:HOST:PORT (repeat for several)")
+    _frontend_args(p, proxy_required=True)
     p.add_argument("--num-queues", type=int, help="queues per session")
     p.add_argument("--max-sessions", type=int)
     p.add_argument("--heartbeat-interval-ms", type=int)
     p.add_argument("--session-timeout-ms", type=int)
-    p.add_argument("--request-timeout-ms", type=int)
-    p.add_argument("--virtqueues", type=int)
-    p.add_argument("--reactor", type=int)
     p.set_defaults(func=pov_device_create)
 
-    def pov_device_delete(args):
-        print_dict(args.client.pov_device_delete(name=args.name))
-
-    p = subparsers.add_parser("pov_device_delete", help="Delete a PoV device")
-    p.add_argument("-n", "--name", required=True)
-    p.set_defaults(func=pov_device_delete)
+    _name_only(subparsers, "pov_device_delete", "Delete a PoV device")
 
     def pov_device_get_devices(args):
         print_dict(args.client.pov_device_get_devices(name=args.name))
@@ -89,27 +98,15 @@ def spdk_rpc_plugin_initialize(subparsers):
 
     def pov_volume_create(args):
         print_dict(args.client.pov_volume_create(
-            name=args.name, socket=args.socket, size=args.size, block_size=args.block_size,
-            volume=args.volume, proxies=args.proxy, null=args.null or None,
-            virtqueues=args.virtqueues, reactor=args.reactor,
-            request_timeout_ms=args.request_timeout_ms))
+            size=args.size, block_size=args.block_size, volume=args.volume, null=args.null or None,
+            **_frontend_params(args)))
 
     p = subparsers.add_parser("pov_volume_create", help="Create a plain volume (vhost-user-blk socket)")
-    p.add_argument("-n", "--name", required=True)
-    p.add_argument("--socket", required=True, help="vhost-user-blk socket path")
+    _frontend_args(p, proxy_required=False)
     p.add_argument("--size", type=int, required=True, help="bytes, a multiple of the block size")
     p.add_argument("--block-size", type=int, help="512 or 4096")
     p.add_argument("--volume", help="backing volume name on the proxy (default: the name)")
-    p.add_argument("--proxy", action="append", help="tcp:HOST:PORT")
     p.add_argument("--null", action="store_true", help="a null volume: reads zeros, drops writes")
-    p.add_argument("--virtqueues", type=int)
-    p.add_argument("--reactor", type=int)
-    p.add_argument("--request-timeout-ms", type=int)
     p.set_defaults(func=pov_volume_create)
 
-    def pov_volume_delete(args):
-        print_dict(args.client.pov_volume_delete(name=args.name))
-
-    p = subparsers.add_parser("pov_volume_delete", help="Delete a plain volume")
-    p.add_argument("-n", "--name", required=True)
-    p.set_defaults(func=pov_volume_delete)
+    _name_only(subparsers, "pov_volume_delete", "Delete a plain volume")
