@@ -5,6 +5,15 @@ set -euo pipefail
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# The guest test (scripts/guest-test): QEMU, a Debian kernel with its modules, a static
+# busybox, e2fsprogs (mke2fs/e2fsck copied into the initramfs), cpio, kmod (modinfo).
+command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
+ls /boot/vmlinuz-* >/dev/null 2>&1 || need_apt+=(linux-image-amd64)
+dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
+[ -x /sbin/mke2fs ] && [ -x /sbin/e2fsck ] || need_apt+=(e2fsprogs)
+command -v cpio >/dev/null || need_apt+=(cpio)
+command -v modinfo >/dev/null || need_apt+=(kmod)
+command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
   $SUDO apt-get update -qq
@@ -12,4 +21,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 if ! command -v cargo >/dev/null; then
   [ -x "$HOME/.cargo/bin/cargo" ] || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
+fi
+
+# SPDK's own JSON-RPC client (PyPI `spdk`) for scripts/spdk-rpc-test, in a venv under the
+# cargo target directory.
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv=${CARGO_TARGET_DIR:-$root/target}/spdk-venv
+if ! "$venv/bin/python" -c 'import spdk.rpc.client' >/dev/null 2>&1; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check spdk==26.9
 fi

@@ -78,6 +78,8 @@ pub struct DeviceStats {
     pub sessions: u32,
     pub queues: u32,
     pub requests: u64,
+    /// Requests answered with a non-Ok status, whatever the cause (including the
+    /// backend's `NotFound` for a missing file).
     pub request_errors: u64,
     pub in_flight: u32,
     pub bytes_read: u64,
@@ -88,6 +90,17 @@ pub struct DeviceStats {
     pub split_requests: u64,
     /// Block IOs rejected because they crossed a region boundary (block-layer merge).
     pub crossing_ios: u64,
+    /// Largest single block WRITE received on a request slot, bytes (a whole 1 MiB
+    /// request arrives as 1 MiB + 512 unless the host block layer split it).
+    pub max_request_write_bytes: u64,
+    /// Largest single block READ received on a response slot, bytes.
+    pub max_response_read_bytes: u64,
+    /// Block IOs (virtio-blk READ/WRITE/...) completed with `VIRTIO_BLK_S_IOERR` or
+    /// `UNSUPP`: unaligned, crossing, aimed at guard or read-only space, a request slot
+    /// overwritten while in flight, a foreign owner. A correct host never causes one.
+    pub block_io_errors: u64,
+    /// Requests whose remaining bytes never arrived (a split that lost a piece).
+    pub incomplete_requests: u64,
     pub proxies_connected: u32,
     pub stale_proxy_responses: u64,
 }
@@ -324,6 +337,9 @@ impl PovDevice {
     }
 
     fn complete(&mut self, req: BlockRequest, status: BlockStatus, written: u32) {
+        if status != BlockStatus::Ok {
+            self.stats.block_io_errors += 1;
+        }
         self.completions.push(BlockCompletion { tag: req.tag, status, written, buf: req.buf });
     }
 
@@ -526,6 +542,7 @@ impl PovDevice {
 
     fn write_request_slot(&mut self, req: BlockRequest, queue: u32, offset: usize) {
         let len = req.buf.len();
+        self.stats.max_request_write_bytes = self.stats.max_request_write_bytes.max(len as u64);
         let Some(q) = self.queues.get_mut(&queue) else {
             // Not an open queue: nobody to answer in a response slot.
             log::debug!("device {}: write to request slot of unopened queue {queue}", self.cfg.name);
@@ -587,6 +604,7 @@ impl PovDevice {
     }
 
     fn read_response_slot(&mut self, req: BlockRequest, queue: u32, offset: usize) {
+        self.stats.max_response_read_bytes = self.stats.max_response_read_bytes.max(req.buf.len() as u64);
         let Some(q) = self.queues.get_mut(&queue) else {
             return self.complete(req, BlockStatus::IoErr, 0);
         };
@@ -788,6 +806,7 @@ impl PovDevice {
             let q = self.queues.get_mut(&qid).expect("listed");
             q.covered.clear();
             q.incomplete_since = None;
+            self.stats.incomplete_requests += 1;
             let ids = RequestHeader::peek_ids(&q.req_buf[..HEADER_SIZE]);
             let (op, rid) = ids.map_or((0, 0), |i| (i.op, i.request_id));
             self.respond(qid, op, rid, Status::Invalid, 0, 0, &[]);

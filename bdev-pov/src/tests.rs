@@ -265,6 +265,8 @@ fn file_round_trip_through_proxy() {
     let st = h.dev.stats();
     assert_eq!(st.sessions, 1);
     assert!(st.requests >= 4);
+    assert_eq!((st.block_io_errors, st.incomplete_requests, st.crossing_ios), (0, 0, 0));
+    assert_eq!(st.max_request_write_bytes, (HEADER_SIZE + data.len()) as u64);
 }
 
 #[test]
@@ -313,6 +315,9 @@ fn bad_requests_get_errors_and_device_keeps_serving() {
     // The device still serves the session.
     let (st, _) = open_file(&mut h, q, 5, sid, "/ok", flags::CREATE);
     assert_eq!(st, Status::Ok);
+    // Five WRITEs above failed at the block level; one request never got its payload.
+    let st = h.dev.stats();
+    assert_eq!((st.block_io_errors, st.incomplete_requests), (5, 1));
 }
 
 #[test]
@@ -354,7 +359,11 @@ fn split_request_is_reassembled() {
     let (_, b) = h.io(BlockOp::Read, g.response_slot(q), vec![0; 512]);
     let r = ResponseHeader::decode(&b).unwrap();
     assert_eq!((r.status, r.result, r.request_id), (Status::Ok, data.len() as u64, 30));
-    assert!(h.dev.stats().split_requests >= 1);
+    let st = h.dev.stats();
+    assert!(st.split_requests >= 1);
+    // The largest piece was the tail; the response READ was one header.
+    assert_eq!(st.max_request_write_bytes, (all.len() - cut) as u64);
+    assert_eq!(st.max_response_read_bytes, 512);
 }
 
 #[test]

@@ -91,6 +91,20 @@ fn dpud_config_rpc_vhost_and_sigterm() {
     assert_eq!(out.status.code(), Some(2));
     let out = pov_rpc(&dir.path().join("nothing.sock"), &["rpc_get_methods"]);
     assert_eq!(out.status.code(), Some(1));
+    // A reader that closes the pipe before the answer (`pov-rpc ... | grep -q x`) gets
+    // a clean exit, not a panic.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pov-rpc"))
+        .arg("-s")
+        .arg(&rpc_sock)
+        .arg("rpc_get_methods")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(c.stdout.take());
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // The real PoV device behind the adapter: its configuration space starts with
     // the magic "PoVD".

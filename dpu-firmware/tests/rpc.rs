@@ -169,6 +169,14 @@ fn tenants_and_devices_over_the_socket() {
     assert_eq!(calls[1]["method"], "pov_device_create");
     assert_eq!(calls[1]["params"]["virtqueues"], 2);
     assert_eq!(calls[1]["params"]["session_timeout_ms"], 10000);
+    // SPDK's client builds the same document from framework_get_subsystems and
+    // framework_get_config.
+    let subs = c.call("framework_get_subsystems", None).unwrap();
+    assert_eq!(subs, json!([{"subsystem": "pov", "depends_on": []}]));
+    let cfg = c.call("framework_get_config", Some(json!({"name": "pov", "with_batches": false}))).unwrap();
+    assert_eq!(&cfg, &saved["subsystems"][0]["config"]);
+    assert_eq!(code(c.call("framework_get_config", Some(json!({"name": "nvmf"})))), codes::ENODEV);
+    assert_eq!(code(c.call("framework_get_config", None)), codes::INVALID_PARAMS);
 
     assert_eq!(c.call("pov_device_delete", Some(json!({"name": "pov0"}))).unwrap(), json!(true));
     assert!(!sock0.exists(), "socket not removed");

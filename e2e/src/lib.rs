@@ -3,7 +3,11 @@
 //! first), configures them through the JSON-RPC socket, and stops them on drop.
 //!
 //! The tests in `tests/` drive the stack through the host driver (`pov-host`) over
-//! vhost-user with libblkio, exactly as a host would.
+//! vhost-user with libblkio, exactly as a host would. [`guest`] holds the checks that
+//! `scripts/guest-test` runs inside a QEMU guest through the guest kernel's virtio-blk
+//! driver (binary `pov-guest-check`).
+
+pub mod guest;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};

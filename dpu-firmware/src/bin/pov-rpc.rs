@@ -34,7 +34,19 @@ fn main() {
     };
     let timeout = Duration::try_from_secs_f64(args.timeout).ok().filter(|t| !t.is_zero());
     match call(&args.server, &args.method, params, timeout) {
-        Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())),
+        Ok(v) => {
+            use std::io::Write;
+            let text = serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string());
+            match writeln!(std::io::stdout().lock(), "{text}") {
+                Ok(()) => {}
+                // A reader that stopped early (`pov-rpc ... | grep -q x`) is not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                Err(e) => {
+                    eprintln!("pov-rpc: writing the result: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Err(ClientError::Rpc(e)) => {
             eprintln!("pov-rpc: {}: {} (code {})", args.method, e.message, e.code);
             std::process::exit(1);

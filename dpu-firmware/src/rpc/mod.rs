@@ -23,6 +23,12 @@
 //! | `pov_volume_create` | see [`VolumeCreateOpts`] | `true` |
 //! | `pov_volume_delete` | `name` | `true` |
 //! | `save_config` | — | see [`Daemon::save_config`] |
+//! | `framework_get_subsystems` | — | `[{"subsystem", "depends_on"}]` |
+//! | `framework_get_config` | `name` (a subsystem) | that subsystem's calls |
+//!
+//! The last two are what SPDK's own client (`spdk.rpc.config.save_config`, `spdk-rpc
+//! save_config`) calls: it assembles the saved configuration itself from them, so the
+//! result equals this server's `save_config`.
 
 pub mod client;
 
@@ -110,6 +116,8 @@ const METHODS: &[(&str, Handler)] = &[
     ("pov_volume_create", pov_volume_create),
     ("pov_volume_delete", pov_volume_delete),
     ("save_config", save_config),
+    ("framework_get_subsystems", framework_get_subsystems),
+    ("framework_get_config", framework_get_config),
 ];
 
 /// Names of every method.
@@ -209,6 +217,42 @@ fn pov_volume_delete(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
 fn save_config(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
     let _: NoOpts = params(p)?;
     Ok(d.save_config())
+}
+
+/// The `subsystems` array of [`Daemon::save_config`].
+fn saved_subsystems(d: &Daemon) -> Vec<Value> {
+    match d.save_config().get_mut("subsystems").map(Value::take) {
+        Some(Value::Array(a)) => a,
+        _ => Vec::new(),
+    }
+}
+
+fn framework_get_subsystems(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
+    let _: NoOpts = params(p)?;
+    let list = saved_subsystems(d)
+        .into_iter()
+        .map(|s| json!({ "subsystem": s["subsystem"].clone(), "depends_on": [] }))
+        .collect();
+    Ok(Value::Array(list))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetConfigOpts {
+    name: String,
+    /// SPDK clients send it; this server never batches calls.
+    #[serde(default)]
+    #[allow(dead_code)]
+    with_batches: Option<bool>,
+}
+
+fn framework_get_config(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
+    let o: GetConfigOpts = params(p)?;
+    saved_subsystems(d)
+        .into_iter()
+        .find(|s| s["subsystem"] == o.name.as_str())
+        .map(|mut s| s["config"].take())
+        .ok_or_else(|| RpcError::new(codes::ENODEV, format!("no subsystem named {:?}", o.name)))
 }
 
 /// Runs one method. A panic inside the method becomes an internal error.

@@ -1,0 +1,221 @@
+"""SPDK's own JSON-RPC client (PyPI package `spdk`) against pov-dpud's control socket.
+
+Run by scripts/spdk-rpc-test, which installs the package in a venv, starts pov-proxy
+and pov-dpud and passes their coordinates in the environment:
+  POV_RPC_SOCK    pov-dpud's control socket
+  POV_PROXY_ADDR  the proxy (HOST:PORT)
+  POV_WORK        a scratch directory
+  POV_BIN         the directory with pov-dpud
+
+Nothing here re-implements the client: calls go through spdk.rpc.client.JSONRPCClient,
+spdk.rpc.config.save_config and the spdk-rpc command line.
+"""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import unittest
+
+import spdk
+from spdk.rpc.client import JSONRPCClient, JSONRPCException
+from spdk.rpc.config import save_config
+
+SOCK = os.environ["POV_RPC_SOCK"]
+PROXY = "tcp:" + os.environ["POV_PROXY_ADDR"]
+WORK = os.environ["POV_WORK"]
+BIN = os.environ["POV_BIN"]
+SPDK_RPC = shutil.which("spdk-rpc")
+PLUGIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python")
+
+
+def error_of(exc):
+    """The JSON-RPC error object inside a JSONRPCException's message (the client puts
+    the server's error object after the line 'response:')."""
+    text = exc.message
+    return json.loads(text[text.index("response:") + len("response:"):])
+
+
+class SpdkClient(unittest.TestCase):
+    def setUp(self):
+        self.c = JSONRPCClient(SOCK, timeout=30.0)
+
+    def tearDown(self):
+        self.c.close()
+
+    def expect_error(self, code, method, **params):
+        with self.assertRaises(JSONRPCException) as cm:
+            self.c.call(method, params)
+        err = error_of(cm.exception)
+        self.assertEqual(err["code"], code, err)
+        self.assertTrue(err["message"], err)
+        return err
+
+    def test_rpc_get_methods(self):
+        methods = self.c.rpc_get_methods()
+        for m in ["rpc_get_methods", "framework_get_reactors", "pov_tenant_create",
+                  "pov_device_create", "pov_device_get_devices", "save_config",
+                  "framework_get_subsystems", "framework_get_config", "pov_volume_create",
+                  "pov_volume_delete"]:
+            self.assertIn(m, methods)
+        # SPDK's load_config asks with these flags.
+        self.assertEqual(self.c.rpc_get_methods(current=True, include_aliases=False), methods)
+
+    def test_framework_get_reactors(self):
+        r = self.c.framework_get_reactors()
+        self.assertGreaterEqual(len(r["reactors"]), 1)
+        pollers = [p["name"] for x in r["reactors"] for p in x["pollers"]]
+        self.assertIn("vhost_blk_pov0", pollers)
+
+    def test_tenant_device_and_save_config(self):
+        self.assertEqual(self.c.pov_tenant_create(name="spdk-t", secret="spdk-secret"), True)
+        names = [t["name"] for t in self.c.pov_tenant_get_tenants()]
+        self.assertIn("spdk-t", names)
+        sock = os.path.join(WORK, "spdk-dev.sock")
+        self.assertEqual(self.c.pov_device_create(name="spdkdev", socket=sock, proxies=[PROXY],
+                                                  virtqueues=2), "spdkdev")
+        self.assertTrue(os.path.exists(sock))
+        devs = self.c.pov_device_get_devices(name="spdkdev")
+        self.assertEqual([d["name"] for d in devs], ["spdkdev"])
+        self.assertEqual(devs[0]["virtqueues"], 2)
+        all_names = [d["name"] for d in self.c.pov_device_get_devices()]
+        self.assertIn("pov0", all_names)
+        self.assertIn("spdkdev", all_names)
+
+        # SPDK's client-side save_config (framework_get_subsystems + framework_get_config).
+        out = io.StringIO()
+        save_config(self.c, out, indent=2)
+        saved = json.loads(out.getvalue())
+        self.assertEqual(saved, self.c.save_config())
+        calls = saved["subsystems"][0]["config"]
+        self.assertIn({"method": "pov_tenant_create",
+                       "params": {"name": "spdk-t", "secret": "spdk-secret"}}, calls)
+        dev_calls = [x for x in calls if x["method"] == "pov_device_create"
+                     and x["params"]["name"] == "spdkdev"]
+        self.assertEqual(len(dev_calls), 1)
+
+        # The saved file replays in a new pov-dpud (pov-dpud --config), once this daemon
+        # has let go of the device's socket.
+        self.assertEqual(self.c.pov_device_delete(name="spdkdev"), True)
+        path = os.path.join(WORK, "saved.json")
+        with open(path, "w") as f:
+            json.dump({"subsystems": [{"subsystem": "pov", "config": [
+                x for x in calls if x["method"] != "pov_device_create" or x["params"]["name"] == "spdkdev"
+            ]}]}, f)
+        sock2 = os.path.join(WORK, "rpc2.sock")
+        d2 = subprocess.Popen([os.path.join(BIN, "pov-dpud"), "--rpc-socket", sock2, "--config", path],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            c2 = JSONRPCClient(sock2, timeout=30.0, conn_retries=50)
+            try:
+                self.assertEqual([d["name"] for d in c2.pov_device_get_devices()], ["spdkdev"])
+                self.assertIn("spdk-t", [t["name"] for t in c2.pov_tenant_get_tenants()])
+            finally:
+                c2.close()
+        finally:
+            d2.terminate()
+            d2.wait(timeout=20)
+        self.assertEqual(self.c.pov_tenant_delete(name="spdk-t"), True)
+
+    def test_volume_create_and_list(self):
+        self.assertIn("pov_volume_create", self.c.rpc_get_methods())
+        sock = os.path.join(WORK, "spdk-vol.sock")
+        self.assertEqual(self.c.pov_volume_create(name="spdkvol", socket=sock, size=16 << 20,
+                                                  proxies=[PROXY]), True)
+        devs = {d["name"]: d for d in self.c.pov_device_get_devices()}
+        self.assertEqual(devs["spdkvol"]["kind"], "volume")
+        self.assertEqual(devs["pov0"]["kind"], "pov")
+        calls = self.c.framework_get_config(name="pov")
+        self.assertTrue(any(x["method"] == "pov_volume_create" and x["params"]["name"] == "spdkvol"
+                            for x in calls))
+        self.expect_error(-17, "pov_volume_create", name="spdkvol", socket=sock + "2",
+                          size=16 << 20, proxies=[PROXY])
+        self.expect_error(-32602, "pov_volume_create", name="badvol", socket=sock + "3",
+                          size=1000, proxies=[PROXY])
+        self.assertEqual(self.c.pov_volume_delete(name="spdkvol"), True)
+        self.expect_error(-19, "pov_volume_delete", name="spdkvol")
+
+    def test_errors_use_spdk_codes(self):
+        self.expect_error(-32601, "bdev_malloc_create", num_blocks=8, block_size=512)
+        self.expect_error(-32602, "pov_tenant_create", name="x")  # no secret
+        self.expect_error(-32602, "pov_device_get_devices", bogus=1)
+        self.expect_error(-19, "pov_device_delete", name="no-such-device")
+        self.expect_error(-19, "pov_tenant_delete", name="no-such-tenant")
+        self.expect_error(-19, "framework_get_config", name="nvmf")
+        self.c.pov_tenant_create(name="dup", secret="s")
+        self.expect_error(-17, "pov_tenant_create", name="dup", secret="s")
+        self.expect_error(-17, "pov_device_create", name="pov0", socket=os.path.join(WORK, "x.sock"),
+                          proxies=[PROXY])
+        self.c.pov_tenant_delete(name="dup")
+        # The connection still works after errors.
+        self.assertIn("rpc_get_methods", self.c.rpc_get_methods())
+
+    def test_spdk_rpc_command_line(self):
+        self.assertIsNotNone(SPDK_RPC, "spdk-rpc not on PATH")
+        run = lambda *a: subprocess.run([SPDK_RPC, "-s", SOCK, *a], capture_output=True, text=True, timeout=60)
+        r = run("rpc_get_methods")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("pov_device_create", json.loads(r.stdout))
+        r = run("framework_get_reactors")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("reactors", json.loads(r.stdout))
+        r = run("save_config")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(json.loads(r.stdout)["subsystems"][0]["subsystem"], "pov")
+        # An SPDK method pov-dpud does not have: a clear error and exit status 1.
+        r = run("bdev_get_bdevs")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("-32601", r.stdout + r.stderr)
+
+    def test_spdk_rpc_plugin_commands(self):
+        """PoV's commands through spdk-rpc's own --plugin mechanism."""
+        env = dict(os.environ, PYTHONPATH=PLUGIN_DIR, POV_SECRET="plugin-secret")
+
+        def run(*a):
+            r = subprocess.run([SPDK_RPC, "-s", SOCK, "--plugin", "pov_spdk_plugin", *a],
+                               capture_output=True, text=True, timeout=60, env=env)
+            self.assertNotIn("Module pov_spdk_plugin not found", r.stdout, r.stdout)
+            return r
+
+        def ok(*a):
+            r = run(*a)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            return json.loads(r.stdout)
+
+        self.assertEqual(ok("pov_tenant_create", "-n", "plugin-t"), True)
+        self.assertIn("plugin-t", [t["name"] for t in ok("pov_tenant_get_tenants")])
+        self.assertIn({"name": "plugin-t", "secret": "plugin-secret"},
+                      [x["params"] for x in self.c.framework_get_config(name="pov")
+                       if x["method"] == "pov_tenant_create"])
+        sock = os.path.join(WORK, "plugin-dev.sock")
+        self.assertEqual(ok("pov_device_create", "-n", "plugdev", "--socket", sock, "--proxy", PROXY,
+                            "--virtqueues", "2", "--session-timeout-ms", "5000"), "plugdev")
+        dev = ok("pov_device_get_devices", "-n", "plugdev")[0]
+        self.assertEqual((dev["virtqueues"], dev["config"]["session_timeout_ms"]), (2, 5000))
+        vsock = os.path.join(WORK, "plugin-vol.sock")
+        self.assertEqual(ok("pov_volume_create", "-n", "plugvol", "--socket", vsock,
+                            "--size", str(8 << 20), "--block-size", "4096", "--proxy", PROXY), True)
+        self.assertEqual(ok("pov_device_get_devices", "-n", "plugvol")[0]["kind"], "volume")
+        # Errors keep SPDK's codes and fail the command.
+        r = run("pov_volume_create", "-n", "plugvol", "--socket", vsock + "2", "--size", str(8 << 20),
+                "--proxy", PROXY)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('"code": -17', r.stdout)
+        self.assertEqual(ok("pov_volume_delete", "-n", "plugvol"), True)
+        self.assertEqual(ok("pov_device_delete", "-n", "plugdev"), True)
+        self.assertEqual(ok("pov_tenant_delete", "-n", "plugin-t"), True)
+        r = run("pov_device_delete", "-n", "plugdev")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('"code": -19', r.stdout)
+
+
+if __name__ == "__main__":
+    print(f"spdk package {getattr(spdk, '__version__', '?')} from {os.path.dirname(spdk.__file__)}")
+    result = unittest.main(exit=False, verbosity=2).result
+    failed = len(result.failures) + len(result.errors)
+    skipped = len(result.skipped)
+    print(f"{result.testsRun - failed - skipped} passed, {failed} failed, {skipped} skipped")
+    sys.exit(1 if failed or result.testsRun == 0 else 0)

@@ -1,0 +1,322 @@
+//! The checks `scripts/guest-test` runs inside a QEMU guest, against a PoV device that
+//! the guest kernel's own virtio-blk driver exposes as `/dev/vdX` (the host-driver's
+//! kernel transport: `O_DIRECT` reads and writes, `flock(2)` on the admin space).
+//!
+//! Every check prints `CHECK <name> ok (...)` or `CHECK <name> FAILED: <why>`; [`run`]
+//! returns the number of failed checks, which the binary turns into its exit status.
+//! The trees written by the two-process check are made by [`make_tree`] with fixed
+//! seeds, so the host can rebuild them and compare them with what the proxy's backend
+//! holds after the guest is gone.
+
+use crate::pattern;
+use pov_host::cli::scan_sysfs;
+use pov_host::{Device, OpenOptions, Session};
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+
+/// Sizes of the files of a tree and of the multi-thread check, bytes: empty, tiny, around
+/// a page, exactly one PoV IO (1 MiB), one IO plus a byte, and a multi-IO file.
+pub const SIZES: [usize; 8] = [0, 1, 4095, 4096, 65_536, MIB, MIB + 1, 2 * MIB - 7];
+
+/// Seeds of the two trees the two-process check copies in (`/guest/tree<i>` in PoV).
+pub const TREE_SEEDS: [u64; 2] = [1001, 2002];
+
+/// Writes a deterministic tree under `root` (created): one file per [`SIZES`] entry in
+/// nested directories plus 24 small text files. Returns the number of files.
+///
+/// Errors: any file system error.
+pub fn make_tree(root: &Path, seed: u64) -> std::io::Result<usize> {
+    let mut files = 0;
+    for (i, &n) in SIZES.iter().enumerate() {
+        let dir = root.join(format!("d{}/sub{}", i % 2, i % 3));
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join(format!("file{i}.bin")), pattern(n, seed + i as u64))?;
+        files += 1;
+    }
+    fs::create_dir_all(root.join("empty-dir"))?;
+    for i in 0..24 {
+        fs::write(root.join(format!("small{i}.txt")), format!("small file {i} of tree {seed}\n"))?;
+        files += 1;
+    }
+    Ok(files)
+}
+
+/// Compares two local trees byte by byte (files and directories of `a` must exist in
+/// `b` with the same content). Returns the number of files compared.
+///
+/// Errors: a description of the first difference.
+pub fn compare_trees(a: &Path, b: &Path) -> Result<usize, String> {
+    let mut n = 0;
+    let rd = fs::read_dir(a).map_err(|e| format!("read_dir {}: {e}", a.display()))?;
+    for e in rd {
+        let e = e.map_err(|e| format!("read_dir {}: {e}", a.display()))?;
+        let other = b.join(e.file_name());
+        let ft = e.file_type().map_err(|e| e.to_string())?;
+        if ft.is_dir() {
+            if !other.is_dir() {
+                return Err(format!("directory {} missing", other.display()));
+            }
+            n += compare_trees(&e.path(), &other)?;
+        } else {
+            let x = fs::read(e.path()).map_err(|e| e.to_string())?;
+            let y = fs::read(&other).map_err(|e2| format!("{}: {e2}", other.display()))?;
+            if x != y {
+                let at = x.iter().zip(&y).position(|(p, q)| p != q).unwrap_or(x.len().min(y.len()));
+                return Err(format!("{} differs ({} vs {} bytes, first difference at byte {at})", other.display(), x.len(), y.len()));
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// What the guest checks need to know.
+#[derive(Debug, Clone)]
+pub struct GuestConfig {
+    /// Tenant to open sessions for.
+    pub tenant: String,
+    /// The tenant's secret.
+    pub secret: Vec<u8>,
+    /// The serial the PoV device must show (`pov-<device name>`).
+    pub expect_serial: String,
+    /// The `pov-host` binary (for discovery and the two-process check).
+    pub pov_host: PathBuf,
+    /// A scratch directory on a local file system.
+    pub scratch: PathBuf,
+}
+
+struct Checks {
+    failed: usize,
+}
+
+impl Checks {
+    fn run(&mut self, name: &str, f: impl FnOnce() -> Result<String, String>) {
+        let t0 = Instant::now();
+        match f() {
+            Ok(note) => println!("CHECK {name} ok ({note}; {:.2} s)", t0.elapsed().as_secs_f64()),
+            Err(why) => {
+                self.failed += 1;
+                println!("CHECK {name} FAILED: {why}");
+            }
+        }
+    }
+}
+
+fn err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// Reads a whitespace-separated `/sys/block/<dev>/stat` (kernel
+/// Documentation/block/stat.rst): reads, read merges, sectors read, read ticks, writes,
+/// write merges, ...
+fn block_stat(dev: &str) -> Result<Vec<u64>, String> {
+    let s = fs::read_to_string(format!("/sys/block/{dev}/stat")).map_err(err("block stat"))?;
+    Ok(s.split_whitespace().filter_map(|v| v.parse().ok()).collect())
+}
+
+fn sysfs_queue(dev: &str, attr: &str) -> String {
+    fs::read_to_string(format!("/sys/block/{dev}/queue/{attr}")).map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
+}
+
+/// Runs every PoV check against the one PoV device found in sysfs. Returns the number
+/// of failed checks (0 = all passed).
+pub fn run(cfg: &GuestConfig) -> usize {
+    let mut c = Checks { failed: 0 };
+    let mut dev_path: Option<PathBuf> = None;
+
+    c.run("discovery", || {
+        let found = scan_sysfs(Path::new("/sys/block"));
+        let [d] = found.as_slice() else {
+            return Err(format!("expected exactly one PoV device in /sys/block, found {found:?}"));
+        };
+        if d.serial != cfg.expect_serial {
+            return Err(format!("{} has serial {:?}, expected {:?}", d.path.display(), d.serial, cfg.expect_serial));
+        }
+        // The CLI, told nothing, must find the same device and validate its config space.
+        let out = Command::new(&cfg.pov_host).arg("list").env_remove("POV_DEVICE").output().map_err(err("run pov-host list"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        print!("{text}");
+        if !out.status.success() {
+            return Err(format!("pov-host list failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let line = text.lines().find(|l| l.starts_with(&*d.path.to_string_lossy()));
+        if !line.is_some_and(|l| l.contains(&cfg.expect_serial) && l.contains("ok (name")) {
+            return Err(format!("pov-host list does not show {} as a valid PoV device", d.path.display()));
+        }
+        // Other virtio-blk disks (volumes, plain disks) are not PoV devices.
+        for e in fs::read_dir("/sys/block").map_err(err("/sys/block"))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let serial = fs::read(e.path().join("serial")).unwrap_or_default();
+            if name.starts_with("vd") && !serial.starts_with(b"pov-") && text.contains(&format!("/dev/{name} ")) {
+                return Err(format!("pov-host list reports /dev/{name} (serial {:?}) as a PoV device", String::from_utf8_lossy(&serial)));
+            }
+        }
+        dev_path = Some(d.path.clone());
+        Ok(format!("{} serial {}", d.path.display(), d.serial))
+    });
+    let Some(path) = dev_path else {
+        println!("no PoV device: skipping the remaining checks");
+        return c.failed + 1;
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    println!(
+        "block queue limits of {name}: max_sectors_kb={} max_hw_sectors_kb={} max_segments={} max_segment_size={} logical_block_size={}",
+        sysfs_queue(&name, "max_sectors_kb"),
+        sysfs_queue(&name, "max_hw_sectors_kb"),
+        sysfs_queue(&name, "max_segments"),
+        sysfs_queue(&name, "max_segment_size"),
+        sysfs_queue(&name, "logical_block_size"),
+    );
+    let stat_before = block_stat(&name).unwrap_or_default();
+
+    let mut session: Option<(Device, Session)> = None;
+    c.run("session-open", || {
+        let spec = path.to_string_lossy().into_owned();
+        let dev = Device::open(&spec).map_err(err("open device"))?;
+        let s = Session::open(&dev, &cfg.tenant, &cfg.secret, 4).map_err(err("open session"))?;
+        let note = format!("session {:#x}, area {}, queues {:?}", s.info().session_id, s.info().area, s.queue_ids());
+        session = Some((dev, s));
+        Ok(note)
+    });
+    let Some((_dev, s)) = session else {
+        println!("no session: skipping the remaining checks");
+        return c.failed + 1;
+    };
+
+    c.run("threads-share-session", || {
+        let errors: Vec<String> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let s = &s;
+                    sc.spawn(move || -> Result<usize, String> {
+                        let mut bytes = 0;
+                        for (i, &n) in SIZES.iter().enumerate() {
+                            let data = pattern(n, 50 + t * 10 + i as u64);
+                            let p = format!("/guest/threads/t{t}/f{i}");
+                            s.write(&p, &data).map_err(err(&p))?;
+                            if s.read(&p).map_err(err(&p))? != data {
+                                return Err(format!("{p}: read back differs"));
+                            }
+                            bytes += n;
+                        }
+                        Ok(bytes)
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .filter_map(|h| match h.join() {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(_) => Some("thread panicked".into()),
+                })
+                .collect()
+        });
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        Ok(format!("4 threads x {} files, written and read back", SIZES.len()))
+    });
+
+    c.run("1mib-ios", || {
+        let f = OpenOptions::new().write(true).create(true).truncate(true).open(&s, "/guest/big").map_err(err("create"))?;
+        let blocks: Vec<Vec<u8>> = (0..4).map(|i| pattern(MIB, 900 + i)).collect();
+        for (i, b) in blocks.iter().enumerate() {
+            if f.write_at(b, (i * MIB) as u64).map_err(err("write_at"))? != MIB {
+                return Err("short write".into());
+            }
+        }
+        let mut r = vec![0u8; MIB];
+        for (i, b) in blocks.iter().enumerate() {
+            f.read_exact_at(&mut r, (i * MIB) as u64).map_err(err("read_exact_at"))?;
+            if &r != b {
+                return Err(format!("1 MiB block {i} differs"));
+            }
+        }
+        // A 1 MiB read straddling two written blocks.
+        f.read_exact_at(&mut r, (MIB / 2) as u64).map_err(err("read_exact_at"))?;
+        if r[..MIB / 2] != blocks[0][MIB / 2..] || r[MIB / 2..] != blocks[1][..MIB / 2] {
+            return Err("straddling 1 MiB read differs".into());
+        }
+        f.close().map_err(err("close"))?;
+        Ok("4 x 1 MiB writes, 5 x 1 MiB reads verified".into())
+    });
+
+    c.run("heartbeats", || {
+        let every = s.info().heartbeat_interval;
+        let h0 = s.heartbeats();
+        std::thread::sleep(every * 3 + Duration::from_millis(500));
+        let h1 = s.heartbeats();
+        s.check().map_err(err("session after idle"))?;
+        if h1 < h0 + 2 {
+            return Err(format!("{} heartbeats in {:?} (interval {every:?})", h1 - h0, every * 3));
+        }
+        // The session still serves IO after the idle period.
+        s.write("/guest/after-idle", b"still here").map_err(err("write after idle"))?;
+        Ok(format!("{} heartbeats while idle, interval {every:?}", h1 - h0))
+    });
+
+    c.run("two-processes-tree", || {
+        let mut files = 0;
+        for (i, &seed) in TREE_SEEDS.iter().enumerate() {
+            files += make_tree(&cfg.scratch.join(format!("tree{i}")), seed).map_err(err("make tree"))?;
+        }
+        // `pov-host cp -r FROM TO` in its own process, with its own session.
+        let cp = |from: &str, to: &str| {
+            Command::new(&cfg.pov_host)
+                .args(["cp", "-r", from, to])
+                .env("POV_DEVICE", &path)
+                .env("POV_TENANT", &cfg.tenant)
+                .env("POV_SECRET", std::ffi::OsStr::from_bytes(&cfg.secret))
+                .spawn()
+        };
+        for inbound in [true, false] {
+            let mut children = Vec::new();
+            for i in 0..TREE_SEEDS.len() {
+                let local = cfg.scratch.join(format!("{}{i}", if inbound { "tree" } else { "out" }));
+                let (local, remote) = (local.to_string_lossy().into_owned(), format!("pov:/guest/tree{i}"));
+                let child = if inbound { cp(&local, &remote) } else { cp(&remote, &local) };
+                children.push(child.map_err(err("spawn pov-host"))?);
+            }
+            // Both processes run at once; wait for all of them before judging.
+            let statuses: Vec<_> = children.into_iter().map(|mut c| c.wait()).collect();
+            for st in statuses {
+                match st {
+                    Ok(st) if st.success() => {}
+                    other => return Err(format!("pov-host cp -r ({}) failed: {other:?}", if inbound { "in" } else { "out" })),
+                }
+            }
+        }
+        let mut compared = 0;
+        for i in 0..TREE_SEEDS.len() {
+            compared += compare_trees(&cfg.scratch.join(format!("tree{i}")), &cfg.scratch.join(format!("out{i}")))?;
+        }
+        if compared != files {
+            return Err(format!("compared {compared} files, made {files}"));
+        }
+        Ok(format!("2 concurrent pov-host processes, {files} files in and out, every byte verified"))
+    });
+
+    c.run("session-close", || {
+        s.close().map_err(err("close"))?;
+        Ok("closed".into())
+    });
+
+    c.run("block-layer-no-merges", || {
+        let after = block_stat(&name)?;
+        let (rm, wm) = (after.get(1).copied().unwrap_or(0), after.get(5).copied().unwrap_or(0));
+        let (rm0, wm0) = (stat_before.get(1).copied().unwrap_or(0), stat_before.get(5).copied().unwrap_or(0));
+        let reads = after.first().copied().unwrap_or(0) - stat_before.first().copied().unwrap_or(0);
+        let writes = after.get(4).copied().unwrap_or(0) - stat_before.get(4).copied().unwrap_or(0);
+        println!("{name}: {reads} reads, {writes} writes, read merges {}, write merges {}", rm - rm0, wm - wm0);
+        if rm != rm0 || wm != wm0 {
+            return Err(format!("the block layer merged requests: {} read merges, {} write merges", rm - rm0, wm - wm0));
+        }
+        Ok(format!("{reads} reads, {writes} writes, 0 merges"))
+    });
+    c.failed
+}
