@@ -141,6 +141,40 @@ def targets(runs, idle, cg):
     return out
 
 
+def hops(runs, cg):
+    """Per-hop breakdown of one 4 KiB read at QD1 on one CPU, by differences between
+    paths that share every hop but one."""
+    vol = get(runs, "vol", "same", "nullvol-qd1")
+    fnull = get(runs, "file", "same", "null-randread-4k-qd1")
+    floc = get(runs, "file", "same", "local-randread-4k-qd1")
+    if not (fnull and floc):
+        return []
+    cpu = lambda s, n: s["cpu"].get(n, (0, 0))[1]
+    L = ["**Where time goes: one 4 KiB read at QD1, one CPU** (medians of this run; each row adds one "
+         "part of the path, measured as the difference between two paths that share everything else)", "",
+         "| hop | measured as | p50 latency added (µs) | CPU µs per IO added: host / DPU / proxy |", "|---|---|---|---|"]
+    if vol:
+        L.append(f"| host ↔ DPU: libblkio client, vhost-user-blk virtqueue, pov-dpud device path, no backend | null volume QD1 | "
+                 f"{vol['p50']:.1f} | {cpu(vol, 'pov-bench'):.1f} / {cpu(vol, 'pov-dpud'):.1f} / – |")
+        L.append(f"| PoV protocol on the DPU (request WRITE + parked response READ: two virtio requests, session and queue checks), "
+                 f"TCP to pov-proxy and back, proxy service, null backend | PoV file (proxy null) − null volume | "
+                 f"{fnull['p50'] - vol['p50']:.1f} | {cpu(fnull, 'pov-bench') - cpu(vol, 'pov-bench'):.1f} / "
+                 f"{cpu(fnull, 'pov-dpud') - cpu(vol, 'pov-dpud'):.1f} / {cpu(fnull, 'pov-proxy'):.1f} |")
+    else:
+        L.append(f"| host → DPU → proxy (null backend) → back, whole path | PoV file (proxy null) | {fnull['p50']:.1f} | "
+                 f"{cpu(fnull, 'pov-bench'):.1f} / {cpu(fnull, 'pov-dpud'):.1f} / {cpu(fnull, 'pov-proxy'):.1f} |")
+    L.append(f"| backend: local file read (page cache) instead of null | PoV file (proxy local) − PoV file (proxy null) | "
+             f"{floc['p50'] - fnull['p50']:.1f} | – / – / {cpu(floc, 'pov-proxy') - cpu(fnull, 'pov-proxy'):.1f} |")
+    L.append(f"| total | PoV file (proxy local) | {floc['p50']:.1f} | {cpu(floc, 'pov-bench'):.1f} / {cpu(floc, 'pov-dpud'):.1f} / "
+             f"{cpu(floc, 'pov-proxy'):.1f} |")
+    if cg and "nullvol-randread-4k-qd1" in cg and "pov-file-null-randread-4k-qd1" in cg:
+        L.append("")
+        L.append(f"Instructions in pov-dpud per IO (callgrind, QD1): null volume {cg['nullvol-randread-4k-qd1']:,}, "
+                 f"PoV file read {cg['pov-file-null-randread-4k-qd1']:,}.")
+    L.append("")
+    return L
+
+
 # ---- SVG plot ----------------------------------------------------------------------------
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
@@ -215,6 +249,7 @@ def report(out, md_path, svg_path):
     L += table(runs, "vol", "split", "Block device, 4 KiB random read, split placement")
     L += table(runs, "file", "same", "PoV file IO through the whole path, one CPU (null-/local- = proxy backend)")
     L += table(runs, "gather", "same", "Gathering on vs off, PoV 4 KiB random read QD32")
+    L += hops(runs, cg)
     if cg:
         L += ["**Instructions per IO in pov-dpud** (callgrind, (Ir(5000 IOs) − Ir(1000 IOs)) / 4000; repeats exactly)", "",
               "| workload | instructions per IO |", "|---|---|"]
