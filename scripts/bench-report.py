@@ -238,7 +238,7 @@ def report(out, md_path, svg_path):
     machine, idle, cg = opt("machine.json") or {}, opt("idle.json"), opt("callgrind.json")
     L = [f"Run of `scripts/bench-compare` on {machine.get('date', '?')}, commit `{machine.get('commit', '?')}`: "
          f"{machine.get('ncpu', '?')} × {machine.get('cpu', '?')}, {machine.get('os', '?')}, kernel {machine.get('kernel', '?')}, "
-         f"{machine.get('qsd', '')}. Medians of {machine.get('rounds', '?')} rounds of {machine.get('seconds', '?')} s "
+         f"{machine.get('qsd', '')}; load average at the start {machine.get('loadavg', '?')} (the VM is shared). Medians of {machine.get('rounds', '?')} rounds of {machine.get('seconds', '?')} s "
          f"(after 0.5 s warm-up), variants alternating within each round. Placement *same*: servers and client on CPU "
          f"{machine.get('server_cpu', '?')}; *split*: servers on CPU {machine.get('server_cpu', '?')}, client on CPU "
          f"{machine.get('client_cpu', '?')}. Client: `pov-bench` (libblkio, one queue, sleeping in `do_io` until a completion).",
@@ -255,6 +255,12 @@ def report(out, md_path, svg_path):
               "| workload | instructions per IO |", "|---|---|"]
         L += [f"| {k} | {v:,} |" for k, v in cg.items()]
         L.append("")
+        for f in sorted(glob.glob(os.path.join(out, "callgrind-top.*.txt"))):
+            name = os.path.basename(f)[len("callgrind-top."):-len(".txt")]
+            top = open(f).read().rstrip()
+            if top:
+                L += [f"<details><summary>pov-dpud functions by own instructions, {name} (callgrind_annotate, 5000-IO run)</summary>",
+                      "", "```", top, "```", "</details>", ""]
     if idle:
         L += ["**Idle**: CPU of each daemon over 3 s with nothing to do: " +
               ", ".join(f"{k} {v:.2f}%" for k, v in idle["idle_pct"].items()) +
