@@ -255,12 +255,6 @@ def report(out, md_path, svg_path):
               "| workload | instructions per IO |", "|---|---|"]
         L += [f"| {k} | {v:,} |" for k, v in cg.items()]
         L.append("")
-        for f in sorted(glob.glob(os.path.join(out, "callgrind-top.*.txt"))):
-            name = os.path.basename(f)[len("callgrind-top."):-len(".txt")]
-            top = open(f).read().rstrip()
-            if top:
-                L += [f"<details><summary>pov-dpud functions by own instructions, {name} (callgrind_annotate, 5000-IO run)</summary>",
-                      "", "```", top, "```", "</details>", ""]
     if idle:
         L += ["**Idle**: CPU of each daemon over 3 s with nothing to do: " +
               ", ".join(f"{k} {v:.2f}%" for k, v in idle["idle_pct"].items()) +

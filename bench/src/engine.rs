@@ -91,6 +91,16 @@ struct Slot {
     len: usize,
 }
 
+impl Slot {
+    /// Submits the workload's next IO in slot `i`.
+    fn issue(&mut self, target: &mut dyn Target, q: &mut Blkioq, i: usize, workload: &mut Workload) {
+        let io = workload.next_io();
+        self.start = Instant::now();
+        self.pending = target.submit(q, i, &io);
+        self.len = io.len;
+    }
+}
+
 /// Runs `workload` on `target` with `qd` IOs in flight until `stop`. `poll` busy-polls
 /// for completions (`do_io` with `min_completions = 0`) instead of sleeping in the
 /// kernel until one arrives.
@@ -121,10 +131,7 @@ pub fn run(
         if !want_more(submitted, Instant::now()) {
             break;
         }
-        let io = workload.next_io();
-        s.start = Instant::now();
-        s.pending = target.submit(&mut conn.q, i, &io);
-        s.len = io.len;
+        s.issue(target, &mut conn.q, i, workload);
         submitted += 1;
         inflight += 1;
     }
@@ -166,10 +173,7 @@ pub fn run(
             bytes += s.len as u64;
             last = now;
             if want_more(submitted, now) {
-                let io = workload.next_io();
-                s.start = Instant::now();
-                s.pending = target.submit(&mut conn.q, i, &io);
-                s.len = io.len;
+                s.issue(target, &mut conn.q, i, workload);
                 submitted += 1;
                 inflight += 1;
             }
