@@ -251,7 +251,7 @@ def report(out, md_path, svg_path):
     L += table(runs, "gather", "same", "Gathering on vs off, PoV 4 KiB random read QD32")
     L += hops(runs, cg)
     if cg:
-        L += ["**Instructions per IO in pov-dpud** (callgrind, (Ir(5000 IOs) − Ir(1000 IOs)) / 4000; repeats exactly)", "",
+        L += ["**Instructions per IO in pov-dpud** (callgrind, (Ir(5000 IOs) − Ir(1000 IOs)) / 4000, each count from a fresh pov-dpud; QD1 repeats within 1% between runs, QD32 varies more because it depends on how many requests each poll finds)", "",
               "| workload | instructions per IO |", "|---|---|"]
         L += [f"| {k} | {v:,} |" for k, v in cg.items()]
         L.append("")
