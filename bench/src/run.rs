@@ -64,6 +64,10 @@ pub struct Options {
     /// Bytes of the device (block mode) or file (pov-file mode) to spread IO over.
     #[arg(long, default_value = "256m", value_parser = parse_size)]
     pub size: u64,
+    /// Idle this many seconds after set-up and warm-up, right before the measured
+    /// interval (with `--ios 1`: the latency of the first request after idling).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    pub idle_before: f64,
     /// Busy-poll for completions instead of sleeping until one arrives.
     #[arg(long)]
     pub poll: bool,
@@ -149,7 +153,10 @@ fn setup_job(o: &Options, i: usize, secret: &[u8]) -> anyhow::Result<Job> {
 /// stops: a benchmark that drops errors would report wrong figures).
 pub fn run(o: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!(o.bs > 0 && o.bs % 512 == 0, "--bs must be a non-zero multiple of 512");
-    anyhow::ensure!(o.time > 0.0 && o.warmup >= 0.0, "--time must be positive and --warmup not negative");
+    anyhow::ensure!(
+        o.time > 0.0 && o.warmup >= 0.0 && o.idle_before >= 0.0,
+        "--time must be positive, --warmup and --idle-before not negative"
+    );
     let secret = if o.mode == Mode::PovFile { secret(o)? } else { Vec::new() };
     let jobs = o.jobs as usize;
     let bar = Arc::new(Barrier::new(jobs + 1));
@@ -193,6 +200,9 @@ pub fn run(o: &Options) -> anyhow::Result<Report> {
             .collect();
         bar.wait();
         bar.wait();
+        if o.idle_before > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(o.idle_before));
+        }
         let before = CpuSample::take(&pids);
         bar.wait();
         bar.wait();
@@ -252,6 +262,8 @@ mod tests {
         assert_eq!(o.bs, 1 << 20);
         assert_eq!(o.pids, vec![("dpud".to_string(), 42)]);
         assert!(Options::try_parse_from(["pov-bench", "--socket", "/s", "--qd", "129"]).is_err());
+        let o = Options::try_parse_from(["pov-bench", "--socket", "/s", "--ios", "1", "--idle-before", "2"]).unwrap();
+        assert_eq!((o.ios, o.idle_before), (Some(1), 2.0));
         assert!(Options::try_parse_from(["pov-bench", "--socket", "/s", "--pid", "x"]).is_err());
         assert!(Options::try_parse_from(["pov-bench", "--socket", "/s", "--time", "1", "--ios", "5"]).is_err());
     }
