@@ -90,10 +90,12 @@ pub struct DeviceStats {
     pub crossing_ios: u64,
     pub proxies_connected: u32,
     pub stale_proxy_responses: u64,
+    /// Frames per send and per receive on the proxy connections (gathering IO).
+    pub gathering: GatherStats,
 }
 
 use crate::block::{BlockOp, BlockStatus};
-use crate::forward::ProxyConn;
+use crate::forward::{GatherStats, Gathering, ProxyConn, RxFrames};
 use crate::session::{Handle, QueueOwner, Session, SessionState};
 use pov_proto::admin::{AdminOp, AdminRequest, AdminResponse, ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE};
 use pov_proto::io::{flags, Op, RequestHeader, ResponseHeader};
@@ -203,7 +205,9 @@ pub struct PovDevice {
     next_tag: u64,
     completions: Vec<BlockCompletion>,
     frame: Vec<u8>,
-    rx_frames: Vec<Vec<u8>>,
+    rx_frames: RxFrames,
+    /// Gathering policy of the proxy connections.
+    gathering: Gathering,
     last_session_check: Instant,
     stats: DeviceStats,
 }
@@ -245,7 +249,8 @@ impl PovDevice {
             next_tag: 1,
             completions: Vec::new(),
             frame: Vec::new(),
-            rx_frames: Vec::new(),
+            rx_frames: RxFrames::default(),
+            gathering: Gathering::default(),
             last_session_check: Instant::now(),
             stats: DeviceStats::default(),
         })
@@ -278,7 +283,19 @@ impl PovDevice {
         s.queues = self.queues.len() as u32;
         s.in_flight = self.in_flight.len() as u32;
         s.proxies_connected = self.proxies.iter().filter(|p| p.transport.is_some()).count() as u32;
+        s.gathering = GatherStats::of(&self.proxies);
         s
+    }
+
+    /// Sets the gathering policy of the proxy connections (checked by the caller with
+    /// [`Gathering::validate`]); it applies from the next request on.
+    pub fn set_gathering(&mut self, g: Gathering) {
+        self.gathering = g;
+    }
+
+    /// The gathering policy in force.
+    pub fn gathering(&self) -> Gathering {
+        self.gathering
     }
 
     /// Takes every completion produced so far.
@@ -702,8 +719,10 @@ impl PovDevice {
             log::warn!("device {}: cannot encode proxy request: {e}", self.cfg.name);
             return fail(self, Status::Invalid);
         }
-        let Some(t) = conn.ensure_connected() else { return fail(self, Status::Unavailable) };
-        if let Err(e) = t.send_frame(&self.frame) {
+        if conn.ensure_connected().is_none() {
+            return fail(self, Status::Unavailable);
+        }
+        if let Err(e) = conn.send(&self.frame, &self.gathering) {
             log::warn!("device {}: proxy {}: {e}", self.cfg.name, conn.endpoint);
             conn.drop_transport();
             return fail(self, Status::Unavailable);
@@ -746,15 +765,16 @@ impl PovDevice {
         let mut busy = false;
         let mut frames = std::mem::take(&mut self.rx_frames);
         for i in 0..self.proxies.len() {
-            let (moved, broken) = self.proxies[i].poll_frames(&self.cfg.name, &mut frames);
+            let (moved, broken) = self.proxies[i].poll_frames(&self.cfg.name, &self.gathering, &mut frames);
             busy |= moved;
-            for f in frames.drain(..) {
+            for f in frames.iter() {
                 busy = true;
-                match ProxyResponse::decode(&f) {
+                match ProxyResponse::decode(f) {
                     Ok((r, payload)) => self.finish(r.tag, r.status, r.result, r.flags, payload),
                     Err(e) => log::warn!("device {}: bad frame from proxy: {e}", self.cfg.name),
                 }
             }
+            frames.clear();
             let conn = &mut self.proxies[i];
             if broken {
                 conn.disconnect(fds);
