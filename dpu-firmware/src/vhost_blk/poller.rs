@@ -184,10 +184,13 @@ impl DevicePoller {
     pub(crate) fn stats_json(&self) -> serde_json::Value {
         let per_notification =
             if self.stats.notifications == 0 { 0.0 } else { self.stats.completions as f64 / self.stats.notifications as f64 };
+        let mut vhost = serde_json::to_value(&self.stats).unwrap_or_default();
+        if let Some(o) = vhost.as_object_mut() {
+            o.insert("completions_per_notification".into(), per_notification.into());
+        }
         serde_json::json!({
             "device": self.dev.stats_json(),
-            "vhost": self.stats,
-            "completions_per_notification": per_notification,
+            "vhost": vhost,
             "in_flight": self.inflight.len(),
         })
     }
@@ -638,7 +641,7 @@ mod tests {
         add(0, 5);
         assert!(r.poller.run_once(&mut ()));
         assert_eq!((r.poller.stats.completions, r.poller.stats.notifications), (5, 1));
-        assert_eq!(r.poller.stats_json()["completions_per_notification"], 5.0);
+        assert_eq!(r.poller.stats_json()["vhost"]["completions_per_notification"], 5.0);
         r.gathering.set(bdev_pov::Gathering { enabled: false, ..Default::default() }).unwrap();
         add(5, 5);
         assert!(r.poller.run_once(&mut ()));
