@@ -393,14 +393,8 @@ impl PovDevice {
 
     /// Completes a READ with `data[offset..]`, zero-filled past the end of `data`.
     fn read_from(&mut self, mut req: BlockRequest, data: &[u8], offset: usize) {
-        let len = req.buf.len();
-        let mut out = vec![0u8; len];
-        if offset < data.len() {
-            let n = (data.len() - offset).min(len);
-            out[..n].copy_from_slice(&data[offset..offset + n]);
-        }
-        match req.buf.write_at(0, &out) {
-            Ok(()) => self.complete(req, BlockStatus::Ok, len as u32),
+        match copy_out(&mut req, data, offset) {
+            Ok(len) => self.complete(req, BlockStatus::Ok, len),
             Err(_) => self.complete(req, BlockStatus::IoErr, 0),
         }
     }
@@ -610,8 +604,12 @@ impl PovDevice {
         match q.resp {
             RespState::Pending => q.parked.push((req, offset)),
             RespState::Ready => {
-                let data = q.resp_buf[..q.resp_len].to_vec();
-                self.read_from(req, &data, offset)
+                // Straight from the response slot into the READ's buffer (no copy).
+                let mut req = req;
+                match copy_out(&mut req, &q.resp_buf[..q.resp_len], offset) {
+                    Ok(len) => self.complete(req, BlockStatus::Ok, len),
+                    Err(_) => self.complete(req, BlockStatus::IoErr, 0),
+                }
             }
             RespState::Empty => {
                 let mut b = [0u8; HEADER_SIZE];
@@ -866,4 +864,22 @@ impl PovDevice {
             p.disconnect(fds);
         }
     }
+}
+
+/// Writes `data[offset..]` into the whole of `req`'s buffer, zero-filled past the end of
+/// `data`. Returns the bytes written (the buffer length).
+fn copy_out(req: &mut BlockRequest, data: &[u8], offset: usize) -> Result<u32, crate::block::BufferError> {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    let len = req.buf.len();
+    let n = if offset < data.len() { (data.len() - offset).min(len) } else { 0 };
+    if n > 0 {
+        req.buf.write_at(0, &data[offset..offset + n])?;
+    }
+    let mut at = n;
+    while at < len {
+        let k = (len - at).min(ZEROS.len());
+        req.buf.write_at(at, &ZEROS[..k])?;
+        at += k;
+    }
+    Ok(len as u32)
 }

@@ -92,10 +92,24 @@ pub trait Transport: Send {
     /// Frame and syscall counters.
     fn counters(&self) -> TransportCounters;
 
-    /// Sends queued bytes and receives available ones; calls `on_frame` with the body
-    /// (length prefix stripped) of every complete frame received. Returns `true` if any
-    /// byte moved.
-    fn poll(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError>;
+    /// Receives available bytes without sending; calls `on_frame` with the body (length
+    /// prefix stripped) of every complete frame received. Returns `true` if any byte
+    /// arrived.
+    ///
+    /// # Errors
+    /// A dead connection or a bad frame ([`TransportError`]); frames that arrived
+    /// before a close are delivered first.
+    fn receive(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError>;
+
+    /// [`flush`](Transport::flush) then [`receive`](Transport::receive). Returns `true`
+    /// if any byte moved.
+    ///
+    /// # Errors
+    /// As those two.
+    fn poll(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
+        let sent = self.flush()?;
+        Ok(self.receive(on_frame)? || sent)
+    }
 
     /// Bytes queued but not yet handed to the network.
     fn pending_send_bytes(&self) -> usize;
@@ -131,20 +145,48 @@ pub fn listen(endpoint: &str) -> std::io::Result<Box<dyn Listener>> {
     Ok(Box::new(tcp::TcpListener::bind(addr)?))
 }
 
-/// Incremental frame parser over a receive buffer.
+/// Bytes a receive asks room for (one `read(2)` takes up to this much).
+const RECV_CHUNK: usize = 64 * 1024;
+
+/// Incremental frame parser over a receive buffer. Bytes live in `buf[start..end]`;
+/// the socket reads straight into `buf[end..]` (no intermediate buffer, no zeroing per
+/// read), and the unparsed tail is moved to the front only when room runs out.
 #[derive(Default)]
 struct FrameBuf {
     buf: Vec<u8>,
     start: usize,
+    end: usize,
 }
 
 impl FrameBuf {
-    /// Delivers every complete frame in the buffer, then compacts it. Returns the
-    /// number of frames delivered.
+    /// At least `min` writable bytes after the received ones.
+    fn space(&mut self, min: usize) -> &mut [u8] {
+        if self.buf.len() - self.end < min {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.buf.len() - self.end < min {
+                let want = (self.end + min).max(self.buf.len() * 2).max(RECV_CHUNK);
+                self.buf.resize(want, 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Appends received bytes (for transports that do not read into [`FrameBuf::space`]).
+    fn push(&mut self, bytes: &[u8]) {
+        self.space(bytes.len())[..bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
+    /// Delivers every complete frame in the buffer. Returns the number of frames
+    /// delivered.
     fn deliver(&mut self, peer: &str, on_frame: &mut dyn FnMut(&[u8])) -> Result<u64, TransportError> {
         let mut count = 0;
         loop {
-            let avail = &self.buf[self.start..];
+            let avail = &self.buf[self.start..self.end];
             let n = match frame_len(avail) {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
@@ -157,9 +199,9 @@ impl FrameBuf {
             self.start += LEN_PREFIX + n;
             count += 1;
         }
-        if self.start > 0 {
-            self.buf.drain(..self.start);
+        if self.start == self.end {
             self.start = 0;
+            self.end = 0;
         }
         Ok(count)
     }
@@ -260,11 +302,12 @@ pub mod tcp {
             self.counters
         }
 
-        fn poll(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
-            let mut moved = self.flush()?;
-            let mut chunk = [0u8; 64 * 1024];
+        fn receive(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
+            let mut moved = false;
             loop {
-                match self.stream.read(&mut chunk) {
+                let space = self.rx.space(RECV_CHUNK);
+                let room = space.len();
+                match self.stream.read(space) {
                     Ok(0) => {
                         // Deliver what arrived before the close, then report it.
                         self.counters.frames_received += self.rx.deliver(&self.peer, on_frame)?;
@@ -273,8 +316,8 @@ pub mod tcp {
                     Ok(n) => {
                         moved = true;
                         self.counters.receives += 1;
-                        self.rx.buf.extend_from_slice(&chunk[..n]);
-                        if n < chunk.len() {
+                        self.rx.end += n;
+                        if n < room {
                             break;
                         }
                     }
@@ -423,15 +466,15 @@ pub mod mem {
             self.counters
         }
 
-        fn poll(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
-            let mut moved = self.flush()?;
+        fn receive(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
+            let mut moved = false;
             self.rx.ready.drain();
             let got = std::mem::take(&mut *self.rx.bytes.lock().unwrap());
             if !got.is_empty() {
                 moved = true;
                 self.counters.receives += 1;
             }
-            self.frames.buf.extend_from_slice(&got);
+            self.frames.push(&got);
             let peer = self.peer.clone();
             self.counters.frames_received += self.frames.deliver(&peer, on_frame)?;
             if !moved && self.rx.closed.load(std::sync::atomic::Ordering::Acquire) {
