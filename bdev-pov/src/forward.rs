@@ -80,11 +80,7 @@ impl GatherStats {
     pub(crate) fn of(conns: &[ProxyConn]) -> GatherStats {
         let mut c = TransportCounters::default();
         for p in conns {
-            let x = p.counters();
-            c.frames_sent += x.frames_sent;
-            c.sends += x.sends;
-            c.frames_received += x.frames_received;
-            c.receives += x.receives;
+            c += p.counters();
         }
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         GatherStats {
@@ -256,11 +252,7 @@ impl ProxyConn {
     pub fn counters(&self) -> TransportCounters {
         let mut c = self.retired;
         if let Some(t) = &self.transport {
-            let x = t.counters();
-            c.frames_sent += x.frames_sent;
-            c.sends += x.sends;
-            c.frames_received += x.frames_received;
-            c.receives += x.receives;
+            c += t.counters();
         }
         c
     }

@@ -62,6 +62,15 @@ pub struct TransportCounters {
     pub receives: u64,
 }
 
+impl std::ops::AddAssign for TransportCounters {
+    fn add_assign(&mut self, o: TransportCounters) {
+        self.frames_sent += o.frames_sent;
+        self.sends += o.sends;
+        self.frames_received += o.frames_received;
+        self.receives += o.receives;
+    }
+}
+
 /// One connection carrying length-prefixed frames.
 pub trait Transport: Send {
     /// Buffers one complete frame (length prefix included, as produced by the
