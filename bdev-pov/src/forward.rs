@@ -144,6 +144,9 @@ pub(crate) struct ProxyConn {
     oldest_queued: Option<Instant>,
     /// Counters of transports dropped so far.
     retired: TransportCounters,
+    /// A transport was dropped after a failed send: what was in flight on it will
+    /// never be answered (reported once by [`ProxyConn::poll_frames`]).
+    lost: bool,
 }
 
 impl ProxyConn {
@@ -158,11 +161,16 @@ impl ProxyConn {
             queued: 0,
             oldest_queued: None,
             retired: TransportCounters::default(),
+            lost: false,
         }
     }
 
     /// Returns a connected transport, connecting if the last attempt is old enough.
     pub fn ensure_connected(&mut self) -> Option<&mut Box<dyn Transport>> {
+        if self.lost {
+            // Not before the requests of the lost transport have been failed.
+            return None;
+        }
         if self.transport.is_none() {
             let now = Instant::now();
             if self.last_attempt.is_some_and(|t| now.duration_since(t) < RECONNECT_INTERVAL) {
@@ -228,7 +236,7 @@ impl ProxyConn {
     /// what was in flight on it and calls [`ProxyConn::disconnect`]).
     pub fn poll_frames(&mut self, device: &str, g: &Gathering, frames: &mut RxFrames) -> (bool, bool) {
         let held = self.queued > 0 && self.hold(g);
-        let Some(t) = self.transport.as_mut() else { return (false, false) };
+        let Some(t) = self.transport.as_mut() else { return (false, std::mem::take(&mut self.lost)) };
         let mut polled = |t: &mut Box<dyn Transport>| -> Result<bool, pov_runtime::transport::TransportError> {
             let sent = if held { false } else { t.flush()? };
             Ok(t.receive(&mut |f| frames.push(f))? || sent)
@@ -277,19 +285,26 @@ impl ProxyConn {
         }
     }
 
-    /// Drops the transport without touching the watch list (done at the next
-    /// [`ProxyConn::sync_watch`]).
+    /// Drops the transport after a failed send, without touching the watch list (done
+    /// at the next [`ProxyConn::sync_watch`]). The next [`ProxyConn::poll_frames`]
+    /// reports the connection broken, so that the requests in flight on it (gathered
+    /// ones included) fail at once instead of waiting for their timeout.
     pub fn drop_transport(&mut self) {
-        self.retired = self.counters();
+        if self.transport.is_some() {
+            self.retired = self.counters();
+            self.lost = true;
+        }
         self.queued = 0;
         self.oldest_queued = None;
         self.transport = None;
         self.dirty = true;
     }
 
-    /// Drops the transport (after an error) and stops watching it.
+    /// Drops the transport (after an error; its requests in flight have been failed)
+    /// and stops watching it.
     pub fn disconnect(&mut self, fds: &mut dyn FdRegistry) {
         self.drop_transport();
+        self.lost = false;
         self.sync_watch(fds);
     }
 }
