@@ -308,3 +308,38 @@ impl ProxyConn {
         self.sync_watch(fds);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pov_runtime::transport::mem;
+
+    #[test]
+    fn a_failed_send_is_reported_once_and_blocks_reconnect_until_handled() {
+        let (a, b) = mem::pair();
+        let mut conn = ProxyConn::new("tcp:127.0.0.1:9".into());
+        conn.transport = Some(Box::new(a));
+        let g = Gathering::default();
+        conn.send(b"\x01\x00\x00\x00x", &g).unwrap();
+        drop(b);
+        assert!(conn.send(b"\x01\x00\x00\x00y", &g).is_err(), "the peer is gone");
+        conn.drop_transport();
+        assert!(conn.ensure_connected().is_none(), "no reconnect before the loss is handled");
+        let mut frames = RxFrames::default();
+        assert_eq!(conn.poll_frames("d", &g, &mut frames), (false, true), "loss reported");
+        conn.disconnect(&mut ());
+        assert_eq!(conn.poll_frames("d", &g, &mut frames), (false, false), "and only once");
+        assert_eq!(conn.counters().frames_sent, 1, "counters survive the transport");
+    }
+
+    #[test]
+    fn rx_frames_keep_order_and_bounds() {
+        let mut f = RxFrames::default();
+        for x in [&b""[..], b"a", b"bcd", b""] {
+            f.push(x);
+        }
+        assert_eq!(f.iter().collect::<Vec<_>>(), vec![&b""[..], b"a", b"bcd", b""]);
+        f.clear();
+        assert_eq!(f.iter().count(), 0);
+    }
+}
