@@ -103,10 +103,12 @@ pub struct DeviceStats {
     pub incomplete_requests: u64,
     pub proxies_connected: u32,
     pub stale_proxy_responses: u64,
+    /// Frames per send and per receive on the proxy connections (gathering IO).
+    pub gathering: GatherStats,
 }
 
 use crate::block::{BlockOp, BlockStatus};
-use crate::forward::ProxyConn;
+use crate::forward::{GatherStats, Gathering, ProxyConn, RxFrames};
 use crate::session::{Handle, QueueOwner, Session, SessionState};
 use pov_proto::admin::{AdminOp, AdminRequest, AdminResponse, ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE};
 use pov_proto::io::{flags, Op, RequestHeader, ResponseHeader};
@@ -216,7 +218,9 @@ pub struct PovDevice {
     next_tag: u64,
     completions: Vec<BlockCompletion>,
     frame: Vec<u8>,
-    rx_frames: Vec<Vec<u8>>,
+    rx_frames: RxFrames,
+    /// Gathering policy of the proxy connections.
+    gathering: Gathering,
     last_session_check: Instant,
     stats: DeviceStats,
 }
@@ -258,7 +262,8 @@ impl PovDevice {
             next_tag: 1,
             completions: Vec::new(),
             frame: Vec::new(),
-            rx_frames: Vec::new(),
+            rx_frames: RxFrames::default(),
+            gathering: Gathering::default(),
             last_session_check: Instant::now(),
             stats: DeviceStats::default(),
         })
@@ -291,7 +296,19 @@ impl PovDevice {
         s.queues = self.queues.len() as u32;
         s.in_flight = self.in_flight.len() as u32;
         s.proxies_connected = self.proxies.iter().filter(|p| p.transport.is_some()).count() as u32;
+        s.gathering = GatherStats::of(&self.proxies);
         s
+    }
+
+    /// Sets the gathering policy of the proxy connections (checked by the caller with
+    /// [`Gathering::validate`]); it applies from the next request on.
+    pub fn set_gathering(&mut self, g: Gathering) {
+        self.gathering = g;
+    }
+
+    /// The gathering policy in force.
+    pub fn gathering(&self) -> Gathering {
+        self.gathering
     }
 
     /// Takes every completion produced so far.
@@ -392,14 +409,8 @@ impl PovDevice {
 
     /// Completes a READ with `data[offset..]`, zero-filled past the end of `data`.
     fn read_from(&mut self, mut req: BlockRequest, data: &[u8], offset: usize) {
-        let len = req.buf.len();
-        let mut out = vec![0u8; len];
-        if offset < data.len() {
-            let n = (data.len() - offset).min(len);
-            out[..n].copy_from_slice(&data[offset..offset + n]);
-        }
-        match req.buf.write_at(0, &out) {
-            Ok(()) => self.complete(req, BlockStatus::Ok, len as u32),
+        match copy_out(&mut req, data, offset) {
+            Ok(len) => self.complete(req, BlockStatus::Ok, len),
             Err(_) => self.complete(req, BlockStatus::IoErr, 0),
         }
     }
@@ -611,8 +622,12 @@ impl PovDevice {
         match q.resp {
             RespState::Pending => q.parked.push((req, offset)),
             RespState::Ready => {
-                let data = q.resp_buf[..q.resp_len].to_vec();
-                self.read_from(req, &data, offset)
+                // Straight from the response slot into the READ's buffer (no copy).
+                let mut req = req;
+                match copy_out(&mut req, &q.resp_buf[..q.resp_len], offset) {
+                    Ok(len) => self.complete(req, BlockStatus::Ok, len),
+                    Err(_) => self.complete(req, BlockStatus::IoErr, 0),
+                }
             }
             RespState::Empty => {
                 let mut b = [0u8; HEADER_SIZE];
@@ -720,8 +735,10 @@ impl PovDevice {
             log::warn!("device {}: cannot encode proxy request: {e}", self.cfg.name);
             return fail(self, Status::Invalid);
         }
-        let Some(t) = conn.ensure_connected() else { return fail(self, Status::Unavailable) };
-        if let Err(e) = t.send_frame(&self.frame) {
+        if conn.ensure_connected().is_none() {
+            return fail(self, Status::Unavailable);
+        }
+        if let Err(e) = conn.send(&self.frame, &self.gathering) {
             log::warn!("device {}: proxy {}: {e}", self.cfg.name, conn.endpoint);
             conn.drop_transport();
             return fail(self, Status::Unavailable);
@@ -764,15 +781,16 @@ impl PovDevice {
         let mut busy = false;
         let mut frames = std::mem::take(&mut self.rx_frames);
         for i in 0..self.proxies.len() {
-            let (moved, broken) = self.proxies[i].poll_frames(&self.cfg.name, &mut frames);
+            let (moved, broken) = self.proxies[i].poll_frames(&self.cfg.name, &self.gathering, &mut frames);
             busy |= moved;
-            for f in frames.drain(..) {
+            for f in frames.iter() {
                 busy = true;
-                match ProxyResponse::decode(&f) {
+                match ProxyResponse::decode(f) {
                     Ok((r, payload)) => self.finish(r.tag, r.status, r.result, r.flags, payload),
                     Err(e) => log::warn!("device {}: bad frame from proxy: {e}", self.cfg.name),
                 }
             }
+            frames.clear();
             let conn = &mut self.proxies[i];
             if broken {
                 conn.disconnect(fds);
@@ -865,4 +883,22 @@ impl PovDevice {
             p.disconnect(fds);
         }
     }
+}
+
+/// Writes `data[offset..]` into the whole of `req`'s buffer, zero-filled past the end of
+/// `data`. Returns the bytes written (the buffer length).
+fn copy_out(req: &mut BlockRequest, data: &[u8], offset: usize) -> Result<u32, crate::block::BufferError> {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    let len = req.buf.len();
+    let n = if offset < data.len() { (data.len() - offset).min(len) } else { 0 };
+    if n > 0 {
+        req.buf.write_at(0, &data[offset..offset + n])?;
+    }
+    let mut at = n;
+    while at < len {
+        let k = (len - at).min(ZEROS.len());
+        req.buf.write_at(at, &ZEROS[..k])?;
+        at += k;
+    }
+    Ok(len as u32)
 }

@@ -27,6 +27,7 @@ mod session;
 
 pub use block::{BlockCompletion, BlockOp, BlockRequest, BlockStatus, BufferError, IoBuffer};
 pub use device::{DeviceStats, PovDevice, PovDeviceConfig};
+pub use forward::{GatherStats, Gathering, MAX_BATCH_SIZE, MAX_WINDOW_US};
 pub use tenant::TenantTable;
 
 #[cfg(test)]

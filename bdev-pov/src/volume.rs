@@ -29,7 +29,7 @@
 //! measures the device path alone.
 
 use crate::block::{BlockCompletion, BlockOp, BlockRequest, BlockStatus};
-use crate::forward::ProxyConn;
+use crate::forward::{GatherStats, Gathering, ProxyConn, RxFrames};
 use pov_proto::io::{flags, Op, SdkHint};
 use pov_proto::wire::{ProxyRequest, ProxyResponse};
 use pov_proto::{Status, MAX_IO_BYTES};
@@ -275,6 +275,8 @@ pub struct VolumeStats {
     pub in_flight: u32,
     /// Proxy connections up.
     pub proxies_connected: u32,
+    /// Frames per send and per receive on the proxy connections (gathering IO).
+    pub gathering: GatherStats,
 }
 
 /// A block request in progress (READ or WRITE split into pieces, or FLUSH).
@@ -325,7 +327,9 @@ pub struct VolumeDevice {
     completions: Vec<BlockCompletion>,
     frame: Vec<u8>,
     data: Vec<u8>,
-    rx_frames: Vec<Vec<u8>>,
+    rx_frames: RxFrames,
+    /// Gathering policy of the proxy connections.
+    gathering: Gathering,
     /// Set by [`VolumeDevice::shutdown`]: nothing is sent any more.
     stopping: bool,
     stats: VolumeStats,
@@ -356,7 +360,8 @@ impl VolumeDevice {
             completions: Vec::new(),
             frame: Vec::new(),
             data: Vec::new(),
-            rx_frames: Vec::new(),
+            rx_frames: RxFrames::default(),
+            gathering: Gathering::default(),
             stopping: false,
             stats: VolumeStats::default(),
         })
@@ -377,7 +382,19 @@ impl VolumeDevice {
         let mut s = self.stats.clone();
         s.in_flight = self.ios.len() as u32;
         s.proxies_connected = self.proxies.iter().filter(|p| p.transport.is_some()).count() as u32;
+        s.gathering = GatherStats::of(&self.proxies);
         s
+    }
+
+    /// Sets the gathering policy of the proxy connections (checked by the caller with
+    /// [`Gathering::validate`]); it applies from the next request on.
+    pub fn set_gathering(&mut self, g: Gathering) {
+        self.gathering = g;
+    }
+
+    /// The gathering policy in force.
+    pub fn gathering(&self) -> Gathering {
+        self.gathering
     }
 
     /// Takes every completion produced so far.
@@ -491,8 +508,10 @@ impl VolumeDevice {
             log::warn!("volume {}: cannot encode proxy request: {e}", self.cfg.name);
             return false;
         }
-        let Some(t) = conn.ensure_connected() else { return false };
-        if let Err(e) = t.send_frame(&self.frame) {
+        if conn.ensure_connected().is_none() {
+            return false;
+        }
+        if let Err(e) = conn.send(&self.frame, &self.gathering) {
             log::warn!("volume {}: proxy {}: {e}", self.cfg.name, conn.endpoint);
             conn.drop_transport();
             return false;
@@ -605,16 +624,17 @@ impl VolumeDevice {
         let mut busy = false;
         let mut frames = std::mem::take(&mut self.rx_frames);
         for i in 0..self.proxies.len() {
-            let (moved, broken) = self.proxies[i].poll_frames(&self.cfg.name, &mut frames);
+            let (moved, broken) = self.proxies[i].poll_frames(&self.cfg.name, &self.gathering, &mut frames);
             // Bytes still to send: keep polling so that the transport drains them.
             busy |= moved || self.proxies[i].pending_send_bytes() > 0;
-            for f in frames.drain(..) {
+            for f in frames.iter() {
                 busy = true;
-                match ProxyResponse::decode(&f) {
+                match ProxyResponse::decode(f) {
                     Ok((r, payload)) => self.finish_piece(r.tag, r.status, r.result, payload),
                     Err(e) => log::warn!("volume {}: bad frame from proxy: {e}", self.cfg.name),
                 }
             }
+            frames.clear();
             let conn = &mut self.proxies[i];
             if broken {
                 conn.disconnect(fds);

@@ -424,3 +424,108 @@ fn null_volume_reads_zeros_and_drops_writes() {
     assert_eq!(run(&mut d, BlockOp::Other(3), 0, vec![]).0, BlockStatus::Unsupported);
     assert_eq!(d.stats().bytes_written, 2 * MIB as u64);
 }
+
+fn gathering(enabled: bool, batch_size: u32, window_us: u32) -> crate::Gathering {
+    crate::Gathering { enabled, batch_size, window_us }
+}
+
+/// Many IOs of varied sizes in flight at once, under every gathering policy: every
+/// one completes with the right data, and gathering really puts many frames in a send.
+#[test]
+fn gathering_preserves_every_io() {
+    let policies = [gathering(false, 64, 0), gathering(true, 1, 0), gathering(true, 7, 0), gathering(true, 64, 0), gathering(true, 64, 2000)];
+    for (pi, g) in policies.iter().enumerate() {
+        let store = Store::default();
+        let p = fake_proxy(&store, 0, Behaviour::default());
+        let size = 128 * MIB as u64;
+        let mut h = Harness::new(cfg("gv", size, &[p]));
+        h.dev.set_gathering(*g);
+        assert_eq!(h.dev.gathering(), *g);
+        // 100 writes: sizes from 512 B to 1 MiB + 512 (two frames), no two overlapping.
+        let sizes = [512usize, 4096, 8192, 65536, MIB + 512];
+        let ios: Vec<(u64, Vec<u8>)> =
+            (0..100u64).map(|i| (i * (MIB as u64 + 4096), pattern(pi as u64 * 1000 + i, sizes[i as usize % 5]))).collect();
+        let tags: Vec<u64> = ios.iter().map(|(off, d)| h.submit(BlockOp::Write, *off, d.clone())).collect();
+        for t in tags {
+            assert_eq!(h.wait(t).0, BlockStatus::Ok, "policy {g:?}");
+        }
+        let tags: Vec<u64> = ios.iter().map(|(off, d)| h.submit(BlockOp::Read, *off, vec![0; d.len()])).collect();
+        for (t, (off, d)) in tags.into_iter().zip(&ios) {
+            let (st, got) = h.wait(t);
+            assert_eq!(st, BlockStatus::Ok);
+            assert!(got == *d, "policy {g:?}: read at {off} returns what was written");
+        }
+        let s = h.dev.stats();
+        assert_eq!(s.in_flight, 0);
+        assert_eq!(s.gathering.frames_sent, 240, "policy {g:?}: 200 IOs, 40 of them in two pieces");
+        assert_eq!(s.gathering.frames_received, 240);
+        if g.enabled && g.batch_size == 64 {
+            // Small frames submitted before one poll leave together.
+            let before = h.dev.stats().gathering;
+            let tags: Vec<u64> = (0..50).map(|i| h.submit(BlockOp::Read, i * 4096, vec![0; 4096])).collect();
+            let mid = h.dev.stats().gathering;
+            assert_eq!(mid.sends, before.sends, "nothing leaves before the poll");
+            for t in tags {
+                assert_eq!(h.wait(t).0, BlockStatus::Ok);
+            }
+            let after = h.dev.stats().gathering;
+            assert_eq!(after.frames_sent - before.frames_sent, 50);
+            assert!(after.sends - before.sends <= 2, "{} sends for 50 gathered frames", after.sends - before.sends);
+        }
+        if !g.enabled {
+            assert!(s.gathering.sends >= s.gathering.frames_sent, "without gathering every frame is its own send");
+        }
+    }
+}
+
+/// The batch size forces a send as soon as that many frames are queued.
+#[test]
+fn gathering_batch_size_boundary() {
+    let store = Store::default();
+    let p = fake_proxy(&store, 0, Behaviour::default());
+    let mut h = Harness::new(cfg("gb", MIB as u64, &[p]));
+    h.dev.set_gathering(gathering(true, 3, 0));
+    let tags: Vec<u64> = (0..7).map(|i| h.submit(BlockOp::Read, i * 512, vec![0; 512])).collect();
+    let s = h.dev.stats().gathering;
+    assert_eq!((s.frames_sent, s.sends), (7, 2), "frames 1-3 and 4-6 left at the boundary, frame 7 waits for the poll");
+    h.dev.poll(&mut ());
+    assert_eq!(h.dev.stats().gathering.sends, 3);
+    for t in tags {
+        assert_eq!(h.wait(t).0, BlockStatus::Ok);
+    }
+}
+
+/// A lone request leaves at the end of the poll that queued it whatever the window;
+/// a request queued while others are in flight waits at most the window.
+#[test]
+fn gathering_window_never_delays_a_lone_request() {
+    let store = Store::default();
+    let slow = 8 * MIB as u64;
+    let p = fake_proxy(&store, 0, Behaviour { slow_write_at: Some(slow), silent: false });
+    let mut h = Harness::new(cfg("gw", 16 * MIB as u64, &[p]));
+    h.dev.set_gathering(gathering(true, 64, 10_000));
+    let t0 = h.submit(BlockOp::Read, 0, vec![0; 512]);
+    assert_eq!(h.dev.stats().gathering.sends, 0);
+    h.dev.poll(&mut ());
+    assert_eq!(h.dev.stats().gathering.sends, 1, "the lone request left at the first poll");
+    assert_eq!(h.wait(t0).0, BlockStatus::Ok);
+    // A write the proxy answers after 300 ms keeps the connection busy...
+    let tw = h.submit(BlockOp::Write, slow, vec![7; 512]);
+    h.dev.poll(&mut ());
+    assert_eq!(h.dev.stats().gathering.sends, 2, "lone again: sent at once");
+    // ...so the next request may wait for company, but only for the window (10 ms).
+    let start = Instant::now();
+    let tr = h.submit(BlockOp::Read, 512, vec![0; 512]);
+    assert_eq!(h.dev.poll(&mut ()), pov_runtime::PollStatus::Busy, "a held frame keeps the poller busy");
+    if start.elapsed() < Duration::from_millis(9) {
+        assert_eq!(h.dev.stats().gathering.sends, 2, "held inside the window");
+    }
+    while h.dev.stats().gathering.sends < 3 {
+        assert!(start.elapsed() < Duration::from_millis(500), "the window expired but the frame was not sent");
+        h.dev.poll(&mut ());
+    }
+    assert!(start.elapsed() >= Duration::from_millis(10) || h.dev.stats().gathering.sends == 3);
+    assert_eq!(h.wait(tr).0, BlockStatus::Ok);
+    assert_eq!(h.wait(tw).0, BlockStatus::Ok);
+    assert_eq!(h.dev.stats().gathering.frames_sent, 3);
+}

@@ -8,7 +8,7 @@
 //! virtio.
 
 use bdev_pov::volume::{NullVolume, VolumeDevice};
-use bdev_pov::{BlockCompletion, BlockOp, BlockRequest, BlockStatus, PovDevice};
+use bdev_pov::{BlockCompletion, BlockOp, BlockRequest, BlockStatus, Gathering, PovDevice};
 use pov_runtime::{FdRegistry, PollStatus};
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -48,6 +48,10 @@ pub trait BlockDevice {
     /// Stops the device: every request still in flight completes with
     /// [`BlockStatus::IoErr`], descriptors are unwatched.
     fn shutdown(&mut self, fds: &mut dyn FdRegistry);
+
+    /// Applies a (validated) gathering policy to the device's own transports; devices
+    /// without any ignore it.
+    fn set_gathering(&mut self, _g: Gathering) {}
 }
 
 impl BlockDevice for PovDevice {
@@ -71,6 +75,9 @@ impl BlockDevice for PovDevice {
     }
     fn shutdown(&mut self, fds: &mut dyn FdRegistry) {
         PovDevice::shutdown(self, fds)
+    }
+    fn set_gathering(&mut self, g: Gathering) {
+        PovDevice::set_gathering(self, g)
     }
 }
 
@@ -98,6 +105,9 @@ impl BlockDevice for VolumeDevice {
     }
     fn shutdown(&mut self, fds: &mut dyn FdRegistry) {
         VolumeDevice::shutdown(self, fds)
+    }
+    fn set_gathering(&mut self, g: Gathering) {
+        VolumeDevice::set_gathering(self, g)
     }
 }
 

@@ -9,10 +9,11 @@
 //! a socket.
 
 use crate::blockdev::BlockDevice;
+use crate::gathering::GatheringControl;
 use crate::vhost_blk::{VhostBlkError, VhostBlkOptions, VhostBlkServer, DEFAULT_NUM_QUEUES, DEFAULT_QUEUE_SIZE};
 use bdev_pov::tenant::TenantError;
 use bdev_pov::volume::{open_volume, NullVolume, VolumeConfig, VolumeDevice, VolumeError, DEFAULT_VOLUME_TIMEOUT_MS};
-use bdev_pov::{PovDevice, PovDeviceConfig, TenantTable};
+use bdev_pov::{Gathering, PovDevice, PovDeviceConfig, TenantTable};
 use pov_runtime::ReactorHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -31,6 +32,24 @@ pub fn pov_device_factory() -> DeviceFactory {
     Arc::new(|cfg, tenants| {
         PovDevice::new(cfg.clone(), tenants.clone()).map(|d| Box::new(d) as Box<dyn BlockDevice>).map_err(|e| e.to_string())
     })
+}
+
+/// Parameters of `pov_set_gathering`: every field is optional and keeps its current
+/// value when absent (defaults: enabled, 64 frames, no window; see
+/// [`bdev_pov::Gathering`] for the ranges).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatheringOpts {
+    /// Gathering on or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Most proxy requests in one send, 1..=4096.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    /// Longest wait of a queued request for company while others are in flight, µs,
+    /// 0..=10000 (0: send at every poll).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_us: Option<u32>,
 }
 
 /// Parameters of `pov_tenant_create`.
@@ -315,6 +334,8 @@ pub struct Daemon {
     /// Plain volumes. Lock order: `devices` before `volumes`.
     volumes: Mutex<BTreeMap<String, VolumeEntry>>,
     next_reactor: AtomicUsize,
+    /// Gathering setting shared by every device.
+    gathering: GatheringControl,
 }
 
 /// `true` if `name` is 1..=`max` bytes of `A-Z a-z 0-9 _ . -`.
@@ -333,7 +354,30 @@ impl Daemon {
             devices: Mutex::new(BTreeMap::new()),
             volumes: Mutex::new(BTreeMap::new()),
             next_reactor: AtomicUsize::new(0),
+            gathering: GatheringControl::default(),
         }
+    }
+
+    /// The gathering setting every device follows.
+    pub fn gathering(&self) -> Gathering {
+        self.gathering.get()
+    }
+
+    /// Changes the gathering setting of every device, current and future; fields left
+    /// `None` keep their value. Returns the setting now in force.
+    ///
+    /// # Errors
+    /// [`DaemonError::Invalid`] for an out-of-range value (nothing changes).
+    pub fn set_gathering(&self, opts: &GatheringOpts) -> Result<Gathering, DaemonError> {
+        let old = self.gathering.get();
+        let g = Gathering {
+            enabled: opts.enabled.unwrap_or(old.enabled),
+            batch_size: opts.batch_size.unwrap_or(old.batch_size),
+            window_us: opts.window_us.unwrap_or(old.window_us),
+        };
+        self.gathering.set(g).map_err(DaemonError::Invalid)?;
+        log::info!("gathering: {g:?}");
+        Ok(g)
     }
 
     /// The tenant table shared by every device.
@@ -428,7 +472,7 @@ impl Daemon {
         let config = opts.device_config();
         let virtqueues = opts.virtqueues.unwrap_or(DEFAULT_NUM_QUEUES);
         let (factory, tenants, cfg) = (self.factory.clone(), self.tenants.clone(), config.clone());
-        let server = start_server(&opts.name, &opts.socket, virtqueues, reactor, move || factory(&cfg, &tenants))?;
+        let server = start_server(&opts.name, &opts.socket, virtqueues, reactor, &self.gathering, move || factory(&cfg, &tenants))?;
         log::info!("device {} created on reactor {} (socket {})", opts.name, reactor.id(), opts.socket.display());
         devices.insert(opts.name.clone(), DeviceEntry { opts: opts.clone(), config, virtqueues, server });
         Ok(())
@@ -516,7 +560,7 @@ impl Daemon {
                 VolumeDevice::new(cfg).map(|d| Box::new(d) as Box<dyn BlockDevice>).map_err(|e| e.to_string())
             }
         };
-        let server = start_server(&opts.name, &opts.socket, virtqueues, reactor, make)?;
+        let server = start_server(&opts.name, &opts.socket, virtqueues, reactor, &self.gathering, make)?;
         log::info!(
             "volume {} ({} bytes, block size {}, {}) created on reactor {} (socket {})",
             opts.name,
@@ -626,8 +670,8 @@ impl Daemon {
 
     /// The replayable configuration, SPDK format:
     /// `{"subsystems": [{"subsystem": "pov", "config": [{"method", "params"}, ...]}]}`
-    /// with every tenant (secrets included), every device and then every volume
-    /// (defaults resolved).
+    /// with every tenant (secrets included), every device, every volume (defaults
+    /// resolved) and last the gathering setting.
     pub fn save_config(&self) -> Value {
         let mut calls = Vec::new();
         for (name, secret) in self.tenants.list() {
@@ -667,6 +711,9 @@ impl Daemon {
             };
             calls.push(json!({ "method": "pov_volume_create", "params": params }));
         }
+        let g = self.gathering.get();
+        let params = GatheringOpts { enabled: Some(g.enabled), batch_size: Some(g.batch_size), window_us: Some(g.window_us) };
+        calls.push(json!({ "method": "pov_set_gathering", "params": params }));
         json!({ "subsystems": [{ "subsystem": "pov", "config": calls }] })
     }
 
@@ -692,7 +739,14 @@ impl Drop for Daemon {
 }
 
 /// Exposes the device `make` builds (on `reactor`) on a vhost-user-blk socket.
-fn start_server<F>(name: &str, socket: &Path, virtqueues: u16, reactor: &ReactorHandle, make: F) -> Result<VhostBlkServer, DaemonError>
+fn start_server<F>(
+    name: &str,
+    socket: &Path,
+    virtqueues: u16,
+    reactor: &ReactorHandle,
+    gathering: &GatheringControl,
+    make: F,
+) -> Result<VhostBlkServer, DaemonError>
 where
     F: FnOnce() -> Result<Box<dyn BlockDevice>, String> + Send + 'static,
 {
@@ -701,6 +755,7 @@ where
         socket: socket.to_path_buf(),
         num_queues: virtqueues,
         max_queue_size: DEFAULT_QUEUE_SIZE,
+        gathering: gathering.clone(),
     };
     VhostBlkServer::start(vopts, reactor, make).map_err(|e| match e {
         VhostBlkError::SocketInUse(p) => DaemonError::Exists { kind: "socket", name: p.display().to_string() },

@@ -6,6 +6,7 @@
 //! * [`blockdev`]: the [`BlockDevice`](blockdev::BlockDevice) seam the front end
 //!   drives: [`bdev_pov::PovDevice`] in production, [`MemDisk`](blockdev::MemDisk) in
 //!   tests.
+//! * [`gathering`]: the daemon-wide gathering IO setting the pollers follow.
 //! * [`daemon`]: the control API (tenants, devices, reactors, `save_config`).
 //! * [`rpc`]: the JSON-RPC 2.0 control server (SPDK conventions) and a client;
 //!   [`config`]: replay of a saved configuration.
@@ -21,6 +22,7 @@ pub mod app;
 pub mod blockdev;
 pub mod config;
 pub mod daemon;
+pub mod gathering;
 pub mod rpc;
 pub mod sys;
 pub mod vhost_blk;

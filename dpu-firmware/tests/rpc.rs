@@ -338,7 +338,7 @@ fn config_replay_both_formats() {
         // Same process, fresh daemon: replay the SPDK format.
         let rt = Runtime::start(&[None, None], ReactorConfig::default()).unwrap();
         let d2 = Daemon::new(rt.reactors().to_vec(), memdisk_factory());
-        assert_eq!(load_config(&d2, &saved).unwrap(), 2);
+        assert_eq!(load_config(&d2, &saved).unwrap(), 3);
         assert_eq!(d2.save_config(), saved);
         assert!(sock0.exists());
         let info = d2.device_info(Some("d0")).unwrap();
@@ -367,4 +367,43 @@ fn config_replay_both_formats() {
         d3.shutdown();
         rt.shutdown();
     }
+}
+
+#[test]
+fn gathering_rpc_validates_merges_and_is_saved() {
+    let env = Env::new();
+    let mut c = env.client();
+    assert!(c.call("rpc_get_methods", None).unwrap().as_array().unwrap().iter().any(|m| m == "pov_set_gathering"));
+    let default = json!({"enabled": true, "batch_size": 64, "window_us": 0});
+    assert_eq!(c.call("pov_get_gathering", None).unwrap(), default);
+    // Partial updates keep the other fields.
+    assert_eq!(c.call("pov_set_gathering", Some(json!({"enabled": false}))).unwrap(), json!({"enabled": false, "batch_size": 64, "window_us": 0}));
+    assert_eq!(
+        c.call("pov_set_gathering", Some(json!({"batch_size": 16, "window_us": 50}))).unwrap(),
+        json!({"enabled": false, "batch_size": 16, "window_us": 50})
+    );
+    // Bad values and shapes: -32602, nothing changes.
+    for bad in [
+        json!({"batch_size": 0}),
+        json!({"batch_size": 4097}),
+        json!({"window_us": 10001}),
+        json!({"enabled": "yes"}),
+        json!({"batch_size": -1}),
+        json!({"window": 5}),
+        json!([true]),
+    ] {
+        assert_eq!(code(c.call("pov_set_gathering", Some(bad.clone()))), codes::INVALID_PARAMS, "{bad}");
+    }
+    assert_eq!(code(c.call("pov_get_gathering", Some(json!({"x": 1})))), codes::INVALID_PARAMS);
+    let now = json!({"enabled": false, "batch_size": 16, "window_us": 50});
+    assert_eq!(c.call("pov_get_gathering", None).unwrap(), now);
+    // save_config carries the setting; a replay restores it.
+    let saved = c.call("save_config", None).unwrap();
+    assert_eq!(saved["subsystems"][0]["config"].as_array().unwrap().last().unwrap(), &json!({"method": "pov_set_gathering", "params": now}));
+    let rt = Runtime::start(&[None], ReactorConfig::default()).unwrap();
+    let d2 = Daemon::new(rt.reactors().to_vec(), memdisk_factory());
+    load_config(&d2, &saved).unwrap();
+    assert_eq!(serde_json::to_value(d2.gathering()).unwrap(), now);
+    d2.shutdown();
+    rt.shutdown();
 }

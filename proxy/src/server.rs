@@ -5,7 +5,8 @@
 //! *acceptor* poller; each accepted connection is handed, round robin, to a reactor
 //! where a *connection* poller owns it for its whole life: it reads frames, runs each
 //! request on its own backend channel ([`Backend::channel`]) through a
-//! [`Service`], and queues the responses on the transport. No state is shared between
+//! [`Service`], and queues the responses on the transport: the responses of one poll
+//! leave together in one send (gathering, paper §4.3.2). No state is shared between
 //! connections except the backend's store and the atomic counters ([`ProxyStats`]).
 //!
 //! **Idle cost.** Pollers report [`PollStatus::Busy`] only when bytes moved or
@@ -336,14 +337,20 @@ impl Poller for Connection {
         let mut busy = matches!(polled, Ok(true));
         let mut failure = polled.err();
         if failure.is_none() {
+            // Gathered responses: every answer of this poll goes out in one send.
             for frame in self.outbox.drain(..) {
                 busy = true;
-                if let Err(e) = t.send_frame(&frame) {
+                if let Err(e) = t.queue_frame(&frame) {
                     failure = Some(e);
                     break;
                 }
                 if self.spare.len() < SPARE_BUFFERS {
                     self.spare.push(frame);
+                }
+            }
+            if failure.is_none() && t.pending_send_bytes() > 0 {
+                if let Err(e) = t.flush() {
+                    failure = Some(e);
                 }
             }
         }

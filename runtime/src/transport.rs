@@ -7,6 +7,14 @@
 //! complete received frame body to a callback. A reactor poller drives it and, when
 //! idle, sleeps on [`Transport::fd`].
 //!
+//! **Gathering (paper §4.3.2).** [`Transport::queue_frame`] only buffers a frame;
+//! [`Transport::flush`] hands every buffered frame to the network in one send (one
+//! `write(2)` for TCP while the socket accepts it). A caller that queues the frames of
+//! one poll and flushes once pays one syscall per batch instead of one per frame;
+//! [`Transport::send_frame`] is queue + flush. Receiving always drains what the socket
+//! holds with reads of up to 64 KiB, so one `read(2)` returns many frames.
+//! [`TransportCounters`] count both sides so the effect is visible.
+//!
 //! Implementations: [`tcp`] (default), [`mem`] (in-process pair for tests). Both pass
 //! the same conformance test body ([`conformance`]).
 
@@ -40,16 +48,77 @@ pub enum TransportError {
     },
 }
 
+/// Frame and syscall counters of one transport (monotonic since it was created).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportCounters {
+    /// Frames queued for sending.
+    pub frames_sent: u64,
+    /// Flushes that handed at least one byte to the network (TCP: `write(2)` calls
+    /// that wrote something).
+    pub sends: u64,
+    /// Complete frames received.
+    pub frames_received: u64,
+    /// Receives that returned at least one byte (TCP: `read(2)` calls).
+    pub receives: u64,
+}
+
+impl std::ops::AddAssign for TransportCounters {
+    fn add_assign(&mut self, o: TransportCounters) {
+        self.frames_sent += o.frames_sent;
+        self.sends += o.sends;
+        self.frames_received += o.frames_received;
+        self.receives += o.receives;
+    }
+}
+
 /// One connection carrying length-prefixed frames.
 pub trait Transport: Send {
-    /// Queues one complete frame (length prefix included, as produced by the
-    /// `encode_frame` functions of `pov_proto::wire`). Never blocks.
-    fn send_frame(&mut self, frame: &[u8]) -> Result<(), TransportError>;
+    /// Buffers one complete frame (length prefix included, as produced by the
+    /// `encode_frame` functions of `pov_proto::wire`) without sending it: it leaves at
+    /// the next [`flush`](Transport::flush), [`send_frame`](Transport::send_frame) or
+    /// [`poll`](Transport::poll). Never blocks.
+    ///
+    /// # Errors
+    /// [`TransportError::Closed`] if the peer is known to be gone.
+    fn queue_frame(&mut self, frame: &[u8]) -> Result<(), TransportError>;
 
-    /// Sends queued bytes and receives available ones; calls `on_frame` with the body
-    /// (length prefix stripped) of every complete frame received. Returns `true` if any
-    /// byte moved.
-    fn poll(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError>;
+    /// Hands buffered bytes to the network, as many as it takes without blocking, in
+    /// as few sends as possible. Returns `true` if any byte left.
+    ///
+    /// # Errors
+    /// A dead connection ([`TransportError`]).
+    fn flush(&mut self) -> Result<bool, TransportError>;
+
+    /// Queues one frame and flushes at once (no gathering). Never blocks.
+    ///
+    /// # Errors
+    /// As [`queue_frame`](Transport::queue_frame) and [`flush`](Transport::flush).
+    fn send_frame(&mut self, frame: &[u8]) -> Result<(), TransportError> {
+        self.queue_frame(frame)?;
+        self.flush().map(|_| ())
+    }
+
+    /// Frame and syscall counters.
+    fn counters(&self) -> TransportCounters;
+
+    /// Receives available bytes without sending; calls `on_frame` with the body (length
+    /// prefix stripped) of every complete frame received. Returns `true` if any byte
+    /// arrived.
+    ///
+    /// # Errors
+    /// A dead connection or a bad frame ([`TransportError`]); frames that arrived
+    /// before a close are delivered first.
+    fn receive(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError>;
+
+    /// [`flush`](Transport::flush) then [`receive`](Transport::receive). Returns `true`
+    /// if any byte moved.
+    ///
+    /// # Errors
+    /// As those two.
+    fn poll(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
+        let sent = self.flush()?;
+        Ok(self.receive(on_frame)? || sent)
+    }
 
     /// Bytes queued but not yet handed to the network.
     fn pending_send_bytes(&self) -> usize;
@@ -85,7 +154,13 @@ pub fn listen(endpoint: &str) -> std::io::Result<Box<dyn Listener>> {
     Ok(Box::new(tcp::TcpListener::bind(addr)?))
 }
 
+/// Bytes a receive asks room for (one `read(2)` takes up to this much).
+const RECV_CHUNK: usize = 64 * 1024;
+
 /// Incremental frame parser over a receive buffer.
+///
+/// (Reading straight into this buffer instead of through a 64 KiB chunk was tried and
+/// measured 10-15% fewer IOPS on the PoV file path, A/B in one run; so it is not done.)
 #[derive(Default)]
 struct FrameBuf {
     buf: Vec<u8>,
@@ -93,8 +168,14 @@ struct FrameBuf {
 }
 
 impl FrameBuf {
-    /// Delivers every complete frame in the buffer, then compacts it.
-    fn deliver(&mut self, peer: &str, on_frame: &mut dyn FnMut(&[u8])) -> Result<(), TransportError> {
+    /// Appends received bytes.
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+    /// Delivers every complete frame in the buffer, then compacts it. Returns the
+    /// number of frames delivered.
+    fn deliver(&mut self, peer: &str, on_frame: &mut dyn FnMut(&[u8])) -> Result<u64, TransportError> {
+        let mut count = 0;
         loop {
             let avail = &self.buf[self.start..];
             let n = match frame_len(avail) {
@@ -107,12 +188,13 @@ impl FrameBuf {
             }
             on_frame(&avail[LEN_PREFIX..LEN_PREFIX + n]);
             self.start += LEN_PREFIX + n;
+            count += 1;
         }
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        Ok(())
+        Ok(count)
     }
 }
 
@@ -120,7 +202,6 @@ pub mod tcp {
     //! TCP transport: non-blocking sockets with `TCP_NODELAY`.
 
     use super::*;
-    use std::collections::VecDeque;
     use std::io::{ErrorKind, Read, Write};
     use std::net::{TcpStream, ToSocketAddrs};
     use std::os::fd::AsRawFd;
@@ -134,9 +215,11 @@ pub mod tcp {
         stream: TcpStream,
         peer: String,
         rx: FrameBuf,
-        tx: VecDeque<Vec<u8>>,
+        /// Bytes queued for sending, one contiguous buffer (no allocation per frame);
+        /// `tx[tx_off..]` is still to be written.
+        tx: Vec<u8>,
         tx_off: usize,
-        tx_bytes: usize,
+        counters: TransportCounters,
     }
 
     impl TcpTransport {
@@ -157,56 +240,72 @@ pub mod tcp {
             stream.set_nonblocking(true)?;
             stream.set_nodelay(true)?;
             let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
-            Ok(TcpTransport { stream, peer, rx: FrameBuf::default(), tx: VecDeque::new(), tx_off: 0, tx_bytes: 0 })
+            Ok(TcpTransport {
+                stream,
+                peer,
+                rx: FrameBuf::default(),
+                tx: Vec::new(),
+                tx_off: 0,
+                counters: TransportCounters::default(),
+            })
         }
 
         fn io_err(&self, source: std::io::Error) -> TransportError {
             TransportError::Io { peer: self.peer.clone(), source }
         }
 
+    }
+
+    impl Transport for TcpTransport {
+        fn queue_frame(&mut self, frame: &[u8]) -> Result<(), TransportError> {
+            self.tx.extend_from_slice(frame);
+            self.counters.frames_sent += 1;
+            Ok(())
+        }
+
         fn flush(&mut self) -> Result<bool, TransportError> {
             let mut moved = false;
-            while let Some(front) = self.tx.front() {
-                match self.stream.write(&front[self.tx_off..]) {
+            while self.tx_off < self.tx.len() {
+                match self.stream.write(&self.tx[self.tx_off..]) {
                     Ok(0) => return Err(TransportError::Closed { peer: self.peer.clone() }),
                     Ok(n) => {
                         moved = true;
+                        self.counters.sends += 1;
                         self.tx_off += n;
-                        self.tx_bytes -= n;
-                        if self.tx_off == front.len() {
-                            self.tx.pop_front();
-                            self.tx_off = 0;
-                        }
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) => return Err(self.io_err(e)),
                 }
             }
+            if self.tx_off == self.tx.len() {
+                self.tx.clear();
+                self.tx_off = 0;
+            } else if self.tx_off > 0 && self.tx_off >= self.tx.len() / 2 {
+                // The socket is full: compact, so the buffer does not grow forever.
+                self.tx.drain(..self.tx_off);
+                self.tx_off = 0;
+            }
             Ok(moved)
         }
-    }
 
-    impl Transport for TcpTransport {
-        fn send_frame(&mut self, frame: &[u8]) -> Result<(), TransportError> {
-            self.tx_bytes += frame.len();
-            self.tx.push_back(frame.to_vec());
-            // Try to send at once: most frames leave without waiting for a poll.
-            self.flush().map(|_| ())
+        fn counters(&self) -> TransportCounters {
+            self.counters
         }
 
-        fn poll(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
-            let mut moved = self.flush()?;
-            let mut chunk = [0u8; 64 * 1024];
+        fn receive(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
+            let mut moved = false;
+            let mut chunk = [0u8; RECV_CHUNK];
             loop {
                 match self.stream.read(&mut chunk) {
                     Ok(0) => {
                         // Deliver what arrived before the close, then report it.
-                        self.rx.deliver(&self.peer, on_frame)?;
+                        self.counters.frames_received += self.rx.deliver(&self.peer, on_frame)?;
                         return Err(TransportError::Closed { peer: self.peer.clone() });
                     }
                     Ok(n) => {
                         moved = true;
+                        self.counters.receives += 1;
                         self.rx.buf.extend_from_slice(&chunk[..n]);
                         if n < chunk.len() {
                             break;
@@ -218,14 +317,13 @@ pub mod tcp {
                 }
             }
             if moved {
-                let peer = self.peer.clone();
-                self.rx.deliver(&peer, on_frame)?;
+                self.counters.frames_received += self.rx.deliver(&self.peer, on_frame)?;
             }
             Ok(moved)
         }
 
         fn pending_send_bytes(&self) -> usize {
-            self.tx_bytes
+            self.tx.len() - self.tx_off
         }
 
         fn fd(&self) -> Option<RawFd> {
@@ -290,6 +388,9 @@ pub mod mem {
         rx: Arc<Pipe>,
         frames: FrameBuf,
         peer: String,
+        /// Queued, not yet flushed.
+        out: Vec<u8>,
+        counters: TransportCounters,
     }
 
     /// Creates a connected pair.
@@ -303,9 +404,22 @@ pub mod mem {
         };
         let (a, b) = (mk(), mk());
         (
-            MemTransport { tx: a.clone(), rx: b.clone(), frames: FrameBuf::default(), peer: "mem:b".into() },
-            MemTransport { tx: b, rx: a, frames: FrameBuf::default(), peer: "mem:a".into() },
+            MemTransport::new(a.clone(), b.clone(), "mem:b"),
+            MemTransport::new(b, a, "mem:a"),
         )
+    }
+
+    impl MemTransport {
+        fn new(tx: Arc<Pipe>, rx: Arc<Pipe>, peer: &str) -> MemTransport {
+            MemTransport {
+                tx,
+                rx,
+                frames: FrameBuf::default(),
+                peer: peer.into(),
+                out: Vec::new(),
+                counters: TransportCounters::default(),
+            }
+        }
     }
 
     impl Drop for MemTransport {
@@ -316,22 +430,43 @@ pub mod mem {
     }
 
     impl Transport for MemTransport {
-        fn send_frame(&mut self, frame: &[u8]) -> Result<(), TransportError> {
+        fn queue_frame(&mut self, frame: &[u8]) -> Result<(), TransportError> {
             if self.rx.closed.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(TransportError::Closed { peer: self.peer.clone() });
             }
-            self.tx.bytes.lock().unwrap().extend_from_slice(frame);
-            self.tx.ready.notify();
+            self.out.extend_from_slice(frame);
+            self.counters.frames_sent += 1;
             Ok(())
         }
 
-        fn poll(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
+        fn flush(&mut self) -> Result<bool, TransportError> {
+            if self.out.is_empty() {
+                return Ok(false);
+            }
+            if self.rx.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(TransportError::Closed { peer: self.peer.clone() });
+            }
+            self.tx.bytes.lock().unwrap().append(&mut self.out);
+            self.tx.ready.notify();
+            self.counters.sends += 1;
+            Ok(true)
+        }
+
+        fn counters(&self) -> TransportCounters {
+            self.counters
+        }
+
+        fn receive(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
+            let mut moved = false;
             self.rx.ready.drain();
             let got = std::mem::take(&mut *self.rx.bytes.lock().unwrap());
-            let moved = !got.is_empty();
-            self.frames.buf.extend_from_slice(&got);
+            if !got.is_empty() {
+                moved = true;
+                self.counters.receives += 1;
+            }
+            self.frames.push(&got);
             let peer = self.peer.clone();
-            self.frames.deliver(&peer, on_frame)?;
+            self.counters.frames_received += self.frames.deliver(&peer, on_frame)?;
             if !moved && self.rx.closed.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(TransportError::Closed { peer });
             }
@@ -339,7 +474,7 @@ pub mod mem {
         }
 
         fn pending_send_bytes(&self) -> usize {
-            0
+            self.out.len()
         }
 
         fn fd(&self) -> Option<RawFd> {
@@ -430,6 +565,57 @@ pub mod conformance {
         let _ = pump;
     }
 
+    /// Gathering: queued frames do not leave before a flush; one flush sends all of
+    /// them (varied sizes, byte-exact, in order) in few sends; the receiver drains many
+    /// frames per receive; counters add up.
+    pub fn run_gathered(client: &mut dyn Transport, server: &mut dyn Transport) {
+        let before = client.counters();
+        let mut frame = Vec::new();
+        let n = 200u64;
+        let mut want = Vec::new();
+        for i in 0..n {
+            let len = [0usize, 1, 100, 4096, 9000][i as usize % 5];
+            let payload: Vec<u8> = (0..len).map(|j| (i as usize + j) as u8).collect();
+            ProxyResponse { op: 2, tag: i, status: Status::Ok, result: i, flags: 0 }.encode_frame(&payload, &mut frame);
+            client.queue_frame(&frame).unwrap();
+            want.push(payload);
+        }
+        assert!(client.pending_send_bytes() > 0, "queued bytes must be pending until the flush");
+        std::thread::sleep(Duration::from_millis(20));
+        let mut got = Vec::new();
+        server.poll(&mut |f| got.push(f.to_vec())).unwrap();
+        assert!(got.is_empty(), "a queued frame left before the flush");
+        client.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (got.len() as u64) < n {
+            assert!(Instant::now() < deadline, "timed out");
+            client.poll(&mut |_| panic!("unexpected frame")).unwrap();
+            server.poll(&mut |f| got.push(f.to_vec())).unwrap();
+        }
+        for (i, f) in got.iter().enumerate() {
+            let (r, p) = ProxyResponse::decode(f).unwrap();
+            assert_eq!(r.tag, i as u64);
+            assert_eq!(p, &want[i][..]);
+        }
+        assert_eq!(client.pending_send_bytes(), 0);
+        let c = client.counters();
+        assert_eq!(c.frames_sent - before.frames_sent, n);
+        let sends = c.sends - before.sends;
+        assert!(sends >= 1 && sends < n / 4, "{sends} sends for {n} gathered frames");
+        let s = server.counters();
+        assert!(s.frames_received >= n);
+        assert!(s.receives < n / 4, "{} receives for {n} frames", s.receives);
+        // send_frame still sends at once.
+        client.send_frame(&frame).unwrap();
+        assert_eq!(client.pending_send_bytes(), 0);
+        let mut one = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while one == 0 {
+            assert!(Instant::now() < deadline, "timed out");
+            server.poll(&mut |_| one += 1).unwrap();
+        }
+    }
+
     /// After the server end is dropped, the client sees an error, not a hang.
     pub fn run_close(client: &mut dyn Transport, server: Box<dyn Transport>) {
         drop(server);
@@ -482,6 +668,8 @@ mod tests {
     fn tcp_conformance() {
         let (mut c, mut s) = tcp_pair();
         conformance::run(c.as_mut(), s.as_mut());
+        let (mut c, mut s) = tcp_pair();
+        conformance::run_gathered(c.as_mut(), s.as_mut());
         let (mut c, s) = tcp_pair();
         conformance::run_close(c.as_mut(), s);
         let (mut c, mut s) = tcp_pair();
@@ -492,6 +680,8 @@ mod tests {
     fn mem_conformance() {
         let (mut c, mut s) = mem::pair();
         conformance::run(&mut c, &mut s);
+        let (mut c, mut s) = mem::pair();
+        conformance::run_gathered(&mut c, &mut s);
         let (mut c, s) = mem::pair();
         conformance::run_close(&mut c, Box::new(s));
         let (mut c, mut s) = mem::pair();

@@ -22,6 +22,8 @@
 //! | `pov_device_get_devices` | `name?` | `[DeviceInfo]` (`"kind": "pov"`) then `[VolumeInfo]` (`"kind": "volume"`) |
 //! | `pov_volume_create` | see [`VolumeCreateOpts`] | `true` |
 //! | `pov_volume_delete` | `name` | `true` |
+//! | `pov_set_gathering` | `enabled?`, `batch_size?`, `window_us?` (see [`GatheringOpts`]) | the setting now in force |
+//! | `pov_get_gathering` | — | `{"enabled", "batch_size", "window_us"}` |
 //! | `save_config` | — | see [`Daemon::save_config`] |
 //! | `framework_get_subsystems` | — | `[{"subsystem", "depends_on"}]` |
 //! | `framework_get_config` | `name` (a subsystem) | that subsystem's calls |
@@ -32,7 +34,7 @@
 
 pub mod client;
 
-use crate::daemon::{Daemon, DaemonError, DeviceCreateOpts, NameOpts, TenantCreateOpts, VolumeCreateOpts};
+use crate::daemon::{Daemon, DaemonError, DeviceCreateOpts, GatheringOpts, NameOpts, TenantCreateOpts, VolumeCreateOpts};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -115,6 +117,8 @@ const METHODS: &[(&str, Handler)] = &[
     ("pov_device_get_devices", pov_device_get_devices),
     ("pov_volume_create", pov_volume_create),
     ("pov_volume_delete", pov_volume_delete),
+    ("pov_set_gathering", pov_set_gathering),
+    ("pov_get_gathering", pov_get_gathering),
     ("save_config", save_config),
     ("framework_get_subsystems", framework_get_subsystems),
     ("framework_get_config", framework_get_config),
@@ -212,6 +216,16 @@ fn pov_volume_delete(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
     let o: NameOpts = params(p)?;
     d.volume_delete(&o.name)?;
     Ok(json!(true))
+}
+
+fn pov_set_gathering(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
+    let o: GatheringOpts = params(p)?;
+    Ok(json!(d.set_gathering(&o)?))
+}
+
+fn pov_get_gathering(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
+    let _: NoOpts = params(p)?;
+    Ok(json!(d.gathering()))
 }
 
 fn save_config(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {

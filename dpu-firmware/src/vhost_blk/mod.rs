@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use crate::gathering::GatheringControl;
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonError, ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -59,6 +60,9 @@ pub struct VhostBlkOptions {
     pub num_queues: u16,
     /// Largest virtqueue size accepted: a power of two, 2..=32768.
     pub max_queue_size: u16,
+    /// Gathering setting the device's poller follows (usually the daemon's, shared by
+    /// every device).
+    pub gathering: GatheringControl,
 }
 
 impl VhostBlkOptions {
@@ -69,6 +73,7 @@ impl VhostBlkOptions {
             socket: socket.into(),
             num_queues: DEFAULT_NUM_QUEUES,
             max_queue_size: DEFAULT_QUEUE_SIZE,
+            gathering: GatheringControl::default(),
         }
     }
 }
@@ -164,11 +169,12 @@ impl VhostBlkServer {
             next_conn_id: AtomicU64::new(0),
         });
         let shared2 = shared.clone();
+        let gathering = opts.gathering.clone();
         let created = reactor.call(move |ctx| -> Result<(PollerId, u64, u32), String> {
             let dev = make()?;
             let capacity = dev.capacity_sectors();
             let blk_size = dev.block_size();
-            Ok((ctx.add_poller(Box::new(DevicePoller::new(dev, shared2))), capacity, blk_size))
+            Ok((ctx.add_poller(Box::new(DevicePoller::new(dev, shared2, gathering))), capacity, blk_size))
         });
         let (poller, capacity, blk_size) = match created {
             None => return Err(VhostBlkError::ReactorGone(reactor.id())),
