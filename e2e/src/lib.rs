@@ -144,9 +144,19 @@ impl Stack {
     /// Starts the stack. `device_params` are merged into `pov_device_create`'s
     /// parameters (e.g. `{"session_timeout_ms": 2000}`).
     pub fn start(device_params: Value) -> Stack {
+        Stack::start_on(None, device_params)
+    }
+
+    /// Starts the stack with the proxy on backend spec `backend` (e.g. `ceph:conf=...`);
+    /// `None` is a local backend under the stack's directory ([`Stack::backend_dir`]).
+    pub fn start_on(backend: Option<&str>, device_params: Value) -> Stack {
         let dir = tempfile::Builder::new().prefix("pov-e2e").tempdir().unwrap();
         let mut cmd = Command::new(bin("pov-proxy"));
-        cmd.args(["--listen", "127.0.0.1:0", "--backend"]).arg(format!("local:{}", dir.path().join("backend").display()));
+        let spec = match backend {
+            Some(b) => b.to_string(),
+            None => format!("local:{}", dir.path().join("backend").display()),
+        };
+        cmd.args(["--listen", "127.0.0.1:0", "--backend"]).arg(spec);
         let mut proxy = Daemon::spawn("pov-proxy", cmd);
         let line = proxy.wait_for("listening on");
         let proxy_addr = line.rsplit(' ').next().unwrap().trim().to_string();
