@@ -25,6 +25,10 @@
 //! `ENOSPC`/`EDQUOT` → no space, `ETIMEDOUT` → timeout, others → IO error), and a
 //! symbolic link (`ELOOP` with `O_NOFOLLOW`, or seen by `stat`) → permission.
 //!
+//! **Durability**: the client-side object cache is off (`client_oc = false`), so
+//! every write has reached the OSDs when it is acknowledged; `SYNC`/fsync also wait
+//! for the MDS to journal metadata.
+//!
 //! **Appends** are atomic among all channels of one backend (an in-process lock
 //! striped by tenant and path around "size, then write at size"); two proxies
 //! appending to one file are not serialized (see `docs/ceph.md`).
@@ -154,6 +158,9 @@ impl CephBackend {
         let secs = config.timeout.as_secs_f64().max(1.0).to_string();
         let keyring = config.keyring.as_ref().map(|k| k.to_string_lossy().into_owned());
         let mut opts: Vec<(&str, &str)> = vec![
+            // No client-side object cache: a write is in the OSDs when the host gets
+            // its answer, so a proxy crash loses nothing that was acknowledged.
+            ("client_oc", "false"),
             ("client_mount_timeout", &secs),
             ("rados_mon_op_timeout", &secs),
             ("rados_osd_op_timeout", &secs),
