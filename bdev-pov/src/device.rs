@@ -746,17 +746,8 @@ impl PovDevice {
         let mut busy = false;
         let mut frames = std::mem::take(&mut self.rx_frames);
         for i in 0..self.proxies.len() {
-            let conn = &mut self.proxies[i];
-            let mut broken = false;
-            if let Some(t) = conn.transport.as_mut() {
-                match t.poll(&mut |f| frames.push(f.to_vec())) {
-                    Ok(moved) => busy |= moved,
-                    Err(e) => {
-                        log::warn!("device {}: proxy {}: {e}", self.cfg.name, conn.endpoint);
-                        broken = true;
-                    }
-                }
-            }
+            let (moved, broken) = self.proxies[i].poll_frames(&self.cfg.name, &mut frames);
+            busy |= moved;
             for f in frames.drain(..) {
                 busy = true;
                 match ProxyResponse::decode(&f) {

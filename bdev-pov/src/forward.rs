@@ -49,6 +49,26 @@ impl ProxyConn {
         self.transport.as_mut()
     }
 
+    /// Polls the transport, if connected: frames received are appended to `frames`.
+    /// Returns `(moved, broken)`: whether bytes moved, and whether the connection
+    /// failed (logged with `device`'s name; the caller fails what was in flight on it
+    /// and calls [`ProxyConn::disconnect`]).
+    pub fn poll_frames(&mut self, device: &str, frames: &mut Vec<Vec<u8>>) -> (bool, bool) {
+        let Some(t) = self.transport.as_mut() else { return (false, false) };
+        match t.poll(&mut |f| frames.push(f.to_vec())) {
+            Ok(moved) => (moved, false),
+            Err(e) => {
+                log::warn!("device {device}: proxy {}: {e}", self.endpoint);
+                (false, true)
+            }
+        }
+    }
+
+    /// Bytes queued on the transport and not yet sent.
+    pub fn pending_send_bytes(&self) -> usize {
+        self.transport.as_ref().map_or(0, |t| t.pending_send_bytes())
+    }
+
     /// Keeps the reactor's watch list in line with the current transport.
     pub fn sync_watch(&mut self, fds: &mut dyn FdRegistry) {
         let fd = self.transport.as_ref().and_then(|t| t.fd());

@@ -12,10 +12,15 @@
 //! Nothing here knows about vhost or virtio: the `dpu-firmware` adapter turns
 //! virtqueue descriptors into [`block::BlockRequest`]s and completions back into used
 //! descriptors. A device is owned by one reactor and is driven by its poller.
+//!
+//! [`volume`] holds the other device models: a plain volume
+//! ([`volume::VolumeDevice`], an ordinary disk whose data the proxy stores) and the
+//! device-path null volume ([`volume::NullVolume`]).
 
 pub mod block;
 pub mod device;
 pub mod tenant;
+pub mod volume;
 
 mod forward;
 mod session;
@@ -26,3 +31,5 @@ pub use tenant::TenantTable;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod volume_tests;

@@ -3,8 +3,11 @@
 //! [`BlockDevice`] is the shape of [`bdev_pov::PovDevice`] (submit, poll, reap
 //! completions, deadline, shutdown) as a trait, so that the front end can also drive
 //! [`MemDisk`], a RAM disk used as a test double and as a baseline for the adapter's own
-//! cost. Nothing here knows about virtio.
+//! cost, and the plain-volume models of `bdev_pov::volume` ([`VolumeDevice`], backed by
+//! a proxy, and [`NullVolume`], the device-path null volume). Nothing here knows about
+//! virtio.
 
+use bdev_pov::volume::{NullVolume, VolumeDevice};
 use bdev_pov::{BlockCompletion, BlockOp, BlockRequest, BlockStatus, PovDevice};
 use pov_runtime::{FdRegistry, PollStatus};
 use std::collections::VecDeque;
@@ -19,6 +22,11 @@ use std::time::Instant;
 pub trait BlockDevice {
     /// Device capacity in 512-byte sectors (virtio-blk `capacity`).
     fn capacity_sectors(&self) -> u64;
+
+    /// Logical block size in bytes (virtio-blk `blk_size`); 512 unless overridden.
+    fn block_size(&self) -> u32 {
+        512
+    }
 
     /// Accepts one request; its completion is reported later (possibly at the next
     /// [`take_completions`](BlockDevice::take_completions)).
@@ -64,6 +72,59 @@ impl BlockDevice for PovDevice {
     fn shutdown(&mut self, fds: &mut dyn FdRegistry) {
         PovDevice::shutdown(self, fds)
     }
+}
+
+impl BlockDevice for VolumeDevice {
+    fn capacity_sectors(&self) -> u64 {
+        self.config().capacity_sectors()
+    }
+    fn block_size(&self) -> u32 {
+        self.config().block_size
+    }
+    fn submit(&mut self, req: BlockRequest) {
+        VolumeDevice::submit(self, req)
+    }
+    fn poll(&mut self, fds: &mut dyn FdRegistry) -> PollStatus {
+        VolumeDevice::poll(self, fds)
+    }
+    fn take_completions(&mut self, out: &mut Vec<BlockCompletion>) {
+        VolumeDevice::take_completions(self, out)
+    }
+    fn deadline(&self) -> Option<Instant> {
+        VolumeDevice::deadline(self)
+    }
+    fn stats_json(&self) -> serde_json::Value {
+        serde_json::to_value(VolumeDevice::stats(self)).unwrap_or(serde_json::Value::Null)
+    }
+    fn shutdown(&mut self, fds: &mut dyn FdRegistry) {
+        VolumeDevice::shutdown(self, fds)
+    }
+}
+
+/// Completes at submission; nothing to poll, nothing in flight at shutdown.
+impl BlockDevice for NullVolume {
+    fn capacity_sectors(&self) -> u64 {
+        self.config().capacity_sectors()
+    }
+    fn block_size(&self) -> u32 {
+        self.config().block_size
+    }
+    fn submit(&mut self, req: BlockRequest) {
+        NullVolume::submit(self, req)
+    }
+    fn poll(&mut self, _fds: &mut dyn FdRegistry) -> PollStatus {
+        PollStatus::Idle
+    }
+    fn take_completions(&mut self, out: &mut Vec<BlockCompletion>) {
+        NullVolume::take_completions(self, out)
+    }
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+    fn stats_json(&self) -> serde_json::Value {
+        serde_json::to_value(NullVolume::stats(self)).unwrap_or(serde_json::Value::Null)
+    }
+    fn shutdown(&mut self, _fds: &mut dyn FdRegistry) {}
 }
 
 /// Counters of a [`MemDisk`].

@@ -181,6 +181,64 @@ fn tenants_and_devices_over_the_socket() {
     assert_eq!(c.call("pov_device_create", Some(again)).unwrap(), json!("pov0"));
 }
 
+/// Volumes over the socket: null volumes (no proxy needed), listing with kinds,
+/// duplicate and bad parameters with SPDK codes, save_config and replay. A volume on an
+/// unreachable proxy fails the call in bounded time. (Proxy-backed volumes: e2e.)
+#[test]
+fn volumes_over_the_socket() {
+    let env = Env::new();
+    let mut c = env.client();
+    let methods = c.call("rpc_get_methods", None).unwrap();
+    assert!(methods.as_array().unwrap().contains(&json!("pov_volume_create")));
+    let sock = env.path("nv.sock");
+    let ok = json!({"name": "nv", "socket": sock, "size": 1 << 20, "block_size": 4096, "null": true});
+    assert_eq!(c.call("pov_volume_create", Some(ok.clone())).unwrap(), json!(true));
+    assert!(sock.exists());
+    assert_eq!(code(c.call("pov_volume_create", Some(ok.clone()))), codes::EEXIST, "duplicate name");
+    let other_sock = json!({"name": "nv2", "socket": sock, "size": 4096, "null": true});
+    assert_eq!(code(c.call("pov_volume_create", Some(other_sock))), codes::EEXIST, "socket taken");
+    let dev = json!({"name": "nv", "socket": env.path("d.sock"), "proxies": ["tcp:127.0.0.1:1"]});
+    assert_eq!(code(c.call("pov_device_create", Some(dev))), codes::EEXIST, "a device may not take a volume's name");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    for (bad, why) in [
+        (json!({"name": "b", "socket": env.path("b.sock"), "size": 1000, "null": true}), "size not a multiple of 512"),
+        (json!({"name": "b", "socket": env.path("b.sock"), "size": 4096, "block_size": 1024, "null": true}), "block size"),
+        (json!({"name": "b", "socket": env.path("b.sock"), "size": 0, "null": true}), "size 0"),
+        (json!({"name": "../b", "socket": env.path("b.sock"), "size": 4096, "null": true}), "name"),
+        (json!({"name": "b", "socket": env.path("b.sock"), "size": 4096}), "no proxies"),
+        (json!({"name": "b", "socket": env.path("b.sock"), "size": 4096, "null": true, "proxies": ["tcp:127.0.0.1:1"]}), "null with proxies"),
+        (json!({"name": "b", "socket": env.path("b.sock"), "size": 4096, "volume": "a/b", "proxies": ["tcp:127.0.0.1:1"]}), "backing name"),
+        (json!({"name": "b", "socket": env.path("b.sock"), "size": "big", "null": true}), "size type"),
+        (json!({"name": "b", "socket": env.path("b.sock"), "size": 4096, "null": true, "colour": 1}), "unknown field"),
+        (json!({"name": "b", "socket": env.path("b.sock"), "size": 4096, "null": true, "virtqueues": 0}), "virtqueues"),
+    ] {
+        assert_eq!(code(c.call("pov_volume_create", Some(bad))), codes::INVALID_PARAMS, "{why}");
+    }
+    let t0 = Instant::now();
+    let unreachable = json!({"name": "b", "socket": env.path("b.sock"), "size": 4096, "proxies": [format!("tcp:{dead}")]});
+    assert_eq!(code(c.call("pov_volume_create", Some(unreachable))), codes::INTERNAL_ERROR, "proxy unreachable");
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    assert!(!env.path("b.sock").exists(), "failed calls leave no socket");
+    let all = c.call("pov_device_get_devices", None).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 1);
+    let v = &all[0];
+    assert_eq!((v["kind"].as_str(), v["name"].as_str(), v["null"].as_bool()), (Some("volume"), Some("nv"), Some(true)));
+    assert_eq!((v["config"]["size"].as_u64(), v["config"]["block_size"].as_u64()), (Some(1 << 20), Some(4096)));
+    assert_eq!(c.call("pov_device_get_devices", Some(json!({"name": "nv"}))).unwrap().as_array().unwrap().len(), 1);
+    assert_eq!(code(c.call("pov_device_get_devices", Some(json!({"name": "zz"})))), codes::ENODEV);
+    let saved = c.call("save_config", None).unwrap();
+    let calls = &saved["subsystems"][0]["config"];
+    let vc = calls.as_array().unwrap().iter().find(|x| x["method"] == "pov_volume_create").expect("volume saved");
+    assert_eq!((vc["params"]["null"].as_bool(), vc["params"]["block_size"].as_u64()), (Some(true), Some(4096)));
+    assert_eq!(c.call("pov_volume_delete", Some(json!({"name": "nv"}))).unwrap(), json!(true));
+    assert_eq!(code(c.call("pov_volume_delete", Some(json!({"name": "nv"})))), codes::ENODEV);
+    assert!(!sock.exists(), "socket removed");
+    // Replay recreates it.
+    load_config(&env.daemon, &saved).unwrap();
+    assert_eq!(env.daemon.volume_info(Some("nv")).len(), 1);
+    assert!(sock.exists());
+}
+
 #[test]
 fn protocol_errors_never_kill_the_server() {
     let env = Env::new();

@@ -125,6 +125,52 @@ fn libblkio_round_trip_two_clients() {
     rt.shutdown();
 }
 
+/// 4 KiB random reads at queue depth `qd` on queue 0 of `c` for `dur` over the first
+/// `disk` bytes; returns IOPS.
+fn random_4k_reads(c: &mut Client, disk: u64, qd: usize, dur: Duration) -> f64 {
+    let mut comps: Vec<MaybeUninit<Completion>> = (0..qd).map(|_| MaybeUninit::uninit()).collect();
+    let base = c.region.addr as *mut u8;
+    let mut x: u64 = 0x9e37_79b9;
+    let mut next_off = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % (disk / 4096)) * 4096
+    };
+    for i in 0..qd {
+        c.queues[0].read(next_off(), base.wrapping_add(i * 4096), 4096, i, ReqFlags::empty());
+    }
+    let t = std::time::Instant::now();
+    let mut done = 0u64;
+    while t.elapsed() < dur {
+        let n = c.queues[0].do_io(&mut comps, 1, None, None).unwrap();
+        for comp in &comps[..n] {
+            // SAFETY: do_io filled the first n elements.
+            let comp = unsafe { comp.assume_init_ref() };
+            assert_eq!(comp.ret, 0);
+            let slot = comp.user_data;
+            c.queues[0].read(next_off(), base.wrapping_add(slot * 4096), 4096, slot, ReqFlags::empty());
+        }
+        done += n as u64;
+    }
+    let elapsed = t.elapsed();
+    let mut left = qd;
+    while left > 0 {
+        left -= c.queues[0].do_io(&mut comps, 1, None, None).unwrap();
+    }
+    done as f64 / elapsed.as_secs_f64()
+}
+
+fn bench_runtime() -> Runtime {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let cpu = std::env::var("BENCH_REACTOR_CPU").ok().and_then(|v| v.parse().ok());
+    let mut cfg = ReactorConfig::default();
+    if let Some(us) = std::env::var("BENCH_IDLE_US").ok().and_then(|v| v.parse().ok()) {
+        cfg.idle_window = Duration::from_micros(us);
+    }
+    Runtime::start(&[cpu], cfg).unwrap()
+}
+
 /// Rough throughput of the adapter alone (MemDisk answers at once): 4 KiB random
 /// reads at QD1 and QD32 for 2 s each. Run with
 /// `cargo test --release -p pov-dpu-firmware --test vhost_blkio -- --ignored --nocapture`
@@ -132,51 +178,64 @@ fn libblkio_round_trip_two_clients() {
 #[test]
 #[ignore]
 fn bench_memdisk_4k_reads() {
-    let _ = env_logger::builder().is_test(true).try_init();
     let dir = tempfile::tempdir().unwrap();
-    let cpu = std::env::var("BENCH_REACTOR_CPU").ok().and_then(|v| v.parse().ok());
-    let mut cfg = ReactorConfig::default();
-    if let Some(us) = std::env::var("BENCH_IDLE_US").ok().and_then(|v| v.parse().ok()) {
-        cfg.idle_window = Duration::from_micros(us);
-    }
-    let rt = Runtime::start(&[cpu], cfg).unwrap();
+    let rt = bench_runtime();
     let opts = VhostBlkOptions::new("bench", dir.path().join("b.sock"));
     let srv = VhostBlkServer::start(opts, &rt.reactors()[0], || Ok(Box::new(MemDisk::new(DISK, "b")) as Box<dyn BlockDevice>)).unwrap();
     let mut c = Client::connect(srv.socket(), 1);
     for qd in [1usize, 32] {
-        let mut comps: Vec<MaybeUninit<Completion>> = (0..qd).map(|_| MaybeUninit::uninit()).collect();
-        let base = c.region.addr as *mut u8;
-        let mut x: u64 = 0x9e37_79b9;
-        let mut next_off = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % (DISK as u64 / 4096)) * 4096
-        };
-        for i in 0..qd {
-            c.queues[0].read(next_off(), base.wrapping_add(i * 4096), 4096, i, ReqFlags::empty());
-        }
-        let t = std::time::Instant::now();
-        let mut done = 0u64;
-        while t.elapsed() < Duration::from_secs(2) {
-            let n = c.queues[0].do_io(&mut comps, 1, None, None).unwrap();
-            for comp in &comps[..n] {
-                // SAFETY: do_io filled the first n elements.
-                let comp = unsafe { comp.assume_init_ref() };
-                assert_eq!(comp.ret, 0);
-                let slot = comp.user_data;
-                c.queues[0].read(next_off(), base.wrapping_add(slot * 4096), 4096, slot, ReqFlags::empty());
-            }
-            done += n as u64;
-        }
-        let mut left = qd;
-        while left > 0 {
-            left -= c.queues[0].do_io(&mut comps, 1, None, None).unwrap();
-        }
-        println!("QD{qd}: {:.0} IOPS", done as f64 / t.elapsed().as_secs_f64());
+        println!("QD{qd}: {:.0} IOPS", random_4k_reads(&mut c, DISK as u64, qd, Duration::from_secs(2)));
     }
     drop(c);
     srv.stop();
+    rt.shutdown();
+}
+
+/// The device-path null volume against MemDisk, A/B in one run: 4 KiB random reads at
+/// QD1 and QD32, 1 s per sample, A B A B A B, medians printed. Both devices zero-fill
+/// or copy 4 KiB per read, so the difference is the volume model's own cost. Run
+/// pinned: `taskset -c 1 cargo test --release -p pov-dpu-firmware --test vhost_blkio
+/// bench_null_volume -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_null_volume_vs_memdisk_4k_reads() {
+    use bdev_pov::volume::{NullVolume, VolumeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = bench_runtime();
+    let mem = VhostBlkServer::start(VhostBlkOptions::new("mem", dir.path().join("m.sock")), &rt.reactors()[0], || {
+        Ok(Box::new(MemDisk::new(DISK, "m")) as Box<dyn BlockDevice>)
+    })
+    .unwrap();
+    let cfg = VolumeConfig {
+        name: "nv".into(),
+        volume: "nv".into(),
+        size: DISK as u64,
+        block_size: 512,
+        proxies: Vec::new(),
+        request_timeout_ms: 30_000,
+    };
+    let null = VhostBlkServer::start(VhostBlkOptions::new("null", dir.path().join("n.sock")), &rt.reactors()[0], move || {
+        NullVolume::new(cfg).map(|d| Box::new(d) as Box<dyn BlockDevice>).map_err(|e| e.to_string())
+    })
+    .unwrap();
+    let mut a = Client::connect(mem.socket(), 1);
+    let mut b = Client::connect(null.socket(), 1);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        v[v.len() / 2]
+    };
+    for qd in [1usize, 32] {
+        let (mut ma, mut mb) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            ma.push(random_4k_reads(&mut a, DISK as u64, qd, Duration::from_secs(1)));
+            mb.push(random_4k_reads(&mut b, DISK as u64, qd, Duration::from_secs(1)));
+        }
+        let (ma, mb) = (median(ma), median(mb));
+        println!("QD{qd}: MemDisk {ma:.0} IOPS, null volume {mb:.0} IOPS, ratio null/MemDisk {:.2}", mb / ma);
+    }
+    drop((a, b));
+    mem.stop();
+    null.stop();
     rt.shutdown();
 }
 

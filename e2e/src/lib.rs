@@ -91,6 +91,12 @@ impl Daemon {
         f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
     }
 
+    /// Kills the daemon with SIGKILL (no clean-up of any kind) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Asks the daemon to stop (SIGTERM) and waits up to 10 s, then kills it.
     pub fn stop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
@@ -138,6 +144,8 @@ pub struct Stack {
     pub proxy_addr: String,
     pub rpc_sock: PathBuf,
     pub vhost_sock: PathBuf,
+    /// The proxy's `--backend` spec.
+    pub backend_spec: String,
 }
 
 impl Stack {
@@ -151,20 +159,13 @@ impl Stack {
     /// `None` is a local backend under the stack's directory ([`Stack::backend_dir`]).
     pub fn start_on(backend: Option<&str>, device_params: Value) -> Stack {
         let dir = tempfile::Builder::new().prefix("pov-e2e").tempdir().unwrap();
-        let mut cmd = Command::new(bin("pov-proxy"));
         let spec = match backend {
             Some(b) => b.to_string(),
             None => format!("local:{}", dir.path().join("backend").display()),
         };
-        cmd.args(["--listen", "127.0.0.1:0", "--backend"]).arg(spec);
-        let mut proxy = Daemon::spawn("pov-proxy", cmd);
-        let line = proxy.wait_for("listening on");
-        let proxy_addr = line.rsplit(' ').next().unwrap().trim().to_string();
+        let (proxy, proxy_addr) = spawn_proxy(&spec, "127.0.0.1:0");
         let rpc_sock = dir.path().join("rpc.sock");
-        let mut cmd = Command::new(bin("pov-dpud"));
-        cmd.arg("--rpc-socket").arg(&rpc_sock);
-        let mut dpud = Daemon::spawn("pov-dpud", cmd);
-        dpud.wait_for("ready");
+        let dpud = spawn_dpud(&rpc_sock, None);
         for t in ["acme", "other"] {
             rpc(&rpc_sock, "pov_tenant_create", json!({"name": t, "secret": SECRET})).expect("tenant create");
         }
@@ -176,7 +177,27 @@ impl Stack {
             }
         }
         rpc(&rpc_sock, "pov_device_create", params).expect("device create");
-        Stack { dir, proxy, dpud, proxy_addr, rpc_sock, vhost_sock }
+        Stack { dir, proxy, dpud, proxy_addr, rpc_sock, vhost_sock, backend_spec: spec }
+    }
+
+    /// Kills pov-proxy with SIGKILL and starts it again on the same address and
+    /// backend.
+    pub fn restart_proxy(&mut self) {
+        self.proxy.kill();
+        let (proxy, _) = spawn_proxy(&self.backend_spec, &self.proxy_addr);
+        self.proxy = proxy;
+    }
+
+    /// Kills pov-dpud with SIGKILL and starts it again, replaying `config` (a file
+    /// written from `save_config`) if given.
+    pub fn restart_dpud(&mut self, config: Option<&Path>) {
+        self.dpud.kill();
+        self.dpud = spawn_dpud(&self.rpc_sock, config);
+    }
+
+    /// The proxy's local backend directory (`local:DIR`).
+    pub fn backend_root(&self) -> PathBuf {
+        self.dir.path().join("backend")
     }
 
     /// The device spec a host uses: `vhost-user:<socket>`.
@@ -195,6 +216,39 @@ impl Stack {
         c.env("POV_DEVICE", self.device_spec()).env("POV_TENANT", "acme").env("POV_SECRET", SECRET);
         c
     }
+}
+
+/// Starts pov-proxy on `listen` with a local backend in `backend`; returns it and the
+/// address it listens on. Binding is retried for 5 s (a restarted proxy may find its
+/// old port still held briefly).
+fn spawn_proxy(backend: &str, listen: &str) -> (Daemon, String) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut cmd = Command::new(bin("pov-proxy"));
+        cmd.args(["--listen", listen, "--backend", backend]);
+        let mut proxy = Daemon::spawn("pov-proxy", cmd);
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| proxy.wait_for("listening on")));
+        match started {
+            Ok(line) => {
+                let addr = line.rsplit(' ').next().unwrap().trim().to_string();
+                return (proxy, addr);
+            }
+            Err(e) if Instant::now() >= deadline => std::panic::resume_unwind(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Starts pov-dpud on `rpc_sock` (replaying `config` if given) and waits until ready.
+fn spawn_dpud(rpc_sock: &Path, config: Option<&Path>) -> Daemon {
+    let mut cmd = Command::new(bin("pov-dpud"));
+    cmd.arg("--rpc-socket").arg(rpc_sock);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut dpud = Daemon::spawn("pov-dpud", cmd);
+    dpud.wait_for("ready");
+    dpud
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.

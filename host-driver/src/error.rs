@@ -179,6 +179,10 @@ pub fn op_name(op: Op) -> &'static str {
         Op::List => "list",
         Op::Remove => "remove",
         Op::Fsync => "fsync",
+        Op::VolumeOpen => "volume open",
+        Op::VolumeRead => "volume read",
+        Op::VolumeWrite => "volume write",
+        Op::VolumeFlush => "volume flush",
     }
 }
 

@@ -378,6 +378,8 @@ fn exec(
             Ok((0, 0))
         }
         Op::Fsync => handle(st).map(|_| (0, 0)),
+        // DPU -> proxy only; a host header carrying one does not decode.
+        Op::VolumeOpen | Op::VolumeRead | Op::VolumeWrite | Op::VolumeFlush => Err(Status::UnknownOp),
     }
 }
 

@@ -46,6 +46,20 @@ pub enum Op {
     Remove = 9,
     /// Make `file_handle`'s data durable on the backend.
     Fsync = 10,
+    /// Plain volume (DPU → proxy only): open the volume named in the tenant field,
+    /// creating it when [`flags::CREATE`] is set; `offset` = size in bytes, `length` =
+    /// block size in bytes. Result = the volume size in bytes. An existing volume of
+    /// another size gives [`Status::Invalid`] (never a silent resize).
+    VolumeOpen = 16,
+    /// Plain volume: read `length` bytes (≤ 1 MiB) at byte `offset`; the response
+    /// payload is the data, result = bytes read. Past the end: [`Status::Invalid`].
+    VolumeRead = 17,
+    /// Plain volume: write the payload (≤ 1 MiB) at byte `offset`; result = bytes
+    /// written. [`flags::SYNC`] = FUA: durable on the backend before the response.
+    VolumeWrite = 18,
+    /// Plain volume: every write acknowledged before this request is durable on the
+    /// backend before the response.
+    VolumeFlush = 19,
 }
 
 impl Op {
@@ -62,13 +76,24 @@ impl Op {
             8 => Op::List,
             9 => Op::Remove,
             10 => Op::Fsync,
+            16 => Op::VolumeOpen,
+            17 => Op::VolumeRead,
+            18 => Op::VolumeWrite,
+            19 => Op::VolumeFlush,
             _ => return Err(DecodeError::UnknownOp(v)),
         })
     }
 
     /// `true` if the payload carries file data (and so may be up to 1 MiB).
     pub fn carries_data(self) -> bool {
-        matches!(self, Op::Write | Op::Append)
+        matches!(self, Op::Write | Op::Append | Op::VolumeWrite)
+    }
+
+    /// `true` for the plain-volume operations (codes 16–19). They travel only from
+    /// `pov-dpud` to `pov-proxy`; a host IO request carrying one does not decode
+    /// ([`RequestHeader::decode`] answers [`DecodeError::UnknownOp`]).
+    pub fn is_volume(self) -> bool {
+        matches!(self, Op::VolumeOpen | Op::VolumeRead | Op::VolumeWrite | Op::VolumeFlush)
     }
 
     /// `true` if the payload carries a path.
@@ -80,6 +105,7 @@ impl Op {
 /// Request and response flag bits.
 pub mod flags {
     /// Open: create the file if it does not exist (parent directories are created too).
+    /// VolumeOpen: create the volume if it does not exist.
     pub const CREATE: u32 = 1 << 0;
     /// Open with CREATE: fail with `Exists` if the file exists.
     pub const EXCL: u32 = 1 << 1;
@@ -88,6 +114,7 @@ pub mod flags {
     /// Open: the handle may be used for writes.
     pub const WRITE: u32 = 1 << 3;
     /// Write/Append: make the data durable before answering (like `O_DSYNC`).
+    /// VolumeWrite: FUA (forced unit access), same meaning.
     pub const SYNC: u32 = 1 << 4;
     /// Response to List: more entries remain after the ones returned.
     pub const MORE: u32 = 1 << 8;
@@ -211,11 +238,16 @@ impl RequestHeader {
 
     /// Decodes a request header. Checks magic, version, operation and that the payload
     /// and read length fit in one IO ([`crate::MAX_IO_BYTES`]); it does not check
-    /// queue, session or PID (that is the server's job).
+    /// queue, session or PID (that is the server's job). Plain-volume operations
+    /// ([`Op::is_volume`]) are not host operations and give [`DecodeError::UnknownOp`].
     pub fn decode(b: &[u8]) -> Result<RequestHeader, DecodeError> {
         need(b, HEADER_SIZE)?;
         check_magic(b, REQUEST_MAGIC)?;
-        let op = Op::from_u16(get_u16(b, 6))?;
+        let code = get_u16(b, 6);
+        let op = Op::from_u16(code)?;
+        if op.is_volume() {
+            return Err(DecodeError::UnknownOp(code));
+        }
         let h = RequestHeader {
             op,
             queue_id: get_u32(b, 8),
@@ -378,6 +410,12 @@ mod tests {
         let mut m = b;
         put_u16(&mut m, 4, 2);
         assert_eq!(RequestHeader::decode(&m).unwrap_err().status(), Status::BadVersion);
+        for code in 16..=19 {
+            let mut m = b;
+            put_u16(&mut m, 6, code);
+            assert!(Op::from_u16(code).unwrap().is_volume());
+            assert_eq!(RequestHeader::decode(&m).unwrap_err(), DecodeError::UnknownOp(code), "volume op from a host");
+        }
         let mut m = b;
         put_u32(&mut m, 64 + 12, 13);
         assert!(RequestHeader::decode(&m).is_err());

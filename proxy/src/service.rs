@@ -17,6 +17,13 @@
 //! | Append | offset the data landed at | — |
 //! | Truncate | new size | — |
 //! | List | number of entries returned | [`pov_proto::entry::DirEntry`] records, [`flags::MORE`] if entries remain |
+//! | VolumeOpen | volume size (bytes) | — |
+//! | VolumeRead | bytes read (= `length`) | the data |
+//! | VolumeWrite | bytes written | — |
+//! | VolumeFlush | 0 | — |
+//!
+//! Volume operations name the volume in the tenant field and carry an empty path
+//! (else [`Status::Invalid`]); they are counted under the volume's name.
 
 use crate::backend::{resolve, Backend};
 use crate::stats::{ProxyStats, TenantCache};
@@ -135,7 +142,7 @@ impl Service {
             t.requests.fetch_add(1, Ordering::Relaxed);
             if c.status != Status::Ok {
                 t.errors.fetch_add(1, Ordering::Relaxed);
-            } else if req.op == Op::Read {
+            } else if matches!(req.op, Op::Read | Op::VolumeRead) {
                 t.read_bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
             } else if req.op.carries_data() {
                 t.write_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
@@ -151,6 +158,9 @@ impl Service {
         let t = req.tenant.as_str();
         let b = self.backend.as_mut();
         let sync = req.flags & flags::SYNC != 0;
+        if req.op.is_volume() && !path.is_empty() {
+            return Completion::err(Status::Invalid);
+        }
         let r: Result<Completion, Status> = match req.op {
             Op::Open => b.open(t, path, req.flags).map(|()| Completion::ok(0)),
             // The proxy keeps no handles: nothing to release.
@@ -180,6 +190,19 @@ impl Service {
             }),
             Op::Remove => b.remove(t, path).map(|()| Completion::ok(0)),
             Op::Fsync => b.fsync(t, path).map(|()| Completion::ok(0)),
+            Op::VolumeOpen => b.volume_open(t, req.offset, req.length, req.flags & flags::CREATE != 0).map(Completion::ok),
+            Op::VolumeRead => {
+                if req.length > MAX_IO_BYTES {
+                    return Completion::err(Status::TooLarge);
+                }
+                out.resize(req.length as usize, 0);
+                b.volume_read(t, req.offset, out).map(|n| {
+                    out.truncate(n);
+                    Completion::ok(n as u64)
+                })
+            }
+            Op::VolumeWrite => b.volume_write(t, req.offset, payload, sync).map(|n| Completion::ok(n as u64)),
+            Op::VolumeFlush => b.volume_flush(t).map(|()| Completion::ok(0)),
         };
         r.unwrap_or_else(Completion::err)
     }
@@ -276,6 +299,42 @@ mod tests {
         assert_eq!((resp.status, resp.result, p.len()), (Status::NotFound, 0, 0));
         let t = &fx.stats.tenants()[0];
         assert_eq!((t.tenant.as_str(), t.requests, t.errors, t.read_bytes, t.write_bytes), ("t", 12, 2, 10, 7));
+    }
+
+    #[test]
+    fn volume_ops_through_frames() {
+        let mut fx = fixture();
+        let mut open = req(Op::VolumeOpen, "vol1", "");
+        open.offset = 1 << 20;
+        open.length = 512;
+        assert_eq!(fx.call(open.clone(), &[]).0.status, Status::NotFound, "no CREATE");
+        open.flags = flags::CREATE;
+        let (resp, _) = fx.call(open.clone(), &[]);
+        assert_eq!((resp.status, resp.result), (Status::Ok, 1 << 20));
+        open.offset = 2 << 20;
+        assert_eq!(fx.call(open, &[]).0.status, Status::Invalid, "size mismatch");
+        let mut w = req(Op::VolumeWrite, "vol1", "");
+        w.offset = 4096;
+        w.flags = flags::SYNC;
+        let (resp, _) = fx.call(w.clone(), b"volume data");
+        assert_eq!((resp.status, resp.result), (Status::Ok, 11));
+        let mut r = req(Op::VolumeRead, "vol1", "");
+        r.offset = 4096;
+        r.length = 11;
+        let (resp, p) = fx.call(r.clone(), &[]);
+        assert_eq!((resp.status, resp.result, p.as_slice()), (Status::Ok, 11, &b"volume data"[..]));
+        assert_eq!(fx.call(req(Op::VolumeFlush, "vol1", ""), &[]).0.status, Status::Ok);
+        r.offset = (1 << 20) - 5;
+        let (resp, p) = fx.call(r.clone(), &[]);
+        assert_eq!((resp.status, p.len()), (Status::Invalid, 0), "past the end");
+        r.length = MAX_IO_BYTES + 1;
+        assert_eq!(fx.call(r, &[]).0.status, Status::TooLarge);
+        w.path = "x".into();
+        assert_eq!(fx.call(w, b"x").0.status, Status::Invalid, "a volume op with a path");
+        assert_eq!(fx.call(req(Op::VolumeFlush, "../v", ""), &[]).0.status, Status::Permission);
+        assert_eq!(fx.call(req(Op::VolumeFlush, "vol1", ""), b"junk").0.status, Status::Invalid, "payload on flush");
+        let t = &fx.stats.tenants()[0];
+        assert_eq!((t.tenant.as_str(), t.read_bytes, t.write_bytes), ("vol1", 11, 11));
     }
 
     #[test]

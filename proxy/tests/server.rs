@@ -451,6 +451,19 @@ impl pov_proxy::backend::Backend for SlowBackend {
     fn fsync(&mut self, t: &str, p: &str) -> Result<(), Status> {
         self.inner.fsync(t, p)
     }
+    fn volume_open(&mut self, v: &str, size: u64, bs: u32, create: bool) -> Result<u64, Status> {
+        self.inner.volume_open(v, size, bs, create)
+    }
+    fn volume_read(&mut self, v: &str, o: u64, b: &mut [u8]) -> Result<usize, Status> {
+        self.pause(v);
+        self.inner.volume_read(v, o, b)
+    }
+    fn volume_write(&mut self, v: &str, o: u64, d: &[u8], fua: bool) -> Result<usize, Status> {
+        self.inner.volume_write(v, o, d, fua)
+    }
+    fn volume_flush(&mut self, v: &str) -> Result<(), Status> {
+        self.inner.volume_flush(v)
+    }
 }
 
 fn start_slow(delay: Duration, timeout: Option<Duration>) -> (tempfile::TempDir, Server) {

@@ -19,12 +19,14 @@
 //! | `pov_tenant_get_tenants` | — | `[{"name"}]` |
 //! | `pov_device_create` | see [`DeviceCreateOpts`] | the device name |
 //! | `pov_device_delete` | `name` | `true` |
-//! | `pov_device_get_devices` | `name?` | `[DeviceInfo]` |
+//! | `pov_device_get_devices` | `name?` | `[DeviceInfo]` (`"kind": "pov"`) then `[VolumeInfo]` (`"kind": "volume"`) |
+//! | `pov_volume_create` | see [`VolumeCreateOpts`] | `true` |
+//! | `pov_volume_delete` | `name` | `true` |
 //! | `save_config` | — | see [`Daemon::save_config`] |
 
 pub mod client;
 
-use crate::daemon::{Daemon, DaemonError, DeviceCreateOpts, NameOpts, TenantCreateOpts};
+use crate::daemon::{Daemon, DaemonError, DeviceCreateOpts, NameOpts, TenantCreateOpts, VolumeCreateOpts};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -105,6 +107,8 @@ const METHODS: &[(&str, Handler)] = &[
     ("pov_device_create", pov_device_create),
     ("pov_device_delete", pov_device_delete),
     ("pov_device_get_devices", pov_device_get_devices),
+    ("pov_volume_create", pov_volume_create),
+    ("pov_volume_delete", pov_volume_delete),
     ("save_config", save_config),
 ];
 
@@ -187,8 +191,19 @@ fn pov_device_delete(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
 
 fn pov_device_get_devices(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
     let o: GetDevicesOpts = params(p)?;
-    let info = d.device_info(o.name.as_deref())?;
-    serde_json::to_value(info).map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))
+    Ok(d.all_devices_json(o.name.as_deref())?)
+}
+
+fn pov_volume_create(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
+    let o: VolumeCreateOpts = params(p)?;
+    d.volume_create(&o)?;
+    Ok(json!(true))
+}
+
+fn pov_volume_delete(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
+    let o: NameOpts = params(p)?;
+    d.volume_delete(&o.name)?;
+    Ok(json!(true))
 }
 
 fn save_config(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {

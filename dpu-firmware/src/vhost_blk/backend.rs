@@ -164,7 +164,7 @@ impl VhostUserBackend for BlkBackend {
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         match self.dev.config.get() {
             Some(c) => config_slice(c, offset, size),
-            None => config_slice(&config_space(0, self.dev.num_queues), offset, size),
+            None => config_slice(&config_space(0, self.dev.num_queues, super::request::BLK_SIZE), offset, size),
         }
     }
 

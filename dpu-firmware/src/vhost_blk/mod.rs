@@ -12,7 +12,8 @@
 //!   buffers copy to and from guest memory.
 //!
 //! Offered: VIRTIO_F_VERSION_1, RING_EVENT_IDX, RING_INDIRECT_DESC, BLK_F_SEG_MAX,
-//! BLK_F_SIZE_MAX, BLK_F_BLK_SIZE (512), BLK_F_FLUSH, BLK_F_MQ, and vhost-user
+//! BLK_F_SIZE_MAX, BLK_F_BLK_SIZE (the device's [`BlockDevice::block_size`]: 512, or a
+//! volume's 4096), BLK_F_FLUSH, BLK_F_MQ, and vhost-user
 //! PROTOCOL_FEATURES with REPLY_ACK, CONFIG, CONFIGURE_MEM_SLOTS and MQ.
 //!
 //! **In-flight requests and vring stops.** `GET_VRING_BASE` and device reset do not
@@ -163,17 +164,18 @@ impl VhostBlkServer {
             next_conn_id: AtomicU64::new(0),
         });
         let shared2 = shared.clone();
-        let created = reactor.call(move |ctx| -> Result<(PollerId, u64), String> {
+        let created = reactor.call(move |ctx| -> Result<(PollerId, u64, u32), String> {
             let dev = make()?;
             let capacity = dev.capacity_sectors();
-            Ok((ctx.add_poller(Box::new(DevicePoller::new(dev, shared2))), capacity))
+            let blk_size = dev.block_size();
+            Ok((ctx.add_poller(Box::new(DevicePoller::new(dev, shared2))), capacity, blk_size))
         });
-        let (poller, capacity) = match created {
+        let (poller, capacity, blk_size) = match created {
             None => return Err(VhostBlkError::ReactorGone(reactor.id())),
             Some(Err(e)) => return Err(VhostBlkError::Device(e)),
             Some(Ok(v)) => v,
         };
-        let _ = shared.config.set(request::config_space(capacity, opts.num_queues));
+        let _ = shared.config.set(request::config_space(capacity, opts.num_queues, blk_size));
         let stop = Arc::new(AtomicBool::new(false));
         let clients = Arc::new(Mutex::new(Vec::new()));
         let (shared3, stop2, clients2) = (shared.clone(), stop.clone(), clients.clone());

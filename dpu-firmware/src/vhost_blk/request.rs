@@ -23,7 +23,8 @@ pub const SIZE_MAX: u32 = pov_proto::layout::SLOT_SIZE as u32;
 /// Largest number of data segments per request (`seg_max`): a 1 MiB + 4 KiB buffer in
 /// 4 KiB pages is 257 segments, 258 if unaligned; rounded up.
 pub const SEG_MAX: u32 = 260;
-/// Logical block size reported to the driver (`blk_size`), bytes.
+/// Default logical block size reported to the driver (`blk_size`), bytes; a device
+/// may report another ([`crate::blockdev::BlockDevice::block_size`]).
 pub const BLK_SIZE: u32 = 512;
 
 /// A contiguous range of guest memory.
@@ -250,15 +251,15 @@ impl IoBuffer for GuestBuffer {
 
 /// The virtio-blk configuration space (`struct virtio_blk_config`, little endian as
 /// virtio 1.x requires), with the fields this device offers: `capacity` (sectors),
-/// `size_max`, `seg_max`, `blk_size` and `num_queues`.
-pub fn config_space(capacity_sectors: u64, num_queues: u16) -> Vec<u8> {
+/// `size_max`, `seg_max`, `blk_size` (bytes) and `num_queues`.
+pub fn config_space(capacity_sectors: u64, num_queues: u16, blk_size: u32) -> Vec<u8> {
     use std::mem::{offset_of, size_of};
     let mut c = vec![0u8; size_of::<virtio_blk_config>()];
     let mut put = |off: usize, bytes: &[u8]| c[off..off + bytes.len()].copy_from_slice(bytes);
     put(offset_of!(virtio_blk_config, capacity), &capacity_sectors.to_le_bytes());
     put(offset_of!(virtio_blk_config, size_max), &SIZE_MAX.to_le_bytes());
     put(offset_of!(virtio_blk_config, seg_max), &SEG_MAX.to_le_bytes());
-    put(offset_of!(virtio_blk_config, blk_size), &BLK_SIZE.to_le_bytes());
+    put(offset_of!(virtio_blk_config, blk_size), &blk_size.to_le_bytes());
     put(offset_of!(virtio_blk_config, num_queues), &num_queues.to_le_bytes());
     c
 }
@@ -436,13 +437,14 @@ mod tests {
 
     #[test]
     fn config_space_layout_and_slices() {
-        let c = config_space(0x1234, 4);
+        let c = config_space(0x1234, 4, BLK_SIZE);
         assert_eq!(c.len(), std::mem::size_of::<virtio_blk_config>());
         assert_eq!(&c[0..8], &0x1234u64.to_le_bytes());
         assert_eq!(&c[8..12], &SIZE_MAX.to_le_bytes());
         assert_eq!(&c[12..16], &SEG_MAX.to_le_bytes());
         assert_eq!(&c[20..24], &512u32.to_le_bytes());
         assert_eq!(&c[34..36], &4u16.to_le_bytes());
+        assert_eq!(&config_space(8, 1, 4096)[20..24], &4096u32.to_le_bytes());
         assert_eq!(config_slice(&c, 0, 8), c[0..8].to_vec());
         let tail = config_slice(&c, c.len() as u32 - 2, 6);
         assert_eq!(tail.len(), 6);

@@ -10,7 +10,13 @@
 //! default from the config file), `root` (directory inside the file system, default
 //! `/pov`), `workers` (operations in flight per proxy, default 16), `timeout_ms`
 //! (deadline of one operation before the host gets [`Status::Timeout`], default
-//! 10000).
+//! 10000), `rbd_pool` (pool of the volumes' RBD images, default `pov-rbd`),
+//! `rbd_prefix` (prepended to a volume's name to form its image name, default empty).
+//!
+//! **Plain volumes** are RBD images (librbd, format 2, default 4 MiB objects) named
+//! `<rbd_prefix><volume>` in `rbd_pool`; the RADOS connection is made on the first
+//! volume call. librbd's client cache is off (`rbd_cache = false`): a write is in the
+//! OSDs when acknowledged, FUA and flush add an `rbd_flush`.
 //!
 //! **Blocking and deadlines.** libcephfs calls block the calling thread. The server
 //! therefore never calls this backend on a reactor: [`Backend::workers`] asks for a
@@ -34,7 +40,10 @@
 //! appending to one file are not serialized (see `docs/ceph.md`).
 
 use super::{resolve, Backend, Listing};
+use super::{check_volume_geometry, check_volume_name, check_volume_range};
 use crate::sys::cephfs::{CephMount, CephStat, Errno};
+use crate::sys::rados::{IoCtx, Rados, RbdImage};
+use std::collections::HashMap;
 use pov_proto::entry::{DirEntry, Kind, Stat};
 use pov_proto::io::flags;
 use pov_proto::Status;
@@ -63,6 +72,10 @@ pub struct CephConfig {
     pub workers: usize,
     /// Deadline of one operation.
     pub timeout: Duration,
+    /// Pool holding the volumes' RBD images.
+    pub rbd_pool: String,
+    /// Prefix of the volumes' image names.
+    pub rbd_prefix: String,
 }
 
 impl Default for CephConfig {
@@ -74,6 +87,8 @@ impl Default for CephConfig {
             root: "/pov".into(),
             workers: 16,
             timeout: Duration::from_secs(10),
+            rbd_pool: "pov-rbd".into(),
+            rbd_prefix: String::new(),
         }
     }
 }
@@ -99,7 +114,15 @@ impl CephConfig {
                     let ms: u64 = v.parse().ok().filter(|&n| n > 0).ok_or("timeout_ms must be a positive integer")?;
                     c.timeout = Duration::from_millis(ms);
                 }
-                _ => return Err(format!("bad option {item:?} (keys: conf, client, keyring, root, workers, timeout_ms)")),
+                "rbd_pool" if !v.is_empty() => c.rbd_pool = v.into(),
+                "rbd_prefix" if v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
+                    c.rbd_prefix = v.into();
+                }
+                _ => {
+                    return Err(format!(
+                        "bad option {item:?} (keys: conf, client, keyring, root, workers, timeout_ms, rbd_pool, rbd_prefix)"
+                    ))
+                }
             }
         }
         Ok(c)
@@ -112,7 +135,11 @@ impl std::fmt::Display for CephConfig {
         if let Some(k) = &self.keyring {
             write!(f, ",keyring={}", k.display())?;
         }
-        write!(f, ",workers={},timeout_ms={}", self.workers, self.timeout.as_millis())
+        write!(f, ",workers={},timeout_ms={},rbd_pool={}", self.workers, self.timeout.as_millis(), self.rbd_pool)?;
+        if !self.rbd_prefix.is_empty() {
+            write!(f, ",rbd_prefix={}", self.rbd_prefix)?;
+        }
+        Ok(())
     }
 }
 
@@ -120,7 +147,17 @@ struct Inner {
     mount: CephMount,
     config: CephConfig,
     append_locks: Vec<Mutex<()>>,
+    /// The RBD pool's IO context, connected on first use.
+    rbd: Mutex<Option<Arc<IoCtx>>>,
+    /// Open images by volume name, shared by all channels (librbd images are
+    /// thread-safe).
+    images: Mutex<HashMap<String, Arc<RbdImage>>>,
+    /// Serializes creating images.
+    volume_create: Mutex<()>,
 }
+
+/// Most images kept open at once; the cache is emptied beyond it.
+const MAX_OPEN_IMAGES: usize = 256;
 
 /// Files in CephFS. Channels share the client session and the append locks.
 pub struct CephBackend {
@@ -180,7 +217,16 @@ impl CephBackend {
             }
         }
         let append_locks = (0..APPEND_STRIPES).map(|_| Mutex::new(())).collect();
-        Ok(CephBackend { inner: Arc::new(Inner { mount, config: config.clone(), append_locks }) })
+        Ok(CephBackend {
+            inner: Arc::new(Inner {
+                mount,
+                config: config.clone(),
+                append_locks,
+                rbd: Mutex::new(None),
+                images: Mutex::new(HashMap::new()),
+                volume_create: Mutex::new(()),
+            }),
+        })
     }
 
     /// The settings this backend was opened with.
@@ -269,6 +315,51 @@ impl CephBackend {
             }
         }
         st(e)
+    }
+
+    /// The RBD pool's IO context (connecting on first use).
+    fn rbd_pool(&self) -> Result<Arc<IoCtx>, Status> {
+        let mut g = self.inner.rbd.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(io) = g.as_ref() {
+            return Ok(io.clone());
+        }
+        let c = &self.inner.config;
+        let secs = c.timeout.as_secs_f64().max(1.0).to_string();
+        let keyring = c.keyring.as_ref().map(|k| k.to_string_lossy().into_owned());
+        let mut opts: Vec<(&str, &str)> =
+            vec![("rbd_cache", "false"), ("rados_mon_op_timeout", &secs), ("rados_osd_op_timeout", &secs)];
+        if let Some(k) = &keyring {
+            opts.push(("keyring", k));
+        }
+        let cluster = Rados::connect(&c.client, &c.conf.to_string_lossy(), &opts).map_err(|(step, e)| {
+            log::error!("Ceph backend: {step} for RBD volumes ({c}): {e}");
+            st(e)
+        })?;
+        let io = Arc::new(cluster.ioctx(&c.rbd_pool).map_err(|e| {
+            log::error!("Ceph backend: RBD pool {:?}: {e}", c.rbd_pool);
+            if e.0 == libc::ENOENT {
+                Status::Unavailable
+            } else {
+                st(e)
+            }
+        })?);
+        *g = Some(io.clone());
+        Ok(io)
+    }
+
+    /// The open image of `volume` (opening it if this backend has not yet).
+    fn image(&self, volume: &str) -> Result<Arc<RbdImage>, Status> {
+        check_volume_name(volume)?;
+        if let Some(i) = self.inner.images.lock().unwrap_or_else(|e| e.into_inner()).get(volume) {
+            return Ok(i.clone());
+        }
+        let io = self.rbd_pool()?;
+        let img = Arc::new(io.rbd_open(&format!("{}{volume}", self.inner.config.rbd_prefix)).map_err(st)?);
+        let mut images = self.inner.images.lock().unwrap_or_else(|e| e.into_inner());
+        if images.len() >= MAX_OPEN_IMAGES {
+            images.clear();
+        }
+        Ok(images.entry(volume.to_string()).or_insert(img).clone())
     }
 
     fn append_lock(&self, tenant: &str, path: &str) -> &Mutex<()> {
@@ -449,6 +540,60 @@ impl Backend for CephBackend {
         })
     }
 
+    fn volume_open(&mut self, volume: &str, size: u64, block_size: u32, create: bool) -> Result<u64, Status> {
+        check_volume_geometry(volume, size, block_size)?;
+        let img = match self.image(volume) {
+            Ok(i) => i,
+            Err(Status::NotFound) if create => {
+                let _g = self.inner.volume_create.lock().unwrap_or_else(|e| e.into_inner());
+                let name = format!("{}{volume}", self.inner.config.rbd_prefix);
+                match self.rbd_pool()?.rbd_create(&name, size) {
+                    Ok(()) | Err(Errno(libc::EEXIST)) => {}
+                    Err(e) => return Err(st(e)),
+                }
+                self.image(volume)?
+            }
+            Err(s) => return Err(s),
+        };
+        if img.size().map_err(st)? != size {
+            return Err(Status::Invalid);
+        }
+        Ok(size)
+    }
+
+    fn volume_read(&mut self, volume: &str, offset: u64, buf: &mut [u8]) -> Result<usize, Status> {
+        let img = self.image(volume)?;
+        check_volume_range(offset, buf.len(), img.size().map_err(st)?)?;
+        let mut done = 0;
+        while done < buf.len() {
+            match img.read(offset + done as u64, &mut buf[done..]).map_err(st)? {
+                0 => return Err(Status::Io),
+                n => done += n,
+            }
+        }
+        Ok(done)
+    }
+
+    fn volume_write(&mut self, volume: &str, offset: u64, data: &[u8], fua: bool) -> Result<usize, Status> {
+        let img = self.image(volume)?;
+        check_volume_range(offset, data.len(), img.size().map_err(st)?)?;
+        let mut done = 0;
+        while done < data.len() {
+            match img.write(offset + done as u64, &data[done..]).map_err(st)? {
+                0 => return Err(Status::Io),
+                n => done += n,
+            }
+        }
+        if fua {
+            img.flush().map_err(st)?;
+        }
+        Ok(done)
+    }
+
+    fn volume_flush(&mut self, volume: &str) -> Result<(), Status> {
+        self.image(volume)?.flush().map_err(st)
+    }
+
     fn fsync(&mut self, tenant: &str, path: &str) -> Result<(), Status> {
         let p = resolve(tenant, path)?;
         let abs = self.abs(tenant, &p);
@@ -476,8 +621,9 @@ mod tests {
     fn backend() -> Option<(Arc<dev::DevCluster>, Box<dyn Backend>)> {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let c = dev::DevCluster::shared()?;
-        let root = format!("/conformance-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        let b = CephBackend::open(&c.config(&root)).expect("mount CephFS on the dev cluster");
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let config = CephConfig { rbd_prefix: format!("c{n}-"), ..c.config(&format!("/conformance-{n}")) };
+        let b = CephBackend::open(&config).expect("mount CephFS on the dev cluster");
         Some((c, Box::new(b)))
     }
 
@@ -492,13 +638,15 @@ mod tests {
 
     #[test]
     fn spec_options_parse() {
-        let c = CephConfig::parse("conf=/x/ceph.conf,client=pov,keyring=/k,root=/a/b/,workers=4,timeout_ms=500").unwrap();
+        let c = CephConfig::parse("conf=/x/ceph.conf,client=pov,keyring=/k,root=/a/b/,workers=4,timeout_ms=500,rbd_pool=p,rbd_prefix=x-")
+            .unwrap();
+        assert_eq!((c.rbd_pool.as_str(), c.rbd_prefix.as_str()), ("p", "x-"));
         assert_eq!(c.conf, PathBuf::from("/x/ceph.conf"));
         assert_eq!((c.client.as_str(), c.root.as_str(), c.workers), ("pov", "/a/b", 4));
         assert_eq!(c.keyring, Some(PathBuf::from("/k")));
         assert_eq!(c.timeout, Duration::from_millis(500));
         assert_eq!(CephConfig::parse("").unwrap().root, "/pov");
-        for bad in ["x", "root=rel", "root=/a/../b", "workers=0", "workers=x", "timeout_ms=0", "client=client.admin", "pool=a"] {
+        for bad in ["x", "root=rel", "root=/a/../b", "workers=0", "workers=x", "timeout_ms=0", "client=client.admin", "pool=a", "rbd_prefix=a/b"] {
             assert!(CephConfig::parse(bad).is_err(), "{bad}");
         }
     }

@@ -434,6 +434,138 @@ pub fn bad_names(b: &mut dyn Backend) {
     assert_eq!(b.stat(t, &ok).unwrap().kind, Kind::File);
 }
 
+/// Volumes: opening without CREATE, creating, reopening, size mismatch (no silent
+/// resize), bad geometry and bad names.
+pub fn volume_open(b: &mut dyn Backend) {
+    let v = "conf-vol-open";
+    assert_eq!(b.volume_open(v, 4 * MIB as u64, 512, false), Err(Status::NotFound));
+    assert_eq!(b.volume_open(v, 4 * MIB as u64, 512, true), Ok(4 * MIB as u64));
+    assert_eq!(b.volume_open(v, 4 * MIB as u64, 512, true), Ok(4 * MIB as u64), "reopen with CREATE");
+    assert_eq!(b.volume_open(v, 4 * MIB as u64, 512, false), Ok(4 * MIB as u64), "reopen");
+    assert_eq!(b.volume_open(v, 4 * MIB as u64, 4096, false), Ok(4 * MIB as u64), "another block size");
+    assert_eq!(b.volume_open(v, 8 * MIB as u64, 512, true), Err(Status::Invalid), "bigger: no silent resize");
+    assert_eq!(b.volume_open(v, 2 * MIB as u64, 512, false), Err(Status::Invalid), "smaller: no silent resize");
+    let mut buf = vec![0u8; 512];
+    assert_eq!(b.volume_read(v, 4 * MIB as u64 - 512, &mut buf), Ok(512), "size unchanged");
+    let w = "conf-vol-geom";
+    for (size, bs) in [(0u64, 512u32), (1000, 512), (4096, 1000), (4096, 256), (1 << 20, 1 << 17), (4096 + 512, 4096)] {
+        assert_eq!(b.volume_open(w, size, bs, true), Err(Status::Invalid), "size {size} block size {bs}");
+    }
+    assert_eq!(b.volume_open(w, 4096, 512, false), Err(Status::NotFound), "bad geometry created nothing");
+    for bad in ["", "..", "../x", "a/b", ".hidden", "@volumes", "a b"] {
+        assert_eq!(b.volume_open(bad, 4096, 512, true), Err(Status::Permission), "name {bad:?}");
+        assert_eq!(b.volume_read(bad, 0, &mut buf), Err(Status::Permission), "name {bad:?}");
+        assert_eq!(b.volume_write(bad, 0, &buf, false), Err(Status::Permission), "name {bad:?}");
+        assert_eq!(b.volume_flush(bad), Err(Status::Permission), "name {bad:?}");
+    }
+    assert_eq!(b.volume_read("conf-vol-none", 0, &mut buf), Err(Status::NotFound));
+    assert_eq!(b.volume_write("conf-vol-none", 0, &buf, false), Err(Status::NotFound));
+    assert_eq!(b.volume_flush("conf-vol-none"), Err(Status::NotFound));
+}
+
+fn vol_read(b: &mut dyn Backend, v: &str, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0xa5u8; len];
+    assert_eq!(b.volume_read(v, offset, &mut buf), Ok(len), "volume read {v}@{offset}+{len}");
+    buf
+}
+
+/// Volumes: writes and reads at many offsets (first and last block, unaligned, 1 MiB,
+/// across 1 MiB boundaries), never-written ranges read as zeros, FUA writes, past-end
+/// IO refused without a partial write, data visible through another channel.
+pub fn volume_read_write(b: &mut dyn Backend) {
+    let v = "conf-vol-rw";
+    let size = 6 * MIB as u64 + 4096;
+    assert_eq!(b.volume_open(v, size, 4096, true), Ok(size));
+    assert!(vol_read(b, v, 0, MIB).iter().all(|&x| x == 0), "a new volume reads as zeros");
+    assert!(vol_read(b, v, size - 4096, 4096).iter().all(|&x| x == 0));
+    let writes: Vec<(u64, Vec<u8>)> = vec![
+        (0, pattern(10, 4096)),
+        (size - 4096, pattern(11, 4096)),
+        (MIB as u64 - 512, pattern(12, 1024)),
+        (2 * MIB as u64, pattern(13, MIB)),
+        (4 * MIB as u64 + 7, pattern(14, 1000)),
+        (size - 512, pattern(15, 512)),
+    ];
+    for (i, (off, data)) in writes.iter().enumerate() {
+        assert_eq!(b.volume_write(v, *off, data, i % 2 == 1), Ok(data.len()), "volume write at {off}");
+    }
+    for (off, data) in &writes[..5] {
+        let got = vol_read(b, v, *off, data.len());
+        if *off == size - 4096 {
+            assert!(got[..3584] == data[..3584], "last block");
+            assert!(got[3584..] == writes[5].1[..], "last sector overwritten");
+        } else {
+            assert!(got == *data, "read-after-write at {off}");
+        }
+    }
+    assert!(vol_read(b, v, 4096, 4096).iter().all(|&x| x == 0), "never-written block reads as zeros");
+    let across = vol_read(b, v, 2 * MIB as u64 - 100, 200);
+    assert!(across[..100].iter().all(|&x| x == 0) && across[100..] == writes[3].1[..100]);
+    assert_eq!(vol_read(b, v, 0, 0).len(), 0);
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(b.volume_read(v, size - 2048, &mut buf), Err(Status::Invalid), "read past the end");
+    assert_eq!(b.volume_read(v, size, &mut buf[..1]), Err(Status::Invalid));
+    assert_eq!(b.volume_read(v, u64::MAX - 10, &mut buf), Err(Status::Invalid), "offset overflow");
+    assert_eq!(b.volume_write(v, size - 2048, &pattern(16, 4096), false), Err(Status::Invalid), "write past the end");
+    assert_eq!(b.volume_write(v, u64::MAX, b"x", false), Err(Status::Invalid));
+    assert!(vol_read(b, v, size - 2048, 2048)[1536..] == writes[5].1[..], "a refused write wrote nothing");
+    assert_eq!(b.volume_open(v, size, 4096, false), Ok(size), "size unchanged by past-end writes");
+    let mut ch = b.channel();
+    assert!(vol_read(ch.as_mut(), v, 2 * MIB as u64, MIB) == writes[3].1, "other channel sees the data");
+    ch.volume_write(v, 8192, b"from channel", false).unwrap();
+    assert_eq!(vol_read(b, v, 8192, 12), b"from channel");
+}
+
+/// Volumes: flush after writes through several channels (threads), and the data is
+/// all there afterwards.
+pub fn volume_flush(b: &mut dyn Backend) {
+    let v = "conf-vol-flush";
+    let size = 8 * MIB as u64;
+    b.volume_open(v, size, 512, true).unwrap();
+    assert_eq!(b.volume_flush(v), Ok(()), "flush of an unwritten volume");
+    let handles: Vec<_> = (0..4u64)
+        .map(|th| {
+            let mut ch = b.channel();
+            std::thread::spawn(move || {
+                for k in 0..16u64 {
+                    let off = (th * 16 + k) * 128 * 1024;
+                    ch.volume_write(v, off, &pattern(th * 100 + k, 128 * 1024), false).expect("volume write");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("writer thread");
+    }
+    assert_eq!(b.volume_flush(v), Ok(()));
+    for i in 0..64u64 {
+        let (th, k) = (i / 16, i % 16);
+        assert!(vol_read(b, v, i * 128 * 1024, 128 * 1024) == pattern(th * 100 + k, 128 * 1024), "chunk {i}");
+    }
+}
+
+/// Volumes: two volumes are independent, and a volume never touches the tenant of the
+/// same name (separate namespaces).
+pub fn volume_independent(b: &mut dyn Backend) {
+    let (v1, v2) = ("conf-vol-a", "conf-vol-b");
+    b.volume_open(v1, MIB as u64, 512, true).unwrap();
+    b.volume_open(v2, 2 * MIB as u64, 4096, true).unwrap();
+    b.volume_write(v1, 0, &pattern(20, 8192), false).unwrap();
+    b.volume_write(v2, 0, &pattern(21, 8192), false).unwrap();
+    assert!(vol_read(b, v1, 0, 8192) == pattern(20, 8192));
+    assert!(vol_read(b, v2, 0, 8192) == pattern(21, 8192));
+    let mut buf = vec![0u8; 512];
+    assert_eq!(b.volume_read(v1, MIB as u64, &mut buf), Err(Status::Invalid), "v1 has its own size");
+    assert_eq!(b.volume_read(v2, MIB as u64, &mut buf), Ok(512));
+    // A tenant named like a volume: its files are elsewhere.
+    assert_eq!(b.stat(v1, "").map(|s| s.kind), Ok(Kind::Dir));
+    assert!(b.list(v1, "", 0, MIB).unwrap().entries.is_empty(), "a volume is not a tenant file");
+    create(b, v1, "f");
+    b.write(v1, "f", 0, b"tenant data", false).unwrap();
+    assert!(vol_read(b, v1, 0, 8192) == pattern(20, 8192), "tenant files do not touch the volume");
+    assert_eq!(read_all(b, v1, "f", 0, 64), b"tenant data");
+}
+
 /// A conformance case.
 pub type Case = fn(&mut dyn Backend);
 
@@ -454,6 +586,10 @@ pub const CASES: &[(&str, Case)] = &[
     ("missing_files", missing_files),
     ("tenant_isolation", tenant_isolation),
     ("bad_names", bad_names),
+    ("volume_open", volume_open),
+    ("volume_read_write", volume_read_write),
+    ("volume_flush", volume_flush),
+    ("volume_independent", volume_independent),
 ];
 
 /// Runs every case on `b`.
@@ -473,7 +609,8 @@ macro_rules! backend_conformance_tests {
         $crate::backend_conformance_tests!(@cases $make;
             open_create, read_write_offsets, large_files, append_sequential, append_concurrent,
             truncate, stat, list_sorted, list_pagination, remove, fsync, concurrent_writers,
-            missing_files, tenant_isolation, bad_names);
+            missing_files, tenant_isolation, bad_names, volume_open, volume_read_write, volume_flush,
+            volume_independent);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(

@@ -14,16 +14,24 @@
 //! `O_APPEND` write, so concurrent appends through any channel of one backend never
 //! interleave, and the offset each one landed at is exact.
 //!
+//! **Volumes.** Volume `V` is the regular file `DIR/@volumes/V` (`@` can never be a
+//! tenant name, so no tenant path reaches it), created at its full size (sparse) by
+//! [`Backend::volume_open`] and never resized. Each channel keeps the volumes it used
+//! open (at most [`MAX_OPEN_VOLUMES`]), so an IO costs one `pread`/`pwrite`. Flush is
+//! `fdatasync` on the file, which covers writes made through every channel's
+//! descriptor (they share the page cache). The block size is checked but not stored.
+//!
 //! Directories are created `0700`, files `0600` (before umask): only the proxy's user
 //! reads tenant data. Directory entries that are not regular files or directories, or
 //! whose names are not UTF-8, are left out of listings.
 
-use super::{resolve, Backend, Listing};
+use super::{check_volume_geometry, check_volume_name, check_volume_range, resolve, Backend, Listing};
 use crate::sys::{self, EntryType};
 use pov_proto::entry::{DirEntry, Kind, Stat};
 use pov_proto::io::flags;
 use pov_proto::Status;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Seek, Write};
@@ -36,17 +44,32 @@ use std::sync::{Arc, Mutex};
 const APPEND_STRIPES: usize = 64;
 const DIR_MODE: libc::mode_t = 0o700;
 const FILE_MODE: libc::mode_t = 0o600;
+/// Directory under `DIR` that holds the volumes.
+pub const VOLUMES_DIR: &str = "@volumes";
+/// Most volume files one channel keeps open; past it the channel closes them all
+/// and reopens on demand.
+pub const MAX_OPEN_VOLUMES: usize = 256;
 
 struct Inner {
     dir: PathBuf,
     root: OwnedFd,
     append_locks: Vec<Mutex<()>>,
+    /// Serializes volume creation, so two channels creating one volume agree.
+    volume_create: Mutex<()>,
+}
+
+/// An open volume file and its size in bytes.
+struct OpenVolume {
+    file: File,
+    size: u64,
 }
 
 /// Files under a local directory. Cheap to clone through [`Backend::channel`]: all
-/// channels share the root descriptor and the append locks.
+/// channels share the root descriptor and the append locks; each keeps its own open
+/// volume files.
 pub struct LocalBackend {
     inner: Arc<Inner>,
+    volumes: HashMap<String, OpenVolume>,
 }
 
 impl std::fmt::Debug for LocalBackend {
@@ -94,7 +117,8 @@ impl LocalBackend {
         std::fs::create_dir_all(dir).map_err(err)?;
         let root = sys::open_dir_path(dir).map_err(err)?;
         let append_locks = (0..APPEND_STRIPES).map(|_| Mutex::new(())).collect();
-        Ok(LocalBackend { inner: Arc::new(Inner { dir: dir.to_path_buf(), root, append_locks }) })
+        let inner = Inner { dir: dir.to_path_buf(), root, append_locks, volume_create: Mutex::new(()) };
+        Ok(LocalBackend { inner: Arc::new(inner), volumes: HashMap::new() })
     }
 
     /// The directory holding the tenants' trees.
@@ -104,19 +128,26 @@ impl LocalBackend {
 
     /// The tenant's root directory; `None` if it does not exist and `create` is false.
     fn tenant_dir(&self, tenant: &str, create: bool) -> Result<Option<OwnedFd>, Status> {
+        self.top_dir(tenant, create).map(|(d, _)| d)
+    }
+
+    /// The directory `name` right under `DIR`, created when missing and `create` is
+    /// set; `None` if it does not exist. The flag tells whether this call created it.
+    fn top_dir(&self, name: &str, create: bool) -> Result<(Option<OwnedFd>, bool), Status> {
         let root = self.inner.root.as_fd();
-        match sys::open_dir_at(root, tenant) {
-            Ok(fd) => return Ok(Some(fd)),
+        match sys::open_dir_at(root, name) {
+            Ok(fd) => return Ok((Some(fd), false)),
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(classify(root, tenant, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((None, false)),
+            Err(e) => return Err(classify(root, name, e)),
         }
-        match sys::mkdir_at(root, tenant, DIR_MODE) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        let created = match sys::mkdir_at(root, name, DIR_MODE) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
             Err(e) => return Err(Status::from_io_error(&e)),
-        }
-        sys::open_dir_at(root, tenant).map(Some).map_err(|e| classify(root, tenant, e))
+        };
+        let fd = sys::open_dir_at(root, name).map_err(|e| classify(root, name, e))?;
+        Ok((Some(fd), created))
     }
 
     /// Walks `parents` under the tenant's root, creating missing directories when
@@ -161,6 +192,46 @@ impl LocalBackend {
         }
     }
 
+    /// The volumes directory, created when `create` is set; `None` if it does not
+    /// exist.
+    fn volumes_dir(&self, create: bool) -> Result<Option<OwnedFd>, Status> {
+        let (fd, created) = self.top_dir(VOLUMES_DIR, create)?;
+        if created {
+            // The new directory entry must survive a crash too.
+            let root = self.inner.root.try_clone().map_err(|e| Status::from_io_error(&e))?;
+            File::from(root).sync_all().map_err(|e| Status::from_io_error(&e))?;
+        }
+        Ok(fd)
+    }
+
+    /// Opens an existing volume file read-write; gives its descriptor and size.
+    fn open_volume_file(dir: BorrowedFd<'_>, volume: &str) -> Result<OpenVolume, Status> {
+        let fd = sys::open_at(dir, volume, libc::O_RDWR | libc::O_NONBLOCK, 0).map_err(|e| classify(dir, volume, e))?;
+        let st = sys::stat_fd(fd.as_fd()).map_err(|e| Status::from_io_error(&e))?;
+        if st.kind != EntryType::File {
+            return Err(Status::Permission);
+        }
+        Ok(OpenVolume { file: File::from(fd), size: st.size })
+    }
+
+    /// The channel's open file for an existing volume.
+    fn volume(&mut self, volume: &str) -> Result<&OpenVolume, Status> {
+        check_volume_name(volume)?;
+        if !self.volumes.contains_key(volume) {
+            let dir = self.volumes_dir(false)?.ok_or(Status::NotFound)?;
+            let v = Self::open_volume_file(dir.as_fd(), volume)?;
+            if v.size == 0 {
+                // Created but never sized (a crash inside volume_open): not a volume yet.
+                return Err(Status::NotFound);
+            }
+            if self.volumes.len() >= MAX_OPEN_VOLUMES {
+                self.volumes.clear();
+            }
+            self.volumes.insert(volume.to_string(), v);
+        }
+        Ok(&self.volumes[volume])
+    }
+
     fn append_lock(&self, tenant: &str, path: &str) -> &Mutex<()> {
         let mut h = DefaultHasher::new();
         (tenant, path).hash(&mut h);
@@ -174,7 +245,7 @@ impl Backend for LocalBackend {
     }
 
     fn channel(&self) -> Box<dyn Backend> {
-        Box::new(LocalBackend { inner: self.inner.clone() })
+        Box::new(LocalBackend { inner: self.inner.clone(), volumes: HashMap::new() })
     }
 
     fn open(&mut self, tenant: &str, path: &str, f: u32) -> Result<(), Status> {
@@ -359,6 +430,70 @@ impl Backend for LocalBackend {
         // Also the directory entry, so that a newly created file survives a crash.
         sync(parent)
     }
+
+    fn volume_open(&mut self, volume: &str, size: u64, block_size: u32, create: bool) -> Result<u64, Status> {
+        check_volume_geometry(volume, size, block_size)?;
+        let inner = self.inner.clone();
+        let _g = inner.volume_create.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = match self.volumes_dir(create)? {
+            Some(d) => d,
+            None => return Err(Status::NotFound),
+        };
+        let mut v = match Self::open_volume_file(dir.as_fd(), volume) {
+            Ok(v) => v,
+            Err(Status::NotFound) if create => {
+                let fd = sys::open_at(dir.as_fd(), volume, libc::O_RDWR | libc::O_CREAT | libc::O_NONBLOCK, FILE_MODE)
+                    .map_err(|e| classify(dir.as_fd(), volume, e))?;
+                OpenVolume { file: File::from(fd), size: 0 }
+            }
+            Err(s) => return Err(s),
+        };
+        if v.size == 0 {
+            // New, or created by a volume_open that did not finish: size it now.
+            if !create {
+                return Err(Status::NotFound);
+            }
+            v.file.set_len(size).map_err(|e| Status::from_io_error(&e))?;
+            v.file.sync_all().map_err(|e| Status::from_io_error(&e))?;
+            File::from(dir).sync_all().map_err(|e| Status::from_io_error(&e))?;
+            v.size = size;
+        }
+        if v.size != size {
+            return Err(Status::Invalid);
+        }
+        self.volumes.remove(volume);
+        if self.volumes.len() >= MAX_OPEN_VOLUMES {
+            self.volumes.clear();
+        }
+        self.volumes.insert(volume.to_string(), v);
+        Ok(size)
+    }
+
+    fn volume_read(&mut self, volume: &str, offset: u64, buf: &mut [u8]) -> Result<usize, Status> {
+        let v = self.volume(volume)?;
+        check_volume_range(offset, buf.len(), v.size)?;
+        v.file.read_exact_at(buf, offset).map_err(|e| match e.kind() {
+            // Only if the file was cut behind the backend's back.
+            io::ErrorKind::UnexpectedEof => Status::Io,
+            _ => Status::from_io_error(&e),
+        })?;
+        Ok(buf.len())
+    }
+
+    fn volume_write(&mut self, volume: &str, offset: u64, data: &[u8], fua: bool) -> Result<usize, Status> {
+        let v = self.volume(volume)?;
+        check_volume_range(offset, data.len(), v.size)?;
+        v.file.write_all_at(data, offset).map_err(|e| Status::from_io_error(&e))?;
+        if fua {
+            v.file.sync_data().map_err(|e| Status::from_io_error(&e))?;
+        }
+        Ok(data.len())
+    }
+
+    fn volume_flush(&mut self, volume: &str) -> Result<(), Status> {
+        let v = self.volume(volume)?;
+        v.file.sync_data().map_err(|e| Status::from_io_error(&e))
+    }
 }
 
 #[cfg(test)]
@@ -432,6 +567,30 @@ mod tests {
         assert_eq!(b.stat("t", "fifo"), Err(Status::Permission));
         let names: Vec<String> = b.list("t", "", 0, 1 << 20).unwrap().entries.into_iter().map(|e| e.name).collect();
         assert_eq!(names, ["x"]);
+    }
+
+    /// A volume is the file DIR/@volumes/<name>, which no tenant path reaches.
+    #[test]
+    fn volumes_land_under_at_volumes() {
+        let (d, mut b) = backend();
+        assert_eq!(b.volume_open("v1", 1 << 20, 4096, true), Ok(1 << 20));
+        b.volume_write("v1", 4096, b"on disk", false).unwrap();
+        b.volume_flush("v1").unwrap();
+        let f = std::fs::read(d.path().join("data/@volumes/v1")).unwrap();
+        assert_eq!(f.len(), 1 << 20);
+        assert_eq!(&f[4096..4103], b"on disk");
+        assert_eq!(b.stat("@volumes", "v1"), Err(Status::Permission), "not a tenant");
+        // A file cut to 0 bytes behind our back (a crash inside volume_open) is
+        // sized again by the next volume_open with create.
+        std::fs::write(d.path().join("data/@volumes/v2"), b"").unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(b.volume_read("v2", 0, &mut buf), Err(Status::NotFound));
+        assert_eq!(b.volume_open("v2", 8192, 512, false), Err(Status::NotFound));
+        assert_eq!(b.volume_open("v2", 8192, 512, true), Ok(8192));
+        // A symbolic link in place of a volume is refused.
+        std::os::unix::fs::symlink(d.path().join("data/@volumes/v1"), d.path().join("data/@volumes/v3")).unwrap();
+        assert_eq!(b.volume_open("v3", 1 << 20, 4096, true), Err(Status::Permission));
+        assert_eq!(b.volume_read("v3", 0, &mut buf), Err(Status::Permission));
     }
 
     #[test]

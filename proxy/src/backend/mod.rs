@@ -14,6 +14,15 @@
 //!
 //! Every storing backend passes the same test body, [`conformance`].
 //!
+//! # Plain volumes
+//! Besides tenants' files, a backend stores **volumes**: flat byte arrays of a fixed
+//! size that back the plain virtio-blk disks of `pov-dpud` (`pov_volume_create`).
+//! Volumes live in a namespace of their own, separate from tenants' files (a volume
+//! and a tenant may share a name); a volume name follows the tenant-name rules
+//! ([`pov_proto::path::valid_tenant_name`], else [`Status::Permission`]). The local
+//! backend keeps volume `V` in the file `DIR/@volumes/V` (`@` is never a valid
+//! tenant name, so no tenant can reach it); the null backend stores nothing.
+//!
 //! # Threads and channels
 //! A backend value is used by one thread at a time (`&mut self`, `Send`). Each reactor
 //! connection gets its own [`Backend::channel`], a handle onto the same store (like an
@@ -140,6 +149,70 @@ pub trait Backend: Send {
     ///
     /// Errors: [`Status::NotFound`].
     fn fsync(&mut self, tenant: &str, path: &str) -> Result<(), Status>;
+
+    /// Opens the volume `volume`, creating it (zero-filled) with `size` bytes when it
+    /// does not exist and `create` is set; returns its size in bytes. `block_size`
+    /// (bytes) is the volume's block size: a power of two from 512 to 65536 that
+    /// divides `size`.
+    ///
+    /// Errors: [`Status::NotFound`] (missing, `create` not set), [`Status::Invalid`]
+    /// (an existing volume of another size — never a silent resize —, `size` 0 or not
+    /// a multiple of `block_size`, a bad `block_size`), [`Status::Permission`] (bad
+    /// name), [`Status::NoSpace`].
+    fn volume_open(&mut self, volume: &str, size: u64, block_size: u32, create: bool) -> Result<u64, Status>;
+
+    /// Reads `buf.len()` bytes at byte `offset` of an existing volume; returns
+    /// `buf.len()` (a volume has no short reads; never-written ranges read as zeros).
+    ///
+    /// Errors: [`Status::NotFound`], [`Status::Invalid`] (the range goes past the
+    /// end of the volume), [`Status::Permission`] (bad name), [`Status::Io`].
+    fn volume_read(&mut self, volume: &str, offset: u64, buf: &mut [u8]) -> Result<usize, Status>;
+
+    /// Writes `data` at byte `offset` of an existing volume; returns `data.len()`.
+    /// With `fua` (forced unit access) the data is durable on the backend's storage
+    /// before the call returns.
+    ///
+    /// Errors: as [`Backend::volume_read`], plus [`Status::NoSpace`].
+    fn volume_write(&mut self, volume: &str, offset: u64, data: &[u8], fua: bool) -> Result<usize, Status>;
+
+    /// Makes every write to `volume` that returned before this call — through any
+    /// channel of this backend — durable on the backend's storage.
+    ///
+    /// Errors: [`Status::NotFound`], [`Status::Permission`] (bad name), [`Status::Io`].
+    fn volume_flush(&mut self, volume: &str) -> Result<(), Status>;
+}
+
+/// Checks the arguments of [`Backend::volume_open`] that do not depend on storage:
+/// the name (else [`Status::Permission`]), `block_size` (a power of two, 512..=65536)
+/// and `size` (non-zero multiple of `block_size`, at most `i64::MAX`), else
+/// [`Status::Invalid`].
+pub fn check_volume_geometry(volume: &str, size: u64, block_size: u32) -> Result<(), Status> {
+    check_volume_name(volume)?;
+    if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
+        return Err(Status::Invalid);
+    }
+    if size == 0 || size.checked_rem(block_size as u64) != Some(0) || size > i64::MAX as u64 {
+        return Err(Status::Invalid);
+    }
+    Ok(())
+}
+
+/// Checks a volume name (tenant-name rules): [`Status::Permission`] if it is not valid.
+pub fn check_volume_name(volume: &str) -> Result<(), Status> {
+    if pov_proto::path::valid_tenant_name(volume) {
+        Ok(())
+    } else {
+        Err(Status::Permission)
+    }
+}
+
+/// Checks that `len` bytes at `offset` lie inside a volume of `size` bytes, else
+/// [`Status::Invalid`].
+pub fn check_volume_range(offset: u64, len: usize, size: u64) -> Result<(), Status> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Status::Invalid),
+    }
 }
 
 /// Checks a tenant name and re-normalizes a path, as every backend must before

@@ -8,9 +8,13 @@
 //! * Truncate reports the requested size; Stat says "file, size 0, mtime 0" (the root
 //!   is a directory); List is always empty; Remove and Fsync succeed.
 //!
-//! Invalid tenants and paths are refused like in every other backend.
+//! * Volumes: open succeeds for any valid name and geometry (returning the asked
+//!   size: nothing is kept, so there is no size to mismatch); reads return zeros at
+//!   any offset, writes are dropped, flush succeeds.
+//!
+//! Invalid tenants, paths and volume names are refused like in every other backend.
 
-use super::{resolve, Backend, Listing};
+use super::{check_volume_geometry, check_volume_name, resolve, Backend, Listing};
 use pov_proto::entry::{Kind, Stat};
 use pov_proto::Status;
 
@@ -87,6 +91,26 @@ impl Backend for NullBackend {
         resolve(tenant, path)?;
         Ok(())
     }
+
+    fn volume_open(&mut self, volume: &str, size: u64, block_size: u32, _create: bool) -> Result<u64, Status> {
+        check_volume_geometry(volume, size, block_size)?;
+        Ok(size)
+    }
+
+    fn volume_read(&mut self, volume: &str, _offset: u64, buf: &mut [u8]) -> Result<usize, Status> {
+        check_volume_name(volume)?;
+        buf.fill(0);
+        Ok(buf.len())
+    }
+
+    fn volume_write(&mut self, volume: &str, _offset: u64, data: &[u8], _fua: bool) -> Result<usize, Status> {
+        check_volume_name(volume)?;
+        Ok(data.len())
+    }
+
+    fn volume_flush(&mut self, volume: &str) -> Result<(), Status> {
+        check_volume_name(volume)
+    }
 }
 
 #[cfg(test)]
@@ -117,6 +141,24 @@ mod tests {
         assert_eq!(b.fsync("t", "f"), Ok(()));
         let mut ch = b.channel();
         assert_eq!(ch.read("t", "f", 0, &mut buf[..3]), Ok(3));
+    }
+
+    /// Volumes: zeros back, writes dropped, geometry and names still checked.
+    #[test]
+    fn volumes_store_nothing() {
+        let mut b = NullBackend::new();
+        assert_eq!(b.volume_open("v", 1 << 20, 512, true), Ok(1 << 20));
+        assert_eq!(b.volume_open("v", 4096, 4096, false), Ok(4096), "nothing kept, nothing to mismatch");
+        assert_eq!(b.volume_write("v", 0, b"data", true), Ok(4));
+        let mut buf = [0xffu8; 8];
+        assert_eq!(b.volume_read("v", 0, &mut buf), Ok(8));
+        assert_eq!(buf, [0u8; 8]);
+        assert_eq!(b.volume_flush("v"), Ok(()));
+        assert_eq!(b.volume_open("v", 1000, 512, true), Err(Status::Invalid));
+        assert_eq!(b.volume_open("v", 4096, 1000, true), Err(Status::Invalid));
+        assert_eq!(b.volume_open("../v", 4096, 512, true), Err(Status::Permission));
+        assert_eq!(b.volume_read("@v", 0, &mut buf), Err(Status::Permission));
+        assert_eq!(b.volume_flush(""), Err(Status::Permission));
     }
 
     /// Names are still checked: the null backend is no way around confinement.

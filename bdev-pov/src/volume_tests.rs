@@ -1,0 +1,426 @@
+//! Unit tests of the volume device models against a fake volume proxy over real TCP.
+
+use crate::block::{BlockCompletion, BlockOp, BlockRequest, BlockStatus};
+use crate::volume::{open_volume, NullVolume, VolumeConfig, VolumeDevice, VolumeError};
+use pov_proto::io::{flags, Op};
+use pov_proto::wire::{ProxyRequest, ProxyResponse};
+use pov_proto::Status;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+
+/// What a fake proxy saw: (proxy index, op, offset), in the order it answered.
+type Log = Arc<Mutex<Vec<(usize, Op, u64)>>>;
+
+/// State shared by fake proxies that front one store.
+#[derive(Clone, Default)]
+struct Store {
+    volumes: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    log: Log,
+}
+
+/// Behaviour of one fake proxy.
+#[derive(Clone, Copy, Default)]
+struct Behaviour {
+    /// Writes at this offset are answered after 300 ms.
+    slow_write_at: Option<u64>,
+    /// Never answer anything.
+    silent: bool,
+}
+
+/// Starts a fake volume proxy on `listener` (one thread per connection, frames
+/// answered in order) serving `store`; `idx` tags its log entries.
+fn serve(listener: TcpListener, store: Store, idx: usize, b: Behaviour) -> String {
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                loop {
+                    let mut len = [0u8; 4];
+                    if s.read_exact(&mut len).is_err() {
+                        return;
+                    }
+                    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+                    if s.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    if b.silent {
+                        continue;
+                    }
+                    let r = ProxyRequest::decode(&body).unwrap();
+                    let q = &r.req;
+                    if q.op == Op::VolumeWrite && b.slow_write_at == Some(q.offset) {
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    let mut vols = store.volumes.lock().unwrap();
+                    let (status, result, payload) = match (q.op, vols.get_mut(&q.tenant)) {
+                        (Op::VolumeOpen, None) if q.flags & flags::CREATE != 0 => {
+                            vols.insert(q.tenant.clone(), vec![0; q.offset as usize]);
+                            (Status::Ok, q.offset, vec![])
+                        }
+                        (Op::VolumeOpen, Some(v)) if v.len() as u64 == q.offset => (Status::Ok, q.offset, vec![]),
+                        (Op::VolumeOpen, Some(_)) => (Status::Invalid, 0, vec![]),
+                        (_, None) => (Status::NotFound, 0, vec![]),
+                        (Op::VolumeRead, Some(v)) => {
+                            let (s, e) = (q.offset as usize, q.offset as usize + q.length as usize);
+                            if e > v.len() { (Status::Invalid, 0, vec![]) } else { (Status::Ok, q.length as u64, v[s..e].to_vec()) }
+                        }
+                        (Op::VolumeWrite, Some(v)) => {
+                            let (s, e) = (q.offset as usize, q.offset as usize + r.payload.len());
+                            if e > v.len() {
+                                (Status::Invalid, 0, vec![])
+                            } else {
+                                v[s..e].copy_from_slice(r.payload);
+                                (Status::Ok, r.payload.len() as u64, vec![])
+                            }
+                        }
+                        (Op::VolumeFlush, Some(_)) => (Status::Ok, 0, vec![]),
+                        _ => (Status::UnknownOp, 0, vec![]),
+                    };
+                    drop(vols);
+                    store.log.lock().unwrap().push((idx, q.op, q.offset));
+                    ProxyResponse { op: q.op as u16, tag: q.tag, status, result, flags: 0 }.encode_frame(&payload, &mut out);
+                    if s.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn fake_proxy(store: &Store, idx: usize, b: Behaviour) -> String {
+    serve(TcpListener::bind("127.0.0.1:0").unwrap(), store.clone(), idx, b)
+}
+
+fn cfg(name: &str, size: u64, proxies: &[String]) -> VolumeConfig {
+    VolumeConfig {
+        name: name.into(),
+        volume: format!("{name}-backing"),
+        size,
+        block_size: 512,
+        proxies: proxies.iter().map(|p| format!("tcp:{p}")).collect(),
+        request_timeout_ms: 5_000,
+    }
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Drives a volume device like its reactor poller would.
+struct Harness {
+    dev: VolumeDevice,
+    next_tag: u64,
+    done: HashMap<u64, BlockCompletion>,
+}
+
+impl Harness {
+    fn new(c: VolumeConfig) -> Harness {
+        open_volume(&c, Duration::from_secs(5)).unwrap();
+        Harness { dev: VolumeDevice::new(c).unwrap(), next_tag: 1, done: HashMap::new() }
+    }
+
+    fn submit(&mut self, op: BlockOp, offset: u64, buf: Vec<u8>) -> u64 {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.dev.submit(BlockRequest { op, offset, buf: Box::new(buf), tag });
+        tag
+    }
+
+    fn pump(&mut self) {
+        self.dev.poll(&mut ());
+        let mut v = Vec::new();
+        self.dev.take_completions(&mut v);
+        for c in v {
+            self.done.insert(c.tag, c);
+        }
+    }
+
+    fn try_take(&mut self, tag: u64) -> Option<(BlockStatus, Vec<u8>)> {
+        self.pump();
+        self.done.remove(&tag).map(|c| {
+            let mut data = vec![0u8; c.buf.len()];
+            c.buf.read_at(0, &mut data).unwrap();
+            (c.status, data)
+        })
+    }
+
+    fn wait(&mut self, tag: u64) -> (BlockStatus, Vec<u8>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = self.try_take(tag) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "IO {tag} never completed");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn io(&mut self, op: BlockOp, offset: u64, buf: Vec<u8>) -> (BlockStatus, Vec<u8>) {
+        let t = self.submit(op, offset, buf);
+        self.wait(t)
+    }
+}
+
+#[test]
+fn volume_round_trip_split_and_checks() {
+    let store = Store::default();
+    let p = fake_proxy(&store, 0, Behaviour::default());
+    let size = 8 * MIB as u64;
+    let mut h = Harness::new(cfg("vol0", size, &[p]));
+    assert_eq!(h.dev.config().capacity_sectors(), size / 512);
+    // Pieces: a 3 MiB + 4 KiB write (4 frames), the last block, small IOs.
+    let writes = [(4096u64, pattern(1, 3 * MIB + 4096)), (size - 512, pattern(2, 512)), (0, pattern(3, 1024)), (5 * MIB as u64 - 512, pattern(4, MIB + 1024))];
+    for (off, data) in &writes {
+        assert_eq!(h.io(BlockOp::Write, *off, data.clone()).0, BlockStatus::Ok, "write at {off}");
+    }
+    let backing = store.volumes.lock().unwrap()["vol0-backing"].clone();
+    for (off, data) in &writes {
+        assert!(backing[*off as usize..*off as usize + data.len()] == data[..], "proxy holds the write at {off}");
+        let (st, got) = h.io(BlockOp::Read, *off, vec![0xee; data.len()]);
+        assert_eq!(st, BlockStatus::Ok);
+        assert!(got == *data, "read back at {off}");
+    }
+    let frames_for_big = store.log.lock().unwrap().iter().filter(|(_, op, off)| *op == Op::VolumeWrite && (4096..4096 + 3 * MIB as u64 + 4096).contains(off)).count();
+    assert_eq!(frames_for_big, 4, "3 MiB + 4 KiB goes as four frames of at most 1 MiB");
+    let (st, id) = h.io(BlockOp::GetId, 0, vec![0; 20]);
+    assert_eq!(st, BlockStatus::Ok);
+    assert_eq!(&id[..8], b"vol-vol0");
+    assert!(!pov_proto::layout::is_pov_serial(&id), "never mistaken for a PoV device");
+    // Misaligned, out of range, unknown types: errors, and the device keeps serving.
+    assert_eq!(h.io(BlockOp::Write, 100, vec![1; 512]).0, BlockStatus::IoErr);
+    assert_eq!(h.io(BlockOp::Read, 0, vec![0; 100]).0, BlockStatus::IoErr);
+    assert_eq!(h.io(BlockOp::Read, size, vec![0; 512]).0, BlockStatus::IoErr);
+    assert_eq!(h.io(BlockOp::Write, size - 512, vec![0; 1024]).0, BlockStatus::IoErr);
+    assert_eq!(h.io(BlockOp::Read, u64::MAX - 511, vec![0; 512]).0, BlockStatus::IoErr);
+    assert_eq!(h.io(BlockOp::Other(42), 0, vec![]).0, BlockStatus::Unsupported);
+    assert_eq!(store.volumes.lock().unwrap()["vol0-backing"], backing, "refused IOs wrote nothing");
+    assert!(h.io(BlockOp::Read, size - 512, vec![0; 512]).1 == writes[1].1);
+    let s = h.dev.stats();
+    assert_eq!((s.writes, s.errors, s.in_flight), (4, 6, 0));
+}
+
+#[test]
+fn block_size_4096_requires_4096_alignment() {
+    let store = Store::default();
+    let p = fake_proxy(&store, 0, Behaviour::default());
+    let mut c = cfg("vol4k", MIB as u64, &[p]);
+    c.block_size = 4096;
+    let mut h = Harness::new(c);
+    assert_eq!(h.dev.config().block_size, 4096);
+    assert_eq!(h.io(BlockOp::Write, 512, vec![1; 4096]).0, BlockStatus::IoErr);
+    assert_eq!(h.io(BlockOp::Write, 4096, vec![1; 512]).0, BlockStatus::IoErr);
+    assert_eq!(h.io(BlockOp::Write, 4096, vec![1; 8192]).0, BlockStatus::Ok);
+}
+
+/// FLUSH goes to every connection that acknowledged writes, only after the writes
+/// submitted before it completed, and nowhere when nothing is dirty.
+#[test]
+fn flush_covers_every_connection() {
+    let store = Store::default();
+    let p0 = fake_proxy(&store, 0, Behaviour::default());
+    let p1 = fake_proxy(&store, 1, Behaviour::default());
+    let mut h = Harness::new(cfg("volf", 8 * MIB as u64, &[p0, p1]));
+    let tags: Vec<u64> = (0..6).map(|i| h.submit(BlockOp::Write, i * 65536, pattern(i, 65536))).collect();
+    for t in tags {
+        assert_eq!(h.wait(t).0, BlockStatus::Ok);
+    }
+    let before = store.log.lock().unwrap().len();
+    assert_eq!(h.io(BlockOp::Flush, 0, vec![]).0, BlockStatus::Ok);
+    let log = store.log.lock().unwrap().clone();
+    let flushes: Vec<usize> = log[before..].iter().filter(|(_, op, _)| *op == Op::VolumeFlush).map(|(i, _, _)| *i).collect();
+    let mut sorted = flushes.clone();
+    sorted.sort();
+    assert_eq!(sorted, [0, 1], "one VolumeFlush per connection that carried writes");
+    let n = store.log.lock().unwrap().len();
+    assert_eq!(h.io(BlockOp::Flush, 0, vec![]).0, BlockStatus::Ok);
+    assert_eq!(store.log.lock().unwrap().len(), n, "nothing dirty: no proxy round trip");
+    // One more write lands on one connection: only that one is flushed.
+    assert_eq!(h.io(BlockOp::Write, 0, vec![9; 512]).0, BlockStatus::Ok);
+    let n = store.log.lock().unwrap().len();
+    assert_eq!(h.io(BlockOp::Flush, 0, vec![]).0, BlockStatus::Ok);
+    let log = store.log.lock().unwrap().clone();
+    assert_eq!(log[n..].iter().filter(|(_, op, _)| *op == Op::VolumeFlush).count(), 1);
+    assert_eq!(h.dev.stats().flushes, 3);
+}
+
+/// A FLUSH submitted while an earlier WRITE is still at the proxy waits for it, and
+/// its VolumeFlush reaches the proxy after the write was executed.
+#[test]
+fn flush_waits_for_earlier_writes() {
+    let store = Store::default();
+    let p = fake_proxy(&store, 0, Behaviour { slow_write_at: Some(MIB as u64), silent: false });
+    let mut h = Harness::new(cfg("volw", 4 * MIB as u64, &[p]));
+    let w = h.submit(BlockOp::Write, MIB as u64, pattern(5, 4096));
+    let f = h.submit(BlockOp::Flush, 0, vec![]);
+    let t0 = Instant::now();
+    let mut flush_done = None;
+    let mut write_done = None;
+    while flush_done.is_none() {
+        if write_done.is_none() {
+            write_done = h.try_take(w).map(|r| (r.0, Instant::now()));
+        }
+        flush_done = h.try_take(f).map(|r| (r.0, Instant::now()));
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let (wst, wt) = write_done.expect("the write completed before the flush");
+    let (fst, ft) = flush_done.unwrap();
+    assert_eq!((wst, fst), (BlockStatus::Ok, BlockStatus::Ok));
+    assert!(wt <= ft);
+    let log = store.log.lock().unwrap().clone();
+    let wpos = log.iter().position(|e| e.1 == Op::VolumeWrite).unwrap();
+    let fpos = log.iter().position(|e| e.1 == Op::VolumeFlush).expect("a VolumeFlush was sent");
+    assert!(wpos < fpos, "flush executed after the write: {log:?}");
+}
+
+/// Shutdown with a slow write and a FLUSH behind it: both complete with IOERR, none
+/// is lost, nothing stays in flight.
+#[test]
+fn shutdown_fails_everything_in_progress() {
+    let store = Store::default();
+    let p = fake_proxy(&store, 0, Behaviour { slow_write_at: Some(0), silent: false });
+    let mut h = Harness::new(cfg("vols", MIB as u64, &[p]));
+    let w = h.submit(BlockOp::Write, 0, vec![1; 4096]);
+    let f = h.submit(BlockOp::Flush, 0, vec![]);
+    let r = h.submit(BlockOp::Read, 4096, vec![0; 4096]);
+    h.dev.shutdown(&mut ());
+    let mut v = Vec::new();
+    h.dev.take_completions(&mut v);
+    let mut got: Vec<(u64, BlockStatus)> = v.iter().map(|c| (c.tag, c.status)).collect();
+    got.sort_by_key(|x| x.0);
+    assert_eq!(got, [(w, BlockStatus::IoErr), (f, BlockStatus::IoErr), (r, BlockStatus::IoErr)]);
+    assert_eq!(h.dev.stats().in_flight, 0);
+    assert_eq!(h.dev.deadline(), None);
+}
+
+#[test]
+fn timeout_unreachable_and_recovery() {
+    // A proxy that never answers: IOERR after the request timeout.
+    let store = Store::default();
+    let silent = fake_proxy(&store, 0, Behaviour { silent: true, ..Default::default() });
+    let mut c = cfg("volt", MIB as u64, &[silent]);
+    c.request_timeout_ms = 200;
+    let mut dev = Harness { dev: VolumeDevice::new(c).unwrap(), next_tag: 1, done: HashMap::new() };
+    let t0 = Instant::now();
+    assert_eq!(dev.io(BlockOp::Read, 0, vec![0; 4096]).0, BlockStatus::IoErr);
+    assert_eq!(dev.io(BlockOp::Flush, 0, vec![]).0, BlockStatus::Ok, "nothing acknowledged, nothing to flush");
+    assert!(t0.elapsed() < Duration::from_secs(2), "bounded by the request timeout");
+    assert_eq!(dev.dev.stats().timeouts, 1);
+
+    // No proxy listening: IOERR at once; then the proxy comes up and IO recovers.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    drop(l);
+    let c = cfg("volu", MIB as u64, std::slice::from_ref(&addr));
+    assert!(matches!(open_volume(&c, Duration::from_secs(1)), Err(VolumeError::Unreachable { .. })));
+    let mut h = Harness { dev: VolumeDevice::new(c.clone()).unwrap(), next_tag: 1, done: HashMap::new() };
+    let t0 = Instant::now();
+    assert_eq!(h.io(BlockOp::Write, 0, vec![1; 512]).0, BlockStatus::IoErr);
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    let store = Store::default();
+    serve(TcpListener::bind(&addr).unwrap(), store.clone(), 0, Behaviour::default());
+    open_volume(&c, Duration::from_secs(5)).unwrap();
+    let t0 = Instant::now();
+    loop {
+        if h.io(BlockOp::Write, 0, vec![7; 512]).0 == BlockStatus::Ok {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "no recovery");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(h.io(BlockOp::Read, 0, vec![0; 512]).1, vec![7; 512]);
+}
+
+#[test]
+fn open_volume_creates_and_refuses_size_mismatch() {
+    let store = Store::default();
+    let p = fake_proxy(&store, 0, Behaviour::default());
+    let c = cfg("volo", 2 * MIB as u64, std::slice::from_ref(&p));
+    assert_eq!(open_volume(&c, Duration::from_secs(5)).unwrap(), 2 * MIB as u64);
+    assert_eq!(store.volumes.lock().unwrap()["volo-backing"].len(), 2 * MIB);
+    assert_eq!(open_volume(&c, Duration::from_secs(5)).unwrap(), 2 * MIB as u64, "reopen");
+    let mut bigger = c.clone();
+    bigger.size = 4 * MIB as u64;
+    let e = open_volume(&bigger, Duration::from_secs(5)).unwrap_err();
+    assert!(matches!(e, VolumeError::SizeMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("never resized"), "{e}");
+    // Bad configurations never reach a proxy.
+    for f in [
+        |c: &mut VolumeConfig| c.size = 1000,
+        |c: &mut VolumeConfig| c.block_size = 1024,
+        |c: &mut VolumeConfig| c.name = "../x".into(),
+        |c: &mut VolumeConfig| c.volume = "a/b".into(),
+        |c: &mut VolumeConfig| c.proxies.clear(),
+        |c: &mut VolumeConfig| c.request_timeout_ms = 0,
+    ] {
+        let mut bad = c.clone();
+        f(&mut bad);
+        assert!(matches!(VolumeDevice::new(bad), Err(VolumeError::Invalid { .. })));
+    }
+}
+
+#[test]
+fn host_volume_ops_rejected_by_pov_device_decoder() {
+    use pov_proto::io::{RequestHeader, SdkHint};
+    let h = RequestHeader {
+        op: Op::VolumeWrite,
+        queue_id: 0,
+        pid: 1,
+        session_id: 1,
+        request_id: 1,
+        file_handle: 0,
+        offset: 0,
+        length: 0,
+        flags: 0,
+        payload_len: 0,
+        hint: SdkHint::default(),
+    };
+    let mut b = [0u8; 512];
+    h.encode_into(&mut b);
+    assert_eq!(RequestHeader::decode(&b).unwrap_err().status(), Status::UnknownOp);
+}
+
+#[test]
+fn null_volume_reads_zeros_and_drops_writes() {
+    let mut c = cfg("null0", 4 * MIB as u64, &[]);
+    c.volume = "null0".into();
+    let mut d = NullVolume::new(c).unwrap();
+    let run = |d: &mut NullVolume, op, offset, buf: Vec<u8>| {
+        d.submit(BlockRequest { op, offset, buf: Box::new(buf), tag: 1 });
+        let mut v = Vec::new();
+        d.take_completions(&mut v);
+        assert_eq!(v.len(), 1, "completes at once");
+        let c = v.pop().unwrap();
+        let mut data = vec![0u8; c.buf.len()];
+        c.buf.read_at(0, &mut data).unwrap();
+        (c.status, c.written, data)
+    };
+    assert_eq!(run(&mut d, BlockOp::Write, 0, vec![0xab; 2 * MIB]).0, BlockStatus::Ok);
+    let (st, n, data) = run(&mut d, BlockOp::Read, 0, vec![0xcd; 2 * MIB]);
+    assert_eq!((st, n), (BlockStatus::Ok, 2 * MIB as u32));
+    assert!(data.iter().all(|&x| x == 0), "reads are zeros, writes were dropped");
+    assert_eq!(run(&mut d, BlockOp::Flush, 0, vec![]).0, BlockStatus::Ok);
+    assert_eq!(&run(&mut d, BlockOp::GetId, 0, vec![0; 20]).2[..9], b"vol-null0");
+    assert_eq!(run(&mut d, BlockOp::Read, 4 * MIB as u64, vec![0; 512]).0, BlockStatus::IoErr);
+    assert_eq!(run(&mut d, BlockOp::Read, 7, vec![0; 512]).0, BlockStatus::IoErr);
+    assert_eq!(run(&mut d, BlockOp::Other(3), 0, vec![]).0, BlockStatus::Unsupported);
+    assert_eq!(d.stats().bytes_written, 2 * MIB as u64);
+}
