@@ -10,6 +10,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ptr;
+use std::sync::Arc;
 
 /// A negative return of libcephfs, as a positive errno value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +152,7 @@ impl CephMount {
     /// system root `/`.
     ///
     /// Errors: the errno of the first failing step, with the step's name.
-    pub fn mount(id: &str, conf: &str, options: &[(&str, &str)]) -> Result<CephMount, (&'static str, Errno)> {
+    pub fn mount(id: &str, conf: &str, options: &[(&str, &str)]) -> Result<Arc<CephMount>, (&'static str, Errno)> {
         let id = cstr(id).map_err(|e| ("client name", e))?;
         let mut raw = ptr::null_mut();
         // SAFETY: `raw` is a valid out-pointer; `id` is a NUL-terminated string that
@@ -169,15 +170,16 @@ impl CephMount {
         }
         // SAFETY: handle configured and not mounted; the root is a static C string.
         check(unsafe { ceph_mount(m.raw, c"/".as_ptr()) }).map_err(|e| ("ceph_mount", e))?;
-        Ok(m)
+        Ok(Arc::new(m))
     }
 
-    /// Opens `path` with POSIX `flags` (`O_*`), creating with `mode`.
-    pub fn open(&self, path: &str, flags: i32, mode: u32) -> Result<CephFile<'_>, Errno> {
+    /// Opens `path` with POSIX `flags` (`O_*`), creating with `mode`. The file keeps
+    /// the mount alive.
+    pub fn open(self: &Arc<CephMount>, path: &str, flags: i32, mode: u32) -> Result<CephFile, Errno> {
         let p = cstr(path)?;
         // SAFETY: mounted handle, NUL-terminated path.
         let fd = check(unsafe { ceph_open(self.raw, p.as_ptr(), flags, mode as libc::mode_t) })?;
-        Ok(CephFile { mount: self, fd })
+        Ok(CephFile { mount: self.clone(), fd })
     }
 
     /// `stat` of `path`, not following a final symbolic link.
@@ -254,13 +256,20 @@ impl Drop for CephMount {
     }
 }
 
-/// An open file of a [`CephMount`]; closed on drop.
-pub struct CephFile<'m> {
-    mount: &'m CephMount,
+/// An open file of a [`CephMount`]; closed on drop. Positional calls only, so one
+/// file may be used by several threads at once.
+pub struct CephFile {
+    mount: Arc<CephMount>,
     fd: c_int,
 }
 
-impl CephFile<'_> {
+impl std::fmt::Debug for CephFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CephFile").field("fd", &self.fd).finish()
+    }
+}
+
+impl CephFile {
     /// Reads up to `buf.len()` bytes at `offset`; returns the count (short at end of
     /// file).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
@@ -305,7 +314,7 @@ impl CephFile<'_> {
     }
 }
 
-impl Drop for CephFile<'_> {
+impl Drop for CephFile {
     fn drop(&mut self) {
         // SAFETY: `fd` is open on this mount and closed exactly once.
         unsafe { ceph_close(self.mount.raw, self.fd) };
