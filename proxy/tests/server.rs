@@ -534,3 +534,67 @@ fn a_call_past_its_deadline_is_answered_with_timeout() {
     let (resp, _) = c.call(req(Op::Stat, "t", "nope"), &[]);
     assert_eq!(resp.status, Status::NotFound, "no stray answer for the timed-out call");
 }
+
+/// Resumes a stopped process when dropped (also when the test fails).
+struct Resume(String);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+/// A Ceph outage (the only OSD frozen with SIGSTOP) gives the peer `Timeout` answers
+/// within the backend's deadline, the connection keeps serving, and IO works again
+/// once the OSD is back, without restarting anything. Skipped (loudly) without Ceph
+/// outside CI.
+#[test]
+fn ceph_outage_times_out_in_bounded_time_and_service_resumes() {
+    use pov_proxy::backend::ceph::{dev::DevCluster, CephConfig};
+    let Some(cluster) = DevCluster::shared() else { return };
+    let config = CephConfig {
+        timeout: Duration::from_millis(1500),
+        workers: 4,
+        ..cluster.config("/outage")
+    };
+    let server = Server::start(ServerConfig {
+        listen: "tcp:127.0.0.1:0".into(),
+        backend: BackendSpec::Ceph(config),
+        ..ServerConfig::default()
+    })
+    .expect("proxy on Ceph starts");
+    let mut c = Client::connect(server.local_addr());
+    create_with(&mut c, "f", b"before the outage");
+    let pid = std::fs::read_to_string(cluster.dir().join("run/osd.0.pid")).expect("OSD pid file");
+    let pid = pid.trim().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let resume = Resume(pid);
+    let mut w = req(Op::Write, "t", "f");
+    w.flags = flags::SYNC;
+    let t0 = Instant::now();
+    let (resp, _) = c.call(w, b"during");
+    let took = t0.elapsed();
+    assert_eq!(resp.status, Status::Timeout, "write during the outage");
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(5), "answered after {took:?}");
+    let mut r = req(Op::Read, "t", "f");
+    r.length = 64;
+    let t0 = Instant::now();
+    assert_eq!(c.status(r.clone(), &[]), Status::Timeout, "read during the outage");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    drop(resume);
+    // Ceph is back: the same connection serves again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut w = req(Op::Write, "t", "f");
+        w.flags = flags::SYNC;
+        if c.call(w, b"after!").0.status == Status::Ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "service did not resume within 30 s");
+    }
+    let (resp, data) = c.call(r, &[]);
+    assert_eq!(resp.status, Status::Ok);
+    assert_eq!(&data[..6], b"after!");
+    drop(c);
+    server.shutdown();
+}

@@ -201,7 +201,7 @@ impl CephBackend {
     /// no keyring, cluster unreachable within the timeout, no file system).
     pub fn open(config: &CephConfig) -> Result<CephBackend, crate::Error> {
         let err = |step: &str, e: Errno| crate::Error::CephSetup { what: format!("{step} ({config})"), errno: e.0 };
-        let secs = config.timeout.as_secs_f64().max(1.0).to_string();
+        let secs = config.timeout.as_millis().div_ceil(1000).max(1).to_string();
         let keyring = config.keyring.as_ref().map(|k| k.to_string_lossy().into_owned());
         let mut opts: Vec<(&str, &str)> = vec![
             // No client-side object cache: a write is in the OSDs when the host gets
@@ -359,7 +359,7 @@ impl CephBackend {
             return Ok(io.clone());
         }
         let c = &self.inner.config;
-        let secs = c.timeout.as_secs_f64().max(1.0).to_string();
+        let secs = c.timeout.as_millis().div_ceil(1000).max(1).to_string();
         let keyring = c.keyring.as_ref().map(|k| k.to_string_lossy().into_owned());
         let mut opts: Vec<(&str, &str)> =
             vec![("rbd_cache", "false"), ("rados_mon_op_timeout", &secs), ("rados_osd_op_timeout", &secs)];
