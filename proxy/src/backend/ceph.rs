@@ -551,12 +551,9 @@ impl Backend for CephBackend {
                 Ok(Kind::Dir) => DirEntry { kind: Kind::Dir, size: 0, name },
                 Err(_) => continue,
             };
-            if used + entry.encoded_len() > max_bytes {
-                out.more = true;
+            if !out.push_within(entry, &mut used, max_bytes) {
                 break;
             }
-            used += entry.encoded_len();
-            out.entries.push(entry);
         }
         Ok(out)
     }

@@ -57,6 +57,22 @@ pub struct Listing {
     pub more: bool,
 }
 
+impl Listing {
+    /// Appends `entry` if the encoded records still fit in `max_bytes`; `used` counts
+    /// the encoded bytes already in the page and is updated. When the entry does not
+    /// fit, sets [`Listing::more`] and returns `false` (the page is full).
+    pub fn push_within(&mut self, entry: DirEntry, used: &mut usize, max_bytes: usize) -> bool {
+        let len = entry.encoded_len();
+        if *used + len > max_bytes {
+            self.more = true;
+            return false;
+        }
+        *used += len;
+        self.entries.push(entry);
+        true
+    }
+}
+
 /// File operations inside per-tenant namespaces.
 ///
 /// Arguments shared by every method: `tenant` must pass

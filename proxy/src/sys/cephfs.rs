@@ -89,7 +89,8 @@ extern "C" {
     fn ceph_closedir(cmount: *mut MountInfo, dirp: *mut DirResult) -> c_int;
 }
 
-fn check(r: c_int) -> Result<c_int, Errno> {
+/// A libcephfs/librados return value: negative errno or a count.
+pub(super) fn check(r: c_int) -> Result<c_int, Errno> {
     if r < 0 {
         Err(Errno(-r))
     } else {
@@ -97,7 +98,8 @@ fn check(r: c_int) -> Result<c_int, Errno> {
     }
 }
 
-fn cstr(s: &str) -> Result<CString, Errno> {
+/// A C string argument; an interior NUL is `EINVAL`.
+pub(super) fn cstr(s: &str) -> Result<CString, Errno> {
     CString::new(s).map_err(|_| Errno(libc::EINVAL))
 }
 

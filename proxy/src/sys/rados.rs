@@ -8,8 +8,8 @@
 //! librados and librbd handles are thread-safe: one [`Rados`], [`IoCtx`] or
 //! [`RbdImage`] may be used from several threads at once.
 
-use super::cephfs::Errno;
-use std::ffi::{c_char, c_int, c_void, CString};
+use super::cephfs::{check, cstr, Errno};
+use std::ffi::{c_char, c_int, c_void};
 use std::ptr;
 use std::sync::Arc;
 
@@ -42,17 +42,6 @@ extern "C" {
     fn rbd_flush(image: RbdImageT) -> c_int;
 }
 
-fn check(r: c_int) -> Result<c_int, Errno> {
-    if r < 0 {
-        Err(Errno(-r))
-    } else {
-        Ok(r)
-    }
-}
-
-fn cstr(s: &str) -> Result<CString, Errno> {
-    CString::new(s).map_err(|_| Errno(libc::EINVAL))
-}
 
 /// A connected RADOS cluster handle; shut down when the last user drops it.
 pub struct Rados {
