@@ -440,7 +440,6 @@ impl Backend for CephBackend {
         let create = f & flags::CREATE != 0;
         let mut o = if create || f & (flags::WRITE | flags::TRUNCATE) != 0 { libc::O_RDWR } else { libc::O_RDONLY };
         if create {
-            self.make_parents(tenant, &p)?;
             o |= libc::O_CREAT;
             if f & flags::EXCL != 0 {
                 o |= libc::O_EXCL;
@@ -449,7 +448,14 @@ impl Backend for CephBackend {
         if f & flags::TRUNCATE != 0 {
             o |= libc::O_TRUNC;
         }
-        self.open_file(tenant, &p, o).map(|_| ())
+        match self.open_file(tenant, &p, o) {
+            // Parents are created only when missing: each mkdir is an MDS round trip.
+            Err(Status::NotFound) if create => {
+                self.make_parents(tenant, &p)?;
+                self.open_file(tenant, &p, o).map(|_| ())
+            }
+            r => r.map(|_| ()),
+        }
     }
 
     fn read(&mut self, tenant: &str, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, Status> {
