@@ -16,7 +16,11 @@
 //! * **libcephfs**: the same file-system calls issued directly from this process
 //!   (one mount, client cache off as in the proxy);
 //! * **librados**: `rados_read`/`rados_write` on four 4 MiB objects of pool
-//!   `pov-rados` (the floor under both).
+//!   `pov-rados` (the floor under both);
+//! * **PoV volume**: a plain volume (`pov_volume_create`, 17 virtqueues) driven by
+//!   a libblkio client with one virtqueue per thread → `pov-dpud` → TCP →
+//!   `pov-proxy` → librbd (RBD image in `pov-rbd`);
+//! * **librbd**: `rbd_read`/`rbd_write` on another image of the same size, directly.
 //!
 //! Each round runs every (operation, QD) for each client in turn (PoV, libcephfs,
 //! librados); the report gives medians over rounds of IOPS and of the per-round
@@ -27,8 +31,9 @@ use pov_proxy::backend::ceph::dev::DevCluster;
 use pov_proxy::sys::cephfs::CephMount;
 use pov_proxy::sys::rados::Rados;
 use serde_json::json;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const IO: usize = 4096;
@@ -83,6 +88,44 @@ fn measure(threads: usize, secs: f64, op: &(dyn Fn(usize, u64, &mut [u8]) + Sync
 fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
     v.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
     v[v.len() / 2]
+}
+
+/// A libblkio client of a plain volume: one queue and one 4 KiB buffer per thread.
+struct VolumeClient {
+    _b: blkio::Blkio,
+    queues: Vec<Mutex<blkio::Blkioq>>,
+    region: blkio::MemoryRegion,
+}
+
+impl VolumeClient {
+    fn connect(sock: &Path, queues: usize) -> VolumeClient {
+        let mut b = blkio::Blkio::new("virtio-blk-vhost-user").expect("libblkio driver");
+        b.set_str("path", sock.to_str().expect("UTF-8 socket path")).expect("path");
+        b.connect().expect("connect to the volume");
+        b.set_i32("num-queues", queues as i32).expect("num-queues");
+        let out = b.start().expect("start libblkio");
+        let region = b.alloc_mem_region(queues * IO).expect("buffers");
+        b.map_mem_region(&region).expect("map buffers");
+        VolumeClient { queues: out.queues.into_iter().map(Mutex::new).collect(), _b: b, region }
+    }
+
+    /// One IO of `IO` bytes at `off` on thread `t`'s queue and buffer.
+    fn io(&self, t: usize, write: bool, off: u64) {
+        let mut q = self.queues[t].lock().expect("queue lock");
+        let buf = (self.region.addr + t * IO) as *mut u8;
+        if write {
+            q.write(off, buf, IO, 0, blkio::ReqFlags::empty());
+        } else {
+            q.read(off, buf, IO, 0, blkio::ReqFlags::empty());
+        }
+        let mut c = [MaybeUninit::<blkio::Completion>::uninit()];
+        let mut timeout = Duration::from_secs(30);
+        let n = q.do_io(&mut c, 1, Some(&mut timeout), None).expect("do_io");
+        assert_eq!(n, 1, "no completion within 30 s");
+        // SAFETY: do_io filled the first `n` completions.
+        let ret = unsafe { c[0].assume_init_ref() }.ret;
+        assert_eq!(ret, 0, "volume IO failed");
+    }
 }
 
 struct Args {
@@ -149,6 +192,24 @@ fn main() {
         cfile.write_at(&fill, Some(i << 20)).expect("fill direct file");
     }
 
+    // A plain volume through PoV, and librbd directly.
+    let vol_sock = stack.dir.path().join("benchvol.sock");
+    let params = json!({"name": "benchvol", "socket": vol_sock, "size": REGION * 4, "block_size": 4096,
+        "virtqueues": 16, "proxies": [format!("tcp:{}", stack.proxy_addr)]});
+    pov_e2e::rpc(&stack.rpc_sock, "pov_volume_create", params).expect("pov_volume_create");
+    let vol = VolumeClient::connect(&vol_sock, 16);
+    let rbd_io = Arc::new(Rados::connect("admin", &conf_s, &[("rbd_cache", "false")]).expect("RADOS").ioctx("pov-rbd").expect("pool pov-rbd"));
+    let _ = rbd_io.rbd_create("bench-direct", REGION * 4);
+    let img = rbd_io.rbd_open("bench-direct").expect("open RBD image");
+    for i in 0..REGION / (1 << 20) {
+        img.write(i << 20, &fill).expect("fill image");
+    }
+    for t in 0..16 {
+        for i in 0..REGION / IO as u64 / 16 {
+            vol.io(t, true, (i * 16 + t as u64) * IO as u64);
+        }
+    }
+
     // librados directly.
     let rados = Rados::connect("admin", &conf_s, &[]).expect("connect RADOS");
     let io = Arc::new(rados.ioctx("pov-rados").expect("pool pov-rados"));
@@ -173,6 +234,16 @@ fn main() {
             ("libcephfs", Kind::Write) => Box::new(|_, off, buf: &mut [u8]| {
                 assert_eq!(cfile.write_at(buf, Some(off)).expect("libcephfs write"), IO);
             }),
+            ("PoV volume", k) => {
+                let vol = &vol;
+                Box::new(move |t, off, _buf: &mut [u8]| vol.io(t, k == Kind::Write, off))
+            }
+            ("librbd", Kind::Read) => Box::new(|_, off, buf: &mut [u8]| {
+                assert_eq!(img.read(off, buf).expect("librbd read"), IO);
+            }),
+            ("librbd", Kind::Write) => Box::new(|_, off, buf: &mut [u8]| {
+                assert_eq!(img.write(off, buf).expect("librbd write"), IO);
+            }),
             (_, Kind::Read) => {
                 let io = io.clone();
                 Box::new(move |_, off, buf: &mut [u8]| {
@@ -187,7 +258,7 @@ fn main() {
         }
     };
 
-    let clients = ["PoV", "libcephfs", "librados"];
+    let clients = ["PoV", "libcephfs", "librados", "PoV volume", "librbd"];
     let mut cases = vec![(Kind::Read, 1usize), (Kind::Write, 1), (Kind::Read, 16), (Kind::Write, 16)];
     if let Ok(only) = std::env::var("POV_BENCH_QD") {
         let qd: usize = only.parse().unwrap_or_else(|_| usage("POV_BENCH_QD takes a number"));
@@ -227,13 +298,18 @@ fn main() {
                 median(v.iter().map(|s| s.p99.as_secs_f64() * 1e6).collect()),
             )
         };
-        let pov = med(0);
         for (li, name) in clients.iter().enumerate() {
             let (iops, p50, p99) = med(li);
-            let ratio = if li == 0 { "—".to_string() } else { format!("{:.2}× IOPS, {:.2}× p50", pov.0 / iops, pov.1 / p50) };
+            // Files compare with the first client, volumes with PoV volume.
+            let base = if li < 3 { 0 } else { 3 };
+            let pov = med(base);
+            let ratio = if li == base { "—".to_string() } else { format!("{:.2}× IOPS, {:.2}× p50", pov.0 / iops, pov.1 / p50) };
             println!("| {} 4 KiB | {qd} | {name} | {iops:.0} | {p50:.0} | {p99:.0} | {ratio} |", format!("{k:?}").to_lowercase());
         }
     }
+    drop(vol);
+    drop(img);
+    drop(rbd_io);
     drop(cfile);
     drop(mount);
     drop(pov_file);
