@@ -17,7 +17,7 @@
 //!   (one mount, client cache off as in the proxy);
 //! * **librados**: `rados_read`/`rados_write` on four 4 MiB objects of pool
 //!   `pov-rados` (the floor under both);
-//! * **PoV volume**: a plain volume (`pov_volume_create`, 17 virtqueues) driven by
+//! * **PoV volume**: a plain volume (`pov_volume_create`, 16 virtqueues) driven by
 //!   a libblkio client with one virtqueue per thread → `pov-dpud` → TCP →
 //!   `pov-proxy` → librbd (RBD image in `pov-rbd`);
 //! * **librbd**: `rbd_read`/`rbd_write` on another image of the same size, directly.
