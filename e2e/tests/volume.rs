@@ -220,7 +220,7 @@ fn volume_on_ceph_is_an_rbd_image() {
     use pov_proxy::sys::rados::Rados;
     let Some(cluster) = DevCluster::shared() else { return };
     let conf = cluster.conf().display().to_string();
-    let mut stack = Stack::start_on(Some(&format!("ceph:conf={conf},root=/e2e-vol")), json!({}));
+    let mut stack = Stack::start_on(Some(&format!("ceph:conf={conf},root=/e2e-vol,session_uuid=e2e-vol-proxy")), json!({}));
     let sock = stack.dir.path().join("rbd1.sock");
     let params = json!({"name": "rbd1", "socket": sock, "size": VOL_SIZE, "proxies": [format!("tcp:{}", stack.proxy_addr)]});
     assert_eq!(rpc(&stack.rpc_sock, "pov_volume_create", params), Ok(json!(true)));

@@ -10,7 +10,8 @@
 //! default from the config file), `root` (directory inside the file system, default
 //! `/pov`), `workers` (operations in flight per proxy, default 16), `timeout_ms`
 //! (deadline of one operation before the host gets [`Status::Timeout`], default
-//! 10000), `rbd_pool` (pool of the volumes' RBD images, default `pov-rbd`),
+//! 10000), `session_uuid` (stable, unique per proxy: a restarted proxy resets the
+//! CephFS session its crashed predecessor left, see `docs/ceph.md`), `rbd_pool` (pool of the volumes' RBD images, default `pov-rbd`),
 //! `rbd_prefix` (prepended to a volume's name to form its image name, default empty).
 //!
 //! **Plain volumes** are RBD images (librbd, format 2, default 4 MiB objects) named
@@ -72,6 +73,10 @@ pub struct CephConfig {
     pub workers: usize,
     /// Deadline of one operation.
     pub timeout: Duration,
+    /// Stable UUID of this proxy's CephFS session: at startup the session a crashed
+    /// predecessor left under the same UUID is reset, releasing its capabilities at
+    /// once. Must be unique per running proxy. `None`: no reclaim.
+    pub session_uuid: Option<String>,
     /// Pool holding the volumes' RBD images.
     pub rbd_pool: String,
     /// Prefix of the volumes' image names.
@@ -87,6 +92,7 @@ impl Default for CephConfig {
             root: "/pov".into(),
             workers: 16,
             timeout: Duration::from_secs(10),
+            session_uuid: None,
             rbd_pool: "pov-rbd".into(),
             rbd_prefix: String::new(),
         }
@@ -115,12 +121,15 @@ impl CephConfig {
                     c.timeout = Duration::from_millis(ms);
                 }
                 "rbd_pool" if !v.is_empty() => c.rbd_pool = v.into(),
+                "session_uuid" if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()) => {
+                    c.session_uuid = Some(v.into());
+                }
                 "rbd_prefix" if v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
                     c.rbd_prefix = v.into();
                 }
                 _ => {
                     return Err(format!(
-                        "bad option {item:?} (keys: conf, client, keyring, root, workers, timeout_ms, rbd_pool, rbd_prefix)"
+                        "bad option {item:?} (keys: conf, client, keyring, root, workers, timeout_ms, session_uuid, rbd_pool, rbd_prefix)"
                     ))
                 }
             }
@@ -138,6 +147,9 @@ impl std::fmt::Display for CephConfig {
         write!(f, ",workers={},timeout_ms={},rbd_pool={}", self.workers, self.timeout.as_millis(), self.rbd_pool)?;
         if !self.rbd_prefix.is_empty() {
             write!(f, ",rbd_prefix={}", self.rbd_prefix)?;
+        }
+        if let Some(u) = &self.session_uuid {
+            write!(f, ",session_uuid={u}")?;
         }
         Ok(())
     }
@@ -215,11 +227,21 @@ impl CephBackend {
             opts.push(("keyring", k));
         }
         let conf = config.conf.to_string_lossy();
-        let mount = CephMount::mount(&config.client, &conf, &opts).map_err(|(step, e)| err(step, e))?;
+        let mount = CephMount::mount_as(&config.client, &conf, &opts, config.session_uuid.as_deref())
+            .map_err(|(step, e)| err(step, e))?;
         let mut path = String::new();
         for part in config.root.split('/').filter(|p| !p.is_empty()) {
             path.push('/');
             path.push_str(part);
+            // stat first: mkdir of an existing directory needs a write lock on its
+            // parent, which waits while a dead client (a killed predecessor of this
+            // proxy) still holds capabilities on it.
+            match mount.stat(&path) {
+                Ok(s) if s.is_dir() => continue,
+                Ok(_) => return Err(err("the root path holds a non-directory", Errno(libc::ENOTDIR))),
+                Err(Errno(libc::ENOENT)) => {}
+                Err(e) => return Err(err("checking the root directory", e)),
+            }
             match mount.mkdir(&path, 0o755) {
                 Ok(()) | Err(Errno(libc::EEXIST)) => {}
                 Err(e) => return Err(err("creating the root directory", e)),
@@ -677,8 +699,12 @@ mod tests {
 
     #[test]
     fn spec_options_parse() {
-        let c = CephConfig::parse("conf=/x/ceph.conf,client=pov,keyring=/k,root=/a/b/,workers=4,timeout_ms=500,rbd_pool=p,rbd_prefix=x-")
-            .unwrap();
+        let c = CephConfig::parse(
+            "conf=/x/ceph.conf,client=pov,keyring=/k,root=/a/b/,workers=4,timeout_ms=500,rbd_pool=p,rbd_prefix=x-,session_uuid=p1",
+        )
+        .unwrap();
+        assert_eq!(c.session_uuid.as_deref(), Some("p1"));
+        assert_eq!(CephConfig::parse(&c.to_string()["ceph:".len()..]).unwrap(), c, "Display round-trips");
         assert_eq!((c.rbd_pool.as_str(), c.rbd_prefix.as_str()), ("p", "x-"));
         assert_eq!(c.conf, PathBuf::from("/x/ceph.conf"));
         assert_eq!((c.client.as_str(), c.root.as_str(), c.workers), ("pov", "/a/b", 4));

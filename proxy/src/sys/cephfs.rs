@@ -71,6 +71,10 @@ extern "C" {
     fn ceph_conf_read_file(cmount: *mut MountInfo, path: *const c_char) -> c_int;
     fn ceph_conf_set(cmount: *mut MountInfo, option: *const c_char, value: *const c_char) -> c_int;
     fn ceph_mount(cmount: *mut MountInfo, root: *const c_char) -> c_int;
+    fn ceph_init(cmount: *mut MountInfo) -> c_int;
+    fn ceph_set_uuid(cmount: *mut MountInfo, uuid: *const c_char);
+    fn ceph_start_reclaim(cmount: *mut MountInfo, uuid: *const c_char, flags: u32) -> c_int;
+    fn ceph_finish_reclaim(cmount: *mut MountInfo);
     fn ceph_unmount(cmount: *mut MountInfo) -> c_int;
     fn ceph_release(cmount: *mut MountInfo) -> c_int;
     fn ceph_open(cmount: *mut MountInfo, path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int;
@@ -134,6 +138,7 @@ impl CephStat {
 /// One mounted CephFS client session. Unmounted and released on drop.
 pub struct CephMount {
     raw: *mut MountInfo,
+    mounted: bool,
 }
 
 // SAFETY: libcephfs serializes access to a mount's client state internally (its
@@ -155,13 +160,58 @@ impl CephMount {
     ///
     /// Errors: the errno of the first failing step, with the step's name.
     pub fn mount(id: &str, conf: &str, options: &[(&str, &str)]) -> Result<Arc<CephMount>, (&'static str, Errno)> {
+        CephMount::mount_as(id, conf, options, None)
+    }
+
+    /// As [`CephMount::mount`], with a client session UUID: an MDS session left by an
+    /// earlier client with the same UUID (a crashed predecessor) is reset first
+    /// (`ceph_start_reclaim` with `CEPH_RECLAIM_RESET` from a temporary handle), so
+    /// its capabilities are released at once instead of after `session_timeout`.
+    /// Two live clients must never share a UUID: the second evicts the first.
+    pub fn mount_as(
+        id: &str,
+        conf: &str,
+        options: &[(&str, &str)],
+        uuid: Option<&str>,
+    ) -> Result<Arc<CephMount>, (&'static str, Errno)> {
+        if let Some(u) = uuid {
+            let reset = CephMount::create(id, conf, options)?;
+            let u = cstr(u).map_err(|e| ("session uuid", e))?;
+            // SAFETY: configured, unmounted handle.
+            check(unsafe { ceph_init(reset.raw) }).map_err(|e| ("ceph_init", e))?;
+            // SAFETY: initialized handle, NUL-terminated UUID; CEPH_RECLAIM_RESET = 1.
+            match check(unsafe { ceph_start_reclaim(reset.raw, u.as_ptr(), 1) }) {
+                // ENOENT: no session to reset.
+                Ok(_) | Err(Errno(libc::ENOENT)) => {}
+                Err(e) => return Err(("ceph_start_reclaim", e)),
+            }
+            // SAFETY: as above; ends the reclaim started on this handle.
+            unsafe { ceph_finish_reclaim(reset.raw) };
+        }
+        let mut m = CephMount::create(id, conf, options)?;
+        if let Some(u) = uuid {
+            let u = cstr(u).map_err(|e| ("session uuid", e))?;
+            // SAFETY: configured, unmounted handle; ceph_set_uuid needs the client
+            // initialized.
+            check(unsafe { ceph_init(m.raw) }).map_err(|e| ("ceph_init", e))?;
+            // SAFETY: initialized, unmounted handle; NUL-terminated UUID (copied).
+            unsafe { ceph_set_uuid(m.raw, u.as_ptr()) };
+        }
+        // SAFETY: handle configured and not mounted; the root is a static C string.
+        check(unsafe { ceph_mount(m.raw, c"/".as_ptr()) }).map_err(|e| ("ceph_mount", e))?;
+        m.mounted = true;
+        Ok(Arc::new(m))
+    }
+
+    /// A created and configured, not yet mounted handle.
+    fn create(id: &str, conf: &str, options: &[(&str, &str)]) -> Result<CephMount, (&'static str, Errno)> {
         let id = cstr(id).map_err(|e| ("client name", e))?;
         let mut raw = ptr::null_mut();
         // SAFETY: `raw` is a valid out-pointer; `id` is a NUL-terminated string that
         // outlives the call.
         check(unsafe { ceph_create(&mut raw, id.as_ptr()) }).map_err(|e| ("ceph_create", e))?;
         // From here on, dropping `m` releases the handle.
-        let m = CephMount { raw };
+        let m = CephMount { raw, mounted: false };
         let conf = cstr(conf).map_err(|e| ("config path", e))?;
         // SAFETY: `m.raw` is a created, unmounted handle; `conf` is NUL-terminated.
         check(unsafe { ceph_conf_read_file(m.raw, conf.as_ptr()) }).map_err(|e| ("ceph_conf_read_file", e))?;
@@ -170,9 +220,7 @@ impl CephMount {
             // SAFETY: handle not yet mounted; both strings NUL-terminated.
             check(unsafe { ceph_conf_set(m.raw, k.as_ptr(), v.as_ptr()) }).map_err(|e| ("ceph_conf_set", e))?;
         }
-        // SAFETY: handle configured and not mounted; the root is a static C string.
-        check(unsafe { ceph_mount(m.raw, c"/".as_ptr()) }).map_err(|e| ("ceph_mount", e))?;
-        Ok(Arc::new(m))
+        Ok(m)
     }
 
     /// Opens `path` with POSIX `flags` (`O_*`), creating with `mode`. The file keeps
@@ -249,10 +297,12 @@ impl CephMount {
 
 impl Drop for CephMount {
     fn drop(&mut self) {
-        // SAFETY: `raw` came from ceph_create and is released exactly once; unmount
-        // fails harmlessly (ENOTCONN) on a handle that never mounted.
+        // SAFETY: `raw` came from ceph_create and is released exactly once, after an
+        // unmount if (and only if) it was mounted.
         unsafe {
-            ceph_unmount(self.raw);
+            if self.mounted {
+                ceph_unmount(self.raw);
+            }
             ceph_release(self.raw);
         }
     }
