@@ -148,14 +148,26 @@ pub struct Stack {
     pub proxy_addr: String,
     pub rpc_sock: PathBuf,
     pub vhost_sock: PathBuf,
+    /// The proxy's `--backend` spec.
+    pub backend_spec: String,
 }
 
 impl Stack {
     /// Starts the stack. `device_params` are merged into `pov_device_create`'s
     /// parameters (e.g. `{"session_timeout_ms": 2000}`).
     pub fn start(device_params: Value) -> Stack {
+        Stack::start_on(None, device_params)
+    }
+
+    /// Starts the stack with the proxy on backend spec `backend` (e.g. `ceph:conf=...`);
+    /// `None` is a local backend under the stack's directory ([`Stack::backend_dir`]).
+    pub fn start_on(backend: Option<&str>, device_params: Value) -> Stack {
         let dir = tempfile::Builder::new().prefix("pov-e2e").tempdir().unwrap();
-        let (proxy, proxy_addr) = spawn_proxy(&dir.path().join("backend"), "127.0.0.1:0");
+        let spec = match backend {
+            Some(b) => b.to_string(),
+            None => format!("local:{}", dir.path().join("backend").display()),
+        };
+        let (proxy, proxy_addr) = spawn_proxy(&spec, "127.0.0.1:0");
         let rpc_sock = dir.path().join("rpc.sock");
         let dpud = spawn_dpud(&rpc_sock, None);
         for t in ["acme", "other"] {
@@ -169,14 +181,14 @@ impl Stack {
             }
         }
         rpc(&rpc_sock, "pov_device_create", params).expect("device create");
-        Stack { dir, proxy, dpud, proxy_addr, rpc_sock, vhost_sock }
+        Stack { dir, proxy, dpud, proxy_addr, rpc_sock, vhost_sock, backend_spec: spec }
     }
 
     /// Kills pov-proxy with SIGKILL and starts it again on the same address and
-    /// backend directory.
+    /// backend.
     pub fn restart_proxy(&mut self) {
         self.proxy.kill();
-        let (proxy, _) = spawn_proxy(&self.dir.path().join("backend"), &self.proxy_addr);
+        let (proxy, _) = spawn_proxy(&self.backend_spec, &self.proxy_addr);
         self.proxy = proxy;
     }
 
@@ -213,11 +225,11 @@ impl Stack {
 /// Starts pov-proxy on `listen` with a local backend in `backend`; returns it and the
 /// address it listens on. Binding is retried for 5 s (a restarted proxy may find its
 /// old port still held briefly).
-fn spawn_proxy(backend: &Path, listen: &str) -> (Daemon, String) {
+fn spawn_proxy(backend: &str, listen: &str) -> (Daemon, String) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut cmd = Command::new(bin("pov-proxy"));
-        cmd.args(["--listen", listen, "--backend"]).arg(format!("local:{}", backend.display()));
+        cmd.args(["--listen", listen, "--backend", backend]);
         let mut proxy = Daemon::spawn("pov-proxy", cmd);
         let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| proxy.wait_for("listening on")));
         match started {

@@ -26,7 +26,10 @@ pub struct Args {
     pub listen: String,
 
     /// Storage backend: `local:DIR` (files under DIR/TENANT/, DIR created if
-    /// missing) or `null` (stores nothing, reads return zeros: benchmarks only).
+    /// missing), `ceph[:conf=PATH,client=NAME,keyring=PATH,root=DIR,workers=N,
+    /// timeout_ms=MS,rbd_pool=POOL,rbd_prefix=P]` (files in CephFS, volumes as RBD
+    /// images; see docs/ceph.md) or `null` (stores nothing, reads return zeros:
+    /// benchmarks only).
     #[arg(long, env = "POV_PROXY_BACKEND", default_value = DEFAULT_BACKEND)]
     pub backend: BackendSpec,
 
@@ -161,5 +164,7 @@ mod tests {
         assert!(Args::try_parse_from(["pov-proxy", "--reactors", "2", "--cpus", "1"]).is_err());
         assert!(Args::try_parse_from(["pov-proxy", "--reactors", "0"]).is_err());
         assert!(Args::try_parse_from(["pov-proxy", "--backend", "ceph:x"]).is_err());
+        let a = Args::try_parse_from(["pov-proxy", "--backend", "ceph:conf=/c,workers=8"]).unwrap();
+        assert!(matches!(a.backend, BackendSpec::Ceph(ref c) if c.workers == 8));
     }
 }

@@ -33,6 +33,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod offload;
 pub mod server;
 pub mod service;
 pub mod stats;
@@ -60,6 +61,14 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// The Ceph backend cannot connect or mount (`errno` from libcephfs).
+    #[error("cannot set up the Ceph backend: {what}: {}", std::io::Error::from_raw_os_error(*errno))]
+    CephSetup {
+        /// The failing step and the settings.
+        what: String,
+        /// The positive errno.
+        errno: i32,
     },
     /// The listen endpoint cannot be parsed or bound.
     #[error("cannot listen on {endpoint}: {source}")]

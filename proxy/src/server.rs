@@ -15,6 +15,14 @@
 //! A connection with unsent response bytes asks to be polled again within
 //! [`SEND_RETRY`] (the transport's descriptor only signals readability).
 //!
+//! **Blocking backends.** When the backend asks for workers
+//! ([`Backend::workers`], e.g. Ceph), the server starts one [`WorkerPool`] and each
+//! connection submits its requests there through an [`Offload`] instead of running
+//! them on the reactor: up to [`crate::offload::MAX_IN_FLIGHT`] requests per
+//! connection are in flight at once, complete out of order, wake the reactor through
+//! an eventfd, and time out with [`pov_proto::Status::Timeout`] after
+//! [`Backend::op_timeout`]. One slow backend call therefore never stalls the others.
+//!
 //! **Failures.** A request that fails is a response with a status. A connection whose
 //! transport fails (peer closed, socket error, over-long frame) is closed and its
 //! poller removed; other connections are not affected. A failing `accept` (e.g. out
@@ -24,6 +32,7 @@
 //! bound; the DPU bounds what it has in flight per connection (the `load` field).
 
 use crate::backend::{Backend, BackendSpec};
+use crate::offload::{Offload, WorkerPool};
 use crate::service::Service;
 use crate::stats::{ProxyStats, ServerStats, TenantStats};
 use crate::Error;
@@ -108,7 +117,13 @@ impl Server {
         let stats = Arc::new(ProxyStats::default());
         let backend_kind = backend.kind();
         let reactors = runtime.reactors().to_vec();
-        let acceptor = Acceptor { listener, watching: false, retry_at: None, backend, reactors, next: 0, stats: stats.clone() };
+        let pool = if backend.workers() > 0 {
+            Some(Arc::new(WorkerPool::start(backend.as_ref(), stats.clone()).map_err(Error::Runtime)?))
+        } else {
+            None
+        };
+        let acceptor =
+            Acceptor { listener, watching: false, retry_at: None, backend, pool, reactors, next: 0, stats: stats.clone() };
         runtime.reactors()[0]
             .call(move |ctx| {
                 let mut acceptor = acceptor;
@@ -175,6 +190,8 @@ struct Acceptor {
     retry_at: Option<Instant>,
     /// Prototype backend: each connection gets a channel of it.
     backend: Box<dyn Backend>,
+    /// Workers of a blocking backend, shared by all connections.
+    pool: Option<Arc<WorkerPool>>,
     reactors: Vec<ReactorHandle>,
     next: usize,
     stats: Arc<ProxyStats>,
@@ -201,9 +218,16 @@ impl Acceptor {
         self.next = self.next.wrapping_add(1);
         let backend = self.backend.channel();
         let stats = self.stats.clone();
+        let offload = match self.pool.as_ref().map(|p| Offload::new(p.clone())).transpose() {
+            Ok(o) => o,
+            Err(e) => {
+                log::warn!("cannot set up a completion queue for a connection ({e}); connection dropped");
+                return;
+            }
+        };
         if target.id() == ctx.reactor_id() {
-            Connection::register(ctx, transport, backend, stats);
-        } else if !target.send(move |ctx| Connection::register(ctx, transport, backend, stats)) {
+            Connection::register(ctx, transport, backend, offload, stats);
+        } else if !target.send(move |ctx| Connection::register(ctx, transport, backend, offload, stats)) {
             log::warn!("reactor {} stopped; connection dropped", target.id());
         }
     }
@@ -263,16 +287,27 @@ struct Connection {
     peer: String,
     id: Option<PollerId>,
     service: Service,
+    /// Set for a blocking backend: requests run on the worker pool.
+    offload: Option<Offload>,
     stats: Arc<ProxyStats>,
     outbox: Vec<Vec<u8>>,
     spare: Vec<Vec<u8>>,
 }
 
 impl Connection {
-    fn register(ctx: &mut ReactorContext, transport: Box<dyn Transport>, backend: Box<dyn Backend>, stats: Arc<ProxyStats>) {
+    fn register(
+        ctx: &mut ReactorContext,
+        transport: Box<dyn Transport>,
+        backend: Box<dyn Backend>,
+        offload: Option<Offload>,
+        stats: Arc<ProxyStats>,
+    ) {
         let fd = transport.fd();
         if let Some(fd) = fd {
             ctx.watch_fd(fd);
+        }
+        if let Some(o) = &offload {
+            ctx.watch_fd(o.fd());
         }
         let peer = transport.peer().to_string();
         stats.connections_open.fetch_add(1, Ordering::Relaxed);
@@ -283,6 +318,7 @@ impl Connection {
             peer,
             id: None,
             service: Service::new(backend, stats.clone()),
+            offload,
             stats,
             outbox: Vec::new(),
             spare: Vec::new(),
@@ -298,6 +334,9 @@ impl Connection {
         if let Some(t) = self.transport.take() {
             if let Some(fd) = self.fd.take() {
                 ctx.unwatch_fd(fd);
+            }
+            if let Some(o) = &self.offload {
+                ctx.unwatch_fd(o.fd());
             }
             drop(t);
             self.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
@@ -325,8 +364,12 @@ impl Poller for Connection {
 
     fn poll(&mut self, ctx: &mut ReactorContext) -> PollStatus {
         let Some(t) = self.transport.as_mut() else { return PollStatus::Idle };
-        let (service, outbox, spare) = (&mut self.service, &mut self.outbox, &mut self.spare);
+        let (service, outbox, spare, offload) = (&mut self.service, &mut self.outbox, &mut self.spare, &mut self.offload);
         let polled = t.poll(&mut |body| {
+            if let Some(o) = offload.as_mut() {
+                o.submit(body);
+                return;
+            }
             let mut frame = spare.pop().unwrap_or_default();
             if service.handle_frame(body, &mut frame) {
                 outbox.push(frame);
@@ -335,6 +378,9 @@ impl Poller for Connection {
             }
         });
         let mut busy = matches!(polled, Ok(true));
+        if let Some(o) = offload.as_mut() {
+            busy |= o.reap(outbox);
+        }
         let mut failure = polled.err();
         if failure.is_none() {
             // Gathered responses: every answer of this poll goes out in one send.
@@ -366,9 +412,14 @@ impl Poller for Connection {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        match &self.transport {
+        let send = match &self.transport {
             Some(t) if t.pending_send_bytes() > 0 => Some(Instant::now() + SEND_RETRY),
             _ => None,
+        };
+        let op = self.offload.as_ref().and_then(|o| o.deadline());
+        match (send, op) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 

@@ -1,7 +1,10 @@
 //! Thin, safe wrappers over the Linux calls the proxy needs and `std` does not offer:
 //! the `*at` family (resolve names relative to an open directory, never following a
-//! symbolic link) and the termination-signal self-pipe. **All `unsafe` code of this
-//! crate lives here.**
+//! symbolic link) and the termination-signal self-pipe, and ([`cephfs`]) the
+//! libcephfs client library, ([`rados`]) librados and librbd. **All `unsafe` code of this crate lives here.**
+
+pub mod cephfs;
+pub mod rados;
 
 use std::ffi::{CStr, CString};
 use std::io;

@@ -111,5 +111,13 @@ fn setup_errors_exit_nonzero() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("pov-proxy: cannot set up backend directory"));
     let out = Command::new(env!("CARGO_BIN_EXE_pov-proxy")).args(["--backend", "bogus"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected local:DIR or null"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected local:DIR, null or ceph"));
+    // An unreachable Ceph configuration is a setup error with the failing step named.
+    let out = Command::new(env!("CARGO_BIN_EXE_pov-proxy"))
+        .args(["--listen", "127.0.0.1:0", "--backend", "ceph:conf=/nonexistent/ceph.conf"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot set up the Ceph backend: ceph_conf_read_file"), "{err}");
 }

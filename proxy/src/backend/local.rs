@@ -380,12 +380,9 @@ impl Backend for LocalBackend {
                 EntryType::Dir => DirEntry { kind: Kind::Dir, size: 0, name },
                 _ => continue,
             };
-            if used + entry.encoded_len() > max_bytes {
-                out.more = true;
+            if !out.push_within(entry, &mut used, max_bytes) {
                 break;
             }
-            used += entry.encoded_len();
-            out.entries.push(entry);
         }
         Ok(out)
     }

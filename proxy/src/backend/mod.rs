@@ -10,6 +10,7 @@
 //! * [`local`] (`local:DIR`): files under `DIR/<tenant>/<path>`, resolved without ever
 //!   following a symbolic link.
 //! * [`null`] (`null`): stores nothing (reads return zeros); for benchmarks.
+//! * [`ceph`] (`ceph` or `ceph:KEY=VALUE,...`): files in CephFS through libcephfs.
 //!
 //! Every storing backend passes the same test body, [`conformance`].
 //!
@@ -27,18 +28,19 @@
 //! connection gets its own [`Backend::channel`], a handle onto the same store (like an
 //! SPDK IO channel); channels may run concurrently on different threads.
 //!
-//! # Asynchronous backends (plan)
-//! The methods here complete synchronously, which suits local files. A backend whose
-//! operations complete later (Ceph through `rados_aio_*`) will fit in without changing
-//! this contract: the trait gains a `submit(cookie, request)` method whose default
-//! implementation calls the synchronous methods and returns the completion at once,
-//! plus `reap(&mut dyn FnMut(cookie, completion))` and a `notify_fd()` that the
-//! connection poller watches so the reactor still sleeps when idle. The server's
-//! [`crate::service::Service`] already maps one request to one completion
-//! (`status, result, flags, payload`), so only the connection poller learns to keep
-//! requests in flight; the conformance suite keeps running against the synchronous
-//! methods.
+//! # Blocking backends: worker pools
+//! The methods here complete synchronously. That suits local files, whose calls
+//! return in microseconds, but not a networked store whose calls block for a round
+//! trip (or, during an outage, until a timeout). Such a backend returns a non-zero
+//! [`Backend::workers`]: the server then never calls it on a reactor, but submits
+//! requests to a bounded pool of that many threads, each with its own channel
+//! ([`crate::offload`]), reaps their completions through an eventfd the connection
+//! poller watches (so the reactor still sleeps when idle), and answers a request
+//! that outlives [`Backend::op_timeout`] with [`Status::Timeout`]. Requests of one
+//! connection may then complete out of order (responses carry the request's tag).
+//! The conformance suite runs against the synchronous methods of every backend.
 
+pub mod ceph;
 pub mod conformance;
 pub mod local;
 pub mod null;
@@ -53,6 +55,22 @@ pub struct Listing {
     pub entries: Vec<DirEntry>,
     /// `true` if entries remain after the last one returned.
     pub more: bool,
+}
+
+impl Listing {
+    /// Appends `entry` if the encoded records still fit in `max_bytes`; `used` counts
+    /// the encoded bytes already in the page and is updated. When the entry does not
+    /// fit, sets [`Listing::more`] and returns `false` (the page is full).
+    pub fn push_within(&mut self, entry: DirEntry, used: &mut usize, max_bytes: usize) -> bool {
+        let len = entry.encoded_len();
+        if *used + len > max_bytes {
+            self.more = true;
+            return false;
+        }
+        *used += len;
+        self.entries.push(entry);
+        true
+    }
 }
 
 /// File operations inside per-tenant namespaces.
@@ -74,6 +92,18 @@ pub trait Backend: Send {
 
     /// A new handle onto the same store, for another thread or reactor.
     fn channel(&self) -> Box<dyn Backend>;
+
+    /// Operations to keep in flight on worker threads; `0` (the default) means the
+    /// methods are fast enough to run on a reactor. See the module docs.
+    fn workers(&self) -> usize {
+        0
+    }
+
+    /// Deadline of one operation run by a worker pool, after which the host gets
+    /// [`Status::Timeout`]; `None` (the default) waits for the backend.
+    fn op_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
 
     /// Checks that the file can be opened, creating it when `flags` holds
     /// [`pov_proto::io::flags::CREATE`] (missing parent directories are created too).
@@ -220,10 +250,13 @@ pub enum BackendSpec {
     Local(std::path::PathBuf),
     /// `null`: stores nothing.
     Null,
+    /// `ceph` or `ceph:KEY=VALUE,...`: files in CephFS.
+    Ceph(ceph::CephConfig),
 }
 
 impl BackendSpec {
-    /// Parses `local:DIR` or `null`.
+    /// Parses `local:DIR`, `null`, `ceph` or `ceph:KEY=VALUE,...` (keys in
+    /// [`ceph::CephConfig::parse`]).
     ///
     /// Errors: [`crate::Error::BadBackendSpec`] for anything else (an empty `DIR`
     /// included).
@@ -233,19 +266,21 @@ impl BackendSpec {
             None if spec == "null" => Ok(BackendSpec::Null),
             Some(("local", dir)) if !dir.is_empty() => Ok(BackendSpec::Local(dir.into())),
             Some(("local", _)) => Err(bad("local needs a directory: local:DIR")),
-            Some(("ceph", _)) => Err(bad("the Ceph backend is not built yet; use local:DIR or null")),
-            _ => Err(bad("expected local:DIR or null")),
+            None if spec == "ceph" => Ok(BackendSpec::Ceph(ceph::CephConfig::default())),
+            Some(("ceph", opts)) => ceph::CephConfig::parse(opts).map(BackendSpec::Ceph).map_err(|w| bad(&w)),
+            _ => Err(bad("expected local:DIR, null or ceph[:KEY=VALUE,...]")),
         }
     }
 
     /// Opens the backend (for `local`, creates the directory if missing).
     ///
     /// Errors: [`crate::Error::BackendSetup`] if the directory cannot be created or
-    /// opened.
+    /// opened; [`crate::Error::CephSetup`] if the Ceph cluster cannot be reached.
     pub fn open(&self) -> Result<Box<dyn Backend>, crate::Error> {
         match self {
             BackendSpec::Local(dir) => Ok(Box::new(local::LocalBackend::open(dir)?)),
             BackendSpec::Null => Ok(Box::new(null::NullBackend::new())),
+            BackendSpec::Ceph(c) => Ok(Box::new(ceph::CephBackend::open(c)?)),
         }
     }
 }
@@ -255,6 +290,7 @@ impl std::fmt::Display for BackendSpec {
         match self {
             BackendSpec::Local(d) => write!(f, "local:{}", d.display()),
             BackendSpec::Null => f.write_str("null"),
+            BackendSpec::Ceph(c) => c.fmt(f),
         }
     }
 }
@@ -275,7 +311,10 @@ mod tests {
         assert_eq!(BackendSpec::parse("null").unwrap(), BackendSpec::Null);
         assert_eq!(BackendSpec::parse("local:/tmp/x").unwrap(), BackendSpec::Local("/tmp/x".into()));
         assert_eq!(BackendSpec::parse("local:rel/dir").unwrap().to_string(), "local:rel/dir");
-        for bad in ["", "local", "local:", "nul", "ceph:pool", "s3:x"] {
+        assert!(matches!(BackendSpec::parse("ceph").unwrap(), BackendSpec::Ceph(_)));
+        let c = BackendSpec::parse("ceph:conf=/c,workers=2").unwrap();
+        assert_eq!(BackendSpec::parse(&c.to_string()).unwrap(), c, "Display round-trips");
+        for bad in ["", "local", "local:", "nul", "ceph:pool", "ceph:pool=x", "s3:x"] {
             assert!(BackendSpec::parse(bad).is_err(), "{bad}");
         }
     }

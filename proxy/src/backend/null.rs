@@ -118,6 +118,12 @@ mod tests {
     use super::*;
     use pov_proto::io::flags;
 
+    // The shared suite: name, permission and geometry checks run, data checks are
+    // skipped (stores_data() is false).
+    mod conformance {
+        crate::backend_conformance_tests!(((), Box::new(super::NullBackend::new()) as Box<dyn crate::backend::Backend>));
+    }
+
     /// The null backend stores nothing: written data never comes back.
     #[test]
     fn stores_nothing() {

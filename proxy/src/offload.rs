@@ -1,0 +1,239 @@
+//! Running a blocking backend off the reactors: a bounded worker pool per server and
+//! a per-connection submission/completion queue.
+//!
+//! A backend whose calls block (Ceph: a network round trip per call, a timeout
+//! during an outage) asks for workers ([`crate::backend::Backend::workers`]). The
+//! server starts one [`WorkerPool`] of that many threads; each thread owns a
+//! [`Service`] on its own backend channel. A connection poller gets an [`Offload`]:
+//!
+//! * [`Offload::submit`] hands a frame body to the pool (at most
+//!   [`MAX_IN_FLIGHT`] per connection; more wait in a per-connection backlog in
+//!   arrival order, so what a peer can queue is bounded by what it sends, and the
+//!   DPU bounds that per connection).
+//! * Workers run the request and push the response frame onto the connection's
+//!   completion list, then signal its eventfd ([`Offload::fd`]), which the poller
+//!   watches with `ReactorContext::watch_fd`: an idle reactor sleeps, a completion
+//!   wakes it.
+//! * [`Offload::reap`] collects finished responses (in completion order, not
+//!   submission order: responses carry the request's tag) and answers every request
+//!   older than the backend's deadline with [`Status::Timeout`] itself; the late
+//!   result is then dropped. A request still waiting for a worker when its deadline
+//!   passes is not run at all.
+//!
+//! This is the "equivalent that keeps many operations in flight" of issue 4 for
+//! libcephfs, which has no asynchronous API for path operations.
+
+use crate::backend::Backend;
+use crate::service::Service;
+use crate::stats::ProxyStats;
+use crossbeam_channel::{Receiver, Sender};
+use pov_proto::wire::ProxyResponse;
+use pov_proto::Status;
+use pov_runtime::sys::EventFd;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Most requests of one connection handed to the pool at once.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+struct Job {
+    seq: u64,
+    body: Vec<u8>,
+    deadline: Option<Instant>,
+    done: Arc<Completions>,
+}
+
+/// Completed responses of one connection: `(sequence number, frame)`; an empty frame
+/// means "no answer" (dropped frame, or expired before it ran).
+struct Completions {
+    list: Mutex<Vec<(u64, Vec<u8>)>>,
+    efd: EventFd,
+}
+
+/// Threads running requests on channels of one backend.
+pub struct WorkerPool {
+    jobs: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPool").field("workers", &self.threads.len()).field("timeout", &self.timeout).finish()
+    }
+}
+
+impl WorkerPool {
+    /// Starts `backend.workers()` threads (named `pov-worker-N`), each serving
+    /// requests on its own channel of `backend`.
+    ///
+    /// Errors: a thread cannot be spawned.
+    pub fn start(backend: &dyn Backend, stats: Arc<ProxyStats>) -> std::io::Result<WorkerPool> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let mut pool = WorkerPool { jobs: Some(tx), threads: Vec::new(), timeout: backend.op_timeout() };
+        for i in 0..backend.workers().max(1) {
+            let rx: Receiver<Job> = rx.clone();
+            let mut service = Service::new(backend.channel(), stats.clone());
+            let t = std::thread::Builder::new().name(format!("pov-worker-{i}")).spawn(move || {
+                for job in rx {
+                    let mut out = Vec::new();
+                    let expired = job.deadline.is_some_and(|d| Instant::now() >= d);
+                    if expired || !service.handle_frame(&job.body, &mut out) {
+                        out.clear();
+                    }
+                    job.done.list.lock().unwrap_or_else(|e| e.into_inner()).push((job.seq, out));
+                    job.done.efd.notify();
+                }
+            })?;
+            pool.threads.push(t);
+        }
+        Ok(pool)
+    }
+
+    /// Number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.threads.len()
+    }
+}
+
+impl Drop for WorkerPool {
+    /// Closes the job queue and waits for the workers to finish what they run (each
+    /// backend call is bounded by the backend's own timeouts).
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a connection remembers about a request in flight.
+struct Pending {
+    /// `(op, tag)` read from the frame, to answer a timeout; `None` for a frame too
+    /// short to carry a tag (it gets no answer anyway).
+    ids: Option<(u16, u64)>,
+    deadline: Option<Instant>,
+}
+
+/// One connection's view of a [`WorkerPool`].
+pub struct Offload {
+    pool: Arc<WorkerPool>,
+    done: Arc<Completions>,
+    pending: HashMap<u64, Pending>,
+    backlog: VecDeque<Vec<u8>>,
+    next_seq: u64,
+    taken: Vec<(u64, Vec<u8>)>,
+    timeouts: u64,
+}
+
+impl std::fmt::Debug for Offload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offload").field("in_flight", &self.pending.len()).field("backlog", &self.backlog.len()).finish()
+    }
+}
+
+impl Offload {
+    /// A submission queue onto `pool` with its own completion eventfd.
+    ///
+    /// Errors: the eventfd cannot be created.
+    pub fn new(pool: Arc<WorkerPool>) -> std::io::Result<Offload> {
+        let done = Arc::new(Completions { list: Mutex::new(Vec::new()), efd: EventFd::new()? });
+        Ok(Offload { pool, done, pending: HashMap::new(), backlog: VecDeque::new(), next_seq: 0, taken: Vec::new(), timeouts: 0 })
+    }
+
+    /// The descriptor that becomes readable when a request completes.
+    pub fn fd(&self) -> RawFd {
+        self.done.efd.as_raw_fd()
+    }
+
+    /// Requests handed to workers and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Requests waiting for a free slot ([`MAX_IN_FLIGHT`]).
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// Requests answered with [`Status::Timeout`] by this connection so far.
+    pub fn timeouts(&self) -> u64 {
+        self.timeouts
+    }
+
+    /// Queues one frame body (length prefix stripped).
+    pub fn submit(&mut self, body: &[u8]) {
+        if self.pending.len() < MAX_IN_FLIGHT && self.backlog.is_empty() {
+            self.dispatch(body.to_vec());
+        } else {
+            self.backlog.push_back(body.to_vec());
+        }
+    }
+
+    fn dispatch(&mut self, body: Vec<u8>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let deadline = self.pool.timeout.map(|t| Instant::now() + t);
+        let ids = (body.len() >= 16).then(|| {
+            let op = u16::from_le_bytes([body[6], body[7]]);
+            let mut tag = [0u8; 8];
+            tag.copy_from_slice(&body[8..16]);
+            (op, u64::from_le_bytes(tag))
+        });
+        self.pending.insert(seq, Pending { ids, deadline });
+        let job = Job { seq, body, deadline, done: self.done.clone() };
+        let sent = self.pool.jobs.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+        if !sent {
+            // The pool is shutting down: answer as unavailable.
+            self.pending.remove(&seq);
+            if let Some((op, tag)) = ids {
+                let mut f = Vec::new();
+                ProxyResponse { op, tag, status: Status::Unavailable, result: 0, flags: 0 }.encode_frame(&[], &mut f);
+                self.done.list.lock().unwrap_or_else(|e| e.into_inner()).push((u64::MAX, f));
+            }
+        }
+    }
+
+    /// Moves finished response frames to `out` (and timeout answers for expired
+    /// requests), then refills free slots from the backlog. Returns `true` if
+    /// anything moved.
+    pub fn reap(&mut self, out: &mut Vec<Vec<u8>>) -> bool {
+        self.done.efd.drain();
+        std::mem::swap(&mut self.taken, &mut self.done.list.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut moved = !self.taken.is_empty();
+        for (seq, frame) in self.taken.drain(..) {
+            // Unknown sequence numbers were answered already (timeout) or are
+            // pool-shutdown answers (u64::MAX).
+            if (self.pending.remove(&seq).is_some() || seq == u64::MAX) && !frame.is_empty() {
+                out.push(frame);
+            }
+        }
+        let now = Instant::now();
+        let expired: Vec<u64> =
+            self.pending.iter().filter(|(_, p)| p.deadline.is_some_and(|d| now >= d)).map(|(s, _)| *s).collect();
+        for seq in expired {
+            moved = true;
+            self.timeouts += 1;
+            if let Some(Pending { ids: Some((op, tag)), .. }) = self.pending.remove(&seq) {
+                log::warn!("request tag {tag:#x} (op {op}) timed out in the backend");
+                let mut f = Vec::new();
+                ProxyResponse { op, tag, status: Status::Timeout, result: 0, flags: 0 }.encode_frame(&[], &mut f);
+                out.push(f);
+            }
+        }
+        while self.pending.len() < MAX_IN_FLIGHT {
+            let Some(body) = self.backlog.pop_front() else { break };
+            moved = true;
+            self.dispatch(body);
+        }
+        moved
+    }
+
+    /// The earliest deadline of a request in flight (the poller must run by then).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.pending.values().filter_map(|p| p.deadline).min()
+    }
+}
