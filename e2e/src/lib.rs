@@ -45,7 +45,7 @@ pub struct Daemon {
 
 impl Daemon {
     fn spawn(name: &'static str, mut cmd: Command) -> Daemon {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "info");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", std::env::var("POV_TEST_LOG").unwrap_or_else(|_| "info".into()));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let (tx, rx) = mpsc::channel();
         for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
@@ -122,6 +122,14 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            // A failed test shows what the daemon said (POV_TEST_LOG=debug for more).
+            self.log.extend(self.lines.try_iter());
+            eprintln!("---- {} output ({} lines) ----", self.name, self.log.len());
+            for l in self.log.iter().rev().take(200).rev() {
+                eprintln!("{}: {l}", self.name);
+            }
+        }
     }
 }
 

@@ -239,7 +239,7 @@ impl DevicePoller {
 
     /// Pops, parses and submits up to [`BATCH`] chains of vring `q` of connection `ci`.
     fn pop_vring(&mut self, ci: usize, conn: &Arc<ConnState>, q: usize, vring: &VringRwLock<super::backend::GuestMem>) -> usize {
-        let mem = conn.mem.memory().into_inner();
+        let mut mem = conn.mem.memory().into_inner();
         let generation;
         {
             let mut st = vring.get_mut();
@@ -264,7 +264,18 @@ impl DevicePoller {
         let mut chains = std::mem::take(&mut self.chains);
         for chain in chains.drain(..) {
             let head = chain.head_index();
-            match parse_chain(head, chain, &mem) {
+            let mut parsed = parse_chain(head, chain.clone(), &mem);
+            if matches!(&parsed, Err(bad) if bad.outside_memory()) {
+                // The memory snapshot was taken before the avail ring was read: a region
+                // the driver added (and had acknowledged) since then is missing from it.
+                // Retry with the current memory before failing the request.
+                let fresh = conn.mem.memory().into_inner();
+                if !Arc::ptr_eq(&fresh, &mem) {
+                    mem = fresh;
+                    parsed = parse_chain(head, chain, &mem);
+                }
+            }
+            match parsed {
                 Ok(req) => {
                     let tag = self.inflight.insert(Inflight {
                         conn: conn.clone(),

@@ -63,6 +63,17 @@ pub struct BadChain {
     pub why: &'static str,
 }
 
+/// [`BadChain::why`] of a chain with a descriptor outside the guest memory.
+pub const OUTSIDE_MEMORY: &str = "descriptor outside guest memory";
+
+impl BadChain {
+    /// `true` if a descriptor lies outside the memory the chain was checked against
+    /// (the only failure a newer memory snapshot can cure).
+    pub fn outside_memory(&self) -> bool {
+        self.why == OUTSIDE_MEMORY
+    }
+}
+
 /// Splits a descriptor chain into a [`ParsedRequest`] or a [`BadChain`]. Never panics:
 /// descriptors outside `mem`, a missing status byte, device-readable descriptors after
 /// device-writable ones, a short header or a sector that overflows become a
@@ -95,7 +106,7 @@ pub fn parse_chain(head: u16, descs: impl Iterator<Item = Descriptor>, mem: &Gue
         return bad("device-readable descriptor after a device-writable one");
     }
     if !in_memory {
-        return bad("descriptor outside guest memory");
+        return bad(OUTSIDE_MEMORY);
     }
     let Some(status_addr) = status else {
         return bad("no device-writable status byte");
