@@ -108,14 +108,14 @@ pub struct DeviceStats {
 }
 
 use crate::block::{BlockOp, BlockStatus};
-use crate::forward::{GatherStats, Gathering, ProxyConn, RxFrames};
+use crate::forward::{Broken, GatherStats, Gathering, ProxyConn};
 use crate::session::{Handle, QueueOwner, Session, SessionState};
 use pov_proto::admin::{AdminOp, AdminRequest, AdminResponse, ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE};
 use pov_proto::io::{flags, Op, RequestHeader, ResponseHeader};
 use pov_proto::layout::{ConfigSpace, Geometry, Region, HEADER_SIZE, SLOT_SIZE};
 use pov_proto::wire::{ProxyRequest, ProxyResponse};
 use pov_proto::{Status, MAX_IO_BYTES};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::time::Duration;
 
 /// How long a partially written request may wait for its remaining bytes (a block
@@ -210,15 +210,16 @@ pub struct PovDevice {
     admin_resp: [u8; ADMIN_RESPONSE_SIZE],
     /// Sessions by IO area.
     areas: Vec<Option<Session>>,
-    /// Open queues by global queue ID.
-    queues: HashMap<u32, Queue>,
+    /// Open queues by global queue ID (FxHash: the keys are IDs this device assigns,
+    /// so a peer cannot choose colliding ones; SipHash cost ~3% of the DPU's CPU).
+    queues: FxHashMap<u32, Queue>,
     proxies: Vec<ProxyConn>,
     next_proxy: usize,
-    in_flight: HashMap<u64, InFlight>,
+    /// Requests at the proxies by tag (tags are assigned here, see `queues`).
+    in_flight: FxHashMap<u64, InFlight>,
     next_tag: u64,
     completions: Vec<BlockCompletion>,
     frame: Vec<u8>,
-    rx_frames: RxFrames,
     /// Gathering policy of the proxy connections.
     gathering: Gathering,
     last_session_check: Instant,
@@ -256,13 +257,12 @@ impl PovDevice {
             tenants,
             config_record,
             admin_resp: [0; ADMIN_RESPONSE_SIZE],
-            queues: HashMap::new(),
+            queues: FxHashMap::default(),
             next_proxy: 0,
-            in_flight: HashMap::new(),
+            in_flight: FxHashMap::default(),
             next_tag: 1,
             completions: Vec::new(),
             frame: Vec::new(),
-            rx_frames: RxFrames::default(),
             gathering: Gathering::default(),
             last_session_check: Instant::now(),
             stats: DeviceStats::default(),
@@ -749,16 +749,26 @@ impl PovDevice {
         self.queues.get_mut(&queue).expect("open").in_flight = Some(tag);
     }
 
-    /// Finishes a request answered by the proxy (or failed locally with `status`).
-    fn finish(&mut self, tag: u64, status: Status, result: u64, flags: u32, payload: &[u8]) {
-        let Some(f) = self.in_flight.remove(&tag) else {
-            // Paper §4.6: a response that matches no context (e.g. after a timeout)
-            // is dropped.
+    /// Fails a request in flight locally (timeout, lost connection, shutdown).
+    fn fail_in_flight(&mut self, tag: u64, status: Status) {
+        if let Some(p) = self.finish(None, tag, status, 0, 0, &[]) {
+            let conn = &mut self.proxies[p];
+            conn.in_flight = conn.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Finishes a request answered by proxy `from` (`None`: failed locally with
+    /// `status`). Returns the index of the proxy the request was sent to (whose
+    /// `in_flight` count the caller lowers), or `None` for a response that matches no
+    /// request in flight on `from`.
+    fn finish(&mut self, from: Option<usize>, tag: u64, status: Status, result: u64, flags: u32, payload: &[u8]) -> Option<usize> {
+        // Paper §4.6: a response that matches no context (e.g. after a timeout, or a
+        // tag of another connection) is dropped.
+        if !self.in_flight.get(&tag).is_some_and(|f| from.is_none_or(|p| p == f.proxy)) {
             self.stats.stale_proxy_responses += 1;
-            return;
-        };
-        let conn = &mut self.proxies[f.proxy];
-        conn.in_flight = conn.in_flight.saturating_sub(1);
+            return None;
+        }
+        let f = self.in_flight.remove(&tag)?;
         let mut result = result;
         let mut status = status;
         if let (Some(handle), true) = (f.open, status.is_ok()) {
@@ -773,44 +783,57 @@ impl PovDevice {
         }
         let payload = if status.is_ok() { payload } else { &[] };
         self.respond(f.queue, f.op as u16, f.request_id, status, result, flags, payload);
+        Some(f.proxy)
     }
 
     /// Moves proxy traffic, expires timeouts and reclaims dead sessions. Returns
     /// [`PollStatus::Busy`] if it did any work.
     pub fn poll(&mut self, fds: &mut dyn FdRegistry) -> PollStatus {
         let mut busy = false;
-        let mut frames = std::mem::take(&mut self.rx_frames);
+        let g = self.gathering;
         for i in 0..self.proxies.len() {
-            let (moved, broken) = self.proxies[i].poll_frames(&self.cfg.name, &self.gathering, &mut frames);
-            busy |= moved;
-            for f in frames.iter() {
+            // Taken out while polled, so that each response is finished straight from
+            // the receive buffer (no copy of the frame).
+            let mut conn = std::mem::take(&mut self.proxies[i]);
+            let mut answered = 0u32;
+            let polled = conn.poll_with(&g, &mut |f| {
                 busy = true;
                 match ProxyResponse::decode(f) {
-                    Ok((r, payload)) => self.finish(r.tag, r.status, r.result, r.flags, payload),
+                    Ok((r, payload)) => {
+                        if self.finish(Some(i), r.tag, r.status, r.result, r.flags, payload).is_some() {
+                            answered += 1;
+                        }
+                    }
                     Err(e) => log::warn!("device {}: bad frame from proxy: {e}", self.cfg.name),
                 }
-            }
-            frames.clear();
-            let conn = &mut self.proxies[i];
-            if broken {
-                conn.disconnect(fds);
-                // Nothing sent on the broken connection will be answered.
-                let lost: Vec<u64> = self.in_flight.iter().filter(|(_, f)| f.proxy == i).map(|(t, _)| *t).collect();
-                for tag in lost {
-                    self.finish(tag, Status::Unavailable, 0, 0, &[]);
+            });
+            conn.in_flight = conn.in_flight.saturating_sub(answered);
+            self.proxies[i] = conn;
+            match polled {
+                Ok(moved) => {
+                    busy |= moved;
+                    self.proxies[i].sync_watch(fds);
                 }
-                busy = true;
-            } else {
-                conn.sync_watch(fds);
+                Err(Broken(e)) => {
+                    if let Some(e) = e {
+                        log::warn!("device {}: proxy {}: {e}", self.cfg.name, self.proxies[i].endpoint);
+                    }
+                    self.proxies[i].disconnect(fds);
+                    // Nothing sent on the broken connection will be answered.
+                    let lost: Vec<u64> = self.in_flight.iter().filter(|(_, f)| f.proxy == i).map(|(t, _)| *t).collect();
+                    for tag in lost {
+                        self.fail_in_flight(tag, Status::Unavailable);
+                    }
+                    busy = true;
+                }
             }
         }
-        self.rx_frames = frames;
         let now = Instant::now();
         // Request timeouts.
         let expired: Vec<u64> = self.in_flight.iter().filter(|(_, f)| f.deadline <= now).map(|(t, _)| *t).collect();
         for tag in expired {
             log::warn!("device {}: request {tag} timed out at the proxy", self.cfg.name);
-            self.finish(tag, Status::Timeout, 0, 0, &[]);
+            self.fail_in_flight(tag, Status::Timeout);
             busy = true;
         }
         // Requests whose remaining bytes never came.
@@ -870,7 +893,7 @@ impl PovDevice {
     pub fn shutdown(&mut self, fds: &mut dyn FdRegistry) {
         let tags: Vec<u64> = self.in_flight.keys().copied().collect();
         for tag in tags {
-            self.finish(tag, Status::Unavailable, 0, 0, &[]);
+            self.fail_in_flight(tag, Status::Unavailable);
         }
         let qids: Vec<u32> = self.queues.keys().copied().collect();
         for q in qids {
