@@ -166,17 +166,23 @@ impl Queue {
         }
     }
 
+    /// Adds `start..end` to the covered ranges, merged in place (no allocation once the
+    /// vector has room).
     fn cover(&mut self, start: usize, end: usize) {
         self.covered.push((start, end));
         self.covered.sort_unstable();
-        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(self.covered.len());
-        for &(s, e) in &self.covered {
-            match merged.last_mut() {
-                Some(last) if s <= last.1 => last.1 = last.1.max(e),
-                _ => merged.push((s, e)),
+        let mut kept = 0;
+        for i in 0..self.covered.len() {
+            let (s, e) = self.covered[i];
+            if kept > 0 && s <= self.covered[kept - 1].1 {
+                let last = &mut self.covered[kept - 1];
+                last.1 = last.1.max(e);
+            } else {
+                self.covered[kept] = (s, e);
+                kept += 1;
             }
         }
-        self.covered = merged;
+        self.covered.truncate(kept);
     }
 
     /// Bytes covered contiguously from the slot start.
@@ -652,9 +658,15 @@ impl PovDevice {
         q.resp_len = HEADER_SIZE + payload.len();
         q.resp = RespState::Ready;
         q.in_flight = None;
-        let parked = std::mem::take(&mut q.parked);
-        for (r, offset) in parked {
+        let mut parked = std::mem::take(&mut q.parked);
+        for (r, offset) in parked.drain(..) {
             self.read_response_slot(r, queue, offset);
+        }
+        // Give the (now empty) vector back, so that the next park does not allocate.
+        if let Some(q) = self.queues.get_mut(&queue) {
+            if q.parked.is_empty() {
+                q.parked = parked;
+            }
         }
     }
 
