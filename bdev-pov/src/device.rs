@@ -686,6 +686,9 @@ impl PovDevice {
         let payload = q.req_buf[HEADER_SIZE..HEADER_SIZE + h.payload_len as usize].to_vec();
         // Resolve the target path inside the tenant's namespace.
         let mut open = None;
+        // Paths of open files and the tenant name are lent to the proxy request while
+        // it is encoded (then put back): no string copies per request.
+        let mut lent_path = false;
         let path = match h.op {
             Op::Open | Op::List | Op::Remove => match pov_proto::path::normalize(&payload) {
                 Ok(p) => {
@@ -704,7 +707,7 @@ impl PovDevice {
                 Err(st) => return fail(self, st),
             },
             _ => {
-                let Some(handle) = session.handles.get(&h.file_handle) else { return fail(self, Status::BadHandle) };
+                let Some(handle) = session.handles.get_mut(&h.file_handle) else { return fail(self, Status::BadHandle) };
                 let writes = matches!(h.op, Op::Write | Op::Append | Op::Truncate);
                 if writes && !handle.writable {
                     return fail(self, Status::Permission);
@@ -713,10 +716,11 @@ impl PovDevice {
                     session.handles.remove(&h.file_handle);
                     return self.respond(queue, op, h.request_id, Status::Ok, 0, 0, &[]);
                 }
-                handle.path.clone()
+                lent_path = true;
+                std::mem::take(&mut handle.path)
             }
         };
-        let tenant = session.tenant.clone();
+        let tenant = std::mem::take(&mut session.tenant);
         let session_id = session.id;
         if h.op == Op::Read {
             self.stats.bytes_read += h.length as u64;
@@ -728,7 +732,6 @@ impl PovDevice {
         let tag = self.next_tag;
         self.next_tag += 1;
         let pidx = owner.proxy;
-        let conn = &mut self.proxies[pidx];
         let preq = ProxyRequest {
             op: h.op,
             tag,
@@ -738,15 +741,24 @@ impl PovDevice {
             hint: h.hint,
             trace: h.flags & flags::TRACE != 0,
             qos: owner.qos as u8,
-            load: conn.in_flight,
+            load: self.proxies[pidx].in_flight,
             session_id,
             tenant,
             path,
         };
-        if let Err(e) = preq.encode_frame(data, &mut self.frame) {
+        let encoded = preq.encode_frame(data, &mut self.frame);
+        let session = self.areas[area].as_mut().expect("found");
+        session.tenant = preq.tenant;
+        if lent_path {
+            if let Some(handle) = session.handles.get_mut(&h.file_handle) {
+                handle.path = preq.path;
+            }
+        }
+        if let Err(e) = encoded {
             log::warn!("device {}: cannot encode proxy request: {e}", self.cfg.name);
             return fail(self, Status::Invalid);
         }
+        let conn = &mut self.proxies[pidx];
         if conn.ensure_connected().is_none() {
             return fail(self, Status::Unavailable);
         }
