@@ -788,7 +788,12 @@ impl PovDevice {
     fn finish(&mut self, from: Option<usize>, tag: u64, status: Status, result: u64, flags: u32, payload: &[u8]) -> Option<usize> {
         // Paper §4.6: a response that matches no context (e.g. after a timeout, or a
         // tag of another connection) is dropped.
-        if !self.in_flight.get(&tag).is_some_and(|f| from.is_none_or(|p| p == f.proxy)) {
+        let matches = match (self.in_flight.get(&tag), from) {
+            (Some(f), Some(p)) => f.proxy == p,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !matches {
             self.stats.stale_proxy_responses += 1;
             return None;
         }
