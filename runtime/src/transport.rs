@@ -167,38 +167,30 @@ const RECV_CHUNK: usize = 64 * 1024;
 /// the copy it saves — `_copy_to_iter` went from 2% to 18% of the samples.)
 #[derive(Default)]
 struct FrameBuf {
-    /// `buf[start..end]`: the start of a frame whose rest has not arrived yet.
+    /// `buf[start..]`: the start of a frame whose rest has not arrived yet.
     buf: Vec<u8>,
     start: usize,
-    end: usize,
 }
 
 impl FrameBuf {
-    /// Appends bytes, moving the pending ones to the front or growing the storage when
-    /// there is no room after them.
+    /// Appends bytes; the pending ones move to the front first when the storage would
+    /// otherwise have to grow.
     fn push(&mut self, bytes: &[u8]) {
-        if self.buf.len() - self.end < bytes.len() {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            if self.buf.len() - self.end < bytes.len() {
-                self.buf.resize(self.end + bytes.len(), 0);
-            }
+        if self.start > 0 && self.buf.capacity() - self.buf.len() < bytes.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
         }
-        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
-        self.end += bytes.len();
+        self.buf.extend_from_slice(bytes);
     }
 
     /// Delivers every complete frame of the pending bytes. Returns the number of frames
     /// delivered.
     fn deliver(&mut self, peer: &str, on_frame: &mut dyn FnMut(&[u8])) -> Result<u64, TransportError> {
-        let (count, used) = deliver_from(&self.buf[self.start..self.end], peer, on_frame)?;
+        let (count, used) = deliver_from(&self.buf[self.start..], peer, on_frame)?;
         self.start += used;
-        if self.start == self.end {
+        if self.start == self.buf.len() {
             self.start = 0;
-            self.end = 0;
+            self.buf.clear();
         }
         Ok(count)
     }
@@ -210,8 +202,8 @@ impl FrameBuf {
         let mut count = 0;
         // The pending bytes never hold a complete frame (every push is followed by a
         // deliver), so each pass takes at least one byte.
-        while self.start < self.end && !bytes.is_empty() {
-            let pending = &self.buf[self.start..self.end];
+        while self.start < self.buf.len() && !bytes.is_empty() {
+            let pending = &self.buf[self.start..];
             let want = match frame_len(pending) {
                 Ok(Some(n)) => LEN_PREFIX + n,
                 Ok(None) => LEN_PREFIX,
@@ -222,7 +214,7 @@ impl FrameBuf {
             bytes = &bytes[k..];
             count += self.deliver(peer, on_frame)?;
         }
-        if self.start == self.end && !bytes.is_empty() {
+        if self.start == self.buf.len() && !bytes.is_empty() {
             let (n, used) = deliver_from(bytes, peer, on_frame)?;
             count += n;
             self.push(&bytes[used..]);
@@ -722,7 +714,7 @@ mod tests {
             }
             assert_eq!(count as usize, bodies.len(), "piece {piece}");
             assert_eq!(got, bodies, "piece {piece}");
-            assert_eq!((fb.start, fb.end), (0, 0), "nothing left pending");
+            assert_eq!((fb.start, fb.buf.len()), (0, 0), "nothing left pending");
         }
         let mut fb = FrameBuf::default();
         let bad = (pov_proto::wire::MAX_FRAME as u32 + 1).to_le_bytes();
