@@ -108,14 +108,14 @@ pub struct DeviceStats {
 }
 
 use crate::block::{BlockOp, BlockStatus};
-use crate::forward::{GatherStats, Gathering, ProxyConn, RxFrames};
+use crate::forward::{Broken, GatherStats, Gathering, ProxyConn};
 use crate::session::{Handle, QueueOwner, Session, SessionState};
 use pov_proto::admin::{AdminOp, AdminRequest, AdminResponse, ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE};
 use pov_proto::io::{flags, Op, RequestHeader, ResponseHeader};
 use pov_proto::layout::{ConfigSpace, Geometry, Region, HEADER_SIZE, SLOT_SIZE};
 use pov_proto::wire::{ProxyRequest, ProxyResponse};
 use pov_proto::{Status, MAX_IO_BYTES};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::time::Duration;
 
 /// How long a partially written request may wait for its remaining bytes (a block
@@ -166,17 +166,23 @@ impl Queue {
         }
     }
 
+    /// Adds `start..end` to the covered ranges, merged in place (no allocation once the
+    /// vector has room).
     fn cover(&mut self, start: usize, end: usize) {
         self.covered.push((start, end));
         self.covered.sort_unstable();
-        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(self.covered.len());
-        for &(s, e) in &self.covered {
-            match merged.last_mut() {
-                Some(last) if s <= last.1 => last.1 = last.1.max(e),
-                _ => merged.push((s, e)),
+        let mut kept = 0;
+        for i in 0..self.covered.len() {
+            let (s, e) = self.covered[i];
+            if kept > 0 && s <= self.covered[kept - 1].1 {
+                let last = &mut self.covered[kept - 1];
+                last.1 = last.1.max(e);
+            } else {
+                self.covered[kept] = (s, e);
+                kept += 1;
             }
         }
-        self.covered = merged;
+        self.covered.truncate(kept);
     }
 
     /// Bytes covered contiguously from the slot start.
@@ -210,15 +216,16 @@ pub struct PovDevice {
     admin_resp: [u8; ADMIN_RESPONSE_SIZE],
     /// Sessions by IO area.
     areas: Vec<Option<Session>>,
-    /// Open queues by global queue ID.
-    queues: HashMap<u32, Queue>,
+    /// Open queues by global queue ID (FxHash: the keys are IDs this device assigns,
+    /// so a peer cannot choose colliding ones; SipHash cost ~3% of the DPU's CPU).
+    queues: FxHashMap<u32, Queue>,
     proxies: Vec<ProxyConn>,
     next_proxy: usize,
-    in_flight: HashMap<u64, InFlight>,
+    /// Requests at the proxies by tag (tags are assigned here, see `queues`).
+    in_flight: FxHashMap<u64, InFlight>,
     next_tag: u64,
     completions: Vec<BlockCompletion>,
     frame: Vec<u8>,
-    rx_frames: RxFrames,
     /// Gathering policy of the proxy connections.
     gathering: Gathering,
     last_session_check: Instant,
@@ -256,13 +263,12 @@ impl PovDevice {
             tenants,
             config_record,
             admin_resp: [0; ADMIN_RESPONSE_SIZE],
-            queues: HashMap::new(),
+            queues: FxHashMap::default(),
             next_proxy: 0,
-            in_flight: HashMap::new(),
+            in_flight: FxHashMap::default(),
             next_tag: 1,
             completions: Vec::new(),
             frame: Vec::new(),
-            rx_frames: RxFrames::default(),
             gathering: Gathering::default(),
             last_session_check: Instant::now(),
             stats: DeviceStats::default(),
@@ -652,9 +658,15 @@ impl PovDevice {
         q.resp_len = HEADER_SIZE + payload.len();
         q.resp = RespState::Ready;
         q.in_flight = None;
-        let parked = std::mem::take(&mut q.parked);
-        for (r, offset) in parked {
+        let mut parked = std::mem::take(&mut q.parked);
+        for (r, offset) in parked.drain(..) {
             self.read_response_slot(r, queue, offset);
+        }
+        // Give the (now empty) vector back, so that the next park does not allocate.
+        if let Some(q) = self.queues.get_mut(&queue) {
+            if q.parked.is_empty() {
+                q.parked = parked;
+            }
         }
     }
 
@@ -674,6 +686,9 @@ impl PovDevice {
         let payload = q.req_buf[HEADER_SIZE..HEADER_SIZE + h.payload_len as usize].to_vec();
         // Resolve the target path inside the tenant's namespace.
         let mut open = None;
+        // Paths of open files and the tenant name are lent to the proxy request while
+        // it is encoded (then put back): no string copies per request.
+        let mut lent_path = false;
         let path = match h.op {
             Op::Open | Op::List | Op::Remove => match pov_proto::path::normalize(&payload) {
                 Ok(p) => {
@@ -692,7 +707,7 @@ impl PovDevice {
                 Err(st) => return fail(self, st),
             },
             _ => {
-                let Some(handle) = session.handles.get(&h.file_handle) else { return fail(self, Status::BadHandle) };
+                let Some(handle) = session.handles.get_mut(&h.file_handle) else { return fail(self, Status::BadHandle) };
                 let writes = matches!(h.op, Op::Write | Op::Append | Op::Truncate);
                 if writes && !handle.writable {
                     return fail(self, Status::Permission);
@@ -701,10 +716,11 @@ impl PovDevice {
                     session.handles.remove(&h.file_handle);
                     return self.respond(queue, op, h.request_id, Status::Ok, 0, 0, &[]);
                 }
-                handle.path.clone()
+                lent_path = true;
+                std::mem::take(&mut handle.path)
             }
         };
-        let tenant = session.tenant.clone();
+        let tenant = std::mem::take(&mut session.tenant);
         let session_id = session.id;
         if h.op == Op::Read {
             self.stats.bytes_read += h.length as u64;
@@ -716,7 +732,6 @@ impl PovDevice {
         let tag = self.next_tag;
         self.next_tag += 1;
         let pidx = owner.proxy;
-        let conn = &mut self.proxies[pidx];
         let preq = ProxyRequest {
             op: h.op,
             tag,
@@ -726,15 +741,24 @@ impl PovDevice {
             hint: h.hint,
             trace: h.flags & flags::TRACE != 0,
             qos: owner.qos as u8,
-            load: conn.in_flight,
+            load: self.proxies[pidx].in_flight,
             session_id,
             tenant,
             path,
         };
-        if let Err(e) = preq.encode_frame(data, &mut self.frame) {
+        let encoded = preq.encode_frame(data, &mut self.frame);
+        let session = self.areas[area].as_mut().expect("found");
+        session.tenant = preq.tenant;
+        if lent_path {
+            if let Some(handle) = session.handles.get_mut(&h.file_handle) {
+                handle.path = preq.path;
+            }
+        }
+        if let Err(e) = encoded {
             log::warn!("device {}: cannot encode proxy request: {e}", self.cfg.name);
             return fail(self, Status::Invalid);
         }
+        let conn = &mut self.proxies[pidx];
         if conn.ensure_connected().is_none() {
             return fail(self, Status::Unavailable);
         }
@@ -749,16 +773,31 @@ impl PovDevice {
         self.queues.get_mut(&queue).expect("open").in_flight = Some(tag);
     }
 
-    /// Finishes a request answered by the proxy (or failed locally with `status`).
-    fn finish(&mut self, tag: u64, status: Status, result: u64, flags: u32, payload: &[u8]) {
-        let Some(f) = self.in_flight.remove(&tag) else {
-            // Paper §4.6: a response that matches no context (e.g. after a timeout)
-            // is dropped.
-            self.stats.stale_proxy_responses += 1;
-            return;
+    /// Fails a request in flight locally (timeout, lost connection, shutdown).
+    fn fail_in_flight(&mut self, tag: u64, status: Status) {
+        if let Some(p) = self.finish(None, tag, status, 0, 0, &[]) {
+            let conn = &mut self.proxies[p];
+            conn.in_flight = conn.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Finishes a request answered by proxy `from` (`None`: failed locally with
+    /// `status`). Returns the index of the proxy the request was sent to (whose
+    /// `in_flight` count the caller lowers), or `None` for a response that matches no
+    /// request in flight on `from`.
+    fn finish(&mut self, from: Option<usize>, tag: u64, status: Status, result: u64, flags: u32, payload: &[u8]) -> Option<usize> {
+        // Paper §4.6: a response that matches no context (e.g. after a timeout, or a
+        // tag of another connection) is dropped.
+        let matches = match (self.in_flight.get(&tag), from) {
+            (Some(f), Some(p)) => f.proxy == p,
+            (Some(_), None) => true,
+            (None, _) => false,
         };
-        let conn = &mut self.proxies[f.proxy];
-        conn.in_flight = conn.in_flight.saturating_sub(1);
+        if !matches {
+            self.stats.stale_proxy_responses += 1;
+            return None;
+        }
+        let f = self.in_flight.remove(&tag)?;
         let mut result = result;
         let mut status = status;
         if let (Some(handle), true) = (f.open, status.is_ok()) {
@@ -773,44 +812,57 @@ impl PovDevice {
         }
         let payload = if status.is_ok() { payload } else { &[] };
         self.respond(f.queue, f.op as u16, f.request_id, status, result, flags, payload);
+        Some(f.proxy)
     }
 
     /// Moves proxy traffic, expires timeouts and reclaims dead sessions. Returns
     /// [`PollStatus::Busy`] if it did any work.
     pub fn poll(&mut self, fds: &mut dyn FdRegistry) -> PollStatus {
         let mut busy = false;
-        let mut frames = std::mem::take(&mut self.rx_frames);
+        let g = self.gathering;
         for i in 0..self.proxies.len() {
-            let (moved, broken) = self.proxies[i].poll_frames(&self.cfg.name, &self.gathering, &mut frames);
-            busy |= moved;
-            for f in frames.iter() {
+            // Taken out while polled, so that each response is finished straight from
+            // the receive buffer (no copy of the frame).
+            let mut conn = std::mem::take(&mut self.proxies[i]);
+            let mut answered = 0u32;
+            let polled = conn.poll_with(&g, &mut |f| {
                 busy = true;
                 match ProxyResponse::decode(f) {
-                    Ok((r, payload)) => self.finish(r.tag, r.status, r.result, r.flags, payload),
+                    Ok((r, payload)) => {
+                        if self.finish(Some(i), r.tag, r.status, r.result, r.flags, payload).is_some() {
+                            answered += 1;
+                        }
+                    }
                     Err(e) => log::warn!("device {}: bad frame from proxy: {e}", self.cfg.name),
                 }
-            }
-            frames.clear();
-            let conn = &mut self.proxies[i];
-            if broken {
-                conn.disconnect(fds);
-                // Nothing sent on the broken connection will be answered.
-                let lost: Vec<u64> = self.in_flight.iter().filter(|(_, f)| f.proxy == i).map(|(t, _)| *t).collect();
-                for tag in lost {
-                    self.finish(tag, Status::Unavailable, 0, 0, &[]);
+            });
+            conn.in_flight = conn.in_flight.saturating_sub(answered);
+            self.proxies[i] = conn;
+            match polled {
+                Ok(moved) => {
+                    busy |= moved;
+                    self.proxies[i].sync_watch(fds);
                 }
-                busy = true;
-            } else {
-                conn.sync_watch(fds);
+                Err(Broken(e)) => {
+                    if let Some(e) = e {
+                        log::warn!("device {}: proxy {}: {e}", self.cfg.name, self.proxies[i].endpoint);
+                    }
+                    self.proxies[i].disconnect(fds);
+                    // Nothing sent on the broken connection will be answered.
+                    let lost: Vec<u64> = self.in_flight.iter().filter(|(_, f)| f.proxy == i).map(|(t, _)| *t).collect();
+                    for tag in lost {
+                        self.fail_in_flight(tag, Status::Unavailable);
+                    }
+                    busy = true;
+                }
             }
         }
-        self.rx_frames = frames;
         let now = Instant::now();
         // Request timeouts.
         let expired: Vec<u64> = self.in_flight.iter().filter(|(_, f)| f.deadline <= now).map(|(t, _)| *t).collect();
         for tag in expired {
             log::warn!("device {}: request {tag} timed out at the proxy", self.cfg.name);
-            self.finish(tag, Status::Timeout, 0, 0, &[]);
+            self.fail_in_flight(tag, Status::Timeout);
             busy = true;
         }
         // Requests whose remaining bytes never came.
@@ -870,7 +922,7 @@ impl PovDevice {
     pub fn shutdown(&mut self, fds: &mut dyn FdRegistry) {
         let tags: Vec<u64> = self.in_flight.keys().copied().collect();
         for tag in tags {
-            self.finish(tag, Status::Unavailable, 0, 0, &[]);
+            self.fail_in_flight(tag, Status::Unavailable);
         }
         let qids: Vec<u32> = self.queues.keys().copied().collect();
         for q in qids {

@@ -124,6 +124,11 @@ impl RxFrames {
     }
 }
 
+/// A proxy connection failed: the transport's error, or `None` for a transport already
+/// dropped after a failed send (its error was logged then).
+#[derive(Debug)]
+pub(crate) struct Broken(pub Option<pov_runtime::transport::TransportError>);
+
 /// Least time between two connection attempts to one proxy.
 const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -147,6 +152,14 @@ pub(crate) struct ProxyConn {
     /// A transport was dropped after a failed send: what was in flight on it will
     /// never be answered (reported once by [`ProxyConn::poll_frames`]).
     lost: bool,
+}
+
+/// A connection to no endpoint, never connected (a placeholder while the real one is
+/// taken out to be polled).
+impl Default for ProxyConn {
+    fn default() -> ProxyConn {
+        ProxyConn::new(String::new())
+    }
 }
 
 impl ProxyConn {
@@ -235,25 +248,33 @@ impl ProxyConn {
     /// and whether the connection failed (logged with `device`'s name; the caller fails
     /// what was in flight on it and calls [`ProxyConn::disconnect`]).
     pub fn poll_frames(&mut self, device: &str, g: &Gathering, frames: &mut RxFrames) -> (bool, bool) {
-        let held = self.queued > 0 && self.hold(g);
-        let Some(t) = self.transport.as_mut() else { return (false, std::mem::take(&mut self.lost)) };
-        let mut polled = |t: &mut Box<dyn Transport>| -> Result<bool, pov_runtime::transport::TransportError> {
-            let sent = if held { false } else { t.flush()? };
-            Ok(t.receive(&mut |f| frames.push(f))? || sent)
-        };
-        match polled(t) {
-            Ok(moved) => {
-                if !held {
-                    self.queued = 0;
-                    self.oldest_queued = None;
+        match self.poll_with(g, &mut |f| frames.push(f)) {
+            Ok(busy) => (busy, false),
+            Err(Broken(e)) => {
+                if let Some(e) = e {
+                    log::warn!("device {device}: proxy {}: {e}", self.endpoint);
                 }
-                (moved || held, false)
-            }
-            Err(e) => {
-                log::warn!("device {device}: proxy {}: {e}", self.endpoint);
                 (false, true)
             }
         }
+    }
+
+    /// As [`ProxyConn::poll_frames`], but hands each received frame body to `on_frame`
+    /// as it is parsed (no copy). Returns whether bytes moved or frames are held back;
+    /// [`Broken`] if the connection failed (the caller logs the error, fails what was
+    /// in flight on it and calls [`ProxyConn::disconnect`]).
+    pub fn poll_with(&mut self, g: &Gathering, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, Broken> {
+        let held = self.queued > 0 && self.hold(g);
+        let Some(t) = self.transport.as_mut() else {
+            return if std::mem::take(&mut self.lost) { Err(Broken(None)) } else { Ok(false) };
+        };
+        let sent = if held { false } else { t.flush().map_err(|e| Broken(Some(e)))? };
+        let received = t.receive(on_frame).map_err(|e| Broken(Some(e)))?;
+        if !held {
+            self.queued = 0;
+            self.oldest_queued = None;
+        }
+        Ok(received || sent || held)
     }
 
     /// Frame and syscall counters of every transport this connection has had.

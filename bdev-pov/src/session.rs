@@ -2,7 +2,7 @@
 //! (paper §4.3.1 control plane, §4.6 keep-alive and reclamation).
 
 use pov_proto::admin::QosClass;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::time::Instant;
 
 /// Most files one session may hold open.
@@ -36,7 +36,8 @@ pub(crate) struct Session {
     pub last_heartbeat: Instant,
     /// Global IDs of the queues this session created.
     pub queues: Vec<u32>,
-    pub handles: HashMap<u64, Handle>,
+    /// Open files by handle (FxHash: handles are assigned here, never chosen by a peer).
+    pub handles: FxHashMap<u64, Handle>,
     pub next_handle: u64,
 }
 
@@ -50,7 +51,7 @@ impl Session {
             state: SessionState::Open,
             last_heartbeat: now,
             queues: Vec::new(),
-            handles: HashMap::new(),
+            handles: FxHashMap::default(),
             next_handle: 1,
         }
     }

@@ -473,7 +473,7 @@ fn gathering_preserves_every_io() {
             assert!(after.sends - before.sends <= 2, "{} sends for 50 gathered frames", after.sends - before.sends);
         }
         if !g.enabled {
-            assert!(s.gathering.sends >= s.gathering.frames_sent, "without gathering every frame is its own send");
+            assert!(s.gathering.sends >= s.gathering.frames_sent, "without gathering every frame is its own send: {:?}", s.gathering);
         }
     }
 }

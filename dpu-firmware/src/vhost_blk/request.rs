@@ -8,6 +8,7 @@
 //! the parser works on byte ranges, not on descriptor boundaries.
 
 use bdev_pov::{BlockOp, BufferError, IoBuffer};
+use std::cell::Cell;
 use std::sync::Arc;
 use virtio_bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -79,8 +80,11 @@ impl BadChain {
 /// device-writable ones, a short header or a sector that overflows become a
 /// [`BadChain`].
 pub fn parse_chain(head: u16, descs: impl Iterator<Item = Descriptor>, mem: &GuestMemoryMmap) -> Result<ParsedRequest, BadChain> {
-    let mut readable = Vec::new();
-    let mut writable: Vec<Segment> = Vec::new();
+    // One vector for the whole chain (it becomes the data segments): the
+    // device-readable segments, then the device-writable ones from `n_readable` on.
+    let mut segs: Vec<Segment> = Vec::with_capacity(4);
+    let mut n_readable = 0;
+    let mut last_writable: Option<Segment> = None;
     let mut order_ok = true;
     let mut in_memory = true;
     for d in descs {
@@ -90,15 +94,15 @@ pub fn parse_chain(head: u16, descs: impl Iterator<Item = Descriptor>, mem: &Gue
         let seg = Segment { addr: d.addr(), len: d.len() };
         in_memory &= mem.check_range(seg.addr, seg.len as usize);
         if d.is_write_only() {
-            writable.push(seg);
+            last_writable = Some(seg);
         } else {
-            order_ok &= writable.is_empty();
-            readable.push(seg);
+            order_ok &= n_readable == segs.len();
+            n_readable += 1;
         }
+        segs.push(seg);
     }
     // The status byte is the last byte of the device-writable part.
-    let status = writable
-        .last()
+    let status = last_writable
         .and_then(|s| s.addr.checked_add(u64::from(s.len) - 1))
         .filter(|a| mem.check_range(*a, 1));
     let bad = |why| Err(BadChain { head, status, why });
@@ -112,7 +116,7 @@ pub fn parse_chain(head: u16, descs: impl Iterator<Item = Descriptor>, mem: &Gue
         return bad("no device-writable status byte");
     };
     let mut header = [0u8; HEADER_LEN];
-    if gather(mem, &readable, &mut header).is_err() {
+    if gather(mem, &segs[..n_readable], &mut header).is_err() {
         return bad("request header shorter than 16 bytes");
     }
     let rtype = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
@@ -120,7 +124,6 @@ pub fn parse_chain(head: u16, descs: impl Iterator<Item = Descriptor>, mem: &Gue
     let Some(offset) = sector.checked_mul(u64::from(BLK_SIZE)) else {
         return bad("sector out of range");
     };
-    let data_in = || trim_back(&writable, 1);
     let op = match rtype {
         VIRTIO_BLK_T_IN => BlockOp::Read,
         VIRTIO_BLK_T_OUT => BlockOp::Write,
@@ -128,12 +131,18 @@ pub fn parse_chain(head: u16, descs: impl Iterator<Item = Descriptor>, mem: &Gue
         VIRTIO_BLK_T_GET_ID => BlockOp::GetId,
         t => BlockOp::Other(t),
     };
-    let data = match op {
-        BlockOp::Read | BlockOp::GetId => data_in(),
-        BlockOp::Write => skip_front(&readable, HEADER_LEN),
-        BlockOp::Flush | BlockOp::Other(_) => Vec::new(),
-    };
-    Ok(ParsedRequest { head, op, offset, data, status: status_addr })
+    match op {
+        BlockOp::Read | BlockOp::GetId => {
+            segs.drain(..n_readable);
+            trim_back(&mut segs, 1);
+        }
+        BlockOp::Write => {
+            segs.truncate(n_readable);
+            skip_front(&mut segs, HEADER_LEN);
+        }
+        BlockOp::Flush | BlockOp::Other(_) => segs.clear(),
+    }
+    Ok(ParsedRequest { head, op, offset, data: segs, status: status_addr })
 }
 
 /// Reads `dst.len()` bytes from the start of `segs`.
@@ -154,37 +163,37 @@ fn gather(mem: &GuestMemoryMmap, segs: &[Segment], dst: &mut [u8]) -> Result<(),
     }
 }
 
-/// `segs` without their first `n` bytes.
-fn skip_front(segs: &[Segment], mut n: usize) -> Vec<Segment> {
-    let mut out = Vec::with_capacity(segs.len());
-    for s in segs {
+/// Drops the first `n` bytes of `segs`, in place.
+fn skip_front(segs: &mut Vec<Segment>, mut n: usize) {
+    let mut whole = 0;
+    for s in segs.iter_mut() {
         let len = s.len as usize;
         if n >= len {
             n -= len;
+            whole += 1;
             continue;
         }
         // n < len <= u32::MAX, so the casts are lossless.
-        out.push(Segment { addr: s.addr.unchecked_add(n as u64), len: (len - n) as u32 });
-        n = 0;
+        s.addr = s.addr.unchecked_add(n as u64);
+        s.len = (len - n) as u32;
+        break;
     }
-    out
+    segs.drain(..whole);
 }
 
-/// `segs` without their last `n` bytes.
-fn trim_back(segs: &[Segment], mut n: usize) -> Vec<Segment> {
-    let mut out = segs.to_vec();
+/// Drops the last `n` bytes of `segs`, in place.
+fn trim_back(segs: &mut Vec<Segment>, mut n: usize) {
     while n > 0 {
-        let Some(last) = out.last_mut() else { break };
+        let Some(last) = segs.last_mut() else { break };
         let len = last.len as usize;
         if n >= len {
             n -= len;
-            out.pop();
+            segs.pop();
         } else {
             last.len = (len - n) as u32;
             n = 0;
         }
     }
-    out
 }
 
 /// The data buffer of a request: a list of guest memory segments read and written by
@@ -195,22 +204,19 @@ fn trim_back(segs: &[Segment], mut n: usize) -> Vec<Segment> {
 pub struct GuestBuffer {
     mem: Arc<GuestMemoryMmap>,
     segs: Vec<Segment>,
-    /// `ends[i]`: buffer offset one past the end of `segs[i]`.
-    ends: Vec<usize>,
+    /// Total length, bytes.
+    len: usize,
+    /// `(i, start)`: segment `i` starts at buffer offset `start`; where the last access
+    /// began, so that accesses in increasing order find their segment without a scan
+    /// from the start.
+    cursor: Cell<(usize, usize)>,
 }
 
 impl GuestBuffer {
     /// A buffer over `segs` of `mem`.
     pub fn new(mem: Arc<GuestMemoryMmap>, segs: Vec<Segment>) -> GuestBuffer {
-        let mut end = 0usize;
-        let ends = segs
-            .iter()
-            .map(|s| {
-                end = end.saturating_add(s.len as usize);
-                end
-            })
-            .collect();
-        GuestBuffer { mem, segs, ends }
+        let len = segs.iter().fold(0usize, |a, s| a.saturating_add(s.len as usize));
+        GuestBuffer { mem, segs, len, cursor: Cell::new((0, 0)) }
     }
 
     /// Calls `f(segment address, range within the local slice)` for each piece of
@@ -222,15 +228,23 @@ impl GuestBuffer {
         mut f: impl FnMut(GuestAddress, std::ops::Range<usize>) -> bool,
     ) -> Result<(), BufferError> {
         let err = BufferError { offset, len };
-        let end = offset.checked_add(len).filter(|e| *e <= self.len()).ok_or(err.clone())?;
+        let end = offset.checked_add(len).filter(|e| *e <= self.len).ok_or(err.clone())?;
         if len == 0 {
             return Ok(());
         }
-        let mut i = self.ends.partition_point(|e| *e <= offset);
+        let (mut i, mut seg_start) = self.cursor.get();
+        if offset < seg_start {
+            (i, seg_start) = (0, 0);
+        }
+        // The segment holding `offset` (there is one: offset < end <= self.len).
+        while let Some(seg) = self.segs.get(i).filter(|s| seg_start + s.len as usize <= offset) {
+            seg_start += seg.len as usize;
+            i += 1;
+        }
+        self.cursor.set((i, seg_start));
         let mut pos = offset;
         while pos < end {
             let seg = self.segs.get(i).ok_or(err.clone())?;
-            let seg_start = self.ends[i] - seg.len as usize;
             let within = pos - seg_start;
             let n = (seg.len as usize - within).min(end - pos);
             let addr = seg.addr.checked_add(within as u64).ok_or(err.clone())?;
@@ -238,6 +252,7 @@ impl GuestBuffer {
                 return Err(err);
             }
             pos += n;
+            seg_start += seg.len as usize;
             i += 1;
         }
         Ok(())
@@ -246,16 +261,16 @@ impl GuestBuffer {
 
 impl IoBuffer for GuestBuffer {
     fn len(&self) -> usize {
-        self.ends.last().copied().unwrap_or(0)
+        self.len
     }
 
     fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<(), BufferError> {
-        let mem = self.mem.clone();
+        let mem = &self.mem;
         self.for_each_piece(offset, dst.len(), |addr, r| mem.read_slice(&mut dst[r], addr).is_ok())
     }
 
     fn write_at(&mut self, offset: usize, src: &[u8]) -> Result<(), BufferError> {
-        let mem = self.mem.clone();
+        let mem = &self.mem;
         self.for_each_piece(offset, src.len(), |addr, r| mem.write_slice(&src[r], addr).is_ok())
     }
 }
@@ -444,6 +459,39 @@ mod tests {
         let mut bad = GuestBuffer::new(m, vec![Segment { addr: GuestAddress(MEM - 4), len: 8 }]);
         assert!(bad.write_at(0, &[0u8; 8]).is_err());
         assert!(bad.read_at(0, &mut [0u8; 8]).is_err());
+    }
+
+    /// Accesses in any order (forwards, backwards, repeated) find the right segments.
+    #[test]
+    fn guest_buffer_accesses_in_any_order() {
+        let m = Arc::new(mem());
+        let lens = [3u32, 1, 7, 5, 16];
+        let mut at = DATA;
+        let segs: Vec<Segment> = lens
+            .iter()
+            .map(|&len| {
+                let s = Segment { addr: GuestAddress(at), len };
+                at += 64;
+                s
+            })
+            .collect();
+        let mut b = GuestBuffer::new(m, segs);
+        let total = b.len();
+        assert_eq!(total, 32);
+        for chunk in [1usize, 2, 3, 5, 32] {
+            let starts: Vec<usize> = (0..total).step_by(chunk).collect();
+            for &o in starts.iter().rev() {
+                let n = chunk.min(total - o);
+                let src: Vec<u8> = (o..o + n).map(|x| (x * 7 + chunk) as u8).collect();
+                b.write_at(o, &src).unwrap();
+            }
+            for &o in starts.iter().chain(starts.iter().rev()) {
+                let n = chunk.min(total - o);
+                let mut got = vec![0u8; n];
+                b.read_at(o, &mut got).unwrap();
+                assert_eq!(got, (o..o + n).map(|x| (x * 7 + chunk) as u8).collect::<Vec<_>>(), "chunk {chunk} at {o}");
+            }
+        }
     }
 
     #[test]
