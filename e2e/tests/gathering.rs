@@ -68,7 +68,9 @@ fn every_policy_keeps_every_byte_and_counters_show_the_gathering() {
         let (frames, sends) = (after[0] - before[0], after[1] - before[1]);
         assert!(frames >= 1200.0, "policy {p}: only {frames} frames");
         if p["enabled"] == false || p["batch_size"] == 1 {
-            assert!(sends >= frames, "policy {p}: {frames} frames in {sends} sends without gathering");
+            // Each frame is offered on its own; only a full socket (1 MiB frames) makes a
+            // few of them share a write.
+            assert!(frames / sends < 1.2, "policy {p}: {frames} frames in {sends} sends without gathering");
         } else {
             assert!(frames / sends > 1.5, "policy {p}: {frames} frames in {sends} sends: nothing gathered");
         }
