@@ -244,6 +244,13 @@ fn volume_on_ceph_is_an_rbd_image() {
     drop(c);
     stack.restart_proxy();
     let mut c = Client::connect(&sock);
+    // pov-dpud fails IO at once while the proxy is unreachable and retries the
+    // connection every 500 ms: wait for the first read to succeed, then check all.
+    let t = std::time::Instant::now();
+    while c.read(0, 4096).0 != 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "no recovery after the proxy restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for (i, &(off, len)) in layout().iter().enumerate() {
         let (r, got) = c.read(off, len);
         assert_eq!(r, 0, "read at {off} after the proxy restart");
