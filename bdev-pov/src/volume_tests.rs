@@ -112,17 +112,7 @@ fn cfg(name: &str, size: u64, proxies: &[String]) -> VolumeConfig {
     }
 }
 
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use pov_proto::testing::pattern;
 
 /// Drives a volume device like its reactor poller would.
 struct Harness {

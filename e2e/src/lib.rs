@@ -265,13 +265,5 @@ fn spawn_dpud(rpc_sock: &Path, config: Option<&Path>) -> Daemon {
 
 /// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    pov_proto::testing::pattern(seed, len)
 }

@@ -25,6 +25,7 @@ pub mod io;
 pub mod layout;
 pub mod path;
 pub mod status;
+pub mod testing;
 pub mod wire;
 
 mod codec;

@@ -83,6 +83,26 @@ pub struct ProxyRequestRef<'a> {
 }
 
 impl ProxyRequest {
+    /// A request for `op` on `tenant`'s `path` with every other field zero or default
+    /// (tag 0, offset 0, length 0, no flags, default SDK hint, QoS class 0, no trace,
+    /// load 0, session 0); set the rest with struct update syntax.
+    pub fn new(op: Op, tenant: &str, path: &str) -> ProxyRequest {
+        ProxyRequest {
+            op,
+            tag: 0,
+            offset: 0,
+            length: 0,
+            flags: 0,
+            hint: SdkHint::default(),
+            trace: false,
+            qos: 0,
+            load: 0,
+            session_id: 0,
+            tenant: tenant.into(),
+            path: path.into(),
+        }
+    }
+
     /// Encodes the frame (length prefix included) with `payload` appended, into `out`
     /// (cleared first). Fails if a variable part is over its limit.
     pub fn encode_frame(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {

@@ -213,7 +213,6 @@ mod tests {
     use super::*;
     use crate::backend::local::LocalBackend;
     use pov_proto::entry::{DirEntry, Kind, Stat};
-    use pov_proto::io::SdkHint;
 
     struct Fixture {
         _dir: tempfile::TempDir,
@@ -230,20 +229,7 @@ mod tests {
     }
 
     fn req(op: Op, tenant: &str, path: &str) -> ProxyRequest {
-        ProxyRequest {
-            op,
-            tag: 0,
-            offset: 0,
-            length: 0,
-            flags: 0,
-            hint: SdkHint::default(),
-            trace: false,
-            qos: 0,
-            load: 0,
-            session_id: 1,
-            tenant: tenant.into(),
-            path: path.into(),
-        }
+        ProxyRequest { session_id: 1, ..ProxyRequest::new(op, tenant, path) }
     }
 
     impl Fixture {

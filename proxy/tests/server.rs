@@ -2,7 +2,7 @@
 //! `pov_runtime::transport::connect` sends frames (good and bad) and checks answers.
 
 use pov_proto::entry::{DirEntry, Kind, Stat};
-use pov_proto::io::{flags, Op, SdkHint};
+use pov_proto::io::{flags, Op};
 use pov_proto::wire::{ProxyRequest, ProxyResponse};
 use pov_proto::{Status, MAX_IO_BYTES};
 use pov_proxy::backend::BackendSpec;
@@ -22,20 +22,7 @@ struct Client {
 }
 
 fn req(op: Op, tenant: &str, path: &str) -> ProxyRequest {
-    ProxyRequest {
-        op,
-        tag: 0,
-        offset: 0,
-        length: 0,
-        flags: 0,
-        hint: SdkHint::default(),
-        trace: false,
-        qos: 0,
-        load: 0,
-        session_id: 42,
-        tenant: tenant.into(),
-        path: path.into(),
-    }
+    ProxyRequest { session_id: 42, ..ProxyRequest::new(op, tenant, path) }
 }
 
 impl Client {

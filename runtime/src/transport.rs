@@ -536,7 +536,7 @@ pub mod conformance {
     //! The one test body every [`Transport`] implementation must pass.
 
     use super::*;
-    use pov_proto::io::{Op, SdkHint};
+    use pov_proto::io::Op;
     use pov_proto::wire::{ProxyRequest, ProxyResponse};
     use pov_proto::Status;
     use std::time::{Duration, Instant};
@@ -556,20 +556,7 @@ pub mod conformance {
         let mut frame = Vec::new();
         for (i, &n) in sizes.iter().enumerate() {
             let payload: Vec<u8> = (0..n).map(|j| (i * 31 + j) as u8).collect();
-            let r = ProxyRequest {
-                op: Op::Write,
-                tag: i as u64,
-                offset: 0,
-                length: 0,
-                flags: 0,
-                hint: SdkHint::default(),
-                trace: false,
-                qos: 0,
-                load: 0,
-                session_id: 1,
-                tenant: "t".into(),
-                path: format!("f{i}"),
-            };
+            let r = ProxyRequest { tag: i as u64, session_id: 1, ..ProxyRequest::new(Op::Write, "t", &format!("f{i}")) };
             r.encode_frame(&payload, &mut frame).unwrap();
             client.send_frame(&frame).unwrap();
         }

@@ -20,18 +20,7 @@ use pov_proto::{Status, MAX_IO_BYTES};
 
 const MIB: usize = 1 << 20;
 
-/// Deterministic pseudo-random bytes (xorshift), different for every `seed`.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub use pov_proto::testing::pattern;
 
 fn read_all(b: &mut dyn Backend, t: &str, p: &str, offset: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
