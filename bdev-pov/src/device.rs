@@ -251,8 +251,8 @@ impl PovDevice {
         if cfg.request_timeout_ms == 0 {
             return Err(inv("request_timeout_ms", "must be > 0"));
         }
-        let geometry = Geometry::new(cfg.max_sessions, cfg.num_queues)
-            .map_err(|e| inv("num_queues/max_sessions", &e.to_string()))?;
+        let geometry =
+            Geometry::new(cfg.max_sessions, cfg.num_queues).map_err(|e| inv("num_queues/max_sessions", &e.to_string()))?;
         let config_record = ConfigSpace { geometry, name: cfg.name.clone() }.encode().to_vec();
         Ok(PovDevice {
             serial: pov_proto::layout::serial_for(&cfg.name),
@@ -584,9 +584,8 @@ impl PovDevice {
         };
         // Ownership first: a request from a process that does not own the queue fails
         // its own WRITE and never touches the owner's response slot (paper §4.6).
-        if let Err(st) = self.owns(queue, ids.session_id, ids.pid).and_then(|_| {
-            if ids.queue_id == queue { Ok(()) } else { Err(Status::BadQueue) }
-        }) {
+        let owned = self.owns(queue, ids.session_id, ids.pid);
+        if let Err(st) = owned.and(if ids.queue_id == queue { Ok(()) } else { Err(Status::BadQueue) }) {
             log::debug!("device {}: request on queue {queue} rejected: {st}", self.cfg.name);
             self.stats.request_errors += 1;
             let q = self.queues.get_mut(&queue).expect("checked");
@@ -637,8 +636,16 @@ impl PovDevice {
             }
             RespState::Empty => {
                 let mut b = [0u8; HEADER_SIZE];
-                ResponseHeader { op: 0, status: Status::NoRequest, queue_id: queue, request_id: 0, result: 0, payload_len: 0, flags: 0 }
-                    .encode_into(&mut b);
+                ResponseHeader {
+                    op: 0,
+                    status: Status::NoRequest,
+                    queue_id: queue,
+                    request_id: 0,
+                    result: 0,
+                    payload_len: 0,
+                    flags: 0,
+                }
+                .encode_into(&mut b);
                 self.read_from(req, &b, offset)
             }
         }
@@ -785,7 +792,15 @@ impl PovDevice {
     /// `status`). Returns the index of the proxy the request was sent to (whose
     /// `in_flight` count the caller lowers), or `None` for a response that matches no
     /// request in flight on `from`.
-    fn finish(&mut self, from: Option<usize>, tag: u64, status: Status, result: u64, flags: u32, payload: &[u8]) -> Option<usize> {
+    fn finish(
+        &mut self,
+        from: Option<usize>,
+        tag: u64,
+        status: Status,
+        result: u64,
+        flags: u32,
+        payload: &[u8],
+    ) -> Option<usize> {
         // Paper §4.6: a response that matches no context (e.g. after a timeout, or a
         // tag of another connection) is dropped.
         let matches = match (self.in_flight.get(&tag), from) {
@@ -886,7 +901,11 @@ impl PovDevice {
             self.last_session_check = now;
             busy |= self.reclaim_sessions(now);
         }
-        if busy { PollStatus::Busy } else { PollStatus::Idle }
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
     }
 
     /// Keep-alive (paper §4.6): sessions without a heartbeat for the timeout are
@@ -897,7 +916,13 @@ impl PovDevice {
         for area in 0..self.areas.len() {
             let Some(s) = self.areas[area].as_mut() else { continue };
             if s.state == SessionState::Open && now.duration_since(s.last_heartbeat) > timeout {
-                log::warn!("device {}: session {:#x} (tenant {}, pid {}) missed heartbeats; reclaiming", self.cfg.name, s.id, s.tenant, s.pid);
+                log::warn!(
+                    "device {}: session {:#x} (tenant {}, pid {}) missed heartbeats; reclaiming",
+                    self.cfg.name,
+                    s.id,
+                    s.tenant,
+                    s.pid
+                );
                 s.state = SessionState::Reclaiming;
             }
             if s.state != SessionState::Reclaiming {

@@ -66,7 +66,8 @@ fn fake_proxy() -> String {
                         }
                         _ => (Status::Ok, 0, vec![]),
                     };
-                    ProxyResponse { op: r.req.op as u16, tag: r.req.tag, status, result, flags: 0 }.encode_frame(&payload, &mut out);
+                    ProxyResponse { op: r.req.op as u16, tag: r.req.tag, status, result, flags: 0 }
+                        .encode_frame(&payload, &mut out);
                     if s.write_all(&out).is_err() {
                         return;
                     }
@@ -139,11 +140,29 @@ impl Harness {
     }
 
     fn open_session(&mut self, tenant: &str, secret: &[u8], pid: u32) -> AdminResponse {
-        self.admin(AdminRequest { op: AdminOp::OpenSession, pid, queue_id: 0, session_id: 0, request_id: 1, qos: QosClass::Latency, tenant: tenant.into(), secret: secret.to_vec() })
+        self.admin(AdminRequest {
+            op: AdminOp::OpenSession,
+            pid,
+            queue_id: 0,
+            session_id: 0,
+            request_id: 1,
+            qos: QosClass::Latency,
+            tenant: tenant.into(),
+            secret: secret.to_vec(),
+        })
     }
 
     fn create_queue(&mut self, session: u64, pid: u32) -> AdminResponse {
-        self.admin(AdminRequest { op: AdminOp::CreateQueue, pid, queue_id: 0, session_id: session, request_id: 2, qos: QosClass::Latency, tenant: String::new(), secret: vec![] })
+        self.admin(AdminRequest {
+            op: AdminOp::CreateQueue,
+            pid,
+            queue_id: 0,
+            session_id: session,
+            request_id: 2,
+            qos: QosClass::Latency,
+            tenant: String::new(),
+            secret: vec![],
+        })
     }
 
     fn request_bytes(h: &RequestHeader, payload: &[u8]) -> Vec<u8> {
@@ -170,7 +189,19 @@ impl Harness {
 }
 
 fn hdr(op: Op, q: u32, pid: u32, session: u64, rid: u64) -> RequestHeader {
-    RequestHeader { op, queue_id: q, pid, session_id: session, request_id: rid, file_handle: 0, offset: 0, length: 0, flags: 0, payload_len: 0, hint: SdkHint::default() }
+    RequestHeader {
+        op,
+        queue_id: q,
+        pid,
+        session_id: session,
+        request_id: rid,
+        file_handle: 0,
+        offset: 0,
+        length: 0,
+        flags: 0,
+        payload_len: 0,
+        hint: SdkHint::default(),
+    }
 }
 
 /// Opens a session and one queue; returns (session, queue).
@@ -279,11 +310,20 @@ fn bad_requests_get_errors_and_device_keeps_serving() {
     let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     assert_eq!(h.io(BlockOp::Write, g.request_slot(q), noise).0, BlockStatus::IoErr);
     // Wrong PID: the WRITE fails and the owner's queue is untouched.
-    assert_eq!(h.io(BlockOp::Write, g.request_slot(q), Harness::request_bytes(&hdr(Op::Stat, q, 6, sid, 1), &[])).0, BlockStatus::IoErr);
+    assert_eq!(
+        h.io(BlockOp::Write, g.request_slot(q), Harness::request_bytes(&hdr(Op::Stat, q, 6, sid, 1), &[])).0,
+        BlockStatus::IoErr
+    );
     // Wrong session ID.
-    assert_eq!(h.io(BlockOp::Write, g.request_slot(q), Harness::request_bytes(&hdr(Op::Stat, q, 5, sid ^ 1, 1), &[])).0, BlockStatus::IoErr);
+    assert_eq!(
+        h.io(BlockOp::Write, g.request_slot(q), Harness::request_bytes(&hdr(Op::Stat, q, 5, sid ^ 1, 1), &[])).0,
+        BlockStatus::IoErr
+    );
     // Queue that is not open / out of range.
-    assert_eq!(h.io(BlockOp::Write, g.request_slot(q + 1), Harness::request_bytes(&hdr(Op::Stat, q + 1, 5, sid, 1), &[])).0, BlockStatus::IoErr);
+    assert_eq!(
+        h.io(BlockOp::Write, g.request_slot(q + 1), Harness::request_bytes(&hdr(Op::Stat, q + 1, 5, sid, 1), &[])).0,
+        BlockStatus::IoErr
+    );
     assert_eq!(h.io(BlockOp::Write, g.capacity_bytes(), vec![0; 512]).0, BlockStatus::IoErr);
     // Owner's malformed requests: error responses.
     let mut bad = Harness::request_bytes(&hdr(Op::Stat, q, 5, sid, 21), &[]);
@@ -337,7 +377,10 @@ fn other_tenant_cannot_use_handles_or_paths() {
     assert_eq!(open_file(&mut h, q2, 9, s2.session_id, "/secret", 0).0, Status::NotFound);
     // And a session cannot use another session's queue.
     let g = h.dev.geometry();
-    assert_eq!(h.io(BlockOp::Write, g.request_slot(q), Harness::request_bytes(&hdr(Op::Stat, q, 9, s2.session_id, 1), &[])).0, BlockStatus::IoErr);
+    assert_eq!(
+        h.io(BlockOp::Write, g.request_slot(q), Harness::request_bytes(&hdr(Op::Stat, q, 9, s2.session_id, 1), &[])).0,
+        BlockStatus::IoErr
+    );
 }
 
 #[test]
@@ -389,7 +432,18 @@ fn dead_session_is_reclaimed() {
         c.session_timeout_ms = 100;
     });
     let (sid, q) = setup(&mut h, 5);
-    let hb = |h: &mut Harness| h.admin(AdminRequest { op: AdminOp::Heartbeat, pid: 5, queue_id: 0, session_id: sid, request_id: 3, qos: QosClass::Latency, tenant: String::new(), secret: vec![] });
+    let hb = |h: &mut Harness| {
+        h.admin(AdminRequest {
+            op: AdminOp::Heartbeat,
+            pid: 5,
+            queue_id: 0,
+            session_id: sid,
+            request_id: 3,
+            qos: QosClass::Latency,
+            tenant: String::new(),
+            secret: vec![],
+        })
+    };
     assert_eq!(hb(&mut h).status(), Status::Ok);
     let deadline = Instant::now() + Duration::from_secs(5);
     while h.dev.stats().sessions_reclaimed == 0 {
@@ -399,6 +453,9 @@ fn dead_session_is_reclaimed() {
     }
     assert_eq!(hb(&mut h).status(), Status::BadSession);
     let g = h.dev.geometry();
-    assert_eq!(h.io(BlockOp::Write, g.request_slot(q), Harness::request_bytes(&hdr(Op::Stat, q, 5, sid, 1), &[])).0, BlockStatus::IoErr);
+    assert_eq!(
+        h.io(BlockOp::Write, g.request_slot(q), Harness::request_bytes(&hdr(Op::Stat, q, 5, sid, 1), &[])).0,
+        BlockStatus::IoErr
+    );
     assert_eq!(h.dev.stats().sessions, 0);
 }

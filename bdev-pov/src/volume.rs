@@ -238,7 +238,9 @@ fn volume_request(op: Op, tag: u64, offset: u64, length: u32, fl: u32, load: u32
 /// Checks a READ/WRITE against the volume: aligned to `block_size`, inside `size`.
 fn io_in_range(offset: u64, len: usize, size: u64, block_size: u32) -> bool {
     let bs = block_size as u64;
-    offset.checked_rem(bs) == Some(0) && (len as u64).checked_rem(bs) == Some(0) && offset.checked_add(len as u64).is_some_and(|e| e <= size)
+    offset.checked_rem(bs) == Some(0)
+        && (len as u64).checked_rem(bs) == Some(0)
+        && offset.checked_add(len as u64).is_some_and(|e| e <= size)
 }
 
 fn get_id(mut req: BlockRequest, serial: &[u8]) -> BlockCompletion {
@@ -496,7 +498,17 @@ impl VolumeDevice {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn send(&mut self, id: u64, op: Op, offset: u64, length: u32, pidx: usize, payload: &[u8], buf_offset: usize, len: usize) -> bool {
+    fn send(
+        &mut self,
+        id: u64,
+        op: Op,
+        offset: u64,
+        length: u32,
+        pidx: usize,
+        payload: &[u8],
+        buf_offset: usize,
+        len: usize,
+    ) -> bool {
         if self.stopping {
             return false;
         }
@@ -716,7 +728,13 @@ impl NullVolume {
     /// [`VolumeError::Invalid`] (see [`VolumeConfig::validate`]).
     pub fn new(cfg: VolumeConfig) -> Result<NullVolume, VolumeError> {
         cfg.validate(true)?;
-        Ok(NullVolume { serial: volume_serial(&cfg.name), cfg, zeros: vec![0; 64 * 1024], completions: Vec::new(), stats: NullVolumeStats::default() })
+        Ok(NullVolume {
+            serial: volume_serial(&cfg.name),
+            cfg,
+            zeros: vec![0; 64 * 1024],
+            completions: Vec::new(),
+            stats: NullVolumeStats::default(),
+        })
     }
 
     /// The device's configuration.

@@ -70,7 +70,11 @@ fn serve(listener: TcpListener, store: Store, idx: usize, b: Behaviour) -> Strin
                         (_, None) => (Status::NotFound, 0, vec![]),
                         (Op::VolumeRead, Some(v)) => {
                             let (s, e) = (q.offset as usize, q.offset as usize + q.length as usize);
-                            if e > v.len() { (Status::Invalid, 0, vec![]) } else { (Status::Ok, q.length as u64, v[s..e].to_vec()) }
+                            if e > v.len() {
+                                (Status::Invalid, 0, vec![])
+                            } else {
+                                (Status::Ok, q.length as u64, v[s..e].to_vec())
+                            }
                         }
                         (Op::VolumeWrite, Some(v)) => {
                             let (s, e) = (q.offset as usize, q.offset as usize + r.payload.len());
@@ -177,7 +181,12 @@ fn volume_round_trip_split_and_checks() {
     let mut h = Harness::new(cfg("vol0", size, &[p]));
     assert_eq!(h.dev.config().capacity_sectors(), size / 512);
     // Pieces: a 3 MiB + 4 KiB write (4 frames), the last block, small IOs.
-    let writes = [(4096u64, pattern(1, 3 * MIB + 4096)), (size - 512, pattern(2, 512)), (0, pattern(3, 1024)), (5 * MIB as u64 - 512, pattern(4, MIB + 1024))];
+    let writes = [
+        (4096u64, pattern(1, 3 * MIB + 4096)),
+        (size - 512, pattern(2, 512)),
+        (0, pattern(3, 1024)),
+        (5 * MIB as u64 - 512, pattern(4, MIB + 1024)),
+    ];
     for (off, data) in &writes {
         assert_eq!(h.io(BlockOp::Write, *off, data.clone()).0, BlockStatus::Ok, "write at {off}");
     }
@@ -188,7 +197,13 @@ fn volume_round_trip_split_and_checks() {
         assert_eq!(st, BlockStatus::Ok);
         assert!(got == *data, "read back at {off}");
     }
-    let frames_for_big = store.log.lock().unwrap().iter().filter(|(_, op, off)| *op == Op::VolumeWrite && (4096..4096 + 3 * MIB as u64 + 4096).contains(off)).count();
+    let frames_for_big = store
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, op, off)| *op == Op::VolumeWrite && (4096..4096 + 3 * MIB as u64 + 4096).contains(off))
+        .count();
     assert_eq!(frames_for_big, 4, "3 MiB + 4 KiB goes as four frames of at most 1 MiB");
     let (st, id) = h.io(BlockOp::GetId, 0, vec![0; 20]);
     assert_eq!(st, BlockStatus::Ok);
@@ -423,7 +438,13 @@ fn gathering(enabled: bool, batch_size: u32, window_us: u32) -> crate::Gathering
 /// one completes with the right data, and gathering really puts many frames in a send.
 #[test]
 fn gathering_preserves_every_io() {
-    let policies = [gathering(false, 64, 0), gathering(true, 1, 0), gathering(true, 7, 0), gathering(true, 64, 0), gathering(true, 64, 2000)];
+    let policies = [
+        gathering(false, 64, 0),
+        gathering(true, 1, 0),
+        gathering(true, 7, 0),
+        gathering(true, 64, 0),
+        gathering(true, 64, 2000),
+    ];
     for (pi, g) in policies.iter().enumerate() {
         let store = Store::default();
         let p = fake_proxy(&store, 0, Behaviour::default());

@@ -108,8 +108,7 @@ impl Report {
 
     /// One table line.
     pub fn row(&self) -> String {
-        let cpu: Vec<String> =
-            self.cpu.iter().map(|(n, c)| format!("{n} {:.0}% {:.1}", c.pct_of_cpu, c.us_per_io)).collect();
+        let cpu: Vec<String> = self.cpu.iter().map(|(n, c)| format!("{n} {:.0}% {:.1}", c.pct_of_cpu, c.us_per_io)).collect();
         format!(
             "{:<22} {:<9} {:>6} {:>3} {:>4} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1}  {}",
             self.label,

@@ -109,7 +109,9 @@ fn secret(o: &Options) -> anyhow::Result<Vec<u8>> {
         let s = std::fs::read(f).with_context(|| format!("read secret file {}", f.display()))?;
         return Ok(s.trim_ascii_end().to_vec());
     }
-    std::env::var("POV_SECRET").map(String::into_bytes).map_err(|_| anyhow::anyhow!("pov-file mode needs $POV_SECRET or --secret-file"))
+    std::env::var("POV_SECRET")
+        .map(String::into_bytes)
+        .map_err(|_| anyhow::anyhow!("pov-file mode needs $POV_SECRET or --secret-file"))
 }
 
 struct Job {
@@ -129,12 +131,7 @@ fn setup_job(o: &Options, i: usize, secret: &[u8]) -> anyhow::Result<Job> {
         }
         Mode::PovFile => {
             let path = if o.jobs > 1 { format!("{}.{i}", o.file) } else { o.file.clone() };
-            let spec = PovFileSpec {
-                tenant: o.tenant[i % o.tenant.len()].clone(),
-                secret: secret.to_vec(),
-                path,
-                size: o.size,
-            };
+            let spec = PovFileSpec { tenant: o.tenant[i % o.tenant.len()].clone(), secret: secret.to_vec(), path, size: o.size };
             Box::new(PovFileTarget::new(&mut conn.blkio, &o.socket, &spec, o.qd as usize, bs)?)
         }
     };
@@ -256,7 +253,17 @@ mod tests {
     #[test]
     fn options_parse() {
         let o = Options::try_parse_from([
-            "pov-bench", "--socket", "/tmp/s", "--bs", "1m", "--qd", "32", "--pid", "dpud=42", "--pattern", "randrw",
+            "pov-bench",
+            "--socket",
+            "/tmp/s",
+            "--bs",
+            "1m",
+            "--qd",
+            "32",
+            "--pid",
+            "dpud=42",
+            "--pattern",
+            "randrw",
         ])
         .unwrap();
         assert_eq!(o.bs, 1 << 20);

@@ -208,10 +208,8 @@ impl MemDisk {
 
     fn execute(&mut self, req: &mut BlockRequest) -> (BlockStatus, u32) {
         let len = req.buf.len();
-        let range = usize::try_from(req.offset)
-            .ok()
-            .and_then(|o| Some(o..o.checked_add(len)?))
-            .filter(|r| r.end <= self.data.len());
+        let range =
+            usize::try_from(req.offset).ok().and_then(|o| Some(o..o.checked_add(len)?)).filter(|r| r.end <= self.data.len());
         match req.op {
             BlockOp::Read => {
                 let Some(r) = range else { return (BlockStatus::IoErr, 0) };

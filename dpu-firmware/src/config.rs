@@ -108,8 +108,11 @@ pub fn calls(v: &Value) -> Result<Vec<ConfigCall>, ConfigError> {
 pub fn load_config(daemon: &Daemon, v: &Value) -> Result<usize, ConfigError> {
     let list = calls(v)?;
     for (index, c) in list.iter().enumerate() {
-        rpc::call(daemon, &c.method, c.params.clone())
-            .map_err(|error| ConfigError::Call { index, method: c.method.clone(), error })?;
+        rpc::call(daemon, &c.method, c.params.clone()).map_err(|error| ConfigError::Call {
+            index,
+            method: c.method.clone(),
+            error,
+        })?;
     }
     Ok(list.len())
 }

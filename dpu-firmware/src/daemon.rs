@@ -418,9 +418,10 @@ impl Daemon {
             return Err(DaemonError::Internal("no reactor is running".into()));
         }
         match index {
-            Some(r) => self.reactors.get(r as usize).ok_or_else(|| {
-                DaemonError::Invalid(format!("reactor {r} does not exist (0..{})", self.reactors.len()))
-            }),
+            Some(r) => self
+                .reactors
+                .get(r as usize)
+                .ok_or_else(|| DaemonError::Invalid(format!("reactor {r} does not exist (0..{})", self.reactors.len()))),
             None => Ok(&self.reactors[self.next_reactor.fetch_add(1, Ordering::Relaxed) % self.reactors.len()]),
         }
     }
@@ -472,7 +473,8 @@ impl Daemon {
         let config = opts.device_config();
         let virtqueues = opts.virtqueues.unwrap_or(DEFAULT_NUM_QUEUES);
         let (factory, tenants, cfg) = (self.factory.clone(), self.tenants.clone(), config.clone());
-        let server = start_server(&opts.name, &opts.socket, virtqueues, reactor, &self.gathering, move || factory(&cfg, &tenants))?;
+        let server =
+            start_server(&opts.name, &opts.socket, virtqueues, reactor, &self.gathering, move || factory(&cfg, &tenants))?;
         log::info!("device {} created on reactor {} (socket {})", opts.name, reactor.id(), opts.socket.display());
         devices.insert(opts.name.clone(), DeviceEntry { opts: opts.clone(), config, virtqueues, server });
         Ok(())
@@ -484,7 +486,8 @@ impl Daemon {
     /// # Errors
     /// [`DaemonError::NotFound`] if there is no such device.
     pub fn device_delete(&self, name: &str) -> Result<(), DaemonError> {
-        let entry = self.devices().remove(name).ok_or_else(|| DaemonError::NotFound { kind: "device", name: name.to_string() })?;
+        let entry =
+            self.devices().remove(name).ok_or_else(|| DaemonError::NotFound { kind: "device", name: name.to_string() })?;
         entry.server.stop();
         log::info!("device {name} deleted");
         Ok(())
@@ -580,7 +583,8 @@ impl Daemon {
     /// # Errors
     /// [`DaemonError::NotFound`] if there is no such volume.
     pub fn volume_delete(&self, name: &str) -> Result<(), DaemonError> {
-        let entry = self.volumes().remove(name).ok_or_else(|| DaemonError::NotFound { kind: "volume", name: name.to_string() })?;
+        let entry =
+            self.volumes().remove(name).ok_or_else(|| DaemonError::NotFound { kind: "volume", name: name.to_string() })?;
         entry.server.stop();
         log::info!("volume {name} deleted");
         Ok(())
@@ -645,13 +649,8 @@ impl Daemon {
             .iter()
             .map(|r| {
                 let s = r.stats();
-                let pollers: Vec<Value> = s
-                    .pollers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .map(|n| json!({ "name": n }))
-                    .collect();
+                let pollers: Vec<Value> =
+                    s.pollers.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|n| json!({ "name": n })).collect();
                 json!({
                     "lcore": r.core().unwrap_or(r.id() as usize),
                     "reactor": r.id(),

@@ -16,7 +16,6 @@
 //! Unsafe code is confined to [`sys`] (signal masks).
 
 #![warn(missing_docs)]
-#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod app;
 pub mod blockdev;

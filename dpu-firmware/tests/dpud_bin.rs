@@ -12,12 +12,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 fn spawn_dpud(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pov-dpud"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_pov-dpud")).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
     let out = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -103,7 +103,10 @@ fn tenants_and_devices_over_the_socket() {
     assert!(!tenants.to_string().contains("s3cret"));
 
     let sock0 = env.path("pov0.sock");
-    let r = c.call("pov_device_create", Some(json!({"name": "pov0", "socket": sock0, "proxies": ["tcp:127.0.0.1:1"], "virtqueues": 2})));
+    let r = c.call(
+        "pov_device_create",
+        Some(json!({"name": "pov0", "socket": sock0, "proxies": ["tcp:127.0.0.1:1"], "virtqueues": 2})),
+    );
     assert_eq!(r.unwrap(), json!("pov0"));
     assert!(sock0.exists());
     // Duplicate name, duplicate socket, bad parameters, device-level rejection.
@@ -125,7 +128,10 @@ fn tenants_and_devices_over_the_socket() {
     let missing = json!({"name": "pov1"});
     assert_eq!(code(c.call("pov_device_create", Some(missing))), codes::INVALID_PARAMS);
     assert_eq!(code(c.call("pov_device_create", Some(json!([1, 2])))), codes::INVALID_PARAMS);
-    let r = c.call("pov_device_create", Some(json!({"name": "pov1", "socket": env.path("p1.sock"), "proxies": ["tcp:h:2"], "num_queues": 4})));
+    let r = c.call(
+        "pov_device_create",
+        Some(json!({"name": "pov1", "socket": env.path("p1.sock"), "proxies": ["tcp:h:2"], "num_queues": 4})),
+    );
     assert_eq!(r.unwrap(), json!("pov1"));
 
     let devs = c.call("pov_device_get_devices", None).unwrap();
@@ -214,8 +220,14 @@ fn volumes_over_the_socket() {
         (json!({"name": "b", "socket": env.path("b.sock"), "size": 0, "null": true}), "size 0"),
         (json!({"name": "../b", "socket": env.path("b.sock"), "size": 4096, "null": true}), "name"),
         (json!({"name": "b", "socket": env.path("b.sock"), "size": 4096}), "no proxies"),
-        (json!({"name": "b", "socket": env.path("b.sock"), "size": 4096, "null": true, "proxies": ["tcp:127.0.0.1:1"]}), "null with proxies"),
-        (json!({"name": "b", "socket": env.path("b.sock"), "size": 4096, "volume": "a/b", "proxies": ["tcp:127.0.0.1:1"]}), "backing name"),
+        (
+            json!({"name": "b", "socket": env.path("b.sock"), "size": 4096, "null": true, "proxies": ["tcp:127.0.0.1:1"]}),
+            "null with proxies",
+        ),
+        (
+            json!({"name": "b", "socket": env.path("b.sock"), "size": 4096, "volume": "a/b", "proxies": ["tcp:127.0.0.1:1"]}),
+            "backing name",
+        ),
         (json!({"name": "b", "socket": env.path("b.sock"), "size": "big", "null": true}), "size type"),
         (json!({"name": "b", "socket": env.path("b.sock"), "size": 4096, "null": true, "colour": 1}), "unknown field"),
         (json!({"name": "b", "socket": env.path("b.sock"), "size": 4096, "null": true, "virtqueues": 0}), "virtqueues"),
@@ -272,7 +284,11 @@ fn protocol_errors_never_kill_the_server() {
     assert_eq!(r[1]["id"], "b");
 
     // A batch.
-    let r = raw(&env.sock, br#"[{"jsonrpc":"2.0","id":1,"method":"pov_tenant_get_tenants"},{"jsonrpc":"2.0","id":2,"method":"nope"}]"#, 1);
+    let r = raw(
+        &env.sock,
+        br#"[{"jsonrpc":"2.0","id":1,"method":"pov_tenant_get_tenants"},{"jsonrpc":"2.0","id":2,"method":"nope"}]"#,
+        1,
+    );
     assert_eq!(r[0][0]["id"], 1);
     assert_eq!(r[0][1]["error"]["code"], codes::METHOD_NOT_FOUND);
     let r = raw(&env.sock, b"[]", 1);
@@ -359,7 +375,8 @@ fn config_replay_both_formats() {
         for bad in [json!({"x": 1}), json!([{"params": {}}]), json!(5), json!([{"method": "a", "extra": 1}])] {
             assert!(matches!(load_config(&d3, &bad), Err(ConfigError::Shape(_))), "{bad}");
         }
-        let failing = json!({"subsystems": [{"subsystem": "pov", "config": null}, {"subsystem": "pov", "config": [{"method": "nope"}]}]});
+        let failing =
+            json!({"subsystems": [{"subsystem": "pov", "config": null}, {"subsystem": "pov", "config": [{"method": "nope"}]}]});
         match load_config(&d3, &failing) {
             Err(ConfigError::Call { index: 0, error, .. }) => assert_eq!(error.code, codes::METHOD_NOT_FOUND),
             other => panic!("{other:?}"),
@@ -377,7 +394,10 @@ fn gathering_rpc_validates_merges_and_is_saved() {
     let default = json!({"enabled": true, "batch_size": 64, "window_us": 0});
     assert_eq!(c.call("pov_get_gathering", None).unwrap(), default);
     // Partial updates keep the other fields.
-    assert_eq!(c.call("pov_set_gathering", Some(json!({"enabled": false}))).unwrap(), json!({"enabled": false, "batch_size": 64, "window_us": 0}));
+    assert_eq!(
+        c.call("pov_set_gathering", Some(json!({"enabled": false}))).unwrap(),
+        json!({"enabled": false, "batch_size": 64, "window_us": 0})
+    );
     assert_eq!(
         c.call("pov_set_gathering", Some(json!({"batch_size": 16, "window_us": 50}))).unwrap(),
         json!({"enabled": false, "batch_size": 16, "window_us": 50})
@@ -399,7 +419,10 @@ fn gathering_rpc_validates_merges_and_is_saved() {
     assert_eq!(c.call("pov_get_gathering", None).unwrap(), now);
     // save_config carries the setting; a replay restores it.
     let saved = c.call("save_config", None).unwrap();
-    assert_eq!(saved["subsystems"][0]["config"].as_array().unwrap().last().unwrap(), &json!({"method": "pov_set_gathering", "params": now}));
+    assert_eq!(
+        saved["subsystems"][0]["config"].as_array().unwrap().last().unwrap(),
+        &json!({"method": "pov_set_gathering", "params": now})
+    );
     let rt = Runtime::start(&[None], ReactorConfig::default()).unwrap();
     let d2 = Daemon::new(rt.reactors().to_vec(), memdisk_factory());
     load_config(&d2, &saved).unwrap();

@@ -181,7 +181,8 @@ fn bench_memdisk_4k_reads() {
     let dir = tempfile::tempdir().unwrap();
     let rt = bench_runtime();
     let opts = VhostBlkOptions::new("bench", dir.path().join("b.sock"));
-    let srv = VhostBlkServer::start(opts, &rt.reactors()[0], || Ok(Box::new(MemDisk::new(DISK, "b")) as Box<dyn BlockDevice>)).unwrap();
+    let srv =
+        VhostBlkServer::start(opts, &rt.reactors()[0], || Ok(Box::new(MemDisk::new(DISK, "b")) as Box<dyn BlockDevice>)).unwrap();
     let mut c = Client::connect(srv.socket(), 1);
     for qd in [1usize, 32] {
         println!("QD{qd}: {:.0} IOPS", random_4k_reads(&mut c, DISK as u64, qd, Duration::from_secs(2)));
@@ -254,7 +255,12 @@ impl BlockDevice for Parking {
         if req.op == bdev_pov::BlockOp::Read {
             self.parked.push(req);
         } else {
-            self.done.push(bdev_pov::BlockCompletion { tag: req.tag, status: bdev_pov::BlockStatus::Ok, written: 0, buf: req.buf });
+            self.done.push(bdev_pov::BlockCompletion {
+                tag: req.tag,
+                status: bdev_pov::BlockStatus::Ok,
+                written: 0,
+                buf: req.buf,
+            });
         }
     }
     fn poll(&mut self, _fds: &mut dyn pov_runtime::FdRegistry) -> pov_runtime::PollStatus {
@@ -271,7 +277,12 @@ impl BlockDevice for Parking {
     }
     fn shutdown(&mut self, _fds: &mut dyn pov_runtime::FdRegistry) {
         for r in self.parked.drain(..) {
-            self.done.push(bdev_pov::BlockCompletion { tag: r.tag, status: bdev_pov::BlockStatus::IoErr, written: 0, buf: r.buf });
+            self.done.push(bdev_pov::BlockCompletion {
+                tag: r.tag,
+                status: bdev_pov::BlockStatus::IoErr,
+                written: 0,
+                buf: r.buf,
+            });
         }
     }
 }

@@ -67,7 +67,12 @@ pub fn compare_trees(a: &Path, b: &Path) -> Result<usize, String> {
             let y = fs::read(&other).map_err(|e2| format!("{}: {e2}", other.display()))?;
             if x != y {
                 let at = x.iter().zip(&y).position(|(p, q)| p != q).unwrap_or(x.len().min(y.len()));
-                return Err(format!("{} differs ({} vs {} bytes, first difference at byte {at})", other.display(), x.len(), y.len()));
+                return Err(format!(
+                    "{} differs ({} vs {} bytes, first difference at byte {at})",
+                    other.display(),
+                    x.len(),
+                    y.len()
+                ));
             }
             n += 1;
         }
@@ -153,7 +158,10 @@ pub fn run(cfg: &GuestConfig) -> usize {
             let name = e.file_name().to_string_lossy().into_owned();
             let serial = fs::read(e.path().join("serial")).unwrap_or_default();
             if name.starts_with("vd") && !serial.starts_with(b"pov-") && text.contains(&format!("/dev/{name} ")) {
-                return Err(format!("pov-host list reports /dev/{name} (serial {:?}) as a PoV device", String::from_utf8_lossy(&serial)));
+                return Err(format!(
+                    "pov-host list reports /dev/{name} (serial {:?}) as a PoV device",
+                    String::from_utf8_lossy(&serial)
+                ));
             }
         }
         dev_path = Some(d.path.clone());

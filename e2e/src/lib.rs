@@ -45,10 +45,13 @@ pub struct Daemon {
 
 impl Daemon {
     fn spawn(name: &'static str, mut cmd: Command) -> Daemon {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", std::env::var("POV_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", std::env::var("POV_TEST_LOG").unwrap_or_else(|_| "info".into()));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let (tx, rx) = mpsc::channel();
-        for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())]
+        {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for l in BufReader::new(r).lines().map_while(Result::ok) {
@@ -77,7 +80,12 @@ impl Daemon {
                     if let Ok(Some(st)) = self.child.try_wait() {
                         panic!("{} exited ({st}) before printing {needle:?}; output:\n{}", self.name, self.log.join("\n"));
                     }
-                    assert!(Instant::now() < deadline, "{} never printed {needle:?}; output:\n{}", self.name, self.log.join("\n"));
+                    assert!(
+                        Instant::now() < deadline,
+                        "{} never printed {needle:?}; output:\n{}",
+                        self.name,
+                        self.log.join("\n")
+                    );
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     panic!("{} closed its output before printing {needle:?}; output:\n{}", self.name, self.log.join("\n"))

@@ -42,7 +42,19 @@ impl Raw {
 }
 
 fn req(op: Op, q: u32, pid: u32, session: u64, rid: u64, payload: &[u8]) -> Vec<u8> {
-    let h = RequestHeader { op, queue_id: q, pid, session_id: session, request_id: rid, file_handle: 0, offset: 0, length: 0, flags: flags::CREATE, payload_len: payload.len() as u32, hint: SdkHint::default() };
+    let h = RequestHeader {
+        op,
+        queue_id: q,
+        pid,
+        session_id: session,
+        request_id: rid,
+        file_handle: 0,
+        offset: 0,
+        length: 0,
+        flags: flags::CREATE,
+        payload_len: payload.len() as u32,
+        hint: SdkHint::default(),
+    };
     let mut b = vec![0u8; HEADER_SIZE + payload.len()];
     h.encode_into(&mut b);
     b[HEADER_SIZE..].copy_from_slice(payload);

@@ -60,5 +60,9 @@ fn host_directory_tree_round_trip_through_ceph() {
 }
 
 fn walk(p: &Path) -> usize {
-    std::fs::read_dir(p).unwrap().map(|e| e.unwrap()).map(|e| if e.file_type().unwrap().is_dir() { walk(&e.path()) } else { 1 }).sum()
+    std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| if e.file_type().unwrap().is_dir() { walk(&e.path()) } else { 1 })
+        .sum()
 }

@@ -87,7 +87,12 @@ fn assert_same_tree(a: &Path, b: &Path) -> usize {
 
 fn run_ok(mut c: std::process::Command) -> String {
     let out = c.output().expect("run pov-host");
-    assert!(out.status.success(), "pov-host failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pov-host failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -59,7 +59,10 @@ fn every_policy_keeps_every_byte_and_counters_show_the_gathering() {
             let name = format!("pov:/g/f{i}-{j}");
             let st = stack.host_cmd().arg("cp").arg(&src).arg(&name).status().unwrap();
             assert!(st.success(), "cp {name}");
-            assert!(std::fs::read(stack.backend_dir("acme").join(format!("g/f{i}-{j}"))).unwrap() == body, "policy {p}: {name} on the backend");
+            assert!(
+                std::fs::read(stack.backend_dir("acme").join(format!("g/f{i}-{j}"))).unwrap() == body,
+                "policy {p}: {name} on the backend"
+            );
             let out = stack.host_cmd().arg("cat").arg(&name).output().unwrap();
             assert!(out.status.success());
             assert!(out.stdout == body, "policy {p}: {name} read back");
@@ -75,7 +78,10 @@ fn every_policy_keeps_every_byte_and_counters_show_the_gathering() {
             assert!(frames / sends > 1.5, "policy {p}: {frames} frames in {sends} sends: nothing gathered");
         }
     }
-    assert_eq!(rpc(&stack.rpc_sock, "pov_get_gathering", json!({})).unwrap(), json!({"enabled": true, "batch_size": 64, "window_us": 0}));
+    assert_eq!(
+        rpc(&stack.rpc_sock, "pov_get_gathering", json!({})).unwrap(),
+        json!({"enabled": true, "batch_size": 64, "window_us": 0})
+    );
     // Bad settings are refused and change nothing.
     let e = rpc(&stack.rpc_sock, "pov_set_gathering", json!({"batch_size": 0})).unwrap_err();
     assert_eq!(e["code"], -32602, "{e}");

@@ -99,27 +99,52 @@ fn volume_survives_restarts_and_flush_reaches_the_backend() {
     let proxies = json!([format!("tcp:{}", stack.proxy_addr)]);
     let sock = stack.dir.path().join("vol1.sock");
     let null_sock = stack.dir.path().join("null1.sock");
-    let created = rpc(&stack.rpc_sock, "pov_volume_create", json!({"name": "vol1", "socket": sock, "size": VOL_SIZE, "proxies": proxies}));
+    let created =
+        rpc(&stack.rpc_sock, "pov_volume_create", json!({"name": "vol1", "socket": sock, "size": VOL_SIZE, "proxies": proxies}));
     assert_eq!(created, Ok(json!(true)));
-    let created = rpc(&stack.rpc_sock, "pov_volume_create", json!({"name": "null1", "socket": null_sock, "size": 16 * MIB, "block_size": 4096, "null": true}));
+    let created = rpc(
+        &stack.rpc_sock,
+        "pov_volume_create",
+        json!({"name": "null1", "socket": null_sock, "size": 16 * MIB, "block_size": 4096, "null": true}),
+    );
     assert_eq!(created, Ok(json!(true)));
     let file = stack.backend_root().join("@volumes").join("vol1");
     assert_eq!(std::fs::metadata(&file).expect("backing file created").len(), VOL_SIZE as u64);
 
     // Listed with their kinds next to the PoV device.
     let all = rpc(&stack.rpc_sock, "pov_device_get_devices", json!({})).unwrap();
-    let kinds: Vec<(String, String)> = all.as_array().unwrap().iter().map(|d| (d["name"].as_str().unwrap().into(), d["kind"].as_str().unwrap().into())).collect();
+    let kinds: Vec<(String, String)> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["name"].as_str().unwrap().into(), d["kind"].as_str().unwrap().into()))
+        .collect();
     assert_eq!(kinds, [("pov0".into(), "pov".into()), ("null1".into(), "volume".into()), ("vol1".into(), "volume".into())]);
 
     // Bad parameters: SPDK codes and clear messages.
     let e = rpc(&stack.rpc_sock, "pov_volume_create", json!({"name": "vol2", "socket": stack.dir.path().join("v2.sock"), "size": 2 * VOL_SIZE, "volume": "vol1", "proxies": proxies})).unwrap_err();
     assert_eq!(code(&e), -32602, "{e}");
     assert!(e["message"].as_str().unwrap().contains("never resized"), "{e}");
-    let e = rpc(&stack.rpc_sock, "pov_volume_create", json!({"name": "vol1", "socket": stack.dir.path().join("v3.sock"), "size": VOL_SIZE, "proxies": proxies})).unwrap_err();
+    let e = rpc(
+        &stack.rpc_sock,
+        "pov_volume_create",
+        json!({"name": "vol1", "socket": stack.dir.path().join("v3.sock"), "size": VOL_SIZE, "proxies": proxies}),
+    )
+    .unwrap_err();
     assert_eq!(code(&e), -17, "{e}");
-    let e = rpc(&stack.rpc_sock, "pov_volume_create", json!({"name": "vol4", "socket": stack.dir.path().join("v4.sock"), "size": 12345, "proxies": proxies})).unwrap_err();
+    let e = rpc(
+        &stack.rpc_sock,
+        "pov_volume_create",
+        json!({"name": "vol4", "socket": stack.dir.path().join("v4.sock"), "size": 12345, "proxies": proxies}),
+    )
+    .unwrap_err();
     assert_eq!(code(&e), -32602, "{e}");
-    let e = rpc(&stack.rpc_sock, "pov_volume_create", json!({"name": "vol5", "socket": stack.dir.path().join("v5.sock"), "size": VOL_SIZE})).unwrap_err();
+    let e = rpc(
+        &stack.rpc_sock,
+        "pov_volume_create",
+        json!({"name": "vol5", "socket": stack.dir.path().join("v5.sock"), "size": VOL_SIZE}),
+    )
+    .unwrap_err();
     assert_eq!(code(&e), -32602, "{e}");
     let e = rpc(&stack.rpc_sock, "pov_volume_delete", json!({"name": "nope"})).unwrap_err();
     assert_eq!(code(&e), -19, "{e}");

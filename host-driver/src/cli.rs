@@ -150,9 +150,7 @@ pub fn main() -> i32 {
         1 => "info",
         _ => "debug",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp(None)
-        .init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).format_timestamp(None).init();
     match run(&cli) {
         Ok(()) => 0,
         Err(e) if is_broken_pipe(&e) => 0,
@@ -415,7 +413,8 @@ pub fn plan(s: &Session, src: &Loc, dst: &Loc, recursive: bool) -> anyhow::Resul
     if let (Loc::Local(_), Loc::Local(_)) = (src, dst) {
         bail!("cp: one of SRC and DST must be a pov:/path (use cp(1) for local copies)");
     }
-    let src_what = what(s, src).with_context(|| format!("cp: {src}"))?.ok_or_else(|| anyhow!("cp: {src}: no such file or directory"))?;
+    let src_what =
+        what(s, src).with_context(|| format!("cp: {src}"))?.ok_or_else(|| anyhow!("cp: {src}: no such file or directory"))?;
     let dst_what = what(s, dst).with_context(|| format!("cp: {dst}"))?;
     let into = dst_what == Some(What::Dir) || dst_ends_with_slash(dst);
     let to = target(src, dst, into);
@@ -448,7 +447,8 @@ fn walk(s: &Session, src: &Loc, dst: &Loc, plan: &mut Plan) -> anyhow::Result<()
         Loc::Local(p) => {
             for e in fs::read_dir(p).with_context(|| format!("cp: read directory {src}"))? {
                 let e = e.with_context(|| format!("cp: read directory {src}"))?;
-                let name = e.file_name().into_string().map_err(|n| anyhow!("cp: {}: file name is not UTF-8", p.join(n).display()))?;
+                let name =
+                    e.file_name().into_string().map_err(|n| anyhow!("cp: {}: file name is not UTF-8", p.join(n).display()))?;
                 // Follow symbolic links, like `find -L`.
                 match fs::metadata(e.path()) {
                     Ok(m) if m.is_dir() => entries.push((name, What::Dir)),
@@ -488,9 +488,10 @@ pub fn copy(s: &Session, src: &Loc, dst: &Loc, recursive: bool, workers: usize) 
     }
     let total: u64 = plan.files.iter().map(|j| j.size).sum();
     let bar = if total >= PROGRESS_MIN_BYTES && io::stderr().is_terminal() {
-        let style = ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style =
+            ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .map(|s| s.progress_chars("=> "))
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
         ProgressBar::new(total).with_style(style)
     } else {
         ProgressBar::hidden()
@@ -745,13 +746,7 @@ pub fn format_utc(ns: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:09} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ns % 1_000_000_000
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:09} UTC", rem / 3600, rem % 3600 / 60, rem % 60, ns % 1_000_000_000)
 }
 
 /// A virtio-blk disk found in sysfs whose serial marks it as a PoV device.

@@ -29,10 +29,7 @@ struct DeviceInner {
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Device")
-            .field("device", &self.describe())
-            .field("config", &self.inner.config)
-            .finish()
+        f.debug_struct("Device").field("device", &self.describe()).field("config", &self.inner.config).finish()
     }
 }
 
@@ -52,9 +49,7 @@ pub fn read_config(transport: &dyn BlockTransport) -> Result<ConfigSpace> {
         ));
     }
     let mut buf = transport.alloc_buf(CONFIG_SIZE as usize).map_err(access)?;
-    transport
-        .submit(Lane::Admin, &mut [BlockOp::read(0, &mut buf, CONFIG_SIZE as usize)])
-        .map_err(access)?;
+    transport.submit(Lane::Admin, &mut [BlockOp::read(0, &mut buf, CONFIG_SIZE as usize)]).map_err(access)?;
     let config = ConfigSpace::decode(&buf[..CONFIG_SIZE as usize])
         .map_err(|e| Error::new(ErrorKind::NotPovDevice, what.clone()).with_source(e))?;
     let need = config.geometry.capacity_bytes();
@@ -151,9 +146,7 @@ impl Device {
         let seq = self.inner.admin_seq.fetch_add(1, Ordering::Relaxed);
         req.request_id = (u64::from(std::process::id()) << 32) | (seq & 0xffff_ffff);
         let ctx = || format!("admin {:?} on {}", req.op, self.describe());
-        let bytes = req
-            .encode()
-            .map_err(|e| Error::new(ErrorKind::InvalidArgument, ctx()).with_source(e))?;
+        let bytes = req.encode().map_err(|e| Error::new(ErrorKind::InvalidArgument, ctx()).with_source(e))?;
         let t = self.transport();
         let access = |e: std::io::Error| Error::new(ErrorKind::Access, ctx()).with_source(e);
         let mut buf = t.alloc_buf(ADMIN_REQUEST_SIZE.max(ADMIN_RESPONSE_SIZE)).map_err(access)?;
@@ -162,10 +155,8 @@ impl Device {
             buf[..ADMIN_REQUEST_SIZE].copy_from_slice(&bytes);
             // The device executes the request before completing the WRITE; only then is
             // the response readable, so the two IOs are not batched.
-            t.submit(Lane::Admin, &mut [BlockOp::write(ADMIN_REQ_OFFSET, &mut buf, ADMIN_REQUEST_SIZE)])
-                .map_err(access)?;
-            t.submit(Lane::Admin, &mut [BlockOp::read(ADMIN_RESP_OFFSET, &mut buf, ADMIN_RESPONSE_SIZE)])
-                .map_err(access)?;
+            t.submit(Lane::Admin, &mut [BlockOp::write(ADMIN_REQ_OFFSET, &mut buf, ADMIN_REQUEST_SIZE)]).map_err(access)?;
+            t.submit(Lane::Admin, &mut [BlockOp::read(ADMIN_RESP_OFFSET, &mut buf, ADMIN_RESPONSE_SIZE)]).map_err(access)?;
             AdminResponse::decode(&buf[..ADMIN_RESPONSE_SIZE])
                 .map_err(|e| Error::new(ErrorKind::Protocol, ctx()).with_source(e))?
         };

@@ -232,8 +232,7 @@ mod tests {
 
     #[test]
     fn setup_errors_display_context_kind_and_source() {
-        let e = Error::new(ErrorKind::Access, "open device /dev/vdq")
-            .with_source(io::Error::from_raw_os_error(libc::ENOENT));
+        let e = Error::new(ErrorKind::Access, "open device /dev/vdq").with_source(io::Error::from_raw_os_error(libc::ENOENT));
         let s = e.to_string();
         assert!(s.starts_with("open device /dev/vdq: device access failed: "), "{s}");
         assert!(s.contains("No such file"), "{s}");

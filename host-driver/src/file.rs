@@ -56,10 +56,7 @@ impl OpenOptions {
     /// Errors: `InvalidInput` if create/create_new/truncate is set without write.
     pub fn wire_flags(&self) -> io::Result<u32> {
         if (self.create || self.create_new || self.truncate) && !self.write {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "create, create_new and truncate need write(true)",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "create, create_new and truncate need write(true)"));
         }
         let mut f = 0;
         if self.write {

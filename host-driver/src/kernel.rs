@@ -101,11 +101,7 @@ mod tests {
         w[..4].copy_from_slice(b"PoV!");
         w[4096..4100].copy_from_slice(b"tail");
         let mut r = t.alloc_buf(8192).unwrap();
-        t.submit(
-            Lane::Data(0),
-            &mut [BlockOp::write(65536, &mut w, 8192), BlockOp::read(65536, &mut r, 8192)],
-        )
-        .unwrap();
+        t.submit(Lane::Data(0), &mut [BlockOp::write(65536, &mut w, 8192), BlockOp::read(65536, &mut r, 8192)]).unwrap();
         assert_eq!(&r[..4], b"PoV!");
         assert_eq!(&r[4096..4100], b"tail");
         // Reading past the end is a clear error, not a silent short read.

@@ -64,8 +64,7 @@ impl IoBuf {
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "IO buffer too large"))?;
         // SAFETY: `layout` has a non-zero size (at least IO_ALIGN bytes).
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "cannot allocate IO buffer"))?;
+        let ptr = NonNull::new(raw).ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "cannot allocate IO buffer"))?;
         Ok(IoBuf { ptr, len: size, owner: Owner::Heap(layout), in_doubt: false })
     }
 
@@ -192,8 +191,8 @@ impl RegionPool {
                 r
             }
         };
-        let ptr = NonNull::new(region.addr as *mut u8)
-            .ok_or_else(|| io::Error::other("libblkio returned a null memory region"))?;
+        let ptr =
+            NonNull::new(region.addr as *mut u8).ok_or_else(|| io::Error::other("libblkio returned a null memory region"))?;
         if region.addr % IO_ALIGN != 0 || region.len < want {
             return Err(io::Error::other("libblkio memory region is misaligned or short"));
         }
@@ -217,13 +216,8 @@ pub(crate) struct Reaped {
 /// timeout, which covers the whole wait). `EINTR` is retried.
 ///
 /// Errors: `TimedOut` when `timeout` passes, any other `do_io` error.
-pub(crate) fn blkio_reap(
-    q: &mut blkio::Blkioq,
-    want: usize,
-    timeout: Option<std::time::Duration>,
-) -> io::Result<Vec<Reaped>> {
-    let mut slots: Vec<std::mem::MaybeUninit<blkio::Completion>> =
-        (0..want).map(|_| std::mem::MaybeUninit::uninit()).collect();
+pub(crate) fn blkio_reap(q: &mut blkio::Blkioq, want: usize, timeout: Option<std::time::Duration>) -> io::Result<Vec<Reaped>> {
+    let mut slots: Vec<std::mem::MaybeUninit<blkio::Completion>> = (0..want).map(|_| std::mem::MaybeUninit::uninit()).collect();
     let mut out = Vec::with_capacity(want);
     let mut left = timeout;
     while out.len() < want {

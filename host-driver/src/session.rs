@@ -210,9 +210,8 @@ impl Session {
                         format!("{ctx}: device granted queue {queue_id} (device has {} queues)", g.total_queues()),
                     ));
                 }
-                let alloc = |what: &str, e| {
-                    Error::new(ErrorKind::Access, format!("{ctx}: allocate {what} buffer")).with_source(e)
-                };
+                let alloc =
+                    |what: &str, e| Error::new(ErrorKind::Access, format!("{ctx}: allocate {what} buffer")).with_source(e);
                 let req = t.alloc_buf(SLOT_SIZE as usize).map_err(|e| alloc("request", e))?;
                 let resp = t.alloc_buf(SLOT_SIZE as usize).map_err(|e| alloc("response", e))?;
                 channels.push(Channel { index, queue_id, req, resp });
@@ -248,7 +247,8 @@ impl Session {
             health,
             heartbeat: Mutex::new(None),
         });
-        let hb = start_heartbeat(&inner).map_err(|e| Error::new(ErrorKind::Access, format!("{ctx}: spawn heartbeat thread")).with_source(e));
+        let hb = start_heartbeat(&inner)
+            .map_err(|e| Error::new(ErrorKind::Access, format!("{ctx}: spawn heartbeat thread")).with_source(e));
         match hb {
             Ok(hb) => *inner.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = Some(hb),
             Err(e) => {
@@ -343,8 +343,7 @@ impl Session {
 
     /// Removes everything inside directory `dir`.
     fn remove_tree(&self, dir: &str) -> io::Result<()> {
-        let (dirs, files): (Vec<DirEntry>, Vec<DirEntry>) =
-            self.list(dir)?.into_iter().partition(|e| e.kind == Kind::Dir);
+        let (dirs, files): (Vec<DirEntry>, Vec<DirEntry>) = self.list(dir)?.into_iter().partition(|e| e.kind == Kind::Dir);
         let paths: Vec<String> = files.iter().map(|e| join(dir, &e.name)).collect();
         for r in run_parallel(paths, self.inner.queue_count(), |p| self.remove(&p)) {
             r.unwrap_or_else(|| Err(io::Error::other("remove skipped")))?;
@@ -367,9 +366,7 @@ impl Session {
     pub fn create_dir_all(&self, path: &str) -> io::Result<()> {
         match self.stat(path) {
             Ok(st) if st.kind == Kind::Dir => return Ok(()),
-            Ok(_) => {
-                return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{path}: exists and is not a directory")))
-            }
+            Ok(_) => return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{path}: exists and is not a directory"))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
@@ -483,10 +480,7 @@ fn start_heartbeat(inner: &Arc<SessionInner>) -> io::Result<Heartbeat> {
                 health.heartbeats.fetch_add(1, Ordering::Relaxed);
             }
             Ok(r) if r.status() == Status::BadSession => {
-                health.mark_dead(format!(
-                    "the device reclaimed session {session_id:#x} (heartbeat answered {:?})",
-                    r.status()
-                ));
+                health.mark_dead(format!("the device reclaimed session {session_id:#x} (heartbeat answered {:?})", r.status()));
                 return;
             }
             Ok(r) => log::warn!("heartbeat for session {session_id:#x}: device answered {} ({:?})", r.status(), r.status()),
@@ -661,11 +655,7 @@ impl SessionInner {
 
     /// Sends one request on a free queue and hands the response header and payload to
     /// `f`. A non-Ok status becomes an error (see [`status_error`]).
-    pub(crate) fn call<R>(
-        &self,
-        c: &Call<'_>,
-        f: impl FnOnce(&ResponseHeader, &[u8]) -> io::Result<R>,
-    ) -> io::Result<R> {
+    pub(crate) fn call<R>(&self, c: &Call<'_>, f: impl FnOnce(&ResponseHeader, &[u8]) -> io::Result<R>) -> io::Result<R> {
         if c.payload.len() > MAX_IO_BYTES as usize || c.length > MAX_IO_BYTES {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "PoV request over 1 MiB"));
         }
@@ -839,13 +829,7 @@ mod tests {
             let v: Vec<u32> = r.into_iter().map(|x| x.unwrap().unwrap()).collect();
             assert_eq!(v, (0..20).map(|i| i * 2).collect::<Vec<_>>(), "workers {workers}");
 
-            let r = run_parallel((0..50u32).collect(), workers, |i| {
-                if i == 5 {
-                    Err(io::Error::other("boom"))
-                } else {
-                    Ok(i)
-                }
-            });
+            let r = run_parallel((0..50u32).collect(), workers, |i| if i == 5 { Err(io::Error::other("boom")) } else { Ok(i) });
             assert_eq!(r.len(), 50);
             assert!(r[5].as_ref().unwrap().is_err());
             let first_none = r.iter().position(Option::is_none).unwrap_or(50);

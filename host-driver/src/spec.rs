@@ -85,14 +85,8 @@ mod tests {
         assert_eq!("/dev/vdb".parse::<DeviceSpec>().unwrap(), DeviceSpec::Kernel("/dev/vdb".into()));
         assert_eq!("img/dev".parse::<DeviceSpec>().unwrap(), DeviceSpec::Kernel("img/dev".into()));
         assert_eq!("./a:b".parse::<DeviceSpec>().unwrap(), DeviceSpec::Kernel("./a:b".into()));
-        assert_eq!(
-            "vhost-user:/run/pov.sock".parse::<DeviceSpec>().unwrap(),
-            DeviceSpec::VhostUser("/run/pov.sock".into())
-        );
-        assert_eq!(
-            "vhost-user:rel.sock".parse::<DeviceSpec>().unwrap(),
-            DeviceSpec::VhostUser("rel.sock".into())
-        );
+        assert_eq!("vhost-user:/run/pov.sock".parse::<DeviceSpec>().unwrap(), DeviceSpec::VhostUser("/run/pov.sock".into()));
+        assert_eq!("vhost-user:rel.sock".parse::<DeviceSpec>().unwrap(), DeviceSpec::VhostUser("rel.sock".into()));
         for bad in ["", "vhost-user:", "vfio:/x", "nbd:host"] {
             let e = bad.parse::<DeviceSpec>().unwrap_err();
             assert_eq!(e.kind(), &ErrorKind::BadSpec, "{bad}");

@@ -262,13 +262,7 @@ fn parent(p: &str) -> &str {
     p.rfind('/').map_or("", |i| &p[..i])
 }
 
-fn exec(
-    st: &mut State,
-    page: usize,
-    h: &RequestHeader,
-    payload: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(u64, u32), Status> {
+fn exec(st: &mut State, page: usize, h: &RequestHeader, payload: &[u8], out: &mut Vec<u8>) -> Result<(u64, u32), Status> {
     let handle = |st: &State| st.handles.get(&h.file_handle).cloned().ok_or(Status::BadHandle);
     match h.op {
         Op::Open => {

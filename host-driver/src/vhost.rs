@@ -96,9 +96,7 @@ impl VhostUserTransport {
                 io::Error::new(e.kind(), format!("vhost-user socket {sock}: {e}"))
             }
         };
-        let path_str = socket
-            .to_str()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "socket path is not UTF-8"))?;
+        let path_str = socket.to_str().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "socket path is not UTF-8"))?;
         let mut b = Blkio::new(DRIVER).map_err(ctx("new"))?;
         b.set_str("path", path_str).map_err(ctx("set path"))?;
         b.connect().map_err(ctx("connect"))?;
@@ -117,8 +115,7 @@ impl VhostUserTransport {
         let started = b.start().map_err(ctx("start"))?;
         let blkio = Arc::new(Mutex::new(b));
         let pool = RegionPool::new(Arc::clone(&blkio))?;
-        let queues: Vec<_> =
-            started.queues.into_iter().map(|q| Mutex::new(QueueState { q, broken: None })).collect();
+        let queues: Vec<_> = started.queues.into_iter().map(|q| Mutex::new(QueueState { q, broken: None })).collect();
         if queues.is_empty() {
             return Err(io::Error::other(format!("{}: libblkio started no queues", socket.display())));
         }

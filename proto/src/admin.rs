@@ -229,7 +229,17 @@ mod tests {
         assert_eq!(AdminRequest::decode(&r.encode().unwrap()).unwrap(), r);
         let long = AdminRequest { tenant: "x".repeat(64), ..r.clone() };
         assert!(long.encode().is_err());
-        let resp = AdminResponse { op: 1, status: 0, session_id: 5, request_id: 77, area: 3, max_queues: 16, heartbeat_interval_ms: 1000, session_timeout_ms: 10000, queue_id: 0 };
+        let resp = AdminResponse {
+            op: 1,
+            status: 0,
+            session_id: 5,
+            request_id: 77,
+            area: 3,
+            max_queues: 16,
+            heartbeat_interval_ms: 1000,
+            session_timeout_ms: 10000,
+            queue_id: 0,
+        };
         assert_eq!(AdminResponse::decode(&resp.encode()).unwrap(), resp);
     }
 
@@ -237,7 +247,18 @@ mod tests {
     fn rejects_garbage() {
         assert!(AdminRequest::decode(&[0u8; 512]).is_err());
         assert!(AdminRequest::decode(&[0u8; 10]).is_err());
-        let mut b = AdminRequest { op: AdminOp::Heartbeat, pid: 1, queue_id: 0, session_id: 1, request_id: 1, qos: QosClass::Latency, tenant: String::new(), secret: vec![] }.encode().unwrap();
+        let mut b = AdminRequest {
+            op: AdminOp::Heartbeat,
+            pid: 1,
+            queue_id: 0,
+            session_id: 1,
+            request_id: 1,
+            qos: QosClass::Latency,
+            tenant: String::new(),
+            secret: vec![],
+        }
+        .encode()
+        .unwrap();
         b[40] = 200; // tenant length beyond field
         assert!(AdminRequest::decode(&b).is_err());
     }

@@ -62,12 +62,7 @@ pub(crate) fn put_short_str(
     Ok(())
 }
 
-pub(crate) fn get_short_str(
-    b: &[u8],
-    off: usize,
-    max: usize,
-    field: &'static str,
-) -> Result<Vec<u8>, crate::DecodeError> {
+pub(crate) fn get_short_str(b: &[u8], off: usize, max: usize, field: &'static str) -> Result<Vec<u8>, crate::DecodeError> {
     let len = b[off] as usize;
     if len > max {
         return Err(crate::DecodeError::Invalid { field, why: "length exceeds field" });

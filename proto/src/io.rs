@@ -98,7 +98,7 @@ impl Op {
 
     /// `true` if the payload carries a path.
     pub fn carries_path(self) -> bool {
-        matches!(self, Op::Open | Op::List | Op::Remove) 
+        matches!(self, Op::Open | Op::List | Op::Remove)
     }
 }
 
@@ -167,12 +167,7 @@ impl SdkHint {
         for (i, v) in retry_forbidden.iter_mut().enumerate() {
             *v = get_u32(b, off + 16 + 4 * i);
         }
-        Ok(SdkHint {
-            location_key: get_u64(b, off),
-            reroute: get_u32(b, off + 8),
-            retry_forbidden_len: len,
-            retry_forbidden,
-        })
+        Ok(SdkHint { location_key: get_u64(b, off), reroute: get_u32(b, off + 8), retry_forbidden_len: len, retry_forbidden })
     }
 
     /// `true` if proxy `idx` is on the retry-forbidden list.
@@ -379,7 +374,12 @@ mod tests {
             length: 4096,
             flags: flags::SYNC,
             payload_len: 4096,
-            hint: SdkHint { location_key: 5, reroute: 1, retry_forbidden_len: 2, retry_forbidden: [1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] },
+            hint: SdkHint {
+                location_key: 5,
+                reroute: 1,
+                retry_forbidden_len: 2,
+                retry_forbidden: [1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            },
         }
     }
 
@@ -423,7 +423,15 @@ mod tests {
 
     #[test]
     fn response_round_trip() {
-        let r = ResponseHeader { op: 3, status: Status::NotFound, queue_id: 1, request_id: 2, result: 3, payload_len: 4, flags: flags::MORE };
+        let r = ResponseHeader {
+            op: 3,
+            status: Status::NotFound,
+            queue_id: 1,
+            request_id: 2,
+            result: 3,
+            payload_len: 4,
+            flags: flags::MORE,
+        };
         let mut b = [0u8; 512];
         r.encode_into(&mut b);
         assert_eq!(ResponseHeader::decode(&b).unwrap(), r);

@@ -257,8 +257,7 @@ impl ConfigSpace {
         }
         let geometry = Geometry::new(get_u32(b, 12), get_u32(b, 16))?;
         let name = get_short_str(b, 64, MAX_DEVICE_NAME, "name")?;
-        let name = String::from_utf8(name)
-            .map_err(|_| DecodeError::Invalid { field: "name", why: "not UTF-8" })?;
+        let name = String::from_utf8(name).map_err(|_| DecodeError::Invalid { field: "name", why: "not UTF-8" })?;
         Ok(ConfigSpace { geometry, name })
     }
 }
@@ -312,8 +311,8 @@ mod tests {
                 assert!(resp_end < g.request_slot(q + 1), "guard after response slot");
             }
         }
-        assert!(ADMIN_OFFSET + ADMIN_SIZE < IO_BASE);
-        assert!(CONFIG_SIZE < ADMIN_OFFSET);
+        const { assert!(ADMIN_OFFSET + ADMIN_SIZE < IO_BASE) };
+        const { assert!(CONFIG_SIZE < ADMIN_OFFSET) };
     }
 
     #[test]
@@ -329,10 +328,7 @@ mod tests {
             g.classify(g.request_slot(q), HEADER_SIZE as u64 + MAX_IO_BYTES as u64),
             Region::RequestSlot { queue: q, offset: 0 }
         );
-        assert_eq!(
-            g.classify(g.response_slot(q) + 4096, 4096),
-            Region::ResponseSlot { queue: q, offset: 4096 }
-        );
+        assert_eq!(g.classify(g.response_slot(q) + 4096, 4096), Region::ResponseSlot { queue: q, offset: 4096 });
         assert_eq!(g.classify(g.request_slot(q) + SLOT_SIZE - 512, 1024), Region::Crossing);
         assert_eq!(g.classify(g.request_slot(q) + SLOT_SIZE, 512), Region::Guard);
         assert_eq!(g.classify(g.capacity_bytes() - 512, 1024), Region::Crossing);

@@ -123,14 +123,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tenants = server.tenant_stats();
     let totals = server.stats();
     server.shutdown();
-    log::info!(
-        "served {} frames ({} bad) on {} connections",
-        totals.frames, totals.bad_frames, totals.connections_accepted
-    );
+    log::info!("served {} frames ({} bad) on {} connections", totals.frames, totals.bad_frames, totals.connections_accepted);
     for t in tenants {
         log::info!(
             "tenant {}: {} requests, {} errors, {} bytes read, {} bytes written",
-            t.tenant, t.requests, t.errors, t.read_bytes, t.write_bytes
+            t.tenant,
+            t.requests,
+            t.errors,
+            t.read_bytes,
+            t.write_bytes
         );
     }
     Ok(())

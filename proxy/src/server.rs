@@ -131,10 +131,7 @@ impl Server {
                 ctx.add_poller(Box::new(acceptor));
             })
             .ok_or(Error::ReactorStopped(0))?;
-        log::info!(
-            "pov-proxy serving {backend_kind} backend on {local_addr} with {} reactor(s)",
-            runtime.reactors().len()
-        );
+        log::info!("pov-proxy serving {backend_kind} backend on {local_addr} with {} reactor(s)", runtime.reactors().len());
         Ok(Server { runtime: Some(runtime), local_addr, backend_kind, stats })
     }
 

@@ -376,12 +376,14 @@ mod tests {
         // Random bodies never panic.
         let mut x = 0x1234_5678_9abc_def1u64;
         for n in 0..3000usize {
-            let mut b: Vec<u8> = (0..n % 300).map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            }).collect();
+            let mut b: Vec<u8> = (0..n % 300)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
             if b.len() >= 8 && n % 2 == 0 {
                 b[..4].copy_from_slice(b"PoVP");
                 b[4..6].copy_from_slice(&1u16.to_le_bytes());

@@ -348,12 +348,9 @@ fn idle_proxy_sleeps_and_wakes_on_requests() {
 
 #[test]
 fn null_backend_serves_zeros() {
-    let server = Server::start(ServerConfig {
-        listen: "127.0.0.1:0".into(),
-        backend: BackendSpec::Null,
-        ..ServerConfig::default()
-    })
-    .unwrap();
+    let server =
+        Server::start(ServerConfig { listen: "127.0.0.1:0".into(), backend: BackendSpec::Null, ..ServerConfig::default() })
+            .unwrap();
     assert_eq!(server.backend_kind(), "null");
     let mut c = Client::connect(server.local_addr());
     assert_eq!(c.call(req(Op::Write, "t", "f"), b"dropped").0.result, 7);
@@ -539,11 +536,7 @@ impl Drop for Resume {
 fn ceph_outage_times_out_in_bounded_time_and_service_resumes() {
     use pov_proxy::backend::ceph::{dev::DevCluster, CephConfig};
     let Some(cluster) = DevCluster::shared() else { return };
-    let config = CephConfig {
-        timeout: Duration::from_millis(1500),
-        workers: 4,
-        ..cluster.config("/outage")
-    };
+    let config = CephConfig { timeout: Duration::from_millis(1500), workers: 4, ..cluster.config("/outage") };
     let server = Server::start(ServerConfig {
         listen: "tcp:127.0.0.1:0".into(),
         backend: BackendSpec::Ceph(config),

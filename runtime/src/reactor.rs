@@ -130,10 +130,7 @@ impl ReactorHandle {
 
     /// Runs `f` on the reactor thread and waits for its result. Returns `None` if the
     /// reactor stopped before running it. Must not be called from the reactor itself.
-    pub fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut ReactorContext) -> R + Send + 'static,
-    ) -> Option<R> {
+    pub fn call<R: Send + 'static>(&self, f: impl FnOnce(&mut ReactorContext) -> R + Send + 'static) -> Option<R> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         if !self.send(move |ctx| {
             let _ = tx.send(f(ctx));
@@ -193,12 +190,7 @@ impl ReactorContext {
 
     /// Borrows a registered poller as its concrete type.
     pub fn poller_mut<T: Poller>(&mut self, id: PollerId) -> Option<&mut T> {
-        let p = self
-            .pollers
-            .iter_mut()
-            .chain(self.added.iter_mut())
-            .find(|(pid, _)| *pid == id)
-            .map(|(_, p)| p)?;
+        let p = self.pollers.iter_mut().chain(self.added.iter_mut()).find(|(pid, _)| *pid == id).map(|(_, p)| p)?;
         (p.as_mut() as &mut dyn Any).downcast_mut::<T>()
     }
 

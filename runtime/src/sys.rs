@@ -34,7 +34,11 @@ impl EventFd {
         let mut v: u64 = 0;
         // SAFETY: reads at most 8 bytes into a live u64; EAGAIN leaves it 0.
         let n = unsafe { libc::read(self.0.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
-        if n == 8 { v } else { 0 }
+        if n == 8 {
+            v
+        } else {
+            0
+        }
     }
 }
 

@@ -302,7 +302,6 @@ pub mod tcp {
         fn io_err(&self, source: std::io::Error) -> TransportError {
             TransportError::Io { peer: self.peer.clone(), source }
         }
-
     }
 
     impl Transport for TcpTransport {
@@ -440,17 +439,10 @@ pub mod mem {
     /// Creates a connected pair.
     pub fn pair() -> (MemTransport, MemTransport) {
         let mk = || {
-            Arc::new(Pipe {
-                bytes: Mutex::new(Vec::new()),
-                closed: Default::default(),
-                ready: EventFd::new().expect("eventfd"),
-            })
+            Arc::new(Pipe { bytes: Mutex::new(Vec::new()), closed: Default::default(), ready: EventFd::new().expect("eventfd") })
         };
         let (a, b) = (mk(), mk());
-        (
-            MemTransport::new(a.clone(), b.clone(), "mem:b"),
-            MemTransport::new(b, a, "mem:a"),
-        )
+        (MemTransport::new(a.clone(), b.clone(), "mem:b"), MemTransport::new(b, a, "mem:a"))
     }
 
     impl MemTransport {

@@ -38,11 +38,7 @@ impl RpcClient {
         let s = UnixStream::connect(path)?;
         s.set_read_timeout(timeout)?;
         let r = s.try_clone()?;
-        Ok(RpcClient {
-            writer: s,
-            responses: serde_json::Deserializer::from_reader(BufReader::new(r)).into_iter(),
-            next_id: 1,
-        })
+        Ok(RpcClient { writer: s, responses: serde_json::Deserializer::from_reader(BufReader::new(r)).into_iter(), next_id: 1 })
     }
 
     /// Calls `method` with `params` (`None`: no params member) and waits for its answer.

@@ -243,10 +243,8 @@ fn saved_subsystems(d: &Daemon) -> Vec<Value> {
 
 fn framework_get_subsystems(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
     let _: NoOpts = params(p)?;
-    let list = saved_subsystems(d)
-        .into_iter()
-        .map(|s| json!({ "subsystem": s["subsystem"].clone(), "depends_on": [] }))
-        .collect();
+    let list =
+        saved_subsystems(d).into_iter().map(|s| json!({ "subsystem": s["subsystem"].clone(), "depends_on": [] })).collect();
     Ok(Value::Array(list))
 }
 
@@ -306,7 +304,8 @@ pub fn handle_value(daemon: &Daemon, v: Value) -> Option<Value> {
 }
 
 fn handle_request(daemon: &Daemon, v: Value) -> Option<Value> {
-    let invalid = |id: Value, why: &str| Some(error_response(id, RpcError::new(codes::INVALID_REQUEST, format!("Invalid request: {why}"))));
+    let invalid =
+        |id: Value, why: &str| Some(error_response(id, RpcError::new(codes::INVALID_REQUEST, format!("Invalid request: {why}"))));
     let Value::Object(mut req) = v else { return invalid(Value::Null, "not an object") };
     let id = req.remove("id");
     if let Some(i) = &id {

@@ -28,6 +28,7 @@ pub mod request;
 pub use poller::{AdapterStats, BATCH};
 
 use crate::blockdev::BlockDevice;
+use crate::gathering::GatheringControl;
 use backend::{BlkBackend, ConnState, DeviceShared};
 use poller::DevicePoller;
 use pov_runtime::{PollerId, ReactorHandle};
@@ -37,7 +38,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use crate::gathering::GatheringControl;
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonError, ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -152,10 +152,7 @@ impl VhostBlkServer {
             return Err(VhostBlkError::Invalid { field: "num_queues", why: format!("must be 1..={MAX_NUM_QUEUES}") });
         }
         if !opts.max_queue_size.is_power_of_two() || opts.max_queue_size < 2 || opts.max_queue_size > 32768 {
-            return Err(VhostBlkError::Invalid {
-                field: "max_queue_size",
-                why: "must be a power of two in 2..=32768".into(),
-            });
+            return Err(VhostBlkError::Invalid { field: "max_queue_size", why: "must be a power of two in 2..=32768".into() });
         }
         let mut listener = bind(&opts.socket)?;
         let shared = Arc::new(DeviceShared {

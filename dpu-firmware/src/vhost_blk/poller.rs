@@ -20,8 +20,8 @@
 
 use super::backend::{ConnState, DeviceShared};
 use super::request::{parse_chain, GuestBuffer};
-use crate::gathering::GatheringControl;
 use crate::blockdev::BlockDevice;
+use crate::gathering::GatheringControl;
 use bdev_pov::{BlockCompletion, BlockRequest, BlockStatus};
 use pov_runtime::{FdRegistry, PollStatus, Poller, ReactorContext};
 use serde::Serialize;

@@ -102,9 +102,7 @@ pub fn parse_chain(head: u16, descs: impl Iterator<Item = Descriptor>, mem: &Gue
         segs.push(seg);
     }
     // The status byte is the last byte of the device-writable part.
-    let status = last_writable
-        .and_then(|s| s.addr.checked_add(u64::from(s.len) - 1))
-        .filter(|a| mem.check_range(*a, 1));
+    let status = last_writable.and_then(|s| s.addr.checked_add(u64::from(s.len) - 1)).filter(|a| mem.check_range(*a, 1));
     let bad = |why| Err(BadChain { head, status, why });
     if !order_ok {
         return bad("device-readable descriptor after a device-writable one");

@@ -142,7 +142,9 @@ fn parse_args() -> Args {
         match k.as_str() {
             "--conf" => a.conf = Some(v.into()),
             "--seconds" => a.secs = v.parse().unwrap_or_else(|_| usage("--seconds takes a number")),
-            "--rounds" => a.rounds = v.parse().ok().filter(|&r| r >= 1).unwrap_or_else(|| usage("--rounds takes a positive integer")),
+            "--rounds" => {
+                a.rounds = v.parse().ok().filter(|&r| r >= 1).unwrap_or_else(|| usage("--rounds takes a positive integer"))
+            }
             _ => usage(&format!("unknown option {k}")),
         }
     }
@@ -198,7 +200,9 @@ fn main() {
         "virtqueues": 16, "proxies": [format!("tcp:{}", stack.proxy_addr)]});
     pov_e2e::rpc(&stack.rpc_sock, "pov_volume_create", params).expect("pov_volume_create");
     let vol = VolumeClient::connect(&vol_sock, 16);
-    let rbd_io = Arc::new(Rados::connect("admin", &conf_s, &[("rbd_cache", "false")]).expect("RADOS").ioctx("pov-rbd").expect("pool pov-rbd"));
+    let rbd_io = Arc::new(
+        Rados::connect("admin", &conf_s, &[("rbd_cache", "false")]).expect("RADOS").ioctx("pov-rbd").expect("pool pov-rbd"),
+    );
     let _ = rbd_io.rbd_create("bench-direct", REGION * 4);
     let img = rbd_io.rbd_open("bench-direct").expect("open RBD image");
     for i in 0..REGION / (1 << 20) {
@@ -253,7 +257,9 @@ fn main() {
             }
             (_, Kind::Write) => {
                 let io = io.clone();
-                Box::new(move |_, off, buf: &mut [u8]| io.write(&format!("bench.{}", off / OBJECT), buf, off % OBJECT).expect("rados write"))
+                Box::new(move |_, off, buf: &mut [u8]| {
+                    io.write(&format!("bench.{}", off / OBJECT), buf, off % OBJECT).expect("rados write")
+                })
             }
         }
     };
@@ -268,7 +274,9 @@ fn main() {
     let mut results: Vec<Vec<Vec<Sample>>> = cases.iter().map(|_| clients.iter().map(|_| Vec::new()).collect()).collect();
     let cpus = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Cpus_allowed_list")).map(|l| l.split_whitespace().last().unwrap_or("?").to_string()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Cpus_allowed_list")).map(|l| l.split_whitespace().last().unwrap_or("?").to_string())
+        })
         .unwrap_or_default();
     eprintln!("pov-ceph-bench: {} rounds of {} s per point; client CPUs {cpus}", args.rounds, args.secs);
     for round in 0..args.rounds {
@@ -303,7 +311,8 @@ fn main() {
             // Files compare with the first client, volumes with PoV volume.
             let base = if li < 3 { 0 } else { 3 };
             let pov = med(base);
-            let ratio = if li == base { "—".to_string() } else { format!("{:.2}× IOPS, {:.2}× p50", pov.0 / iops, pov.1 / p50) };
+            let ratio =
+                if li == base { "—".to_string() } else { format!("{:.2}× IOPS, {:.2}× p50", pov.0 / iops, pov.1 / p50) };
             println!("| {} 4 KiB | {qd} | {name} | {iops:.0} | {p50:.0} | {p99:.0} | {ratio} |", format!("{k:?}").to_lowercase());
         }
     }

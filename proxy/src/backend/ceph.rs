@@ -40,15 +40,15 @@
 //! striped by tenant and path around "size, then write at size"); two proxies
 //! appending to one file are not serialized (see `docs/ceph.md`).
 
-use super::{resolve, Backend, Listing};
 use super::{check_volume_geometry, check_volume_name, check_volume_range};
+use super::{resolve, Backend, Listing};
 use crate::sys::cephfs::{CephFile, CephMount, CephStat, Errno};
 use crate::sys::rados::{IoCtx, Rados, RbdImage};
-use std::collections::HashMap;
 use pov_proto::entry::{DirEntry, Kind, Stat};
 use pov_proto::io::flags;
 use pov_proto::Status;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -711,7 +711,17 @@ mod tests {
         assert_eq!(c.keyring, Some(PathBuf::from("/k")));
         assert_eq!(c.timeout, Duration::from_millis(500));
         assert_eq!(CephConfig::parse("").unwrap().root, "/pov");
-        for bad in ["x", "root=rel", "root=/a/../b", "workers=0", "workers=x", "timeout_ms=0", "client=client.admin", "pool=a", "rbd_prefix=a/b"] {
+        for bad in [
+            "x",
+            "root=rel",
+            "root=/a/../b",
+            "workers=0",
+            "workers=x",
+            "timeout_ms=0",
+            "client=client.admin",
+            "pool=a",
+            "rbd_prefix=a/b",
+        ] {
             assert!(CephConfig::parse(bad).is_err(), "{bad}");
         }
     }
@@ -747,11 +757,9 @@ pub mod dev {
 
     /// `true` when Debian's Ceph daemons are installed.
     pub fn installed() -> bool {
-        ["ceph-mon", "ceph-osd", "ceph-mds"].iter().all(|b| {
-            std::env::var_os("PATH")
-                .map(|p| std::env::split_paths(&p).any(|d| d.join(b).is_file()))
-                .unwrap_or(false)
-        })
+        ["ceph-mon", "ceph-osd", "ceph-mds"]
+            .iter()
+            .all(|b| std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(b).is_file())).unwrap_or(false))
     }
 
     fn free_port_pair() -> u16 {

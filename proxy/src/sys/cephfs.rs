@@ -120,7 +120,8 @@ pub struct CephStat {
 
 impl CephStat {
     fn from_raw(s: &RawStatx) -> CephStat {
-        let ns = (s.stx_mtime.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(s.stx_mtime.tv_nsec.max(0) as u64);
+        let ns =
+            (s.stx_mtime.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(s.stx_mtime.tv_nsec.max(0) as u64);
         CephStat { mode: u32::from(s.stx_mode), size: s.stx_size, mtime_ns: ns }
     }
 
@@ -339,7 +340,8 @@ impl CephFile {
             None => -1,
         };
         // SAFETY: `data` is valid for `data.len()` bytes of reads for the call.
-        let n = check(unsafe { ceph_write(self.mount.raw, self.fd, data.as_ptr().cast::<c_void>().cast(), data.len() as i64, off) })?;
+        let n =
+            check(unsafe { ceph_write(self.mount.raw, self.fd, data.as_ptr().cast::<c_void>().cast(), data.len() as i64, off) })?;
         Ok(n as usize)
     }
 

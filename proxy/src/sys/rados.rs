@@ -42,7 +42,6 @@ extern "C" {
     fn rbd_flush(image: RbdImageT) -> c_int;
 }
 
-
 /// A connected RADOS cluster handle; shut down when the last user drops it.
 pub struct Rados {
     raw: RadosT,
