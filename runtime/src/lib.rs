@@ -9,14 +9,37 @@
 //!   reactor costs ~0% CPU. Messages and [`ReactorHandle::wake`](reactor::ReactorHandle::wake)
 //!   wake it at once.
 //! * [`transport`]: the [`Transport`](transport::Transport) trait (send a frame, poll for
-//!   received frames; never blocks) with a TCP implementation used by default and an
-//!   in-memory pair for tests. Frames are `pov_proto::wire` frames.
+//!   received frames; never blocks), typed [`Endpoint`]s with a scheme → connector
+//!   registry whose connection attempts never block a reactor, a TCP implementation
+//!   used by default and (feature `testing`) in-memory transports and the conformance
+//!   bodies. Frames are `pov_proto::wire` frames.
+//! * [`ErrorChain`]: prints an error with its sources, for logs (error types here
+//!   never repeat their source in their own message).
 //!
-//! Raw system calls (eventfd, epoll, CPU affinity) live in [`sys`].
+//! System calls (eventfd, epoll, poll, CPU affinity) go through `rustix` in [`sys`],
+//! the crate's only `unsafe` code.
 
 pub mod reactor;
 pub mod sys;
 pub mod transport;
 
 pub use reactor::{FdRegistry, PollStatus, Poller, PollerId, Reactor, ReactorConfig, ReactorContext, ReactorHandle, Runtime};
-pub use transport::{Listener, Transport, TransportError};
+pub use sys::Interest;
+pub use transport::{Endpoint, Listener, Transport, TransportError};
+
+/// Displays an error followed by its chain of sources (`a: b: c`), for log lines:
+/// the error types of this project never repeat their source in their own message,
+/// so `{e}` alone would drop the cause.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}

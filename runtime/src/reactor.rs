@@ -14,7 +14,7 @@
 //! descriptor registered with [`ReactorContext::watch_fd`], and until the earliest
 //! [`Poller::deadline`] (at most [`ReactorConfig::max_sleep`]).
 
-use crate::sys::{pin_current_thread, thread_cpu_time, Epoll, EventFd};
+use crate::sys::{pin_current_thread, thread_cpu_time, Epoll, EventFd, Interest};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::any::Any;
 use std::os::fd::{AsRawFd, RawFd};
@@ -196,7 +196,13 @@ impl ReactorContext {
 
     /// Wakes the reactor's sleep when `fd` becomes readable.
     pub fn watch_fd(&mut self, fd: RawFd) {
-        if let Err(e) = self.epoll.add(fd, fd as u64) {
+        self.watch_fd_for(fd, Interest::Read)
+    }
+
+    /// Wakes the reactor's sleep when `fd` becomes ready for `interest`; watching a
+    /// descriptor again replaces its interest.
+    pub fn watch_fd_for(&mut self, fd: RawFd, interest: Interest) {
+        if let Err(e) = self.epoll.add(fd, fd as u64, interest) {
             log::warn!("reactor {}: cannot watch fd {fd}: {e}", self.id);
         }
     }
@@ -232,14 +238,19 @@ impl ReactorContext {
 /// [`ReactorContext`]; `()` ignores every call (for tests that poll by hand).
 pub trait FdRegistry {
     /// Wake the reactor when `fd` is readable.
-    fn watch(&mut self, fd: RawFd);
+    fn watch(&mut self, fd: RawFd) {
+        self.watch_for(fd, Interest::Read)
+    }
+    /// Wake the reactor when `fd` is ready for `interest` (replaces an earlier
+    /// interest in the same descriptor).
+    fn watch_for(&mut self, fd: RawFd, interest: Interest);
     /// Stop watching `fd`.
     fn unwatch(&mut self, fd: RawFd);
 }
 
 impl FdRegistry for ReactorContext {
-    fn watch(&mut self, fd: RawFd) {
-        self.watch_fd(fd)
+    fn watch_for(&mut self, fd: RawFd, interest: Interest) {
+        self.watch_fd_for(fd, interest)
     }
     fn unwatch(&mut self, fd: RawFd) {
         self.unwatch_fd(fd)
@@ -247,7 +258,7 @@ impl FdRegistry for ReactorContext {
 }
 
 impl FdRegistry for () {
-    fn watch(&mut self, _fd: RawFd) {}
+    fn watch_for(&mut self, _fd: RawFd, _interest: Interest) {}
     fn unwatch(&mut self, _fd: RawFd) {}
 }
 
@@ -263,7 +274,7 @@ pub struct Reactor {
 impl Reactor {
     fn run(mut self) {
         let waker_fd = self.ctx.waker.as_raw_fd();
-        if let Err(e) = self.ctx.epoll.add(waker_fd, u64::MAX) {
+        if let Err(e) = self.ctx.epoll.add(waker_fd, u64::MAX, Interest::Read) {
             log::error!("reactor {}: epoll: {e}", self.ctx.id);
             return;
         }
