@@ -1,4 +1,15 @@
-//! Block IO as the device adapter hands it to a [`crate::PovDevice`].
+//! The block-device seam: block IO as the virtqueue adapter hands it to a device
+//! model, and the [`BlockDevice`] trait every model implements (shaped like SPDK's
+//! `spdk_bdev_fn_table`: submit, `io_type_supported`, completions polled by the
+//! owning reactor, `write_config_json`, destruct).
+//!
+//! Implementations: [`crate::PovDevice`] (the PoV device protocol), [`crate::volume::VolumeDevice`]
+//! (a plain volume stored by a proxy), [`crate::volume::NullVolume`] (data never
+//! leaves the DPU) and, with the `testing` feature, `testing::MemDisk` (a RAM disk).
+//! All of them pass the one conformance body `testing::conformance`.
+
+use pov_runtime::{FdRegistry, PollStatus};
+use std::time::Instant;
 
 /// The virtio-blk request types a PoV device serves (virtio 1.2 §5.2.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,4 +103,95 @@ pub struct BlockCompletion {
     pub written: u32,
     /// The request's buffer, handed back.
     pub buf: Box<dyn IoBuffer>,
+}
+
+/// A block device driven by one reactor poller.
+///
+/// Requests are submitted with [`submit`](BlockDevice::submit) (which never fails: a
+/// bad request becomes a failed completion, never a panic) and complete later, in any
+/// order, exactly once each, through [`take_completions`](BlockDevice::take_completions).
+/// A device lives on the reactor that created it and is never shared between threads.
+pub trait BlockDevice {
+    /// The device name it was created with.
+    fn name(&self) -> &str;
+
+    /// Device capacity in 512-byte sectors (virtio-blk `capacity`).
+    fn capacity_sectors(&self) -> u64;
+
+    /// Logical block size in bytes (virtio-blk `blk_size`); 512 unless overridden.
+    /// READ and WRITE offsets and lengths must be multiples of it.
+    fn block_size(&self) -> u32 {
+        512
+    }
+
+    /// Whether requests of type `op` are served (SPDK's `io_type_supported`); an
+    /// unsupported type completes with [`BlockStatus::Unsupported`].
+    fn io_type_supported(&self, op: BlockOp) -> bool {
+        !matches!(op, BlockOp::Other(_))
+    }
+
+    /// Accepts one request; its completion is reported later (possibly at the next
+    /// [`take_completions`](BlockDevice::take_completions)).
+    fn submit(&mut self, req: BlockRequest);
+
+    /// Drives the device's own work (transports, timers). `fds` lets the device ask the
+    /// reactor to wake up when a descriptor becomes ready. Never blocks.
+    fn poll(&mut self, fds: &mut dyn FdRegistry) -> PollStatus;
+
+    /// Moves every finished request into `out`.
+    fn take_completions(&mut self, out: &mut Vec<BlockCompletion>);
+
+    /// The next instant the device must be polled even without events (timers).
+    fn deadline(&self) -> Option<Instant>;
+
+    /// Counters, as JSON (shown by `pov_device_get_devices`).
+    fn stats_json(&self) -> serde_json::Value;
+
+    /// The control call that recreates the device (SPDK's `write_config_json`):
+    /// `{"method": ..., "params": {...}}` with every parameter the device was made with,
+    /// defaults resolved. The front end adds its own parameters (socket, virtqueues).
+    fn write_config_json(&self) -> serde_json::Value;
+
+    /// Stops the device: every request still in progress completes with
+    /// [`BlockStatus::IoErr`], descriptors are unwatched, nothing is sent any more.
+    fn destruct(&mut self, fds: &mut dyn FdRegistry);
+}
+
+/// Completions of a device, with the count of those that failed (an error status is a
+/// fault of the host's request or of the path, counted for the operator).
+#[derive(Default)]
+pub(crate) struct Completions {
+    list: Vec<BlockCompletion>,
+    /// Completions with a status other than [`BlockStatus::Ok`].
+    pub errors: u64,
+}
+
+impl Completions {
+    /// Completes `req` with `status`, `written` bytes put in its buffer.
+    pub(crate) fn complete(&mut self, req: BlockRequest, status: BlockStatus, written: u32) {
+        if status != BlockStatus::Ok {
+            self.errors += 1;
+        }
+        self.list.push(BlockCompletion { tag: req.tag, status, written, buf: req.buf });
+    }
+
+    /// Completes a READ that copied `r` bytes into its buffer (IOERR if the copy failed).
+    pub(crate) fn complete_copy(&mut self, req: BlockRequest, r: Result<u32, BufferError>) {
+        match r {
+            Ok(n) => self.complete(req, BlockStatus::Ok, n),
+            Err(_) => self.complete(req, BlockStatus::IoErr, 0),
+        }
+    }
+
+    /// Serves GET_ID: the first `min(len, 20)` bytes of `serial`.
+    pub(crate) fn get_id(&mut self, mut req: BlockRequest, serial: &[u8]) {
+        let n = req.buf.len().min(serial.len());
+        let r = req.buf.write_at(0, &serial[..n]).map(|()| n as u32);
+        self.complete_copy(req, r);
+    }
+
+    /// Moves every completion into `out`.
+    pub(crate) fn take(&mut self, out: &mut Vec<BlockCompletion>) {
+        out.append(&mut self.list);
+    }
 }

@@ -1,10 +1,31 @@
-//! A PoV device: the block-level front of the PoV server.
+//! A PoV device: the block-level front of the PoV server (paper §5), and its
+//! orchestration.
+//!
+//! Block IO is classified by region ([`pov_proto::layout::Geometry::classify`]): the
+//! read-only configuration space and serial, the admin space ([`crate::admin`]:
+//! sessions, queues, heartbeats), and the IO areas, whose request and response slots
+//! are the queues' state machines ([`crate::queue`]). A complete request is checked
+//! against its session (handle, access mode, tenant namespace), waits its turn in the
+//! device's [`Scheduler`] (arrival order today), and goes to the queue's proxy through
+//! the [`Forwarder`]; the answer lands in the queue's response slot.
 
-use crate::block::{BlockCompletion, BlockRequest};
+use crate::block::{BlockCompletion, BlockDevice, BlockOp, BlockRequest, BlockStatus, Completions};
+use crate::forward::{Forwarder, GatherStats, Gathering, GatheringControl, Outcome, RoundRobin, Router};
+use crate::queue::{copy_out, Queue, SlotWrite};
+use crate::session::{Handle, Session, SessionState};
 use crate::tenant::TenantTable;
+use pov_proto::admin::{ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE};
+use pov_proto::io::{flags, Op, RequestHeader, ResponseHeader};
+use pov_proto::layout::{ConfigSpace, Geometry, Region};
+use pov_proto::wire::ProxyRequestView;
+use pov_proto::Status;
+use pov_runtime::sched::{Fifo, Scheduler, Ticket};
+use pov_runtime::transport::Endpoint;
 use pov_runtime::{FdRegistry, PollStatus};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::time::Instant;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
 /// Parameters of a PoV device (the `pov_device_create` RPC's parameters).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -69,7 +90,12 @@ impl PovDeviceConfig {
 pub enum DeviceError {
     /// A parameter is out of range.
     #[error("invalid device parameter {field}: {why}")]
-    Invalid { field: &'static str, why: String },
+    Invalid {
+        /// The parameter.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 /// Counters of one device (shown by `pov_device_get_devices`).
@@ -107,91 +133,21 @@ pub struct DeviceStats {
     pub gathering: GatherStats,
 }
 
-use crate::block::{BlockOp, BlockStatus};
-use crate::forward::{Broken, GatherStats, Gathering, ProxyConn};
-use crate::session::{Handle, QueueOwner, Session, SessionState};
-use pov_proto::admin::{AdminOp, AdminRequest, AdminResponse, ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE};
-use pov_proto::io::{flags, Op, RequestHeader, ResponseHeader};
-use pov_proto::layout::{ConfigSpace, Geometry, Region, HEADER_SIZE, SLOT_SIZE};
-use pov_proto::wire::{ProxyRequest, ProxyResponse};
-use pov_proto::{Status, MAX_IO_BYTES};
-use rustc_hash::FxHashMap;
-use std::time::Duration;
-
-/// How long a partially written request may wait for its remaining bytes (a block
-/// layer split delivers them within microseconds).
-const INCOMPLETE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often session keep-alive is checked.
-const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(100);
-
-/// State of a queue's response slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RespState {
-    /// No request was ever dispatched on this queue.
-    Empty,
-    /// A request is being written (some of its bytes arrived) or is at the proxy.
-    Pending,
-    /// The response is in `resp_buf`.
-    Ready,
+/// Where a request's path comes from.
+enum Target {
+    /// Resolved from the request payload (Open, List, Remove, Stat by path).
+    Path(String),
+    /// The path of the open file the request's handle names.
+    Handle,
 }
 
-/// One open IO queue: its owner, request and response slots.
-struct Queue {
-    owner: QueueOwner,
-    req_buf: Vec<u8>,
-    /// Byte ranges of the request slot written since the last dispatch, merged.
-    covered: Vec<(usize, usize)>,
-    incomplete_since: Option<Instant>,
-    resp_buf: Vec<u8>,
-    resp_len: usize,
-    resp: RespState,
-    /// Response-slot READs waiting for the response, with their slot offsets.
-    parked: Vec<(BlockRequest, usize)>,
-    /// Tag of the request at the proxy, if any.
-    in_flight: Option<u64>,
-}
-
-impl Queue {
-    fn new(owner: QueueOwner) -> Queue {
-        Queue {
-            owner,
-            req_buf: vec![0; SLOT_SIZE as usize],
-            covered: Vec::new(),
-            incomplete_since: None,
-            resp_buf: vec![0; SLOT_SIZE as usize],
-            resp_len: 0,
-            resp: RespState::Empty,
-            parked: Vec::new(),
-            in_flight: None,
-        }
-    }
-
-    /// Adds `start..end` to the covered ranges, merged in place (no allocation once the
-    /// vector has room).
-    fn cover(&mut self, start: usize, end: usize) {
-        self.covered.push((start, end));
-        self.covered.sort_unstable();
-        let mut kept = 0;
-        for i in 0..self.covered.len() {
-            let (s, e) = self.covered[i];
-            if kept > 0 && s <= self.covered[kept - 1].1 {
-                let last = &mut self.covered[kept - 1];
-                last.1 = last.1.max(e);
-            } else {
-                self.covered[kept] = (s, e);
-                kept += 1;
-            }
-        }
-        self.covered.truncate(kept);
-    }
-
-    /// Bytes covered contiguously from the slot start.
-    fn contiguous(&self) -> usize {
-        match self.covered.first() {
-            Some(&(0, e)) => e,
-            _ => 0,
-        }
-    }
+/// A request accepted from a queue, waiting for its turn in the scheduler.
+struct Ready {
+    queue: u32,
+    header: RequestHeader,
+    target: Target,
+    /// For Open: the handle to create on success.
+    open: Option<Handle>,
 }
 
 /// What a request at the proxy is for, to finish it when the answer comes.
@@ -199,44 +155,48 @@ struct InFlight {
     queue: u32,
     request_id: u64,
     op: Op,
-    deadline: Instant,
-    proxy: usize,
     /// For Open: the handle to create on success.
     open: Option<Handle>,
 }
 
-/// A PoV device: serves the PoV device protocol over block IO and forwards file
-/// requests to proxies. Owned by one reactor; see the crate docs.
-pub struct PovDevice {
-    cfg: PovDeviceConfig,
-    geometry: Geometry,
-    tenants: TenantTable,
+/// Everything of a PoV device but its forwarder (so that answers can be finished
+/// while the forwarder hands them over).
+pub(crate) struct DeviceState {
+    pub(crate) name: String,
+    pub(crate) geometry: Geometry,
+    pub(crate) tenants: TenantTable,
+    pub(crate) heartbeat_interval_ms: u32,
+    pub(crate) session_timeout_ms: u32,
     config_record: Vec<u8>,
     serial: [u8; pov_proto::layout::SERIAL_LEN],
     admin_resp: [u8; ADMIN_RESPONSE_SIZE],
     /// Sessions by IO area.
-    areas: Vec<Option<Session>>,
+    pub(crate) areas: Vec<Option<Session>>,
     /// Open queues by global queue ID (FxHash: the keys are IDs this device assigns,
-    /// so a peer cannot choose colliding ones; SipHash cost ~3% of the DPU's CPU).
-    queues: FxHashMap<u32, Queue>,
-    proxies: Vec<ProxyConn>,
-    next_proxy: usize,
-    /// Requests at the proxies by tag (tags are assigned here, see `queues`).
-    in_flight: FxHashMap<u64, InFlight>,
-    next_tag: u64,
-    completions: Vec<BlockCompletion>,
-    frame: Vec<u8>,
-    /// Gathering policy of the proxy connections.
-    gathering: Gathering,
-    last_session_check: Instant,
-    stats: DeviceStats,
+    /// so a peer cannot choose colliding ones).
+    pub(crate) queues: FxHashMap<u32, Queue>,
+    /// Queue -> proxy connection (the mapping table).
+    pub(crate) router: Box<dyn Router>,
+    ready: Box<dyn Scheduler<Ready>>,
+    pub(crate) out: Completions,
+    pub(crate) stats: DeviceStats,
+    pub(crate) last_session_check: Instant,
+}
+
+/// A PoV device: serves the PoV device protocol over block IO and forwards file
+/// requests to proxies. Owned by one reactor; see the module docs.
+pub struct PovDevice {
+    cfg: PovDeviceConfig,
+    fwd: Forwarder<InFlight>,
+    st: DeviceState,
 }
 
 impl PovDevice {
-    /// Creates a device. Proxy connections are made lazily, on first use.
+    /// Creates a device. Proxy connections are made lazily, on first use; endpoints are
+    /// parsed here (no IO).
     ///
-    /// Errors: [`DeviceError::Invalid`] for an empty or over-long name, no proxies, or
-    /// `num_queues`/`max_sessions`/timeouts out of range.
+    /// Errors: [`DeviceError::Invalid`] for an empty or over-long name, no proxies or a
+    /// malformed endpoint, or `num_queues`/`max_sessions`/timeouts out of range.
     pub fn new(cfg: PovDeviceConfig, tenants: TenantTable) -> Result<PovDevice, DeviceError> {
         let inv = |field, why: &str| DeviceError::Invalid { field, why: why.to_string() };
         if cfg.name.is_empty() || cfg.name.len() > pov_proto::layout::MAX_DEVICE_NAME {
@@ -245,6 +205,7 @@ impl PovDevice {
         if cfg.proxies.is_empty() {
             return Err(inv("proxies", "at least one proxy endpoint is needed"));
         }
+        let endpoints = parse_endpoints(&cfg.proxies)?;
         if cfg.heartbeat_interval_ms == 0 || cfg.session_timeout_ms <= cfg.heartbeat_interval_ms {
             return Err(inv("session_timeout_ms", "must be larger than heartbeat_interval_ms (> 0)"));
         }
@@ -253,26 +214,34 @@ impl PovDevice {
         }
         let geometry =
             Geometry::new(cfg.max_sessions, cfg.num_queues).map_err(|e| inv("num_queues/max_sessions", &e.to_string()))?;
-        let config_record = ConfigSpace { geometry, name: cfg.name.clone() }.encode().to_vec();
-        Ok(PovDevice {
-            serial: pov_proto::layout::serial_for(&cfg.name),
-            proxies: cfg.proxies.iter().map(|p| ProxyConn::new(p.clone())).collect(),
-            areas: (0..geometry.areas).map(|_| None).collect(),
-            cfg,
+        let name = format!("device {}", cfg.name);
+        let timeout = Duration::from_millis(cfg.request_timeout_ms as u64);
+        let fwd = Forwarder::new(name, &endpoints, timeout, GatheringControl::default());
+        let st = DeviceState {
+            name: cfg.name.clone(),
             geometry,
             tenants,
-            config_record,
+            heartbeat_interval_ms: cfg.heartbeat_interval_ms,
+            session_timeout_ms: cfg.session_timeout_ms,
+            config_record: ConfigSpace { geometry, name: cfg.name.clone() }.encode().to_vec(),
+            serial: pov_proto::layout::serial_for(&cfg.name),
             admin_resp: [0; ADMIN_RESPONSE_SIZE],
+            areas: (0..geometry.areas).map(|_| None).collect(),
             queues: FxHashMap::default(),
-            next_proxy: 0,
-            in_flight: FxHashMap::default(),
-            next_tag: 1,
-            completions: Vec::new(),
-            frame: Vec::new(),
-            gathering: Gathering::default(),
-            last_session_check: Instant::now(),
+            router: Box::new(RoundRobin::new(endpoints.len())),
+            ready: Box::new(Fifo::default()),
+            out: Completions::default(),
             stats: DeviceStats::default(),
-        })
+            last_session_check: Instant::now(),
+        };
+        Ok(PovDevice { cfg, fwd, st })
+    }
+
+    /// Follows `control` for the gathering policy of the proxy connections (normally
+    /// the daemon's, shared by every device) instead of a private default.
+    pub fn with_gathering(mut self, control: GatheringControl) -> PovDevice {
+        self.fwd.follow(control);
+        self
     }
 
     /// The device's configuration.
@@ -282,279 +251,198 @@ impl PovDevice {
 
     /// The device's geometry.
     pub fn geometry(&self) -> Geometry {
-        self.geometry
+        self.st.geometry
     }
 
     /// Capacity in 512-byte sectors (virtio-blk `capacity`).
     pub fn capacity_sectors(&self) -> u64 {
-        self.geometry.capacity_sectors()
+        self.st.geometry.capacity_sectors()
     }
 
     /// The 20-byte virtio-blk serial (`pov-<name>`).
     pub fn serial(&self) -> [u8; pov_proto::layout::SERIAL_LEN] {
-        self.serial
+        self.st.serial
     }
 
     /// Counters.
     pub fn stats(&self) -> DeviceStats {
-        let mut s = self.stats.clone();
-        s.sessions = self.areas.iter().filter(|a| a.is_some()).count() as u32;
-        s.queues = self.queues.len() as u32;
-        s.in_flight = self.in_flight.len() as u32;
-        s.proxies_connected = self.proxies.iter().filter(|p| p.transport.is_some()).count() as u32;
-        s.gathering = GatherStats::of(&self.proxies);
+        let mut s = self.st.stats.clone();
+        let f = self.fwd.stats();
+        s.sessions = self.st.areas.iter().filter(|a| a.is_some()).count() as u32;
+        s.queues = self.st.queues.len() as u32;
+        s.in_flight = f.in_flight;
+        s.proxies_connected = f.proxies_connected;
+        s.stale_proxy_responses = f.stale_responses;
+        s.block_io_errors = self.st.out.errors;
+        s.gathering = GatherStats::from_counters(f.transport);
         s
-    }
-
-    /// Sets the gathering policy of the proxy connections (checked by the caller with
-    /// [`Gathering::validate`]); it applies from the next request on.
-    pub fn set_gathering(&mut self, g: Gathering) {
-        self.gathering = g;
     }
 
     /// The gathering policy in force.
     pub fn gathering(&self) -> Gathering {
-        self.gathering
+        self.fwd.gathering()
     }
 
     /// Takes every completion produced so far.
     pub fn take_completions(&mut self, out: &mut Vec<BlockCompletion>) {
-        out.append(&mut self.completions);
+        self.st.out.take(out);
     }
 
     /// The next instant [`PovDevice::poll`] must run even if no IO arrives.
     pub fn deadline(&self) -> Option<Instant> {
-        let mut d: Option<Instant> = None;
-        let mut take = |t: Instant| d = Some(d.map_or(t, |x| x.min(t)));
-        for f in self.in_flight.values() {
-            take(f.deadline);
-        }
-        for q in self.queues.values() {
-            if let Some(t) = q.incomplete_since {
-                take(t + INCOMPLETE_TIMEOUT);
-            }
-        }
-        if self.areas.iter().any(|a| a.is_some()) {
-            take(self.last_session_check + SESSION_CHECK_INTERVAL);
-        }
-        d
+        let queues = self.st.queues.values().filter_map(Queue::deadline);
+        let others = [self.fwd.deadline(), self.st.session_deadline(), self.st.ready.next_wakeup()];
+        queues.chain(others.into_iter().flatten()).min()
     }
 
     /// Serves one block request. The completion is queued (at once, or when the
     /// response it waits for is ready); fetch it with [`PovDevice::take_completions`].
     pub fn submit(&mut self, req: BlockRequest) {
+        self.st.submit(req);
+        self.forward_ready();
+    }
+
+    /// Sends the requests the scheduler lets go.
+    fn forward_ready(&mut self) {
+        if self.st.ready.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        while let Some(r) = self.st.ready.pop(now) {
+            self.forward(r);
+        }
+    }
+
+    /// Sends one request to its queue's proxy (borrowing the tenant name, the path and
+    /// the payload from where they are: no copies).
+    fn forward(&mut self, r: Ready) {
+        let Ready { queue, header: h, target, open } = r;
+        let st = &mut self.st;
+        let fail = |st: &mut DeviceState, status| st.respond(queue, h.op as u16, h.request_id, status, 0, 0, &[]);
+        let Some(q) = st.queues.get(&queue) else { return };
+        let owner = q.owner;
+        let Some(s) = st.areas.iter().flatten().find(|s| s.id == owner.session_id && s.state == SessionState::Open) else {
+            return fail(st, Status::BadSession);
+        };
+        let path = match &target {
+            Target::Path(p) => p.as_str(),
+            Target::Handle => match s.handles.get(&h.file_handle) {
+                Some(handle) => handle.path.as_str(),
+                None => return fail(st, Status::BadHandle),
+            },
+        };
+        let payload = if h.op.carries_data() { q.payload(h.payload_len as usize) } else { &[] };
+        let view = ProxyRequestView {
+            op: h.op,
+            tag: 0,
+            offset: h.offset,
+            length: h.length,
+            flags: h.flags,
+            hint: h.hint,
+            trace: h.flags & flags::TRACE != 0,
+            qos: owner.qos as u8,
+            load: 0,
+            session_id: s.id,
+            tenant: &s.tenant,
+            path,
+        };
+        let ctx = InFlight { queue, request_id: h.request_id, op: h.op, open };
+        if let Err((f, status)) = self.fwd.send(owner.proxy, view, payload, ctx) {
+            self.st.respond(f.queue, f.op as u16, f.request_id, status, 0, 0, &[]);
+        }
+    }
+
+    /// Moves proxy traffic, expires timeouts and incomplete requests, and reclaims dead
+    /// sessions. Returns [`PollStatus::Busy`] if it did any work.
+    pub fn poll(&mut self, fds: &mut dyn FdRegistry) -> PollStatus {
+        let st = &mut self.st;
+        let mut busy = self.fwd.poll(fds, &mut |f, outcome| st.finish(f, outcome));
+        let now = Instant::now();
+        busy |= self.st.expire_incomplete(now);
+        busy |= self.st.reclaim_sessions(now);
+        self.forward_ready();
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    }
+
+    /// Stops the device: every parked and in-flight IO completes with an error and
+    /// proxy connections are closed.
+    pub fn shutdown(&mut self, fds: &mut dyn FdRegistry) {
+        let st = &mut self.st;
+        self.fwd.shutdown(fds, &mut |f, outcome| st.finish(f, outcome));
+        let now = Instant::now();
+        while let Some(r) = self.st.ready.pop(now) {
+            self.st.respond(r.queue, r.header.op as u16, r.header.request_id, Status::Unavailable, 0, 0, &[]);
+        }
+        let qids: Vec<u32> = self.st.queues.keys().copied().collect();
+        for q in qids {
+            self.st.free_queue(q);
+        }
+        for a in self.st.areas.iter_mut() {
+            *a = None;
+        }
+    }
+}
+
+/// Parses every endpoint of a device's `proxies` (no IO).
+///
+/// # Errors
+/// [`DeviceError::Invalid`] naming the first malformed one.
+pub(crate) fn parse_endpoints(proxies: &[String]) -> Result<Vec<Endpoint>, DeviceError> {
+    proxies
+        .iter()
+        .map(|p| Endpoint::parse(p).map_err(|e| DeviceError::Invalid { field: "proxies", why: e.to_string() }))
+        .collect()
+}
+
+impl DeviceState {
+    fn submit(&mut self, req: BlockRequest) {
         match req.op {
-            BlockOp::Flush => self.complete(req, BlockStatus::Ok, 0),
-            BlockOp::GetId => {
-                let mut req = req;
-                let n = req.buf.len().min(self.serial.len());
-                let serial = self.serial;
-                match req.buf.write_at(0, &serial[..n]) {
-                    Ok(()) => self.complete(req, BlockStatus::Ok, n as u32),
-                    Err(_) => self.complete(req, BlockStatus::IoErr, 0),
-                }
-            }
-            BlockOp::Other(_) => self.complete(req, BlockStatus::Unsupported, 0),
+            BlockOp::Flush => self.out.complete(req, BlockStatus::Ok, 0),
+            BlockOp::GetId => self.out.get_id(req, &self.serial),
+            BlockOp::Other(_) => self.out.complete(req, BlockStatus::Unsupported, 0),
             BlockOp::Read | BlockOp::Write => self.submit_rw(req),
         }
     }
 
-    fn complete(&mut self, req: BlockRequest, status: BlockStatus, written: u32) {
-        if status != BlockStatus::Ok {
-            self.stats.block_io_errors += 1;
-        }
-        self.completions.push(BlockCompletion { tag: req.tag, status, written, buf: req.buf });
-    }
-
-    fn submit_rw(&mut self, mut req: BlockRequest) {
+    fn submit_rw(&mut self, req: BlockRequest) {
         let len = req.buf.len() as u64;
         let is_read = req.op == BlockOp::Read;
         if req.offset % pov_proto::layout::SECTOR_SIZE != 0 || len % pov_proto::layout::SECTOR_SIZE != 0 {
-            return self.complete(req, BlockStatus::IoErr, 0);
+            return self.out.complete(req, BlockStatus::IoErr, 0);
         }
         match self.geometry.classify(req.offset, len) {
-            Region::Config { offset } if is_read => {
-                let data = self.config_record.clone();
-                self.read_from(req, &data, offset as usize)
-            }
-            Region::Guard if is_read => self.read_from(req, &[], 0),
-            Region::AdminResponse { offset } if is_read => {
-                let data = self.admin_resp;
-                self.read_from(req, &data, offset as usize)
-            }
+            Region::Config { offset } if is_read => read_from(&mut self.out, req, &self.config_record, offset as usize),
+            Region::Guard if is_read => read_from(&mut self.out, req, &[], 0),
+            Region::AdminResponse { offset } if is_read => read_from(&mut self.out, req, &self.admin_resp, offset as usize),
             Region::AdminRequest { offset } if !is_read => {
                 self.stats.admin_requests += 1;
                 let mut b = [0u8; ADMIN_REQUEST_SIZE];
                 if offset != 0 || req.buf.len() < ADMIN_REQUEST_SIZE {
-                    self.admin_resp = AdminResponse { status: Status::Invalid.as_u32(), ..Default::default() }.encode();
-                    return self.complete(req, BlockStatus::Ok, 0);
+                    let resp = pov_proto::admin::AdminResponse { status: Status::Invalid.as_u32(), ..Default::default() };
+                    self.admin_resp = resp.encode();
+                    return self.out.complete(req, BlockStatus::Ok, 0);
                 }
                 if req.buf.read_at(0, &mut b).is_err() {
-                    return self.complete(req, BlockStatus::IoErr, 0);
+                    return self.out.complete(req, BlockStatus::IoErr, 0);
                 }
                 self.admin_resp = self.admin(&b).encode();
-                self.complete(req, BlockStatus::Ok, 0)
+                self.out.complete(req, BlockStatus::Ok, 0)
             }
             Region::RequestSlot { queue, offset } if !is_read => self.write_request_slot(req, queue, offset as usize),
             Region::ResponseSlot { queue, offset } if is_read => self.read_response_slot(req, queue, offset as usize),
             Region::Crossing => {
                 self.stats.crossing_ios += 1;
-                self.complete(req, BlockStatus::IoErr, 0)
+                self.out.complete(req, BlockStatus::IoErr, 0)
             }
-            // Writes to read-only or guard space; reads of request slots.
-            _ => {
-                if !is_read {
-                    return self.complete(req, BlockStatus::IoErr, 0);
-                }
-                // Reading back a request slot or the admin request record returns zeros.
-                let _ = &mut req;
-                self.read_from(req, &[], 0)
-            }
+            // Writes to read-only or guard space.
+            _ if !is_read => self.out.complete(req, BlockStatus::IoErr, 0),
+            // Reading back a request slot or the admin request record returns zeros.
+            _ => read_from(&mut self.out, req, &[], 0),
         }
-    }
-
-    /// Completes a READ with `data[offset..]`, zero-filled past the end of `data`.
-    fn read_from(&mut self, mut req: BlockRequest, data: &[u8], offset: usize) {
-        match copy_out(&mut req, data, offset) {
-            Ok(len) => self.complete(req, BlockStatus::Ok, len),
-            Err(_) => self.complete(req, BlockStatus::IoErr, 0),
-        }
-    }
-
-    // ---- admin space ------------------------------------------------------------
-
-    fn admin(&mut self, b: &[u8]) -> AdminResponse {
-        let mut resp = AdminResponse {
-            op: u16::from_le_bytes([b[6], b[7]]),
-            request_id: u64::from_le_bytes(b[24..32].try_into().unwrap_or([0; 8])),
-            ..Default::default()
-        };
-        let req = match AdminRequest::decode(b) {
-            Ok(r) => r,
-            Err(e) => {
-                resp.status = e.status().as_u32();
-                return resp;
-            }
-        };
-        resp.session_id = req.session_id;
-        let status = match req.op {
-            AdminOp::OpenSession => self.open_session(&req, &mut resp),
-            AdminOp::CloseSession => self.with_session(&req, |_, s| {
-                s.state = SessionState::Reclaiming;
-                Status::Ok
-            }),
-            AdminOp::Heartbeat => {
-                let tenants = self.tenants.clone();
-                self.with_session(&req, |_, s| {
-                    if !tenants.exists(&s.tenant) {
-                        s.state = SessionState::Reclaiming;
-                        return Status::BadSession;
-                    }
-                    s.last_heartbeat = Instant::now();
-                    Status::Ok
-                })
-            }
-            AdminOp::CreateQueue => self.create_queue(&req, &mut resp),
-            AdminOp::DeleteQueue => self.delete_queue(&req),
-        };
-        resp.status = status.as_u32();
-        resp
-    }
-
-    fn find_session(&mut self, session_id: u64) -> Option<&mut Session> {
-        self.areas.iter_mut().flatten().find(|s| s.id == session_id && s.state == SessionState::Open)
-    }
-
-    fn with_session(&mut self, req: &AdminRequest, f: impl FnOnce(&mut Self, &mut Session) -> Status) -> Status {
-        let Some(s) = self.find_session(req.session_id) else { return Status::BadSession };
-        if s.pid != req.pid {
-            return Status::PidMismatch;
-        }
-        let area = s.area as usize;
-        let mut s = self.areas[area].take().expect("found above");
-        let st = f(self, &mut s);
-        self.areas[area] = Some(s);
-        st
-    }
-
-    fn open_session(&mut self, req: &AdminRequest, resp: &mut AdminResponse) -> Status {
-        if !self.tenants.authenticate(&req.tenant, &req.secret) {
-            log::warn!("device {}: authentication failed for tenant {:?} (pid {})", self.cfg.name, req.tenant, req.pid);
-            return Status::AuthFailed;
-        }
-        let Some(area) = self.areas.iter().position(|a| a.is_none()) else { return Status::NoResources };
-        let mut id = 0;
-        while id == 0 || self.areas.iter().flatten().any(|s| s.id == id) {
-            id = rand::random::<u64>();
-        }
-        self.areas[area] = Some(Session::new(id, req.tenant.clone(), req.pid, area as u32, Instant::now()));
-        log::info!("device {}: session {id:#x} opened for tenant {} pid {} in area {area}", self.cfg.name, req.tenant, req.pid);
-        resp.session_id = id;
-        resp.area = area as u32;
-        resp.max_queues = self.geometry.queues_per_area;
-        resp.heartbeat_interval_ms = self.cfg.heartbeat_interval_ms;
-        resp.session_timeout_ms = self.cfg.session_timeout_ms;
-        Status::Ok
-    }
-
-    fn create_queue(&mut self, req: &AdminRequest, resp: &mut AdminResponse) -> Status {
-        let qpa = self.geometry.queues_per_area;
-        let nproxies = self.proxies.len();
-        let mut out = None;
-        let st = self.with_session(req, |dev, s| {
-            let Some(index) = (0..qpa).find(|i| !s.queues.contains(&dev.geometry.queue_id(s.area, *i))) else {
-                return Status::NoResources;
-            };
-            let qid = dev.geometry.queue_id(s.area, index);
-            // Mapping table: queue -> proxy connection, round-robin over the proxies.
-            let proxy = dev.next_proxy % nproxies;
-            dev.next_proxy += 1;
-            dev.queues.insert(qid, Queue::new(QueueOwner { session_id: s.id, pid: s.pid, qos: req.qos, proxy }));
-            s.queues.push(qid);
-            out = Some(qid);
-            Status::Ok
-        });
-        if let Some(q) = out {
-            resp.queue_id = q;
-        }
-        st
-    }
-
-    fn delete_queue(&mut self, req: &AdminRequest) -> Status {
-        let qid = req.queue_id;
-        self.with_session(req, |dev, s| {
-            if !s.queues.contains(&qid) {
-                return Status::BadQueue;
-            }
-            if dev.queues.get(&qid).is_some_and(|q| q.in_flight.is_some()) {
-                return Status::Busy;
-            }
-            s.queues.retain(|q| *q != qid);
-            dev.free_queue(qid);
-            Status::Ok
-        })
-    }
-
-    fn free_queue(&mut self, qid: u32) {
-        if let Some(q) = self.queues.remove(&qid) {
-            for (r, _) in q.parked {
-                self.complete(r, BlockStatus::IoErr, 0);
-            }
-        }
-    }
-
-    // ---- IO queues ----------------------------------------------------------------
-
-    /// Checks that a request's identity fields name the queue's owner.
-    fn owns(&self, queue: u32, session_id: u64, pid: u32) -> Result<(), Status> {
-        let q = self.queues.get(&queue).ok_or(Status::BadQueue)?;
-        if q.owner.session_id != session_id {
-            return Err(Status::BadSession);
-        }
-        if q.owner.pid != pid {
-            return Err(Status::PidMismatch);
-        }
-        Ok(())
     }
 
     fn write_request_slot(&mut self, req: BlockRequest, queue: u32, offset: usize) {
@@ -562,259 +450,120 @@ impl PovDevice {
         self.stats.max_request_write_bytes = self.stats.max_request_write_bytes.max(len as u64);
         let Some(q) = self.queues.get_mut(&queue) else {
             // Not an open queue: nobody to answer in a response slot.
-            log::debug!("device {}: write to request slot of unopened queue {queue}", self.cfg.name);
-            return self.complete(req, BlockStatus::IoErr, 0);
+            log::debug!("device {}: write to request slot of unopened queue {queue}", self.name);
+            return self.out.complete(req, BlockStatus::IoErr, 0);
         };
-        if q.in_flight.is_some() {
-            // One request at a time per queue: the owner's request stays untouched.
-            return self.complete(req, BlockStatus::IoErr, 0);
-        }
-        if req.buf.read_at(0, &mut q.req_buf[offset..offset + len]).is_err() {
-            return self.complete(req, BlockStatus::IoErr, 0);
-        }
-        q.cover(offset, offset + len);
-        let have = q.contiguous();
-        if have < HEADER_SIZE {
-            q.incomplete_since.get_or_insert_with(Instant::now);
-            self.stats.split_requests += 1;
-            return self.complete(req, BlockStatus::Ok, 0);
-        }
-        let Some(ids) = RequestHeader::peek_ids(&q.req_buf[..HEADER_SIZE]) else {
-            return self.complete(req, BlockStatus::IoErr, 0);
-        };
-        // Ownership first: a request from a process that does not own the queue fails
-        // its own WRITE and never touches the owner's response slot (paper §4.6).
-        let owned = self.owns(queue, ids.session_id, ids.pid);
-        if let Err(st) = owned.and(if ids.queue_id == queue { Ok(()) } else { Err(Status::BadQueue) }) {
-            log::debug!("device {}: request on queue {queue} rejected: {st}", self.cfg.name);
-            self.stats.request_errors += 1;
-            let q = self.queues.get_mut(&queue).expect("checked");
-            q.covered.clear();
-            q.incomplete_since = None;
-            return self.complete(req, BlockStatus::IoErr, 0);
-        }
-        let q = self.queues.get_mut(&queue).expect("checked");
-        let header = RequestHeader::decode(&q.req_buf[..HEADER_SIZE]);
-        if let Ok(h) = &header {
-            let total = HEADER_SIZE + h.payload_len as usize;
-            if have < total {
-                // Split by the block layer: wait for the rest.
-                q.incomplete_since.get_or_insert_with(Instant::now);
-                q.resp = RespState::Pending;
-                self.stats.split_requests += 1;
-                return self.complete(req, BlockStatus::Ok, 0);
+        match q.write(queue, offset, req.buf.as_ref(), Instant::now()) {
+            SlotWrite::Refused => self.out.complete(req, BlockStatus::IoErr, 0),
+            SlotWrite::Foreign(st) => {
+                log::debug!("device {}: request on queue {queue} rejected: {st}", self.name);
+                self.stats.request_errors += 1;
+                self.out.complete(req, BlockStatus::IoErr, 0)
             }
-        }
-        q.covered.clear();
-        q.incomplete_since = None;
-        q.resp = RespState::Pending;
-        self.complete(req, BlockStatus::Ok, 0);
-        self.stats.requests += 1;
-        match header {
-            Ok(h) => self.dispatch(queue, h),
-            Err(e) => {
-                let st = e.status();
-                self.respond(queue, ids.op, ids.request_id, st, 0, 0, &[]);
+            SlotWrite::Partial => {
+                self.stats.split_requests += 1;
+                self.out.complete(req, BlockStatus::Ok, 0)
+            }
+            SlotWrite::Complete(header) => {
+                self.out.complete(req, BlockStatus::Ok, 0);
+                self.stats.requests += 1;
+                match header {
+                    Ok(h) => self.dispatch(queue, h),
+                    Err((op, request_id, st)) => self.respond(queue, op, request_id, st, 0, 0, &[]),
+                }
             }
         }
     }
 
     fn read_response_slot(&mut self, req: BlockRequest, queue: u32, offset: usize) {
         self.stats.max_response_read_bytes = self.stats.max_response_read_bytes.max(req.buf.len() as u64);
-        let Some(q) = self.queues.get_mut(&queue) else {
-            return self.complete(req, BlockStatus::IoErr, 0);
-        };
-        match q.resp {
-            RespState::Pending => q.parked.push((req, offset)),
-            RespState::Ready => {
-                // Straight from the response slot into the READ's buffer (no copy).
-                let mut req = req;
-                match copy_out(&mut req, &q.resp_buf[..q.resp_len], offset) {
-                    Ok(len) => self.complete(req, BlockStatus::Ok, len),
-                    Err(_) => self.complete(req, BlockStatus::IoErr, 0),
-                }
-            }
-            RespState::Empty => {
-                let mut b = [0u8; HEADER_SIZE];
-                ResponseHeader {
-                    op: 0,
-                    status: Status::NoRequest,
-                    queue_id: queue,
-                    request_id: 0,
-                    result: 0,
-                    payload_len: 0,
-                    flags: 0,
-                }
-                .encode_into(&mut b);
-                self.read_from(req, &b, offset)
-            }
+        match self.queues.get_mut(&queue) {
+            Some(q) => q.read(queue, req, offset, &mut self.out),
+            None => self.out.complete(req, BlockStatus::IoErr, 0),
         }
     }
 
     /// Writes a response into the queue's response slot and completes parked READs.
     #[allow(clippy::too_many_arguments)]
-    fn respond(&mut self, queue: u32, op: u16, request_id: u64, status: Status, result: u64, flags: u32, payload: &[u8]) {
-        if !status.is_ok() {
-            self.stats.request_errors += 1;
-        }
-        let Some(q) = self.queues.get_mut(&queue) else { return };
-        let payload = &payload[..payload.len().min(MAX_IO_BYTES as usize)];
-        ResponseHeader { op, status, queue_id: queue, request_id, result, payload_len: payload.len() as u32, flags }
-            .encode_into(&mut q.resp_buf[..HEADER_SIZE]);
-        q.resp_buf[HEADER_SIZE..HEADER_SIZE + payload.len()].copy_from_slice(payload);
-        q.resp_len = HEADER_SIZE + payload.len();
-        q.resp = RespState::Ready;
-        q.in_flight = None;
-        let mut parked = std::mem::take(&mut q.parked);
-        for (r, offset) in parked.drain(..) {
-            self.read_response_slot(r, queue, offset);
-        }
-        // Give the (now empty) vector back, so that the next park does not allocate.
-        if let Some(q) = self.queues.get_mut(&queue) {
-            if q.parked.is_empty() {
-                q.parked = parked;
-            }
-        }
-    }
-
-    /// Checks a decoded request against its session and forwards it to the proxy.
-    fn dispatch(&mut self, queue: u32, h: RequestHeader) {
-        let op = h.op as u16;
-        let fail = |dev: &mut Self, st: Status| dev.respond(queue, op, h.request_id, st, 0, 0, &[]);
-        let owner = self.queues[&queue].owner;
-        let Some(area) = self.areas.iter().position(|a| a.as_ref().is_some_and(|s| s.id == owner.session_id)) else {
-            return fail(self, Status::BadSession);
-        };
-        let session = self.areas[area].as_mut().expect("found");
-        if session.state != SessionState::Open {
-            return fail(self, Status::BadSession);
-        }
-        let q = &self.queues[&queue];
-        let payload = q.req_buf[HEADER_SIZE..HEADER_SIZE + h.payload_len as usize].to_vec();
-        // Resolve the target path inside the tenant's namespace.
-        let mut open = None;
-        // Paths of open files and the tenant name are lent to the proxy request while
-        // it is encoded (then put back): no string copies per request.
-        let mut lent_path = false;
-        let path = match h.op {
-            Op::Open | Op::List | Op::Remove => match pov_proto::path::normalize(&payload) {
-                Ok(p) => {
-                    if h.op == Op::Open {
-                        if p.is_empty() {
-                            return fail(self, Status::IsDir);
-                        }
-                        open = Some(Handle { path: p.clone(), writable: h.flags & flags::WRITE != 0 });
-                    }
-                    p
-                }
-                Err(st) => return fail(self, st),
-            },
-            Op::Stat if h.file_handle == 0 => match pov_proto::path::normalize(&payload) {
-                Ok(p) => p,
-                Err(st) => return fail(self, st),
-            },
-            _ => {
-                let Some(handle) = session.handles.get_mut(&h.file_handle) else { return fail(self, Status::BadHandle) };
-                let writes = matches!(h.op, Op::Write | Op::Append | Op::Truncate);
-                if writes && !handle.writable {
-                    return fail(self, Status::Permission);
-                }
-                if h.op == Op::Close {
-                    session.handles.remove(&h.file_handle);
-                    return self.respond(queue, op, h.request_id, Status::Ok, 0, 0, &[]);
-                }
-                lent_path = true;
-                std::mem::take(&mut handle.path)
-            }
-        };
-        let tenant = std::mem::take(&mut session.tenant);
-        let session_id = session.id;
-        if h.op == Op::Read {
-            self.stats.bytes_read += h.length as u64;
-        }
-        if h.op.carries_data() {
-            self.stats.bytes_written += payload.len() as u64;
-        }
-        let data: &[u8] = if h.op.carries_data() { &payload } else { &[] };
-        let tag = self.next_tag;
-        self.next_tag += 1;
-        let pidx = owner.proxy;
-        let preq = ProxyRequest {
-            op: h.op,
-            tag,
-            offset: h.offset,
-            length: h.length,
-            flags: h.flags,
-            hint: h.hint,
-            trace: h.flags & flags::TRACE != 0,
-            qos: owner.qos as u8,
-            load: self.proxies[pidx].in_flight,
-            session_id,
-            tenant,
-            path,
-        };
-        let encoded = preq.encode_frame(data, &mut self.frame);
-        let session = self.areas[area].as_mut().expect("found");
-        session.tenant = preq.tenant;
-        if lent_path {
-            if let Some(handle) = session.handles.get_mut(&h.file_handle) {
-                handle.path = preq.path;
-            }
-        }
-        if let Err(e) = encoded {
-            log::warn!("device {}: cannot encode proxy request: {e}", self.cfg.name);
-            return fail(self, Status::Invalid);
-        }
-        let conn = &mut self.proxies[pidx];
-        if conn.ensure_connected().is_none() {
-            return fail(self, Status::Unavailable);
-        }
-        if let Err(e) = conn.send(&self.frame, &self.gathering) {
-            log::warn!("device {}: proxy {}: {e}", self.cfg.name, conn.endpoint);
-            conn.drop_transport();
-            return fail(self, Status::Unavailable);
-        }
-        conn.in_flight += 1;
-        let deadline = Instant::now() + Duration::from_millis(self.cfg.request_timeout_ms as u64);
-        self.in_flight.insert(tag, InFlight { queue, request_id: h.request_id, op: h.op, deadline, proxy: pidx, open });
-        self.queues.get_mut(&queue).expect("open").in_flight = Some(tag);
-    }
-
-    /// Fails a request in flight locally (timeout, lost connection, shutdown).
-    fn fail_in_flight(&mut self, tag: u64, status: Status) {
-        if let Some(p) = self.finish(None, tag, status, 0, 0, &[]) {
-            let conn = &mut self.proxies[p];
-            conn.in_flight = conn.in_flight.saturating_sub(1);
-        }
-    }
-
-    /// Finishes a request answered by proxy `from` (`None`: failed locally with
-    /// `status`). Returns the index of the proxy the request was sent to (whose
-    /// `in_flight` count the caller lowers), or `None` for a response that matches no
-    /// request in flight on `from`.
-    fn finish(
+    pub(crate) fn respond(
         &mut self,
-        from: Option<usize>,
-        tag: u64,
+        queue: u32,
+        op: u16,
+        request_id: u64,
         status: Status,
         result: u64,
         flags: u32,
         payload: &[u8],
-    ) -> Option<usize> {
-        // Paper §4.6: a response that matches no context (e.g. after a timeout, or a
-        // tag of another connection) is dropped.
-        let matches = match (self.in_flight.get(&tag), from) {
-            (Some(f), Some(p)) => f.proxy == p,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if !matches {
-            self.stats.stale_proxy_responses += 1;
-            return None;
+    ) {
+        if !status.is_ok() {
+            self.stats.request_errors += 1;
         }
-        let f = self.in_flight.remove(&tag)?;
-        let mut result = result;
-        let mut status = status;
+        let Some(q) = self.queues.get_mut(&queue) else { return };
+        let h = ResponseHeader { op, status, queue_id: queue, request_id, result, payload_len: 0, flags };
+        q.respond(queue, h, payload, &mut self.out);
+    }
+
+    /// Checks a decoded request against its session and queues it for its proxy (or
+    /// answers it here: errors, Close).
+    fn dispatch(&mut self, queue: u32, h: RequestHeader) {
+        let op = h.op as u16;
+        let owner = self.queues[&queue].owner;
+        let Some(s) = self.areas.iter_mut().flatten().find(|s| s.id == owner.session_id) else {
+            return self.respond(queue, op, h.request_id, Status::BadSession, 0, 0, &[]);
+        };
+        if s.state != SessionState::Open {
+            return self.respond(queue, op, h.request_id, Status::BadSession, 0, 0, &[]);
+        }
+        let payload = self.queues[&queue].payload(h.payload_len as usize);
+        // Resolve the target path inside the tenant's namespace.
+        let mut open = None;
+        let target = match h.op {
+            Op::Open | Op::List | Op::Remove => match pov_proto::path::normalize(payload) {
+                Ok(p) if h.op == Op::Open && p.is_empty() => Err(Status::IsDir),
+                Ok(p) => {
+                    if h.op == Op::Open {
+                        open = Some(Handle { path: p.clone(), writable: h.flags & flags::WRITE != 0 });
+                    }
+                    Ok(Target::Path(p))
+                }
+                Err(st) => Err(st),
+            },
+            Op::Stat if h.file_handle == 0 => pov_proto::path::normalize(payload).map(Target::Path),
+            _ => match s.handles.get(&h.file_handle) {
+                None => Err(Status::BadHandle),
+                Some(handle) if matches!(h.op, Op::Write | Op::Append | Op::Truncate) && !handle.writable => {
+                    Err(Status::Permission)
+                }
+                Some(_) if h.op == Op::Close => {
+                    s.handles.remove(&h.file_handle);
+                    return self.respond(queue, op, h.request_id, Status::Ok, 0, 0, &[]);
+                }
+                Some(_) => Ok(Target::Handle),
+            },
+        };
+        let target = match target {
+            Ok(t) => t,
+            Err(st) => return self.respond(queue, op, h.request_id, st, 0, 0, &[]),
+        };
+        if h.op == Op::Read {
+            self.stats.bytes_read += h.length as u64;
+        }
+        if h.op.carries_data() {
+            self.stats.bytes_written += h.payload_len as u64;
+        }
+        let bytes = if h.op == Op::Read { u64::from(h.length) } else { u64::from(h.payload_len) };
+        let ticket = Ticket { class: owner.qos as u8, tenant: &s.tenant, bytes };
+        self.queues.get_mut(&queue).expect("open").busy = true;
+        self.ready.push(ticket, Ready { queue, header: h, target, open });
+    }
+
+    /// Finishes a request the forwarder handed back: the proxy's answer, or a local
+    /// failure.
+    fn finish(&mut self, f: InFlight, outcome: Outcome<'_>) {
+        let (mut status, mut result, flags, payload) = match outcome {
+            Outcome::Answered { status, result, flags, payload } => (status, result, flags, payload),
+            Outcome::Failed(status) => (status, 0, 0, &[][..]),
+        };
         if let (Some(handle), true) = (f.open, status.is_ok()) {
             let owner = self.queues.get(&f.queue).map(|q| q.owner.session_id);
             match self.areas.iter_mut().flatten().find(|s| Some(s.id) == owner) {
@@ -827,155 +576,58 @@ impl PovDevice {
         }
         let payload = if status.is_ok() { payload } else { &[] };
         self.respond(f.queue, f.op as u16, f.request_id, status, result, flags, payload);
-        Some(f.proxy)
     }
 
-    /// Moves proxy traffic, expires timeouts and reclaims dead sessions. Returns
-    /// [`PollStatus::Busy`] if it did any work.
-    pub fn poll(&mut self, fds: &mut dyn FdRegistry) -> PollStatus {
-        let mut busy = false;
-        let g = self.gathering;
-        for i in 0..self.proxies.len() {
-            // Taken out while polled, so that each response is finished straight from
-            // the receive buffer (no copy of the frame).
-            let mut conn = std::mem::take(&mut self.proxies[i]);
-            let mut answered = 0u32;
-            let polled = conn.poll_with(&g, &mut |f| {
-                busy = true;
-                match ProxyResponse::decode(f) {
-                    Ok((r, payload)) => {
-                        if self.finish(Some(i), r.tag, r.status, r.result, r.flags, payload).is_some() {
-                            answered += 1;
-                        }
-                    }
-                    Err(e) => log::warn!("device {}: bad frame from proxy: {e}", self.cfg.name),
-                }
-            });
-            conn.in_flight = conn.in_flight.saturating_sub(answered);
-            self.proxies[i] = conn;
-            match polled {
-                Ok(moved) => {
-                    busy |= moved;
-                    self.proxies[i].sync_watch(fds);
-                }
-                Err(Broken(e)) => {
-                    if let Some(e) = e {
-                        log::warn!("device {}: proxy {}: {e}", self.cfg.name, self.proxies[i].endpoint);
-                    }
-                    self.proxies[i].disconnect(fds);
-                    // Nothing sent on the broken connection will be answered.
-                    let lost: Vec<u64> = self.in_flight.iter().filter(|(_, f)| f.proxy == i).map(|(t, _)| *t).collect();
-                    for tag in lost {
-                        self.fail_in_flight(tag, Status::Unavailable);
-                    }
-                    busy = true;
-                }
+    /// Answers `Invalid` to requests whose remaining bytes never came. Returns `true`
+    /// if there was one.
+    fn expire_incomplete(&mut self, now: Instant) -> bool {
+        let mut stuck = Vec::new();
+        for (id, q) in self.queues.iter_mut() {
+            if let Some((op, rid)) = q.expire_incomplete(now) {
+                stuck.push((*id, op, rid));
             }
         }
-        let now = Instant::now();
-        // Request timeouts.
-        let expired: Vec<u64> = self.in_flight.iter().filter(|(_, f)| f.deadline <= now).map(|(t, _)| *t).collect();
-        for tag in expired {
-            log::warn!("device {}: request {tag} timed out at the proxy", self.cfg.name);
-            self.fail_in_flight(tag, Status::Timeout);
-            busy = true;
-        }
-        // Requests whose remaining bytes never came.
-        let stuck: Vec<u32> = self
-            .queues
-            .iter()
-            .filter(|(_, q)| q.incomplete_since.is_some_and(|t| now.duration_since(t) >= INCOMPLETE_TIMEOUT))
-            .map(|(id, _)| *id)
-            .collect();
-        for qid in stuck {
-            let q = self.queues.get_mut(&qid).expect("listed");
-            q.covered.clear();
-            q.incomplete_since = None;
+        for (qid, op, rid) in &stuck {
             self.stats.incomplete_requests += 1;
-            let ids = RequestHeader::peek_ids(&q.req_buf[..HEADER_SIZE]);
-            let (op, rid) = ids.map_or((0, 0), |i| (i.op, i.request_id));
-            self.respond(qid, op, rid, Status::Invalid, 0, 0, &[]);
-            busy = true;
+            self.respond(*qid, *op, *rid, Status::Invalid, 0, 0, &[]);
         }
-        if now.duration_since(self.last_session_check) >= SESSION_CHECK_INTERVAL {
-            self.last_session_check = now;
-            busy |= self.reclaim_sessions(now);
-        }
-        if busy {
-            PollStatus::Busy
-        } else {
-            PollStatus::Idle
-        }
-    }
-
-    /// Keep-alive (paper §4.6): sessions without a heartbeat for the timeout are
-    /// reclaimed in two steps — wait for their in-flight requests, then free queues.
-    fn reclaim_sessions(&mut self, now: Instant) -> bool {
-        let timeout = Duration::from_millis(self.cfg.session_timeout_ms as u64);
-        let mut did = false;
-        for area in 0..self.areas.len() {
-            let Some(s) = self.areas[area].as_mut() else { continue };
-            if s.state == SessionState::Open && now.duration_since(s.last_heartbeat) > timeout {
-                log::warn!(
-                    "device {}: session {:#x} (tenant {}, pid {}) missed heartbeats; reclaiming",
-                    self.cfg.name,
-                    s.id,
-                    s.tenant,
-                    s.pid
-                );
-                s.state = SessionState::Reclaiming;
-            }
-            if s.state != SessionState::Reclaiming {
-                continue;
-            }
-            let busy = s.queues.iter().any(|q| self.queues.get(q).is_some_and(|q| q.in_flight.is_some()));
-            if busy {
-                continue;
-            }
-            let s = self.areas[area].take().expect("present");
-            for q in s.queues {
-                self.free_queue(q);
-            }
-            self.stats.sessions_reclaimed += 1;
-            did = true;
-        }
-        did
-    }
-
-    /// Stops the device: every parked and in-flight IO completes with an error and
-    /// proxy connections are closed.
-    pub fn shutdown(&mut self, fds: &mut dyn FdRegistry) {
-        let tags: Vec<u64> = self.in_flight.keys().copied().collect();
-        for tag in tags {
-            self.fail_in_flight(tag, Status::Unavailable);
-        }
-        let qids: Vec<u32> = self.queues.keys().copied().collect();
-        for q in qids {
-            self.free_queue(q);
-        }
-        for a in self.areas.iter_mut() {
-            *a = None;
-        }
-        for p in self.proxies.iter_mut() {
-            p.disconnect(fds);
-        }
+        !stuck.is_empty()
     }
 }
 
-/// Writes `data[offset..]` into the whole of `req`'s buffer, zero-filled past the end of
-/// `data`. Returns the bytes written (the buffer length).
-fn copy_out(req: &mut BlockRequest, data: &[u8], offset: usize) -> Result<u32, crate::block::BufferError> {
-    const ZEROS: [u8; 4096] = [0; 4096];
-    let len = req.buf.len();
-    let n = if offset < data.len() { (data.len() - offset).min(len) } else { 0 };
-    if n > 0 {
-        req.buf.write_at(0, &data[offset..offset + n])?;
+/// Completes a READ with `data[offset..]`, zero-filled past the end of `data`.
+fn read_from(out: &mut Completions, mut req: BlockRequest, data: &[u8], offset: usize) {
+    let r = copy_out(&mut req, data, offset);
+    out.complete_copy(req, r);
+}
+
+impl BlockDevice for PovDevice {
+    fn name(&self) -> &str {
+        &self.cfg.name
     }
-    let mut at = n;
-    while at < len {
-        let k = (len - at).min(ZEROS.len());
-        req.buf.write_at(at, &ZEROS[..k])?;
-        at += k;
+    fn capacity_sectors(&self) -> u64 {
+        PovDevice::capacity_sectors(self)
     }
-    Ok(len as u32)
+    fn submit(&mut self, req: BlockRequest) {
+        PovDevice::submit(self, req)
+    }
+    fn poll(&mut self, fds: &mut dyn FdRegistry) -> PollStatus {
+        PovDevice::poll(self, fds)
+    }
+    fn take_completions(&mut self, out: &mut Vec<BlockCompletion>) {
+        PovDevice::take_completions(self, out)
+    }
+    fn deadline(&self) -> Option<Instant> {
+        PovDevice::deadline(self)
+    }
+    fn stats_json(&self) -> Value {
+        serde_json::to_value(PovDevice::stats(self)).unwrap_or(Value::Null)
+    }
+    /// `pov_device_create` with the device's parameters (defaults resolved).
+    fn write_config_json(&self) -> Value {
+        json!({ "method": "pov_device_create", "params": self.cfg })
+    }
+    fn destruct(&mut self, fds: &mut dyn FdRegistry) {
+        PovDevice::shutdown(self, fds)
+    }
 }

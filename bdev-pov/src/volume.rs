@@ -28,15 +28,20 @@
 //! a transport: reads return zeros, writes are dropped, FLUSH completes at once. It
 //! measures the device path alone.
 
-use crate::block::{BlockCompletion, BlockOp, BlockRequest, BlockStatus};
-use crate::forward::{GatherStats, Gathering, ProxyConn, RxFrames};
+use crate::block::{BlockCompletion, BlockDevice, BlockOp, BlockRequest, BlockStatus, Completions};
+use crate::device::parse_endpoints;
+use crate::forward::{Forwarder, GatherStats, Gathering, GatheringControl, Outcome, RoundRobin, RouteKey, Router};
 use pov_proto::io::{flags, Op, SdkHint};
-use pov_proto::wire::{ProxyRequest, ProxyResponse};
+use pov_proto::wire::{ProxyRequestView, ProxyResponse};
 use pov_proto::{Status, MAX_IO_BYTES};
-use pov_runtime::{FdRegistry, PollStatus};
+use pov_runtime::transport::Endpoint;
+use pov_runtime::{ErrorChain, FdRegistry, PollStatus};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
+
+pub use crate::null::{NullVolume, NullVolumeStats};
 
 /// Prefix of a volume's virtio-blk serial.
 pub const VOLUME_SERIAL_PREFIX: &str = "vol-";
@@ -163,20 +168,22 @@ impl VolumeConfig {
 pub fn open_volume(cfg: &VolumeConfig, timeout: Duration) -> Result<u64, VolumeError> {
     let mut why = String::from("no proxy endpoints");
     for endpoint in &cfg.proxies {
-        let mut t = match pov_runtime::transport::connect(endpoint) {
+        let ep = Endpoint::parse(endpoint).map_err(|e| VolumeError::Invalid { field: "proxies", why: e.to_string() })?;
+        let mut t = match pov_runtime::transport::connect_blocking(&ep, pov_runtime::transport::CONNECT_TIMEOUT) {
             Ok(t) => t,
             Err(e) => {
-                why = e.to_string();
+                why = ErrorChain(&e).to_string();
                 continue;
             }
         };
-        let req = volume_request(Op::VolumeOpen, 1, cfg.size, cfg.block_size, flags::CREATE, 0, &cfg.volume);
+        let req =
+            ProxyRequestView { tag: 1, ..volume_request(Op::VolumeOpen, cfg.size, cfg.block_size, flags::CREATE, &cfg.volume) };
         let mut frame = Vec::new();
         if let Err(e) = req.encode_frame(&[], &mut frame) {
             return Err(VolumeError::Invalid { field: "volume", why: e.to_string() });
         }
         if let Err(e) = t.send_frame(&frame) {
-            why = e.to_string();
+            why = ErrorChain(&e).to_string();
             continue;
         }
         let deadline = Instant::now() + timeout;
@@ -191,7 +198,7 @@ pub fn open_volume(cfg: &VolumeConfig, timeout: Duration) -> Result<u64, VolumeE
                 }
             });
             if let Err(e) = r {
-                failed = Some(e.to_string());
+                failed = Some(ErrorChain(&e).to_string());
                 break;
             }
             if answer.is_none() {
@@ -217,39 +224,30 @@ pub fn open_volume(cfg: &VolumeConfig, timeout: Duration) -> Result<u64, VolumeE
     Err(VolumeError::Unreachable { volume: cfg.volume.clone(), why })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn volume_request(op: Op, tag: u64, offset: u64, length: u32, fl: u32, load: u32, volume: &str) -> ProxyRequest {
-    ProxyRequest {
+/// A volume request (tag 0: the forwarder assigns it) on backing volume `volume`.
+fn volume_request(op: Op, offset: u64, length: u32, fl: u32, volume: &str) -> ProxyRequestView<'_> {
+    ProxyRequestView {
         op,
-        tag,
+        tag: 0,
         offset,
         length,
         flags: fl,
         hint: SdkHint::default(),
         trace: false,
         qos: 0,
-        load,
+        load: 0,
         session_id: 0,
-        tenant: volume.to_string(),
-        path: String::new(),
+        tenant: volume,
+        path: "",
     }
 }
 
 /// Checks a READ/WRITE against the volume: aligned to `block_size`, inside `size`.
-fn io_in_range(offset: u64, len: usize, size: u64, block_size: u32) -> bool {
+pub(crate) fn io_in_range(offset: u64, len: usize, size: u64, block_size: u32) -> bool {
     let bs = block_size as u64;
     offset.checked_rem(bs) == Some(0)
         && (len as u64).checked_rem(bs) == Some(0)
         && offset.checked_add(len as u64).is_some_and(|e| e <= size)
-}
-
-fn get_id(mut req: BlockRequest, serial: &[u8]) -> BlockCompletion {
-    let n = req.buf.len().min(serial.len());
-    let (status, written) = match req.buf.write_at(0, &serial[..n]) {
-        Ok(()) => (BlockStatus::Ok, n as u32),
-        Err(_) => (BlockStatus::IoErr, 0),
-    };
-    BlockCompletion { tag: req.tag, status, written, buf: req.buf }
 }
 
 /// Counters of a volume device (shown by `pov_device_get_devices`).
@@ -291,7 +289,7 @@ struct Io {
     write_seq: Option<u64>,
 }
 
-/// One proxy request in flight.
+/// One proxy request in flight (the forwarder's context of it).
 struct Piece {
     io: u64,
     /// Byte offset of the piece within the block request's buffer.
@@ -299,7 +297,6 @@ struct Piece {
     len: usize,
     op: Op,
     proxy: usize,
-    deadline: Instant,
 }
 
 /// A FLUSH waiting for the WRITEs submitted before it.
@@ -309,32 +306,33 @@ struct PendingFlush {
     barrier: u64,
 }
 
+/// Everything of a volume but its forwarder.
+struct VolumeState {
+    /// Per connection: writes were acknowledged on it since its last flush was sent.
+    dirty: Vec<bool>,
+    /// Per connection: flushes sent and not answered.
+    flushes_out: Vec<u32>,
+    router: RoundRobin,
+    ios: HashMap<u64, Io>,
+    next_io: u64,
+    writes_in_flight: BTreeSet<u64>,
+    next_write_seq: u64,
+    flushes: Vec<PendingFlush>,
+    /// A WRITE completed while FLUSHes wait: see whether their barrier passed.
+    flush_check: bool,
+    /// Scratch buffer for the payload of a piece of WRITE.
+    data: Vec<u8>,
+    out: Completions,
+    stats: VolumeStats,
+}
+
 /// A plain volume backed by a proxy. See the module documentation. Owned by one
 /// reactor and driven by its poller.
 pub struct VolumeDevice {
     cfg: VolumeConfig,
     serial: [u8; pov_proto::layout::SERIAL_LEN],
-    proxies: Vec<ProxyConn>,
-    /// Per connection: writes were acknowledged on it since its last flush was sent.
-    dirty: Vec<bool>,
-    /// Per connection: flushes sent and not answered.
-    flushes_out: Vec<u32>,
-    next_proxy: usize,
-    ios: HashMap<u64, Io>,
-    pieces: HashMap<u64, Piece>,
-    writes_in_flight: BTreeSet<u64>,
-    next_write_seq: u64,
-    flushes: Vec<PendingFlush>,
-    next_tag: u64,
-    completions: Vec<BlockCompletion>,
-    frame: Vec<u8>,
-    data: Vec<u8>,
-    rx_frames: RxFrames,
-    /// Gathering policy of the proxy connections.
-    gathering: Gathering,
-    /// Set by [`VolumeDevice::shutdown`]: nothing is sent any more.
-    stopping: bool,
-    stats: VolumeStats,
+    fwd: Forwarder<Piece>,
+    st: VolumeState,
 }
 
 impl VolumeDevice {
@@ -342,31 +340,40 @@ impl VolumeDevice {
     /// volume first with [`open_volume`].
     ///
     /// # Errors
-    /// [`VolumeError::Invalid`] (see [`VolumeConfig::validate`]).
+    /// [`VolumeError::Invalid`] (see [`VolumeConfig::validate`]; also a malformed
+    /// endpoint).
     pub fn new(cfg: VolumeConfig) -> Result<VolumeDevice, VolumeError> {
         cfg.validate(false)?;
-        let n = cfg.proxies.len();
+        let endpoints =
+            parse_endpoints(&cfg.proxies).map_err(|e| VolumeError::Invalid { field: "proxies", why: e.to_string() })?;
+        let n = endpoints.len();
+        let timeout = Duration::from_millis(cfg.request_timeout_ms as u64);
         Ok(VolumeDevice {
             serial: volume_serial(&cfg.name),
-            proxies: cfg.proxies.iter().map(|p| ProxyConn::new(p.clone())).collect(),
-            dirty: vec![false; n],
-            flushes_out: vec![0; n],
+            fwd: Forwarder::new(format!("volume {}", cfg.name), &endpoints, timeout, GatheringControl::default()),
+            st: VolumeState {
+                dirty: vec![false; n],
+                flushes_out: vec![0; n],
+                router: RoundRobin::new(n),
+                ios: HashMap::new(),
+                next_io: 1,
+                writes_in_flight: BTreeSet::new(),
+                next_write_seq: 0,
+                flushes: Vec::new(),
+                flush_check: false,
+                data: Vec::new(),
+                out: Completions::default(),
+                stats: VolumeStats::default(),
+            },
             cfg,
-            next_proxy: 0,
-            ios: HashMap::new(),
-            pieces: HashMap::new(),
-            writes_in_flight: BTreeSet::new(),
-            next_write_seq: 0,
-            flushes: Vec::new(),
-            next_tag: 1,
-            completions: Vec::new(),
-            frame: Vec::new(),
-            data: Vec::new(),
-            rx_frames: RxFrames::default(),
-            gathering: Gathering::default(),
-            stopping: false,
-            stats: VolumeStats::default(),
         })
+    }
+
+    /// Follows `control` for the gathering policy of the proxy connections (normally
+    /// the daemon's) instead of a private default.
+    pub fn with_gathering(mut self, control: GatheringControl) -> VolumeDevice {
+        self.fwd.follow(control);
+        self
     }
 
     /// The device's configuration.
@@ -381,185 +388,182 @@ impl VolumeDevice {
 
     /// Counters.
     pub fn stats(&self) -> VolumeStats {
-        let mut s = self.stats.clone();
-        s.in_flight = self.ios.len() as u32;
-        s.proxies_connected = self.proxies.iter().filter(|p| p.transport.is_some()).count() as u32;
-        s.gathering = GatherStats::of(&self.proxies);
+        let mut s = self.st.stats.clone();
+        let f = self.fwd.stats();
+        s.errors = self.st.out.errors;
+        s.in_flight = self.st.ios.len() as u32;
+        s.timeouts = f.timeouts;
+        s.stale_proxy_responses = f.stale_responses;
+        s.proxies_connected = f.proxies_connected;
+        s.gathering = GatherStats::from_counters(f.transport);
         s
-    }
-
-    /// Sets the gathering policy of the proxy connections (checked by the caller with
-    /// [`Gathering::validate`]); it applies from the next request on.
-    pub fn set_gathering(&mut self, g: Gathering) {
-        self.gathering = g;
     }
 
     /// The gathering policy in force.
     pub fn gathering(&self) -> Gathering {
-        self.gathering
+        self.fwd.gathering()
     }
 
     /// Takes every completion produced so far.
     pub fn take_completions(&mut self, out: &mut Vec<BlockCompletion>) {
-        out.append(&mut self.completions);
+        self.st.out.take(out);
     }
 
     /// The next instant [`VolumeDevice::poll`] must run even if nothing arrives (the
     /// earliest request timeout).
     pub fn deadline(&self) -> Option<Instant> {
-        self.pieces.values().map(|p| p.deadline).min()
-    }
-
-    fn complete(&mut self, req: BlockRequest, status: BlockStatus, written: u32) {
-        if status != BlockStatus::Ok {
-            self.stats.errors += 1;
-        }
-        self.completions.push(BlockCompletion { tag: req.tag, status, written, buf: req.buf });
+        self.fwd.deadline()
     }
 
     /// Serves one block request; its completion comes later through
     /// [`VolumeDevice::take_completions`].
     pub fn submit(&mut self, req: BlockRequest) {
         match req.op {
-            BlockOp::GetId => {
-                let c = get_id(req, &self.serial);
-                if c.status != BlockStatus::Ok {
-                    self.stats.errors += 1;
-                }
-                self.completions.push(c);
-            }
-            BlockOp::Other(_) => self.complete(req, BlockStatus::Unsupported, 0),
+            BlockOp::GetId => self.st.out.get_id(req, &self.serial),
+            BlockOp::Other(_) => self.st.out.complete(req, BlockStatus::Unsupported, 0),
             BlockOp::Flush => {
-                let id = self.new_io(req, None);
-                self.flushes.push(PendingFlush { io: id, barrier: self.next_write_seq });
+                let id = self.st.new_io(req, None);
+                self.st.flushes.push(PendingFlush { io: id, barrier: self.st.next_write_seq });
                 self.start_flushes();
             }
             BlockOp::Read | BlockOp::Write => self.submit_rw(req),
         }
     }
 
-    fn new_io(&mut self, req: BlockRequest, write_seq: Option<u64>) -> u64 {
-        let id = self.next_tag;
-        self.next_tag += 1;
-        self.ios.insert(id, Io { req, outstanding: 0, failed: false, write_seq });
-        id
-    }
-
     fn submit_rw(&mut self, req: BlockRequest) {
         let len = req.buf.len();
         if !io_in_range(req.offset, len, self.cfg.size, self.cfg.block_size) {
-            return self.complete(req, BlockStatus::IoErr, 0);
+            return self.st.out.complete(req, BlockStatus::IoErr, 0);
         }
         if len == 0 {
-            return self.complete(req, BlockStatus::Ok, 0);
+            return self.st.out.complete(req, BlockStatus::Ok, 0);
         }
         let is_write = req.op == BlockOp::Write;
         let seq = is_write.then(|| {
-            let s = self.next_write_seq;
-            self.next_write_seq += 1;
-            self.writes_in_flight.insert(s);
+            let s = self.st.next_write_seq;
+            self.st.next_write_seq += 1;
+            self.st.writes_in_flight.insert(s);
             s
         });
         let base = req.offset;
-        let id = self.new_io(req, seq);
+        let id = self.st.new_io(req, seq);
         let mut off = 0usize;
         while off < len {
             let n = (len - off).min(MAX_IO_BYTES as usize);
             let op = if is_write { Op::VolumeWrite } else { Op::VolumeRead };
             if !self.send_piece(id, op, base + off as u64, off, n) {
                 // Pieces already sent finish on their own; the IO fails.
-                self.ios.get_mut(&id).expect("just added").failed = true;
+                self.st.ios.get_mut(&id).expect("just added").failed = true;
                 break;
             }
             off += n;
         }
-        self.maybe_finish(id);
+        self.st.maybe_finish(id);
+        self.check_flushes();
     }
 
     /// Sends one piece of IO `id`; `false` if it could not be sent (the caller marks
     /// the IO failed).
     fn send_piece(&mut self, id: u64, op: Op, offset: u64, buf_offset: usize, len: usize) -> bool {
-        let pidx = self.next_proxy % self.proxies.len();
-        self.next_proxy = self.next_proxy.wrapping_add(1);
-        let mut data = std::mem::take(&mut self.data);
+        let pidx = self.st.router.route(RouteKey::Volume { offset });
+        let VolumeState { ios, data, .. } = &mut self.st;
         data.clear();
         if op == Op::VolumeWrite {
             data.resize(len, 0);
-            let io = self.ios.get(&id).expect("live io");
-            if io.req.buf.read_at(buf_offset, &mut data).is_err() {
-                self.data = data;
+            if ios[&id].req.buf.read_at(buf_offset, data).is_err() {
                 return false;
             }
         }
         let length = if op == Op::VolumeRead { len as u32 } else { 0 };
-        let sent = self.send(id, op, offset, length, pidx, &data, buf_offset, len);
-        self.data = data;
-        sent
+        self.send(id, op, offset, length, pidx, buf_offset, len)
     }
 
+    /// Sends a request of `op` for IO `id` on connection `pidx` (a WRITE's payload is
+    /// the scratch buffer); `false` if it could not be sent.
     #[allow(clippy::too_many_arguments)]
-    fn send(
-        &mut self,
-        id: u64,
-        op: Op,
-        offset: u64,
-        length: u32,
-        pidx: usize,
-        payload: &[u8],
-        buf_offset: usize,
-        len: usize,
-    ) -> bool {
-        if self.stopping {
+    fn send(&mut self, id: u64, op: Op, offset: u64, length: u32, pidx: usize, buf_offset: usize, len: usize) -> bool {
+        let VolumeDevice { cfg, fwd, st, .. } = self;
+        let req = volume_request(op, offset, length, 0, &cfg.volume);
+        let payload = if op == Op::VolumeWrite { &st.data[..] } else { &[] };
+        let piece = Piece { io: id, buf_offset, len, op, proxy: pidx };
+        if fwd.send(pidx, req, payload, piece).is_err() {
             return false;
         }
-        let tag = self.next_tag;
-        self.next_tag += 1;
-        let conn = &mut self.proxies[pidx];
-        let req = volume_request(op, tag, offset, length, 0, conn.in_flight, &self.cfg.volume);
-        if let Err(e) = req.encode_frame(payload, &mut self.frame) {
-            log::warn!("volume {}: cannot encode proxy request: {e}", self.cfg.name);
-            return false;
-        }
-        if conn.ensure_connected().is_none() {
-            return false;
-        }
-        if let Err(e) = conn.send(&self.frame, &self.gathering) {
-            log::warn!("volume {}: proxy {}: {e}", self.cfg.name, conn.endpoint);
-            conn.drop_transport();
-            return false;
-        }
-        conn.in_flight += 1;
-        self.stats.proxy_requests += 1;
-        let deadline = Instant::now() + Duration::from_millis(self.cfg.request_timeout_ms as u64);
-        self.pieces.insert(tag, Piece { io: id, buf_offset, len, op, proxy: pidx, deadline });
-        self.ios.get_mut(&id).expect("live io").outstanding += 1;
+        st.stats.proxy_requests += 1;
+        st.ios.get_mut(&id).expect("live io").outstanding += 1;
         true
+    }
+
+    /// Starts the FLUSHes whose barrier passed, if a WRITE completed meanwhile.
+    fn check_flushes(&mut self) {
+        if std::mem::take(&mut self.st.flush_check) {
+            self.start_flushes();
+        }
     }
 
     /// Sends the FLUSHes whose barrier has passed.
     fn start_flushes(&mut self) {
-        let oldest_write = self.writes_in_flight.first().copied().unwrap_or(u64::MAX);
-        let ready: Vec<u64> = self.flushes.iter().filter(|f| f.barrier <= oldest_write).map(|f| f.io).collect();
+        let oldest_write = self.st.writes_in_flight.first().copied().unwrap_or(u64::MAX);
+        let ready: Vec<u64> = self.st.flushes.iter().filter(|f| f.barrier <= oldest_write).map(|f| f.io).collect();
         if ready.is_empty() {
             return;
         }
-        self.flushes.retain(|f| f.barrier > oldest_write);
+        self.st.flushes.retain(|f| f.barrier > oldest_write);
         for id in ready {
-            for pidx in 0..self.proxies.len() {
-                if !self.dirty[pidx] && self.flushes_out[pidx] == 0 {
+            for pidx in 0..self.fwd.conns() {
+                if !self.st.dirty[pidx] && self.st.flushes_out[pidx] == 0 {
                     continue;
                 }
                 // Cleared now: writes acknowledged from here on need a later flush.
-                self.dirty[pidx] = false;
-                if self.send(id, Op::VolumeFlush, 0, 0, pidx, &[], 0, 0) {
-                    self.flushes_out[pidx] += 1;
+                self.st.dirty[pidx] = false;
+                if self.send(id, Op::VolumeFlush, 0, 0, pidx, 0, 0) {
+                    self.st.flushes_out[pidx] += 1;
                 } else {
-                    self.dirty[pidx] = true;
-                    self.ios.get_mut(&id).expect("live io").failed = true;
+                    self.st.dirty[pidx] = true;
+                    self.st.ios.get_mut(&id).expect("live io").failed = true;
                 }
             }
-            self.maybe_finish(id);
+            self.st.maybe_finish(id);
         }
+    }
+
+    /// Moves proxy traffic and expires timeouts. Returns [`PollStatus::Busy`] if it
+    /// did any work or still has bytes to send.
+    pub fn poll(&mut self, fds: &mut dyn FdRegistry) -> PollStatus {
+        let st = &mut self.st;
+        let busy = self.fwd.poll(fds, &mut |p, outcome| st.finish_piece(p, outcome));
+        self.check_flushes();
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    }
+
+    /// Stops the device: every request in progress completes with IOERR and proxy
+    /// connections are closed.
+    pub fn shutdown(&mut self, fds: &mut dyn FdRegistry) {
+        // FLUSHes still behind their barrier fail with everything else below.
+        self.st.flushes.clear();
+        let st = &mut self.st;
+        self.fwd.shutdown(fds, &mut |p, outcome| st.finish_piece(p, outcome));
+        let ids: Vec<u64> = self.st.ios.keys().copied().collect();
+        for id in ids {
+            if let Some(io) = self.st.ios.get_mut(&id) {
+                io.failed = true;
+            }
+            self.st.maybe_finish(id);
+        }
+        self.st.flushes.clear();
+    }
+}
+
+impl VolumeState {
+    fn new_io(&mut self, req: BlockRequest, write_seq: Option<u64>) -> u64 {
+        let id = self.next_io;
+        self.next_io += 1;
+        self.ios.insert(id, Io { req, outstanding: 0, failed: false, write_seq });
+        id
     }
 
     /// Completes IO `id` if nothing of it is outstanding.
@@ -589,20 +593,18 @@ impl VolumeDevice {
             }
         }
         let written = if op == BlockOp::Read && status == BlockStatus::Ok { len as u32 } else { 0 };
-        self.complete(io.req, status, written);
+        self.out.complete(io.req, status, written);
         if io.write_seq.is_some() && !self.flushes.is_empty() {
-            self.start_flushes();
+            self.flush_check = true;
         }
     }
 
-    /// Finishes one proxy request (answered, or failed locally with `status`).
-    fn finish_piece(&mut self, tag: u64, status: Status, result: u64, payload: &[u8]) {
-        let Some(p) = self.pieces.remove(&tag) else {
-            self.stats.stale_proxy_responses += 1;
-            return;
+    /// Finishes one proxy request (answered, or failed locally).
+    fn finish_piece(&mut self, p: Piece, outcome: Outcome<'_>) {
+        let (status, result, payload) = match outcome {
+            Outcome::Answered { status, result, payload, .. } => (status, result, payload),
+            Outcome::Failed(status) => (status, 0, &[][..]),
         };
-        let conn = &mut self.proxies[p.proxy];
-        conn.in_flight = conn.in_flight.saturating_sub(1);
         let Some(io) = self.ios.get_mut(&p.io) else { return };
         io.outstanding -= 1;
         let mut ok = status.is_ok();
@@ -624,173 +626,47 @@ impl VolumeDevice {
             _ => {}
         }
         if !ok {
-            log::debug!("volume {}: {:?} piece failed: {status}", self.cfg.name, p.op);
+            log::debug!("volume piece {:?} failed: {status}", p.op);
             io.failed = true;
         }
         self.maybe_finish(p.io);
     }
-
-    /// Moves proxy traffic and expires timeouts. Returns [`PollStatus::Busy`] if it
-    /// did any work or still has bytes to send.
-    pub fn poll(&mut self, fds: &mut dyn FdRegistry) -> PollStatus {
-        let mut busy = false;
-        let mut frames = std::mem::take(&mut self.rx_frames);
-        for i in 0..self.proxies.len() {
-            let (moved, broken) = self.proxies[i].poll_frames(&self.cfg.name, &self.gathering, &mut frames);
-            // Bytes still to send: keep polling so that the transport drains them.
-            busy |= moved || self.proxies[i].pending_send_bytes() > 0;
-            for f in frames.iter() {
-                busy = true;
-                match ProxyResponse::decode(f) {
-                    Ok((r, payload)) => self.finish_piece(r.tag, r.status, r.result, payload),
-                    Err(e) => log::warn!("volume {}: bad frame from proxy: {e}", self.cfg.name),
-                }
-            }
-            frames.clear();
-            let conn = &mut self.proxies[i];
-            if broken {
-                conn.disconnect(fds);
-                let lost: Vec<u64> = self.pieces.iter().filter(|(_, p)| p.proxy == i).map(|(t, _)| *t).collect();
-                for tag in lost {
-                    self.finish_piece(tag, Status::Unavailable, 0, &[]);
-                }
-                busy = true;
-            } else {
-                conn.sync_watch(fds);
-            }
-        }
-        self.rx_frames = frames;
-        let now = Instant::now();
-        let expired: Vec<u64> = self.pieces.iter().filter(|(_, p)| p.deadline <= now).map(|(t, _)| *t).collect();
-        for tag in expired {
-            log::warn!("volume {}: proxy request {tag} timed out", self.cfg.name);
-            self.stats.timeouts += 1;
-            self.finish_piece(tag, Status::Timeout, 0, &[]);
-            busy = true;
-        }
-        if busy {
-            PollStatus::Busy
-        } else {
-            PollStatus::Idle
-        }
-    }
-
-    /// Stops the device: every request in progress completes with IOERR and proxy
-    /// connections are closed.
-    pub fn shutdown(&mut self, fds: &mut dyn FdRegistry) {
-        self.stopping = true;
-        // FLUSHes still behind their barrier fail with everything else below.
-        self.flushes.clear();
-        let tags: Vec<u64> = self.pieces.keys().copied().collect();
-        for tag in tags {
-            self.finish_piece(tag, Status::Unavailable, 0, &[]);
-        }
-        let ids: Vec<u64> = self.ios.keys().copied().collect();
-        for id in ids {
-            if let Some(io) = self.ios.get_mut(&id) {
-                io.failed = true;
-            }
-            self.maybe_finish(id);
-        }
-        for p in self.proxies.iter_mut() {
-            p.disconnect(fds);
-        }
-    }
 }
 
-/// Counters of a [`NullVolume`].
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct NullVolumeStats {
-    /// Block requests served.
-    pub requests: u64,
-    /// Requests completed with IOERR or UNSUPP.
-    pub errors: u64,
-    /// Bytes read by the host (zeros).
-    pub bytes_read: u64,
-    /// Bytes written by the host (dropped).
-    pub bytes_written: u64,
-}
-
-/// The device-path null volume (like SPDK's null bdev, but reads are zero-filled):
-/// data never leaves the DPU. Same checks and serial as a [`VolumeDevice`].
-pub struct NullVolume {
-    cfg: VolumeConfig,
-    serial: [u8; pov_proto::layout::SERIAL_LEN],
-    zeros: Vec<u8>,
-    completions: Vec<BlockCompletion>,
-    stats: NullVolumeStats,
-}
-
-impl NullVolume {
-    /// Builds a null volume (`proxies` is ignored).
-    ///
-    /// # Errors
-    /// [`VolumeError::Invalid`] (see [`VolumeConfig::validate`]).
-    pub fn new(cfg: VolumeConfig) -> Result<NullVolume, VolumeError> {
-        cfg.validate(true)?;
-        Ok(NullVolume {
-            serial: volume_serial(&cfg.name),
-            cfg,
-            zeros: vec![0; 64 * 1024],
-            completions: Vec::new(),
-            stats: NullVolumeStats::default(),
-        })
+impl BlockDevice for VolumeDevice {
+    fn name(&self) -> &str {
+        &self.cfg.name
     }
-
-    /// The device's configuration.
-    pub fn config(&self) -> &VolumeConfig {
-        &self.cfg
+    fn capacity_sectors(&self) -> u64 {
+        self.cfg.capacity_sectors()
     }
-
-    /// Counters.
-    pub fn stats(&self) -> NullVolumeStats {
-        self.stats.clone()
+    fn block_size(&self) -> u32 {
+        self.cfg.block_size
     }
-
-    /// Serves one block request at once.
-    pub fn submit(&mut self, mut req: BlockRequest) {
-        self.stats.requests += 1;
-        let len = req.buf.len();
-        let (status, written) = match req.op {
-            BlockOp::GetId => {
-                let c = get_id(req, &self.serial);
-                if c.status != BlockStatus::Ok {
-                    self.stats.errors += 1;
-                }
-                self.completions.push(c);
-                return;
-            }
-            BlockOp::Flush => (BlockStatus::Ok, 0),
-            BlockOp::Other(_) => (BlockStatus::Unsupported, 0),
-            _ if !io_in_range(req.offset, len, self.cfg.size, self.cfg.block_size) => (BlockStatus::IoErr, 0),
-            BlockOp::Write => {
-                self.stats.bytes_written += len as u64;
-                (BlockStatus::Ok, 0)
-            }
-            BlockOp::Read => {
-                let mut off = 0;
-                let mut ok = true;
-                while off < len && ok {
-                    let n = (len - off).min(self.zeros.len());
-                    ok = req.buf.write_at(off, &self.zeros[..n]).is_ok();
-                    off += n;
-                }
-                if ok {
-                    self.stats.bytes_read += len as u64;
-                    (BlockStatus::Ok, len as u32)
-                } else {
-                    (BlockStatus::IoErr, 0)
-                }
-            }
-        };
-        if status != BlockStatus::Ok {
-            self.stats.errors += 1;
-        }
-        self.completions.push(BlockCompletion { tag: req.tag, status, written, buf: req.buf });
+    fn submit(&mut self, req: BlockRequest) {
+        VolumeDevice::submit(self, req)
     }
-
-    /// Takes every completion produced so far.
-    pub fn take_completions(&mut self, out: &mut Vec<BlockCompletion>) {
-        out.append(&mut self.completions);
+    fn poll(&mut self, fds: &mut dyn FdRegistry) -> PollStatus {
+        VolumeDevice::poll(self, fds)
+    }
+    fn take_completions(&mut self, out: &mut Vec<BlockCompletion>) {
+        VolumeDevice::take_completions(self, out)
+    }
+    fn deadline(&self) -> Option<Instant> {
+        VolumeDevice::deadline(self)
+    }
+    fn stats_json(&self) -> Value {
+        serde_json::to_value(VolumeDevice::stats(self)).unwrap_or(Value::Null)
+    }
+    /// `pov_volume_create` with the volume's parameters (defaults resolved).
+    fn write_config_json(&self) -> Value {
+        let c = &self.cfg;
+        json!({ "method": "pov_volume_create", "params": {
+            "name": c.name, "size": c.size, "block_size": c.block_size, "volume": c.volume,
+            "proxies": c.proxies, "null": false, "request_timeout_ms": c.request_timeout_ms,
+        }})
+    }
+    fn destruct(&mut self, fds: &mut dyn FdRegistry) {
+        VolumeDevice::shutdown(self, fds)
     }
 }

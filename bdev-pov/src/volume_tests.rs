@@ -121,6 +121,8 @@ use pov_proto::testing::pattern;
 /// Drives a volume device like its reactor poller would.
 struct Harness {
     dev: VolumeDevice,
+    /// The gathering setting the device follows (as the daemon's would).
+    gathering: crate::GatheringControl,
     next_tag: u64,
     done: HashMap<u64, BlockCompletion>,
 }
@@ -128,7 +130,18 @@ struct Harness {
 impl Harness {
     fn new(c: VolumeConfig) -> Harness {
         open_volume(&c, Duration::from_secs(5)).unwrap();
-        Harness { dev: VolumeDevice::new(c).unwrap(), next_tag: 1, done: HashMap::new() }
+        let gathering = crate::GatheringControl::default();
+        let dev = VolumeDevice::new(c).unwrap().with_gathering(gathering.clone());
+        Harness { dev, gathering, next_tag: 1, done: HashMap::new() }
+    }
+
+    /// A harness around a volume built without opening its backing volume.
+    fn unopened(c: VolumeConfig) -> Harness {
+        Harness { dev: VolumeDevice::new(c).unwrap(), gathering: Default::default(), next_tag: 1, done: HashMap::new() }
+    }
+
+    fn set_gathering(&mut self, g: crate::Gathering) {
+        self.gathering.set(g).unwrap();
     }
 
     fn submit(&mut self, op: BlockOp, offset: u64, buf: Vec<u8>) -> u64 {
@@ -323,7 +336,7 @@ fn timeout_unreachable_and_recovery() {
     let silent = fake_proxy(&store, 0, Behaviour { silent: true, ..Default::default() });
     let mut c = cfg("volt", MIB as u64, &[silent]);
     c.request_timeout_ms = 200;
-    let mut dev = Harness { dev: VolumeDevice::new(c).unwrap(), next_tag: 1, done: HashMap::new() };
+    let mut dev = Harness::unopened(c);
     let t0 = Instant::now();
     assert_eq!(dev.io(BlockOp::Read, 0, vec![0; 4096]).0, BlockStatus::IoErr);
     assert_eq!(dev.io(BlockOp::Flush, 0, vec![]).0, BlockStatus::Ok, "nothing acknowledged, nothing to flush");
@@ -336,7 +349,7 @@ fn timeout_unreachable_and_recovery() {
     drop(l);
     let c = cfg("volu", MIB as u64, std::slice::from_ref(&addr));
     assert!(matches!(open_volume(&c, Duration::from_secs(1)), Err(VolumeError::Unreachable { .. })));
-    let mut h = Harness { dev: VolumeDevice::new(c.clone()).unwrap(), next_tag: 1, done: HashMap::new() };
+    let mut h = Harness::unopened(c.clone());
     let t0 = Instant::now();
     assert_eq!(h.io(BlockOp::Write, 0, vec![1; 512]).0, BlockStatus::IoErr);
     assert!(t0.elapsed() < Duration::from_secs(2));
@@ -450,7 +463,7 @@ fn gathering_preserves_every_io() {
         let p = fake_proxy(&store, 0, Behaviour::default());
         let size = 128 * MIB as u64;
         let mut h = Harness::new(cfg("gv", size, &[p]));
-        h.dev.set_gathering(*g);
+        h.set_gathering(*g);
         assert_eq!(h.dev.gathering(), *g);
         // 100 writes: sizes from 512 B to 1 MiB + 512 (two frames), no two overlapping.
         let sizes = [512usize, 4096, 8192, 65536, MIB + 512];
@@ -502,7 +515,7 @@ fn gathering_batch_size_boundary() {
     let store = Store::default();
     let p = fake_proxy(&store, 0, Behaviour::default());
     let mut h = Harness::new(cfg("gb", MIB as u64, &[p]));
-    h.dev.set_gathering(gathering(true, 3, 0));
+    h.set_gathering(gathering(true, 3, 0));
     let tags: Vec<u64> = (0..7).map(|i| h.submit(BlockOp::Read, i * 512, vec![0; 512])).collect();
     let s = h.dev.stats().gathering;
     assert_eq!((s.frames_sent, s.sends), (7, 2), "frames 1-3 and 4-6 left at the boundary, frame 7 waits for the poll");
@@ -521,7 +534,7 @@ fn gathering_window_never_delays_a_lone_request() {
     let slow = 8 * MIB as u64;
     let p = fake_proxy(&store, 0, Behaviour { slow_write_at: Some(slow), silent: false });
     let mut h = Harness::new(cfg("gw", 16 * MIB as u64, &[p]));
-    h.dev.set_gathering(gathering(true, 64, 10_000));
+    h.set_gathering(gathering(true, 64, 10_000));
     let t0 = h.submit(BlockOp::Read, 0, vec![0; 512]);
     assert_eq!(h.dev.stats().gathering.sends, 0);
     h.dev.poll(&mut ());

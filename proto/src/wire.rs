@@ -82,27 +82,27 @@ pub struct ProxyRequestRef<'a> {
     pub payload: &'a [u8],
 }
 
-impl ProxyRequest {
-    /// A request for `op` on `tenant`'s `path` with every other field zero or default
-    /// (tag 0, offset 0, length 0, no flags, default SDK hint, QoS class 0, no trace,
-    /// load 0, session 0); set the rest with struct update syntax.
-    pub fn new(op: Op, tenant: &str, path: &str) -> ProxyRequest {
-        ProxyRequest {
-            op,
-            tag: 0,
-            offset: 0,
-            length: 0,
-            flags: 0,
-            hint: SdkHint::default(),
-            trace: false,
-            qos: 0,
-            load: 0,
-            session_id: 0,
-            tenant: tenant.into(),
-            path: path.into(),
-        }
-    }
+/// The fields of a [`ProxyRequest`] with borrowed tenant name and path: what the DPU's
+/// fast path encodes without copying either string. Field meanings as in
+/// [`ProxyRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct ProxyRequestView<'a> {
+    pub op: Op,
+    pub tag: u64,
+    pub offset: u64,
+    pub length: u32,
+    pub flags: u32,
+    pub hint: SdkHint,
+    pub trace: bool,
+    pub qos: u8,
+    pub load: u32,
+    pub session_id: u64,
+    pub tenant: &'a str,
+    pub path: &'a str,
+}
 
+impl ProxyRequestView<'_> {
     /// Encodes the frame (length prefix included) with `payload` appended, into `out`
     /// (cleared first). Fails if a variable part is over its limit.
     pub fn encode_frame(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
@@ -140,6 +140,52 @@ impl ProxyRequest {
         out.extend_from_slice(self.path.as_bytes());
         out.extend_from_slice(payload);
         Ok(())
+    }
+}
+
+impl ProxyRequest {
+    /// A request for `op` on `tenant`'s `path` with every other field zero or default
+    /// (tag 0, offset 0, length 0, no flags, default SDK hint, QoS class 0, no trace,
+    /// load 0, session 0); set the rest with struct update syntax.
+    pub fn new(op: Op, tenant: &str, path: &str) -> ProxyRequest {
+        ProxyRequest {
+            op,
+            tag: 0,
+            offset: 0,
+            length: 0,
+            flags: 0,
+            hint: SdkHint::default(),
+            trace: false,
+            qos: 0,
+            load: 0,
+            session_id: 0,
+            tenant: tenant.into(),
+            path: path.into(),
+        }
+    }
+
+    /// The request with borrowed strings.
+    pub fn view(&self) -> ProxyRequestView<'_> {
+        ProxyRequestView {
+            op: self.op,
+            tag: self.tag,
+            offset: self.offset,
+            length: self.length,
+            flags: self.flags,
+            hint: self.hint,
+            trace: self.trace,
+            qos: self.qos,
+            load: self.load,
+            session_id: self.session_id,
+            tenant: &self.tenant,
+            path: &self.path,
+        }
+    }
+
+    /// Encodes the frame (length prefix included) with `payload` appended, into `out`
+    /// (cleared first). Fails if a variable part is over its limit.
+    pub fn encode_frame(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
+        self.view().encode_frame(payload, out)
     }
 
     /// Decodes a frame body (without the length prefix).

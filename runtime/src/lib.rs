@@ -13,6 +13,8 @@
 //!   registry whose connection attempts never block a reactor, a TCP implementation
 //!   used by default and (feature `testing`) in-memory transports and the conformance
 //!   bodies. Frames are `pov_proto::wire` frames.
+//! * [`sched`]: the [`Scheduler`](sched::Scheduler) seam where ready requests wait
+//!   for their turn (QoS, paper §4.5), with the arrival-order [`Fifo`](sched::Fifo).
 //! * [`ErrorChain`]: prints an error with its sources, for logs (error types here
 //!   never repeat their source in their own message).
 //!
@@ -20,6 +22,7 @@
 //! the crate's only `unsafe` code.
 
 pub mod reactor;
+pub mod sched;
 pub mod sys;
 pub mod transport;
 
