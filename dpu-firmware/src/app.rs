@@ -2,7 +2,7 @@
 //! arguments).
 
 use crate::config::load_config_file;
-use crate::daemon::{pov_device_factory, Daemon};
+use crate::daemon::Daemon;
 use crate::rpc::RpcServer;
 use anyhow::Context;
 use pov_runtime::{ReactorConfig, Runtime};
@@ -63,7 +63,7 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
 pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     crate::sys::block_termination_signals().context("blocking SIGINT/SIGTERM")?;
     let rt = Runtime::start(&opts.cores, opts.reactor.clone()).context("starting reactors")?;
-    let daemon = Arc::new(Daemon::new(rt.reactors().to_vec(), pov_device_factory()));
+    let daemon = Arc::new(Daemon::with_reactors(rt.reactors().to_vec()));
     if let Some(path) = &opts.config {
         let n = load_config_file(&daemon, path).with_context(|| format!("replaying {}", path.display()));
         match n {

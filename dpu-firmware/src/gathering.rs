@@ -1,92 +1,81 @@
-//! The daemon-wide gathering IO setting (paper §4.3.2), shared by every device
-//! poller: the `pov_set_gathering` RPC writes it, each poller picks a change up at its
-//! next poll (one atomic load per poll) and applies it to its device and to its own
-//! completion path.
+//! The daemon-wide gathering IO setting (paper §4.3.2): `pov_set_gathering` and
+//! `pov_get_gathering`.
 //!
-//! What gathering does on each side:
-//! * proxy side of a device ([`bdev_pov::Gathering`]): the requests of one poll leave
-//!   in one send, bounded by `batch_size` and `window_us`;
+//! The setting is a [`bdev_pov::GatheringControl`] shared by every device and every
+//! virtqueue poller; each picks a change up at its next poll (one atomic load) and
+//! applies it to its own side:
+//! * proxy side of a device (`bdev_pov::forward::gather`): the requests of one poll
+//!   leave in one send, bounded by `batch_size` and `window_us`;
 //! * host side (the vhost-user-blk poller): the completions of one poll go into the used
 //!   ring together and each virtqueue gets at most one notification per poll (only if
 //!   the driver wants one: `VIRTIO_RING_F_EVENT_IDX` / `VRING_AVAIL_F_NO_INTERRUPT`
 //!   respected). Disabled, every completion is notified on its own (same EVENT_IDX
 //!   rules).
 
-use bdev_pov::Gathering;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use crate::daemon::{Daemon, DaemonError};
+use crate::rpc::{params, Handler, NoOpts, RpcError};
+use bdev_pov::{Gathering, GatheringControl};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
-/// A shared, versioned [`Gathering`] setting. Clones share the value.
-#[derive(Clone, Default)]
-pub struct GatheringControl(Arc<Inner>);
-
-#[derive(Default)]
-struct Inner {
-    version: AtomicU64,
-    value: Mutex<Gathering>,
+/// Parameters of `pov_set_gathering`: every field is optional and keeps its current
+/// value when absent (defaults: enabled, 64 frames, no window; see
+/// [`bdev_pov::Gathering`] for the ranges).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatheringOpts {
+    /// Gathering on or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Most proxy requests in one send, 1..=4096.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    /// Longest wait of a queued request for company while others are in flight, µs,
+    /// 0..=10000 (0: send at every poll).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_us: Option<u32>,
 }
 
-impl GatheringControl {
-    /// A control holding `g` (not validated: use [`GatheringControl::set`] for input).
-    pub fn new(g: Gathering) -> GatheringControl {
-        GatheringControl(Arc::new(Inner { version: AtomicU64::new(0), value: Mutex::new(g) }))
+/// The gathering methods.
+pub const METHODS: &[(&str, Handler)] = &[("pov_set_gathering", pov_set_gathering), ("pov_get_gathering", pov_get_gathering)];
+
+impl Daemon {
+    /// The gathering setting every device follows.
+    pub fn gathering(&self) -> Gathering {
+        self.gathering_control().get()
     }
 
-    /// The setting in force.
-    pub fn get(&self) -> Gathering {
-        *self.0.value.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Replaces the setting after checking it; pollers apply it at their next poll.
+    /// Changes the gathering setting of every device, current and future; fields left
+    /// `None` keep their value. Returns the setting now in force.
     ///
     /// # Errors
-    /// The reason from [`Gathering::validate`]; the setting is then unchanged.
-    pub fn set(&self, g: Gathering) -> Result<(), String> {
-        g.validate()?;
-        *self.0.value.lock().unwrap_or_else(|e| e.into_inner()) = g;
-        self.0.version.fetch_add(1, Ordering::Release);
-        Ok(())
-    }
-
-    /// Bumped by every [`GatheringControl::set`].
-    pub(crate) fn version(&self) -> u64 {
-        self.0.version.load(Ordering::Acquire)
-    }
-}
-
-impl std::fmt::Debug for GatheringControl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.get().fmt(f)
+    /// [`DaemonError::Invalid`] for an out-of-range value (nothing changes).
+    pub fn set_gathering(&self, opts: &GatheringOpts) -> Result<Gathering, DaemonError> {
+        let old = self.gathering();
+        let g = Gathering {
+            enabled: opts.enabled.unwrap_or(old.enabled),
+            batch_size: opts.batch_size.unwrap_or(old.batch_size),
+            window_us: opts.window_us.unwrap_or(old.window_us),
+        };
+        self.gathering_control().set(g).map_err(DaemonError::Invalid)?;
+        log::info!("gathering: {g:?}");
+        Ok(g)
     }
 }
 
-/// Two controls are equal if they are the same shared setting.
-impl PartialEq for GatheringControl {
-    fn eq(&self, other: &GatheringControl) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
+/// The `pov_set_gathering` call that restores the setting.
+pub(crate) fn save_config(control: &GatheringControl) -> Value {
+    let g = control.get();
+    let params = GatheringOpts { enabled: Some(g.enabled), batch_size: Some(g.batch_size), window_us: Some(g.window_us) };
+    json!({ "method": "pov_set_gathering", "params": params })
 }
 
-impl Eq for GatheringControl {}
+fn pov_set_gathering(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
+    let o: GatheringOpts = params(p)?;
+    Ok(json!(d.set_gathering(&o)?))
+}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn set_validates_and_bumps_the_version() {
-        let c = GatheringControl::default();
-        let shared = c.clone();
-        assert_eq!(c.get(), Gathering::default());
-        let v = c.version();
-        let g = Gathering { enabled: false, batch_size: 8, window_us: 50 };
-        c.set(g).unwrap();
-        assert_eq!((shared.get(), shared.version()), (g, v + 1));
-        assert!(c.set(Gathering { batch_size: 0, ..g }).unwrap_err().contains("batch_size"));
-        assert!(c.set(Gathering { window_us: bdev_pov::MAX_WINDOW_US + 1, ..g }).unwrap_err().contains("window_us"));
-        assert!(c.set(Gathering { batch_size: bdev_pov::MAX_BATCH_SIZE + 1, ..g }).is_err());
-        assert_eq!((c.get(), c.version()), (g, v + 1), "a refused setting changes nothing");
-        assert_ne!(c, GatheringControl::default());
-        assert_eq!(c, shared);
-    }
+fn pov_get_gathering(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
+    let _: NoOpts = params(p)?;
+    Ok(json!(d.gathering()))
 }

@@ -2,7 +2,8 @@
 //! are `MemDisk`s (the daemon's device factory is a test double), so nothing here
 //! depends on a proxy.
 
-use pov_dpu_firmware::blockdev::{BlockDevice, MemDisk};
+use bdev_pov::testing::MemDisk;
+use bdev_pov::BlockDevice;
 use pov_dpu_firmware::config::{load_config, ConfigError};
 use pov_dpu_firmware::daemon::{Daemon, DeviceFactory};
 use pov_dpu_firmware::rpc::client::{ClientError, RpcClient};
@@ -20,7 +21,9 @@ fn memdisk_factory() -> DeviceFactory {
         if cfg.proxies.is_empty() {
             return Err("at least one proxy endpoint is needed".into());
         }
-        Ok(Box::new(MemDisk::new(1 << 20, &format!("pov-{}", cfg.name))) as Box<dyn BlockDevice>)
+        // Stands in for a PoV device, so it writes the call that recreates one.
+        let call = json!({"method": "pov_device_create", "params": cfg});
+        Ok(Box::new(MemDisk::new(1 << 20, &format!("pov-{}", cfg.name)).with_config_json(call)) as Box<dyn BlockDevice>)
     })
 }
 

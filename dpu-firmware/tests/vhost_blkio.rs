@@ -2,8 +2,9 @@
 //! serving a `MemDisk`: features/config negotiation, memory regions, READ/WRITE/FLUSH,
 //! several queues and two clients at once.
 
+use bdev_pov::testing::MemDisk;
+use bdev_pov::BlockDevice;
 use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
-use pov_dpu_firmware::blockdev::{BlockDevice, MemDisk};
 use pov_dpu_firmware::vhost_blk::{VhostBlkOptions, VhostBlkServer};
 use pov_runtime::{ReactorConfig, Runtime};
 use std::mem::MaybeUninit;
@@ -248,6 +249,9 @@ struct Parking {
 }
 
 impl BlockDevice for Parking {
+    fn name(&self) -> &str {
+        "park"
+    }
     fn capacity_sectors(&self) -> u64 {
         2048
     }
@@ -275,7 +279,10 @@ impl BlockDevice for Parking {
     fn stats_json(&self) -> serde_json::Value {
         serde_json::json!({ "parked": self.parked.len() })
     }
-    fn shutdown(&mut self, _fds: &mut dyn pov_runtime::FdRegistry) {
+    fn write_config_json(&self) -> serde_json::Value {
+        serde_json::json!({ "method": "test_parking_create", "params": { "name": "park" } })
+    }
+    fn destruct(&mut self, _fds: &mut dyn pov_runtime::FdRegistry) {
         for r in self.parked.drain(..) {
             self.done.push(bdev_pov::BlockCompletion {
                 tag: r.tag,

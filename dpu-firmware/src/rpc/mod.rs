@@ -8,7 +8,10 @@
 //!   -32601 method not found, -32602 invalid params, -32603 internal error, and SPDK's
 //!   negative errnos -19 (ENODEV, no such object) and -17 (EEXIST, already exists).
 //! * Methods are `<subsystem>_<object>_<verb>`; each decodes its parameters into an
-//!   options struct (unknown fields rejected) and calls the [`Daemon`] API.
+//!   options struct (unknown fields rejected) and calls the [`Daemon`] API. The method
+//!   table is assembled from the modules that own the methods ([`methods`]): the
+//!   framework methods here, [`crate::tenant`], [`crate::gathering`], the device
+//!   registry and each device kind ([`crate::kinds`]).
 //!
 //! | method | params | result |
 //! |---|---|---|
@@ -34,7 +37,7 @@
 
 pub mod client;
 
-use crate::daemon::{Daemon, DaemonError, DeviceCreateOpts, GatheringOpts, NameOpts, TenantCreateOpts, VolumeCreateOpts};
+use crate::daemon::{Daemon, DaemonError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -86,7 +89,7 @@ impl RpcError {
         RpcError { code, message: message.into() }
     }
 
-    fn invalid_params(message: impl Into<String>) -> RpcError {
+    pub(crate) fn invalid_params(message: impl Into<String>) -> RpcError {
         RpcError::new(codes::INVALID_PARAMS, message)
     }
 }
@@ -103,34 +106,39 @@ impl From<DaemonError> for RpcError {
     }
 }
 
-type Handler = fn(&Daemon, Option<Value>) -> Result<Value, RpcError>;
+/// A JSON-RPC method: decodes its parameters and calls the daemon.
+pub type Handler = fn(&Daemon, Option<Value>) -> Result<Value, RpcError>;
 
-/// Every method, in the order `rpc_get_methods` lists them.
-const METHODS: &[(&str, Handler)] = &[
+/// The framework methods (SPDK's).
+const FRAMEWORK: &[(&str, Handler)] = &[
     ("rpc_get_methods", rpc_get_methods),
     ("framework_get_reactors", framework_get_reactors),
-    ("pov_tenant_create", pov_tenant_create),
-    ("pov_tenant_delete", pov_tenant_delete),
-    ("pov_tenant_get_tenants", pov_tenant_get_tenants),
-    ("pov_device_create", pov_device_create),
-    ("pov_device_delete", pov_device_delete),
-    ("pov_device_get_devices", pov_device_get_devices),
-    ("pov_volume_create", pov_volume_create),
-    ("pov_volume_delete", pov_volume_delete),
-    ("pov_set_gathering", pov_set_gathering),
-    ("pov_get_gathering", pov_get_gathering),
     ("save_config", save_config),
     ("framework_get_subsystems", framework_get_subsystems),
     ("framework_get_config", framework_get_config),
 ];
 
+/// Every method with its handler, in the order `rpc_get_methods` lists them: the
+/// framework's, the tenants', the gathering setting's, the device registry's, then
+/// each device kind's.
+pub fn methods() -> Vec<(&'static str, Handler)> {
+    let mut all: Vec<(&'static str, Handler)> = Vec::new();
+    for table in [FRAMEWORK, crate::tenant::METHODS, crate::gathering::METHODS, crate::kinds::METHODS] {
+        all.extend_from_slice(table);
+    }
+    for k in crate::kinds::KINDS {
+        all.extend_from_slice(k.methods());
+    }
+    all
+}
+
 /// Names of every method.
 pub fn method_names() -> Vec<&'static str> {
-    METHODS.iter().map(|(n, _)| *n).collect()
+    methods().into_iter().map(|(n, _)| n).collect()
 }
 
 /// Decodes `params` (absent or `null` = `{}`; must otherwise be an object).
-fn params<T: DeserializeOwned>(p: Option<Value>) -> Result<T, RpcError> {
+pub(crate) fn params<T: DeserializeOwned>(p: Option<Value>) -> Result<T, RpcError> {
     let v = match p {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(v @ Value::Object(_)) => v,
@@ -142,7 +150,7 @@ fn params<T: DeserializeOwned>(p: Option<Value>) -> Result<T, RpcError> {
 /// Parameters of calls that take none.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NoOpts {}
+pub(crate) struct NoOpts {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,13 +163,6 @@ struct GetMethodsOpts {
     include_aliases: Option<bool>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GetDevicesOpts {
-    #[serde(default)]
-    name: Option<String>,
-}
-
 fn rpc_get_methods(_d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
     let _: GetMethodsOpts = params(p)?;
     Ok(json!(method_names()))
@@ -170,62 +171,6 @@ fn rpc_get_methods(_d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
 fn framework_get_reactors(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
     let _: NoOpts = params(p)?;
     Ok(d.reactors_info())
-}
-
-fn pov_tenant_create(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
-    let o: TenantCreateOpts = params(p)?;
-    d.tenant_create(&o)?;
-    Ok(json!(true))
-}
-
-fn pov_tenant_delete(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
-    let o: NameOpts = params(p)?;
-    d.tenant_delete(&o.name)?;
-    Ok(json!(true))
-}
-
-fn pov_tenant_get_tenants(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
-    let _: NoOpts = params(p)?;
-    Ok(Value::Array(d.tenant_names().into_iter().map(|n| json!({ "name": n })).collect()))
-}
-
-fn pov_device_create(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
-    let o: DeviceCreateOpts = params(p)?;
-    d.device_create(&o)?;
-    Ok(json!(o.name))
-}
-
-fn pov_device_delete(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
-    let o: NameOpts = params(p)?;
-    d.device_delete(&o.name)?;
-    Ok(json!(true))
-}
-
-fn pov_device_get_devices(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
-    let o: GetDevicesOpts = params(p)?;
-    Ok(d.all_devices_json(o.name.as_deref())?)
-}
-
-fn pov_volume_create(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
-    let o: VolumeCreateOpts = params(p)?;
-    d.volume_create(&o)?;
-    Ok(json!(true))
-}
-
-fn pov_volume_delete(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
-    let o: NameOpts = params(p)?;
-    d.volume_delete(&o.name)?;
-    Ok(json!(true))
-}
-
-fn pov_set_gathering(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
-    let o: GatheringOpts = params(p)?;
-    Ok(json!(d.set_gathering(&o)?))
-}
-
-fn pov_get_gathering(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
-    let _: NoOpts = params(p)?;
-    Ok(json!(d.gathering()))
 }
 
 fn save_config(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
@@ -272,7 +217,7 @@ fn framework_get_config(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError>
 /// # Errors
 /// The method's [`RpcError`], or -32601 if no such method exists.
 pub fn call(daemon: &Daemon, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
-    let Some((_, handler)) = METHODS.iter().find(|(n, _)| *n == method) else {
+    let Some((_, handler)) = methods().into_iter().find(|(n, _)| *n == method) else {
         return Err(RpcError::new(codes::METHOD_NOT_FOUND, format!("Method not found: {method}")));
     };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(daemon, params))) {

@@ -2,7 +2,7 @@
 //!
 //! A [`VhostBlkServer`] exposes one [`BlockDevice`] on a vhost-user socket:
 //!
-//! * the device lives in a poller on one reactor (module `poller`); that poller processes
+//! * the device (a [`bdev_pov::BlockDevice`]) lives in a poller on one reactor (module `poller`); that poller processes
 //!   the virtqueues of every connected client, SPDK style;
 //! * an accept thread serves the socket. Several clients may be connected at once
 //!   (e.g. two processes, each with its own libblkio connection): each connection gets
@@ -27,9 +27,8 @@ pub mod request;
 
 pub use poller::{AdapterStats, BATCH};
 
-use crate::blockdev::BlockDevice;
-use crate::gathering::GatheringControl;
 use backend::{BlkBackend, ConnState, DeviceShared};
+use bdev_pov::{BlockDevice, GatheringControl};
 use poller::DevicePoller;
 use pov_runtime::{PollerId, ReactorHandle};
 use std::os::unix::net::UnixStream;

@@ -9,7 +9,7 @@
 //! 3. takes its completions, writes each status byte and used element, and signals
 //!    every vring that got used elements and needs a notification (EVENT_IDX aware).
 //!
-//! With gathering on (the default, see [`crate::gathering`]) step 3 signals each vring
+//! With gathering on (the default, see [`bdev_pov::forward::gather`]) step 3 signals each vring
 //! at most once per poll, after all its used elements; the device sends the requests
 //! of step 1 to its proxy together in step 2. With gathering off, every used element
 //! is signalled at once (still only if the driver asks for it).
@@ -20,9 +20,7 @@
 
 use super::backend::{ConnState, DeviceShared};
 use super::request::{parse_chain, GuestBuffer};
-use crate::blockdev::BlockDevice;
-use crate::gathering::GatheringControl;
-use bdev_pov::{BlockCompletion, BlockRequest, BlockStatus};
+use bdev_pov::{BlockCompletion, BlockDevice, BlockRequest, BlockStatus, GatheringControl};
 use pov_runtime::{FdRegistry, PollStatus, Poller, ReactorContext};
 use serde::Serialize;
 use std::sync::atomic::Ordering;
@@ -174,9 +172,8 @@ impl DevicePoller {
         let v = self.gathering.version();
         if v != self.gathering_version {
             self.gathering_version = v;
-            let g = self.gathering.get();
-            self.coalesce = g.enabled;
-            self.dev.set_gathering(g);
+            // The device follows the same control for its proxy side.
+            self.coalesce = self.gathering.get().enabled;
         }
     }
 
@@ -420,7 +417,7 @@ impl DevicePoller {
             return;
         }
         self.shut_down = true;
-        self.dev.shutdown(fds);
+        self.dev.destruct(fds);
         self.reap();
         self.notify_dirty();
     }
@@ -462,8 +459,8 @@ impl Poller for DevicePoller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blockdev::MemDisk;
     use crate::vhost_blk::backend::GuestMem;
+    use bdev_pov::testing::MemDisk;
     use pov_runtime::{ReactorConfig, Runtime};
     use std::sync::atomic::AtomicU64;
     use std::sync::{Mutex, OnceLock};
