@@ -165,7 +165,12 @@ mod tests {
         assert!(Args::try_parse_from(["pov-proxy", "--reactors", "2", "--cpus", "1"]).is_err());
         assert!(Args::try_parse_from(["pov-proxy", "--reactors", "0"]).is_err());
         assert!(Args::try_parse_from(["pov-proxy", "--backend", "ceph:x"]).is_err());
-        let a = Args::try_parse_from(["pov-proxy", "--backend", "ceph:conf=/c,workers=8"]).unwrap();
-        assert!(matches!(a.backend, BackendSpec::Ceph(ref c) if c.workers == 8));
+        #[cfg(feature = "ceph")]
+        {
+            let a = Args::try_parse_from(["pov-proxy", "--backend", "ceph:conf=/c,workers=8"]).unwrap();
+            assert!(matches!(a.backend, BackendSpec::Ceph(ref c) if c.workers == 8));
+        }
+        #[cfg(not(feature = "ceph"))]
+        assert!(Args::try_parse_from(["pov-proxy", "--backend", "ceph:conf=/c,workers=8"]).is_err());
     }
 }

@@ -1,9 +1,12 @@
 //! Thin, safe wrappers over the Linux calls the proxy needs and `std` does not offer:
 //! the `*at` family (resolve names relative to an open directory, never following a
-//! symbolic link) and the termination-signal self-pipe, and ([`cephfs`]) the
-//! libcephfs client library, ([`rados`]) librados and librbd. **All `unsafe` code of this crate lives here.**
+//! symbolic link) and the termination-signal self-pipe, and, with the cargo feature
+//! `ceph`, `cephfs` (the libcephfs client library) and `rados` (librados and librbd)
+//! over the `ceph-sys` bindings. **All `unsafe` code of this crate lives here.**
 
+#[cfg(feature = "ceph")]
 pub mod cephfs;
+#[cfg(feature = "ceph")]
 pub mod rados;
 
 use std::ffi::{CStr, CString};
