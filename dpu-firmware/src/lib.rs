@@ -12,8 +12,6 @@
 //!   [`config`]: replay of a saved configuration.
 //! * [`app`]: the daemon's start-up/shutdown sequence; `src/bin/` holds the thin
 //!   `pov-dpud` and `pov-rpc` binaries.
-//!
-//! Unsafe code is confined to [`sys`] (signal masks).
 
 #![warn(missing_docs)]
 
@@ -23,7 +21,6 @@ pub mod config;
 pub mod daemon;
 pub mod gathering;
 pub mod rpc;
-pub mod sys;
 pub mod vhost_blk;
 
 mod util;

@@ -16,8 +16,7 @@
 //! * [`stats`]: per-tenant and server-wide counters (the input of per-tenant QoS).
 //! * [`cli`]: the `pov-proxy` command line (the binary only parses and calls
 //!   [`cli::run`]).
-//! * [`sys`]: the crate's only `unsafe` code (`*at` system calls, signal self-pipe, the
-//!   Ceph libraries).
+//! * [`sys`]: the crate's only `unsafe` code (`*at` system calls, the Ceph libraries).
 //!
 //! Quick start (in-process, as tests do):
 //!
