@@ -55,7 +55,7 @@ pub enum Error {
         why: String,
     },
     /// The backend's directory cannot be created or opened.
-    #[error("cannot set up backend directory {}: {source}", path.display())]
+    #[error("cannot set up backend directory {}", path.display())]
     BackendSetup {
         /// The directory.
         path: std::path::PathBuf,
@@ -72,7 +72,7 @@ pub enum Error {
         errno: i32,
     },
     /// The listen endpoint cannot be parsed or bound.
-    #[error("cannot listen on {endpoint}: {source}")]
+    #[error("cannot listen on {endpoint}")]
     Listen {
         /// The endpoint as given.
         endpoint: String,
@@ -81,7 +81,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The reactor threads cannot be started.
-    #[error("cannot start reactors: {0}")]
+    #[error("cannot start reactors")]
     Runtime(#[source] std::io::Error),
     /// A reactor stopped while the server was being set up.
     #[error("reactor {0} stopped during startup")]
