@@ -14,9 +14,11 @@ dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
 command -v cpio >/dev/null || need_apt+=(cpio)
 command -v modinfo >/dev/null || need_apt+=(kmod)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
-# Ceph: client libraries the proxy links (libcephfs) and the daemons of the
-# single-node dev cluster (scripts/ceph-dev) that tests, the demo and benchmarks use.
-for pkg in ceph-mon ceph-osd ceph-mds ceph-common librados-dev librbd-dev libcephfs-dev; do
+# Ceph: client libraries and headers the proxy's `ceph` feature binds (vendor/ceph-sys:
+# libcephfs, librados, librbd) and the daemons of the single-node dev cluster
+# (scripts/ceph-dev) that tests, the demo and benchmarks use. bindgen, which generates
+# the bindings at build time, loads libclang (libclang-dev).
+for pkg in ceph-mon ceph-osd ceph-mds ceph-common librados-dev librbd-dev libcephfs-dev libclang-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

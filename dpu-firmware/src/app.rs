@@ -6,6 +6,8 @@ use crate::daemon::Daemon;
 use crate::rpc::RpcServer;
 use anyhow::Context;
 use pov_runtime::{ReactorConfig, Runtime};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,17 +53,16 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
     Ok(out)
 }
 
-/// Runs the daemon until SIGINT or SIGTERM: blocks the signals, starts the reactors,
+/// Runs the daemon until SIGINT or SIGTERM: installs handlers for them (`signal-hook`,
+/// as `pov-proxy` does), starts the reactors,
 /// replays `config`, listens on the control socket, prints
 /// `pov-dpud ready: rpc socket PATH` on stdout, waits for a signal, then removes the
 /// control socket and every device socket and stops the reactors.
 ///
-/// Must be called before any other thread is started (signal mask inheritance).
-///
 /// # Errors
 /// Start-up failures (reactors, config replay, control socket) with context.
 pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
-    crate::sys::block_termination_signals().context("blocking SIGINT/SIGTERM")?;
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing SIGINT/SIGTERM handlers")?;
     let rt = Runtime::start(&opts.cores, opts.reactor.clone()).context("starting reactors")?;
     let daemon = Arc::new(Daemon::with_reactors(rt.reactors().to_vec()));
     if let Some(path) = &opts.config {
@@ -83,7 +84,7 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     };
     println!("pov-dpud ready: rpc socket {}", opts.rpc_socket.display());
     let _ = std::io::stdout().flush();
-    let sig = crate::sys::wait_termination_signal().context("waiting for signals")?;
+    let sig = signals.forever().next().context("waiting for signals")?;
     log::info!("signal {sig}: shutting down");
     server.stop();
     daemon.shutdown();

@@ -15,8 +15,6 @@
 //!   configuration.
 //! * [`app`]: the daemon's start-up/shutdown sequence; `src/bin/` holds the thin
 //!   `pov-dpud` and `pov-rpc` binaries.
-//!
-//! Unsafe code is confined to [`sys`] (signal masks).
 
 #![warn(missing_docs)]
 
@@ -26,7 +24,6 @@ pub mod daemon;
 pub mod gathering;
 pub mod kinds;
 pub mod rpc;
-pub mod sys;
 pub mod tenant;
 pub mod vhost_blk;
 

@@ -6,16 +6,17 @@
 //! the request's tenant namespace and answers with a `ProxyResponse` carrying the same
 //! tag. The proxy keeps no per-file state: handles live on the DPU.
 //!
-//! * [`backend`]: the storage seam ([`backend::Backend`]) with the `local` and `null`
-//!   implementations, the spec strings that choose one (`local:DIR`, `null`) and the
-//!   conformance suite every storing backend passes.
+//! * [`backend`]: the storage seam ([`backend::Backend`]) with the `local`, `null` and
+//!   (cargo feature `ceph`, on by default) `ceph` implementations, the spec strings that
+//!   choose one (`local:DIR`, `null`, `ceph:...`) and the conformance suite every
+//!   storing backend passes (cargo feature `testing`).
 //! * [`service`]: transport-free request execution: frame body in, response frame out.
 //! * [`server`]: the polled-mode server on `pov_runtime` reactors
 //!   ([`Server::start`] → [`Server`] with `local_addr()` and `shutdown()`).
 //! * [`stats`]: per-tenant and server-wide counters (the input of per-tenant QoS).
 //! * [`cli`]: the `pov-proxy` command line (the binary only parses and calls
 //!   [`cli::run`]).
-//! * [`sys`]: the crate's only `unsafe` code (`*at` system calls, signal self-pipe).
+//! * [`sys`]: the crate's only `unsafe` code (`*at` system calls, the Ceph libraries).
 //!
 //! Quick start (in-process, as tests do):
 //!
@@ -54,7 +55,7 @@ pub enum Error {
         why: String,
     },
     /// The backend's directory cannot be created or opened.
-    #[error("cannot set up backend directory {}: {source}", path.display())]
+    #[error("cannot set up backend directory {}", path.display())]
     BackendSetup {
         /// The directory.
         path: std::path::PathBuf,
@@ -71,7 +72,7 @@ pub enum Error {
         errno: i32,
     },
     /// The listen endpoint cannot be parsed or bound.
-    #[error("cannot listen on {endpoint}: {source}")]
+    #[error("cannot listen on {endpoint}")]
     Listen {
         /// The endpoint as given.
         endpoint: String,
@@ -80,7 +81,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The reactor threads cannot be started.
-    #[error("cannot start reactors: {0}")]
+    #[error("cannot start reactors")]
     Runtime(#[source] std::io::Error),
     /// A reactor stopped while the server was being set up.
     #[error("reactor {0} stopped during startup")]

@@ -1,15 +1,17 @@
 //! Thin, safe wrappers over the Linux calls the proxy needs and `std` does not offer:
 //! the `*at` family (resolve names relative to an open directory, never following a
-//! symbolic link) and the termination-signal self-pipe, and ([`cephfs`]) the
-//! libcephfs client library, ([`rados`]) librados and librbd. **All `unsafe` code of this crate lives here.**
+//! symbolic link), and, with the cargo feature `ceph`, `cephfs` (the libcephfs client
+//! library) and `rados` (librados and librbd) over the `ceph-sys` bindings.
+//! **All `unsafe` code of this crate lives here.**
 
+#[cfg(feature = "ceph")]
 pub mod cephfs;
+#[cfg(feature = "ceph")]
 pub mod rados;
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 
 /// Kind of a directory entry as seen without following symbolic links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,100 +191,6 @@ pub(crate) fn read_dir(dir: OwnedFd) -> io::Result<Vec<(Vec<u8>, Option<EntryTyp
     // SAFETY: `d` is a valid DIR stream, closed exactly once.
     unsafe { libc::closedir(d) };
     result.map(|_| out)
-}
-
-// ----- termination signals -------------------------------------------------------
-
-/// Write end of the termination self-pipe (-1 until installed).
-static SIGNAL_PIPE_WR: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_termination_signal(sig: libc::c_int) {
-    // Only async-signal-safe work here: save errno, write one byte, restore errno.
-    // SAFETY: __errno_location returns this thread's errno slot.
-    let saved = unsafe { *libc::__errno_location() };
-    let fd = SIGNAL_PIPE_WR.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let b = sig as u8;
-        // SAFETY: write(2) is async-signal-safe; `b` is a live byte. A full pipe
-        // (EAGAIN) is fine: a byte is already waiting for the reader.
-        unsafe { libc::write(fd, &b as *const u8 as *const libc::c_void, 1) };
-    }
-    // SAFETY: as above.
-    unsafe { *libc::__errno_location() = saved };
-}
-
-/// Receives SIGINT and SIGTERM through a self-pipe (see [`install_termination_pipe`]).
-#[derive(Debug)]
-pub struct TerminationSignals {
-    rd: OwnedFd,
-}
-
-/// Installs handlers for SIGINT and SIGTERM that write the signal number into a pipe,
-/// and returns its read end. Call once per process, before starting threads.
-///
-/// Errors: `pipe2` or `sigaction` failed.
-pub fn install_termination_pipe() -> io::Result<TerminationSignals> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    set_nonblocking(wr.as_raw_fd())?;
-    // The write end must stay open for the life of the process (the handler may run
-    // at any time), so it is leaked on purpose.
-    let old = SIGNAL_PIPE_WR.swap(wr.into_raw_fd(), Ordering::SeqCst);
-    if old >= 0 {
-        // SAFETY: `old` was a write end leaked by an earlier call; nothing else uses it
-        // now that the handler sees the new descriptor.
-        unsafe { libc::close(old) };
-    }
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: sigaction is plain data; all-zero is an empty mask with no flags.
-        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-        sa.sa_sigaction = on_termination_signal as *const () as libc::sighandler_t;
-        sa.sa_flags = libc::SA_RESTART;
-        // SAFETY: `sa.sa_mask` is a valid sigset_t.
-        unsafe { libc::sigemptyset(&mut sa.sa_mask) };
-        // SAFETY: `sa` is a fully initialised sigaction; the handler only does
-        // async-signal-safe work; a null old-action pointer is allowed.
-        if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(TerminationSignals { rd })
-}
-
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on an open descriptor with integer arguments only.
-    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if fl < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-impl TerminationSignals {
-    /// Blocks until SIGINT or SIGTERM arrives; returns the signal number.
-    ///
-    /// Errors: reading the pipe failed (other than EINTR).
-    pub fn wait(&self) -> io::Result<i32> {
-        let mut b = 0u8;
-        loop {
-            // SAFETY: reads at most one byte into a live u8 from our own pipe.
-            let n = unsafe { libc::read(self.rd.as_raw_fd(), &mut b as *mut u8 as *mut libc::c_void, 1) };
-            if n == 1 {
-                return Ok(b as i32);
-            }
-            let e = io::Error::last_os_error();
-            if n < 0 && e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(if n == 0 { io::Error::new(io::ErrorKind::UnexpectedEof, "signal pipe closed") } else { e });
-        }
-    }
 }
 
 #[cfg(test)]

@@ -117,7 +117,34 @@ fn setup_errors_exit_nonzero() {
         .args(["--listen", "127.0.0.1:0", "--backend", "ceph:conf=/nonexistent/ceph.conf"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot set up the Ceph backend: ceph_conf_read_file"), "{err}");
+    #[cfg(feature = "ceph")]
+    {
+        assert_eq!(out.status.code(), Some(1));
+        assert!(err.contains("cannot set up the Ceph backend: ceph_conf_read_file"), "{err}");
+    }
+    // Built without Ceph: the spec is refused, saying why.
+    #[cfg(not(feature = "ceph"))]
+    {
+        assert!(!out.status.success());
+        assert!(err.contains(pov_proxy::backend::NO_CEPH), "{err}");
+    }
+}
+
+/// Setup errors print their cause once (`anyhow`'s `{:#}` chain), never twice.
+#[test]
+fn setup_errors_print_their_cause_once() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let backend = format!("local:{}/x", file.path().display());
+    for (args, cause) in [
+        (["--listen", "127.0.0.1:0", "--backend", backend.as_str()], "Not a directory (os error 20)"),
+        (["--listen", taken.as_str(), "--backend", "null"], "Address already in use (os error 98)"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pov-proxy")).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches(cause).count(), 1, "{args:?}: {err}");
+    }
 }

@@ -520,8 +520,10 @@ fn a_call_past_its_deadline_is_answered_with_timeout() {
 }
 
 /// Resumes a stopped process when dropped (also when the test fails).
+#[cfg(feature = "ceph")]
 struct Resume(String);
 
+#[cfg(feature = "ceph")]
 impl Drop for Resume {
     fn drop(&mut self) {
         let _ = std::process::Command::new("kill").args(["-CONT", &self.0]).status();
@@ -533,6 +535,7 @@ impl Drop for Resume {
 /// once the OSD is back, without restarting anything. Skipped (loudly) without Ceph
 /// outside CI.
 #[test]
+#[cfg(feature = "ceph")]
 fn ceph_outage_times_out_in_bounded_time_and_service_resumes() {
     use pov_proxy::backend::ceph::{dev::DevCluster, CephConfig};
     let Some(cluster) = DevCluster::shared() else { return };

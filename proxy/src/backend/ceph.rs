@@ -727,8 +727,10 @@ mod tests {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 pub mod dev {
-    //! A single-node dev cluster for tests and benchmarks, started with
+    //! A single-node dev cluster for tests and benchmarks (cargo feature `testing`),
+    //! started with
     //! `scripts/ceph-dev up` and stopped (every daemon) when the last
     //! [`DevCluster`] handle of the process is dropped.
     //!

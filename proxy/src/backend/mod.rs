@@ -10,9 +10,12 @@
 //! * [`local`] (`local:DIR`): files under `DIR/<tenant>/<path>`, resolved without ever
 //!   following a symbolic link.
 //! * [`null`] (`null`): stores nothing (reads return zeros); for benchmarks.
-//! * [`ceph`] (`ceph` or `ceph:KEY=VALUE,...`): files in CephFS through libcephfs.
+//! * `ceph` (`ceph` or `ceph:KEY=VALUE,...`): files in CephFS through libcephfs; only
+//!   with the cargo feature `ceph` (on by default). Without it, a `ceph` spec is
+//!   refused with an error saying so.
 //!
-//! Every storing backend passes the same test body, [`conformance`].
+//! Every storing backend passes the same test body, `conformance` (built for this
+//! crate's tests and with the cargo feature `testing`).
 //!
 //! # Plain volumes
 //! Besides tenants' files, a backend stores **volumes**: flat byte arrays of a fixed
@@ -40,7 +43,9 @@
 //! connection may then complete out of order (responses carry the request's tag).
 //! The conformance suite runs against the synchronous methods of every backend.
 
+#[cfg(feature = "ceph")]
 pub mod ceph;
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod local;
 pub mod null;
@@ -250,24 +255,33 @@ pub enum BackendSpec {
     Local(std::path::PathBuf),
     /// `null`: stores nothing.
     Null,
-    /// `ceph` or `ceph:KEY=VALUE,...`: files in CephFS.
+    /// `ceph` or `ceph:KEY=VALUE,...`: files in CephFS (cargo feature `ceph`).
+    #[cfg(feature = "ceph")]
     Ceph(ceph::CephConfig),
 }
 
+/// Why a build without the cargo feature `ceph` refuses every `ceph` spec (the `why`
+/// of its [`crate::Error::BadBackendSpec`]).
+pub const NO_CEPH: &str = "this pov-proxy was built without Ceph support (cargo feature `ceph`)";
+
 impl BackendSpec {
     /// Parses `local:DIR`, `null`, `ceph` or `ceph:KEY=VALUE,...` (keys in
-    /// [`ceph::CephConfig::parse`]).
+    /// `ceph::CephConfig::parse`).
     ///
     /// Errors: [`crate::Error::BadBackendSpec`] for anything else (an empty `DIR`
-    /// included).
+    /// included), and for any `ceph` spec when built without the `ceph` feature.
     pub fn parse(spec: &str) -> Result<BackendSpec, crate::Error> {
         let bad = |why: &str| crate::Error::BadBackendSpec { spec: spec.to_string(), why: why.to_string() };
         match spec.split_once(':') {
             None if spec == "null" => Ok(BackendSpec::Null),
             Some(("local", dir)) if !dir.is_empty() => Ok(BackendSpec::Local(dir.into())),
             Some(("local", _)) => Err(bad("local needs a directory: local:DIR")),
+            #[cfg(feature = "ceph")]
             None if spec == "ceph" => Ok(BackendSpec::Ceph(ceph::CephConfig::default())),
+            #[cfg(feature = "ceph")]
             Some(("ceph", opts)) => ceph::CephConfig::parse(opts).map(BackendSpec::Ceph).map_err(|w| bad(&w)),
+            #[cfg(not(feature = "ceph"))]
+            _ if spec == "ceph" || spec.starts_with("ceph:") => Err(bad(NO_CEPH)),
             _ => Err(bad("expected local:DIR, null or ceph[:KEY=VALUE,...]")),
         }
     }
@@ -280,6 +294,7 @@ impl BackendSpec {
         match self {
             BackendSpec::Local(dir) => Ok(Box::new(local::LocalBackend::open(dir)?)),
             BackendSpec::Null => Ok(Box::new(null::NullBackend::new())),
+            #[cfg(feature = "ceph")]
             BackendSpec::Ceph(c) => Ok(Box::new(ceph::CephBackend::open(c)?)),
         }
     }
@@ -290,6 +305,7 @@ impl std::fmt::Display for BackendSpec {
         match self {
             BackendSpec::Local(d) => write!(f, "local:{}", d.display()),
             BackendSpec::Null => f.write_str("null"),
+            #[cfg(feature = "ceph")]
             BackendSpec::Ceph(c) => c.fmt(f),
         }
     }
@@ -311,9 +327,17 @@ mod tests {
         assert_eq!(BackendSpec::parse("null").unwrap(), BackendSpec::Null);
         assert_eq!(BackendSpec::parse("local:/tmp/x").unwrap(), BackendSpec::Local("/tmp/x".into()));
         assert_eq!(BackendSpec::parse("local:rel/dir").unwrap().to_string(), "local:rel/dir");
-        assert!(matches!(BackendSpec::parse("ceph").unwrap(), BackendSpec::Ceph(_)));
-        let c = BackendSpec::parse("ceph:conf=/c,workers=2").unwrap();
-        assert_eq!(BackendSpec::parse(&c.to_string()).unwrap(), c, "Display round-trips");
+        #[cfg(feature = "ceph")]
+        {
+            assert!(matches!(BackendSpec::parse("ceph").unwrap(), BackendSpec::Ceph(_)));
+            let c = BackendSpec::parse("ceph:conf=/c,workers=2").unwrap();
+            assert_eq!(BackendSpec::parse(&c.to_string()).unwrap(), c, "Display round-trips");
+        }
+        #[cfg(not(feature = "ceph"))]
+        for spec in ["ceph", "ceph:", "ceph:conf=/c,workers=2"] {
+            let e = BackendSpec::parse(spec).unwrap_err().to_string();
+            assert!(e.contains(NO_CEPH), "{spec}: {e}");
+        }
         for bad in ["", "local", "local:", "nul", "ceph:pool", "ceph:pool=x", "s3:x"] {
             assert!(BackendSpec::parse(bad).is_err(), "{bad}");
         }

@@ -1,14 +1,20 @@
 //! A safe wrapper over the part of libcephfs (Ceph's file-system client library,
-//! `<cephfs/libcephfs.h>`, Debian package `libcephfs-dev`) that the Ceph backend uses.
-//! No Rust crate binds libcephfs, so the declarations below are written from the
-//! Ceph 16 (Pacific) header. Every call returns `0`/a count or a negative errno;
-//! the wrapper turns the latter into [`Errno`].
+//! `<cephfs/libcephfs.h>`, Debian package `libcephfs-dev`) that the Ceph backend uses,
+//! over the bindgen-generated declarations of the `ceph-sys` crate (`vendor/ceph-sys`).
+//! Every call returns `0`/a count or a negative errno; the wrapper turns the latter
+//! into [`Errno`].
 //!
 //! A [`CephMount`] is one client session (one `ceph_mount_info`). libcephfs is
 //! thread-safe per mount, so one mount is shared by every channel and worker of a
 //! backend (`Send + Sync`).
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use ceph_sys::{
+    ceph_close, ceph_closedir, ceph_conf_read_file, ceph_conf_set, ceph_create, ceph_dir_result, ceph_finish_reclaim,
+    ceph_fstatx, ceph_fsync, ceph_ftruncate, ceph_init, ceph_mkdir, ceph_mount, ceph_mount_info, ceph_open, ceph_opendir,
+    ceph_read, ceph_readdir_r, ceph_release, ceph_rmdir, ceph_set_uuid, ceph_start_reclaim, ceph_statx, ceph_unlink,
+    ceph_unmount, ceph_write, dirent, CEPH_RECLAIM_RESET, CEPH_STATX_MODE, CEPH_STATX_MTIME, CEPH_STATX_SIZE,
+};
+use std::ffi::{c_int, CStr, CString};
 use std::ptr;
 use std::sync::Arc;
 
@@ -20,77 +26,6 @@ impl std::fmt::Display for Errno {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", std::io::Error::from_raw_os_error(self.0))
     }
-}
-
-#[repr(C)]
-struct MountInfo {
-    _opaque: [u8; 0],
-}
-
-#[repr(C)]
-struct DirResult {
-    _opaque: [u8; 0],
-}
-
-/// `struct ceph_statx` (`<cephfs/ceph_ll_client.h>`).
-#[repr(C)]
-#[derive(Default)]
-struct RawStatx {
-    stx_mask: u32,
-    stx_blksize: u32,
-    stx_nlink: u32,
-    stx_uid: u32,
-    stx_gid: u32,
-    stx_mode: u16,
-    stx_ino: u64,
-    stx_size: u64,
-    stx_blocks: u64,
-    stx_dev: libc::dev_t,
-    stx_rdev: libc::dev_t,
-    stx_atime: Timespec,
-    stx_ctime: Timespec,
-    stx_mtime: Timespec,
-    stx_btime: Timespec,
-    stx_version: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct Timespec {
-    tv_sec: i64,
-    tv_nsec: i64,
-}
-
-const CEPH_STATX_MODE: u32 = 0x1;
-const CEPH_STATX_MTIME: u32 = 0x40;
-const CEPH_STATX_SIZE: u32 = 0x200;
-
-#[link(name = "cephfs")]
-extern "C" {
-    fn ceph_create(cmount: *mut *mut MountInfo, id: *const c_char) -> c_int;
-    fn ceph_conf_read_file(cmount: *mut MountInfo, path: *const c_char) -> c_int;
-    fn ceph_conf_set(cmount: *mut MountInfo, option: *const c_char, value: *const c_char) -> c_int;
-    fn ceph_mount(cmount: *mut MountInfo, root: *const c_char) -> c_int;
-    fn ceph_init(cmount: *mut MountInfo) -> c_int;
-    fn ceph_set_uuid(cmount: *mut MountInfo, uuid: *const c_char);
-    fn ceph_start_reclaim(cmount: *mut MountInfo, uuid: *const c_char, flags: u32) -> c_int;
-    fn ceph_finish_reclaim(cmount: *mut MountInfo);
-    fn ceph_unmount(cmount: *mut MountInfo) -> c_int;
-    fn ceph_release(cmount: *mut MountInfo) -> c_int;
-    fn ceph_open(cmount: *mut MountInfo, path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int;
-    fn ceph_close(cmount: *mut MountInfo, fd: c_int) -> c_int;
-    fn ceph_read(cmount: *mut MountInfo, fd: c_int, buf: *mut c_char, size: i64, offset: i64) -> c_int;
-    fn ceph_write(cmount: *mut MountInfo, fd: c_int, buf: *const c_char, size: i64, offset: i64) -> c_int;
-    fn ceph_ftruncate(cmount: *mut MountInfo, fd: c_int, size: i64) -> c_int;
-    fn ceph_fsync(cmount: *mut MountInfo, fd: c_int, syncdataonly: c_int) -> c_int;
-    fn ceph_fstatx(cmount: *mut MountInfo, fd: c_int, stx: *mut RawStatx, want: u32, flags: u32) -> c_int;
-    fn ceph_statx(cmount: *mut MountInfo, path: *const c_char, stx: *mut RawStatx, want: u32, flags: u32) -> c_int;
-    fn ceph_mkdir(cmount: *mut MountInfo, path: *const c_char, mode: libc::mode_t) -> c_int;
-    fn ceph_unlink(cmount: *mut MountInfo, path: *const c_char) -> c_int;
-    fn ceph_rmdir(cmount: *mut MountInfo, path: *const c_char) -> c_int;
-    fn ceph_opendir(cmount: *mut MountInfo, name: *const c_char, dirpp: *mut *mut DirResult) -> c_int;
-    fn ceph_readdir_r(cmount: *mut MountInfo, dirp: *mut DirResult, de: *mut libc::dirent) -> c_int;
-    fn ceph_closedir(cmount: *mut MountInfo, dirp: *mut DirResult) -> c_int;
 }
 
 /// A libcephfs/librados return value: negative errno or a count.
@@ -119,7 +54,7 @@ pub struct CephStat {
 }
 
 impl CephStat {
-    fn from_raw(s: &RawStatx) -> CephStat {
+    fn from_raw(s: &ceph_statx) -> CephStat {
         let ns =
             (s.stx_mtime.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(s.stx_mtime.tv_nsec.max(0) as u64);
         CephStat { mode: u32::from(s.stx_mode), size: s.stx_size, mtime_ns: ns }
@@ -138,7 +73,7 @@ impl CephStat {
 
 /// One mounted CephFS client session. Unmounted and released on drop.
 pub struct CephMount {
-    raw: *mut MountInfo,
+    raw: *mut ceph_mount_info,
     mounted: bool,
 }
 
@@ -180,8 +115,8 @@ impl CephMount {
             let u = cstr(u).map_err(|e| ("session uuid", e))?;
             // SAFETY: configured, unmounted handle.
             check(unsafe { ceph_init(reset.raw) }).map_err(|e| ("ceph_init", e))?;
-            // SAFETY: initialized handle, NUL-terminated UUID; CEPH_RECLAIM_RESET = 1.
-            match check(unsafe { ceph_start_reclaim(reset.raw, u.as_ptr(), 1) }) {
+            // SAFETY: initialized handle, NUL-terminated UUID that outlives the call.
+            match check(unsafe { ceph_start_reclaim(reset.raw, u.as_ptr(), CEPH_RECLAIM_RESET) }) {
                 // ENOENT: no session to reset.
                 Ok(_) | Err(Errno(libc::ENOENT)) => {}
                 Err(e) => return Err(("ceph_start_reclaim", e)),
@@ -229,14 +164,14 @@ impl CephMount {
     pub fn open(self: &Arc<CephMount>, path: &str, flags: i32, mode: u32) -> Result<CephFile, Errno> {
         let p = cstr(path)?;
         // SAFETY: mounted handle, NUL-terminated path.
-        let fd = check(unsafe { ceph_open(self.raw, p.as_ptr(), flags, mode as libc::mode_t) })?;
+        let fd = check(unsafe { ceph_open(self.raw, p.as_ptr(), flags, mode) })?;
         Ok(CephFile { mount: self.clone(), fd })
     }
 
     /// `stat` of `path`, not following a final symbolic link.
     pub fn stat(&self, path: &str) -> Result<CephStat, Errno> {
         let p = cstr(path)?;
-        let mut s = RawStatx::default();
+        let mut s = ceph_statx::default();
         let want = CEPH_STATX_MODE | CEPH_STATX_SIZE | CEPH_STATX_MTIME;
         // SAFETY: mounted handle, NUL-terminated path, `s` is a valid out-struct.
         check(unsafe { ceph_statx(self.raw, p.as_ptr(), &mut s, want, libc::AT_SYMLINK_NOFOLLOW as u32) })?;
@@ -247,7 +182,7 @@ impl CephMount {
     pub fn mkdir(&self, path: &str, mode: u32) -> Result<(), Errno> {
         let p = cstr(path)?;
         // SAFETY: mounted handle, NUL-terminated path.
-        check(unsafe { ceph_mkdir(self.raw, p.as_ptr(), mode as libc::mode_t) }).map(|_| ())
+        check(unsafe { ceph_mkdir(self.raw, p.as_ptr(), mode) }).map(|_| ())
     }
 
     /// Removes a file (`unlink`) or an empty directory (`rmdir`).
@@ -268,13 +203,12 @@ impl CephMount {
     /// names that are not UTF-8 are skipped).
     pub fn read_dir(&self, path: &str) -> Result<Vec<(String, u8)>, Errno> {
         let p = cstr(path)?;
-        let mut dir = ptr::null_mut();
+        let mut dir: *mut ceph_dir_result = ptr::null_mut();
         // SAFETY: mounted handle, NUL-terminated path, valid out-pointer.
         check(unsafe { ceph_opendir(self.raw, p.as_ptr(), &mut dir) })?;
         let mut out = Vec::new();
         let result = loop {
-            // SAFETY: an all-zero dirent is a valid value of this plain C struct.
-            let mut de: libc::dirent = unsafe { std::mem::zeroed() };
+            let mut de = dirent::default();
             // SAFETY: `dir` is open; `de` is a valid struct libcephfs fills in.
             match unsafe { ceph_readdir_r(self.raw, dir, &mut de) } {
                 0 => break Ok(()),
@@ -340,8 +274,7 @@ impl CephFile {
             None => -1,
         };
         // SAFETY: `data` is valid for `data.len()` bytes of reads for the call.
-        let n =
-            check(unsafe { ceph_write(self.mount.raw, self.fd, data.as_ptr().cast::<c_void>().cast(), data.len() as i64, off) })?;
+        let n = check(unsafe { ceph_write(self.mount.raw, self.fd, data.as_ptr().cast(), data.len() as i64, off) })?;
         Ok(n as usize)
     }
 
@@ -360,7 +293,7 @@ impl CephFile {
 
     /// Attributes of the open file.
     pub fn stat(&self) -> Result<CephStat, Errno> {
-        let mut s = RawStatx::default();
+        let mut s = ceph_statx::default();
         let want = CEPH_STATX_MODE | CEPH_STATX_SIZE | CEPH_STATX_MTIME;
         // SAFETY: open descriptor; `s` is a valid out-struct.
         check(unsafe { ceph_fstatx(self.mount.raw, self.fd, &mut s, want, 0) })?;

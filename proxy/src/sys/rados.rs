@@ -1,50 +1,26 @@
 //! A safe wrapper over the parts of librados (`<rados/librados.h>`) and librbd
 //! (`<rbd/librbd.h>`) the proxy uses: a cluster connection, pool IO contexts, object
 //! reads and writes (the direct baseline of the Ceph benchmark), and RBD images (the
-//! Ceph store of plain volumes). Declarations are written from the Ceph 16 headers
-//! (Debian packages `librados-dev`, `librbd-dev`); calls return a negative errno on
-//! failure, turned into [`Errno`].
+//! Ceph store of plain volumes), over the bindgen-generated declarations of the
+//! `ceph-sys` crate (`vendor/ceph-sys`, from the headers of Debian's `librados-dev` and
+//! `librbd-dev`); calls return a negative errno on failure, turned into [`Errno`].
 //!
 //! librados and librbd handles are thread-safe: one [`Rados`], [`IoCtx`] or
 //! [`RbdImage`] may be used from several threads at once.
 
 use super::cephfs::{check, cstr, Errno};
-use std::ffi::{c_char, c_int, c_void};
+use ceph_sys::{
+    rados_conf_read_file, rados_conf_set, rados_connect, rados_create2, rados_ioctx_create, rados_ioctx_destroy, rados_ioctx_t,
+    rados_read, rados_remove, rados_shutdown, rados_t, rados_write, rbd_close, rbd_create, rbd_flush, rbd_get_size, rbd_image_t,
+    rbd_open, rbd_read, rbd_write,
+};
+use std::ffi::c_int;
 use std::ptr;
 use std::sync::Arc;
 
-type RadosT = *mut c_void;
-type IoCtxT = *mut c_void;
-type RbdImageT = *mut c_void;
-
-#[link(name = "rados")]
-extern "C" {
-    fn rados_create2(cluster: *mut RadosT, cluster_name: *const c_char, name: *const c_char, flags: u64) -> c_int;
-    fn rados_conf_read_file(cluster: RadosT, path: *const c_char) -> c_int;
-    fn rados_conf_set(cluster: RadosT, option: *const c_char, value: *const c_char) -> c_int;
-    fn rados_connect(cluster: RadosT) -> c_int;
-    fn rados_shutdown(cluster: RadosT);
-    fn rados_ioctx_create(cluster: RadosT, pool: *const c_char, io: *mut IoCtxT) -> c_int;
-    fn rados_ioctx_destroy(io: IoCtxT);
-    fn rados_write(io: IoCtxT, oid: *const c_char, buf: *const c_char, len: usize, off: u64) -> c_int;
-    fn rados_read(io: IoCtxT, oid: *const c_char, buf: *mut c_char, len: usize, off: u64) -> c_int;
-    fn rados_remove(io: IoCtxT, oid: *const c_char) -> c_int;
-}
-
-#[link(name = "rbd")]
-extern "C" {
-    fn rbd_create(io: IoCtxT, name: *const c_char, size: u64, order: *mut c_int) -> c_int;
-    fn rbd_open(io: IoCtxT, name: *const c_char, image: *mut RbdImageT, snap_name: *const c_char) -> c_int;
-    fn rbd_close(image: RbdImageT) -> c_int;
-    fn rbd_get_size(image: RbdImageT, size: *mut u64) -> c_int;
-    fn rbd_read(image: RbdImageT, ofs: u64, len: usize, buf: *mut c_char) -> isize;
-    fn rbd_write(image: RbdImageT, ofs: u64, len: usize, buf: *const c_char) -> isize;
-    fn rbd_flush(image: RbdImageT) -> c_int;
-}
-
 /// A connected RADOS cluster handle; shut down when the last user drops it.
 pub struct Rados {
-    raw: RadosT,
+    raw: rados_t,
 }
 
 // SAFETY: librados cluster handles are documented thread-safe.
@@ -104,7 +80,7 @@ impl Drop for Rados {
 
 /// An IO context on one pool.
 pub struct IoCtx {
-    raw: IoCtxT,
+    raw: rados_ioctx_t,
     _cluster: Arc<Rados>,
 }
 
@@ -169,7 +145,7 @@ impl Drop for IoCtx {
 
 /// An open RBD image.
 pub struct RbdImage {
-    raw: RbdImageT,
+    raw: rbd_image_t,
     _io: Arc<IoCtx>,
 }
 
