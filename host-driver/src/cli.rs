@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{ArgAction, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::session::join;
+use crate::engine::join;
 use crate::{Device, DeviceOptions, DeviceSpec, Kind, OpenOptions, Session};
 
 /// Prefix that marks a path inside PoV.

@@ -47,6 +47,7 @@
 
 pub mod cli;
 pub mod device;
+mod engine;
 pub mod error;
 pub mod file;
 pub mod kernel;
