@@ -9,7 +9,7 @@
 //! holds after the guest is gone.
 
 use crate::pattern;
-use pov_host::cli::scan_sysfs;
+use pov_host::discover::scan_sysfs;
 use pov_host::{Device, OpenOptions, Session};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;

@@ -45,8 +45,10 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod device;
+pub mod discover;
 mod engine;
 pub mod error;
 pub mod file;

@@ -652,6 +652,7 @@ mod tests {
         assert_eq!(f.close().unwrap_err().kind(), std::io::ErrorKind::NotConnected);
     }
 
+    #[cfg(feature = "cli")]
     fn tree_of(root: &std::path::Path) -> Vec<(String, Option<Vec<u8>>)> {
         let mut out = Vec::new();
         fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String, Option<Vec<u8>>)>) {
@@ -671,6 +672,7 @@ mod tests {
         out
     }
 
+    #[cfg(feature = "cli")]
     #[test]
     fn cli_copies_trees_in_and_out() {
         use crate::cli::{cat, copy, ls, rm, Loc};
