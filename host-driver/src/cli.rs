@@ -192,7 +192,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let session = open_session(cli)?;
     let res = run_with_session(&cli.command, &session, cli.queues as usize);
     if let Err(e) = session.close() {
-        log::warn!("{e}");
+        log::warn!("{}", crate::error::Chain(&e));
     }
     res
 }
@@ -749,7 +749,7 @@ fn probe(spec: &DeviceSpec) -> String {
             let g = d.geometry();
             format!("ok (name {:?}, {} areas x {} queues)", d.name(), g.areas, g.queues_per_area)
         }
-        Err(e) => format!("INVALID: {e}"),
+        Err(e) => format!("INVALID: {}", crate::error::Chain(&e)),
     }
 }
 
@@ -867,6 +867,21 @@ mod tests {
         assert_eq!(format_utc(951_782_400_000_000_000), "2000-02-29T00:00:00.000000000Z");
         assert_eq!(format_utc(1_700_000_000_123_456_789), "2023-11-14T22:13:20.123456789Z");
         assert_eq!(format_utc(4_107_542_399_000_000_000), "2100-02-28T23:59:59.000000000Z");
+    }
+
+    #[test]
+    fn a_missing_device_is_reported_with_its_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        fs::write(&secret, "pw").unwrap();
+        let dev = dir.path().join("vdq");
+        let args = ["--device", dev.to_str().unwrap(), "-t", "acme", "--secret-file", secret.to_str().unwrap(), "stat", "pov:/x"];
+        let e = run(&parse(&args).unwrap()).unwrap_err();
+        let chain = format!("{e:#}");
+        assert!(chain.starts_with(&format!("open device {}: device access failed: ", dev.display())), "{chain}");
+        assert_eq!(chain.matches("No such file or directory").count(), 1, "{chain}");
+        // The types no longer repeat their sources, so nothing is left to deduplicate.
+        assert_eq!(error_chain(&e), chain);
     }
 
     #[test]

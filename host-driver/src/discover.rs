@@ -11,7 +11,7 @@
 //! for d in pov_host::discover::discover() {
 //!     match d.probe() {
 //!         Ok(dev) => println!("{} {} {} bytes: PoV device {:?}", d.path.display(), d.serial, d.capacity, dev.name()),
-//!         Err(e) => println!("{} {}: not usable: {e}", d.path.display(), d.serial),
+//!         Err(e) => println!("{} {}: not usable: {}", d.path.display(), d.serial, pov_host::error::Chain(&e)),
 //!     }
 //! }
 //! ```

@@ -14,7 +14,7 @@ use pov_proto::io::{flags, Op};
 use pov_proto::MAX_IO_BYTES;
 
 use crate::engine::{decode_stat, run_parallel, split, wire_path, Call, Engine};
-use crate::error::protocol_error;
+use crate::error::{protocol_error, Chain};
 
 /// How to open a file, in the style of `std::fs::OpenOptions`. Every handle can read;
 /// `write` makes it writable.
@@ -264,7 +264,7 @@ impl Drop for File {
     fn drop(&mut self) {
         if !self.closed.swap(true, Ordering::Relaxed) && self.engine.check().is_ok() {
             if let Err(e) = self.send_close() {
-                log::debug!("close {} on drop: {e}", self.path);
+                log::debug!("close {} on drop: {}", self.path, Chain(&e));
             }
         }
     }

@@ -21,7 +21,7 @@ use pov_proto::Status;
 
 use crate::device::{admin_request, Device};
 use crate::engine::{decode_stat, join, run_parallel, wire_path, Call, Channel, Engine, Health};
-use crate::error::{protocol_error, Error, ErrorKind, Result};
+use crate::error::{protocol_error, Chain, Error, ErrorKind, Result};
 use crate::file::{File, OpenOptions};
 
 /// Bytes of directory entries asked for per List request.
@@ -382,7 +382,7 @@ impl Session {
             req.session_id = self.info.session_id;
             req.queue_id = q;
             if let Err(e) = self.device.admin(req) {
-                log::warn!("{ctx}: delete queue {q}: {e}");
+                log::warn!("{ctx}: delete queue {q}: {}", Chain(&e));
                 first.get_or_insert(e.recontext(format!("{ctx}: delete queue {q}")));
             }
         }
@@ -413,7 +413,7 @@ impl OpenOptions {
 impl Drop for Session {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
-            log::warn!("{e}");
+            log::warn!("{}", Chain(&e));
         }
     }
 }
@@ -442,7 +442,7 @@ fn start_heartbeat(session: &Session) -> io::Result<Heartbeat> {
                 return;
             }
             Ok(r) => log::warn!("heartbeat for session {session_id:#x}: device answered {} ({:?})", r.status(), r.status()),
-            Err(e) => log::warn!("heartbeat for session {session_id:#x}: {e}"),
+            Err(e) => log::warn!("heartbeat for session {session_id:#x}: {}", Chain(&e)),
         }
     })?;
     Ok(Heartbeat { stop, thread })

@@ -433,7 +433,7 @@ mod tests {
         bad[0] = b'X';
         let e = Device::from_transport(Fake::with_config(bad).transport()).unwrap_err();
         assert_eq!(e.kind(), &ErrorKind::NotPovDevice);
-        assert!(e.to_string().contains("bad magic"), "{e}");
+        assert!(crate::error::Chain(&e).to_string().contains("bad magic"), "{e}");
         let e = Device::from_transport(Fake::with_config(vec![0; 4096]).transport()).unwrap_err();
         assert_eq!(e.kind(), &ErrorKind::NotPovDevice);
     }
