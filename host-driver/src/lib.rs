@@ -60,7 +60,9 @@ pub mod transport;
 pub mod vhost;
 
 #[cfg(test)]
-mod testdev;
+mod harness;
+#[cfg(test)]
+mod tests;
 
 pub use device::Device;
 pub use error::{status_of, Error, ErrorKind, Result, StatusError};
