@@ -53,11 +53,16 @@ pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait of [`Stack::wait_for`].
 const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whatever keeps the proxy end of a stack running; dropping it stops the proxy.
+struct ProxyEnd {
+    _server: pov_proxy::Server,
+}
+
 /// The proxy end of the stack, and the one place that decides how the device reaches
 /// it: a real [`pov_proxy::Server`] listening on an ephemeral loopback TCP port, serving
-/// the local backend in `backend_dir`. Returns the server (stopped when dropped) and the
-/// endpoints for [`PovDeviceConfig::proxies`].
-fn connect_proxy(backend_dir: &Path) -> (pov_proxy::Server, Vec<String>) {
+/// the local backend in `backend_dir`. Returns it and the endpoints for
+/// [`PovDeviceConfig::proxies`].
+fn connect_proxy(backend_dir: &Path) -> (ProxyEnd, Vec<String>) {
     let server = pov_proxy::Server::start(pov_proxy::ServerConfig {
         listen: "127.0.0.1:0".into(),
         backend: pov_proxy::backend::BackendSpec::Local(backend_dir.to_path_buf()),
@@ -65,7 +70,7 @@ fn connect_proxy(backend_dir: &Path) -> (pov_proxy::Server, Vec<String>) {
     })
     .expect("start pov-proxy");
     let endpoints = vec![format!("tcp:{}", server.local_addr())];
-    (server, endpoints)
+    (ProxyEnd { _server: server }, endpoints)
 }
 
 /// Damage done to a block of data in transit.
@@ -263,7 +268,7 @@ pub(crate) struct Stack {
     shared: Arc<Shared>,
     // Drop order: the device's reactor before the proxy, the proxy before its files.
     runtime: Option<Runtime>,
-    _proxy: pov_proxy::Server,
+    _proxy: ProxyEnd,
     backend: tempfile::TempDir,
 }
 
