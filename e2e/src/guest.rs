@@ -9,7 +9,7 @@
 //! holds after the guest is gone.
 
 use crate::pattern;
-use pov_host::cli::scan_sysfs;
+use pov_host::discover::scan_sysfs;
 use pov_host::{Device, OpenOptions, Session};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -112,8 +112,9 @@ impl Checks {
     }
 }
 
-fn err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> String + '_ {
-    move |e| format!("{what}: {e}")
+/// `what: error: its causes` (the whole source chain, each cause once).
+fn err<E: std::error::Error + 'static>(what: &str) -> impl Fn(E) -> String + '_ {
+    move |e| format!("{what}: {}", pov_host::error::Chain(&e))
 }
 
 /// Reads a whitespace-separated `/sys/block/<dev>/stat` (kernel

@@ -17,7 +17,8 @@ use anyhow::{anyhow, bail, Context};
 use clap::{ArgAction, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::session::join;
+use crate::discover;
+use crate::engine::join;
 use crate::{Device, DeviceOptions, DeviceSpec, Kind, OpenOptions, Session};
 
 /// Prefix that marks a path inside PoV.
@@ -191,7 +192,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let session = open_session(cli)?;
     let res = run_with_session(&cli.command, &session, cli.queues as usize);
     if let Err(e) = session.close() {
-        log::warn!("{e}");
+        log::warn!("{}", crate::error::Chain(&e));
     }
     res
 }
@@ -731,82 +732,38 @@ pub fn rm(s: &Session, path: &str, recursive: bool, force: bool) -> anyhow::Resu
     s.remove_all(path).with_context(|| format!("rm pov:{path}"))
 }
 
-/// `YYYY-MM-DD HH:MM:SS.nnnnnnnnn UTC` for nanoseconds since the Unix epoch.
+/// RFC 3339 in UTC with nanoseconds (`YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`, via
+/// `humantime`) for `ns` nanoseconds since the Unix epoch.
 pub fn format_utc(ns: u64) -> String {
-    let secs = ns / 1_000_000_000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:09} UTC", rem / 3600, rem % 3600 / 60, rem % 60, ns % 1_000_000_000)
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
+    humantime::format_rfc3339_nanos(t).to_string()
 }
 
-/// A virtio-blk disk found in sysfs whose serial marks it as a PoV device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FoundDevice {
-    /// `/dev/<name>`.
-    pub path: PathBuf,
-    /// The serial, trailing NULs and whitespace removed.
-    pub serial: String,
-    /// Capacity in bytes (sysfs `size` × 512).
-    pub capacity: u64,
-}
+/// Compatibility re-exports: device discovery moved to [`crate::discover`].
+pub use crate::discover::{scan_sysfs, FoundDevice};
 
-/// Scans `<sys_block>/vd*/serial` for PoV serials (see
-/// [`pov_proto::layout::is_pov_serial`]), sorted by name.
-pub fn scan_sysfs(sys_block: &Path) -> Vec<FoundDevice> {
-    let Ok(rd) = fs::read_dir(sys_block) else { return Vec::new() };
-    let mut out: Vec<FoundDevice> = rd
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            if !name.starts_with("vd") {
-                return None;
-            }
-            let raw = fs::read(e.path().join("serial")).ok()?;
-            if !pov_proto::layout::is_pov_serial(&raw) {
-                return None;
-            }
-            let serial = String::from_utf8_lossy(&raw).trim_end_matches(['\0', '\n', ' ']).to_string();
-            let sectors: u64 = fs::read_to_string(e.path().join("size")).ok()?.trim().parse().ok()?;
-            Some(FoundDevice { path: Path::new("/dev").join(&name), serial, capacity: sectors * 512 })
-        })
-        .collect();
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    out
-}
-
+/// The CONFIG column of `list`: what probing the device found.
 fn probe(spec: &DeviceSpec) -> String {
-    match Device::open_with(spec, &DeviceOptions { blkio_queues: 1, ..DeviceOptions::default() }) {
+    match discover::probe(spec) {
         Ok(d) => {
             let g = d.geometry();
             format!("ok (name {:?}, {} areas x {} queues)", d.name(), g.areas, g.queues_per_area)
         }
-        Err(e) => format!("INVALID: {e}"),
+        Err(e) => format!("INVALID: {}", crate::error::Chain(&e)),
     }
 }
 
 fn list_devices(extra: Option<&str>) -> anyhow::Result<()> {
-    let found = scan_sysfs(Path::new("/sys/block"));
+    let found = discover::discover();
     let mut out = io::stdout().lock();
     let mut rows = Vec::new();
     for d in &found {
-        rows.push((d.path.display().to_string(), d.serial.clone(), Some(d.capacity), probe(&DeviceSpec::Kernel(d.path.clone()))));
+        rows.push((d.path.display().to_string(), d.serial.clone(), Some(d.capacity), probe(&d.spec())));
     }
     if let Some(spec) = extra {
         let spec: DeviceSpec = spec.parse()?;
-        if !found.iter().any(|d| DeviceSpec::Kernel(d.path.clone()) == spec) {
-            let cap = Device::open_with(&spec, &DeviceOptions { blkio_queues: 1, ..DeviceOptions::default() })
-                .ok()
-                .map(|d| d.capacity());
+        if !found.iter().any(|d| d.spec() == spec) {
+            let cap = discover::probe(&spec).ok().map(|d| d.capacity());
             let serial = if matches!(spec, DeviceSpec::VhostUser(_)) { "(n/a: vhost-user)" } else { "-" };
             rows.push((spec.to_string(), serial.to_string(), cap, probe(&spec)));
         }
@@ -906,34 +863,25 @@ mod tests {
 
     #[test]
     fn dates_format_in_utc() {
-        assert_eq!(format_utc(0), "1970-01-01 00:00:00.000000000 UTC");
-        assert_eq!(format_utc(951_782_400_000_000_000), "2000-02-29 00:00:00.000000000 UTC");
-        assert_eq!(format_utc(1_700_000_000_123_456_789), "2023-11-14 22:13:20.123456789 UTC");
-        assert_eq!(format_utc(4_107_542_399_000_000_000), "2100-02-28 23:59:59.000000000 UTC");
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(format_utc(951_782_400_000_000_000), "2000-02-29T00:00:00.000000000Z");
+        assert_eq!(format_utc(1_700_000_000_123_456_789), "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(format_utc(4_107_542_399_000_000_000), "2100-02-28T23:59:59.000000000Z");
     }
 
     #[test]
-    fn sysfs_scan_finds_pov_serials() {
+    fn a_missing_device_is_reported_with_its_cause_once() {
         let dir = tempfile::tempdir().unwrap();
-        let mk = |name: &str, serial: &[u8], size: &str| {
-            let d = dir.path().join(name);
-            fs::create_dir(&d).unwrap();
-            fs::write(d.join("serial"), serial).unwrap();
-            fs::write(d.join("size"), size).unwrap();
-        };
-        mk("vdb", b"pov-dev0\0\0\0\0", "264192\n");
-        mk("vda", b"QM00001", "1000\n");
-        mk("sda", b"pov-notvirtio", "8\n");
-        mk("vdc", b"pov-x", "16\n");
-        let found = scan_sysfs(dir.path());
-        assert_eq!(
-            found,
-            vec![
-                FoundDevice { path: "/dev/vdb".into(), serial: "pov-dev0".into(), capacity: 264192 * 512 },
-                FoundDevice { path: "/dev/vdc".into(), serial: "pov-x".into(), capacity: 8192 },
-            ]
-        );
-        assert!(scan_sysfs(&dir.path().join("none")).is_empty());
+        let secret = dir.path().join("secret");
+        fs::write(&secret, "pw").unwrap();
+        let dev = dir.path().join("vdq");
+        let args = ["--device", dev.to_str().unwrap(), "-t", "acme", "--secret-file", secret.to_str().unwrap(), "stat", "pov:/x"];
+        let e = run(&parse(&args).unwrap()).unwrap_err();
+        let chain = format!("{e:#}");
+        assert!(chain.starts_with(&format!("open device {}: device access failed: ", dev.display())), "{chain}");
+        assert_eq!(chain.matches("No such file or directory").count(), 1, "{chain}");
+        // The types no longer repeat their sources, so nothing is left to deduplicate.
+        assert_eq!(error_chain(&e), chain);
     }
 
     #[test]

@@ -198,6 +198,7 @@ pub(crate) fn admin_request(op: AdminOp) -> AdminRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Chain;
     use pov_proto::layout::{ConfigSpace, Geometry};
     use std::os::unix::fs::FileExt;
 
@@ -233,7 +234,7 @@ mod tests {
             other => other.unwrap_err(),
         };
         assert_eq!(e.kind(), &ErrorKind::NotPovDevice, "{e}");
-        assert!(e.to_string().contains("bad magic"), "{e}");
+        assert!(Chain(&e).to_string().contains("bad magic"), "{e}");
 
         let g = Geometry::new(2, 2).unwrap();
         f.write_all_at(&ConfigSpace { geometry: g, name: "img0".into() }.encode(), 0).unwrap();

@@ -5,6 +5,10 @@
 //! return `std::io::Result`; when the device answered with a PoV status, the
 //! `io::Error` carries a [`StatusError`] (its kind follows [`Status::errno`]) and
 //! [`status_of`] recovers the status.
+//!
+//! No error of this crate repeats its [`source`](std::error::Error::source) in its own
+//! message: `Display` says what failed, the source says why. Print the whole chain with
+//! [`Chain`] (or anyhow's `{:#}`), which then shows each cause once.
 
 use std::fmt;
 use std::io;
@@ -45,7 +49,9 @@ pub enum ErrorKind {
 }
 
 /// Error of a setup or control operation: a kind, what was being done, and the
-/// underlying error if any. `Display` shows all three.
+/// underlying error if any. `Display` shows the context and the kind
+/// (`open device /dev/vdb: device access failed`); the underlying error is the
+/// [`source`](std::error::Error::source), not repeated in the message (see [`Chain`]).
 #[derive(Debug)]
 pub struct Error {
     kind: ErrorKind,
@@ -95,11 +101,7 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.context, self.kind)?;
-        if let Some(s) = &self.source {
-            write!(f, ": {s}")?;
-        }
-        Ok(())
+        write!(f, "{}: {}", self.context, self.kind)
     }
 }
 
@@ -123,6 +125,23 @@ impl From<Error> for io::Error {
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)
+    }
+}
+
+/// Displays an error and then each of its sources, `: `-separated, e.g.
+/// `open device /dev/vdq: device access failed: No such file or directory (os error 2)`.
+/// For logs and one-line reports of any `std::error::Error`.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
     }
 }
 
@@ -233,11 +252,16 @@ mod tests {
     #[test]
     fn setup_errors_display_context_kind_and_source() {
         let e = Error::new(ErrorKind::Access, "open device /dev/vdq").with_source(io::Error::from_raw_os_error(libc::ENOENT));
-        let s = e.to_string();
+        // The message is context and kind; the cause is the source, shown once in the chain.
+        assert_eq!(e.to_string(), "open device /dev/vdq: device access failed");
+        let s = Chain(&e).to_string();
         assert!(s.starts_with("open device /dev/vdq: device access failed: "), "{s}");
         assert!(s.contains("No such file"), "{s}");
+        assert_eq!(s.matches("No such file").count(), 1, "{s}");
         let io: io::Error = e.into();
         assert_eq!(io.kind(), io::ErrorKind::NotFound);
+        // Wrapped in an io::Error (file operations), the chain is the same.
+        assert_eq!(Chain(&io).to_string(), s);
 
         let e = Error::new(ErrorKind::Admin(Status::AuthFailed), "open session");
         assert_eq!(e.status(), Some(Status::AuthFailed));

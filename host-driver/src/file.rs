@@ -1,15 +1,20 @@
-//! Files: positional reads and writes on a handle opened through a [`Session`].
+//! Files: positional reads and writes on a handle opened through a
+//! [`Session`](crate::Session).
+//!
+//! A [`File`] holds the session's request `engine` (not the session):
+//! every method is one or more requests run by the engine. [`OpenOptions::open`] (in
+//! [`crate::session`]) opens the handle.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use pov_proto::entry::Stat;
+use pov_proto::entry::{Stat, STAT_SIZE};
 use pov_proto::io::{flags, Op};
 use pov_proto::MAX_IO_BYTES;
 
-use crate::error::protocol_error;
-use crate::session::{run_parallel, session_inner, split, wire_path, Call, Session, SessionInner};
+use crate::engine::{decode_stat, run_parallel, split, wire_path, Call, Engine};
+use crate::error::{protocol_error, Chain};
 
 /// How to open a file, in the style of `std::fs::OpenOptions`. Every handle can read;
 /// `write` makes it writable.
@@ -73,22 +78,16 @@ impl OpenOptions {
         Ok(f)
     }
 
-    /// Opens `path` (a tenant-namespace path like `/dir/file`) in `session`.
-    ///
-    /// Errors: `InvalidInput` (bad option mix), `PermissionDenied` for a path with `..`
-    /// or one the tenant may not open, `NotFound`, `AlreadyExists` (create_new),
-    /// `IsADirectory`, and the other statuses of the device; `NotConnected` once the
-    /// session is closed or lost.
-    pub fn open(&self, session: &Session, path: &str) -> io::Result<File> {
+    /// Opens `path` with one Open request on `engine`; see [`OpenOptions::open`].
+    pub(crate) fn open_on(&self, engine: &Arc<Engine>, path: &str) -> io::Result<File> {
         let f = self.wire_flags()?;
         let wire = wire_path(path, Op::Open)?;
-        let inner = session_inner(session);
         let c = Call { flags: f, ..Call::path(Op::Open, &wire, 0) };
-        let handle = inner.call(&c, |h, _| Ok(h.result))?;
+        let handle = engine.call(&c, |h, _| Ok(h.result))?;
         if handle == 0 {
             return Err(protocol_error(format!("open {wire}: device returned file handle 0")));
         }
-        Ok(File { session: inner, handle, path: wire, closed: AtomicBool::new(false) })
+        Ok(File { engine: Arc::clone(engine), handle, path: wire, closed: AtomicBool::new(false) })
     }
 }
 
@@ -101,7 +100,7 @@ impl OpenOptions {
 ///
 /// Dropping a `File` closes the handle, ignoring errors; [`File::close`] reports them.
 pub struct File {
-    session: Arc<SessionInner>,
+    engine: Arc<Engine>,
     handle: u64,
     path: String,
     closed: AtomicBool,
@@ -134,7 +133,7 @@ impl File {
         let pieces: Vec<(u64, &mut [u8])> =
             buf.chunks_mut(max).enumerate().map(|(i, c)| (offset + (i * max) as u64, c)).collect();
         let lens: Vec<usize> = pieces.iter().map(|p| p.1.len()).collect();
-        let results = run_parallel(pieces, self.session.queue_count(), |(off, dst)| self.read_piece(dst, off));
+        let results = run_parallel(pieces, self.engine.queue_count(), |(off, dst)| self.read_piece(dst, off));
         let mut done = 0;
         for (r, want) in results.into_iter().zip(lens) {
             let n = r.unwrap_or_else(|| Err(io::Error::other("read piece skipped")))?;
@@ -150,7 +149,7 @@ impl File {
     fn read_piece(&self, dst: &mut [u8], off: u64) -> io::Result<usize> {
         let want = dst.len();
         let c = Call { offset: off, length: want as u32, expect: want, ..Call::handle(Op::Read, self.handle, &self.path) };
-        self.session.call(&c, |h, payload| {
+        self.engine.call(&c, |h, payload| {
             let n = h.result as usize;
             if n > want || payload.len() < n {
                 return Err(protocol_error(format!(
@@ -186,10 +185,10 @@ impl File {
     /// device reports a short write. After an error some pieces may have been written.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         let pieces: Vec<(u64, std::ops::Range<usize>)> = split(offset, buf.len(), MAX_IO_BYTES as usize).collect();
-        let results = run_parallel(pieces, self.session.queue_count(), |(off, range)| {
+        let results = run_parallel(pieces, self.engine.queue_count(), |(off, range)| {
             let want = range.len();
             let c = Call { offset: off, payload: &buf[range], ..Call::handle(Op::Write, self.handle, &self.path) };
-            let n = self.session.call(&c, |h, _| Ok(h.result))?;
+            let n = self.engine.call(&c, |h, _| Ok(h.result))?;
             if n != want as u64 {
                 return Err(io::Error::new(
                     io::ErrorKind::WriteZero,
@@ -213,7 +212,7 @@ impl File {
         let mut first = None;
         for (_, range) in split(0, buf.len(), MAX_IO_BYTES as usize) {
             let c = Call { payload: &buf[range], ..Call::handle(Op::Append, self.handle, &self.path) };
-            let at = self.session.call(&c, |h, _| Ok(h.result))?;
+            let at = self.engine.call(&c, |h, _| Ok(h.result))?;
             first.get_or_insert(at);
         }
         match first {
@@ -227,7 +226,8 @@ impl File {
     ///
     /// Errors: the device's status, transport errors.
     pub fn stat(&self) -> io::Result<Stat> {
-        self.session.stat_handle(self.handle, &self.path)
+        let c = Call { expect: STAT_SIZE, ..Call::handle(Op::Stat, self.handle, &self.path) };
+        self.engine.call(&c, |_, p| decode_stat(p))
     }
 
     /// Sets the file size to `size` bytes (truncating or extending with zeros).
@@ -235,14 +235,14 @@ impl File {
     /// Errors: `PermissionDenied` if the handle is not writable; other statuses.
     pub fn set_len(&self, size: u64) -> io::Result<()> {
         let c = Call { offset: size, ..Call::handle(Op::Truncate, self.handle, &self.path) };
-        self.session.call(&c, |_, _| Ok(()))
+        self.engine.call(&c, |_, _| Ok(()))
     }
 
     /// Makes the file's data durable on the storage backend.
     ///
     /// Errors: the device's status, transport errors.
     pub fn sync(&self) -> io::Result<()> {
-        self.session.call(&Call::handle(Op::Fsync, self.handle, &self.path), |_, _| Ok(()))
+        self.engine.call(&Call::handle(Op::Fsync, self.handle, &self.path), |_, _| Ok(()))
     }
 
     /// Closes the handle, reporting errors.
@@ -255,16 +255,16 @@ impl File {
     }
 
     fn send_close(&self) -> io::Result<()> {
-        self.session.check()?;
-        self.session.call(&Call::handle(Op::Close, self.handle, &self.path), |_, _| Ok(()))
+        self.engine.check()?;
+        self.engine.call(&Call::handle(Op::Close, self.handle, &self.path), |_, _| Ok(()))
     }
 }
 
 impl Drop for File {
     fn drop(&mut self) {
-        if !self.closed.swap(true, Ordering::Relaxed) && self.session.check().is_ok() {
+        if !self.closed.swap(true, Ordering::Relaxed) && self.engine.check().is_ok() {
             if let Err(e) = self.send_close() {
-                log::debug!("close {} on drop: {e}", self.path);
+                log::debug!("close {} on drop: {}", self.path, Chain(&e));
             }
         }
     }

@@ -25,28 +25,46 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layers, bottom up:
-//! * [`transport`]: the device-access seam, [`BlockTransport`], with two
-//!   implementations: [`kernel::KernelTransport`] (`/dev/vdX`, `O_DIRECT`) and
-//!   [`vhost::VhostUserTransport`] (libblkio over a vhost-user-blk socket). [`mem`] holds
-//!   the IO buffers and every `unsafe` block of the crate.
-//! * [`Device`]: opens a [`DeviceSpec`], validates the configuration space and runs
-//!   admin requests under the device-wide admin lock (mutex + `flock(2)`).
-//! * [`Session`]: authenticates a tenant, creates IO queues, heartbeats in the
-//!   background, and runs each request as a WRITE to a queue's request slot plus a READ
-//!   of its response slot.
-//! * [`File`] / [`OpenOptions`]: `std::fs`-like file access; `read_at`/`write_at` split
-//!   IO into requests of at most 1 MiB ([`pov_proto::MAX_IO_BYTES`]).
-//! * [`cli`]: the `pov-host` command-line tool.
+//! Layers, bottom up (each uses only the ones below it):
+//! * **transport** ([`transport`]): the device-access seam, [`BlockTransport`], with
+//!   two implementations: [`kernel::KernelTransport`] (`/dev/vdX`, `O_DIRECT`) and
+//!   [`vhost::VhostUserTransport`] (libblkio over a vhost-user-blk socket). [`mem`]
+//!   holds the IO buffers and every `unsafe` block of the crate.
+//! * **device** ([`Device`]): opens a [`DeviceSpec`], validates the configuration space
+//!   and runs admin requests under the device-wide admin lock (mutex + `flock(2)`).
+//! * **engine** (private module `engine`): the IO queues of one session and the request
+//!   round trip: lease a free queue, WRITE the request slot and READ the response slot
+//!   in one batch, check that the response answers the request, fetch the rest of a
+//!   large response. Also the data-path helpers (request encoding, 1 MiB splitting,
+//!   parallel pieces, wire paths).
+//! * **session** ([`Session`]): the lifecycle: authenticate a tenant, create its IO
+//!   queues (rolling back on failure), hand them to an engine, heartbeat in the
+//!   background, close. Namespace operations (`stat`, `list`, `remove`, ...) are
+//!   single engine requests.
+//! * **file** ([`File`] / [`OpenOptions`]): `std::fs`-like file access on an engine;
+//!   `read_at`/`write_at` split IO into requests of at most 1 MiB
+//!   ([`pov_proto::MAX_IO_BYTES`]) run in parallel on the session's queues. A `File`
+//!   holds the engine, not the session.
+//!
+//! Beside them:
+//! * [`discover`]: finds the host's PoV devices (`/sys/block/vd*/serial` starting with
+//!   `pov-`) and probes their configuration space.
+//! * `cli` (cargo feature `cli`, on by default): the `pov-host` command-line tool.
+//!   With `default-features = false` the crate is the library alone, without clap,
+//!   indicatif, env_logger, anyhow or humantime.
 //!
 //! Errors: setup and control operations return [`Error`] (an [`ErrorKind`] plus
 //! context); file operations return `std::io::Result`, with the device's PoV status
-//! available through [`status_of`].
+//! available through [`status_of`]. No message repeats its source: print chains with
+//! [`error::Chain`].
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod device;
+pub mod discover;
+mod engine;
 pub mod error;
 pub mod file;
 pub mod kernel;
@@ -57,7 +75,9 @@ pub mod transport;
 pub mod vhost;
 
 #[cfg(test)]
-mod testdev;
+mod harness;
+#[cfg(test)]
+mod tests;
 
 pub use device::Device;
 pub use error::{status_of, Error, ErrorKind, Result, StatusError};

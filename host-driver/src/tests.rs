@@ -1,0 +1,417 @@
+//! Unit tests of the driver (device, session, files, CLI copies) against the real PoV
+//! device and proxy, run in process by [`crate::harness`].
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pov_proto::entry::{DirEntry, Kind};
+use pov_proto::io::{Op, RequestHeader, SdkHint};
+use pov_proto::layout::Geometry;
+use pov_proto::testing::pattern;
+use pov_proto::{Status, MAX_IO_BYTES};
+
+use crate::engine::encode_request;
+use crate::error::Chain;
+use crate::harness::{Stack, SECRET, TENANT};
+use crate::transport::{BlockOp, Lane};
+use crate::{status_of, Device, ErrorKind, OpenOptions, Session};
+
+/// Longest a test waits for something to happen.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A stack with the default device and a 4-queue session on it.
+fn setup() -> (Stack, Device, Session) {
+    let stack = Stack::start(|_| {});
+    let dev = stack.device();
+    let s = Session::open(&dev, TENANT, SECRET, 4).unwrap();
+    (stack, dev, s)
+}
+
+/// List requests the proxy needs for `entries` (in listing order): it fills each page
+/// with up to 1 MiB of encoded entries.
+fn list_pages(entries: &[DirEntry]) -> usize {
+    let (mut pages, mut used) = (1, 0);
+    for e in entries {
+        if used + e.encoded_len() > MAX_IO_BYTES as usize {
+            pages += 1;
+            used = 0;
+        }
+        used += e.encoded_len();
+    }
+    pages
+}
+
+/// What the other tests observe through the harness is real: it counts the handles the
+/// driver holds and notices a queue reused before its response was read.
+#[test]
+fn harness_sees_handles_and_queue_reuse() {
+    let (stack, dev, s) = setup();
+    let f = s.create("/h").unwrap();
+    assert_eq!(stack.open_handles(), 1);
+    f.close().unwrap();
+    assert_eq!(stack.open_handles(), 0);
+    assert!(stack.violations().is_empty(), "{:?}", stack.violations());
+
+    // Two requests on one queue before reading the first response, as a broken driver
+    // would send them (the session itself uses queue index 0 here, never 3).
+    let q = s.queue_ids()[3];
+    let g = dev.geometry();
+    let t = dev.transport();
+    let hdr = RequestHeader {
+        op: Op::Stat,
+        queue_id: q,
+        pid: std::process::id(),
+        session_id: s.info().session_id,
+        request_id: 1 << 40,
+        file_handle: 0,
+        offset: 0,
+        length: 0,
+        flags: 0,
+        payload_len: 1,
+        hint: SdkHint::default(),
+    };
+    let mut req = t.alloc_buf(4096).unwrap();
+    let n = encode_request(&mut req, &hdr, b"/");
+    t.submit(Lane::Data(3), &mut [BlockOp::write(g.request_slot(q), &mut req, n)]).unwrap();
+    let _ = t.submit(Lane::Data(3), &mut [BlockOp::write(g.request_slot(q), &mut req, n)]);
+    assert_eq!(stack.violations(), vec![format!("queue {q} reused before its response was read")]);
+    let mut resp = t.alloc_buf(4096).unwrap();
+    t.submit(Lane::Data(3), &mut [BlockOp::read(g.response_slot(q), &mut resp, 4096)]).unwrap();
+    s.close().unwrap();
+}
+
+#[test]
+fn device_validates_config() {
+    let stack = Stack::start(|_| {});
+    let dev = stack.device();
+    assert_eq!(dev.name(), "dev0");
+    assert_eq!(dev.geometry(), Geometry::new(4, 8).unwrap());
+
+    // A configuration space damaged on its way to the driver: a bad magic, all zeros.
+    stack.faults().mangle_config(Some(|b| b[0] = b'X'));
+    let e = Device::from_transport(stack.transport()).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::NotPovDevice);
+    assert!(Chain(&e).to_string().contains("bad magic"), "{e}");
+    stack.faults().mangle_config(Some(|b| b.fill(0)));
+    let e = Device::from_transport(stack.transport()).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::NotPovDevice);
+    stack.faults().mangle_config(None);
+    assert_eq!(stack.device().name(), "dev0");
+}
+
+#[test]
+fn session_lifecycle() {
+    let stack = Stack::start(|_| {});
+    let dev = stack.device();
+    let e = Session::open(&dev, TENANT, b"wrong", 2).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Admin(Status::AuthFailed));
+    assert_eq!(e.status(), Some(Status::AuthFailed));
+    assert!(e.to_string().contains("acme"), "{e}");
+    assert_eq!(Session::open(&dev, "../evil", SECRET, 2).unwrap_err().kind(), &ErrorKind::InvalidArgument);
+    assert_eq!(Session::open(&dev, TENANT, SECRET, 0).unwrap_err().kind(), &ErrorKind::InvalidArgument);
+
+    // More queues than the area holds: capped at max_queues.
+    let s = Session::open(&dev, TENANT, SECRET, 100).unwrap();
+    assert_eq!(s.queue_ids().len(), 8);
+    assert_eq!(stack.stats().queues, 8);
+    s.close().unwrap();
+    // The device frees a closed session's area at its next keep-alive check.
+    stack.wait_for("the session and its queues to go", |st| (st.sessions, st.queues) == (0, 0));
+
+    // Drop closes too.
+    {
+        let _s = Session::open(&dev, TENANT, SECRET, 3).unwrap();
+        let st = stack.stats();
+        assert_eq!((st.sessions, st.queues), (1, 3));
+    }
+    stack.wait_for("the dropped session to go", |st| (st.sessions, st.queues) == (0, 0));
+}
+
+#[test]
+fn admin_mismatch_is_detected() {
+    let stack = Stack::start(|_| {});
+    let dev = stack.device();
+    // Another process writes the admin space without the admin lock, between our
+    // request and our read of the response.
+    stack.faults().race_admin(true);
+    let e = Session::open(&dev, TENANT, SECRET, 1).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::AdminMismatch);
+    assert!(e.to_string().contains("mismatch"), "{e}");
+}
+
+#[test]
+fn large_io_is_split_into_one_mib_requests() {
+    let (stack, _dev, s) = setup();
+    let data = pattern(1, 3 * MAX_IO_BYTES as usize + 12345);
+    let f = s.create("/big/file.bin").unwrap();
+    assert_eq!(f.write_at(&data, 0).unwrap(), data.len());
+    let writes: Vec<_> = stack.requests().into_iter().filter(|r| r.0 == Op::Write).collect();
+    assert_eq!(writes.len(), 4);
+    assert!(writes.iter().all(|w| w.1 <= MAX_IO_BYTES));
+    assert_eq!(stack.file("big/file.bin").unwrap(), data);
+
+    let mut back = vec![0u8; data.len() + 100];
+    assert_eq!(f.read_at(&mut back, 0).unwrap(), data.len(), "short only at EOF");
+    assert_eq!(&back[..data.len()], &data[..]);
+    let reads: Vec<_> = stack.requests().into_iter().filter(|r| r.0 == Op::Read).collect();
+    assert!(reads.iter().all(|r| r.2 <= MAX_IO_BYTES && r.1 == 0));
+
+    // Unaligned offsets and lengths.
+    let mut mid = vec![0u8; 1_500_000];
+    f.read_exact_at(&mut mid, 777).unwrap();
+    assert_eq!(&mid[..], &data[777..777 + 1_500_000]);
+    assert_eq!(f.read_at(&mut mid, data.len() as u64 + 5).unwrap(), 0);
+    let e = f.read_exact_at(&mut mid, data.len() as u64 - 10).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    assert_eq!(f.stat().unwrap().size, data.len() as u64);
+    assert!(stack.violations().is_empty(), "{:?}", stack.violations());
+}
+
+#[test]
+fn file_operations() {
+    let (stack, _dev, s) = setup();
+    let f = s.create("/d/a").unwrap();
+    assert_eq!(f.append(b"hello").unwrap(), 0);
+    assert_eq!(f.append(b" world").unwrap(), 5);
+    assert_eq!(f.append(b"").unwrap(), 11);
+    f.write_at(b"J", 0).unwrap();
+    f.set_len(5).unwrap();
+    f.sync().unwrap();
+    assert_eq!(s.read("/d/a").unwrap(), b"Jello");
+    let st = s.stat("d/a").unwrap();
+    assert_eq!((st.kind, st.size), (Kind::File, 5));
+    assert_eq!(s.stat("/d").unwrap().kind, Kind::Dir);
+    f.close().unwrap();
+
+    // Zero-byte files.
+    s.write("/d/empty", b"").unwrap();
+    assert_eq!(s.read("/d/empty").unwrap(), b"");
+
+    // Read-only handles cannot write; create_new refuses existing files.
+    let ro = s.open_file("/d/a", &OpenOptions::new()).unwrap();
+    let e = ro.write_at(b"x", 0).unwrap_err();
+    assert_eq!(status_of(&e), Some(Status::Permission));
+    assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+    drop(ro);
+    let e = s.open_file("/d/a", OpenOptions::new().write(true).create_new(true)).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+    let e = s.open_file("/nope", &OpenOptions::new()).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    assert!(e.to_string().contains("open /nope"), "{e}");
+    assert_eq!(s.stat("/nope").unwrap_err().kind(), std::io::ErrorKind::NotFound);
+
+    // Remove: files, empty dirs; non-empty dirs need remove_all.
+    let e = s.remove("/d").unwrap_err();
+    assert_eq!(status_of(&e), Some(Status::NotEmpty));
+    s.remove("/d/empty").unwrap();
+    s.write("/d/e/f/g", b"1").unwrap();
+    s.create_dir_all("/d/empty/dir").unwrap();
+    s.create_dir_all("/d/empty/dir").unwrap();
+    assert!(s.list("/d/empty/dir").unwrap().is_empty());
+    assert_eq!(s.stat("/d/empty").unwrap().kind, Kind::Dir);
+    assert_eq!(s.create_dir_all("/d/e/f/g").unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
+    s.remove_all("/d").unwrap();
+    assert!(s.list("/").unwrap().is_empty());
+    assert_eq!(stack.open_handles(), 0, "every handle closed");
+}
+
+#[test]
+fn listing_pages_and_large_responses() {
+    let (stack, _dev, s) = setup();
+    // The proxy fills a page with up to 1 MiB of entries: 4000 entries of 265 bytes
+    // take two pages.
+    let long = "n".repeat(250);
+    let names: Vec<String> = (0..4000).map(|i| format!("{long}{i:04}")).collect();
+    std::thread::scope(|sc| {
+        for part in names.chunks(1000).enumerate() {
+            let s = &s;
+            sc.spawn(move || {
+                for (j, name) in part.1.iter().enumerate() {
+                    let i = part.0 * 1000 + j;
+                    s.write(&format!("/dir/{name}"), &[0u8; 3][..i % 4]).unwrap();
+                }
+            });
+        }
+    });
+    s.write("/dir/sub/x", b"x").unwrap();
+    let entries = s.list("/dir").unwrap();
+    assert_eq!(entries.len(), 4001);
+    let files: HashSet<&str> = entries.iter().filter(|e| e.kind == Kind::File).map(|e| e.name.as_str()).collect();
+    assert!(names.iter().all(|n| files.contains(n.as_str())));
+    assert!(entries.iter().any(|e| e.name == "sub" && e.kind == Kind::Dir));
+    assert_eq!(list_pages(&entries), 2);
+    assert_eq!(stack.count(Op::List), 2, "4001 entries at up to 1 MiB per page");
+    assert_eq!(status_of(&s.list("/dir/sub/x").unwrap_err()), Some(Status::NotDir));
+}
+
+#[test]
+fn list_response_larger_than_first_read() {
+    let stack = Stack::start(|_| {});
+    let dev = stack.device();
+    let s = Session::open(&dev, TENANT, SECRET, 1).unwrap();
+    // One page holds everything: ~200 KiB of entries, more than the 64 KiB first read.
+    let long = "m".repeat(240);
+    for i in 0..800 {
+        s.write(&format!("/many/{long}{i:04}"), b"").unwrap();
+    }
+    let entries = s.list("/many").unwrap();
+    assert_eq!(entries.len(), 800);
+    assert_eq!(stack.count(Op::List), 1);
+}
+
+#[test]
+fn threads_share_a_session_and_never_overlap_on_a_queue() {
+    let stack = Stack::start(|_| {});
+    let dev = stack.device();
+    let s = Arc::new(Session::open(&dev, TENANT, SECRET, 2).unwrap());
+    let handles: Vec<_> = (0..8u8)
+        .map(|t| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                let data = pattern(u64::from(t), 200_000 + t as usize);
+                let path = format!("/t/{t}");
+                let f = s.create(&path).unwrap();
+                for (i, chunk) in data.chunks(7_000).enumerate() {
+                    f.write_at(chunk, (i * 7_000) as u64).unwrap();
+                }
+                f.close().unwrap();
+                assert_eq!(s.read(&path).unwrap(), data);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(stack.violations().is_empty(), "{:?}", stack.violations());
+    Arc::try_unwrap(s).unwrap().close().unwrap();
+    stack.wait_for("the session to go", |st| st.sessions == 0);
+}
+
+#[test]
+fn heartbeats_run_and_a_reclaimed_session_is_surfaced() {
+    let stack = Stack::start(|c| {
+        c.heartbeat_interval_ms = 5;
+        c.session_timeout_ms = 500;
+    });
+    let dev = stack.device();
+    let s = Session::open(&dev, TENANT, SECRET, 1).unwrap();
+    assert_eq!(s.info().heartbeat_interval, Duration::from_millis(5));
+    let f = s.create("/hb").unwrap();
+    let t0 = Instant::now();
+    while s.heartbeats() < 3 {
+        assert!(t0.elapsed() < PATIENCE, "heartbeats never arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Heartbeats stop reaching the device: it reclaims the session, and the first
+    // heartbeat that gets through again is told so.
+    stack.faults().lose_heartbeats(true);
+    stack.wait_for("the device to reclaim the session", |st| st.sessions_reclaimed >= 1);
+    stack.faults().lose_heartbeats(false);
+    let t0 = Instant::now();
+    while s.check().is_ok() {
+        assert!(t0.elapsed() < PATIENCE, "reclaim never noticed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let e = f.write_at(b"x", 0).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotConnected);
+    assert!(e.to_string().contains("reclaimed"), "{e}");
+    drop(f);
+    let e = s.close().unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Closed);
+}
+
+#[test]
+fn closed_session_fails_file_ops_cleanly() {
+    let stack = Stack::start(|_| {});
+    let dev = stack.device();
+    let s = Session::open(&dev, TENANT, SECRET, 1).unwrap();
+    let f = s.create("/x").unwrap();
+    s.close().unwrap();
+    let e = f.read_at(&mut [0u8; 4], 0).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotConnected);
+    assert_eq!(f.close().unwrap_err().kind(), std::io::ErrorKind::NotConnected);
+}
+
+#[cfg(feature = "cli")]
+fn tree_of(root: &std::path::Path) -> Vec<(String, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String, Option<Vec<u8>>)>) {
+        let mut es: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        es.sort();
+        for p in es {
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if p.is_dir() {
+                out.push((rel, None));
+                walk(root, &p, out);
+            } else {
+                out.push((rel, Some(std::fs::read(&p).unwrap())));
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn cli_copies_trees_in_and_out() {
+    use crate::cli::{cat, copy, ls, rm, Loc};
+    let (stack, _dev, s) = setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    std::fs::create_dir_all(src.join("empty")).unwrap();
+    std::fs::write(src.join("zero"), b"").unwrap();
+    std::fs::write(src.join("one"), b"1").unwrap();
+    std::fs::write(src.join("sub/page"), pattern(3, 4096)).unwrap();
+    std::fs::write(src.join("sub/deeper/big"), pattern(4, 3 * (1 << 20) + 7)).unwrap();
+    std::fs::write(src.join("sub/exact"), pattern(5, 1 << 20)).unwrap();
+
+    let local = |p: &std::path::Path| Loc::Local(p.to_path_buf());
+    let e = copy(&s, &local(&src), &Loc::parse("pov:/tree"), false, 4).unwrap_err();
+    assert!(e.to_string().contains("use -r"), "{e}");
+    let summary = copy(&s, &local(&src), &Loc::parse("pov:/tree"), true, 4).unwrap();
+    assert!(summary.starts_with("copied 5 files"), "{summary}");
+    assert!(summary.contains("MiB/s"), "{summary}");
+    assert_eq!(stack.file("tree/sub/deeper/big").unwrap(), pattern(4, 3 * (1 << 20) + 7));
+    assert_eq!(stack.file("tree/zero").unwrap(), b"");
+    assert_eq!(s.stat("/tree/empty").unwrap().kind, Kind::Dir, "empty directories are kept");
+
+    let out = tmp.path().join("out");
+    copy(&s, &Loc::parse("pov:/tree"), &local(&out), true, 4).unwrap();
+    assert_eq!(tree_of(&src), tree_of(&out));
+
+    // Into an existing directory: lands under the source's name.
+    copy(&s, &Loc::parse("pov:/tree/one"), &local(&out), false, 1).unwrap();
+    assert_eq!(std::fs::read(out.join("one")).unwrap(), b"1");
+    copy(&s, &local(&src.join("sub/page")), &Loc::parse("pov:/tree/sub/"), false, 2).unwrap();
+    copy(&s, &Loc::parse("pov:/tree/sub/deeper/big"), &Loc::parse("pov:/copy/big2"), false, 3).unwrap();
+    assert_eq!(stack.file("copy/big2").unwrap(), pattern(4, 3 * (1 << 20) + 7));
+    assert!(copy(&s, &local(&src), &local(&out), true, 1).is_err(), "local to local refused");
+    let e = copy(&s, &Loc::parse("pov:/nothing"), &local(&out), false, 1).unwrap_err();
+    assert!(e.to_string().contains("no such file"), "{e}");
+
+    let mut text = Vec::new();
+    cat(&s, "/tree/sub/deeper/big", &mut text).unwrap();
+    assert_eq!(text, pattern(4, 3 * (1 << 20) + 7));
+    let mut text = Vec::new();
+    cat(&s, "/tree/sub/exact", &mut text).unwrap();
+    assert_eq!(text.len(), 1 << 20);
+
+    let mut listing = Vec::new();
+    ls(&s, "/tree", false, &mut listing).unwrap();
+    assert_eq!(String::from_utf8(listing).unwrap(), "empty/\none\nsub/\nzero\n");
+    let mut listing = Vec::new();
+    ls(&s, "/tree/one", true, &mut listing).unwrap();
+    assert_eq!(String::from_utf8(listing).unwrap(), "-              1 one\n");
+
+    assert!(rm(&s, "/tree", false, false).unwrap_err().to_string().contains("use -r"));
+    assert!(rm(&s, "/", true, false).is_err());
+    assert!(rm(&s, "/missing", false, false).is_err());
+    rm(&s, "/missing", false, true).unwrap();
+    rm(&s, "/tree", true, false).unwrap();
+    assert_eq!(s.stat("/tree").unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(stack.open_handles(), 0);
+    assert!(stack.violations().is_empty());
+}
