@@ -59,17 +59,20 @@ struct ProxyEnd {
 }
 
 /// The proxy end of the stack, and the one place that decides how the device reaches
-/// it: a real [`pov_proxy::Server`] listening on an ephemeral loopback TCP port, serving
-/// the local backend in `backend_dir`. Returns it and the endpoints for
+/// it: a real [`pov_proxy::Server`] listening on a named in-memory endpoint (`mem:…`,
+/// `pov_runtime`'s in-process transport, through the connector registry: no sockets),
+/// serving the local backend in `backend_dir`. Returns it and the endpoints for
 /// [`PovDeviceConfig::proxies`].
 fn connect_proxy(backend_dir: &Path) -> (ProxyEnd, Vec<String>) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = format!("host-harness-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
     let server = pov_proxy::Server::start(pov_proxy::ServerConfig {
-        listen: "127.0.0.1:0".into(),
+        listen: format!("mem:{name}"),
         backend: pov_proxy::backend::BackendSpec::Local(backend_dir.to_path_buf()),
         ..Default::default()
     })
     .expect("start pov-proxy");
-    let endpoints = vec![format!("tcp:{}", server.local_addr())];
+    let endpoints = vec![format!("mem:{}", server.local_addr())];
     (ProxyEnd { _server: server }, endpoints)
 }
 
