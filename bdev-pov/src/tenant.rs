@@ -54,10 +54,9 @@ impl TenantTable {
     pub fn authenticate(&self, name: &str, secret: &[u8]) -> bool {
         let t = self.inner.read().unwrap();
         let Some(s) = t.get(name) else { return false };
-        if s.len() != secret.len() {
-            return false;
-        }
-        s.iter().zip(secret).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        // `subtle` compares in time independent of where the bytes differ (a length
+        // difference is not secret: lengths are 1-255 for every tenant).
+        subtle::ConstantTimeEq::ct_eq(s.as_slice(), secret).into()
     }
 
     /// `true` if the tenant exists.

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -27,7 +27,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not JSON.
-    #[error("config {path} is not valid JSON: {source}")]
+    #[error("config {path} is not valid JSON")]
     Json {
         /// The file.
         path: PathBuf,

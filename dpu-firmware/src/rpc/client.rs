@@ -12,7 +12,7 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum ClientError {
     /// The socket failed (connect, write, read, timeout).
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The server's answer is not a JSON-RPC response to this call.
     #[error("bad response: {0}")]

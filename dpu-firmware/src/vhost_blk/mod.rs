@@ -94,7 +94,7 @@ pub enum VhostBlkError {
     #[error("socket {0} already exists and is in use")]
     SocketInUse(PathBuf),
     /// The socket could not be created.
-    #[error("cannot listen on {path}: {source}")]
+    #[error("cannot listen on {path}")]
     Socket {
         /// The socket path.
         path: PathBuf,
