@@ -29,6 +29,10 @@ fi
 if ! command -v cargo >/dev/null; then
   [ -x "$HOME/.cargo/bin/cargo" ] || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
 fi
+# .ci/run checks formatting and lints: rustfmt and clippy come with the toolchain.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
+fi
 
 # SPDK's own JSON-RPC client (PyPI `spdk`) for scripts/spdk-rpc-test, in a venv under the
 # cargo target directory.

@@ -128,6 +128,15 @@ fn tenants_and_devices_over_the_socket() {
     assert_eq!(code(c.call("pov_device_create", Some(bad_name))), codes::INVALID_PARAMS);
     let bad_reactor = json!({"name": "pov1", "socket": env.path("p1.sock"), "proxies": ["tcp:x:1"], "reactor": 9});
     assert_eq!(code(c.call("pov_device_create", Some(bad_reactor))), codes::INVALID_PARAMS);
+    // Endpoints are parsed when the device is created: a malformed one or an unknown
+    // transport scheme is a parameter error, and nothing is left behind.
+    for bad in ["tcp:nohost", "tcp:h:0", "rdma:10.0.0.5:4420", ""] {
+        let p = json!({"name": "pov1", "socket": env.path("p1.sock"), "proxies": [bad]});
+        let r = c.call("pov_device_create", Some(p));
+        let what = format!("{r:?}");
+        assert_eq!(code(r), codes::INVALID_PARAMS, "{bad:?}: {what}");
+        assert!(!env.path("p1.sock").exists(), "{bad:?} left its socket behind");
+    }
     let missing = json!({"name": "pov1"});
     assert_eq!(code(c.call("pov_device_create", Some(missing))), codes::INVALID_PARAMS);
     assert_eq!(code(c.call("pov_device_create", Some(json!([1, 2])))), codes::INVALID_PARAMS);

@@ -58,8 +58,10 @@ impl AdminOp {
     }
 }
 
-/// QoS class of an IO queue (paper §4.5): latency-critical queues are served before
-/// bandwidth-critical ones.
+/// QoS class of an IO queue (paper §4.5). Recorded with the queue and carried in every
+/// proxy frame; no stage schedules by it yet (planned: the DPU's `Scheduler` seam and
+/// the proxy's per-tenant controller), so today both classes are served in arrival
+/// order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[repr(u8)]
 pub enum QosClass {

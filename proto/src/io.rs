@@ -123,17 +123,20 @@ pub mod flags {
 }
 
 /// SDK hint (paper §4.3.2): information the host SDK passes to the proxy side for
-/// routing. 64 bytes on the wire:
+/// routing. Carried end to end but not read yet: routing is round-robin per queue
+/// until the route table (planned, behind `bdev_pov::forward::Router`) uses it. 64
+/// bytes on the wire:
 ///
 /// | offset | size | field |
 /// |---|---|---|
-/// | 0 | 8 | proxy location key (0 = let the route table hash the path) |
+/// | 0 | 8 | proxy location key (planned meaning: 0 = let the route table hash the path) |
 /// | 8 | 4 | re-routing instruction (0 = none, 1 = avoid the last proxy) |
 /// | 12 | 4 | number of entries in the retry-forbidden list (≤ 12) |
 /// | 16 | 48 | retry-forbidden list: proxy indexes (u32) not to retry on |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SdkHint {
-    /// Location key the route table maps to a proxy; 0 means "hash the path".
+    /// Location key a route table will map to a proxy (0: "hash the path"); not read
+    /// yet.
     pub location_key: u64,
     /// Re-routing instruction.
     pub reroute: u32,

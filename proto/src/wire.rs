@@ -4,8 +4,8 @@
 //! [`MAX_FRAME`]) then the frame body. A body is a [`ProxyRequest`] (DPU → proxy) or a
 //! [`ProxyResponse`] (proxy → DPU), each a fixed header followed by variable parts.
 //! The proxy request header wraps the host's SDK hint with the tenant, the normalized
-//! path and load information, so that the proxy side's route table can place the
-//! request in one hop (paper §4.3.2).
+//! path and load information (paper §4.3.2), for a route table to place the request in
+//! one hop; no component reads the hint or the load yet (planned).
 
 use crate::codec::*;
 use crate::io::{Op, SdkHint, MAX_PATH};

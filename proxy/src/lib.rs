@@ -2,7 +2,7 @@
 //!
 //! The DPU firmware (`pov-dpud`) forwards each file request from a host as a
 //! length-prefixed frame (`pov_proto::wire::ProxyRequest`) over a transport
-//! connection (TCP now, RDMA later). The proxy serves it from a storage backend inside
+//! connection (TCP now; RDMA planned). The proxy serves it from a storage backend inside
 //! the request's tenant namespace and answers with a `ProxyResponse` carrying the same
 //! tag. The proxy keeps no per-file state: handles live on the DPU.
 //!
@@ -13,7 +13,8 @@
 //! * [`service`]: transport-free request execution: frame body in, response frame out.
 //! * [`server`]: the polled-mode server on `pov_runtime` reactors
 //!   ([`Server::start`] → [`Server`] with `local_addr()` and `shutdown()`).
-//! * [`stats`]: per-tenant and server-wide counters (the input of per-tenant QoS).
+//! * [`stats`]: per-tenant and server-wide counters (what a per-tenant QoS
+//!   controller, planned, would read).
 //! * [`cli`]: the `pov-proxy` command line (the binary only parses and calls
 //!   [`cli::run`]).
 //! * [`sys`]: the crate's only `unsafe` code (`*at` system calls, the Ceph libraries).

@@ -1,5 +1,5 @@
-//! Counters: per tenant (requests, errors, bytes; the input of the per-tenant QoS
-//! scheduler to come) and per server (frames, connections).
+//! Counters: per tenant (requests, errors, bytes: what a per-tenant QoS controller,
+//! planned, would read) and per server (frames, connections).
 //!
 //! Counters are relaxed atomics shared by every reactor. Each connection caches the
 //! `Arc` of the tenants it serves, so the registry's lock is taken only the first
