@@ -321,7 +321,7 @@ impl PovDevice {
         let fail = |st: &mut DeviceState, status| st.respond(queue, h.op as u16, h.request_id, status, 0, 0, &[]);
         let Some(q) = st.queues.get(&queue) else { return };
         let owner = q.owner;
-        let Some(s) = st.areas.iter().flatten().find(|s| s.id == owner.session_id && s.state == SessionState::Open) else {
+        let Some(s) = st.owner_session(queue, owner.session_id).filter(|s| s.state == SessionState::Open) else {
             return fail(st, Status::BadSession);
         };
         let path = match &target {
@@ -503,12 +503,20 @@ impl DeviceState {
         q.respond(queue, h, payload, &mut self.out);
     }
 
+    /// The session in the IO area of `queue` (queue IDs are numbered area by area), if
+    /// it is `session_id`.
+    fn owner_session(&self, queue: u32, session_id: u64) -> Option<&Session> {
+        let area = (queue / self.geometry.queues_per_area) as usize;
+        self.areas.get(area).and_then(Option::as_ref).filter(|s| s.id == session_id)
+    }
+
     /// Checks a decoded request against its session and queues it for its proxy (or
     /// answers it here: errors, Close).
     fn dispatch(&mut self, queue: u32, h: RequestHeader) {
         let op = h.op as u16;
         let owner = self.queues[&queue].owner;
-        let Some(s) = self.areas.iter_mut().flatten().find(|s| s.id == owner.session_id) else {
+        let area = (queue / self.geometry.queues_per_area) as usize;
+        let Some(s) = self.areas.get_mut(area).and_then(Option::as_mut).filter(|s| s.id == owner.session_id) else {
             return self.respond(queue, op, h.request_id, Status::BadSession, 0, 0, &[]);
         };
         if s.state != SessionState::Open {
@@ -566,7 +574,8 @@ impl DeviceState {
         };
         if let (Some(handle), true) = (f.open, status.is_ok()) {
             let owner = self.queues.get(&f.queue).map(|q| q.owner.session_id);
-            match self.areas.iter_mut().flatten().find(|s| Some(s.id) == owner) {
+            let area = (f.queue / self.geometry.queues_per_area) as usize;
+            match self.areas.get_mut(area).and_then(Option::as_mut).filter(|s| Some(s.id) == owner) {
                 Some(s) => match s.add_handle(handle) {
                     Some(h) => result = h,
                     None => status = Status::NoResources,

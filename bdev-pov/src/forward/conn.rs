@@ -238,6 +238,10 @@ impl ProxyConn {
                 return Err(Broken(None));
             }
             Link::Connecting { .. } => {
+                // An attempt may move to another descriptor (the next address, or from
+                // the resolver's eventfd to a socket) whose number a closed one had:
+                // re-register it at every poll while connecting (rare and short).
+                self.dirty = true;
                 self.advance(name)?;
                 if !self.is_up() {
                     return Ok(false);
