@@ -130,20 +130,8 @@ impl From<Error> for io::Error {
 
 /// Displays an error and then each of its sources, `: `-separated, e.g.
 /// `open device /dev/vdq: device access failed: No such file or directory (os error 2)`.
-/// For logs and one-line reports of any `std::error::Error`.
-pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cause = self.0.source();
-        while let Some(c) = cause {
-            write!(f, ": {c}")?;
-            cause = c.source();
-        }
-        Ok(())
-    }
-}
+/// For logs and one-line reports of any `std::error::Error` (`pov_proto::ErrorChain`).
+pub use pov_proto::ErrorChain as Chain;
 
 /// The `io::ErrorKind` the OS associates with `errno`.
 pub fn errno_kind(errno: i32) -> io::ErrorKind {

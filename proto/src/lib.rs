@@ -75,3 +75,22 @@ impl DecodeError {
         }
     }
 }
+
+/// Displays an error followed by its chain of sources, `: `-separated (e.g.
+/// `open device /dev/vdq: device access failed: No such file or directory (os error
+/// 2)`), for logs and one-line reports of any `std::error::Error`. The error types of
+/// this project never repeat their source in their own message, so `{e}` alone would
+/// drop the cause.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}

@@ -15,8 +15,8 @@
 //!   bodies. Frames are `pov_proto::wire` frames.
 //! * [`sched`]: the [`Scheduler`](sched::Scheduler) seam where ready requests wait
 //!   for their turn (QoS, paper §4.5), with the arrival-order [`Fifo`](sched::Fifo).
-//! * [`ErrorChain`]: prints an error with its sources, for logs (error types here
-//!   never repeat their source in their own message).
+//! * [`ErrorChain`] (from `pov_proto`): prints an error with its sources, for logs
+//!   (error types here never repeat their source in their own message).
 //!
 //! System calls (eventfd, epoll, poll, CPU affinity) go through `rustix` in [`sys`],
 //! the crate's only `unsafe` code.
@@ -30,19 +30,4 @@ pub use reactor::{FdRegistry, PollStatus, Poller, PollerId, Reactor, ReactorConf
 pub use sys::Interest;
 pub use transport::{Endpoint, Listener, Transport, TransportError};
 
-/// Displays an error followed by its chain of sources (`a: b: c`), for log lines:
-/// the error types of this project never repeat their source in their own message,
-/// so `{e}` alone would drop the cause.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cur = self.0.source();
-        while let Some(e) = cur {
-            write!(f, ": {e}")?;
-            cur = e.source();
-        }
-        Ok(())
-    }
-}
+pub use pov_proto::ErrorChain;
