@@ -239,6 +239,7 @@ fn volume_io_fails_while_proxy_is_down_and_recovers() {
 /// A plain volume on the Ceph backend: an RBD image in pool `pov-rbd` holds the bytes
 /// (read back directly with librbd after FLUSH), and they survive a proxy restart.
 /// Uses the dev cluster of `scripts/ceph-dev` (skipped loudly without Ceph outside CI).
+#[cfg(feature = "ceph")]
 #[test]
 fn volume_on_ceph_is_an_rbd_image() {
     use pov_proxy::backend::ceph::dev::DevCluster;
