@@ -140,10 +140,12 @@ impl Geometry {
     }
 
     /// Classifies an IO of `len` bytes at byte `offset`. A zero-length IO is classified
-    /// by its offset.
+    /// by its offset (one at or past the capacity leaves the device).
     pub fn classify(&self, offset: u64, len: u64) -> Region {
         let end = match offset.checked_add(len) {
-            Some(e) if e <= self.capacity_bytes() => e,
+            // `offset <` too: a zero-length IO at the capacity would otherwise land in
+            // the request slot of a queue past the last one.
+            Some(e) if e <= self.capacity_bytes() && offset < self.capacity_bytes() => e,
             _ => return Region::Crossing,
         };
         let within = |start: u64, size: u64| offset >= start && end <= start + size;
@@ -335,6 +337,10 @@ mod tests {
         assert_eq!(g.classify(u64::MAX - 10, 512), Region::Crossing);
         // An IO spanning two queues' slots (what a block-layer merge would produce).
         assert_eq!(g.classify(g.response_slot(q), QUEUE_STRIDE), Region::Crossing);
+        // Zero-length IOs are classified by their offset; one at the capacity names no
+        // queue (found by the checks of fuzz target proto_config: it was RequestSlot { queue: 32 }).
+        assert_eq!(g.classify(g.request_slot(q) + 512, 0), Region::RequestSlot { queue: q, offset: 512 });
+        assert_eq!(g.classify(g.capacity_bytes(), 0), Region::Crossing);
     }
 
     #[test]
