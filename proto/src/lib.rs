@@ -15,12 +15,16 @@
 //! * [`wire`]: the length-prefixed frames between `pov-dpud` and `pov-proxy` (the
 //!   "proxy request header" of paper §4.3.2).
 //! * [`entry`]: the stat and directory-listing records returned in payloads.
+//! * `fuzz` (feature `fuzzing`): the bodies of the fuzz targets of these decoders and
+//!   the replay of their seed corpora (`docs/fuzzing.md`).
 //!
 //! All integers are little-endian. Byte offsets and lengths are in **bytes** unless a
 //! name says `sectors` (a sector is [`layout::SECTOR_SIZE`] = 512 bytes).
 
 pub mod admin;
 pub mod entry;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod io;
 pub mod layout;
 pub mod path;
