@@ -44,6 +44,12 @@ impl FrameBuf {
         Ok(count)
     }
 
+    /// Bytes kept for a frame whose rest has not arrived (for the fuzz target).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn pending_len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
     /// Takes newly received bytes: completes the pending frame (if any) from them,
     /// delivers every complete frame that follows straight from `bytes`, and keeps the
     /// cut-off tail. Returns the number of frames delivered.

@@ -27,10 +27,13 @@
 //!
 //! Implementations: [`tcp`] (default) and, with the `testing` feature, `mem` (an
 //! in-process pair and named in-process listeners). Both pass the same conformance test
-//! body (`conformance`, also with `testing`).
+//! body (`conformance`, also with `testing`). The frame reassembler they share has a
+//! fuzz target whose body is `fuzz` (with `testing`; `docs/fuzzing.md`).
 
 pub mod endpoint;
 mod frame;
+#[cfg(any(test, feature = "testing"))]
+pub mod fuzz;
 pub mod tcp;
 
 #[cfg(any(test, feature = "testing"))]
