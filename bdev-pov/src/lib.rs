@@ -20,6 +20,8 @@
 //!   connections.
 //! * `testing` (feature `testing`): the RAM disk test double and the conformance body
 //!   every [`BlockDevice`] passes.
+//! * `fuzz` (feature `fuzzing`): the body of the fuzz target that drives a
+//!   [`PovDevice`] with arbitrary block IO (`docs/fuzzing.md`).
 //!
 //! Nothing here knows about vhost or virtio: the `dpu-firmware` adapter turns
 //! virtqueue descriptors into [`BlockRequest`]s and completions back into used
@@ -38,6 +40,9 @@ mod session;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 
 pub use block::{BlockCompletion, BlockDevice, BlockOp, BlockRequest, BlockStatus, BufferError, IoBuffer};
 pub use device::{DeviceError, DeviceStats, PovDevice, PovDeviceConfig};

@@ -15,12 +15,16 @@
 //!   configuration.
 //! * [`app`]: the daemon's start-up/shutdown sequence; `src/bin/` holds the thin
 //!   `pov-dpud` and `pov-rpc` binaries.
+//! * `fuzz` (feature `fuzzing`): the bodies of the fuzz targets of the virtqueue chain
+//!   parser and the JSON-RPC server (`docs/fuzzing.md`).
 
 #![warn(missing_docs)]
 
 pub mod app;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 pub mod gathering;
 pub mod kinds;
 pub mod rpc;

@@ -301,7 +301,9 @@ fn serve_connection(daemon: &Daemon, stream: UnixStream) {
     let _ = keep.shutdown(std::net::Shutdown::Both);
 }
 
-fn serve_requests(daemon: &Daemon, stream: UnixStream) {
+/// Answers the requests of one connection until the client closes it, a parse error or
+/// an over-long request (also the fuzz target `rpc`'s entry point).
+pub(crate) fn serve_requests(daemon: &Daemon, stream: UnixStream) {
     let Ok(read_half) = stream.try_clone() else { return };
     let left = Arc::new(AtomicUsize::new(MAX_REQUEST_BYTES));
     let reader = Limited { inner: BufReader::new(read_half), left: left.clone() };
