@@ -230,15 +230,12 @@ impl Connector for NoTcp {
 /// The reactor the RPC target's devices run on (started once per process, never
 /// stopped), after the `tcp` scheme is replaced by [`NoTcp`].
 fn reactors() -> &'static [pov_runtime::ReactorHandle] {
-    static R: OnceLock<Vec<pov_runtime::ReactorHandle>> = OnceLock::new();
+    static R: OnceLock<pov_runtime::Runtime> = OnceLock::new();
     R.get_or_init(|| {
         transport::register(Arc::new(NoTcp));
-        let rt = pov_runtime::Runtime::start(&[None], pov_runtime::ReactorConfig::default()).expect("a reactor");
-        let handles = rt.reactors().to_vec();
-        // Lives as long as the process.
-        std::mem::forget(rt);
-        handles
+        pov_runtime::Runtime::start(&[None], pov_runtime::ReactorConfig::default()).expect("a reactor")
     })
+    .reactors()
 }
 
 /// PoV devices of the RPC target are RAM disks (as in `tests/rpc.rs`).
@@ -263,15 +260,15 @@ struct RpcInput {
 #[derive(Arbitrary, Debug)]
 enum Item {
     Call(Call),
+    /// A batch (an empty one is an invalid request).
     Batch(Vec<Call>),
-    EmptyBatch,
 }
 
 #[derive(Arbitrary, Debug)]
 struct Call {
     id: Id,
-    /// `"jsonrpc"` is not `"2.0"`.
-    bad_version: bool,
+    /// From 250 on, `"jsonrpc"` is not `"2.0"`.
+    version: u8,
     method: Method,
     params: Option<Params>,
     /// Whitespace after the value.
@@ -296,6 +293,9 @@ enum Method {
 
 #[derive(Arbitrary, Debug)]
 enum Params {
+    /// Parameters the method accepts (names of objects `n0`..`n3` chosen by the
+    /// number), then the listed ones set or replaced.
+    Valid(u8, Vec<(Key, Val)>),
     Object(Vec<(Key, Val)>),
     Array(Vec<Val>),
     Scalar(Val),
@@ -396,7 +396,8 @@ impl Call {
         if let Some(id) = &id {
             o.insert("id".into(), id.clone());
         }
-        o.insert("jsonrpc".into(), json!(if self.bad_version { "1.0" } else { "2.0" }));
+        let bad_version = self.version >= 250;
+        o.insert("jsonrpc".into(), json!(if bad_version { "1.0" } else { "2.0" }));
         let names = crate::rpc::method_names();
         let method = match &self.method {
             Method::Known(i) => json!(names[*i as usize % names.len()]),
@@ -404,20 +405,15 @@ impl Call {
             Method::NotAString(n) => json!(n),
         };
         let method_ok = method.is_string();
+        let method_name = method.as_str().unwrap_or_default().to_string();
         o.insert("method".into(), method);
         match &self.params {
             None => {}
             Some(Params::Object(kv)) => {
-                let mut p = Map::new();
-                for (k, v) in kv {
-                    let k = match k {
-                        Key::Known(i) => KEYS[*i as usize % KEYS.len()].to_string(),
-                        Key::Other(s) => s.clone(),
-                    };
-                    let v = v.json(&k, dir);
-                    p.insert(k, v);
-                }
-                o.insert("params".into(), Value::Object(p));
+                o.insert("params".into(), Value::Object(object(Map::new(), kv, dir)));
+            }
+            Some(Params::Valid(n, kv)) => {
+                o.insert("params".into(), Value::Object(object(valid_params(&method_name, *n, dir), kv, dir)));
             }
             Some(Params::Array(v)) => {
                 o.insert("params".into(), Value::Array(v.iter().map(|v| v.json("", dir)).collect()));
@@ -429,9 +425,9 @@ impl Call {
         // A notification (no id) of a well-formed request gets no answer; a malformed
         // request is answered with -32600, an unknown method with -32601.
         let unknown = matches!(&self.method, Method::Other(m) if !names.contains(&m.as_str()));
-        let answer = if id.is_some() || self.bad_version || !method_ok {
+        let answer = if id.is_some() || bad_version || !method_ok {
             let mut a = json!({ "id": id.unwrap_or(Value::Null) });
-            if self.bad_version || !method_ok {
+            if bad_version || !method_ok {
                 a["code"] = json!(codes::INVALID_REQUEST);
             } else if unknown {
                 a["code"] = json!(codes::METHOD_NOT_FOUND);
@@ -441,6 +437,38 @@ impl Call {
             None
         };
         (Value::Object(o), answer)
+    }
+}
+
+/// `p` with the pairs `kv` set (a `socket` always in `dir`).
+fn object(mut p: Map<String, Value>, kv: &[(Key, Val)], dir: &Path) -> Map<String, Value> {
+    for (k, v) in kv {
+        let k = match k {
+            Key::Known(i) => KEYS[*i as usize % KEYS.len()].to_string(),
+            Key::Other(s) => s.clone(),
+        };
+        let v = v.json(&k, dir);
+        p.insert(k, v);
+    }
+    p
+}
+
+/// Parameters `method` accepts, naming object `n{n % 4}` (socket `dir/{n % 4}.sock`).
+fn valid_params(method: &str, n: u8, dir: &Path) -> Map<String, Value> {
+    let name = format!("n{}", n % 4);
+    let socket = dir.join(format!("{}.sock", n % 4));
+    let v = match method {
+        "pov_tenant_create" => json!({ "name": name, "secret": "s3cret" }),
+        "pov_tenant_delete" | "pov_device_delete" | "pov_volume_delete" | "pov_device_get_devices" => json!({ "name": name }),
+        "pov_device_create" => json!({ "name": name, "socket": socket, "proxies": ["tcp:127.0.0.1:1"] }),
+        "pov_volume_create" => json!({ "name": name, "socket": socket, "size": 1 << 20, "null": true }),
+        "pov_set_gathering" => json!({ "enabled": n % 2 == 0, "batch_size": 1 + u32::from(n), "window_us": n }),
+        "framework_get_config" => json!({ "name": "pov" }),
+        _ => json!({}),
+    };
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
     }
 }
 
@@ -480,7 +508,6 @@ pub fn rpc(data: &[u8]) {
                 };
                 (Value::Array(vs), answer, 0)
             }
-            Item::EmptyBatch => (json!([]), Some(json!({ "id": null, "code": codes::INVALID_REQUEST })), 0),
         };
         let bytes = serde_json::to_vec(&v).expect("JSON");
         if stream.len() + bytes.len() + 2 > MAX_STREAM {
@@ -541,11 +568,14 @@ fn serve(daemon: &Daemon, bytes: &[u8]) -> Vec<Value> {
     let (mut client, server) = UnixStream::pair().expect("a socket pair");
     client.write_all(bytes).expect("the stream fits in the socket buffer");
     client.shutdown(std::net::Shutdown::Write).expect("shutdown");
-    let mut out = Vec::new();
-    std::thread::scope(|s| {
-        s.spawn(move || crate::rpc::serve_requests(daemon, server));
-        client.read_to_end(&mut out).expect("read the answers");
+    // The answers are read by another thread, joined (not scoped: a scoped thread may
+    // still hold its own handle when the scope ends, which LeakSanitizer reports).
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).map(|_| out)
     });
+    crate::rpc::serve_requests(daemon, server);
+    let out = reader.join().expect("the reader thread").expect("read the answers");
     out.split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| serde_json::from_slice(l).unwrap_or_else(|e| panic!("answer {:?} is not JSON: {e}", String::from_utf8_lossy(l))))
