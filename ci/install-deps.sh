@@ -33,6 +33,15 @@ fi
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add rustfmt clippy
 fi
+# scripts/fuzz (called by .ci/run): cargo-fuzz (crates.io), which builds the targets
+# with the nightly toolchain (a nightly toolchain must be installed: rustup cannot fetch
+# one on every machine, so this only tries).
+if ! cargo fuzz --version >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo-fuzz" ]; then
+  cargo install --locked cargo-fuzz
+fi
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  timeout 300 rustup toolchain install nightly --profile minimal || echo "install-deps: no nightly toolchain: scripts/fuzz will fail" >&2
+fi
 
 # SPDK's own JSON-RPC client (PyPI `spdk`) for scripts/spdk-rpc-test, in a venv under the
 # cargo target directory.

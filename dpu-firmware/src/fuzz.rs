@@ -60,7 +60,7 @@ pub fn virtio_chain(data: &[u8]) {
     let mut r = Bytes0(data);
     let [mode, n_desc, n_heads] = r.take::<3>();
     let avail_idx = u16::from_le_bytes(r.take::<2>());
-    let size = 1u16 << (mode & 0xf) % 9;
+    let size = 1u16 << ((mode & 0xf) % 9);
     let mut ranges = vec![(GuestAddress(0), LOW_SIZE as usize)];
     if mode & 0x10 != 0 {
         ranges.push((GuestAddress(HIGH), 0x1000));
@@ -504,7 +504,7 @@ pub fn rpc(data: &[u8]) {
                 let answer = if vs.is_empty() {
                     Some(json!({ "id": null, "code": codes::INVALID_REQUEST }))
                 } else {
-                    (!answers.is_empty()).then(|| Value::Array(answers))
+                    (!answers.is_empty()).then_some(Value::Array(answers))
                 };
                 (Value::Array(vs), answer, 0)
             }
