@@ -13,7 +13,9 @@
 
 use crate::block::{BlockCompletion, BlockOp, BlockRequest, BufferError, IoBuffer};
 use crate::device::{PovDevice, PovDeviceConfig};
+use crate::forward::{Gathering, GatheringControl};
 use crate::tenant::TenantTable;
+use crate::BlockDevice;
 use arbitrary::{Arbitrary, Unstructured};
 use pov_proto::admin::{AdminOp, AdminRequest, AdminResponse, QosClass, ADMIN_REQUEST_SIZE};
 use pov_proto::io::{round_to_sector, Op, RequestHeader, ResponseHeader, SdkHint};
@@ -39,7 +41,14 @@ struct Input {
     queues_per_area: u8,
     /// Requests time out after 1 ms instead of 60 s.
     short_timeout: bool,
+    /// The gathering setting the device follows (see [`Step::Gathering`]).
+    gathering: (bool, u8, u16),
     steps: Vec<Step>,
+}
+
+/// A gathering setting: enabled, `1 + batch % 8` frames, `window % 200` µs.
+fn gathering((enabled, batch, window): (bool, u8, u16)) -> Gathering {
+    Gathering { enabled, batch_size: 1 + u32::from(batch % 8), window_us: u32::from(window % 200) }
 }
 
 /// An index into what the host learned (sessions, queues, handles); values from 240 on
@@ -114,6 +123,8 @@ enum Step {
     Poll { times: u8 },
     /// The proxy's turn.
     Proxy(ProxyStep),
+    /// The daemon changes the gathering setting.
+    Gathering((bool, u8, u16)),
 }
 
 /// The payload of an IO request.
@@ -381,7 +392,8 @@ pub fn pov_device(data: &[u8]) {
     cfg.max_sessions = 1 + input.areas as u32 % 4;
     cfg.num_queues = 1 + input.queues_per_area as u32 % 4;
     cfg.request_timeout_ms = if input.short_timeout { 1 } else { 60_000 };
-    let dev = PovDevice::new(cfg, tenants).expect("a valid device configuration");
+    let control = GatheringControl::new(gathering(input.gathering));
+    let dev = PovDevice::new(cfg, tenants).expect("a valid device configuration").with_gathering(control.clone());
     let geometry = dev.geometry();
     let mut host = Host {
         dev,
@@ -556,8 +568,9 @@ pub fn pov_device(data: &[u8]) {
                     host.dev.poll(&mut ());
                     host.reap();
                 }
-                let _ = (host.dev.deadline(), host.dev.stats());
+                let _ = (host.dev.deadline(), host.dev.stats_json(), host.dev.write_config_json());
             }
+            Step::Gathering(g) => control.set(gathering(g)).expect("a valid gathering setting"),
             Step::Proxy(s) => {
                 host.dev.poll(&mut ());
                 if let Some(p) = proxy.as_mut() {

@@ -4,6 +4,11 @@
 //! transport of the process with one that never connects.
 
 use pov_dpu_firmware::fuzz;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by the panic hook: the RPC server turns a method's panic into an internal error
+/// answer, which a fuzzer (whose panic hook aborts) reports but a plain replay would not.
+static PANICKED: AtomicBool = AtomicBool::new(false);
 
 #[test]
 fn virtio_chain_seeds_replay() {
@@ -15,7 +20,13 @@ fn virtio_chain_seeds_replay() {
 
 #[test]
 fn rpc_seeds_replay() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICKED.store(true, Ordering::SeqCst);
+        default(info);
+    }));
     assert!(pov_proto::fuzz::replay("rpc", fuzz::rpc) > 0);
+    assert!(!PANICKED.load(Ordering::SeqCst), "a panic during the replay (see the output)");
 }
 
 #[test]
