@@ -1,5 +1,6 @@
 //! Tenants and their secrets, shared by every device of a daemon.
 
+use pov_proto::crypto::{macs_equal, open_proof, SessionKeys, MAC_LEN, NONCE_LEN};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
@@ -59,6 +60,31 @@ impl TenantTable {
         subtle::ConstantTimeEq::ct_eq(s.as_slice(), secret).into()
     }
 
+    /// Checks an OpenSession proof ([`pov_proto::crypto::open_proof`]) against the
+    /// tenant's secret, which never leaves the table; `false` for an unknown tenant.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_proof(
+        &self,
+        name: &str,
+        nc: &[u8; NONCE_LEN],
+        nd: &[u8; NONCE_LEN],
+        pid: u32,
+        grant_flags: u8,
+        prefix: &str,
+        proof: &[u8; MAC_LEN],
+    ) -> bool {
+        let t = self.inner.read().unwrap();
+        let Some(s) = t.get(name) else { return false };
+        macs_equal(&open_proof(s, name, nc, nd, pid, grant_flags, prefix), proof)
+    }
+
+    /// The keys of session `session_id` opened by the exchange `nc`/`nd`
+    /// ([`SessionKeys::derive`]); `None` for an unknown tenant.
+    pub fn session_keys(&self, name: &str, nc: &[u8; NONCE_LEN], nd: &[u8; NONCE_LEN], session_id: u64) -> Option<SessionKeys> {
+        let t = self.inner.read().unwrap();
+        t.get(name).map(|s| SessionKeys::derive(s, nc, nd, name, session_id))
+    }
+
     /// `true` if the tenant exists.
     pub fn exists(&self, name: &str) -> bool {
         self.inner.read().unwrap().contains_key(name)
@@ -85,6 +111,12 @@ mod tests {
         assert!(!t.authenticate("acme", b"pW"));
         assert!(!t.authenticate("acme", b"pw2"));
         assert!(!t.authenticate("nobody", b"pw"));
+        let (nc, nd) = ([1u8; 32], [2u8; 32]);
+        let proof = open_proof(b"pw", "acme", &nc, &nd, 7, 0, "");
+        assert!(t.check_proof("acme", &nc, &nd, 7, 0, "", &proof));
+        assert!(!t.check_proof("acme", &nc, &nd, 8, 0, "", &proof), "another PID");
+        assert!(!t.check_proof("nobody", &nc, &nd, 7, 0, "", &proof));
+        assert!(t.session_keys("acme", &nc, &nd, 1).is_some() && t.session_keys("nobody", &nc, &nd, 1).is_none());
         t.delete("acme").unwrap();
         assert!(!t.authenticate("acme", b"pw"));
         assert!(t.delete("acme").is_err());
