@@ -9,12 +9,12 @@
 //! device's [`Scheduler`] (arrival order today), and goes to the queue's proxy through
 //! the [`Forwarder`]; the answer lands in the queue's response slot.
 
+use crate::admin::{AdminOutcome, AdminState};
 use crate::block::{BlockCompletion, BlockDevice, BlockOp, BlockRequest, BlockStatus, Completions};
 use crate::forward::{Forwarder, GatherStats, Gathering, GatheringControl, Outcome, RoundRobin, Router};
 use crate::queue::{copy_out, Queue, SlotWrite};
 use crate::session::{Handle, Session, SessionState};
 use crate::tenant::TenantTable;
-use crate::admin::{AdminOutcome, AdminState};
 use pov_proto::admin::ADMIN_REQUEST_SIZE;
 use pov_proto::io::{flags, Op, RequestHeader, ResponseHeader, REQUEST_TAG_OFFSET};
 use pov_proto::layout::{ConfigSpace, Geometry, Region};
@@ -499,6 +499,21 @@ impl DeviceState {
                 self.out.complete(req, BlockStatus::Ok, 0)
             }
             SlotWrite::Complete(Err((op, request_id, st))) => {
+                // An undecodable request is answered only if its header carries the
+                // session's tag (payload not counted: its length is not trusted).
+                let owner = q.owner;
+                let area = (queue / self.geometry.queues_per_area) as usize;
+                let s = self.areas.get(area).and_then(Option::as_ref).filter(|s| s.id == owner.session_id);
+                let authentic = s.is_some_and(|s| {
+                    request_id > q.last_request
+                        && s.keys.verify_request(queue, request_id, q.request_mut(0), REQUEST_TAG_OFFSET).is_ok()
+                });
+                if !authentic {
+                    self.stats.auth_failures += 1;
+                    q.reject(queue, &mut self.out);
+                    return self.out.complete(req, BlockStatus::IoErr, 0);
+                }
+                q.accept(request_id);
                 self.out.complete(req, BlockStatus::Ok, 0);
                 self.stats.requests += 1;
                 self.respond(queue, op, request_id, st, 0, 0, &[])
@@ -511,7 +526,9 @@ impl DeviceState {
                 let s = self.areas.get(area).and_then(Option::as_ref).filter(|s| s.id == owner.session_id);
                 let authentic = s.is_some_and(|s| {
                     h.request_id > q.last_request
-                        && s.keys.verify_request(queue, h.request_id, q.request_mut(h.payload_len as usize), REQUEST_TAG_OFFSET).is_ok()
+                        && s.keys
+                            .verify_request(queue, h.request_id, q.request_mut(h.payload_len as usize), REQUEST_TAG_OFFSET)
+                            .is_ok()
                 });
                 if !authentic {
                     log::debug!("device {}: request {} on queue {queue} failed authentication", self.name, h.request_id);
@@ -610,7 +627,11 @@ impl DeviceState {
                 Target::Path(p) => p.as_str(),
                 Target::Handle => s.handles.get(&h.file_handle).map_or("", |x| x.path.as_str()),
             };
-            if s.grant.allows(h.op, h.flags, path) { Ok(t) } else { Err(Status::Permission) }
+            if s.grant.allows(h.op, h.flags, path) {
+                Ok(t)
+            } else {
+                Err(Status::Permission)
+            }
         });
         let target = match target {
             Ok(t) => t,

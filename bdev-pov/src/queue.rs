@@ -40,9 +40,8 @@ pub(crate) enum SlotWrite {
     Partial,
     /// A whole request, not yet accepted: the caller verifies its tag
     /// ([`Queue::request_mut`]) and then [`Queue::accept`]s it (complete the WRITE and
-    /// serve the header) or [`Queue::reject`]s it (fail the WRITE); or a decode error
-    /// `(op, request_id, status)` to answer (the request is accepted as far as the slot
-    /// goes).
+    /// serve the header, or answer the decode error `(op, request_id, status)`) or
+    /// [`Queue::reject`]s it (fail the WRITE).
     Complete(Result<RequestHeader, (u16, u64, Status)>),
 }
 
@@ -166,13 +165,7 @@ impl Queue {
             }
         }
         self.forget_partial();
-        match header {
-            Ok(h) => SlotWrite::Complete(Ok(h)),
-            Err(e) => {
-                self.resp = RespState::Pending;
-                SlotWrite::Complete(Err((ids.op, ids.request_id, e.status())))
-            }
-        }
+        SlotWrite::Complete(header.map_err(|e| (ids.op, ids.request_id, e.status())))
     }
 
     /// The request in the slot, header and `payload_len` payload bytes (to verify its
@@ -270,7 +263,14 @@ impl Queue {
         self.resp_buf[HEADER_SIZE..HEADER_SIZE + payload.len()].copy_from_slice(payload);
         self.resp_len = HEADER_SIZE + payload.len();
         let (keys, protection) = seal;
-        keys.seal_response(queue, header.request_id, &mut self.resp_buf[..self.resp_len], HEADER_SIZE, RESPONSE_TAG_OFFSET, protection);
+        keys.seal_response(
+            queue,
+            header.request_id,
+            &mut self.resp_buf[..self.resp_len],
+            HEADER_SIZE,
+            RESPONSE_TAG_OFFSET,
+            protection,
+        );
         self.resp = RespState::Ready;
         self.busy = false;
         for (mut r, offset) in self.parked.drain(..) {

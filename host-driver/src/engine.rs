@@ -26,7 +26,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use pov_proto::crypto::{Protection, SessionKeys};
 use pov_proto::entry::Stat;
-use pov_proto::io::{round_to_sector, Op, RequestHeader, ResponseHeader, SdkHint, MAX_PATH, REQUEST_TAG_OFFSET, RESPONSE_TAG_OFFSET};
+use pov_proto::io::{
+    round_to_sector, Op, RequestHeader, ResponseHeader, SdkHint, MAX_PATH, REQUEST_TAG_OFFSET, RESPONSE_TAG_OFFSET,
+};
 use pov_proto::layout::{HEADER_SIZE, SLOT_SIZE};
 use pov_proto::{Status, MAX_IO_BYTES};
 

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use pov_proto::admin::{AdminOp, AdminRequest, AdminResponse, QosClass, GRANT_INTEGRITY_ONLY, GRANT_READ_ONLY, MAX_PREFIX, MAX_SECRET};
+use pov_proto::admin::{
+    AdminOp, AdminRequest, AdminResponse, QosClass, GRANT_INTEGRITY_ONLY, GRANT_READ_ONLY, MAX_PREFIX, MAX_SECRET,
+};
 use pov_proto::crypto::{self, Protection, SessionKeys};
 use pov_proto::entry::{DirEntry, Kind, Stat, STAT_SIZE};
 use pov_proto::io::{flags, Op};
@@ -171,8 +173,7 @@ impl Session {
         }
         let prefix = match opts.prefix.as_str() {
             "" => String::new(),
-            p => pov_proto::path::normalize(p.as_bytes())
-                .map_err(|st| invalid(&format!("prefix {p:?}: {st}")))?,
+            p => pov_proto::path::normalize(p.as_bytes()).map_err(|st| invalid(&format!("prefix {p:?}: {st}")))?,
         };
         if prefix.len() > MAX_PREFIX {
             return Err(invalid("prefix longer than 512 bytes"));
@@ -255,8 +256,7 @@ impl Session {
             return Err(e);
         }
 
-        let engine =
-            Arc::new(Engine::new(device.clone(), pid, info.session_id, admin.keys.clone(), opts.protection, channels));
+        let engine = Arc::new(Engine::new(device.clone(), pid, info.session_id, admin.keys.clone(), opts.protection, channels));
         let session =
             Session { device: device.clone(), tenant: tenant.to_string(), info, admin, engine, heartbeat: Mutex::new(None) };
         let hb = start_heartbeat(&session)

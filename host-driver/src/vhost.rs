@@ -93,14 +93,7 @@ impl VhostUserTransport {
             return Err(io::Error::other(format!("{}: libblkio started no queues", socket.display())));
         }
         log::debug!("{}: connected, {} queue(s) of {max}, capacity {capacity} bytes", socket.display(), queues.len());
-        Ok(VhostUserTransport {
-            queues,
-            pool,
-            _blkio: blkio,
-            path: socket.to_path_buf(),
-            capacity,
-            timeout,
-        })
+        Ok(VhostUserTransport { queues, pool, _blkio: blkio, path: socket.to_path_buf(), capacity, timeout })
     }
 
     /// Number of libblkio queues in use.

@@ -152,7 +152,8 @@ impl SessionKeys {
         let mut okm = [0u8; 96];
         prk.expand(&info, Len(okm.len())).and_then(|o| o.fill(&mut okm)).expect("96 bytes is a valid HKDF-SHA256 length");
         let aes = |k: &[u8]| LessSafeKey::new(UnboundKey::new(&AES_256_GCM, k).expect("32-byte AES-256 key"));
-        let keys = SessionKeys { c2d: aes(&okm[..32]), d2c: aes(&okm[32..64]), admin: hmac::Key::new(hmac::HMAC_SHA256, &okm[64..]) };
+        let keys =
+            SessionKeys { c2d: aes(&okm[..32]), d2c: aes(&okm[32..64]), admin: hmac::Key::new(hmac::HMAC_SHA256, &okm[64..]) };
         okm.fill(0);
         keys
     }
