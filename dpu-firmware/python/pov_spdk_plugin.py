@@ -76,6 +76,7 @@ def spdk_rpc_plugin_initialize(subparsers):
     def pov_device_create(args):
         print_dict(args.client.pov_device_create(
             num_queues=args.num_queues, max_sessions=args.max_sessions,
+            max_sessions_per_tenant=args.max_sessions_per_tenant, max_queues_per_tenant=args.max_queues_per_tenant,
             heartbeat_interval_ms=args.heartbeat_interval_ms, session_timeout_ms=args.session_timeout_ms,
             **_frontend_params(args)))
 
@@ -83,6 +84,8 @@ def spdk_rpc_plugin_initialize(subparsers):
     _frontend_args(p, proxy_required=True)
     p.add_argument("--num-queues", type=int, help="queues per session")
     p.add_argument("--max-sessions", type=int)
+    p.add_argument("--max-sessions-per-tenant", type=int, help="default: max sessions - 1")
+    p.add_argument("--max-queues-per-tenant", type=int, help="all of a tenant's sessions together")
     p.add_argument("--heartbeat-interval-ms", type=int)
     p.add_argument("--session-timeout-ms", type=int)
     p.set_defaults(func=pov_device_create)

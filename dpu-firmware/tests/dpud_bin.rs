@@ -56,7 +56,7 @@ fn dpud_config_rpc_vhost_and_sigterm() {
     let cfg = dir.path().join("cfg.json");
     let calls = json!([
         {"method": "pov_tenant_create", "params": {"name": "acme", "secret": "pw"}},
-        {"method": "pov_device_create", "params": {"name": "pov0", "socket": dev_sock, "proxies": ["tcp:127.0.0.1:1"], "max_sessions": 4}}
+        {"method": "pov_device_create", "params": {"name": "pov0", "socket": dev_sock, "proxies": ["tcp:127.0.0.1:1"], "max_sessions": 4, "max_sessions_per_tenant": 2}}
     ]);
     std::fs::write(&cfg, calls.to_string()).unwrap();
     let (mut child, lines) = spawn_dpud(&[
@@ -77,6 +77,7 @@ fn dpud_config_rpc_vhost_and_sigterm() {
     let devs: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(devs[0]["name"], "pov0");
     assert_eq!(devs[0]["config"]["max_sessions"], 4);
+    assert_eq!(devs[0]["config"]["max_sessions_per_tenant"], 2);
     let out = pov_rpc(&rpc_sock, &["pov_tenant_get_tenants"]);
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!([{"name": "acme"}]));
 

@@ -192,9 +192,11 @@ class SpdkClient(unittest.TestCase):
                        if x["method"] == "pov_tenant_create"])
         sock = os.path.join(WORK, "plugin-dev.sock")
         self.assertEqual(ok("pov_device_create", "-n", "plugdev", "--socket", sock, "--proxy", PROXY,
-                            "--virtqueues", "2", "--session-timeout-ms", "5000"), "plugdev")
+                            "--virtqueues", "2", "--session-timeout-ms", "5000", "--max-sessions-per-tenant", "3"),
+                         "plugdev")
         dev = ok("pov_device_get_devices", "-n", "plugdev")[0]
         self.assertEqual((dev["virtqueues"], dev["config"]["session_timeout_ms"]), (2, 5000))
+        self.assertEqual(dev["config"]["max_sessions_per_tenant"], 3)
         vsock = os.path.join(WORK, "plugin-vol.sock")
         self.assertEqual(ok("pov_volume_create", "-n", "plugvol", "--socket", vsock,
                             "--size", str(8 << 20), "--block-size", "4096", "--proxy", PROXY), True)

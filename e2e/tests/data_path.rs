@@ -139,6 +139,30 @@ fn cli_tree_round_trip_two_processes_at_once() {
     c.args(["rm", "-r", "pov:/trees/b"]);
     run_ok(c);
     assert!(!stack.backend_dir("acme").join("trees/b").exists());
+    // Sessions with grants: read-only, limited to a directory, integrity-only.
+    let fails = |mut c: std::process::Command| {
+        let out = c.output().unwrap();
+        assert!(!out.status.success(), "should fail: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let mut c = stack.host_cmd();
+    c.args(["--read-only", "cat", "pov:/trees/a/small3.txt"]);
+    assert_eq!(run_ok(c), "small file 3 100\n");
+    let mut c = stack.host_cmd();
+    c.args(["--read-only", "rm", "pov:/trees/a/small3.txt"]);
+    let err = fails(c);
+    assert!(err.contains("ermission"), "{err}");
+    assert!(stack.backend_dir("acme").join("trees/a/small3.txt").exists());
+    let mut c = stack.host_cmd();
+    c.args(["--prefix", "pov:/trees/a", "cat", "pov:/trees/a/small3.txt"]);
+    assert_eq!(run_ok(c), "small file 3 100\n");
+    let mut c = stack.host_cmd();
+    c.args(["--prefix", "pov:/trees/a", "ls", "pov:/trees"]);
+    let err = fails(c);
+    assert!(err.contains("ermission"), "{err}");
+    let mut c = stack.host_cmd();
+    c.args(["--integrity-only", "cat", "pov:/trees/a/small3.txt"]);
+    assert_eq!(run_ok(c), "small file 3 100\n");
     // The secret is required and never taken from the command line.
     let mut c = stack.host_cmd();
     c.env_remove("POV_SECRET").args(["ls", "pov:/"]);

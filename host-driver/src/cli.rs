@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::discover;
 use crate::engine::join;
-use crate::{Device, DeviceOptions, DeviceSpec, Kind, OpenOptions, Session};
+use crate::{Device, DeviceOptions, DeviceSpec, Kind, OpenOptions, Protection, Session, SessionOptions};
 
 /// Prefix that marks a path inside PoV.
 pub const POV_PREFIX: &str = "pov:";
@@ -78,6 +78,21 @@ pub struct Cli {
     #[arg(short, long, global = true, default_value_t = 4, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub queues: u32,
+
+    /// Open a read-only session: the DPU and the proxy refuse anything that would
+    /// create, write, truncate or remove
+    #[arg(long, global = true)]
+    pub read_only: bool,
+
+    /// Limit the session to this PoV directory and what lies below it (pov:/dir or
+    /// /dir); paths stay relative to the tenant's root
+    #[arg(long, global = true, value_name = "PATH")]
+    pub prefix: Option<String>,
+
+    /// Authenticate responses but do not encrypt their payloads (cheaper; any process
+    /// that can open the device can read them: for processes that trust each other)
+    #[arg(long, global = true)]
+    pub integrity_only: bool,
 
     /// More log output (-v info, -vv debug)
     #[arg(short, long, global = true, action = ArgAction::Count)]
@@ -208,7 +223,16 @@ fn open_session(cli: &Cli) -> anyhow::Result<Session> {
     let spec: DeviceSpec = device.parse()?;
     let opts = DeviceOptions { blkio_queues: cli.queues as usize, ..DeviceOptions::default() };
     let dev = Device::open_with(&spec, &opts)?;
-    Ok(Session::open(&dev, tenant, &secret, cli.queues)?)
+    let prefix = cli.prefix.as_deref().map(|p| p.strip_prefix("pov:").unwrap_or(p)).unwrap_or_default();
+    let protection = if cli.integrity_only { Protection::IntegrityOnly } else { Protection::Confidential };
+    let opts = SessionOptions {
+        queues: cli.queues,
+        read_only: cli.read_only,
+        prefix: prefix.to_string(),
+        protection,
+        ..SessionOptions::default()
+    };
+    Ok(Session::open_with(&dev, tenant, &secret, &opts)?)
 }
 
 /// The secret from `file` (preferred) or the `POV_SECRET` value `env`.

@@ -222,6 +222,12 @@ impl Engine {
         self.pid
     }
 
+    /// Takes `n` request IDs out of the sequence for someone else's use; returns the
+    /// first.
+    pub(crate) fn reserve_request_ids(&self, n: u64) -> u64 {
+        self.next_request.fetch_add(n, Ordering::Relaxed)
+    }
+
     /// The request ID the next call will use (for unique names; not reserved).
     pub(crate) fn next_request_id(&self) -> u64 {
         self.next_request.load(Ordering::Relaxed)

@@ -84,6 +84,7 @@ pub use error::{status_of, Error, ErrorKind, Result, StatusError};
 pub use file::{File, OpenOptions};
 pub use mem::IoBuf;
 pub use pov_proto::admin::QosClass;
+pub use pov_proto::crypto::{Protection, SessionKeys};
 pub use pov_proto::entry::{DirEntry, Kind, Stat};
 pub use pov_proto::Status;
 pub use session::{Session, SessionInfo, SessionOptions};

@@ -131,6 +131,7 @@ pub struct Session {
     device: Device,
     tenant: String,
     info: SessionInfo,
+    protection: Protection,
     admin: Arc<SessionAdmin>,
     engine: Arc<Engine>,
     heartbeat: Mutex<Option<Heartbeat>>,
@@ -257,8 +258,15 @@ impl Session {
         }
 
         let engine = Arc::new(Engine::new(device.clone(), pid, info.session_id, admin.keys.clone(), opts.protection, channels));
-        let session =
-            Session { device: device.clone(), tenant: tenant.to_string(), info, admin, engine, heartbeat: Mutex::new(None) };
+        let session = Session {
+            device: device.clone(),
+            tenant: tenant.to_string(),
+            info,
+            protection: opts.protection,
+            admin,
+            engine,
+            heartbeat: Mutex::new(None),
+        };
         let hb = start_heartbeat(&session)
             .map_err(|e| Error::new(ErrorKind::Access, format!("{ctx}: spawn heartbeat thread")).with_source(e));
         match hb {
@@ -271,10 +279,25 @@ impl Session {
         Ok(session)
     }
 
-    /// The session's keys (tests that play a misbehaving driver sign with them).
-    #[cfg(test)]
-    pub(crate) fn keys(&self) -> &SessionKeys {
+    /// The session's keys, for a driver that issues this session's IO requests itself
+    /// (e.g. asynchronously on its own connection, as `pov-bench` does): tag each
+    /// request with [`SessionKeys::tag_request`] and open each response with
+    /// [`SessionKeys::open_response`] and [`Session::protection`]. Request IDs must come
+    /// from [`Session::reserve_request_ids`].
+    pub fn keys(&self) -> &Arc<SessionKeys> {
         &self.admin.keys
+    }
+
+    /// How this session's responses are protected.
+    pub fn protection(&self) -> Protection {
+        self.protection
+    }
+
+    /// Reserves `n` request IDs for requests this process issues itself on the
+    /// session's queues (the device refuses an ID not above the queue's last); returns
+    /// the first. The session's own requests use IDs after the range.
+    pub fn reserve_request_ids(&self, n: u64) -> u64 {
+        self.engine.reserve_request_ids(n)
     }
 
     /// What the device granted.

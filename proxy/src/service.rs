@@ -130,7 +130,7 @@ impl Service {
     /// tenant.
     pub fn execute(&mut self, req: &ProxyRequest, payload: &[u8], out: &mut Vec<u8>) -> Completion {
         let tenant_ok = pov_proto::path::valid_tenant_name(&req.tenant);
-        let c = match resolve(&req.tenant, &req.path) {
+        let c = match resolve(&req.tenant, &req.path).and_then(|path| granted(req, path)) {
             Ok(path) => self.run(req, &path, payload, out),
             Err(s) => Completion::err(s),
         };
@@ -208,6 +208,22 @@ impl Service {
     }
 }
 
+/// Re-checks the session's grant (read-only, path prefix) that the DPU enforced
+/// already: a DPU that is wrong or compromised cannot widen a session's rights here
+/// (docs/security.md). `path` is normalized; so must the grant's prefix be, or the
+/// request is `Invalid`. A refused request is `Permission`.
+fn granted(req: &ProxyRequest, path: String) -> Result<String, Status> {
+    let g = &req.grant;
+    if !g.prefix.is_empty() && pov_proto::path::normalize(g.prefix.as_bytes()).ok().as_deref() != Some(g.prefix.as_str()) {
+        return Err(Status::Invalid);
+    }
+    if g.allows(req.op, req.flags, &path) {
+        Ok(path)
+    } else {
+        Err(Status::Permission)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +263,35 @@ mod tests {
             assert_eq!(resp.op, r.op as u16, "op echoed");
             (resp, p.to_vec())
         }
+    }
+
+    #[test]
+    fn grants_are_rechecked() {
+        use pov_proto::io::Grant;
+        let mut fx = fixture();
+        let mut r = req(Op::Open, "t", "logs/a/f");
+        r.flags = flags::CREATE | flags::WRITE;
+        assert_eq!(fx.call(r.clone(), &[]).0.status, Status::Ok);
+        let ro = Grant { read_only: true, prefix: String::new() };
+        let limited = Grant { read_only: false, prefix: "logs/a".into() };
+        let with = |mut r: ProxyRequest, g: &Grant| {
+            r.grant = g.clone();
+            r
+        };
+        let mut w = req(Op::Write, "t", "logs/a/f");
+        w.length = 1;
+        assert_eq!(fx.call(with(w.clone(), &ro), b"x").0.status, Status::Permission, "read-only: no write");
+        assert_eq!(fx.call(with(r.clone(), &ro), &[]).0.status, Status::Permission, "read-only: no open for writing");
+        assert_eq!(fx.call(with(req(Op::Remove, "t", "logs/a/f"), &ro), &[]).0.status, Status::Permission);
+        assert_eq!(fx.call(with(req(Op::Stat, "t", "logs/a/f"), &ro), &[]).0.status, Status::Ok, "read-only may read");
+        assert_eq!(fx.call(with(w.clone(), &limited), b"x").0.status, Status::Ok, "inside the prefix");
+        assert_eq!(fx.call(with(req(Op::Stat, "t", "logs"), &limited), &[]).0.status, Status::Permission, "above");
+        assert_eq!(fx.call(with(req(Op::Stat, "t", "logs/ab"), &limited), &[]).0.status, Status::Permission, "sibling");
+        let dotted = req(Op::Stat, "t", "logs/a/../b");
+        assert_eq!(fx.call(with(dotted, &limited), &[]).0.status, Status::Permission, "dotted");
+        assert_eq!(fx.call(with(req(Op::VolumeFlush, "t", ""), &limited), &[]).0.status, Status::Permission, "no volume");
+        let odd = Grant { read_only: false, prefix: "logs/../x".into() };
+        assert_eq!(fx.call(with(req(Op::Stat, "t", "x/f"), &odd), &[]).0.status, Status::Invalid, "odd prefix");
     }
 
     #[test]
