@@ -21,7 +21,9 @@
 //!   A connection that has not completed a request [`RpcLimits::idle_timeout`] after
 //!   it connected or got its last answer (nothing at all, or half a request), or that
 //!   has not taken any byte of an answer for that long, is closed (with a -32600
-//!   error first if it sent half a request).
+//!   error first if it sent half a request). A batch's answer stays within the answer
+//!   limit plus one such error per call that did not fit (at most `max_batch` of
+//!   them).
 
 use super::scan::{Scan, Scanner};
 use super::{codes, error_response, handle_value, RpcError};
@@ -697,7 +699,7 @@ impl PollLoop {
         let expired: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| !c.busy && !c.close_after && now.saturating_duration_since(c.since) >= limit)
+            .filter(|(_, c)| !c.busy && now.saturating_duration_since(c.since) >= limit)
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
