@@ -3,7 +3,7 @@
 
 use crate::config::load_config_file;
 use crate::daemon::Daemon;
-use crate::rpc::RpcServer;
+use crate::rpc::{RpcLimits, RpcServer};
 use anyhow::Context;
 use pov_runtime::{ReactorConfig, Runtime};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -23,6 +23,8 @@ pub struct DaemonOptions {
     pub reactor: ReactorConfig,
     /// Configuration to replay before serving RPC.
     pub config: Option<PathBuf>,
+    /// Limits of the control socket server.
+    pub rpc_limits: RpcLimits,
 }
 
 /// Parses a CPU list such as `0,1` or `0-3,6` (no duplicates).
@@ -75,7 +77,7 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             }
         }
     }
-    let server = match RpcServer::start(&opts.rpc_socket, daemon.clone()) {
+    let server = match RpcServer::start_with(&opts.rpc_socket, daemon.clone(), opts.rpc_limits.clone()) {
         Ok(s) => s,
         Err(e) => {
             daemon.shutdown();

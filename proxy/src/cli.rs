@@ -2,7 +2,12 @@
 //!
 //! ```text
 //! pov-proxy [--listen ADDR] [--backend SPEC] [--reactors N | --cpus LIST] [--log-level LEVEL]
+//!           [--max-outstanding-bytes SIZE] [--max-requests N] [--frame-timeout SECS]
+//!           [--idle-timeout SECS]
 //! ```
+//!
+//! The last four are the per-connection limits ([`crate::server::ConnLimits`],
+//! docs/security.md "Resource limits").
 //!
 //! On startup the binary prints one line to stdout, `pov-proxy listening on
 //! HOST:PORT` (the address actually bound), so scripts can wait for it. It runs until
@@ -10,11 +15,14 @@
 //! exits with status 0. Setup failures exit with status 1 and a message on stderr.
 
 use crate::backend::BackendSpec;
-use crate::server::{Server, ServerConfig, DEFAULT_LISTEN};
+use crate::server::{
+    ConnLimits, Server, ServerConfig, DEFAULT_FRAME_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_OUTSTANDING_BYTES, DEFAULT_MAX_REQUESTS,
+};
 use anyhow::Context;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::io::Write;
+use std::time::Duration;
 
 /// Default backend spec.
 pub const DEFAULT_BACKEND: &str = "local:./pov-data";
@@ -46,6 +54,104 @@ pub struct Args {
     /// Log level (error, warn, info, debug, trace); RUST_LOG adds per-module filters.
     #[arg(long, env = "POV_PROXY_LOG_LEVEL", default_value = "info")]
     pub log_level: log::LevelFilter,
+
+    /// Most answer bytes one connection may have outstanding (answers not yet written
+    /// to its socket plus room reserved for its requests being served; a read
+    /// reserves its length). At the bound the proxy stops reading that connection's
+    /// requests until its answers drain (TCP back-pressure; nothing is dropped).
+    /// Bytes, or with a K, M or G suffix (powers of 1024).
+    #[arg(long, value_name = "SIZE", default_value_t = Size(DEFAULT_MAX_OUTSTANDING_BYTES))]
+    pub max_outstanding_bytes: Size,
+
+    /// Most requests one connection may have being served at once on a blocking
+    /// backend's workers (Ceph); further ones wait, unread.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_REQUESTS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_requests: u32,
+
+    /// Close a connection that has not completed its first frame this many seconds
+    /// after connecting, or leaves a frame incomplete this long while the proxy reads
+    /// it (half a frame, then silence). 0: never.
+    #[arg(long, value_name = "SECS", default_value_t = Secs(DEFAULT_FRAME_TIMEOUT))]
+    pub frame_timeout: Secs,
+
+    /// Close a connection with nothing outstanding that sends nothing for this many
+    /// seconds. 0 (the default): never, since a DPU keeps its proxy connections open
+    /// while idle (it reconnects on its next request, but one sent as the proxy
+    /// closes fails).
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::ZERO))]
+    pub idle_timeout: Secs,
+}
+
+/// A byte count given as `N`, `NK`, `NM` or `NG` (powers of 1024; `KiB`, `MiB`,
+/// `GiB` and lower case accepted too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub usize);
+
+impl std::str::FromStr for Size {
+    type Err = String;
+
+    /// Errors: not a number, an unknown suffix, 0, or more than `usize` holds.
+    fn from_str(s: &str) -> Result<Size, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kib" => 10,
+            "m" | "mib" => 20,
+            "g" | "gib" => 30,
+            u => return Err(format!("unknown unit {u:?} in {s:?} (use K, M or G)")),
+        };
+        let n: usize = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
+        let v = n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))?;
+        if v == 0 {
+            return Err("the size must be at least 1 byte".into());
+        }
+        Ok(Size(v))
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            v if v % (1 << 30) == 0 => write!(f, "{}G", v >> 30),
+            v if v % (1 << 20) == 0 => write!(f, "{}M", v >> 20),
+            v if v % (1 << 10) == 0 => write!(f, "{}K", v >> 10),
+            v => write!(f, "{v}"),
+        }
+    }
+}
+
+/// A duration given in seconds (fractions allowed, e.g. `0.5`); `0` means "never"
+/// where an option says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Secs(pub Duration);
+
+impl Secs {
+    /// `None` for 0 ("never"), else the duration.
+    pub fn nonzero(self) -> Option<Duration> {
+        (!self.0.is_zero()).then_some(self.0)
+    }
+}
+
+impl std::str::FromStr for Secs {
+    type Err = String;
+
+    /// Errors: not a number, negative, or more than a day.
+    fn from_str(s: &str) -> Result<Secs, String> {
+        let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+        if !(0.0..=86_400.0).contains(&v) {
+            return Err(format!("{s:?} is out of range (0 to 86400 seconds)"));
+        }
+        Ok(Secs(Duration::from_secs_f64(v)))
+    }
+}
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
 }
 
 /// A list of CPU indexes: comma-separated numbers and inclusive ranges (`0,2-3`).
@@ -92,6 +198,16 @@ impl std::str::FromStr for CpuList {
 }
 
 impl Args {
+    /// The per-connection limits these options ask for.
+    pub fn limits(&self) -> ConnLimits {
+        ConnLimits {
+            max_outstanding_bytes: self.max_outstanding_bytes.0,
+            max_requests: self.max_requests as usize,
+            frame_timeout: self.frame_timeout.nonzero(),
+            idle_timeout: self.idle_timeout.nonzero(),
+        }
+    }
+
     /// The reactor placement these options ask for.
     pub fn cores(&self) -> Vec<Option<usize>> {
         match &self.cpus {
@@ -114,6 +230,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         listen: args.listen.clone(),
         backend: args.backend.clone(),
         cores: args.cores(),
+        limits: args.limits(),
         ..ServerConfig::default()
     };
     let server = Server::start(config)?;
@@ -156,6 +273,24 @@ mod tests {
     }
 
     #[test]
+    fn sizes_and_seconds() {
+        for (s, v) in [("1", 1), ("4096", 4096), ("8M", 8 << 20), ("64k", 64 << 10), ("1GiB", 1 << 30), ("3 MiB", 3 << 20)] {
+            assert_eq!(s.parse::<Size>(), Ok(Size(v)), "{s}");
+        }
+        for bad in ["", "0", "M", "1T", "-1", "1.5M", "99999999999999999999G"] {
+            assert!(bad.parse::<Size>().is_err(), "{bad:?}");
+        }
+        assert_eq!(Size(8 << 20).to_string(), "8M");
+        assert_eq!(Size(1000).to_string(), "1000");
+        assert_eq!("30".parse::<Secs>().unwrap().nonzero(), Some(Duration::from_secs(30)));
+        assert_eq!("0".parse::<Secs>().unwrap().nonzero(), None);
+        assert_eq!(Secs(DEFAULT_FRAME_TIMEOUT).to_string(), "30");
+        for bad in ["", "x", "-0.5", "1e9", "NaN"] {
+            assert!(bad.parse::<Secs>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn args_parse() {
         let a = Args::try_parse_from(["pov-proxy"]).unwrap();
         assert_eq!(a.listen, DEFAULT_LISTEN);
@@ -169,6 +304,33 @@ mod tests {
         assert!(Args::try_parse_from(["pov-proxy", "--reactors", "2", "--cpus", "1"]).is_err());
         assert!(Args::try_parse_from(["pov-proxy", "--reactors", "0"]).is_err());
         assert!(Args::try_parse_from(["pov-proxy", "--backend", "ceph:x"]).is_err());
+        assert_eq!(a.limits(), ConnLimits::default());
+        let a = Args::try_parse_from([
+            "pov-proxy",
+            "--max-outstanding-bytes",
+            "2M",
+            "--max-requests",
+            "8",
+            "--frame-timeout",
+            "0.5",
+            "--idle-timeout",
+            "600",
+        ])
+        .unwrap();
+        let l = a.limits();
+        assert_eq!((l.max_outstanding_bytes, l.max_requests), (2 << 20, 8));
+        assert_eq!((l.frame_timeout, l.idle_timeout), (Some(Duration::from_millis(500)), Some(Duration::from_secs(600))));
+        let a = Args::try_parse_from(["pov-proxy", "--frame-timeout", "0"]).unwrap();
+        assert_eq!(a.limits().frame_timeout, None);
+        for bad in [
+            &["--max-outstanding-bytes", "0"][..],
+            &["--max-outstanding-bytes", "8X"],
+            &["--max-requests", "0"],
+            &["--frame-timeout", "-1"],
+            &["--idle-timeout", "soon"],
+        ] {
+            assert!(Args::try_parse_from(["pov-proxy"].iter().chain(bad)).is_err(), "{bad:?}");
+        }
         #[cfg(feature = "ceph")]
         {
             let a = Args::try_parse_from(["pov-proxy", "--backend", "ceph:conf=/c,workers=8"]).unwrap();

@@ -27,8 +27,9 @@
 
 use crate::backend::{resolve, Backend};
 use crate::stats::{ProxyStats, TenantCache};
+use pov_proto::entry::STAT_SIZE;
 use pov_proto::io::{flags, Op};
-use pov_proto::wire::{ProxyRequest, ProxyResponse};
+use pov_proto::wire::{ProxyRequest, ProxyResponse, LEN_PREFIX, PROXY_RESPONSE_HEADER};
 use pov_proto::{Status, MAX_IO_BYTES};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -51,6 +52,29 @@ impl Completion {
 
     fn err(status: Status) -> Completion {
         Completion { status, result: 0, flags: 0 }
+    }
+}
+
+/// The most bytes the answer to the request frame `body` (length prefix stripped) can
+/// take, its length prefix included: the response header, plus `length` (at most
+/// [`MAX_IO_BYTES`]) for reads, [`MAX_IO_BYTES`] for a listing and one
+/// [`pov_proto::entry::Stat`] for a stat. Read from the fixed header fields alone
+/// (operation at bytes 6..8, length at 24..28), without decoding the frame; a body
+/// too short or with an unknown operation is bounded by the bare header (it gets an
+/// error answer or none). Used to reserve room for answers before a request runs
+/// (back-pressure, `crate::server`).
+pub fn answer_bound(body: &[u8]) -> usize {
+    let base = LEN_PREFIX + PROXY_RESPONSE_HEADER;
+    if body.len() < 28 {
+        return base;
+    }
+    let op = u16::from_le_bytes([body[6], body[7]]);
+    let length = u32::from_le_bytes([body[24], body[25], body[26], body[27]]).min(MAX_IO_BYTES) as usize;
+    match Op::from_u16(op) {
+        Ok(Op::Read | Op::VolumeRead) => base + length,
+        Ok(Op::List) => base + MAX_IO_BYTES as usize,
+        Ok(Op::Stat) => base + STAT_SIZE,
+        _ => base,
     }
 }
 
@@ -387,6 +411,46 @@ mod tests {
         let (resp2, p2) = fx.call(r, &[]);
         assert_eq!(resp2.flags & flags::MORE, 0);
         assert_eq!(first.len() + DirEntry::decode_all(&p2).unwrap().len(), 4300);
+    }
+
+    /// Every answer fits the room [`answer_bound`] reserved for it.
+    #[test]
+    fn answers_fit_their_bound() {
+        let mut fx = fixture();
+        let mut open = req(Op::Open, "t", "f");
+        open.flags = flags::CREATE | flags::WRITE;
+        assert_eq!(fx.call(open.clone(), &[]).0.status, Status::Ok);
+        assert_eq!(fx.call(req(Op::Write, "t", "f"), &[7u8; 5000]).0.status, Status::Ok);
+        let mut cases = vec![(open, Vec::new()), (req(Op::Stat, "t", "f"), Vec::new()), (req(Op::List, "t", ""), Vec::new())];
+        for length in [0, 1, 4096, 5000, 9000, MAX_IO_BYTES, MAX_IO_BYTES + 1, u32::MAX] {
+            let mut r = req(Op::Read, "t", "f");
+            r.length = length;
+            cases.push((r, Vec::new()));
+        }
+        cases.push((req(Op::Write, "t", "f"), vec![1u8; 100]));
+        for (mut r, payload) in cases {
+            r.tag = 1;
+            let mut f = Vec::new();
+            r.encode_frame(&payload, &mut f).unwrap();
+            let mut out = Vec::new();
+            assert!(fx.svc.handle_frame(&f[4..], &mut out));
+            assert!(
+                out.len() <= answer_bound(&f[4..]),
+                "{:?} length {}: {} > {}",
+                r.op,
+                r.length,
+                out.len(),
+                answer_bound(&f[4..])
+            );
+        }
+        let mut r = req(Op::Read, "t", "f");
+        r.length = 1 << 20;
+        let mut f = Vec::new();
+        r.encode_frame(&[], &mut f).unwrap();
+        assert_eq!(answer_bound(&f[4..]), 4 + 40 + (1 << 20));
+        for short in [&f[4..10], &[][..]] {
+            assert_eq!(answer_bound(short), 44, "too short to carry a read");
+        }
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub struct ProxyStats {
     pub connections_accepted: AtomicU64,
     /// Connections currently open.
     pub connections_open: AtomicU64,
+    /// Times a connection stopped reading at its bound (back-pressure).
+    pub reads_paused: AtomicU64,
+    /// Connections closed for a frame or idle timeout.
+    pub connections_timed_out: AtomicU64,
 }
 
 /// A copy of the server-wide counters.
@@ -74,6 +78,10 @@ pub struct ServerStats {
     pub connections_accepted: u64,
     /// Connections currently open.
     pub connections_open: u64,
+    /// Times a connection stopped reading at its bound (back-pressure).
+    pub reads_paused: u64,
+    /// Connections closed for a frame or idle timeout.
+    pub connections_timed_out: u64,
 }
 
 impl ProxyStats {
@@ -118,6 +126,8 @@ impl ProxyStats {
             dropped_frames: self.dropped_frames.load(Ordering::Relaxed),
             connections_accepted: self.connections_accepted.load(Ordering::Relaxed),
             connections_open: self.connections_open.load(Ordering::Relaxed),
+            reads_paused: self.reads_paused.load(Ordering::Relaxed),
+            connections_timed_out: self.connections_timed_out.load(Ordering::Relaxed),
         }
     }
 }

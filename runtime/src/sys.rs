@@ -12,8 +12,11 @@ use std::time::Duration;
 pub enum Interest {
     /// Readable (data or a pending connection arrived, or the peer closed).
     Read,
-    /// Writable (e.g. a non-blocking `connect(2)` finished).
+    /// Writable (e.g. a non-blocking `connect(2)` finished, or a full socket drained).
     Write,
+    /// Readable or writable (a connection that waits for requests and for room to
+    /// send its answers).
+    ReadWrite,
 }
 
 impl Interest {
@@ -21,6 +24,7 @@ impl Interest {
         match self {
             Interest::Read => epoll::EventFlags::IN,
             Interest::Write => epoll::EventFlags::OUT,
+            Interest::ReadWrite => epoll::EventFlags::IN | epoll::EventFlags::OUT,
         }
     }
 
@@ -28,6 +32,7 @@ impl Interest {
         match self {
             Interest::Read => PollFlags::IN,
             Interest::Write => PollFlags::OUT,
+            Interest::ReadWrite => PollFlags::IN | PollFlags::OUT,
         }
     }
 }
@@ -203,6 +208,9 @@ mod tests {
         // An eventfd is always writable: switching the interest wakes at once.
         p.add(e.as_raw_fd(), 7, Interest::Write).unwrap();
         assert_eq!(p.wait(Duration::from_secs(5)), 1);
+        p.add(e.as_raw_fd(), 7, Interest::ReadWrite).unwrap();
+        assert_eq!(p.wait(Duration::from_secs(5)), 1);
+        assert!(wait_fd(e.as_fd(), Interest::ReadWrite, Duration::ZERO).unwrap());
         p.remove(e.as_raw_fd());
         assert_eq!(p.wait(Duration::from_millis(1)), 0);
         assert!(p.add(-1, 1, Interest::Read).is_err());

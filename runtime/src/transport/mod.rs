@@ -154,6 +154,28 @@ pub trait Transport: Send {
     /// before a close are delivered first.
     fn receive(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError>;
 
+    /// [`receive`](Transport::receive), but stops reading from the network once about
+    /// `max_bytes` have been read in this call (frames those bytes complete are still
+    /// all delivered; the rest stays in the kernel, which is how a caller exerts
+    /// back-pressure on its peer). `max_bytes` 0 reads nothing. The default ignores
+    /// the budget: a transport that cannot stop early reads what is there.
+    ///
+    /// # Errors
+    /// As [`receive`](Transport::receive).
+    fn receive_at_most(&mut self, max_bytes: usize, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
+        if max_bytes == 0 {
+            return Ok(false);
+        }
+        self.receive(on_frame)
+    }
+
+    /// Bytes of a frame received in part (its length prefix or body not complete yet),
+    /// held until the rest arrives; 0 between frames. The default, for a transport
+    /// that cannot tell, is 0.
+    fn partial_frame_bytes(&self) -> usize {
+        0
+    }
+
     /// [`flush`](Transport::flush) then [`receive`](Transport::receive). Returns `true`
     /// if any byte moved.
     ///

@@ -95,9 +95,16 @@ impl Transport for TcpTransport {
     }
 
     fn receive(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
+        self.receive_at_most(usize::MAX, on_frame)
+    }
+
+    fn receive_at_most(&mut self, max_bytes: usize, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
         let mut moved = false;
-        loop {
-            match self.stream.read(&mut self.chunk) {
+        let mut left = max_bytes;
+        while left > 0 {
+            let want = left.min(self.chunk.len());
+            left -= want;
+            match self.stream.read(&mut self.chunk[..want]) {
                 Ok(0) => {
                     // What arrived before the close has been delivered.
                     return Err(TransportError::Closed { peer: self.peer.clone() });
@@ -106,16 +113,20 @@ impl Transport for TcpTransport {
                     moved = true;
                     self.counters.receives += 1;
                     self.counters.frames_received += self.rx.feed(&self.chunk[..n], &self.peer, on_frame)?;
-                    if n < self.chunk.len() {
+                    if n < want {
                         break;
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::Interrupted => left += want,
                 Err(e) => return Err(self.io_err(e)),
             }
         }
         Ok(moved)
+    }
+
+    fn partial_frame_bytes(&self) -> usize {
+        self.rx.partial_bytes()
     }
 
     fn pending_send_bytes(&self) -> usize {

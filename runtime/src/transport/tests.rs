@@ -108,3 +108,41 @@ fn host_names_resolve_without_blocking() {
     }
     assert!(saw_wait, "a name lookup must be waited for, not done inline");
 }
+
+/// `receive_at_most` stops reading at its budget (the rest stays in the socket for
+/// the next call) and `partial_frame_bytes` tells a frame cut by it; nothing is lost.
+#[test]
+fn tcp_receive_at_most_reads_no_more_than_asked() {
+    let (mut a, mut b) = tcp_pair();
+    let body = vec![7u8; 10_000];
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    for _ in 0..20 {
+        a.queue_frame(&frame).unwrap();
+    }
+    while a.pending_send_bytes() > 0 {
+        a.flush().unwrap();
+    }
+    let t = std::time::Instant::now();
+    let mut got = 0usize;
+    let mut max_per_call = 0usize;
+    let mut saw_partial = false;
+    while got < 20 {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "only {got} frames arrived");
+        let mut n = 0;
+        b.receive_at_most(4096, &mut |f| {
+            assert_eq!(f, &body[..]);
+            n += 1;
+        })
+        .unwrap();
+        got += n;
+        max_per_call = max_per_call.max(n);
+        saw_partial |= b.partial_frame_bytes() > 0;
+        assert!(b.partial_frame_bytes() < frame.len());
+    }
+    assert_eq!(got, 20);
+    assert!(max_per_call <= 1, "4096 bytes complete at most one 10 kB frame per call, got {max_per_call}");
+    assert!(saw_partial, "a frame cut by the budget is held as partial bytes");
+    assert_eq!(b.partial_frame_bytes(), 0);
+    assert!(!b.receive_at_most(0, &mut |_| panic!("nothing read with a zero budget")).unwrap());
+}
