@@ -252,11 +252,19 @@ impl Keyring {
         Ok(())
     }
 
-    /// Forgets that `tenant` uses a key (the tenant was deleted).
-    pub fn release(&self, tenant: &str) {
-        for k in self.keys().values_mut() {
+    /// Calls `f` (which deletes `tenant`) and, if it succeeds, forgets that `tenant`
+    /// uses a key. The keyring stays locked during `f`, so a tenant of the same name
+    /// created meanwhile keeps its mark on its key.
+    ///
+    /// # Errors
+    /// `f`'s error (nothing is forgotten then).
+    pub fn release<E>(&self, tenant: &str, f: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
+        let mut keys = self.keys();
+        f()?;
+        for k in keys.values_mut() {
             k.tenants.remove(tenant);
         }
+        Ok(())
     }
 
     /// The key `tenant` was created with.
@@ -391,7 +399,9 @@ mod tests {
         let shown = format!("{:?} {}", k, serde_json::to_string(&k.list()).unwrap());
         assert!(shown.contains("good") && !shown.contains("hunter2"), "{shown}");
         assert!(matches!(k.remove("k1"), Err(KeyringError::InUse { .. })));
-        k.release("acme");
+        assert!(k.release("acme", || Err::<(), _>("no such tenant")).is_err());
+        assert!(matches!(k.remove("k1"), Err(KeyringError::InUse { .. })), "a failed delete keeps the mark");
+        k.release::<KeyringError>("acme", || Ok(())).unwrap();
         k.remove("k1").unwrap();
         assert!(matches!(k.remove("k1"), Err(KeyringError::NotFound(_))));
         assert_eq!(k.list().len(), 1);

@@ -64,8 +64,7 @@ impl Daemon {
     /// # Errors
     /// [`DaemonError::NotFound`] if there is no such tenant.
     pub fn tenant_delete(&self, name: &str) -> Result<(), DaemonError> {
-        self.tenants().delete(name)?;
-        self.keyring().release(name);
+        self.keyring().release(name, || Ok::<_, DaemonError>(self.tenants().delete(name)?))?;
         log::info!("tenant {name} deleted");
         Ok(())
     }

@@ -42,7 +42,7 @@ Environment:
 
 Examples:
   pov-host list
-  export POV_DEVICE=/dev/vdb POV_TENANT=acme POV_SECRET=...
+  export POV_DEVICE=/dev/vdb POV_TENANT=acme POV_SECRET_FILE=~/.pov-secret
   pov-host cp -r ./photos pov:/photos      copy a tree into PoV
   pov-host cp pov:/photos/a.jpg .          copy a file out
   pov-host ls pov:/photos
