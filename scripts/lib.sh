@@ -30,10 +30,29 @@ pov_wait_line() {
   echo "timed out waiting for /$regex/ in $file" >&2; cat "$file" >&2; return 1
 }
 
+# pov_new_key_file FILE: writes a fresh random secret (32 hex digits, no newline) to
+# the new file FILE, mode 0600. The secret only goes through pipes, never a command line.
+pov_new_key_file() {
+  rm -f "$1" && (umask 077 && head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$1")
+}
+
+# pov_add_tenant RPC_SOCK TENANT KEY_FILE [POV_RPC]: adds KEY_FILE (mode 0600) to
+# pov-dpud's keyring as key TENANT-key and creates TENANT from it. Only the file's path
+# is on a command line, never the secret. POV_RPC defaults to this build's pov-rpc.
+pov_add_tenant() {
+  local sock=$1 tenant=$2 file=$3 rpc=${4:-$(pov_bin_dir)/pov-rpc} path
+  path=$(realpath "$file") || return 1
+  "$rpc" -s "$sock" keyring_file_add_key "{\"name\":\"$tenant-key\",\"path\":\"$path\"}" >/dev/null || return 1
+  "$rpc" -s "$sock" pov_tenant_create "{\"name\":\"$tenant\",\"key\":\"$tenant-key\"}" >/dev/null
+}
+
 # pov_start_stack STATE_DIR BACKEND_SPEC
-# Starts pov-proxy and pov-dpud with state under STATE_DIR, creates tenant
-# $POV_TENANT (secret $POV_SECRET) and device pov0. Sets POV_PROXY_ADDR, POV_RPC_SOCK,
-# POV_DEVICE and writes pids to STATE_DIR/*.pid.
+# Starts pov-proxy and pov-dpud with state under STATE_DIR, creates tenant $POV_TENANT
+# from the key file $POV_SECRET_FILE (through pov-dpud's keyring) and device pov0.
+# Without POV_SECRET_FILE, the key file is STATE_DIR/$POV_TENANT.key (mode 0600),
+# holding $POV_SECRET if set (written by a shell builtin, never on a command line), else
+# a fresh random secret. Sets and exports POV_SECRET_FILE (pov-host reads it),
+# POV_PROXY_ADDR, POV_RPC_SOCK, POV_DEVICE and writes pids to STATE_DIR/*.pid.
 pov_start_stack() {
   local dir=$1 backend=$2 bin
   bin=$(pov_bin_dir)
@@ -47,8 +66,16 @@ pov_start_stack() {
   "$bin/pov-dpud" --rpc-socket "$POV_RPC_SOCK" >"$dir/dpud.log" 2>&1 &
   echo $! >"$dir/dpud.pid"
   pov_wait_line "$dir/dpud.log" 'ready' "$(cat "$dir/dpud.pid")" >/dev/null || return 1
-  "$bin/pov-rpc" -s "$POV_RPC_SOCK" pov_tenant_create \
-    "{\"name\":\"$POV_TENANT\",\"secret\":\"$POV_SECRET\"}" >/dev/null || return 1
+  if [ -z "${POV_SECRET_FILE:-}" ]; then
+    POV_SECRET_FILE=$dir/$POV_TENANT.key
+    if [ -n "${POV_SECRET:-}" ]; then
+      rm -f "$POV_SECRET_FILE" && (umask 077 && printf '%s' "$POV_SECRET" >"$POV_SECRET_FILE")
+    else
+      pov_new_key_file "$POV_SECRET_FILE"
+    fi
+  fi
+  export POV_SECRET_FILE
+  pov_add_tenant "$POV_RPC_SOCK" "$POV_TENANT" "$POV_SECRET_FILE" "$bin/pov-rpc" || return 1
   "$bin/pov-rpc" -s "$POV_RPC_SOCK" pov_device_create \
     "{\"name\":\"pov0\",\"socket\":\"$dir/pov0.sock\",\"proxies\":[\"tcp:$POV_PROXY_ADDR\"]}" >/dev/null || return 1
   POV_DEVICE=vhost-user:$dir/pov0.sock

@@ -3,12 +3,25 @@
 use pov_proto::crypto::{macs_equal, open_proof, SessionKeys, MAC_LEN, NONCE_LEN};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use zeroize::Zeroizing;
 
 /// Tenant name → secret. Cloning shares the table. Written by the control plane
-/// (JSON-RPC), read when a session opens.
-#[derive(Clone, Default, Debug)]
+/// (JSON-RPC), read when a session opens. The stored secrets are wiped from memory
+/// (`zeroize`) when a tenant is deleted or the table dropped; the copies [`list`]
+/// returns are the caller's to wipe.
+///
+/// [`list`]: TenantTable::list
+#[derive(Clone, Default)]
 pub struct TenantTable {
-    inner: Arc<RwLock<BTreeMap<String, Vec<u8>>>>,
+    inner: Arc<RwLock<BTreeMap<String, Zeroizing<Vec<u8>>>>>,
+}
+
+/// Shows the tenant names only, never a secret.
+impl std::fmt::Debug for TenantTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("TenantTable").field("tenants", &t.keys().collect::<Vec<_>>()).finish()
+    }
 }
 
 /// Why a tenant could not be created.
@@ -41,7 +54,7 @@ impl TenantTable {
         if t.contains_key(name) {
             return Err(TenantError::Exists(name.to_string()));
         }
-        t.insert(name.to_string(), secret.to_vec());
+        t.insert(name.to_string(), Zeroizing::new(secret.to_vec()));
         Ok(())
     }
 
@@ -90,9 +103,9 @@ impl TenantTable {
         self.inner.read().unwrap().contains_key(name)
     }
 
-    /// Every tenant with its secret, for `save_config`.
+    /// Every tenant with a copy of its secret (the caller wipes the copies).
     pub fn list(&self) -> Vec<(String, Vec<u8>)> {
-        self.inner.read().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.inner.read().unwrap().iter().map(|(k, v)| (k.clone(), v.to_vec())).collect()
     }
 }
 
@@ -120,5 +133,14 @@ mod tests {
         t.delete("acme").unwrap();
         assert!(!t.authenticate("acme", b"pw"));
         assert!(t.delete("acme").is_err());
+    }
+
+    #[test]
+    fn debug_shows_names_never_secrets() {
+        let t = TenantTable::default();
+        t.create("acme", b"Sekr1t-xyz").unwrap();
+        let shown = format!("{t:?}");
+        assert!(shown.contains("acme") && !shown.contains("Sekr1t"), "{shown}");
+        assert!(!shown.contains(&format!("{:?}", b"Sekr1t-xyz".to_vec())), "{shown}");
     }
 }

@@ -76,8 +76,9 @@ pub struct Options {
     /// assigned round-robin). The secret comes from $POV_SECRET or --secret-file.
     #[arg(long, default_value = "bench")]
     pub tenant: Vec<String>,
-    /// pov-file mode: file holding the tenant secret (instead of $POV_SECRET).
-    #[arg(long, value_name = "FILE")]
+    /// pov-file mode: file holding the tenant secret (instead of $POV_SECRET; default
+    /// $POV_SECRET_FILE).
+    #[arg(long, env = "POV_SECRET_FILE", value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
     /// pov-file mode: open sessions whose response payloads are authenticated but not
     /// encrypted (the session's protection; default: encrypted).

@@ -5,28 +5,22 @@ a Python module named with `--plugin` that defines `spdk_rpc_plugin_initialize`.
 this directory on PYTHONPATH:
 
     spdk-rpc -s /var/tmp/pov-dpu.sock --plugin pov_spdk_plugin pov_device_get_devices
-    POV_SECRET=... spdk-rpc -s SOCK --plugin pov_spdk_plugin pov_tenant_create -n acme
+    spdk-rpc -s SOCK keyring_file_add_key acme-key /etc/pov/acme.key   # SPDK's own command
+    spdk-rpc -s SOCK --plugin pov_spdk_plugin pov_tenant_create -n acme --key acme-key
+    spdk-rpc -s SOCK --plugin pov_spdk_plugin pov_tenant_create -n acme --key-file /etc/pov/acme.key
     spdk-rpc -s SOCK --plugin pov_spdk_plugin pov_volume_create -n vol0 \\
         --socket /run/pov/vol0.sock --size 1073741824 --proxy tcp:10.0.0.5:4420
 
 Parameters are those of pov-dpud's JSON-RPC methods (dpu-firmware/README.md); sizes are
-bytes. A tenant secret is read from --secret-file or POV_SECRET, never taken as an
-argument (other users can read arguments in `ps`).
+bytes. A tenant's secret is a keyring key, read by pov-dpud itself from a key file (mode
+0600): neither this plugin nor any command line ever holds the secret, only the key's
+name or the file's path (`--key-file FILE` adds the key NAME-key from FILE, then creates
+the tenant with it).
 """
 
 import os
 
 from spdk.rpc.cmd_parser import print_dict
-
-
-def _secret(args):
-    if args.secret_file:
-        with open(args.secret_file) as f:
-            return f.read().rstrip("\r\n")
-    secret = os.environ.get("POV_SECRET")
-    if not secret:
-        raise SystemExit("pov_tenant_create: set POV_SECRET or use --secret-file FILE")
-    return secret
 
 
 def _name_only(subparsers, method, help):
@@ -58,11 +52,18 @@ def spdk_rpc_plugin_initialize(subparsers):
     """Adds the pov_* commands to spdk-rpc's argument parser."""
 
     def pov_tenant_create(args):
-        print_dict(args.client.pov_tenant_create(name=args.name, secret=_secret(args)))
+        key = args.key
+        if args.key_file:
+            key = args.name + "-key"
+            args.client.keyring_file_add_key(name=key, path=os.path.abspath(args.key_file))
+        print_dict(args.client.pov_tenant_create(name=args.name, key=key))
 
-    p = subparsers.add_parser("pov_tenant_create", help="Create a tenant (secret from POV_SECRET or --secret-file)")
+    p = subparsers.add_parser("pov_tenant_create",
+                              help="Create a tenant whose secret is a keyring key (keyring_file_add_key)")
     p.add_argument("-n", "--name", required=True, help="tenant name")
-    p.add_argument("--secret-file", help="file holding the secret")
+    key = p.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key", help="name of a key added with keyring_file_add_key")
+    key.add_argument("--key-file", help="key file (mode 0600) to add as key NAME-key first")
     p.set_defaults(func=pov_tenant_create)
 
     _name_only(subparsers, "pov_tenant_delete", "Delete a tenant")

@@ -11,14 +11,27 @@ pub mod guest;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Secret of the tenants the harness creates.
+/// Secret of the tenants the harness creates (from key files, through the keyring).
 pub const SECRET: &str = "e2e-secret";
+
+/// Writes `secret` to a new key file `path` of mode 0600 (created so: it is never
+/// readable by others, not even for a moment).
+pub fn write_key_file(path: &Path, secret: &[u8]) {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create key file {}: {e}", path.display()));
+    f.write_all(secret).unwrap();
+}
 
 /// Directory holding the workspace's binaries (next to the test executable's `deps/`).
 pub fn bin_dir() -> PathBuf {
@@ -156,7 +169,8 @@ pub fn rpc(sock: &Path, method: &str, params: Value) -> Result<Value, Value> {
 }
 
 /// A running PoV stack: proxy with a local backend, DPU daemon, tenants `acme` and
-/// `other` (secret [`SECRET`]) and device `pov0`.
+/// `other` (secret [`SECRET`], each from its key file [`Stack::key_file`] through the
+/// keyring: key `<tenant>-key`) and device `pov0`.
 pub struct Stack {
     pub dir: tempfile::TempDir,
     pub proxy: Daemon,
@@ -187,7 +201,11 @@ impl Stack {
         let rpc_sock = dir.path().join("rpc.sock");
         let dpud = spawn_dpud(&rpc_sock, None);
         for t in ["acme", "other"] {
-            rpc(&rpc_sock, "pov_tenant_create", json!({"name": t, "secret": SECRET})).expect("tenant create");
+            let path = key_path(dir.path(), t);
+            write_key_file(&path, SECRET.as_bytes());
+            let key = format!("{t}-key");
+            rpc(&rpc_sock, "keyring_file_add_key", json!({"name": key, "path": path})).expect("key add");
+            rpc(&rpc_sock, "pov_tenant_create", json!({"name": t, "key": key})).expect("tenant create");
         }
         let vhost_sock = dir.path().join("pov0.sock");
         let mut params = json!({"name": "pov0", "socket": vhost_sock, "proxies": [format!("tcp:{proxy_addr}")]});
@@ -225,17 +243,31 @@ impl Stack {
         format!("vhost-user:{}", self.vhost_sock.display())
     }
 
+    /// The key file (mode 0600) holding tenant `t`'s secret ([`SECRET`]).
+    pub fn key_file(&self, t: &str) -> PathBuf {
+        key_path(self.dir.path(), t)
+    }
+
     /// Where the proxy's local backend keeps tenant `t`'s files.
     pub fn backend_dir(&self, tenant: &str) -> PathBuf {
         self.dir.path().join("backend").join(tenant)
     }
 
-    /// A `pov-host` command preset with device, tenant `acme` and the secret.
+    /// A `pov-host` command preset with device, tenant `acme` and its key file
+    /// (`POV_SECRET_FILE`; the secret is neither an argument nor in the environment).
     pub fn host_cmd(&self) -> Command {
         let mut c = Command::new(bin("pov-host"));
-        c.env("POV_DEVICE", self.device_spec()).env("POV_TENANT", "acme").env("POV_SECRET", SECRET);
+        c.env("POV_DEVICE", self.device_spec())
+            .env("POV_TENANT", "acme")
+            .env("POV_SECRET_FILE", self.key_file("acme"))
+            .env_remove("POV_SECRET");
         c
     }
+}
+
+/// The key file of tenant `t` in the stack directory `dir`.
+fn key_path(dir: &Path, t: &str) -> PathBuf {
+    dir.join(format!("{t}.key"))
 }
 
 /// Starts pov-proxy on `listen` with a local backend in `backend`; returns it and the

@@ -165,7 +165,7 @@ fn cli_tree_round_trip_two_processes_at_once() {
     assert_eq!(run_ok(c), "small file 3 100\n");
     // The secret is required and never taken from the command line.
     let mut c = stack.host_cmd();
-    c.env_remove("POV_SECRET").args(["ls", "pov:/"]);
+    c.env_remove("POV_SECRET").env_remove("POV_SECRET_FILE").args(["ls", "pov:/"]);
     assert!(!c.output().unwrap().status.success());
 }
 

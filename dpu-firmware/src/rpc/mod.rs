@@ -131,6 +131,7 @@ const FRAMEWORK: &[(&str, Handler)] = &[
 /// each device kind's.
 pub fn methods() -> Vec<(&'static str, Handler)> {
     let mut all: Vec<(&'static str, Handler)> = Vec::new();
+    all.extend_from_slice(crate::keyring::METHODS);
     for table in [FRAMEWORK, crate::tenant::METHODS, crate::gathering::METHODS, crate::kinds::METHODS] {
         all.extend_from_slice(table);
     }
