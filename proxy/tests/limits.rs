@@ -82,6 +82,7 @@ fn read_request(tag: u64, offset: u64, length: u32) -> Vec<u8> {
         session_id: 7,
         tenant: "t".into(),
         path: "big".into(),
+        grant: Default::default(),
     };
     let mut f = Vec::new();
     r.encode_frame(&[], &mut f).unwrap();
