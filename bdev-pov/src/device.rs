@@ -673,18 +673,29 @@ impl DeviceState {
 
     /// Answers `Invalid` to requests whose remaining bytes never came. Returns `true`
     /// if there was one.
+    ///
+    /// The request's ID is taken as used (`accept`), so the rest arriving late cannot
+    /// make the device seal a second answer under the same queue and request ID (an
+    /// AES-GCM nonce must never be used twice with a key). One whose ID is not above
+    /// the queue's last gets no answer: the response slot stays as it was.
     fn expire_incomplete(&mut self, now: Instant) -> bool {
-        let mut stuck = Vec::new();
+        let (mut stuck, mut any) = (Vec::new(), false);
         for (id, q) in self.queues.iter_mut() {
             if let Some((op, rid)) = q.expire_incomplete(now) {
-                stuck.push((*id, op, rid));
+                any = true;
+                self.stats.incomplete_requests += 1;
+                if rid > q.last_request {
+                    q.accept(rid);
+                    stuck.push((*id, op, rid));
+                } else {
+                    q.reject(*id, &mut self.out);
+                }
             }
         }
         for (qid, op, rid) in &stuck {
-            self.stats.incomplete_requests += 1;
             self.respond(*qid, *op, *rid, Status::Invalid, 0, 0, &[]);
         }
-        !stuck.is_empty()
+        any
     }
 }
 

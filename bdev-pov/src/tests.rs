@@ -456,12 +456,17 @@ fn bad_requests_get_errors_and_device_keeps_serving() {
     h.io(BlockOp::Write, g.request_slot(q), b);
     let (r, _) = h.read_response(&s, q, 512);
     assert_eq!((r.status, r.request_id), (Status::Invalid, 25));
+    // Its ID is used up: the whole request arriving late is refused, so the device
+    // never seals two answers under one (queue, request ID) nonce.
+    let late = Harness::request_bytes(&s, &t, &[7u8; 8192]);
+    assert_eq!(h.io(BlockOp::Write, g.request_slot(q), late).0, BlockStatus::IoErr);
+    assert_eq!(h.read_response(&s, q, 512).0.request_id, 25, "the answer stays");
     // The device still serves the session.
     let (st, _) = open_file(&mut h, &s, q, 26, "/ok", flags::CREATE);
     assert_eq!(st, Status::Ok);
-    // Five WRITEs above failed at the block level; one request never got its payload.
+    // Six WRITEs above failed at the block level; one request never got its payload.
     let st = h.dev.stats();
-    assert_eq!((st.block_io_errors, st.incomplete_requests), (5, 1));
+    assert_eq!((st.block_io_errors, st.incomplete_requests), (6, 1));
 }
 
 impl Sess {

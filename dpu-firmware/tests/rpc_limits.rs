@@ -60,6 +60,17 @@ impl Dpud {
         s.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap()
     }
 
+    /// Adds the key `k` (a 0600 file in the daemon's directory) that the tests'
+    /// tenants reference.
+    fn add_key(&self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self._dir.path().join("k.key");
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).unwrap();
+        f.write_all(b"rpc-limits-secret").unwrap();
+        let p = json!({"name": "k", "path": path});
+        assert_eq!(self.client().call("keyring_file_add_key", Some(p)).unwrap(), json!(true));
+    }
+
     fn client(&self) -> RpcClient {
         RpcClient::connect(&self.sock, Some(TIMEOUT)).unwrap()
     }
@@ -107,6 +118,7 @@ fn idle_clients_cannot_take_threads() {
         eprintln!("open-file limit {limit} (hard limit too low to raise): scaling to {clients} clients");
     }
     let d = Dpud::spawn(&[]);
+    d.add_key();
     let mut established = d.client();
     assert!(established.call("rpc_get_methods", None).unwrap().as_array().unwrap().len() > 5);
     let threads_before = d.threads();
@@ -133,7 +145,7 @@ fn idle_clients_cannot_take_threads() {
     for i in 0..20 {
         let t = Instant::now();
         let name = format!("t{i}");
-        assert_eq!(established.call("pov_tenant_create", Some(json!({"name": name, "secret": "s"}))).unwrap(), json!(true));
+        assert_eq!(established.call("pov_tenant_create", Some(json!({"name": name, "key": "k"}))).unwrap(), json!(true));
         let tenants = established.call("pov_tenant_get_tenants", None).unwrap();
         assert_eq!(tenants.as_array().unwrap().len(), i + 1);
         latencies.push(t.elapsed());
@@ -206,6 +218,7 @@ fn connect(sock: &Path) -> UnixStream {
 #[test]
 fn half_requests_time_out_and_oversized_input_gets_clear_errors() {
     let d = Dpud::spawn(&["--rpc-idle-timeout", "1", "--rpc-max-batch", "8", "--rpc-max-response-bytes", "2048"]);
+    d.add_key();
     let mut half = connect(&d.sock);
     half.write_all(br#"{"jsonrpc":"2.0","id":1,"meth"#).unwrap();
     let silent = connect(&d.sock);
@@ -226,7 +239,7 @@ fn half_requests_time_out_and_oversized_input_gets_clear_errors() {
         let calls: Vec<Value> = (0..n)
             .map(|i| {
                 let name = format!("{prefix}-tenant-with-a-long-name-{i:03}");
-                json!({"jsonrpc": "2.0", "id": i, "method": "pov_tenant_create", "params": {"name": name, "secret": "s"}})
+                json!({"jsonrpc": "2.0", "id": i, "method": "pov_tenant_create", "params": {"name": name, "key": "k"}})
             })
             .collect();
         serde_json::to_vec(&calls).unwrap()
