@@ -119,16 +119,22 @@ impl DeviceState {
         let Some(ret) = AdminRequest::peek_return(b) else { return AdminOutcome::Refused };
         let m = ret.mailbox as usize;
         let hold = Duration::from_millis(MAILBOX_HOLD_MS);
-        match self.admin_state.written.get(m) {
+        let decoded = AdminRequest::decode(b);
+        match self.admin_state.written.get(m).copied() {
             None => return AdminOutcome::Refused,
-            Some(Some(t)) if now.duration_since(*t) < hold => {
+            // A held mailbox is refused to anyone but an open session's authentic
+            // request: otherwise a process could keep all 256 held with bogus requests
+            // (1024 WRITEs a second) and starve other sessions' heartbeats. An
+            // authentic request overwrites another's answer at worst, which costs that
+            // exchange a retry.
+            Some(Some(t)) if now.duration_since(t) < hold && !self.authentic_in_session(&decoded, b) => {
                 self.stats.admin_mailbox_busy += 1;
                 return AdminOutcome::Refused;
             }
             Some(_) => {}
         }
         let mut resp = AdminResponse { op: ret.op, seq: ret.seq, ..Default::default() };
-        let status = match AdminRequest::decode(b) {
+        let status = match decoded {
             Err(e) => e.status(),
             Ok(req) => {
                 resp.session_id = req.session_id;
@@ -145,6 +151,20 @@ impl DeviceState {
         self.admin_state.mailboxes[at..at + MAILBOX_SIZE as usize].copy_from_slice(&sealed);
         self.admin_state.written[m] = Some(now);
         AdminOutcome::Answered
+    }
+
+    /// `true` if `req` (decoded from record `b`) is an in-session request of an open
+    /// session, from its process, whose MAC verifies (the sequence number is checked
+    /// when it runs).
+    fn authentic_in_session(&mut self, req: &Result<AdminRequest, pov_proto::DecodeError>, b: &[u8]) -> bool {
+        let Ok(req) = req else { return false };
+        if !req.op.in_session() {
+            return false;
+        }
+        let Ok(s) = owned_session(&mut self.areas, req) else { return false };
+        let mut record = [0u8; ADMIN_REQUEST_SIZE];
+        record.copy_from_slice(&b[..ADMIN_REQUEST_SIZE]);
+        s.keys.verify_admin(&mut record, ADMIN_MAC_OFFSET).is_ok()
     }
 
     /// Hello: remembers the client nonce and answers a device nonce. An unknown tenant

@@ -343,6 +343,42 @@ fn authentication_and_admin_errors() {
 }
 
 #[test]
+fn a_process_holding_every_mailbox_cannot_starve_a_session() {
+    let mut h = Harness::new("127.0.0.1:1", |_| {});
+    let (mut s, _) = setup(&mut h, 7);
+    std::thread::sleep(Duration::from_millis(pov_proto::admin::MAILBOX_HOLD_MS + 10));
+    // The attacker answers itself into all 256 mailboxes (bogus requests with a valid
+    // magic get sealed error answers), so every mailbox is held.
+    for m in 0..layout::ADMIN_MAILBOXES {
+        let mut b =
+            AdminRequest { mailbox: m, exchange_key: [1; 32], ..AdminRequest::new(AdminOp::Heartbeat, 9) }.encode().unwrap();
+        b[6] = 77;
+        assert_eq!(h.io(BlockOp::Write, layout::ADMIN_REQ_OFFSET, b.to_vec()).0, BlockStatus::Ok);
+    }
+    // Another unauthenticated request (a Hello) must wait for a mailbox...
+    let hello = AdminRequest { mailbox: 3, exchange_key: [2; 32], tenant: "acme".into(), ..AdminRequest::new(AdminOp::Hello, 8) };
+    assert_eq!(h.io(BlockOp::Write, layout::ADMIN_REQ_OFFSET, hello.encode().unwrap().to_vec()).0, BlockStatus::IoErr);
+    // ...and so must a forged in-session one...
+    let guessed = SessionKeys::derive(b"pw", &[0; 32], &[0; 32], "acme", s.id);
+    let forged = AdminRequest {
+        mailbox: 5,
+        exchange_key: [3; 32],
+        session_id: s.id,
+        seq: 1000,
+        ..AdminRequest::new(AdminOp::Heartbeat, 7)
+    };
+    let mut f = forged.encode().unwrap();
+    guessed.mac_admin(&mut f, ADMIN_MAC_OFFSET);
+    assert_eq!(h.io(BlockOp::Write, layout::ADMIN_REQ_OFFSET, f.to_vec()).0, BlockStatus::IoErr);
+    let busy = h.dev.stats().admin_mailbox_busy;
+    assert_eq!(busy, 2);
+    // ...but the session's own heartbeat and queue requests go through.
+    assert_eq!(h.admin_in(&mut s, AdminOp::Heartbeat, |_| {}).status(), Status::Ok);
+    assert_eq!(h.create_queue(&mut s).status(), Status::Ok);
+    assert_eq!(h.dev.stats().admin_mailbox_busy, busy);
+}
+
+#[test]
 fn failed_authentications_are_rate_limited_per_tenant() {
     let mut h = Harness::new("127.0.0.1:1", |_| {});
     let mut statuses = Vec::new();

@@ -137,7 +137,8 @@ impl Device {
     /// The request names a random mailbox and carries a fresh one-time exchange key
     /// (`pov_proto::admin`); with `keys` (an in-session request) it is MACed with the
     /// session's admin key. A mailbox held for another exchange makes the device fail
-    /// the WRITE: another mailbox is tried (up to [`ADMIN_ATTEMPTS`] in all). No lock:
+    /// the WRITE: another mailbox is tried (up to [`ADMIN_ATTEMPTS`] in all, backing off
+    /// for about 1 s in all). No lock:
     /// concurrent threads and processes cannot read or disturb each other's exchanges.
     ///
     /// Errors: [`ErrorKind::InvalidArgument`] (tenant or prefix too long),
@@ -150,7 +151,12 @@ impl Device {
         let access = |e: std::io::Error| Error::new(ErrorKind::Access, ctx()).with_source(e);
         let mut buf = t.alloc_buf(ADMIN_REQUEST_SIZE.max(ADMIN_RESPONSE_SIZE)).map_err(access)?;
         let mut last = None;
-        for _ in 0..ADMIN_ATTEMPTS {
+        for attempt in 0..ADMIN_ATTEMPTS {
+            if attempt > 0 {
+                // Back off (5, 10, ... 40 ms; about 1 s over every attempt): mailboxes
+                // held by a flood of other requests free up after MAILBOX_HOLD_MS.
+                std::thread::sleep(std::time::Duration::from_millis(5 * attempt.min(8) as u64));
+            }
             req.mailbox = u16::from_le_bytes(crypto::random()) % ADMIN_MAILBOXES;
             req.exchange_key = crypto::random();
             let mut bytes = req.encode().map_err(|e| Error::new(ErrorKind::InvalidArgument, ctx()).with_source(e))?;
