@@ -83,6 +83,7 @@ fn start(reactors: usize, reactor: ReactorConfig) -> (tempfile::TempDir, Server)
         backend: BackendSpec::Local(dir.path().join("data")),
         cores: vec![None; reactors],
         reactor,
+        ..ServerConfig::default()
     })
     .expect("server starts");
     (dir, server)

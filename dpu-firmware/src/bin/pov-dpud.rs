@@ -3,6 +3,7 @@
 use clap::Parser;
 use pov_dpu_firmware::app::{parse_cpu_list, run, DaemonOptions};
 use pov_dpu_firmware::rpc::DEFAULT_RPC_SOCKET;
+use pov_runtime::transport::tls::TlsFiles;
 use pov_runtime::ReactorConfig;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +30,17 @@ struct Args {
     /// sleeps (default: the runtime's, 100 µs).
     #[arg(long, value_name = "US")]
     poll_idle_us: Option<u64>,
+    /// The DPU's client certificate chain (PEM) for `tls:` proxy endpoints; its
+    /// subjectAltName DNS name is the identity the proxy's enrollment names. Needs
+    /// --tls-key and --tls-ca.
+    #[arg(long, value_name = "FILE", env = "POV_DPUD_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", env = "POV_DPUD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) that sign the proxies' certificates.
+    #[arg(long, value_name = "FILE", env = "POV_DPUD_TLS_CA", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace (or an env_logger filter such as
     /// `info,pov_dpu_firmware=debug`). Default: `$RUST_LOG`, else `info`.
     #[arg(long, value_name = "LEVEL")]
@@ -53,7 +65,11 @@ fn main() {
     if let Some(us) = args.poll_idle_us {
         reactor.idle_window = Duration::from_micros(us);
     }
-    if let Err(e) = run(DaemonOptions { rpc_socket: args.rpc_socket, cores, reactor, config: args.config }) {
+    let tls = match (args.tls_cert, args.tls_key, args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
+        _ => None,
+    };
+    if let Err(e) = run(DaemonOptions { rpc_socket: args.rpc_socket, cores, reactor, config: args.config, tls }) {
         eprintln!("pov-dpud: {e:#}");
         std::process::exit(1);
     }
