@@ -14,7 +14,7 @@
 //! With the proxy as it was (plain TCP, trusting the tenant name in each frame) every
 //! one of these attacks read or wrote the real tenant's files.
 
-use pov_e2e::{pattern, rpc, spawn_dpud, write_enrollment, Pki, Stack, DPU, SECRET};
+use pov_e2e::{pattern, rpc, spawn_dpud, spawn_proxy, write_enrollment, Pki, Stack, DPU, SECRET};
 use pov_host::{Device, Session};
 use pov_proto::io::{flags, Op};
 use pov_proto::wire::{ProxyRequest, ProxyResponse};
@@ -146,6 +146,34 @@ fn assert_nothing_served(what: &str, got: &[u8]) {
             assert_ne!(r.status, Status::Ok, "{what}: the proxy answered an attack frame with Ok");
         }
         at += 4 + n;
+    }
+}
+
+/// The proxy as it was, and as plain TCP still is (development): the attack frames
+/// of the tests below, from a raw TCP peer, read the real tenant's file and plant one.
+/// This is what the TLS listener and the enrollment stop.
+#[test]
+fn plain_tcp_trusts_any_peer_which_is_the_attack_tls_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("backend");
+    std::fs::create_dir_all(root.join("acme")).unwrap();
+    std::fs::write(root.join("acme/secret.txt"), SECRET_TEXT).unwrap();
+    let (mut proxy, addr) = spawn_proxy(&format!("local:{}", root.display()), "127.0.0.1:0", &[]);
+    // The warning (stderr) may come before or after the address (stdout).
+    if !proxy.log.iter().any(|l| l.contains("TRUSTS ANY PEER")) {
+        proxy.wait_for("TRUSTS ANY PEER");
+    }
+    let mut raw = TcpStream::connect(&addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    raw.write_all(&attack_frames()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    while !(got.windows(SECRET_TEXT.len()).any(|w| w == SECRET_TEXT) && root.join("acme/planted.txt").exists()) {
+        assert!(Instant::now() < deadline, "the plain-TCP proxy did not serve the attack frames");
+        let mut b = [0u8; 4096];
+        if let Ok(n) = raw.read(&mut b) {
+            got.extend_from_slice(&b[..n]);
+        }
     }
 }
 
