@@ -21,9 +21,10 @@
 //! verified end-entity certificate as a [`PeerIdentity`], which answers whether the
 //! certificate is valid for a given DNS name ([`PeerIdentity::has_dns_name`], the
 //! subjectAltName DNS entries, as webpki matches them; the subject CN is not used).
-//! Only TLS 1.3 is offered; session tickets and resumption are off (every connection
-//! presents and verifies certificates; connections are long-lived, so a full handshake
-//! per connection costs nothing measurable).
+//! Only TLS 1.3 is offered, AES-128-GCM preferred (the bulk encryption of the frames
+//! is most of what TLS costs on the data path); session tickets and resumption are
+//! off (every connection presents and verifies certificates; connections are
+//! long-lived, so a full handshake per connection costs nothing measurable).
 //!
 //! **Never blocking.** A connection attempt ([`TlsConnector`]) is the TCP attempt of
 //! [`super::tcp`] followed by the TLS handshake, both driven by [`Connecting::poll`]:
@@ -147,8 +148,18 @@ pub struct TlsFiles {
     pub ca: PathBuf,
 }
 
+/// ring's provider with AES-128-GCM preferred (then AES-256-GCM, ChaCha20-Poly1305):
+/// the frames' bulk encryption is most of TLS's cost on the data path
+/// (docs/performance.md), and AES-128-GCM needs fewer rounds per block than AES-256.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite;
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(p)
 }
 
 fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
