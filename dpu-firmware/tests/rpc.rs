@@ -158,6 +158,13 @@ fn tenants_and_devices_over_the_socket() {
         assert_eq!(code(r), codes::INVALID_PARAMS, "{bad:?}: {what}");
         assert!(!env.path("p1.sock").exists(), "{bad:?} left its socket behind");
     }
+    // A tls: endpoint in a daemon without a TLS identity (no --tls-cert/--tls-key/
+    // --tls-ca) is refused the same way, saying what is missing.
+    let p = json!({"name": "pov1", "socket": env.path("p1.sock"), "proxies": ["tls:127.0.0.1:4420"]});
+    let r = c.call("pov_device_create", Some(p));
+    let what = format!("{r:?}");
+    assert!(what.contains("--tls-cert"), "{what}");
+    assert_eq!(code(r), codes::INVALID_PARAMS, "{what}");
     let missing = json!({"name": "pov1"});
     assert_eq!(code(c.call("pov_device_create", Some(missing))), codes::INVALID_PARAMS);
     assert_eq!(code(c.call("pov_device_create", Some(json!([1, 2])))), codes::INVALID_PARAMS);

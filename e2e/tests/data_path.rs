@@ -1,5 +1,5 @@
 //! The whole data path, for real: host driver (libblkio over vhost-user) -> pov-dpud
-//! (bdev-pov) -> TCP -> pov-proxy -> local files.
+//! (bdev-pov) -> TLS -> pov-proxy -> local files.
 
 use pov_e2e::{pattern, Stack, SECRET};
 use pov_host::{Device, OpenOptions, Session};

@@ -1,12 +1,23 @@
 //! The `pov-proxy` command line.
 //!
 //! ```text
-//! pov-proxy [--listen ADDR] [--backend SPEC] [--reactors N | --cpus LIST] [--log-level LEVEL]
-//!           [--max-outstanding-bytes SIZE] [--max-requests N] [--frame-timeout SECS]
-//!           [--idle-timeout SECS]
+//! pov-proxy [--listen ENDPOINT] [--backend SPEC] [--reactors N | --cpus LIST] [--log-level LEVEL]
+//!           [--tls-cert FILE --tls-key FILE --tls-ca FILE --enrolled FILE [--tls-handshake-timeout-ms MS]]
+//!           [--insecure-tcp] [--max-outstanding-bytes SIZE] [--max-requests N]
+//!           [--frame-timeout SECS] [--idle-timeout SECS]
 //! ```
 //!
-//! The last four are the per-connection limits ([`crate::server::ConnLimits`],
+//! **Whom it serves.** With `--listen tls:HOST:PORT` the proxy speaks mutual TLS: its
+//! certificate and key (`--tls-cert`, `--tls-key`), the CA that signs the DPUs'
+//! client certificates (`--tls-ca`) and the enrollment (`--enrolled`, see
+//! [`crate::access`]) are then required, and a DPU may act only for the tenants and
+//! volumes its identity is enrolled for. Without `tls:` (the default,
+//! `127.0.0.1:4420`) it is plain TCP: whoever connects may act for every tenant, the
+//! log says so at `warn`, and a listen address other than loopback is refused unless
+//! `--insecure-tcp` says that this is meant. The TLS options with a TCP listener are
+//! an error, never silently ignored.
+//!
+//! The last four options are the per-connection limits ([`crate::server::ConnLimits`],
 //! docs/security.md "Resource limits").
 //!
 //! On startup the binary prints one line to stdout, `pov-proxy listening on
@@ -14,6 +25,7 @@
 //! SIGINT or SIGTERM, then closes every connection, logs the per-tenant counters and
 //! exits with status 0. Setup failures exit with status 1 and a message on stderr.
 
+use crate::access::{Enrollment, Peers};
 use crate::backend::BackendSpec;
 use crate::server::{
     ConnLimits, Server, ServerConfig, DEFAULT_FRAME_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_OUTSTANDING_BYTES, DEFAULT_MAX_REQUESTS,
@@ -31,9 +43,37 @@ pub const DEFAULT_BACKEND: &str = "local:./pov-data";
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "pov-proxy", version, about = "PoV proxy: serves DPU file requests from a storage backend")]
 pub struct Args {
-    /// Endpoint to listen on: HOST:PORT or tcp:HOST:PORT (port 0 picks a free port).
+    /// Endpoint to listen on: tls:HOST:PORT (mutual TLS, enrolled DPUs only: needs
+    /// --tls-cert, --tls-key, --tls-ca and --enrolled), or HOST:PORT / tcp:HOST:PORT
+    /// (plain TCP, trusts any peer: development only). Port 0 picks a free port.
     #[arg(long, env = "POV_PROXY_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: String,
+
+    /// The proxy's certificate chain (PEM), for tls: listeners.
+    #[arg(long, env = "POV_PROXY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "POV_PROXY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// The CA certificate(s) (PEM) that sign enrolled DPUs' client certificates.
+    #[arg(long, env = "POV_PROXY_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// The enrollment (JSON): which DPU identity (a DNS name in its certificate's
+    /// subjectAltName) may act for which tenants and volumes. See docs/security.md.
+    #[arg(long, env = "POV_PROXY_ENROLLED", value_name = "FILE")]
+    pub enrolled: Option<std::path::PathBuf>,
+
+    /// How long an accepted connection may take to finish its TLS handshake, ms.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub tls_handshake_timeout_ms: u64,
+
+    /// Allow a plain-TCP listener on an address other than loopback (any host that
+    /// reaches it may then act for every tenant).
+    #[arg(long)]
+    pub insecure_tcp: bool,
 
     /// Storage backend: `local:DIR` (files under DIR/TENANT/, DIR created if
     /// missing), `ceph[:conf=PATH,client=NAME,keyring=PATH,root=DIR,workers=N,
@@ -217,10 +257,67 @@ impl Args {
     }
 }
 
+/// Whether a plain-TCP listen endpoint (`HOST:PORT`, `tcp:HOST:PORT`) binds only
+/// loopback addresses.
+fn loopback_only(listen: &str) -> bool {
+    let addr = listen.strip_prefix("tcp:").unwrap_or(listen);
+    let Some((host, _)) = addr.rsplit_once(':') else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Args {
+    /// Whom to serve, after checking that the options fit the listener: for a `tls:`
+    /// listener, loads the TLS identity (and sets it process-wide,
+    /// `pov_runtime::transport::tls::configure_server`) and the enrollment.
+    ///
+    /// Errors: a missing or extra option, an unreadable or bad certificate, key or
+    /// enrollment file, a non-loopback TCP listener without `--insecure-tcp`.
+    pub fn peers(&self) -> anyhow::Result<Peers> {
+        use pov_runtime::transport::tls;
+        let tls_opts = [
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+            ("--tls-ca", &self.tls_ca),
+            ("--enrolled", &self.enrolled),
+        ];
+        if !self.listen.starts_with("tls:") {
+            if let Some((flag, _)) = tls_opts.iter().find(|(_, v)| v.is_some()) {
+                anyhow::bail!("{flag} needs a TLS listener (--listen tls:HOST:PORT); {} is plain TCP", self.listen);
+            }
+            if !loopback_only(&self.listen) && !self.insecure_tcp {
+                anyhow::bail!(
+                    "refusing to serve plain TCP on {}, which is not loopback: any host reaching it could act for every \
+                     tenant. Use --listen tls:HOST:PORT with --tls-cert/--tls-key/--tls-ca/--enrolled, or --insecure-tcp",
+                    self.listen
+                );
+            }
+            return Ok(Peers::Anyone);
+        }
+        if let Some((flag, _)) = tls_opts.iter().find(|(_, v)| v.is_none()) {
+            anyhow::bail!("--listen {} needs --tls-cert, --tls-key, --tls-ca and --enrolled ({flag} is missing)", self.listen);
+        }
+        let (Some(cert), Some(key), Some(ca), Some(enrolled)) = (&self.tls_cert, &self.tls_key, &self.tls_ca, &self.enrolled)
+        else {
+            unreachable!("checked above")
+        };
+        let files = tls::TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() };
+        let mut identity = tls::ServerTls::from_files(&files).context("loading the proxy's TLS identity")?;
+        identity.handshake_timeout = std::time::Duration::from_millis(self.tls_handshake_timeout_ms);
+        let enrollment = Enrollment::load(enrolled)?;
+        if enrollment.is_empty() {
+            log::warn!("{} enrolls no DPU: every request will be refused", enrolled.display());
+        }
+        tls::configure_server(identity);
+        Ok(Peers::Enrolled(std::sync::Arc::new(enrollment)))
+    }
+}
+
 /// Runs the proxy until SIGINT or SIGTERM.
 ///
-/// Errors: signal handlers cannot be installed, or the server cannot start (bad
-/// backend directory, address in use, ...).
+/// Errors: signal handlers cannot be installed, the TLS options or files are bad
+/// ([`Args::peers`]), or the server cannot start (bad backend directory, address in
+/// use, ...).
 pub fn run(args: Args) -> anyhow::Result<()> {
     let _ = env_logger::Builder::new().filter_level(args.log_level).parse_default_env().try_init();
     // signal-hook's handlers only write to a self-pipe; `forever()` below reads it (the
@@ -231,6 +328,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         backend: args.backend.clone(),
         cores: args.cores(),
         limits: args.limits(),
+        peers: args.peers()?,
         ..ServerConfig::default()
     };
     let server = Server::start(config)?;
@@ -244,7 +342,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tenants = server.tenant_stats();
     let totals = server.stats();
     server.shutdown();
-    log::info!("served {} frames ({} bad) on {} connections", totals.frames, totals.bad_frames, totals.connections_accepted);
+    log::info!(
+        "served {} frames ({} bad, {} refused for their tenant or volume) on {} connections",
+        totals.frames,
+        totals.bad_frames,
+        totals.denied,
+        totals.connections_accepted
+    );
     for t in tenants {
         log::info!(
             "tenant {}: {} requests, {} errors, {} bytes read, {} bytes written",
@@ -262,6 +366,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    /// The TLS options fit the listener or the proxy refuses to start; plain TCP
+    /// beyond loopback needs `--insecure-tcp`.
+    #[test]
+    fn peer_options_must_fit_the_listener() {
+        let peers = |args: &[&str]| {
+            let mut v = vec!["pov-proxy"];
+            v.extend_from_slice(args);
+            Args::try_parse_from(v).unwrap().peers().map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(peers(&[]), Ok(Peers::Anyone));
+        for l in ["127.0.0.1:0", "tcp:127.0.0.5:9", "[::1]:0", "localhost:1", "tcp:LOCALHOST:1"] {
+            assert_eq!(peers(&["--listen", l]), Ok(Peers::Anyone), "{l}");
+        }
+        let e = peers(&["--listen", "0.0.0.0:4420"]).unwrap_err();
+        assert!(e.contains("not loopback") && e.contains("--insecure-tcp"), "{e}");
+        assert_eq!(peers(&["--listen", "tcp:10.0.0.5:4420", "--insecure-tcp"]), Ok(Peers::Anyone));
+        let e = peers(&["--enrolled", "/x.json"]).unwrap_err();
+        assert!(e.contains("--enrolled needs a TLS listener"), "{e}");
+        let e = peers(&["--listen", "tls:127.0.0.1:0", "--tls-cert", "/c", "--tls-key", "/k", "--tls-ca", "/a"]).unwrap_err();
+        assert!(e.contains("--enrolled is missing"), "{e}");
+        let e =
+            peers(&["--listen", "tls:127.0.0.1:0", "--tls-cert", "/c", "--tls-key", "/k", "--tls-ca", "/a", "--enrolled", "/e"])
+                .unwrap_err();
+        assert!(e.contains("/a"), "names the unreadable file: {e}");
+    }
 
     #[test]
     fn cpu_lists() {
@@ -304,6 +434,8 @@ mod tests {
         assert!(Args::try_parse_from(["pov-proxy", "--reactors", "2", "--cpus", "1"]).is_err());
         assert!(Args::try_parse_from(["pov-proxy", "--reactors", "0"]).is_err());
         assert!(Args::try_parse_from(["pov-proxy", "--backend", "ceph:x"]).is_err());
+        assert!(!a.insecure_tcp && a.tls_cert.is_none() && a.enrolled.is_none());
+        assert_eq!(a.tls_handshake_timeout_ms, 5000);
         assert_eq!(a.limits(), ConnLimits::default());
         let a = Args::try_parse_from([
             "pov-proxy",

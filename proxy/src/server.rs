@@ -28,6 +28,12 @@
 //! poller removed; other connections are not affected. A failing `accept` (e.g. out
 //! of descriptors) pauses accepting for [`ACCEPT_BACKOFF`].
 //!
+//! **Peers.** [`ServerConfig::peers`] says whom the server serves. With
+//! [`Peers::Enrolled`] the listener must authenticate its peers (`tls:`): the
+//! acceptor turns each connection's verified identity into an [`Access`] that its
+//! service checks every request against. [`Peers::Anyone`] (plain TCP, the
+//! development default) serves whoever connects and says so loudly in the log.
+//!
 //! **Back-pressure and timeouts** ([`ConnLimits`], docs/security.md "Resource
 //! limits"). A connection's *outstanding* answer bytes are the answers not yet
 //! handed to its socket plus the room reserved for its requests being served
@@ -43,6 +49,7 @@
 //! between frames is kept (a DPU's connections are long-lived and may idle) unless
 //! [`ConnLimits::idle_timeout`] is set.
 
+use crate::access::{Access, Peers};
 use crate::backend::{Backend, BackendSpec};
 use crate::offload::{Offload, WorkerPool};
 use crate::service::{answer_bound, Service};
@@ -137,6 +144,9 @@ pub struct ServerConfig {
     pub reactor: ReactorConfig,
     /// Back-pressure bounds and timeouts of every connection.
     pub limits: ConnLimits,
+    /// Whom to serve: [`Peers::Anyone`] (default; plain TCP, development) or only
+    /// enrolled DPUs (needs a `tls:` listen endpoint).
+    pub peers: Peers,
 }
 
 /// Default listen endpoint.
@@ -150,6 +160,7 @@ impl Default for ServerConfig {
             cores: vec![None],
             reactor: ReactorConfig::default(),
             limits: ConnLimits::default(),
+            peers: Peers::Anyone,
         }
     }
 }
@@ -181,12 +192,34 @@ impl Server {
     /// binds `config.listen`, starts the reactors and registers the acceptor. When
     /// this returns, connections are being accepted.
     ///
-    /// Errors: [`Error::Listen`] (cannot bind), [`Error::Runtime`] (cannot start the
-    /// reactors), [`Error::ReactorStopped`].
+    /// Errors: [`Error::Peers`] (`config.peers` does not fit the listener),
+    /// [`Error::Listen`] (cannot bind), [`Error::Runtime`] (cannot start the reactors),
+    /// [`Error::ReactorStopped`].
     pub fn start_with_backend(config: ServerConfig, backend: Box<dyn Backend>) -> Result<Server, Error> {
+        let tls = config.listen.starts_with("tls:");
+        let peers_error = |why: &str| Error::Peers { endpoint: config.listen.clone(), why: why.into() };
+        match &config.peers {
+            Peers::Enrolled(_) if !tls => {
+                return Err(peers_error(
+                    "only enrolled peers are to be served, but the listener authenticates nobody: use tls:HOST:PORT",
+                ))
+            }
+            Peers::Anyone if tls => {
+                return Err(peers_error("a TLS listener serves enrolled DPUs only: give the enrollment (--enrolled FILE)"))
+            }
+            _ => {}
+        }
         let listener = pov_runtime::transport::listen(&config.listen)
             .map_err(|source| Error::Listen { endpoint: config.listen.clone(), source })?;
         let local_addr = listener.local_addr();
+        match &config.peers {
+            Peers::Anyone => log::warn!(
+                "pov-proxy on {local_addr} TRUSTS ANY PEER: plain TCP, no authentication; whoever connects may read and \
+                 write every tenant's files and every volume. For development only: use --listen tls:HOST:PORT with \
+                 --tls-cert, --tls-key, --tls-ca and --enrolled (docs/security.md)"
+            ),
+            Peers::Enrolled(e) => log::info!("pov-proxy serves {} enrolled DPU(s) over mutual TLS on {local_addr}", e.len()),
+        }
         let runtime = Runtime::start(&config.cores, config.reactor.clone()).map_err(Error::Runtime)?;
         let stats = Arc::new(ProxyStats::default());
         let backend_kind = backend.kind();
@@ -206,6 +239,7 @@ impl Server {
             next: 0,
             stats: stats.clone(),
             limits: config.limits,
+            peers: config.peers.clone(),
         };
         runtime.reactors()[0]
             .call(move |ctx| {
@@ -276,6 +310,8 @@ struct Acceptor {
     next: usize,
     stats: Arc<ProxyStats>,
     limits: ConnLimits,
+    /// Whom to serve: each connection's access comes from its peer's identity.
+    peers: Peers,
 }
 
 impl Acceptor {
@@ -300,6 +336,7 @@ impl Acceptor {
         let backend = self.backend.channel();
         let stats = self.stats.clone();
         let limits = self.limits;
+        let access = self.peers.access_for(transport.peer_identity());
         let offload = match self.pool.as_ref().map(|p| Offload::new(p.clone())).transpose() {
             Ok(o) => o,
             Err(e) => {
@@ -308,8 +345,8 @@ impl Acceptor {
             }
         };
         if target.id() == ctx.reactor_id() {
-            Connection::register(ctx, transport, backend, offload, stats, limits);
-        } else if !target.send(move |ctx| Connection::register(ctx, transport, backend, offload, stats, limits)) {
+            Connection::register(ctx, transport, backend, offload, stats, limits, access);
+        } else if !target.send(move |ctx| Connection::register(ctx, transport, backend, offload, stats, limits, access)) {
             log::warn!("reactor {} stopped; connection dropped", target.id());
         }
     }
@@ -354,7 +391,10 @@ impl Poller for Acceptor {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.retry_at
+        match (self.retry_at, self.listener.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn on_unregister(&mut self, ctx: &mut ReactorContext) {
@@ -402,7 +442,15 @@ fn serve(
     body: &[u8],
 ) {
     if let Some(o) = offload.as_mut() {
-        o.submit(body);
+        // Refused requests (beyond the peer's enrollment) are answered here and never
+        // reach the workers.
+        match service.refuse(body) {
+            Some(answer) => {
+                *outbox_bytes += answer.len();
+                outbox.push(answer);
+            }
+            None => o.submit(body),
+        }
         return;
     }
     let mut frame = spare.pop().unwrap_or_default();
@@ -427,6 +475,7 @@ impl Connection {
         offload: Option<Offload>,
         stats: Arc<ProxyStats>,
         limits: ConnLimits,
+        access: Access,
     ) {
         let fd = transport.fd();
         if let Some(fd) = fd {
@@ -437,14 +486,19 @@ impl Connection {
         }
         let peer = transport.peer().to_string();
         stats.connections_open.fetch_add(1, Ordering::Relaxed);
-        log::info!("connection from {peer} on reactor {}", ctx.reactor_id());
+        match &access {
+            Access::Denied { .. } => log::warn!("connection from {peer} on reactor {}: {access}", ctx.reactor_id()),
+            _ => log::info!("connection from {peer} on reactor {} ({access})", ctx.reactor_id()),
+        }
+        let mut service = Service::new(backend, stats.clone());
+        service.set_access(access);
         let now = Instant::now();
         let conn = Connection {
             transport: Some(transport),
             fd,
             peer,
             id: None,
-            service: Service::new(backend, stats.clone()),
+            service,
             offload,
             stats,
             outbox: Vec::new(),

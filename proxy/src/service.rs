@@ -24,7 +24,15 @@
 //!
 //! Volume operations name the volume in the tenant field and carry an empty path
 //! (else [`Status::Invalid`]); they are counted under the volume's name.
+//!
+//! **Who may ask.** A service carries the [`Access`] of its connection's peer
+//! ([`Service::set_access`]; [`Access::Open`] unless set). A request the peer may not
+//! make (its tenant or volume is not in the peer's grant, `crate::access`) is
+//! answered [`Status::Permission`] before anything else is looked at, counted in
+//! `denied`, and never reaches the backend. [`Service::refuse`] is the same check for
+//! requests that run elsewhere (the worker pool of a blocking backend).
 
+use crate::access::Access;
 use crate::backend::{resolve, Backend};
 use crate::stats::{ProxyStats, TenantCache};
 use pov_proto::entry::STAT_SIZE;
@@ -81,6 +89,9 @@ pub fn answer_bound(body: &[u8]) -> usize {
 /// How many undecodable frames per connection are logged at `warn` (later ones at
 /// `debug`), so a misbehaving peer cannot flood the log.
 const BAD_FRAME_WARNINGS: u32 = 10;
+/// How many refused requests per connection are logged at `warn` (later ones at
+/// `debug`).
+const DENIED_WARNINGS: u32 = 10;
 
 /// Executes requests for one connection on one backend channel.
 pub struct Service {
@@ -88,6 +99,8 @@ pub struct Service {
     tenants: TenantCache,
     payload: Vec<u8>,
     bad_frames_warned: u32,
+    access: Access,
+    denied_warned: u32,
 }
 
 impl std::fmt::Debug for Service {
@@ -97,9 +110,56 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// A service running requests on `backend`, counting them in `stats`.
+    /// A service running requests on `backend`, counting them in `stats`, for a peer
+    /// trusted with every tenant ([`Access::Open`]; see [`Service::set_access`]).
     pub fn new(backend: Box<dyn Backend>, stats: Arc<ProxyStats>) -> Service {
-        Service { backend, tenants: TenantCache::new(stats), payload: Vec::new(), bad_frames_warned: 0 }
+        Service {
+            backend,
+            tenants: TenantCache::new(stats),
+            payload: Vec::new(),
+            bad_frames_warned: 0,
+            access: Access::Open,
+            denied_warned: 0,
+        }
+    }
+
+    /// Sets what the connection's peer may do; every later request is checked.
+    pub fn set_access(&mut self, access: Access) {
+        self.access = access;
+    }
+
+    /// The peer's access.
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    /// Checks a frame body that will run elsewhere: if it decodes and the peer may not
+    /// make it, counts it and returns the complete `Permission` response frame (the
+    /// request must not run). `None` otherwise (allowed, or not decodable: whoever
+    /// runs it answers that).
+    pub fn refuse(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+        if self.access.is_open() {
+            return None;
+        }
+        match ProxyRequest::decode(body) {
+            Ok(r) if !self.access.allows(&r.req) => {
+                let mut out = Vec::new();
+                self.answer_denied(&r.req, &mut out);
+                Some(out)
+            }
+            _ => None,
+        }
+    }
+
+    fn answer_denied(&mut self, req: &ProxyRequest, out: &mut Vec<u8>) {
+        let stats = self.tenants.server();
+        stats.frames.fetch_add(1, Ordering::Relaxed);
+        stats.denied.fetch_add(1, Ordering::Relaxed);
+        let level = if self.denied_warned < DENIED_WARNINGS { log::Level::Warn } else { log::Level::Debug };
+        self.denied_warned = self.denied_warned.saturating_add(1);
+        let what = if req.op.is_volume() { "volume" } else { "tenant" };
+        log::log!(level, "refused {:?} for {what} {:?} (tag {:#x}): {}", req.op, req.tenant, req.tag, self.access);
+        ProxyResponse { op: req.op as u16, tag: req.tag, status: Status::Permission, result: 0, flags: 0 }.encode_frame(&[], out);
     }
 
     /// Handles one frame body (length prefix stripped). Writes the complete response
@@ -110,6 +170,10 @@ impl Service {
             Ok(r) => r,
             Err(e) => return self.answer_bad_frame(body, e, out),
         };
+        if !self.access.allows(&r.req) {
+            self.answer_denied(&r.req, out);
+            return true;
+        }
         let stats = self.tenants.server();
         stats.frames.fetch_add(1, Ordering::Relaxed);
         let mut payload = std::mem::take(&mut self.payload);
@@ -451,6 +515,44 @@ mod tests {
         for short in [&f[4..10], &[][..]] {
             assert_eq!(answer_bound(short), 44, "too short to carry a read");
         }
+    }
+
+    /// A peer enrolled for tenant `t` and volume `v` only: other tenants' and volumes'
+    /// requests are answered `Permission`, counted, and never touch the backend; the
+    /// same check answers for the worker pool (`refuse`).
+    #[test]
+    fn requests_beyond_the_peers_grant_are_refused_before_the_backend() {
+        use crate::access::{Access, Grant, Names};
+        let mut fx = fixture();
+        let grant = Grant { tenants: Names::Only(["t".to_string()].into()), volumes: Names::Only(["v".to_string()].into()) };
+        fx.svc.set_access(Access::Enrolled { name: "dpu-a".into(), grant: Arc::new(grant) });
+        let mut open = req(Op::Open, "t", "f");
+        open.flags = flags::CREATE | flags::WRITE;
+        assert_eq!(fx.call(open.clone(), &[]).0.status, Status::Ok);
+        open.tenant = "u".into();
+        assert_eq!(fx.call(open, &[]).0.status, Status::Permission);
+        assert_eq!(fx.call(req(Op::Write, "u", "f"), b"x").0.status, Status::Permission);
+        assert_eq!(fx.call(req(Op::List, "u", ""), &[]).0.status, Status::Permission);
+        let mut vol = req(Op::VolumeOpen, "w", "");
+        (vol.offset, vol.length, vol.flags) = (1 << 20, 512, flags::CREATE);
+        assert_eq!(fx.call(vol.clone(), &[]).0.status, Status::Permission, "volume w is not granted");
+        vol.tenant = "t".into();
+        assert_eq!(fx.call(vol.clone(), &[]).0.status, Status::Permission, "a tenant grant is no volume grant");
+        vol.tenant = "v".into();
+        assert_eq!(fx.call(vol, &[]).0.status, Status::Ok);
+        let mut f = Vec::new();
+        let mut r = req(Op::Remove, "u", "f");
+        r.tag = 77;
+        r.encode_frame(&[], &mut f).unwrap();
+        let answer = fx.svc.refuse(&f[4..]).expect("refused");
+        let (resp, _) = ProxyResponse::decode(&answer[4..]).unwrap();
+        assert_eq!((resp.status, resp.tag), (Status::Permission, 77));
+        req(Op::Stat, "t", "f").encode_frame(&[], &mut f).unwrap();
+        assert!(fx.svc.refuse(&f[4..]).is_none(), "allowed: runs elsewhere");
+        assert!(fx.svc.refuse(b"junk").is_none(), "undecodable: answered where it runs");
+        assert_eq!(fx.stats.server().denied, 6);
+        assert!(!fx._dir.path().join("u").exists() && !fx._dir.path().join("@volumes/w").exists(), "nothing reached the backend");
+        assert!(fx.stats.tenants().iter().all(|t| t.tenant != "u"), "refusals are not counted as the tenant's requests");
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct ProxyStats {
     pub bad_frames: AtomicU64,
     /// Bad frames too short to carry a tag, dropped without an answer.
     pub dropped_frames: AtomicU64,
+    /// Requests refused because the connection's peer may not act for their tenant
+    /// or volume (answered `Permission`, never executed; `crate::access`).
+    pub denied: AtomicU64,
     /// Connections accepted since start.
     pub connections_accepted: AtomicU64,
     /// Connections currently open.
@@ -74,6 +77,8 @@ pub struct ServerStats {
     pub bad_frames: u64,
     /// Bad frames dropped without an answer.
     pub dropped_frames: u64,
+    /// Requests refused for their tenant or volume (`Permission`), never executed.
+    pub denied: u64,
     /// Connections accepted since start.
     pub connections_accepted: u64,
     /// Connections currently open.
@@ -124,6 +129,7 @@ impl ProxyStats {
             frames: self.frames.load(Ordering::Relaxed),
             bad_frames: self.bad_frames.load(Ordering::Relaxed),
             dropped_frames: self.dropped_frames.load(Ordering::Relaxed),
+            denied: self.denied.load(Ordering::Relaxed),
             connections_accepted: self.connections_accepted.load(Ordering::Relaxed),
             connections_open: self.connections_open.load(Ordering::Relaxed),
             reads_paused: self.reads_paused.load(Ordering::Relaxed),

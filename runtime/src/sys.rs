@@ -137,6 +137,25 @@ impl Epoll {
     }
 }
 
+impl Epoll {
+    /// Waits up to `timeout` (zero: does not wait) and appends the tokens of the ready
+    /// descriptors to `tokens` (at most 64 per call; level-triggered, so the rest
+    /// come back at the next call). EINTR and errors append nothing.
+    pub fn ready_tokens(&self, timeout: Duration, tokens: &mut Vec<u64>) {
+        let mut events = Vec::with_capacity(64);
+        let ts = timespec(timeout);
+        if epoll::wait(&self.0, rustix::buffer::spare_capacity(&mut events), Some(&ts)).is_ok() {
+            tokens.extend(events.iter().map(|e| e.data.u64()));
+        }
+    }
+}
+
+impl AsRawFd for Epoll {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 fn timespec(d: Duration) -> Timespec {
     // Capped at 2^31 ms: older kernels refuse longer epoll timeouts.
     let d = d.min(Duration::from_millis(i32::MAX as u64));

@@ -6,6 +6,7 @@ use pov_dpu_firmware::rpc::{
     RpcLimits, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RPC_SOCKET,
     MAX_REQUEST_BYTES, MIN_RESPONSE_BYTES,
 };
+use pov_runtime::transport::tls::TlsFiles;
 use pov_runtime::ReactorConfig;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,6 +33,17 @@ struct Args {
     /// sleeps (default: the runtime's, 100 µs).
     #[arg(long, value_name = "US")]
     poll_idle_us: Option<u64>,
+    /// The DPU's client certificate chain (PEM) for `tls:` proxy endpoints; its
+    /// subjectAltName DNS name is the identity the proxy's enrollment names. Needs
+    /// --tls-key and --tls-ca.
+    #[arg(long, value_name = "FILE", env = "POV_DPUD_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", env = "POV_DPUD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) that sign the proxies' certificates.
+    #[arg(long, value_name = "FILE", env = "POV_DPUD_TLS_CA", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace (or an env_logger filter such as
     /// `info,pov_dpu_firmware=debug`). Default: `$RUST_LOG`, else `info`.
     #[arg(long, value_name = "LEVEL")]
@@ -92,7 +104,11 @@ fn main() {
         idle_timeout: (args.rpc_idle_timeout > 0.0).then(|| Duration::from_secs_f64(args.rpc_idle_timeout)),
         ..RpcLimits::default()
     };
-    if let Err(e) = run(DaemonOptions { rpc_socket: args.rpc_socket, cores, reactor, config: args.config, rpc_limits }) {
+    let tls = match (args.tls_cert, args.tls_key, args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
+        _ => None,
+    };
+    if let Err(e) = run(DaemonOptions { rpc_socket: args.rpc_socket, cores, reactor, config: args.config, rpc_limits, tls }) {
         eprintln!("pov-dpud: {e:#}");
         std::process::exit(1);
     }

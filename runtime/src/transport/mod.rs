@@ -10,8 +10,8 @@
 //! **Endpoints and connectors.** A peer is named by an [`Endpoint`], `SCHEME:ADDRESS`
 //! (`tcp:HOST:PORT`; a bare `HOST:PORT` means TCP), parsed and checked without any IO
 //! when a device is created. Each scheme has a [`Connector`] in the registry
-//! ([`endpoint`]): TCP is built in, the in-memory `mem:` transport with the `testing`
-//! feature, and a new transport (RDMA) is one new file plus one registry line.
+//! ([`endpoint`]): TCP and TLS are built in, the in-memory `mem:` transport with the
+//! `testing` feature, and a new transport (RDMA) is one new file plus one registry line.
 //! **Connecting never blocks a reactor**: [`Connector::connect`] returns a
 //! [`Connecting`] attempt that the owner advances from its poller and sleeps on
 //! ([`Connecting::wait_for`]); [`connect_blocking`] is the variant for threads that may
@@ -25,13 +25,21 @@
 //! holds with reads of up to 64 KiB, so one `read(2)` returns many frames.
 //! [`TransportCounters`] count both sides so the effect is visible.
 //!
-//! Implementations: [`tcp`] (default) and, with the `testing` feature, `mem` (an
-//! in-process pair and named in-process listeners). Both pass the same conformance test
-//! body (`conformance`, also with `testing`).
+//! **Authentication.** [`tls`] (`tls:HOST:PORT`) is TCP with mutual TLS 1.3: each
+//! process sets its certificate, key and trusted CA once at start-up
+//! ([`tls::configure_client`], [`tls::configure_server`]), so endpoints stay plain
+//! strings; a listener hands out only connections whose handshake succeeded, and
+//! [`Transport::peer_identity`] gives the application the peer's verified certificate
+//! to decide what it may do. Plain `tcp:` trusts whoever connects.
+//!
+//! Implementations: [`tcp`] (default), [`tls`] and, with the `testing` feature, `mem`
+//! (an in-process pair and named in-process listeners). All pass the same conformance
+//! test body (`conformance`, also with `testing`).
 
 pub mod endpoint;
 mod frame;
 pub mod tcp;
+pub mod tls;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
@@ -41,6 +49,7 @@ pub mod mem;
 pub use endpoint::{connector, register, Connecting, Connector, Endpoint, EndpointError};
 pub(crate) use frame::FrameBuf;
 pub use frame::RECV_CHUNK;
+pub use tls::PeerIdentity;
 
 use crate::sys::Interest;
 use std::os::fd::RawFd;
@@ -194,6 +203,12 @@ pub trait Transport: Send {
 
     /// The peer's address, for messages.
     fn peer(&self) -> &str;
+
+    /// The peer's verified certificate, for transports that authenticate their peer
+    /// ([`tls`]); `None` for transports that do not (TCP, mem): whoever connected.
+    fn peer_identity(&self) -> Option<&PeerIdentity> {
+        None
+    }
 }
 
 /// Accepts incoming transports (server side).
@@ -209,6 +224,13 @@ pub trait Listener: Send {
 
     /// The address actually bound (useful with port 0), without the scheme.
     fn local_addr(&self) -> String;
+
+    /// When [`accept`](Listener::accept) must be called again even if [`fd`](Listener::fd)
+    /// stays quiet (TLS: the earliest handshake timeout); `None` if only the descriptor
+    /// matters.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// How long [`connect`] waits for a connection.
