@@ -45,7 +45,7 @@ for ((i = 0; i < 600; i++)); do [ -e "$T/go" ] && break; sleep 0.05; done
 pid=$(cat "$T/state/dpud.pid")
 kill -TERM "$pid"
 for ((i = 0; i < 200; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-"$bin/pov-dpud" --rpc-socket "$POV_RPC_SOCK" --config "$T/saved.json" >"$T/state/dpud2.log" 2>&1 &
+"$bin/pov-dpud" --rpc-socket "$POV_RPC_SOCK" "${POV_DPUD_TLS_ARGS[@]}" --config "$T/saved.json" >"$T/state/dpud2.log" 2>&1 &
 echo $! >"$T/state/dpud.pid"
 pov_wait_line "$T/state/dpud2.log" ready "$(cat "$T/state/dpud.pid")" >/dev/null
 "$bin/pov-host" ls pov:/tree >"$T/ls2.txt"

@@ -257,8 +257,11 @@ fn an_enrolled_dpu_acts_only_for_its_tenants_and_volumes() {
     // secrets of its operator's choosing, including the real tenant's name.
     let rpc_b = stack.dir.path().join("rpc-b.sock");
     let _dpud_b = spawn_dpud(&rpc_b, None, &pki.dpud_args("dpu-b", &pki.ca()));
+    let key = stack.dir.path().join("attacker.key");
+    pov_e2e::write_key_file(&key, b"attacker-chosen");
+    rpc(&rpc_b, "keyring_file_add_key", json!({"name": "k", "path": key})).unwrap();
     for t in ["acme", "bravo", "carol"] {
-        rpc(&rpc_b, "pov_tenant_create", json!({"name": t, "secret": "attacker-chosen"})).unwrap();
+        rpc(&rpc_b, "pov_tenant_create", json!({"name": t, "key": "k"})).unwrap();
     }
     let sock_b = stack.dir.path().join("pov-b.sock");
     rpc(&rpc_b, "pov_device_create", json!({"name": "povb", "socket": sock_b, "proxies": [stack.proxy_endpoint()]})).unwrap();
