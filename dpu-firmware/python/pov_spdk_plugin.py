@@ -37,7 +37,7 @@ def _frontend_args(p, proxy_required):
     """Options every vhost-user-blk object (PoV device or volume) has."""
     p.add_argument("-n", "--name", required=True)
     p.add_argument("--socket", required=True, help="vhost-user-blk socket path")
-    p.add_argument("--proxy", action="append", required=proxy_required, help="tcp:HOST:PORT (repeat for several)")
+    p.add_argument("--proxy", action="append", required=proxy_required, help="tls:HOST:PORT (tcp:HOST:PORT for an unauthenticated development proxy; repeat for several)")
     p.add_argument("--virtqueues", type=int)
     p.add_argument("--reactor", type=int)
     p.add_argument("--request-timeout-ms", type=int)

@@ -3,7 +3,8 @@
 Run by scripts/spdk-rpc-test, which installs the package in a venv, starts pov-proxy
 and pov-dpud and passes their coordinates in the environment:
   POV_RPC_SOCK    pov-dpud's control socket
-  POV_PROXY_ADDR  the proxy (HOST:PORT)
+  POV_PROXY_ENDPOINT  the proxy (tls:HOST:PORT or tcp:HOST:PORT; default
+                  tcp:$POV_PROXY_ADDR)
   POV_WORK        a scratch directory
   POV_BIN         the directory with pov-dpud
   POV_TENANT      the tenant the script created (key POV_TENANT-key)
@@ -26,7 +27,7 @@ from spdk.rpc.client import JSONRPCClient, JSONRPCException
 from spdk.rpc.config import save_config
 
 SOCK = os.environ["POV_RPC_SOCK"]
-PROXY = "tcp:" + os.environ["POV_PROXY_ADDR"]
+PROXY = os.environ.get("POV_PROXY_ENDPOINT") or "tcp:" + os.environ["POV_PROXY_ADDR"]
 WORK = os.environ["POV_WORK"]
 BIN = os.environ["POV_BIN"]
 SPDK_RPC = shutil.which("spdk-rpc")
