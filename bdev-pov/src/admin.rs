@@ -10,8 +10,8 @@ use crate::forward::RouteKey;
 use crate::queue::Queue;
 use crate::session::{QueueOwner, Session, SessionState};
 use pov_proto::admin::{
-    AdminOp, AdminRequest, AdminResponse, ADMIN_MAC_OFFSET, ADMIN_REQUEST_SIZE, GRANT_INTEGRITY_ONLY, GRANT_READ_ONLY,
-    MAILBOX_HOLD_MS,
+    AdminOp, AdminRequest, AdminResponse, ADMIN_MAC_OFFSET, ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE, GRANT_INTEGRITY_ONLY,
+    GRANT_READ_ONLY, MAILBOX_HOLD_MS, SESSION_MAILBOX,
 };
 use pov_proto::crypto::{self, Protection, NONCE_LEN};
 use pov_proto::io::Grant;
@@ -72,8 +72,10 @@ impl AuthBucket {
 pub(crate) struct AdminState {
     /// Answers, one record per mailbox.
     mailboxes: Vec<u8>,
-    /// When each mailbox last got an answer.
+    /// When each shared mailbox last got an answer.
     written: Vec<Option<Instant>>,
+    /// Session mailboxes by IO area (zeros until the area's session gets an answer).
+    session_boxes: FxHashMap<u32, [u8; ADMIN_RESPONSE_SIZE]>,
     /// Session opens under way, by exchange ID.
     exchanges: FxHashMap<u64, Exchange>,
     /// Failed authentications by tenant name (`""`: every name past the table's bound).
@@ -85,6 +87,7 @@ impl AdminState {
         AdminState {
             mailboxes: vec![0; ADMIN_MAILBOXES as usize * MAILBOX_SIZE as usize],
             written: vec![None; ADMIN_MAILBOXES as usize],
+            session_boxes: FxHashMap::default(),
             exchanges: FxHashMap::default(),
             auth: FxHashMap::default(),
         }
@@ -93,6 +96,11 @@ impl AdminState {
     /// The mailbox region's bytes (what READs of it return).
     pub(crate) fn mailbox_bytes(&self) -> &[u8] {
         &self.mailboxes
+    }
+
+    /// Session mailbox `area`'s bytes (zeros if it never got an answer).
+    pub(crate) fn session_mailbox_bytes(&self, area: u32) -> &[u8] {
+        self.session_boxes.get(&area).map_or(&[], |b| &b[..])
     }
 
     fn bucket(&mut self, tenant: &str, now: Instant) -> &mut AuthBucket {
@@ -114,24 +122,30 @@ pub(crate) enum AdminOutcome {
 
 impl DeviceState {
     /// Executes one admin request record (at least [`ADMIN_REQUEST_SIZE`] bytes) and puts
-    /// the sealed answer in the mailbox it names.
+    /// the sealed answer where its sender will read it.
+    ///
+    /// An open session's authentic request (MAC verified) is answered in the session's
+    /// own mailbox (`layout::SESSION_MAILBOX_OFFSET`): no other exchange ever writes
+    /// there, so nothing another process does can disturb or delay it. Every other
+    /// request is answered in the shared mailbox it names, which then keeps the answer
+    /// for [`MAILBOX_HOLD_MS`] so that its reader gets it: a request naming a held
+    /// mailbox is refused (its WRITE fails, nothing runs, the host names another). A
+    /// process flooding the admin space can so delay session opens (documented in
+    /// docs/security.md), never an open session's admin requests.
     pub(crate) fn admin(&mut self, b: &mut [u8], now: Instant) -> AdminOutcome {
         let Some(ret) = AdminRequest::peek_return(b) else { return AdminOutcome::Refused };
         let m = ret.mailbox as usize;
-        let hold = Duration::from_millis(MAILBOX_HOLD_MS);
         let decoded = AdminRequest::decode(b);
-        match self.admin_state.written.get(m).copied() {
-            None => return AdminOutcome::Refused,
-            // A held mailbox is refused to anyone but an open session's authentic
-            // request: otherwise a process could keep all 256 held with bogus requests
-            // (1024 WRITEs a second) and starve other sessions' heartbeats. An
-            // authentic request overwrites another's answer at worst, which costs that
-            // exchange a retry.
-            Some(Some(t)) if now.duration_since(t) < hold && !self.authentic_in_session(&decoded, b) => {
-                self.stats.admin_mailbox_busy += 1;
-                return AdminOutcome::Refused;
+        let own_box = self.authentic_in_session(&decoded, b);
+        if own_box.is_none() {
+            match self.admin_state.written.get(m) {
+                None => return AdminOutcome::Refused,
+                Some(Some(t)) if now.duration_since(*t) < Duration::from_millis(MAILBOX_HOLD_MS) => {
+                    self.stats.admin_mailbox_busy += 1;
+                    return AdminOutcome::Refused;
+                }
+                Some(_) => {}
             }
-            Some(_) => {}
         }
         let mut resp = AdminResponse { op: ret.op, seq: ret.seq, ..Default::default() };
         let status = match decoded {
@@ -146,25 +160,30 @@ impl DeviceState {
             }
         };
         resp.status = status.as_u32();
-        let sealed = resp.seal(ret.mailbox, &ret.exchange_key);
-        let at = m * MAILBOX_SIZE as usize;
-        self.admin_state.mailboxes[at..at + MAILBOX_SIZE as usize].copy_from_slice(&sealed);
-        self.admin_state.written[m] = Some(now);
+        let a = &mut self.admin_state;
+        match own_box {
+            Some(area) => {
+                a.session_boxes.insert(area, resp.seal(SESSION_MAILBOX, &ret.exchange_key));
+            }
+            None => {
+                let sealed = resp.seal(ret.mailbox, &ret.exchange_key);
+                let at = m * MAILBOX_SIZE as usize;
+                a.mailboxes[at..at + MAILBOX_SIZE as usize].copy_from_slice(&sealed);
+                a.written[m] = Some(now);
+            }
+        }
         AdminOutcome::Answered
     }
 
-    /// `true` if `req` (decoded from record `b`) is an in-session request of an open
-    /// session, from its process, whose MAC verifies (the sequence number is checked
-    /// when it runs).
-    fn authentic_in_session(&mut self, req: &Result<AdminRequest, pov_proto::DecodeError>, b: &[u8]) -> bool {
-        let Ok(req) = req else { return false };
-        if !req.op.in_session() {
-            return false;
-        }
-        let Ok(s) = owned_session(&mut self.areas, req) else { return false };
+    /// The IO area of the session if `req` (decoded from record `b`) is an in-session
+    /// request of an open session, from its process, whose MAC verifies (the sequence
+    /// number is checked when it runs).
+    fn authentic_in_session(&mut self, req: &Result<AdminRequest, pov_proto::DecodeError>, b: &[u8]) -> Option<u32> {
+        let req = req.as_ref().ok().filter(|r| r.op.in_session())?;
+        let s = owned_session(&mut self.areas, req).ok()?;
         let mut record = [0u8; ADMIN_REQUEST_SIZE];
         record.copy_from_slice(&b[..ADMIN_REQUEST_SIZE]);
-        s.keys.verify_admin(&mut record, ADMIN_MAC_OFFSET).is_ok()
+        s.keys.verify_admin(&mut record, ADMIN_MAC_OFFSET).ok().map(|()| s.area)
     }
 
     /// Hello: remembers the client nonce and answers a device nonce. An unknown tenant
@@ -251,6 +270,8 @@ impl DeviceState {
             "device {dev}: session {id:#x} opened for tenant {name} pid {} in area {area} ({protection:?}, {grant:?})",
             req.pid
         );
+        // The area's session mailbox holds nothing of a former session.
+        self.admin_state.session_boxes.remove(&(area as u32));
         self.areas[area] = Some(Session::new(id, x.tenant, req.pid, area as u32, keys, protection, grant, now));
         resp.session_id = id;
         resp.area = area as u32;

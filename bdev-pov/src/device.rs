@@ -453,6 +453,9 @@ impl DeviceState {
             Region::AdminMailboxes { offset } if is_read => {
                 read_from(&mut self.out, req, self.admin_state.mailbox_bytes(), offset as usize)
             }
+            Region::SessionMailbox { area, offset } if is_read => {
+                read_from(&mut self.out, req, self.admin_state.session_mailbox_bytes(area), offset as usize)
+            }
             Region::AdminRequest { offset } if !is_read => {
                 self.stats.admin_requests += 1;
                 let mut b = [0u8; ADMIN_REQUEST_SIZE];

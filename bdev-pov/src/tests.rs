@@ -8,6 +8,7 @@ use crate::device::{PovDevice, PovDeviceConfig};
 use crate::tenant::TenantTable;
 use pov_proto::admin::{
     AdminOp, AdminRequest, AdminResponse, ADMIN_MAC_OFFSET, ADMIN_RESPONSE_SIZE, GRANT_INTEGRITY_ONLY, GRANT_READ_ONLY,
+    SESSION_MAILBOX,
 };
 use pov_proto::crypto::{self, Protection, SessionKeys};
 use pov_proto::io::{flags, Op, RequestHeader, ResponseHeader, SdkHint, REQUEST_TAG_OFFSET, RESPONSE_TAG_OFFSET};
@@ -96,6 +97,7 @@ struct Harness {
 /// A session as its client holds it.
 struct Sess {
     id: u64,
+    area: u32,
     pid: u32,
     keys: SessionKeys,
     protection: Protection,
@@ -149,18 +151,28 @@ impl Harness {
         self.wait(t)
     }
 
-    /// One admin exchange (MACed with `keys` for an in-session request); the answer
-    /// opened with the exchange's key.
-    fn exchange(&mut self, mut req: AdminRequest, keys: Option<&SessionKeys>) -> AdminResponse {
+    /// One admin exchange (MACed with `keys` for an in-session request of the session
+    /// in IO area `area`); the answer opened with the exchange's key: from the
+    /// session's mailbox for an in-session request (the named shared one if the device
+    /// did not take the request as the session's), else from the named one.
+    fn exchange(&mut self, mut req: AdminRequest, session: Option<(&SessionKeys, u32)>) -> AdminResponse {
         req.mailbox = self.next_mailbox;
         self.next_mailbox = (self.next_mailbox + 1) % layout::ADMIN_MAILBOXES;
         req.exchange_key = crypto::random();
         let mut b = req.encode().unwrap();
-        if let Some(k) = keys {
+        if let Some((k, _)) = session {
             k.mac_admin(&mut b, ADMIN_MAC_OFFSET);
         }
         let (st, _) = self.io(BlockOp::Write, layout::ADMIN_REQ_OFFSET, b.to_vec());
         assert_eq!(st, BlockStatus::Ok, "admin WRITE refused");
+        if let Some((_, area)) = session {
+            let at = self.dev.geometry().session_mailbox(area);
+            let (st, m) = self.io(BlockOp::Read, at, vec![0; ADMIN_RESPONSE_SIZE]);
+            assert_eq!(st, BlockStatus::Ok);
+            if let Ok(r) = AdminResponse::open(&m, SESSION_MAILBOX, &req.exchange_key) {
+                return r;
+            }
+        }
         let (st, m) = self.io(BlockOp::Read, layout::mailbox_offset(req.mailbox), vec![0; ADMIN_RESPONSE_SIZE]);
         assert_eq!(st, BlockStatus::Ok);
         AdminResponse::open(&m, req.mailbox, &req.exchange_key).expect("our answer opens with our key")
@@ -184,6 +196,7 @@ impl Harness {
         let protection = if grant & GRANT_INTEGRITY_ONLY != 0 { Protection::IntegrityOnly } else { Protection::Confidential };
         let sess = (r.status() == Status::Ok).then(|| Sess {
             id: r.session_id,
+            area: r.area,
             pid,
             keys: SessionKeys::derive(secret, &nc, &ch.device_nonce, tenant, r.session_id),
             protection,
@@ -201,7 +214,7 @@ impl Harness {
         let mut req = AdminRequest { session_id: s.id, seq: s.seq, ..AdminRequest::new(op, s.pid) };
         s.seq += 1;
         fill(&mut req);
-        self.exchange(req, Some(&s.keys))
+        self.exchange(req, Some((&s.keys, s.area)))
     }
 
     fn create_queue(&mut self, s: &mut Sess) -> AdminResponse {
@@ -378,6 +391,55 @@ fn a_process_holding_every_mailbox_cannot_starve_a_session() {
     assert_eq!(h.dev.stats().admin_mailbox_busy, busy);
 }
 
+/// An open session's authentic admin requests are answered in its own session mailbox,
+/// which no other exchange writes: two sessions' requests naming the same shared
+/// mailbox never see each other's answers; unauthentic ones are answered in the shared
+/// mailbox they name and leave the session mailbox alone.
+#[test]
+fn session_answers_go_to_the_sessions_own_mailbox() {
+    let mut h = Harness::new("127.0.0.1:1", |_| {});
+    let (mut a, _) = setup(&mut h, 7);
+    let (mut b, _) = setup(&mut h, 8);
+    let g = h.dev.geometry();
+    let write_in = |h: &mut Harness, s: &mut Sess, keys: Option<&SessionKeys>, op: AdminOp, m: u16| {
+        let req = AdminRequest {
+            session_id: s.id,
+            seq: s.seq,
+            mailbox: m,
+            exchange_key: crypto::random(),
+            ..AdminRequest::new(op, s.pid)
+        };
+        s.seq += 1;
+        let mut rec = req.encode().unwrap();
+        keys.unwrap_or(&s.keys).mac_admin(&mut rec, ADMIN_MAC_OFFSET);
+        assert_eq!(h.io(BlockOp::Write, layout::ADMIN_REQ_OFFSET, rec.to_vec()).0, BlockStatus::Ok);
+        req.exchange_key
+    };
+    let read = |h: &mut Harness, at: u64| h.io(BlockOp::Read, at, vec![0; 512]).1;
+    // Both sessions name shared mailbox 40, one right after the other.
+    let key_a = write_in(&mut h, &mut a, None, AdminOp::CreateQueue, 40);
+    let key_b = write_in(&mut h, &mut b, None, AdminOp::Heartbeat, 40);
+    let ra = AdminResponse::open(&read(&mut h, g.session_mailbox(a.area)), SESSION_MAILBOX, &key_a).expect("A's answer");
+    assert_eq!((ra.status(), ra.op), (Status::Ok, AdminOp::CreateQueue as u16));
+    let rb = AdminResponse::open(&read(&mut h, g.session_mailbox(b.area)), SESSION_MAILBOX, &key_b).expect("B's answer");
+    assert_eq!(rb.status(), Status::Ok);
+    assert!(AdminResponse::open(&read(&mut h, layout::mailbox_offset(40)), 40, &key_a).is_err(), "nothing in the shared one");
+    // Mailbox 40 was not used: a Hello may take it at once.
+    let hello =
+        AdminRequest { mailbox: 40, exchange_key: [4; 32], tenant: "acme".into(), ..AdminRequest::new(AdminOp::Hello, 9) };
+    assert_eq!(h.io(BlockOp::Write, layout::ADMIN_REQ_OFFSET, hello.encode().unwrap().to_vec()).0, BlockStatus::Ok);
+    // A forged in-session request of session A is answered in the shared mailbox it
+    // names; A's session mailbox still holds A's answer.
+    let guessed = SessionKeys::derive(b"pw", &[0; 32], &[0; 32], "acme", a.id);
+    let key_f = write_in(&mut h, &mut a.clone_ids(), Some(&guessed), AdminOp::Heartbeat, 41);
+    let rf = AdminResponse::open(&read(&mut h, layout::mailbox_offset(41)), 41, &key_f).unwrap();
+    assert_eq!(rf.status(), Status::AuthFailed);
+    assert!(AdminResponse::open(&read(&mut h, g.session_mailbox(a.area)), SESSION_MAILBOX, &key_a).is_ok());
+    // A closed session's heartbeat gets BadSession (in the mailbox it names).
+    assert_eq!(h.admin_in(&mut a, AdminOp::CloseSession, |_| {}).status(), Status::Ok);
+    assert_eq!(h.admin_in(&mut a, AdminOp::Heartbeat, |_| {}).status(), Status::BadSession);
+}
+
 #[test]
 fn failed_authentications_are_rate_limited_per_tenant() {
     let mut h = Harness::new("127.0.0.1:1", |_| {});
@@ -510,6 +572,7 @@ impl Sess {
     fn clone_ids(&self) -> Sess {
         Sess {
             id: self.id,
+            area: self.area,
             pid: self.pid,
             keys: SessionKeys::derive(b"?", &[1; 32], &[1; 32], "?", 0),
             protection: self.protection,

@@ -211,3 +211,36 @@ fn daemons_idle_below_two_percent_cpu() {
     // A busy-polling daemon would show ~100% here.
     assert!(pp < 2.0 && dp < 2.0, "idle daemons use too much CPU: proxy {pp:.2}%, dpud {dp:.2}%");
 }
+
+/// Many processes' worth of session opens, queue creations and closes at once on one
+/// device (each thread has its own vhost-user connection, as a process would): admin
+/// exchanges that pick the same mailbox never see each other's answers or fail.
+#[test]
+fn concurrent_session_opens_never_collide() {
+    let stack = Stack::start(json!({}));
+    const THREADS: usize = 6;
+    const ROUNDS: usize = 15;
+    let failures = std::sync::Mutex::new(Vec::new());
+    let spec = stack.device_spec();
+    std::thread::scope(|sc| {
+        for t in 0..THREADS {
+            let (spec, failures) = (&spec, &failures);
+            sc.spawn(move || {
+                let dev = Device::open(spec).expect("open PoV device");
+                for r in 0..ROUNDS {
+                    match Session::open(&dev, "acme", SECRET.as_bytes(), 4) {
+                        Ok(s) => {
+                            let path = format!("/race/{t}-{r}");
+                            s.write(&path, path.as_bytes()).expect("write");
+                            assert_eq!(s.read(&path).expect("read"), path.as_bytes());
+                            s.close().expect("close");
+                        }
+                        Err(e) => failures.lock().unwrap().push(format!("thread {t} round {r}: {e}")),
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{} of {} opens failed: {failures:#?}", failures.len(), THREADS * ROUNDS);
+}

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use pov_proto::admin::{AdminOp, AdminRequest, AdminResponse, ADMIN_MAC_OFFSET, ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE};
+use pov_proto::admin::{
+    AdminOp, AdminRequest, AdminResponse, ADMIN_MAC_OFFSET, ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE, SESSION_MAILBOX,
+};
 use pov_proto::crypto::{self, SessionKeys};
 use pov_proto::layout::{mailbox_offset, ConfigSpace, Geometry, ADMIN_MAILBOXES, ADMIN_REQ_OFFSET, CONFIG_SIZE};
 
@@ -134,18 +136,21 @@ impl Device {
 
     /// Runs one admin exchange and returns the device's answer, whatever its status.
     ///
-    /// The request names a random mailbox and carries a fresh one-time exchange key
-    /// (`pov_proto::admin`); with `keys` (an in-session request) it is MACed with the
-    /// session's admin key. A mailbox held for another exchange makes the device fail
-    /// the WRITE: another mailbox is tried (up to [`ADMIN_ATTEMPTS`] in all, backing off
-    /// for about 1 s in all). No lock:
-    /// concurrent threads and processes cannot read or disturb each other's exchanges.
+    /// The request names a random shared mailbox and carries a fresh one-time exchange
+    /// key (`pov_proto::admin`). With `session` = (its keys, its IO area), an
+    /// in-session request is MACed with the session's admin key and its answer read
+    /// from the session's own mailbox (the named one if the device did not take it as
+    /// the session's). A shared mailbox held for another exchange makes the device fail
+    /// the WRITE: another is tried (up to [`ADMIN_ATTEMPTS`] in all, backing off for
+    /// about 1 s in all). No lock between processes: they cannot read or disturb each
+    /// other's exchanges. One session's in-session exchanges must not overlap (they
+    /// share its mailbox): `Session` runs them one at a time.
     ///
     /// Errors: [`ErrorKind::InvalidArgument`] (tenant or prefix too long),
     /// [`ErrorKind::Access`] (IO failed, or every mailbox tried was busy),
     /// [`ErrorKind::Protocol`] (an answer that does not open with our key),
     /// [`ErrorKind::AdminMismatch`] (the answer is to another request).
-    pub fn admin_raw(&self, mut req: AdminRequest, keys: Option<&SessionKeys>) -> Result<AdminResponse> {
+    pub fn admin_raw(&self, mut req: AdminRequest, session: Option<(&SessionKeys, u32)>) -> Result<AdminResponse> {
         let ctx = || format!("admin {:?} on {}", req.op, self.describe());
         let t = self.transport();
         let access = |e: std::io::Error| Error::new(ErrorKind::Access, ctx()).with_source(e);
@@ -160,7 +165,7 @@ impl Device {
             req.mailbox = u16::from_le_bytes(crypto::random()) % ADMIN_MAILBOXES;
             req.exchange_key = crypto::random();
             let mut bytes = req.encode().map_err(|e| Error::new(ErrorKind::InvalidArgument, ctx()).with_source(e))?;
-            if let Some(k) = keys {
+            if let Some((k, _)) = session {
                 k.mac_admin(&mut bytes, ADMIN_MAC_OFFSET);
             }
             buf[..ADMIN_REQUEST_SIZE].copy_from_slice(&bytes);
@@ -170,32 +175,55 @@ impl Device {
                 last = Some(e);
                 continue;
             }
+            // The session's authentic request is answered in its session mailbox; one the
+            // device did not take as the session's (the session is gone, say) in the
+            // shared mailbox it names.
+            if let Some((_, area)) = session {
+                let at = self.geometry().session_mailbox(area);
+                t.submit(Lane::Admin, &mut [BlockOp::read(at, &mut buf, ADMIN_RESPONSE_SIZE)]).map_err(access)?;
+                if let Ok(resp) = AdminResponse::open(&buf[..ADMIN_RESPONSE_SIZE], SESSION_MAILBOX, &req.exchange_key) {
+                    return check_echo(resp, &req, ctx);
+                }
+            }
             let at = mailbox_offset(req.mailbox);
             t.submit(Lane::Admin, &mut [BlockOp::read(at, &mut buf, ADMIN_RESPONSE_SIZE)]).map_err(access)?;
-            let resp = AdminResponse::open(&buf[..ADMIN_RESPONSE_SIZE], req.mailbox, &req.exchange_key)
-                .map_err(|e| Error::new(ErrorKind::Protocol, ctx()).with_source(e))?;
-            if resp.seq != req.seq || resp.op != req.op as u16 {
-                return Err(Error::new(
-                    ErrorKind::AdminMismatch,
-                    format!("{}: sent request {}, got the answer to {} (op {})", ctx(), req.seq, resp.seq, resp.op),
-                ));
-            }
-            return Ok(resp);
+            let resp = match AdminResponse::open(&buf[..ADMIN_RESPONSE_SIZE], req.mailbox, &req.exchange_key) {
+                Ok(r) => r,
+                // A Hello's answer is unprotected: another session's authentic request
+                // may take its mailbox before we read it. A Hello is repeated freely.
+                Err(e) if req.op == AdminOp::Hello => {
+                    last = Some(std::io::Error::other(e.to_string()));
+                    continue;
+                }
+                Err(e) => return Err(Error::new(ErrorKind::Protocol, ctx()).with_source(e)),
+            };
+            return check_echo(resp, &req, ctx);
         }
         let e = last.unwrap_or_else(|| std::io::Error::other("no mailbox tried"));
         Err(Error::new(ErrorKind::Access, format!("{}: {ADMIN_ATTEMPTS} mailboxes refused", ctx())).with_source(e))
     }
 
     /// Like [`Device::admin_raw`], but a non-Ok status is an [`ErrorKind::Admin`] error.
-    pub fn admin(&self, req: AdminRequest, keys: Option<&SessionKeys>) -> Result<AdminResponse> {
+    pub fn admin(&self, req: AdminRequest, session: Option<(&SessionKeys, u32)>) -> Result<AdminResponse> {
         let op = req.op;
-        let resp = self.admin_raw(req, keys)?;
+        let resp = self.admin_raw(req, session)?;
         let status = resp.status();
         if !status.is_ok() {
             return Err(Error::new(ErrorKind::Admin(status), format!("admin {op:?} on {}", self.describe())));
         }
         Ok(resp)
     }
+}
+
+/// `resp` if it answers `req` (sequence number and operation echoed).
+fn check_echo(resp: AdminResponse, req: &AdminRequest, ctx: impl Fn() -> String) -> Result<AdminResponse> {
+    if resp.seq != req.seq || resp.op != req.op as u16 {
+        return Err(Error::new(
+            ErrorKind::AdminMismatch,
+            format!("{}: sent request {}, got the answer to {} (op {})", ctx(), req.seq, resp.seq, resp.op),
+        ));
+    }
+    Ok(resp)
 }
 
 /// Mailboxes one admin exchange tries before giving up (a mailbox is refused while it

@@ -8,7 +8,6 @@
 //! the engine; [`File`]s hold the engine, not the session.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -73,19 +72,24 @@ impl Default for SessionOptions {
 struct SessionAdmin {
     device: Device,
     session_id: u64,
+    area: u32,
     keys: Arc<SessionKeys>,
-    seq: AtomicU64,
+    /// The next sequence number; the lock also keeps the session's exchanges (which
+    /// share its session mailbox) one at a time.
+    seq: Mutex<u64>,
 }
 
 impl SessionAdmin {
     /// Runs one in-session admin request of `op` (`fill` sets its other fields);
     /// returns the answer whatever its status.
     fn raw(&self, op: AdminOp, fill: impl FnOnce(&mut AdminRequest)) -> Result<AdminResponse> {
+        let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
         let mut req = admin_request(op);
         req.session_id = self.session_id;
-        req.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        req.seq = *seq;
+        *seq += 1;
         fill(&mut req);
-        self.device.admin_raw(req, Some(&self.keys))
+        self.device.admin_raw(req, Some((&self.keys, self.area)))
     }
 
     /// Like [`SessionAdmin::raw`], but a non-Ok status is an [`ErrorKind::Admin`] error.
@@ -201,7 +205,13 @@ impl Session {
         open.mac = crypto::open_proof(secret, tenant, &nc, &nd, pid, flags, &prefix);
         let resp = device.admin(open, None).map_err(|e| e.recontext(&ctx))?;
         let keys = Arc::new(SessionKeys::derive(secret, &nc, &nd, tenant, resp.session_id));
-        let admin = Arc::new(SessionAdmin { device: device.clone(), session_id: resp.session_id, keys, seq: AtomicU64::new(1) });
+        let admin = Arc::new(SessionAdmin {
+            device: device.clone(),
+            session_id: resp.session_id,
+            area: resp.area,
+            keys,
+            seq: Mutex::new(1),
+        });
         let hb_ms = if resp.heartbeat_interval_ms == 0 {
             match resp.session_timeout_ms {
                 0 => DEFAULT_HEARTBEAT_MS,

@@ -46,6 +46,10 @@ pub const ADMIN_MAC_OFFSET: usize = 112;
 /// mailbox index).
 pub const ADMIN_AAD_LEN: usize = 16;
 
+/// The mailbox index an answer in a session mailbox carries (authenticated), instead of
+/// one of the 256 shared mailboxes' (`layout::SESSION_MAILBOX_OFFSET`).
+pub const SESSION_MAILBOX: u16 = u16::MAX;
+
 /// Grant flag of OpenSession: the session may only read (no create, write, append,
 /// truncate, remove).
 pub const GRANT_READ_ONLY: u8 = 1;

@@ -49,6 +49,11 @@ pub fn mailbox_offset(m: u16) -> u64 {
 }
 /// Byte offset of IO area 0.
 pub const IO_BASE: u64 = 1 << 20;
+/// Offset of an IO area's **session mailbox** from the area's start (the request slot
+/// of its first queue), bytes: a [`MAILBOX_SIZE`]-byte record in the guard space after
+/// that queue's response slot, where the device answers the session's authenticated
+/// admin requests (`docs/protocol.md`, "In-session admin requests").
+pub const SESSION_MAILBOX_OFFSET: u64 = 3 << 20 | 512 << 10;
 /// Size of the IO request and response headers, in bytes.
 pub const HEADER_SIZE: usize = 512;
 /// Size of one request or response slot: header + up to 1 MiB payload, rounded up to
@@ -87,6 +92,8 @@ pub enum Region {
     AdminRequest { offset: u64 },
     /// The admin mailboxes; `offset` is relative to [`ADMIN_MAILBOX_OFFSET`].
     AdminMailboxes { offset: u64 },
+    /// The session mailbox of IO area `area`; `offset` is relative to it.
+    SessionMailbox { area: u32, offset: u64 },
     /// A queue's request slot; `offset` is relative to the slot start.
     RequestSlot { queue: u32, offset: u64 },
     /// A queue's response slot; `offset` is relative to the slot start.
@@ -145,6 +152,11 @@ impl Geometry {
         IO_BASE + queue as u64 * QUEUE_STRIDE
     }
 
+    /// Byte offset of IO area `area`'s session mailbox ([`SESSION_MAILBOX_OFFSET`]).
+    pub fn session_mailbox(&self, area: u32) -> u64 {
+        self.request_slot(area * self.queues_per_area) + SESSION_MAILBOX_OFFSET
+    }
+
     /// Byte offset of the queue's response slot.
     pub fn response_slot(&self, queue: u32) -> u64 {
         self.request_slot(queue) + RESP_SLOT_OFFSET
@@ -187,7 +199,12 @@ impl Geometry {
         if rel >= RESP_SLOT_OFFSET && rel_end <= RESP_SLOT_OFFSET + SLOT_SIZE {
             return Region::ResponseSlot { queue, offset: rel - RESP_SLOT_OFFSET };
         }
-        if touches(base, SLOT_SIZE) || touches(base + RESP_SLOT_OFFSET, SLOT_SIZE) {
+        let first_of_area = queue % self.queues_per_area == 0;
+        if first_of_area && within(base + SESSION_MAILBOX_OFFSET, MAILBOX_SIZE) {
+            return Region::SessionMailbox { area: queue / self.queues_per_area, offset: rel - SESSION_MAILBOX_OFFSET };
+        }
+        let mailbox = first_of_area && touches(base + SESSION_MAILBOX_OFFSET, MAILBOX_SIZE);
+        if touches(base, SLOT_SIZE) || touches(base + RESP_SLOT_OFFSET, SLOT_SIZE) || mailbox {
             return Region::Crossing;
         }
         Region::Guard
@@ -348,6 +365,21 @@ mod tests {
         assert_eq!(g.classify(g.response_slot(q) + 4096, 4096), Region::ResponseSlot { queue: q, offset: 4096 });
         assert_eq!(g.classify(g.request_slot(q) + SLOT_SIZE - 512, 1024), Region::Crossing);
         assert_eq!(g.classify(g.request_slot(q) + SLOT_SIZE, 512), Region::Guard);
+        // Session mailboxes: one per area, after its first queue's response slot.
+        let qpa = g.queues_per_area;
+        assert_eq!(g.classify(g.session_mailbox(1), 512), Region::SessionMailbox { area: 1, offset: 0 });
+        assert_eq!(g.session_mailbox(1), g.request_slot(qpa) + SESSION_MAILBOX_OFFSET);
+        assert_eq!(g.classify(g.session_mailbox(0) + 256, 256), Region::SessionMailbox { area: 0, offset: 256 });
+        assert_eq!(g.classify(g.session_mailbox(1) - 512, 1024), Region::Crossing);
+        assert_eq!(g.classify(g.session_mailbox(1) + 512, 512), Region::Guard);
+        assert_eq!(
+            g.classify(g.request_slot(qpa + 1) + SESSION_MAILBOX_OFFSET, 512),
+            Region::Guard,
+            "not the area's first queue"
+        );
+        assert!(
+            SESSION_MAILBOX_OFFSET >= RESP_SLOT_OFFSET + SLOT_SIZE + 4096 && SESSION_MAILBOX_OFFSET + MAILBOX_SIZE < QUEUE_STRIDE
+        );
         assert_eq!(g.classify(g.capacity_bytes() - 512, 1024), Region::Crossing);
         assert_eq!(g.classify(u64::MAX - 10, 512), Region::Crossing);
         // An IO spanning two queues' slots (what a block-layer merge would produce).
