@@ -377,9 +377,8 @@ mod tests {
             Region::Guard,
             "not the area's first queue"
         );
-        assert!(
-            SESSION_MAILBOX_OFFSET >= RESP_SLOT_OFFSET + SLOT_SIZE + 4096 && SESSION_MAILBOX_OFFSET + MAILBOX_SIZE < QUEUE_STRIDE
-        );
+        const { assert!(SESSION_MAILBOX_OFFSET >= RESP_SLOT_OFFSET + SLOT_SIZE + 4096) };
+        const { assert!(SESSION_MAILBOX_OFFSET + MAILBOX_SIZE < QUEUE_STRIDE) };
         assert_eq!(g.classify(g.capacity_bytes() - 512, 1024), Region::Crossing);
         assert_eq!(g.classify(u64::MAX - 10, 512), Region::Crossing);
         // An IO spanning two queues' slots (what a block-layer merge would produce).
