@@ -509,7 +509,7 @@ impl DeviceState {
                 let s = self.areas.get(area).and_then(Option::as_ref).filter(|s| s.id == owner.session_id);
                 let authentic = s.is_some_and(|s| {
                     request_id > q.last_request
-                        && s.keys.verify_request(queue, request_id, q.request_mut(0), REQUEST_TAG_OFFSET).is_ok()
+                        && s.keys.open_request(queue, request_id, q.request_mut(0), REQUEST_TAG_OFFSET).is_ok()
                 });
                 if !authentic {
                     self.stats.auth_failures += 1;
@@ -530,7 +530,7 @@ impl DeviceState {
                 let authentic = s.is_some_and(|s| {
                     h.request_id > q.last_request
                         && s.keys
-                            .verify_request(queue, h.request_id, q.request_mut(h.payload_len as usize), REQUEST_TAG_OFFSET)
+                            .open_request(queue, h.request_id, q.request_mut(h.payload_len as usize), REQUEST_TAG_OFFSET)
                             .is_ok()
                 });
                 if !authentic {

@@ -226,7 +226,7 @@ impl Harness {
         let mut b = vec![0u8; pov_proto::io::round_to_sector(HEADER_SIZE + payload.len())];
         h.encode_into(&mut b);
         b[HEADER_SIZE..HEADER_SIZE + payload.len()].copy_from_slice(payload);
-        s.keys.tag_request(h.queue_id, h.request_id, &mut b[..HEADER_SIZE + payload.len()], REQUEST_TAG_OFFSET);
+        s.keys.seal_request(h.queue_id, h.request_id, &mut b[..HEADER_SIZE + payload.len()], REQUEST_TAG_OFFSET);
         b
     }
 
@@ -527,21 +527,21 @@ fn bad_requests_get_errors_and_device_keeps_serving() {
     // Owner's malformed requests (tagged over their header): error responses.
     let mut bad = Harness::request_bytes(&s, &hdr(Op::Stat, q, &s, 21), &[]);
     bad[0] = b'X';
-    s.keys.tag_request(q, 21, &mut bad[..HEADER_SIZE], REQUEST_TAG_OFFSET);
+    s.keys.seal_request(q, 21, &mut bad[..HEADER_SIZE], REQUEST_TAG_OFFSET);
     let w = h.submit(BlockOp::Write, g.request_slot(q), bad);
     assert_eq!(h.wait(w).0, BlockStatus::Ok);
     let (r, _) = h.read_response(&s, q, 512);
     assert_eq!((r.status, r.request_id), (Status::BadMagic, 21));
     let mut unk = Harness::request_bytes(&s, &hdr(Op::Stat, q, &s, 22), &[]);
     unk[6] = 200;
-    s.keys.tag_request(q, 22, &mut unk[..HEADER_SIZE], REQUEST_TAG_OFFSET);
+    s.keys.seal_request(q, 22, &mut unk[..HEADER_SIZE], REQUEST_TAG_OFFSET);
     h.io(BlockOp::Write, g.request_slot(q), unk);
     assert_eq!(h.read_response(&s, q, 512).0.status, Status::UnknownOp);
     let mut big = hdr(Op::Read, q, &s, 23);
     big.length = pov_proto::MAX_IO_BYTES + 1;
     let mut bb = vec![0u8; HEADER_SIZE];
     big.encode_into(&mut bb);
-    s.keys.tag_request(q, 23, &mut bb, REQUEST_TAG_OFFSET);
+    s.keys.seal_request(q, 23, &mut bb, REQUEST_TAG_OFFSET);
     h.io(BlockOp::Write, g.request_slot(q), bb);
     assert_eq!(h.read_response(&s, q, 512).0.status, Status::TooLarge);
     // Escaping the tenant namespace.

@@ -167,7 +167,7 @@ impl Target for PovFileTarget {
         };
         hdr.encode_into(self.req.slice_mut(slot, 0, HEADER_SIZE));
         // Every request carries the session's tag, as the library's do (pov_proto::crypto).
-        self.keys.tag_request(queue_id, request_id, self.req.slice_mut(slot, 0, HEADER_SIZE + payload), REQUEST_TAG_OFFSET);
+        self.keys.seal_request(queue_id, request_id, self.req.slice_mut(slot, 0, HEADER_SIZE + payload), REQUEST_TAG_OFFSET);
         let wlen = (HEADER_SIZE + payload).div_ceil(512) * 512;
         let rlen = response_len(if op == Op::Read { io.len } else { 0 });
         q.write(self.geometry.request_slot(queue_id), self.req.ptr(slot, 0), wlen, slot, ReqFlags::empty());

@@ -52,7 +52,7 @@ impl Raw {
     /// device cannot trust such a header's payload length, so it checks the header).
     fn tag(&self, q: u32, rid: u64, mut bytes: Vec<u8>) -> Vec<u8> {
         let len = if RequestHeader::decode(&bytes[..HEADER_SIZE]).is_ok() { bytes.len() } else { HEADER_SIZE };
-        self.keys.tag_request(q, rid, &mut bytes[..len], REQUEST_TAG_OFFSET);
+        self.keys.seal_request(q, rid, &mut bytes[..len], REQUEST_TAG_OFFSET);
         bytes
     }
 

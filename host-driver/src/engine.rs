@@ -290,7 +290,7 @@ impl Engine {
             hint: SdkHint::default(),
         };
         let wlen = encode_request(&mut ch.req, &hdr, c.payload);
-        self.keys.tag_request(ch.queue_id, request_id, &mut ch.req[..HEADER_SIZE + c.payload.len()], REQUEST_TAG_OFFSET);
+        self.keys.seal_request(ch.queue_id, request_id, &mut ch.req[..HEADER_SIZE + c.payload.len()], REQUEST_TAG_OFFSET);
         let mut rlen = response_read_len(c.expect);
         let req_slot = geometry.request_slot(ch.queue_id);
         let resp_slot = geometry.response_slot(ch.queue_id);

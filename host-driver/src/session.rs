@@ -291,7 +291,7 @@ impl Session {
 
     /// The session's keys, for a driver that issues this session's IO requests itself
     /// (e.g. asynchronously on its own connection, as `pov-bench` does): tag each
-    /// request with [`SessionKeys::tag_request`] and open each response with
+    /// request with [`SessionKeys::seal_request`] and open each response with
     /// [`SessionKeys::open_response`] and [`Session::protection`]. Request IDs must come
     /// from [`Session::reserve_request_ids`].
     pub fn keys(&self) -> &Arc<SessionKeys> {

@@ -73,7 +73,7 @@ fn harness_sees_handles_and_queue_reuse() {
     };
     let mut req = t.alloc_buf(4096).unwrap();
     let n = encode_request(&mut req, &hdr, b"/");
-    s.keys().tag_request(q, 1 << 40, &mut req[..HEADER_SIZE + 1], pov_proto::io::REQUEST_TAG_OFFSET);
+    s.keys().seal_request(q, 1 << 40, &mut req[..HEADER_SIZE + 1], pov_proto::io::REQUEST_TAG_OFFSET);
     t.submit(Lane::Data(3), &mut [BlockOp::write(g.request_slot(q), &mut req, n)]).unwrap();
     let _ = t.submit(Lane::Data(3), &mut [BlockOp::write(g.request_slot(q), &mut req, n)]);
     assert_eq!(stack.violations(), vec![format!("queue {q} reused before its response was read")]);

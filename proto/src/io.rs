@@ -240,7 +240,7 @@ pub const RESPONSE_TAG_OFFSET: usize = 48;
 /// | 56 | 4 | payload length, bytes (data or path that follows the header) |
 /// | 60 | 4 | reserved (0) |
 /// | 64 | 64 | SDK hint ([`SdkHint`]) |
-/// | 128 | 16 | AES-256-GCM tag over the header (this field zeroed) and the payload ([`crate::crypto::SessionKeys::tag_request`]) |
+/// | 128 | 16 | AES-256-GCM tag: header (this field zeroed) authenticated, payload encrypted ([`crate::crypto::SessionKeys::seal_request`]) |
 /// | 144 | 368 | reserved (0) |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHeader {
