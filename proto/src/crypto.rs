@@ -190,22 +190,24 @@ impl SessionKeys {
 
     /// Seals an IO response in place: `buf[..header_len]` is the header (authenticated;
     /// its tag field `tag_at..tag_at + 16` is zeroed first, then set), the rest is the
-    /// payload (encrypted with [`Protection::Confidential`], authenticated otherwise).
+    /// payload: encrypted with [`Protection::Confidential`]; left in clear with
+    /// [`Protection::IntegrityOnly`], the tag then being the AES-GCM tag of the payload
+    /// encrypted in a scratch copy (see [`SessionKeys::open_response`]).
     pub fn seal_response(&self, queue: u32, request_id: u64, buf: &mut [u8], header_len: usize, tag_at: usize, p: Protection) {
         buf[tag_at..tag_at + TAG_LEN].fill(0);
-        let nonce = io_nonce(queue, request_id);
-        let tag = match p {
-            Protection::Confidential => {
-                let (head, payload) = buf.split_at_mut(header_len);
-                self.d2c.seal_in_place_separate_tag(nonce, Aad::from(&*head), payload)
-            }
-            Protection::IntegrityOnly => self.d2c.seal_in_place_separate_tag(nonce, Aad::from(&*buf), &mut []),
-        };
-        buf[tag_at..tag_at + TAG_LEN].copy_from_slice(tag.expect("AES-GCM sealing of ≤ 1 MiB cannot fail").as_ref());
+        let tag = self.response_tag(queue, request_id, buf, header_len, p);
+        buf[tag_at..tag_at + TAG_LEN].copy_from_slice(tag.as_ref());
     }
 
     /// Opens an IO response sealed by [`SessionKeys::seal_response`] in place
     /// (decrypting the payload with [`Protection::Confidential`]).
+    ///
+    /// An integrity-only response is checked by encrypting a copy of its payload and
+    /// comparing the tags in constant time: a GCM tag is a function of the header and
+    /// the ciphertext, and the ciphertext is never published, so this is at least as
+    /// strong as AES-GCM with known plaintext, and about 3 times faster with `ring` here
+    /// than authenticating the payload as additional data (copy + 7.9 GB/s encryption
+    /// against 2.1 GB/s GHASH; docs/performance.md).
     ///
     /// # Errors
     /// [`Unauthentic`] if it was not sealed with this session's key for this queue and
@@ -220,17 +222,44 @@ impl SessionKeys {
         p: Protection,
     ) -> Result<(), Unauthentic> {
         let tag = take_tag(buf, tag_at);
-        let nonce = io_nonce(queue, request_id);
-        let r = match p {
+        match p {
             Protection::Confidential => {
                 let (head, payload) = buf.split_at_mut(header_len);
-                self.d2c.open_in_place_separate_tag(nonce, Aad::from(&*head), tag, payload, 0..).map(|_| ())
+                self.d2c
+                    .open_in_place_separate_tag(io_nonce(queue, request_id), Aad::from(&*head), tag, payload, 0..)
+                    .map(|_| ())
+                    .map_err(|_| Unauthentic)
             }
             Protection::IntegrityOnly => {
-                self.d2c.open_in_place_separate_tag(nonce, Aad::from(&*buf), tag, &mut [], 0..).map(|_| ())
+                let want = self.response_tag(queue, request_id, buf, header_len, p);
+                if macs_equal(want.as_ref(), tag.as_ref()) {
+                    Ok(())
+                } else {
+                    Err(Unauthentic)
+                }
             }
+        }
+    }
+
+    /// The tag of a response (its tag field zeroed): AES-GCM over the header and the
+    /// payload, encrypting the payload in place (confidential) or in a scratch copy
+    /// (integrity-only).
+    fn response_tag(&self, queue: u32, request_id: u64, buf: &mut [u8], header_len: usize, p: Protection) -> Tag {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let nonce = io_nonce(queue, request_id);
+        let (head, payload) = buf.split_at_mut(header_len);
+        let tag = match p {
+            Protection::Confidential => self.d2c.seal_in_place_separate_tag(nonce, Aad::from(&*head), payload),
+            Protection::IntegrityOnly => SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                s.clear();
+                s.extend_from_slice(payload);
+                self.d2c.seal_in_place_separate_tag(nonce, Aad::from(&*head), &mut s[..])
+            }),
         };
-        r.map_err(|_| Unauthentic)
+        tag.expect("AES-GCM sealing of ≤ 1 MiB cannot fail")
     }
 
     /// The MAC of an authenticated admin request record (its MAC field
