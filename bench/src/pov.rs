@@ -95,9 +95,6 @@ impl PovFileTarget {
         }
         let req = Slab::new(blkio, qd, HEADER_SIZE + max_io)?;
         let resp = Slab::new(blkio, qd, (HEADER_SIZE + max_io).min(SLOT_SIZE as usize))?;
-        for i in 0..qd {
-            req.slice_mut(i, HEADER_SIZE, max_io).fill(0x5a);
-        }
         Ok(PovFileTarget {
             req,
             resp,
@@ -166,7 +163,10 @@ impl Target for PovFileTarget {
             hint: SdkHint::default(),
         };
         hdr.encode_into(self.req.slice_mut(slot, 0, HEADER_SIZE));
-        // Every request carries the session's tag, as the library's do (pov_proto::crypto).
+        // Sealing encrypts the payload in place, so each write lays down its data
+        // afresh, as the library copies the caller's buffer into the slot.
+        self.req.slice_mut(slot, HEADER_SIZE, payload).fill(0x5a);
+        // Every request is sealed with the session's keys, as the library's are (pov_proto::crypto).
         self.keys.seal_request(queue_id, request_id, self.req.slice_mut(slot, 0, HEADER_SIZE + payload), REQUEST_TAG_OFFSET);
         let wlen = (HEADER_SIZE + payload).div_ceil(512) * 512;
         let rlen = response_len(if op == Op::Read { io.len } else { 0 });
