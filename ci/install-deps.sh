@@ -14,6 +14,8 @@ dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
 command -v cpio >/dev/null || need_apt+=(cpio)
 command -v modinfo >/dev/null || need_apt+=(kmod)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+# scripts/dev-ca (the dev CA of the storage network's mutual TLS: demo, dev stack, tests).
+command -v openssl >/dev/null || need_apt+=(openssl)
 # Ceph: client libraries and headers the proxy's `ceph` feature binds (vendor/ceph-sys:
 # libcephfs, librados, librbd) and the daemons of the single-node dev cluster
 # (scripts/ceph-dev) that tests, the demo and benchmarks use. bindgen, which generates

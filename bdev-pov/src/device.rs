@@ -9,13 +9,14 @@
 //! device's [`Scheduler`] (arrival order today), and goes to the queue's proxy through
 //! the [`Forwarder`]; the answer lands in the queue's response slot.
 
+use crate::admin::{AdminOutcome, AdminState};
 use crate::block::{BlockCompletion, BlockDevice, BlockOp, BlockRequest, BlockStatus, Completions};
 use crate::forward::{Forwarder, GatherStats, Gathering, GatheringControl, Outcome, RoundRobin, Router};
 use crate::queue::{copy_out, Queue, SlotWrite};
 use crate::session::{Handle, Session, SessionState};
 use crate::tenant::TenantTable;
-use pov_proto::admin::{ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE};
-use pov_proto::io::{flags, Op, RequestHeader, ResponseHeader};
+use pov_proto::admin::ADMIN_REQUEST_SIZE;
+use pov_proto::io::{flags, Op, RequestHeader, ResponseHeader, REQUEST_TAG_OFFSET};
 use pov_proto::layout::{ConfigSpace, Geometry, Region};
 use pov_proto::wire::ProxyRequestView;
 use pov_proto::Status;
@@ -51,6 +52,14 @@ pub struct PovDeviceConfig {
     /// `Timeout`, ms.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u32,
+    /// Most sessions one tenant may have open on this device (default: `max_sessions`
+    /// - 1, at least 1, so that one tenant cannot take every area).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions_per_tenant: Option<u32>,
+    /// Most queues one tenant may have on this device, all sessions together (default:
+    /// no limit but the sessions').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queues_per_tenant: Option<u32>,
 }
 
 fn default_num_queues() -> u32 {
@@ -80,7 +89,15 @@ impl PovDeviceConfig {
             heartbeat_interval_ms: default_heartbeat_ms(),
             session_timeout_ms: default_session_timeout_ms(),
             request_timeout_ms: default_request_timeout_ms(),
+            max_sessions_per_tenant: None,
+            max_queues_per_tenant: None,
         }
+    }
+
+    /// The per-tenant session limit in force (see
+    /// [`PovDeviceConfig::max_sessions_per_tenant`]).
+    pub fn tenant_session_limit(&self) -> u32 {
+        self.max_sessions_per_tenant.unwrap_or(self.max_sessions.saturating_sub(1).max(1))
     }
 }
 
@@ -127,6 +144,12 @@ pub struct DeviceStats {
     pub block_io_errors: u64,
     /// Requests whose remaining bytes never arrived (a split that lost a piece).
     pub incomplete_requests: u64,
+    /// Failed authentications: OpenSession proofs, admin MACs and sequence numbers, IO
+    /// request tags and request IDs.
+    pub auth_failures: u64,
+    /// Admin requests refused because the mailbox they named was held for another
+    /// exchange (the host retries with another).
+    pub admin_mailbox_busy: u64,
     pub proxies_connected: u32,
     pub stale_proxy_responses: u64,
     /// Frames per send and per receive on the proxy connections (gathering IO).
@@ -167,9 +190,12 @@ pub(crate) struct DeviceState {
     pub(crate) tenants: TenantTable,
     pub(crate) heartbeat_interval_ms: u32,
     pub(crate) session_timeout_ms: u32,
+    pub(crate) max_sessions_per_tenant: u32,
+    pub(crate) max_queues_per_tenant: Option<u32>,
     config_record: Vec<u8>,
     serial: [u8; pov_proto::layout::SERIAL_LEN],
-    admin_resp: [u8; ADMIN_RESPONSE_SIZE],
+    /// Mailboxes, exchanges under way, the rate limit of failed authentications.
+    pub(crate) admin_state: AdminState,
     /// Sessions by IO area.
     pub(crate) areas: Vec<Option<Session>>,
     /// Open queues by global queue ID (FxHash: the keys are IDs this device assigns,
@@ -212,6 +238,9 @@ impl PovDevice {
         if cfg.request_timeout_ms == 0 {
             return Err(inv("request_timeout_ms", "must be > 0"));
         }
+        if cfg.max_sessions_per_tenant == Some(0) || cfg.max_queues_per_tenant == Some(0) {
+            return Err(inv("max_sessions_per_tenant/max_queues_per_tenant", "must be > 0 when given"));
+        }
         let geometry =
             Geometry::new(cfg.max_sessions, cfg.num_queues).map_err(|e| inv("num_queues/max_sessions", &e.to_string()))?;
         let name = format!("device {}", cfg.name);
@@ -223,9 +252,11 @@ impl PovDevice {
             tenants,
             heartbeat_interval_ms: cfg.heartbeat_interval_ms,
             session_timeout_ms: cfg.session_timeout_ms,
+            max_sessions_per_tenant: cfg.tenant_session_limit(),
+            max_queues_per_tenant: cfg.max_queues_per_tenant,
             config_record: ConfigSpace { geometry, name: cfg.name.clone() }.encode().to_vec(),
             serial: pov_proto::layout::serial_for(&cfg.name),
-            admin_resp: [0; ADMIN_RESPONSE_SIZE],
+            admin_state: AdminState::new(),
             areas: (0..geometry.areas).map(|_| None).collect(),
             queues: FxHashMap::default(),
             router: Box::new(RoundRobin::new(endpoints.len())),
@@ -345,6 +376,8 @@ impl PovDevice {
             session_id: s.id,
             tenant: &s.tenant,
             path,
+            read_only: s.grant.read_only,
+            prefix: &s.grant.prefix,
         };
         let ctx = InFlight { queue, request_id: h.request_id, op: h.op, open };
         if let Err((f, status)) = self.fwd.send(owner.proxy, view, payload, ctx) {
@@ -417,20 +450,24 @@ impl DeviceState {
         match self.geometry.classify(req.offset, len) {
             Region::Config { offset } if is_read => read_from(&mut self.out, req, &self.config_record, offset as usize),
             Region::Guard if is_read => read_from(&mut self.out, req, &[], 0),
-            Region::AdminResponse { offset } if is_read => read_from(&mut self.out, req, &self.admin_resp, offset as usize),
+            Region::AdminMailboxes { offset } if is_read => {
+                read_from(&mut self.out, req, self.admin_state.mailbox_bytes(), offset as usize)
+            }
+            Region::SessionMailbox { area, offset } if is_read => {
+                read_from(&mut self.out, req, self.admin_state.session_mailbox_bytes(area), offset as usize)
+            }
             Region::AdminRequest { offset } if !is_read => {
                 self.stats.admin_requests += 1;
                 let mut b = [0u8; ADMIN_REQUEST_SIZE];
-                if offset != 0 || req.buf.len() < ADMIN_REQUEST_SIZE {
-                    let resp = pov_proto::admin::AdminResponse { status: Status::Invalid.as_u32(), ..Default::default() };
-                    self.admin_resp = resp.encode();
-                    return self.out.complete(req, BlockStatus::Ok, 0);
-                }
-                if req.buf.read_at(0, &mut b).is_err() {
+                // One whole record in one WRITE; a request whose answer has nowhere to
+                // go fails its WRITE (the writer alone sees that).
+                if offset != 0 || req.buf.len() < ADMIN_REQUEST_SIZE || req.buf.read_at(0, &mut b).is_err() {
                     return self.out.complete(req, BlockStatus::IoErr, 0);
                 }
-                self.admin_resp = self.admin(&b).encode();
-                self.out.complete(req, BlockStatus::Ok, 0)
+                match self.admin(&mut b, Instant::now()) {
+                    AdminOutcome::Answered => self.out.complete(req, BlockStatus::Ok, 0),
+                    AdminOutcome::Refused => self.out.complete(req, BlockStatus::IoErr, 0),
+                }
             }
             Region::RequestSlot { queue, offset } if !is_read => self.write_request_slot(req, queue, offset as usize),
             Region::ResponseSlot { queue, offset } if is_read => self.read_response_slot(req, queue, offset as usize),
@@ -464,13 +501,48 @@ impl DeviceState {
                 self.stats.split_requests += 1;
                 self.out.complete(req, BlockStatus::Ok, 0)
             }
-            SlotWrite::Complete(header) => {
+            SlotWrite::Complete(Err((op, request_id, st))) => {
+                // An undecodable request is answered only if its header carries the
+                // session's tag (payload not counted: its length is not trusted).
+                let owner = q.owner;
+                let area = (queue / self.geometry.queues_per_area) as usize;
+                let s = self.areas.get(area).and_then(Option::as_ref).filter(|s| s.id == owner.session_id);
+                let authentic = s.is_some_and(|s| {
+                    request_id > q.last_request
+                        && s.keys.open_request(queue, request_id, q.request_mut(0), REQUEST_TAG_OFFSET).is_ok()
+                });
+                if !authentic {
+                    self.stats.auth_failures += 1;
+                    q.reject(queue, &mut self.out);
+                    return self.out.complete(req, BlockStatus::IoErr, 0);
+                }
+                q.accept(request_id);
                 self.out.complete(req, BlockStatus::Ok, 0);
                 self.stats.requests += 1;
-                match header {
-                    Ok(h) => self.dispatch(queue, h),
-                    Err((op, request_id, st)) => self.respond(queue, op, request_id, st, 0, 0, &[]),
+                self.respond(queue, op, request_id, st, 0, 0, &[])
+            }
+            SlotWrite::Complete(Ok(h)) => {
+                // Only the session's key holder can place a request on its queue, and
+                // each request ID only once (a replayed or reordered request fails).
+                let owner = q.owner;
+                let area = (queue / self.geometry.queues_per_area) as usize;
+                let s = self.areas.get(area).and_then(Option::as_ref).filter(|s| s.id == owner.session_id);
+                let authentic = s.is_some_and(|s| {
+                    h.request_id > q.last_request
+                        && s.keys
+                            .open_request(queue, h.request_id, q.request_mut(h.payload_len as usize), REQUEST_TAG_OFFSET)
+                            .is_ok()
+                });
+                if !authentic {
+                    log::debug!("device {}: request {} on queue {queue} failed authentication", self.name, h.request_id);
+                    self.stats.auth_failures += 1;
+                    q.reject(queue, &mut self.out);
+                    return self.out.complete(req, BlockStatus::IoErr, 0);
                 }
+                q.accept(h.request_id);
+                self.out.complete(req, BlockStatus::Ok, 0);
+                self.stats.requests += 1;
+                self.dispatch(queue, h)
             }
         }
     }
@@ -499,8 +571,10 @@ impl DeviceState {
             self.stats.request_errors += 1;
         }
         let Some(q) = self.queues.get_mut(&queue) else { return };
+        let area = (queue / self.geometry.queues_per_area) as usize;
+        let Some(s) = self.areas.get(area).and_then(Option::as_ref).filter(|s| s.id == q.owner.session_id) else { return };
         let h = ResponseHeader { op, status, queue_id: queue, request_id, result, payload_len: 0, flags };
-        q.respond(queue, h, payload, &mut self.out);
+        q.respond(queue, h, payload, (&s.keys, s.protection), &mut self.out);
     }
 
     /// The session in the IO area of `queue` (queue IDs are numbered area by area), if
@@ -549,6 +623,19 @@ impl DeviceState {
                 Some(_) => Ok(Target::Handle),
             },
         };
+        // The session's grant (read-only, path prefix), checked here and again at the
+        // proxy.
+        let target = target.and_then(|t| {
+            let path = match &t {
+                Target::Path(p) => p.as_str(),
+                Target::Handle => s.handles.get(&h.file_handle).map_or("", |x| x.path.as_str()),
+            };
+            if s.grant.allows(h.op, h.flags, path) {
+                Ok(t)
+            } else {
+                Err(Status::Permission)
+            }
+        });
         let target = match target {
             Ok(t) => t,
             Err(st) => return self.respond(queue, op, h.request_id, st, 0, 0, &[]),
@@ -589,18 +676,29 @@ impl DeviceState {
 
     /// Answers `Invalid` to requests whose remaining bytes never came. Returns `true`
     /// if there was one.
+    ///
+    /// The request's ID is taken as used (`accept`), so the rest arriving late cannot
+    /// make the device seal a second answer under the same queue and request ID (an
+    /// AES-GCM nonce must never be used twice with a key). One whose ID is not above
+    /// the queue's last gets no answer: the response slot stays as it was.
     fn expire_incomplete(&mut self, now: Instant) -> bool {
-        let mut stuck = Vec::new();
+        let (mut stuck, mut any) = (Vec::new(), false);
         for (id, q) in self.queues.iter_mut() {
             if let Some((op, rid)) = q.expire_incomplete(now) {
-                stuck.push((*id, op, rid));
+                any = true;
+                self.stats.incomplete_requests += 1;
+                if rid > q.last_request {
+                    q.accept(rid);
+                    stuck.push((*id, op, rid));
+                } else {
+                    q.reject(*id, &mut self.out);
+                }
             }
         }
         for (qid, op, rid) in &stuck {
-            self.stats.incomplete_requests += 1;
             self.respond(*qid, *op, *rid, Status::Invalid, 0, 0, &[]);
         }
-        !stuck.is_empty()
+        any
     }
 }
 

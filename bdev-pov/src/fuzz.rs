@@ -4,12 +4,22 @@
 //!
 //! The input is decoded with `arbitrary` into a device geometry and a sequence of
 //! steps: arbitrary block IO (READ, WRITE, FLUSH, GET_ID, unknown types) at arbitrary
-//! offsets and sizes with arbitrary data, and well-formed admin and IO requests built
-//! the way a host builds them (from the session, queue and handle IDs the device
-//! answered before, or deliberately wrong ones), so that the fuzzer gets past the magic
-//! and ownership checks; polls in between; and, when the device has a proxy, what that
-//! proxy (an in-memory listener) does: answer, answer with forged tags, send garbage,
-//! hang up.
+//! offsets and sizes with arbitrary data; honest protocol-v2 session opens (Hello,
+//! OpenSession with the HMAC proof, an authenticated CreateQueue: `docs/protocol.md`);
+//! admin requests built from what the host learned, authenticated with the right keys,
+//! another session's or none, with right, replayed or arbitrary sequence numbers,
+//! naming any mailbox; IO requests sealed with the session's keys (or another's, or
+//! not at all) with wrong IDs, lying lengths, split or partly dropped writes; polls in
+//! between; and, when the device has a proxy, what that proxy (an in-memory listener)
+//! does: answer, answer with forged tags, send garbage, hang up.
+//!
+//! Checked, beyond "never panics": every block IO completes exactly once (after
+//! [`PovDevice::shutdown`] at the latest), never with an unknown tag or more bytes
+//! than its buffer; the answers to the honest exchanges open with their exchange keys
+//! in the mailbox they belong in; a response in a queue's slot names that queue; a
+//! response to a request sealed by a session opens with that session's keys; and no
+//! READ anywhere on the device returns a confidential session's read data in clear
+//! (the attack a co-tenant process makes: `docs/security.md`, "Sessions").
 
 use crate::block::{BlockCompletion, BlockOp, BlockRequest, BufferError, IoBuffer};
 use crate::device::{PovDevice, PovDeviceConfig};
@@ -17,20 +27,28 @@ use crate::forward::{Gathering, GatheringControl};
 use crate::tenant::TenantTable;
 use crate::BlockDevice;
 use arbitrary::{Arbitrary, Unstructured};
-use pov_proto::admin::{AdminOp, AdminRequest, AdminResponse, QosClass, ADMIN_REQUEST_SIZE};
-use pov_proto::io::{round_to_sector, Op, RequestHeader, ResponseHeader, SdkHint};
-use pov_proto::layout::{self, Geometry, HEADER_SIZE, SECTOR_SIZE};
+use pov_proto::admin::{
+    AdminOp, AdminRequest, AdminResponse, QosClass, ADMIN_MAC_OFFSET, ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE,
+    GRANT_INTEGRITY_ONLY, GRANT_READ_ONLY, SESSION_MAILBOX,
+};
+use pov_proto::crypto::{self, Protection, SessionKeys, NONCE_LEN};
+use pov_proto::io::{round_to_sector, Op, RequestHeader, ResponseHeader, SdkHint, REQUEST_TAG_OFFSET, RESPONSE_TAG_OFFSET};
+use pov_proto::layout::{self, Geometry, ADMIN_MAILBOXES, HEADER_SIZE, SECTOR_SIZE};
 use pov_proto::wire::{ProxyRequest, ProxyResponse};
 use pov_proto::Status;
 use pov_runtime::transport::mem::MemListener;
 use pov_runtime::transport::{Listener, Transport};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Most steps one input runs (longer inputs are cut).
 const MAX_STEPS: usize = 64;
 /// Largest block IO buffer, sectors (a whole request slot and a bit more).
 const MAX_SECTORS: u16 = 2 * 1024 + 16;
+/// Bytes of a proxy's read data the clear-text check looks for.
+const MARKER_LEN: usize = 16;
+/// The tenants of the device under test: name, secret.
+const TENANTS: [(&str, &[u8]); 2] = [("acme", b"pw"), ("other", b"pw2")];
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -69,11 +87,33 @@ enum Kind {
 enum Place {
     Config,
     AdminRequest,
-    AdminResponse,
+    Mailbox(u16),
+    SessionMailbox(u16),
     RequestSlot(Pick),
     ResponseSlot(Pick),
     Capacity,
     Anywhere(u64),
+}
+
+/// How an admin request is authenticated.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Mac {
+    None,
+    /// With the picked session's admin key.
+    Own,
+    /// With another session's admin key.
+    Other,
+    Garbage(u8),
+}
+
+/// The sequence number of an in-session admin request.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Seq {
+    /// The session's next one.
+    Next,
+    /// The one it used last (a replay).
+    Replay,
+    Any(u64),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -81,24 +121,31 @@ enum Step {
     /// One block IO at `place` + `sectors_off` sectors + `bytes_off` bytes, of `sectors`
     /// sectors + `extra` bytes, its buffer filled with `fill` (failing at byte `broken`).
     Block { kind: Kind, place: Place, sectors_off: i16, bytes_off: u8, sectors: u16, extra: u8, fill: u8, broken: Option<u32> },
-    /// An admin request (op code `op`, fields from what the host knows or wrong), a
-    /// byte of it changed if `corrupt`, then (if `read`) the READ of the response.
+    /// An admin request (op code `op`, fields from what the host knows or wrong),
+    /// naming `mailbox`, authenticated per `mac`, a byte of it changed if `corrupt`,
+    /// then (if `read`) READs of its mailbox and of the session's mailbox.
     Admin {
         op: u8,
         session: Pick,
-        pid: Pick,
+        wrong_pid: bool,
         queue: Pick,
         qos: u8,
         tenant: u8,
-        secret_ok: bool,
-        request_id: u64,
+        grant: u8,
+        mailbox: u16,
+        mac: Mac,
+        seq: Seq,
+        nonce: u8,
+        exchange_id: u64,
         corrupt: Option<(u16, u8)>,
         read: bool,
     },
     /// An IO request on a queue the host knows (or not): `wrong` bits 0/1/2 give a
-    /// wrong session/PID/queue ID; `payload_len` other than the payload's if `lie`;
-    /// written in two pieces cut at sector `split` (second first if `reverse`, one
-    /// left out if `drop`); then a READ of the response slot of `read` sectors.
+    /// wrong session/PID/queue ID, bit 3 leaves it unsealed, bit 4 seals it with
+    /// another session's keys, bit 5 reuses the queue's last request ID;
+    /// `payload_len` other than the payload's if `lie`; written in two pieces cut at
+    /// sector `split` (second first if `reverse`, one left out if `drop`); then a READ
+    /// of the response slot of `read` sectors.
     Io {
         queue: Pick,
         wrong: u8,
@@ -114,9 +161,9 @@ enum Step {
         drop: bool,
         read: u8,
     },
-    /// What a host does first: open a session (tenant `tenant % 2`, right secret) and
-    /// create a queue in it, reading both responses.
-    Start { tenant: u8, qos: u8 },
+    /// What a host does first: open a session (tenant `tenant % 2`, right secret, a
+    /// grant from `grant`) and create a queue in it, reading every answer.
+    Start { tenant: u8, qos: u8, grant: u8 },
     /// A READ of a response slot at `sectors_off`, `sectors` long.
     ReadResponse { queue: Pick, sectors_off: u16, sectors: u8 },
     /// `1 + times % 4` polls of the device and the proxy.
@@ -186,26 +233,24 @@ impl IoBuffer for FuzzBuf {
     }
 }
 
-/// What a submitted block IO was for, to learn from its completion.
+/// What a submitted block IO was for, to check and learn from its completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
     Plain,
-    /// The admin response to the request `request_id` (`None`: unknown), sent by `pid`.
-    AdminResponse {
-        request_id: Option<u64>,
-        pid: u32,
-    },
-    ResponseSlot {
-        queue: u32,
-        at_start: bool,
-    },
+    /// A READ of a response slot of `queue` (from its start if `at_start`).
+    ResponseSlot { queue: u32, at_start: bool },
 }
 
-/// A session the device opened.
-#[derive(Debug, Clone, Copy)]
+/// A session the device opened, as its client holds it.
 struct Known {
     id: u64,
+    area: u32,
     pid: u32,
+    keys: SessionKeys,
+    protection: Protection,
+    /// The next in-session sequence number.
+    seq: u64,
+    closed: bool,
 }
 
 /// The host side: submits block IO, checks every completion, learns IDs from answers.
@@ -215,9 +260,26 @@ struct Host {
     next_tag: u64,
     outstanding: HashMap<u64, Purpose>,
     sessions: Vec<Known>,
-    queues: Vec<(u32, usize)>,
+    /// Queues the host created: queue ID, session index, last request ID sealed.
+    queues: Vec<(u32, usize, u64)>,
     handles: Vec<u64>,
+    /// Requests sealed with a session's keys: (queue, request ID) → session index.
+    sealed: HashMap<(u32, u64), usize>,
+    /// Request IDs come from one counter across sessions and queues, so that a
+    /// response's (queue, request ID) names the one request that asked for it.
+    next_request: u64,
+    /// Shared mailboxes the fuzzed admin requests named (the honest ones use others).
+    named: HashSet<u16>,
+    next_mailbox: u16,
+    /// The first bytes of the read data a proxy sent for confidential sessions.
+    markers: Vec<[u8; MARKER_LEN]>,
     done: Vec<BlockCompletion>,
+}
+
+/// A completed block IO.
+struct Done {
+    status: crate::BlockStatus,
+    data: Vec<u8>,
 }
 
 impl Host {
@@ -229,81 +291,213 @@ impl Host {
         self.reap();
     }
 
-    /// Takes the device's completions: each must be of a request in flight (exactly
-    /// once), with no more bytes written than its buffer holds.
+    /// Submits one block IO and returns its completion if it completed at once (admin
+    /// space and mailboxes always do), after the usual checks.
+    fn io_now(&mut self, op: BlockOp, offset: u64, data: Vec<u8>) -> Option<Done> {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.outstanding.insert(tag, Purpose::Plain);
+        self.dev.submit(BlockRequest { op, offset, buf: Box::new(data), tag });
+        self.dev.take_completions(&mut self.done);
+        let mut mine = None;
+        for c in std::mem::take(&mut self.done) {
+            let is_mine = c.tag == tag;
+            let mut data = vec![0u8; c.buf.len()];
+            let _ = c.buf.read_at(0, &mut data);
+            let status = c.status;
+            self.check(c);
+            if is_mine {
+                mine = Some(Done { status, data });
+            }
+        }
+        mine
+    }
+
+    /// Takes the device's completions and checks each.
     fn reap(&mut self) {
         self.dev.take_completions(&mut self.done);
         for c in std::mem::take(&mut self.done) {
-            let purpose = self.outstanding.remove(&c.tag).unwrap_or_else(|| panic!("completion with unknown tag {}", c.tag));
-            assert!(c.written as usize <= c.buf.len(), "tag {}: {} bytes written into {}", c.tag, c.written, c.buf.len());
-            if c.status != crate::BlockStatus::Ok || c.buf.len() < HEADER_SIZE {
-                continue;
-            }
-            let mut b = [0u8; HEADER_SIZE];
-            if c.buf.read_at(0, &mut b).is_err() {
-                continue;
-            }
-            match purpose {
-                Purpose::AdminResponse { request_id, pid } => {
-                    let Ok(r) = AdminResponse::decode(&b) else { panic!("admin response space holds no response") };
-                    if let Some(id) = request_id {
-                        assert_eq!(r.request_id, id, "admin response to another request");
-                    }
-                    if r.status() != Status::Ok {
-                        continue;
-                    }
-                    match AdminOp::from_u16(r.op) {
-                        Ok(AdminOp::OpenSession) => self.sessions.push(Known { id: r.session_id, pid }),
-                        Ok(AdminOp::CreateQueue) => {
-                            let s = self.sessions.iter().position(|s| s.id == r.session_id).unwrap_or(0);
-                            self.queues.push((r.queue_id, s));
-                        }
-                        _ => {}
-                    }
-                }
-                Purpose::ResponseSlot { queue, at_start: true } => {
-                    let r = ResponseHeader::decode(&b).unwrap_or_else(|e| panic!("response slot of queue {queue}: {e}"));
-                    assert_eq!(r.queue_id, queue, "a response in another queue's slot");
-                    if r.op == Op::Open as u16 && r.status == Status::Ok {
-                        self.handles.push(r.result);
-                    }
-                }
-                _ => {}
-            }
+            self.check(c);
         }
     }
 
-    /// Writes an admin request and reads its response.
-    fn admin(&mut self, req: &AdminRequest) {
-        let b = req.encode().expect("a short tenant and secret").to_vec();
-        self.submit(BlockOp::Write, layout::ADMIN_REQ_OFFSET, b, None, Purpose::Plain);
-        let purpose = Purpose::AdminResponse { request_id: Some(req.request_id), pid: req.pid };
-        self.submit(BlockOp::Read, layout::ADMIN_RESP_OFFSET, vec![0; ADMIN_REQUEST_SIZE], None, purpose);
+    /// Checks a completion: of a request in flight (exactly once), with no more bytes
+    /// written than its buffer holds, no confidential read data in clear; a response
+    /// slot's header names its queue and opens with the keys of the session that sealed
+    /// the request it answers.
+    fn check(&mut self, c: BlockCompletion) {
+        let purpose = self.outstanding.remove(&c.tag).unwrap_or_else(|| panic!("completion with unknown tag {}", c.tag));
+        assert!(c.written as usize <= c.buf.len(), "tag {}: {} bytes written into {}", c.tag, c.written, c.buf.len());
+        if c.status != crate::BlockStatus::Ok {
+            return;
+        }
+        let mut b = vec![0u8; c.buf.len()];
+        if c.buf.read_at(0, &mut b).is_err() {
+            return;
+        }
+        for m in &self.markers {
+            assert!(!b.windows(MARKER_LEN).any(|w| w == m), "a confidential session's read data was readable in clear");
+        }
+        let Purpose::ResponseSlot { queue, at_start: true } = purpose else { return };
+        if b.len() < HEADER_SIZE {
+            return;
+        }
+        let r = ResponseHeader::decode(&b).unwrap_or_else(|e| panic!("response slot of queue {queue}: {e}"));
+        assert_eq!(r.queue_id, queue, "a response in another queue's slot");
+        let total = HEADER_SIZE + r.payload_len as usize;
+        let Some(&s) = self.sealed.get(&(queue, r.request_id)) else { return };
+        if total > b.len() {
+            return;
+        }
+        let k = &self.sessions[s];
+        k.keys
+            .open_response(queue, r.request_id, &mut b[..total], HEADER_SIZE, RESPONSE_TAG_OFFSET, k.protection)
+            .unwrap_or_else(|_| panic!("the response to request {} of queue {queue} does not open", r.request_id));
+        if r.op == Op::Open as u16 && r.status == Status::Ok {
+            self.handles.push(r.result);
+        }
     }
 
-    /// The session, PID and queue a pick names (or IDs the device never gave).
-    fn queue(&self, p: Pick) -> (u32, u64, u32) {
+    /// A shared mailbox no fuzzed request named (each honest exchange its own).
+    fn fresh_mailbox(&mut self) -> u16 {
+        for _ in 0..ADMIN_MAILBOXES {
+            let m = self.next_mailbox;
+            self.next_mailbox = (self.next_mailbox + 1) % ADMIN_MAILBOXES;
+            if !self.named.contains(&m) {
+                return m;
+            }
+        }
+        0
+    }
+
+    /// Writes an admin request record and reads the answer: from the session's mailbox
+    /// (area `area`) first when given, then from the named one. `None` if the WRITE
+    /// failed or neither opens with the request's exchange key, which for an `honest`
+    /// request the device took is a failure of the device.
+    fn exchange(
+        &mut self,
+        req: &AdminRequest,
+        rec: [u8; ADMIN_REQUEST_SIZE],
+        area: Option<u32>,
+        honest: bool,
+    ) -> Option<AdminResponse> {
+        let w = self.io_now(BlockOp::Write, layout::ADMIN_REQ_OFFSET, rec.to_vec())?;
+        if w.status != crate::BlockStatus::Ok {
+            return None;
+        }
+        let mut places = Vec::new();
+        if let Some(a) = area {
+            places.push((self.geometry.session_mailbox(a), SESSION_MAILBOX));
+        }
+        if req.mailbox < ADMIN_MAILBOXES {
+            places.push((layout::mailbox_offset(req.mailbox), req.mailbox));
+        }
+        for (at, mailbox) in places {
+            let d = self.io_now(BlockOp::Read, at, vec![0; ADMIN_RESPONSE_SIZE]).expect("mailbox READs complete at once");
+            assert_eq!(d.status, crate::BlockStatus::Ok, "a mailbox READ failed");
+            if let Ok(r) = AdminResponse::open(&d.data, mailbox, &req.exchange_key) {
+                return Some(r);
+            }
+        }
+        assert!(!honest, "the answer to an honest {:?} does not open in its mailbox", req.op);
+        None
+    }
+
+    /// Learns from the answer to an in-session request of session `s`.
+    fn learn(&mut self, s: usize, op: AdminOp, queue: u32, r: &AdminResponse) {
+        if r.status() != Status::Ok {
+            return;
+        }
+        match op {
+            AdminOp::CreateQueue => self.queues.push((r.queue_id, s, 0)),
+            AdminOp::DeleteQueue => self.queues.retain(|q| q.0 != queue),
+            AdminOp::CloseSession => {
+                self.sessions[s].closed = true;
+                self.queues.retain(|q| q.1 != s);
+            }
+            _ => {}
+        }
+    }
+
+    /// An honest open: Hello, OpenSession with the proof, one authenticated
+    /// CreateQueue. Every answer whose request the device took must open with its
+    /// exchange key in its mailbox.
+    fn start(&mut self, tenant: usize, pid: u32, qos: QosClass, grant: u8) {
+        let (name, secret) = TENANTS[tenant];
+        let nc: [u8; NONCE_LEN] = crypto::random();
+        let hello = AdminRequest {
+            tenant: name.into(),
+            nonce: nc,
+            mailbox: self.fresh_mailbox(),
+            exchange_key: crypto::random(),
+            ..AdminRequest::new(AdminOp::Hello, pid)
+        };
+        let rec = hello.encode().expect("a short tenant name");
+        let Some(ch) = self.exchange(&hello, rec, None, true) else { return };
+        if ch.status() != Status::Ok {
+            return;
+        }
+        let prefix = if grant & 4 != 0 { "dir" } else { "" };
+        let grant = grant & (GRANT_READ_ONLY | GRANT_INTEGRITY_ONLY);
+        let open = AdminRequest {
+            exchange_id: ch.exchange_id,
+            grant_flags: grant,
+            prefix: prefix.into(),
+            mac: crypto::open_proof(secret, name, &nc, &ch.device_nonce, pid, grant, prefix),
+            mailbox: self.fresh_mailbox(),
+            exchange_key: crypto::random(),
+            ..AdminRequest::new(AdminOp::OpenSession, pid)
+        };
+        let rec = open.encode().expect("a short prefix");
+        let Some(r) = self.exchange(&open, rec, None, true) else { return };
+        if r.status() != Status::Ok {
+            return;
+        }
+        assert!(r.area < self.geometry.areas, "session opened in area {} of {}", r.area, self.geometry.areas);
+        let protection = if grant & GRANT_INTEGRITY_ONLY != 0 { Protection::IntegrityOnly } else { Protection::Confidential };
+        let keys = SessionKeys::derive(secret, &nc, &ch.device_nonce, name, r.session_id);
+        self.sessions.push(Known { id: r.session_id, area: r.area, pid, keys, protection, seq: 1, closed: false });
+        let s = self.sessions.len() - 1;
+        let create = AdminRequest {
+            session_id: r.session_id,
+            seq: 1,
+            qos,
+            mailbox: self.fresh_mailbox(),
+            exchange_key: crypto::random(),
+            ..AdminRequest::new(AdminOp::CreateQueue, pid)
+        };
+        self.sessions[s].seq = 2;
+        let mut rec = create.encode().expect("no tenant name");
+        self.sessions[s].keys.mac_admin(&mut rec, ADMIN_MAC_OFFSET);
+        if let Some(q) = self.exchange(&create, rec, Some(r.area), true) {
+            self.learn(s, AdminOp::CreateQueue, 0, &q);
+        }
+    }
+
+    /// The queue a pick names: (queue ID, session index, last request ID), or an ID the
+    /// device never gave with no session.
+    fn queue(&self, p: Pick) -> (u32, Option<usize>, u64) {
         match self.queues.get(p.0 as usize % self.queues.len().max(1)).filter(|_| p.0 < 240) {
-            Some(&(q, s)) => {
-                let s = self.sessions.get(s).copied().unwrap_or(Known { id: 0, pid: 0 });
-                (q, s.id, s.pid)
-            }
-            None => (p.0 as u32 % (self.geometry.total_queues() + 2), u64::from(p.0) << 32, 7),
+            Some(&(q, s, last)) => (q, Some(s), last),
+            None => (p.0 as u32 % (self.geometry.total_queues() + 2), None, 0),
         }
     }
 
-    fn session(&self, p: Pick) -> Known {
-        match self.sessions.get(p.0 as usize % self.sessions.len().max(1)).filter(|_| p.0 < 240) {
-            Some(s) => *s,
-            None => Known { id: u64::from(p.0) * 0x9e37_79b9, pid: 7 },
-        }
+    fn session(&self, p: Pick) -> Option<usize> {
+        (p.0 < 240 && !self.sessions.is_empty()).then(|| p.0 as usize % self.sessions.len())
+    }
+
+    /// Another session than `s` (if there is one).
+    fn other(&self, s: Option<usize>) -> Option<usize> {
+        (0..self.sessions.len()).find(|&i| Some(i) != s)
     }
 
     fn place(&self, place: &Place) -> u64 {
         match *place {
             Place::Config => 0,
             Place::AdminRequest => layout::ADMIN_REQ_OFFSET,
-            Place::AdminResponse => layout::ADMIN_RESP_OFFSET,
+            Place::Mailbox(m) => layout::mailbox_offset(m % ADMIN_MAILBOXES),
+            Place::SessionMailbox(a) => self.geometry.session_mailbox(u32::from(a) % self.geometry.areas),
             Place::RequestSlot(p) => self.geometry.request_slot(self.queue(p).0),
             Place::ResponseSlot(p) => self.geometry.response_slot(self.queue(p).0),
             Place::Capacity => self.geometry.capacity_bytes(),
@@ -316,8 +510,10 @@ impl Host {
 struct Proxy {
     listener: MemListener,
     conns: Vec<Box<dyn Transport>>,
-    /// Requests received and not answered: connection, tag, op, length.
-    received: Vec<(usize, u64, u16, u32)>,
+    /// Requests received and not answered: connection, tag, op, length, session ID.
+    received: Vec<(usize, u64, u16, u32, u64)>,
+    /// Seeds of the read data it sends (one per answer, so no two answers share bytes).
+    next_seed: u64,
 }
 
 impl Proxy {
@@ -330,19 +526,25 @@ impl Proxy {
             // A broken connection is the device's business; its requests stay unanswered.
             let _ = c.poll(&mut |f| {
                 let r = ProxyRequest::decode(f).unwrap_or_else(|e| panic!("the device sent a bad frame: {e}"));
-                received.push((i, r.req.tag, r.req.op as u16, r.req.length));
+                received.push((i, r.req.tag, r.req.op as u16, r.req.length, r.req.session_id));
             });
         }
     }
 
-    fn step(&mut self, s: ProxyStep) {
+    /// The proxy's turn; the first bytes of read data sent for a confidential session
+    /// of `confidential` go to `markers`.
+    fn step(&mut self, s: ProxyStep, confidential: &HashSet<u64>, markers: &mut Vec<[u8; MARKER_LEN]>) {
         let mut frame = Vec::new();
         match s {
             ProxyStep::AnswerAll { status, result, flags, payload } => {
-                for (i, tag, op, length) in std::mem::take(&mut self.received) {
+                for (i, tag, op, length, session) in std::mem::take(&mut self.received) {
                     let n = if op == Op::Read as u16 { (payload as u32).min(length) } else { payload as u32 };
-                    let data = pov_proto::testing::pattern(tag, n as usize);
-                    let r = ProxyResponse { op, tag, status: Status::from_u32(status as u32 % 26), result, flags };
+                    self.next_seed += 1;
+                    let data = pov_proto::testing::pattern(self.next_seed, n as usize);
+                    if op == Op::Read as u16 && data.len() >= MARKER_LEN && confidential.contains(&session) {
+                        markers.push(data[..MARKER_LEN].try_into().expect("marker length"));
+                    }
+                    let r = ProxyResponse { op, tag, status: Status::from_u32(status as u32 % 27), result, flags };
                     r.encode_frame(&data, &mut frame);
                     if let Some(c) = self.conns.get_mut(i) {
                         let _ = c.send_frame(&frame);
@@ -369,10 +571,7 @@ impl Proxy {
     }
 }
 
-/// Target `pov_device`: see the module docs. Never panics; every block IO submitted
-/// completes exactly once by the end (after [`PovDevice::shutdown`]), never with an
-/// unknown tag, never with more bytes than its buffer; responses read from a queue's
-/// response slot are that queue's; admin responses echo their request.
+/// Target `pov_device`: see the module docs.
 pub fn pov_device(data: &[u8]) {
     let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else { return };
     static LISTENERS: AtomicU64 = AtomicU64::new(0);
@@ -380,14 +579,15 @@ pub fn pov_device(data: &[u8]) {
     let endpoint = if input.proxy {
         let name = format!("fuzz-pov-{}", LISTENERS.fetch_add(1, Ordering::Relaxed));
         let listener = MemListener::bind(&name).expect("a fresh mem listener name");
-        proxy = Some(Proxy { listener, conns: Vec::new(), received: Vec::new() });
+        proxy = Some(Proxy { listener, conns: Vec::new(), received: Vec::new(), next_seed: 0 });
         format!("mem:{name}")
     } else {
         "mem:fuzz".to_string()
     };
     let tenants = TenantTable::default();
-    tenants.create("acme", b"pw").expect("tenant");
-    tenants.create("other", b"pw2").expect("tenant");
+    for (name, secret) in TENANTS {
+        tenants.create(name, secret).expect("tenant");
+    }
     let mut cfg = PovDeviceConfig::new("fuzz", vec![endpoint]);
     cfg.max_sessions = 1 + input.areas as u32 % 4;
     cfg.num_queues = 1 + input.queues_per_area as u32 % 4;
@@ -403,6 +603,11 @@ pub fn pov_device(data: &[u8]) {
         sessions: Vec::new(),
         queues: Vec::new(),
         handles: Vec::new(),
+        sealed: HashMap::new(),
+        next_request: 1,
+        named: HashSet::new(),
+        next_mailbox: 0,
+        markers: Vec::new(),
         done: Vec::new(),
     };
     let mut pid = 100;
@@ -421,6 +626,9 @@ pub fn pov_device(data: &[u8]) {
                     Kind::GetId => BlockOp::GetId,
                     Kind::Other(t) => BlockOp::Other(t),
                 };
+                if let (Place::Mailbox(m), BlockOp::Write) = (&place, op) {
+                    host.named.insert(m % ADMIN_MAILBOXES);
+                }
                 let purpose = match place {
                     Place::ResponseSlot(p) if op == BlockOp::Read => {
                         Purpose::ResponseSlot { queue: host.queue(p).0, at_start: sectors_off == 0 && bytes_off == 0 }
@@ -429,49 +637,102 @@ pub fn pov_device(data: &[u8]) {
                 };
                 host.submit(op, offset, vec![fill; len], broken.map(|b| b as usize), purpose);
             }
-            Step::Admin { op, session, pid: pid_pick, queue, qos, tenant, secret_ok, request_id, corrupt, read } => {
+            Step::Admin {
+                op,
+                session,
+                wrong_pid,
+                queue,
+                qos,
+                tenant,
+                grant,
+                mailbox,
+                mac,
+                seq,
+                nonce,
+                exchange_id,
+                corrupt,
+                read,
+            } => {
                 let s = host.session(session);
-                let op = match AdminOp::from_u16(1 + op as u16 % 6) {
-                    Ok(op) => op,
-                    Err(_) => AdminOp::Heartbeat,
+                let op = AdminOp::from_u16(1 + op as u16 % 6).unwrap_or(AdminOp::Heartbeat);
+                let name = match tenant % 4 {
+                    0 | 1 => TENANTS[tenant as usize % 2].0,
+                    2 => "nobody",
+                    _ => "",
                 };
-                let (tenant, secret): (&str, &[u8]) = match tenant % 4 {
-                    0 => ("acme", if secret_ok { b"pw" } else { b"pW" }),
-                    1 => ("other", if secret_ok { b"pw2" } else { b"pw" }),
-                    2 => ("nobody", b"pw"),
-                    _ => ("", b""),
+                let known = s.map(|i| &host.sessions[i]);
+                let spid = known.map_or(7, |k| k.pid);
+                let req_pid = if op == AdminOp::Hello || op == AdminOp::OpenSession {
+                    pid += 1;
+                    pid
+                } else if wrong_pid {
+                    spid.wrapping_add(1)
+                } else {
+                    spid
                 };
-                let req_pid = match op {
-                    AdminOp::OpenSession => {
-                        pid += 1;
-                        pid
-                    }
-                    _ if pid_pick.0 >= 240 => s.pid.wrapping_add(1),
-                    _ => s.pid,
+                let next = known.map_or(1, |k| k.seq);
+                let seq = match seq {
+                    Seq::Next => next,
+                    Seq::Replay => next.saturating_sub(1),
+                    Seq::Any(v) => v,
                 };
+                if mailbox < ADMIN_MAILBOXES {
+                    host.named.insert(mailbox);
+                }
                 let req = AdminRequest {
                     op,
                     pid: req_pid,
                     queue_id: host.queue(queue).0,
-                    session_id: if op == AdminOp::OpenSession { 0 } else { s.id },
-                    request_id,
+                    session_id: known.map_or(u64::from(session.0) * 0x9e37_79b9, |k| k.id),
+                    seq,
                     qos: if qos % 2 == 0 { QosClass::Latency } else { QosClass::Bandwidth },
-                    tenant: tenant.to_string(),
-                    secret: secret.to_vec(),
+                    grant_flags: grant,
+                    mailbox,
+                    exchange_key: crypto::random(),
+                    nonce: [nonce; NONCE_LEN],
+                    exchange_id,
+                    mac: [0; 32],
+                    tenant: name.to_string(),
+                    prefix: if grant & 0x80 != 0 { "dir".into() } else { String::new() },
                 };
-                let mut b = req.encode().expect("a short tenant and secret").to_vec();
-                if let Some((at, v)) = corrupt {
-                    b[at as usize % ADMIN_REQUEST_SIZE] ^= v | 1;
+                let mut rec = req.encode().expect("a short tenant name and prefix");
+                let signer = match mac {
+                    Mac::None => None,
+                    Mac::Own => s,
+                    Mac::Other => host.other(s),
+                    Mac::Garbage(v) => {
+                        rec[ADMIN_MAC_OFFSET..ADMIN_MAC_OFFSET + 32].fill(v);
+                        None
+                    }
+                };
+                if let Some(i) = signer {
+                    host.sessions[i].keys.mac_admin(&mut rec, ADMIN_MAC_OFFSET);
                 }
-                host.submit(BlockOp::Write, layout::ADMIN_REQ_OFFSET, b, None, Purpose::Plain);
-                if read {
-                    let echo = corrupt.is_none().then_some(request_id);
-                    let purpose = Purpose::AdminResponse { request_id: echo, pid: req_pid };
-                    host.submit(BlockOp::Read, layout::ADMIN_RESP_OFFSET, vec![0; 512], None, purpose);
+                if let Some((at, v)) = corrupt {
+                    rec[at as usize % ADMIN_REQUEST_SIZE] ^= v | 1;
+                }
+                // A request the device takes as the session's moves its sequence on;
+                // its answer is read so that the host knows what changed.
+                let authentic = op.in_session() && signer.is_some() && signer == s && corrupt.is_none() && seq == next;
+                if authentic {
+                    let i = s.expect("a signer");
+                    host.sessions[i].seq += 1;
+                    let area = host.sessions[i].area;
+                    if let Some(r) = host.exchange(&req, rec, Some(area), false) {
+                        host.learn(i, op, req.queue_id, &r);
+                    } else if op == AdminOp::CloseSession || op == AdminOp::DeleteQueue {
+                        // Unknown outcome: stop using what may be gone.
+                        host.queues.retain(|q| q.1 != i || (op == AdminOp::DeleteQueue && q.0 != req.queue_id));
+                    }
+                } else if read {
+                    let area = s.map(|i| host.sessions[i].area);
+                    let _ = host.exchange(&req, rec, area, false);
+                } else {
+                    host.submit(BlockOp::Write, layout::ADMIN_REQ_OFFSET, rec.to_vec(), None, Purpose::Plain);
                 }
             }
             Step::Io { queue, wrong, op, handle, offset, length, flags, payload, lie, split, reverse, drop, read } => {
-                let (q, session_id, qpid) = host.queue(queue);
+                let (q, owner, last) = host.queue(queue);
                 let op = Op::from_u16(1 + op as u16 % 20).unwrap_or(Op::Stat);
                 let file_handle = match host.handles.get(handle.0 as usize % host.handles.len().max(1)) {
                     Some(h) if handle.0 < 240 => *h,
@@ -482,12 +743,19 @@ pub fn pov_device(data: &[u8]) {
                     Payload::Data { len, seed } => pov_proto::testing::pattern(seed.into(), len as usize % 70_000),
                     Payload::Raw(b) => b,
                 };
+                let (session_id, qpid) = owner.map_or((u64::from(queue.0) << 32, 7), |i| (host.sessions[i].id, host.sessions[i].pid));
+                let request_id = if wrong & 32 != 0 {
+                    last
+                } else {
+                    host.next_request += 1;
+                    host.next_request
+                };
                 let h = RequestHeader {
                     op,
                     queue_id: if wrong & 4 != 0 { q ^ 1 } else { q },
                     pid: if wrong & 2 != 0 { qpid ^ 1 } else { qpid },
                     session_id: if wrong & 1 != 0 { session_id ^ 1 } else { session_id },
-                    request_id: offset ^ u64::from(length),
+                    request_id,
                     file_handle,
                     offset,
                     length: length % (pov_proto::MAX_IO_BYTES + 2),
@@ -498,6 +766,18 @@ pub fn pov_device(data: &[u8]) {
                 let mut b = vec![0u8; round_to_sector(HEADER_SIZE + payload.len())];
                 h.encode_into(&mut b);
                 b[HEADER_SIZE..HEADER_SIZE + payload.len()].copy_from_slice(&payload);
+                let signer = match wrong & 24 {
+                    0 => owner,
+                    16 => host.other(owner),
+                    _ => None,
+                };
+                if let Some(i) = signer {
+                    host.sessions[i].keys.seal_request(q, request_id, &mut b[..HEADER_SIZE + payload.len()], REQUEST_TAG_OFFSET);
+                    host.sealed.insert((q, request_id), i);
+                }
+                if let Some(e) = host.queues.iter_mut().find(|e| e.0 == q) {
+                    e.2 = e.2.max(request_id);
+                }
                 let base = geometry.request_slot(q);
                 let sectors = b.len() / SECTOR_SIZE as usize;
                 match split.map(|s| s as usize % sectors) {
@@ -522,31 +802,10 @@ pub fn pov_device(data: &[u8]) {
                     host.submit(BlockOp::Read, geometry.response_slot(q), vec![0; len], None, purpose);
                 }
             }
-            Step::Start { tenant, qos } => {
+            Step::Start { tenant, qos, grant } => {
                 pid += 1;
-                let (name, secret): (&str, &[u8]) = if tenant % 2 == 0 { ("acme", b"pw") } else { ("other", b"pw2") };
-                let open = AdminRequest {
-                    op: AdminOp::OpenSession,
-                    pid,
-                    queue_id: 0,
-                    session_id: 0,
-                    request_id: u64::from(pid),
-                    qos: QosClass::Latency,
-                    tenant: name.to_string(),
-                    secret: secret.to_vec(),
-                };
-                host.admin(&open);
-                let session = host.sessions.last().map_or(0, |s| s.id);
                 let qos = if qos % 2 == 0 { QosClass::Latency } else { QosClass::Bandwidth };
-                let create = AdminRequest {
-                    op: AdminOp::CreateQueue,
-                    session_id: session,
-                    qos,
-                    tenant: String::new(),
-                    secret: vec![],
-                    ..open
-                };
-                host.admin(&create);
+                host.start(tenant as usize % 2, pid, qos, grant);
             }
             Step::ReadResponse { queue, sectors_off, sectors } => {
                 let q = host.queue(queue).0;
@@ -575,7 +834,13 @@ pub fn pov_device(data: &[u8]) {
                 host.dev.poll(&mut ());
                 if let Some(p) = proxy.as_mut() {
                     p.poll();
-                    p.step(s);
+                    let confidential: HashSet<u64> = host
+                        .sessions
+                        .iter()
+                        .filter(|k| k.protection == Protection::Confidential && !k.closed)
+                        .map(|k| k.id)
+                        .collect();
+                    p.step(s, &confidential, &mut host.markers);
                 }
                 host.dev.poll(&mut ());
                 host.reap();
@@ -594,5 +859,37 @@ mod tests {
     #[test]
     fn seed_corpus_replays() {
         assert!(pov_proto::fuzz::replay("pov_device", pov_device) > 0);
+    }
+
+    /// The honest steps do what a host needs: a session opens, a queue is created, a
+    /// sealed request is answered with a response that opens (checked in `check`).
+    #[test]
+    fn honest_steps_open_sessions_and_queues() {
+        let tenants = TenantTable::default();
+        for (name, secret) in TENANTS {
+            tenants.create(name, secret).unwrap();
+        }
+        let dev = PovDevice::new(PovDeviceConfig::new("t", vec!["mem:nowhere".into()]), tenants).unwrap();
+        let geometry = dev.geometry();
+        let mut host = Host {
+            dev,
+            geometry,
+            next_tag: 1,
+            outstanding: HashMap::new(),
+            sessions: Vec::new(),
+            queues: Vec::new(),
+            handles: Vec::new(),
+            sealed: HashMap::new(),
+            next_request: 1,
+            named: HashSet::new(),
+            next_mailbox: 0,
+            markers: Vec::new(),
+            done: Vec::new(),
+        };
+        host.start(0, 100, QosClass::Latency, 0);
+        host.start(1, 101, QosClass::Bandwidth, GRANT_INTEGRITY_ONLY);
+        assert_eq!(host.sessions.len(), 2);
+        assert_eq!(host.queues.len(), 2);
+        assert!(host.sessions.iter().all(|s| s.seq == 2));
     }
 }

@@ -6,7 +6,8 @@
 
 use crate::block::{BlockRequest, BlockStatus, BufferError, Completions, IoBuffer};
 use crate::session::QueueOwner;
-use pov_proto::io::{RequestHeader, ResponseHeader};
+use pov_proto::crypto::{Protection, SessionKeys};
+use pov_proto::io::{RequestHeader, ResponseHeader, RESPONSE_TAG_OFFSET};
 use pov_proto::layout::{HEADER_SIZE, SLOT_SIZE};
 use pov_proto::{Status, MAX_IO_BYTES};
 use std::time::{Duration, Instant};
@@ -37,8 +38,10 @@ pub(crate) enum SlotWrite {
     Foreign(Status),
     /// Part of a request (block-layer split): complete the WRITE, wait for the rest.
     Partial,
-    /// A whole request: complete the WRITE, then serve the header (its payload is
-    /// [`Queue::payload`]), or answer the decode error `(op, request_id, status)`.
+    /// A whole request, not yet accepted: the caller verifies its tag
+    /// ([`Queue::request_mut`]) and then [`Queue::accept`]s it (complete the WRITE and
+    /// serve the header, or answer the decode error `(op, request_id, status)`) or
+    /// [`Queue::reject`]s it (fail the WRITE).
     Complete(Result<RequestHeader, (u16, u64, Status)>),
 }
 
@@ -56,6 +59,12 @@ pub(crate) struct Queue {
     parked: Vec<(BlockRequest, usize)>,
     /// A request of this queue is being served (one at a time).
     pub busy: bool,
+    /// Request ID of the last request accepted: a request must carry a larger one
+    /// (replays and reorders refused).
+    pub last_request: u64,
+    /// The response state before a split request made it `Pending` (restored if the
+    /// request is rejected).
+    prior: RespState,
 }
 
 impl Queue {
@@ -70,6 +79,8 @@ impl Queue {
             resp: RespState::Empty,
             parked: Vec::new(),
             busy: false,
+            last_request: 0,
+            prior: RespState::Empty,
         }
     }
 
@@ -141,15 +152,45 @@ impl Queue {
         let header = RequestHeader::decode(&self.req_buf[..HEADER_SIZE]);
         if let Ok(h) = &header {
             if have < HEADER_SIZE + h.payload_len as usize {
-                // Split by the block layer: wait for the rest.
-                self.incomplete_since.get_or_insert(now);
+                // Split by the block layer: wait for the rest; READs of the response
+                // slot meanwhile wait for this request's answer.
+                if self.incomplete_since.is_none() {
+                    self.incomplete_since = Some(now);
+                    if self.resp != RespState::Pending {
+                        self.prior = self.resp;
+                    }
+                }
                 self.resp = RespState::Pending;
                 return SlotWrite::Partial;
             }
         }
         self.forget_partial();
-        self.resp = RespState::Pending;
         SlotWrite::Complete(header.map_err(|e| (ids.op, ids.request_id, e.status())))
+    }
+
+    /// The request in the slot, header and `payload_len` payload bytes (to verify its
+    /// tag in place).
+    pub(crate) fn request_mut(&mut self, payload_len: usize) -> &mut [u8] {
+        &mut self.req_buf[..HEADER_SIZE + payload_len]
+    }
+
+    /// Accepts the complete request `request_id`: READs of the response slot now wait
+    /// for its answer.
+    pub(crate) fn accept(&mut self, request_id: u64) {
+        self.last_request = request_id;
+        self.resp = RespState::Pending;
+    }
+
+    /// Rejects the complete request in the slot (its tag did not verify, or its ID is
+    /// not above the last): the response slot is as it was, READs parked by a split of
+    /// this request are answered from it into `out`.
+    pub(crate) fn reject(&mut self, queue: u32, out: &mut Completions) {
+        if self.resp == RespState::Pending && !self.busy {
+            self.resp = self.prior;
+            for (r, offset) in std::mem::take(&mut self.parked) {
+                self.read(queue, r, offset, out);
+            }
+        }
     }
 
     /// The first `len` payload bytes of the request in the slot.
@@ -204,15 +245,32 @@ impl Queue {
     }
 
     /// Puts the response `header` (its `queue_id` and `payload_len` are set here) and
-    /// `payload` (at most 1 MiB kept) in the response slot, ends the request in
-    /// progress, and completes every parked READ into `out`.
-    pub(crate) fn respond(&mut self, queue: u32, mut header: ResponseHeader, payload: &[u8], out: &mut Completions) {
+    /// `payload` (at most 1 MiB kept) in the response slot, sealed with the session's
+    /// keys (`pov_proto::crypto`: encrypted with [`Protection::Confidential`]), ends
+    /// the request in progress, and completes every parked READ into `out`.
+    pub(crate) fn respond(
+        &mut self,
+        queue: u32,
+        mut header: ResponseHeader,
+        payload: &[u8],
+        seal: (&SessionKeys, Protection),
+        out: &mut Completions,
+    ) {
         let payload = &payload[..payload.len().min(MAX_IO_BYTES as usize)];
         header.queue_id = queue;
         header.payload_len = payload.len() as u32;
         header.encode_into(&mut self.resp_buf[..HEADER_SIZE]);
         self.resp_buf[HEADER_SIZE..HEADER_SIZE + payload.len()].copy_from_slice(payload);
         self.resp_len = HEADER_SIZE + payload.len();
+        let (keys, protection) = seal;
+        keys.seal_response(
+            queue,
+            header.request_id,
+            &mut self.resp_buf[..self.resp_len],
+            HEADER_SIZE,
+            RESPONSE_TAG_OFFSET,
+            protection,
+        );
         self.resp = RespState::Ready;
         self.busy = false;
         for (mut r, offset) in self.parked.drain(..) {

@@ -2,6 +2,8 @@
 //! (paper §4.3.1 control plane, §4.6 keep-alive and reclamation).
 
 use pov_proto::admin::QosClass;
+use pov_proto::crypto::{Protection, SessionKeys};
+use pov_proto::io::Grant;
 use rustc_hash::FxHashMap;
 use std::time::Instant;
 
@@ -32,6 +34,15 @@ pub(crate) struct Session {
     pub tenant: String,
     pub pid: u32,
     pub area: u32,
+    /// Keys derived at open (`pov_proto::crypto`): request tags, sealed responses,
+    /// admin MACs.
+    pub keys: SessionKeys,
+    /// How responses are protected.
+    pub protection: Protection,
+    /// What the session may do in its tenant's namespace.
+    pub grant: Grant,
+    /// Sequence number of the last authenticated admin request (replays refused).
+    pub admin_seq: u64,
     pub state: SessionState,
     pub last_heartbeat: Instant,
     /// Global IDs of the queues this session created.
@@ -42,12 +53,26 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub fn new(id: u64, tenant: String, pid: u32, area: u32, now: Instant) -> Session {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u64,
+        tenant: String,
+        pid: u32,
+        area: u32,
+        keys: SessionKeys,
+        protection: Protection,
+        grant: Grant,
+        now: Instant,
+    ) -> Session {
         Session {
             id,
             tenant,
             pid,
             area,
+            keys,
+            protection,
+            grant,
+            admin_seq: 0,
             state: SessionState::Open,
             last_heartbeat: now,
             queues: Vec::new(),

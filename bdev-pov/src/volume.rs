@@ -239,6 +239,8 @@ fn volume_request(op: Op, offset: u64, length: u32, fl: u32, volume: &str) -> Pr
         session_id: 0,
         tenant: volume,
         path: "",
+        read_only: false,
+        prefix: "",
     }
 }
 

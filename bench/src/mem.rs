@@ -34,6 +34,11 @@ impl Slab {
         Ok(s)
     }
 
+    /// Bytes per slot (the requested length rounded up to 4 KiB).
+    pub fn slot_len(&self) -> usize {
+        self.slot_len
+    }
+
     /// Pointer to byte `off` of slot `slot`, for libblkio requests.
     ///
     /// Panics if `slot` or `off` is out of range.

@@ -11,10 +11,11 @@
 //! in flight, where the synchronous `pov-host` API would block a thread per IO.
 
 use blkio::{Blkioq, ReqFlags};
-use pov_host::{Device, File, OpenOptions, Session, SessionOptions};
-use pov_proto::io::{Op, RequestHeader, ResponseHeader, SdkHint};
+use pov_host::{Device, File, OpenOptions, Protection, Session, SessionKeys, SessionOptions};
+use pov_proto::io::{Op, RequestHeader, ResponseHeader, SdkHint, REQUEST_TAG_OFFSET, RESPONSE_TAG_OFFSET};
 use pov_proto::layout::{Geometry, HEADER_SIZE, SLOT_SIZE};
 use pov_proto::Status;
+use std::sync::Arc;
 
 use crate::engine::Target;
 use crate::mem::Slab;
@@ -32,6 +33,9 @@ pub struct PovFileSpec {
     /// File size in bytes: the file is extended (never shrunk) to this size so that
     /// reads inside it are full.
     pub size: u64,
+    /// How the session's responses are protected (payloads encrypted, or only
+    /// authenticated).
+    pub protection: Protection,
 }
 
 struct Inflight {
@@ -52,6 +56,8 @@ pub struct PovFileTarget {
     session_id: u64,
     handle: u64,
     next_request: u64,
+    keys: Arc<SessionKeys>,
+    protection: Protection,
     file: Option<File>,
     session: Option<Session>,
     _device: Device,
@@ -75,7 +81,7 @@ impl PovFileTarget {
     ) -> anyhow::Result<PovFileTarget> {
         anyhow::ensure!(max_io <= pov_proto::MAX_IO_BYTES as usize, "PoV IOs are at most 1 MiB");
         let device = Device::open(&format!("vhost-user:{}", socket.display()))?;
-        let opts = SessionOptions { queues: qd as u32, ..SessionOptions::default() };
+        let opts = SessionOptions { queues: qd as u32, protection: spec.protection, ..SessionOptions::default() };
         let session = Session::open_with(&device, &spec.tenant, &spec.secret, &opts)?;
         let queue_ids = session.queue_ids().to_vec();
         anyhow::ensure!(
@@ -89,9 +95,6 @@ impl PovFileTarget {
         }
         let req = Slab::new(blkio, qd, HEADER_SIZE + max_io)?;
         let resp = Slab::new(blkio, qd, (HEADER_SIZE + max_io).min(SLOT_SIZE as usize))?;
-        for i in 0..qd {
-            req.slice_mut(i, HEADER_SIZE, max_io).fill(0x5a);
-        }
         Ok(PovFileTarget {
             req,
             resp,
@@ -101,8 +104,10 @@ impl PovFileTarget {
             pid: std::process::id(),
             session_id: session.info().session_id,
             handle: file.handle(),
-            // Far above the IDs the library's own requests on this session use.
-            next_request: 1 << 48,
+            // IDs the library's own requests on this session will not use.
+            next_request: session.reserve_request_ids(1 << 48),
+            keys: session.keys().clone(),
+            protection: session.protection(),
             file: Some(file),
             session: Some(session),
             _device: device,
@@ -158,6 +163,11 @@ impl Target for PovFileTarget {
             hint: SdkHint::default(),
         };
         hdr.encode_into(self.req.slice_mut(slot, 0, HEADER_SIZE));
+        // Sealing encrypts the payload in place, so each write lays down its data
+        // afresh, as the library copies the caller's buffer into the slot.
+        self.req.slice_mut(slot, HEADER_SIZE, payload).fill(0x5a);
+        // Every request is sealed with the session's keys, as the library's are (pov_proto::crypto).
+        self.keys.seal_request(queue_id, request_id, self.req.slice_mut(slot, 0, HEADER_SIZE + payload), REQUEST_TAG_OFFSET);
         let wlen = (HEADER_SIZE + payload).div_ceil(512) * 512;
         let rlen = response_len(if op == Op::Read { io.len } else { 0 });
         q.write(self.geometry.request_slot(queue_id), self.req.ptr(slot, 0), wlen, slot, ReqFlags::empty());
@@ -175,6 +185,14 @@ impl Target for PovFileTarget {
                 r.request_id, r.queue_id, f.request_id, self.queue_ids[slot]
             ));
         }
+        let total = HEADER_SIZE + r.payload_len as usize;
+        if total > self.resp.slot_len() {
+            return Err(format!("response of {total} bytes does not fit the slot"));
+        }
+        let (queue, protection) = (self.queue_ids[slot], self.protection);
+        self.keys
+            .open_response(queue, f.request_id, self.resp.slice_mut(slot, 0, total), HEADER_SIZE, RESPONSE_TAG_OFFSET, protection)
+            .map_err(|e| format!("response to request {}: {e}", f.request_id))?;
         if r.status != Status::Ok {
             return Err(format!("PoV {:?} answered {:?}", f.dir, r.status));
         }

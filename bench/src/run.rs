@@ -16,6 +16,7 @@ use crate::engine::{self, Conn, JobResult, Stop, Target};
 use crate::pov::{PovFileSpec, PovFileTarget};
 use crate::report::{latency, quantiles, CpuUse, Report};
 use crate::workload::{parse_size, Pattern, Workload};
+use pov_proto::crypto::Protection;
 
 /// What a job drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -75,9 +76,14 @@ pub struct Options {
     /// assigned round-robin). The secret comes from $POV_SECRET or --secret-file.
     #[arg(long, default_value = "bench")]
     pub tenant: Vec<String>,
-    /// pov-file mode: file holding the tenant secret (instead of $POV_SECRET).
-    #[arg(long, value_name = "FILE")]
+    /// pov-file mode: file holding the tenant secret (instead of $POV_SECRET; default
+    /// $POV_SECRET_FILE).
+    #[arg(long, env = "POV_SECRET_FILE", value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
+    /// pov-file mode: open sessions whose response payloads are authenticated but not
+    /// encrypted (the session's protection; default: encrypted).
+    #[arg(long)]
+    pub integrity_only: bool,
     /// pov-file mode: file path; job N uses PATH.N when there are several jobs.
     #[arg(long, default_value = "/pov-bench/data")]
     pub file: String,
@@ -131,7 +137,14 @@ fn setup_job(o: &Options, i: usize, secret: &[u8]) -> anyhow::Result<Job> {
         }
         Mode::PovFile => {
             let path = if o.jobs > 1 { format!("{}.{i}", o.file) } else { o.file.clone() };
-            let spec = PovFileSpec { tenant: o.tenant[i % o.tenant.len()].clone(), secret: secret.to_vec(), path, size: o.size };
+            let protection = if o.integrity_only { Protection::IntegrityOnly } else { Protection::Confidential };
+            let spec = PovFileSpec {
+                tenant: o.tenant[i % o.tenant.len()].clone(),
+                secret: secret.to_vec(),
+                path,
+                size: o.size,
+                protection,
+            };
             Box::new(PovFileTarget::new(&mut conn.blkio, &o.socket, &spec, o.qd as usize, bs)?)
         }
     };

@@ -5,28 +5,22 @@ a Python module named with `--plugin` that defines `spdk_rpc_plugin_initialize`.
 this directory on PYTHONPATH:
 
     spdk-rpc -s /var/tmp/pov-dpu.sock --plugin pov_spdk_plugin pov_device_get_devices
-    POV_SECRET=... spdk-rpc -s SOCK --plugin pov_spdk_plugin pov_tenant_create -n acme
+    spdk-rpc -s SOCK keyring_file_add_key acme-key /etc/pov/acme.key   # SPDK's own command
+    spdk-rpc -s SOCK --plugin pov_spdk_plugin pov_tenant_create -n acme --key acme-key
+    spdk-rpc -s SOCK --plugin pov_spdk_plugin pov_tenant_create -n acme --key-file /etc/pov/acme.key
     spdk-rpc -s SOCK --plugin pov_spdk_plugin pov_volume_create -n vol0 \\
         --socket /run/pov/vol0.sock --size 1073741824 --proxy tcp:10.0.0.5:4420
 
 Parameters are those of pov-dpud's JSON-RPC methods (dpu-firmware/README.md); sizes are
-bytes. A tenant secret is read from --secret-file or POV_SECRET, never taken as an
-argument (other users can read arguments in `ps`).
+bytes. A tenant's secret is a keyring key, read by pov-dpud itself from a key file (mode
+0600): neither this plugin nor any command line ever holds the secret, only the key's
+name or the file's path (`--key-file FILE` adds the key NAME-key from FILE, then creates
+the tenant with it).
 """
 
 import os
 
 from spdk.rpc.cmd_parser import print_dict
-
-
-def _secret(args):
-    if args.secret_file:
-        with open(args.secret_file) as f:
-            return f.read().rstrip("\r\n")
-    secret = os.environ.get("POV_SECRET")
-    if not secret:
-        raise SystemExit("pov_tenant_create: set POV_SECRET or use --secret-file FILE")
-    return secret
 
 
 def _name_only(subparsers, method, help):
@@ -43,7 +37,7 @@ def _frontend_args(p, proxy_required):
     """Options every vhost-user-blk object (PoV device or volume) has."""
     p.add_argument("-n", "--name", required=True)
     p.add_argument("--socket", required=True, help="vhost-user-blk socket path")
-    p.add_argument("--proxy", action="append", required=proxy_required, help="tcp:HOST:PORT (repeat for several)")
+    p.add_argument("--proxy", action="append", required=proxy_required, help="tls:HOST:PORT (tcp:HOST:PORT for an unauthenticated development proxy; repeat for several)")
     p.add_argument("--virtqueues", type=int)
     p.add_argument("--reactor", type=int)
     p.add_argument("--request-timeout-ms", type=int)
@@ -58,11 +52,18 @@ def spdk_rpc_plugin_initialize(subparsers):
     """Adds the pov_* commands to spdk-rpc's argument parser."""
 
     def pov_tenant_create(args):
-        print_dict(args.client.pov_tenant_create(name=args.name, secret=_secret(args)))
+        key = args.key
+        if args.key_file:
+            key = args.name + "-key"
+            args.client.keyring_file_add_key(name=key, path=os.path.abspath(args.key_file))
+        print_dict(args.client.pov_tenant_create(name=args.name, key=key))
 
-    p = subparsers.add_parser("pov_tenant_create", help="Create a tenant (secret from POV_SECRET or --secret-file)")
+    p = subparsers.add_parser("pov_tenant_create",
+                              help="Create a tenant whose secret is a keyring key (keyring_file_add_key)")
     p.add_argument("-n", "--name", required=True, help="tenant name")
-    p.add_argument("--secret-file", help="file holding the secret")
+    key = p.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key", help="name of a key added with keyring_file_add_key")
+    key.add_argument("--key-file", help="key file (mode 0600) to add as key NAME-key first")
     p.set_defaults(func=pov_tenant_create)
 
     _name_only(subparsers, "pov_tenant_delete", "Delete a tenant")
@@ -76,6 +77,7 @@ def spdk_rpc_plugin_initialize(subparsers):
     def pov_device_create(args):
         print_dict(args.client.pov_device_create(
             num_queues=args.num_queues, max_sessions=args.max_sessions,
+            max_sessions_per_tenant=args.max_sessions_per_tenant, max_queues_per_tenant=args.max_queues_per_tenant,
             heartbeat_interval_ms=args.heartbeat_interval_ms, session_timeout_ms=args.session_timeout_ms,
             **_frontend_params(args)))
 
@@ -83,6 +85,8 @@ def spdk_rpc_plugin_initialize(subparsers):
     _frontend_args(p, proxy_required=True)
     p.add_argument("--num-queues", type=int, help="queues per session")
     p.add_argument("--max-sessions", type=int)
+    p.add_argument("--max-sessions-per-tenant", type=int, help="default: max sessions - 1")
+    p.add_argument("--max-queues-per-tenant", type=int, help="all of a tenant's sessions together")
     p.add_argument("--heartbeat-interval-ms", type=int)
     p.add_argument("--session-timeout-ms", type=int)
     p.set_defaults(func=pov_device_create)

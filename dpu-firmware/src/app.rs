@@ -3,8 +3,9 @@
 
 use crate::config::load_config_file;
 use crate::daemon::Daemon;
-use crate::rpc::RpcServer;
+use crate::rpc::{RpcLimits, RpcServer};
 use anyhow::Context;
+use pov_runtime::transport::tls::{self, ClientTls, TlsFiles};
 use pov_runtime::{ReactorConfig, Runtime};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -23,6 +24,11 @@ pub struct DaemonOptions {
     pub reactor: ReactorConfig,
     /// Configuration to replay before serving RPC.
     pub config: Option<PathBuf>,
+    /// Limits of the control socket server.
+    pub rpc_limits: RpcLimits,
+    /// The DPU's TLS identity for `tls:` proxy endpoints (its client certificate and
+    /// key, and the CA it trusts for proxies); `None`: `tls:` endpoints are refused.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Parses a CPU list such as `0,1` or `0-3,6` (no duplicates).
@@ -54,15 +60,22 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
 }
 
 /// Runs the daemon until SIGINT or SIGTERM: installs handlers for them (`signal-hook`,
-/// as `pov-proxy` does), starts the reactors,
-/// replays `config`, listens on the control socket, prints
+/// as `pov-proxy` does), loads the TLS identity (if any) and sets it process-wide
+/// ([`tls::configure_client`]) so that devices can use `tls:` proxy endpoints, starts
+/// the reactors, replays `config`, listens on the control socket, prints
 /// `pov-dpud ready: rpc socket PATH` on stdout, waits for a signal, then removes the
 /// control socket and every device socket and stops the reactors.
 ///
 /// # Errors
-/// Start-up failures (reactors, config replay, control socket) with context.
+/// Start-up failures (TLS files, reactors, config replay, control socket) with
+/// context.
 pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing SIGINT/SIGTERM handlers")?;
+    if let Some(files) = &opts.tls {
+        let identity = ClientTls::from_files(files).context("loading the DPU's TLS identity")?;
+        tls::configure_client(identity);
+        log::info!("TLS identity {} (trusting proxies signed by {})", files.cert.display(), files.ca.display());
+    }
     let rt = Runtime::start(&opts.cores, opts.reactor.clone()).context("starting reactors")?;
     let daemon = Arc::new(Daemon::with_reactors(rt.reactors().to_vec()));
     if let Some(path) = &opts.config {
@@ -75,7 +88,7 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             }
         }
     }
-    let server = match RpcServer::start(&opts.rpc_socket, daemon.clone()) {
+    let server = match RpcServer::start_with(&opts.rpc_socket, daemon.clone(), opts.rpc_limits.clone()) {
         Ok(s) => s,
         Err(e) => {
             daemon.shutdown();

@@ -1,5 +1,5 @@
-//! The daemon's state and orchestration: reactors, the tenant table, the gathering
-//! setting, and one registry of devices of every kind ([`crate::kinds`]).
+//! The daemon's state and orchestration: reactors, the keyring, the tenant table, the
+//! gathering setting, and one registry of devices of every kind ([`crate::kinds`]).
 //!
 //! A device is created on a reactor chosen round-robin (or given), exposed on its own
 //! vhost-user-blk socket by a [`VhostBlkServer`], and can write itself out as the call
@@ -9,6 +9,7 @@
 //! ([`crate::rpc`]) and each kind's handlers only decode parameters and call this API.
 
 pub use crate::gathering::GatheringOpts;
+pub use crate::keyring::{KeyFileOpts, KeyInfo, Keyring};
 pub use crate::kinds::pov::{pov_device_factory, DeviceCreateOpts, DeviceFactory, DeviceInfo};
 pub use crate::kinds::volume::{VolumeCreateOpts, VolumeInfo};
 use crate::kinds::{DeviceContext, DeviceKind, KINDS};
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Parameters of the calls that only name an object (`pov_tenant_delete`,
-/// `pov_device_delete`, `pov_volume_delete`).
+/// `pov_device_delete`, `pov_volume_delete`, `keyring_file_remove_key`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NameOpts {
@@ -41,7 +42,7 @@ pub enum DaemonError {
     /// An object with that name (or socket) exists.
     #[error("{kind} {name:?} already exists")]
     Exists {
-        /// "tenant", "device", "volume" or "socket".
+        /// "tenant", "device", "volume", "socket" or "key".
         kind: &'static str,
         /// The conflicting name.
         name: String,
@@ -49,7 +50,7 @@ pub enum DaemonError {
     /// No object with that name.
     #[error("no such {kind}: {name:?}")]
     NotFound {
-        /// "tenant", "device" or "volume".
+        /// "tenant", "device", "volume" or "key".
         kind: &'static str,
         /// The name asked for.
         name: String,
@@ -155,6 +156,7 @@ impl DeviceEntry {
 /// wait for the device's reactor).
 pub struct Daemon {
     reactors: Vec<ReactorHandle>,
+    keyring: Keyring,
     tenants: TenantTable,
     factory: DeviceFactory,
     /// Every device of every kind, by name.
@@ -170,6 +172,7 @@ impl Daemon {
     pub fn new(reactors: Vec<ReactorHandle>, factory: DeviceFactory) -> Daemon {
         Daemon {
             reactors,
+            keyring: Keyring::default(),
             tenants: TenantTable::default(),
             factory,
             devices: Mutex::new(BTreeMap::new()),
@@ -196,6 +199,11 @@ impl Daemon {
     /// The tenant table shared by every device.
     pub fn tenants(&self) -> &TenantTable {
         &self.tenants
+    }
+
+    /// The keys tenants are created with.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
     }
 
     fn devices(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DeviceEntry>> {
@@ -366,10 +374,12 @@ impl Daemon {
 
     /// The replayable configuration, SPDK format:
     /// `{"subsystems": [{"subsystem": "pov", "config": [{"method", "params"}, ...]}]}`
-    /// with every tenant (secrets included), every device kind by kind (defaults
-    /// resolved) and last the gathering setting.
+    /// with every keyring key (`keyring_file_add_key`: its name and path, never its
+    /// bytes), every tenant (`pov_tenant_create` naming its key), every device kind by
+    /// kind (defaults resolved) and last the gathering setting.
     pub fn save_config(&self) -> Value {
-        let mut calls = crate::tenant::save_config(&self.tenants);
+        let mut calls = crate::keyring::save_config(&self.keyring);
+        calls.extend(crate::tenant::save_config(&self.tenants, &self.keyring));
         {
             let devices = self.devices();
             for k in KINDS {

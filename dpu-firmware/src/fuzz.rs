@@ -3,6 +3,7 @@
 //! test `tests/fuzz_corpus.rs` replays their seed corpora `fuzz/seeds/<target>/`.
 
 use crate::daemon::{Daemon, DeviceFactory};
+use crate::rpc::{RpcLimits, RpcServer};
 use crate::rpc::{codes, handle_value};
 use crate::vhost_blk::request::{parse_chain, GuestBuffer, ParsedRequest, Segment, HEADER_LEN};
 use arbitrary::{Arbitrary, Unstructured};
@@ -517,8 +518,8 @@ pub fn rpc(data: &[u8]) {
         stream.extend_from_slice(&b" \n\t\r"[..(space % 3) as usize]);
         expected.extend(answer);
     }
-    let daemon = Daemon::new(reactors.to_vec(), memdisk_factory());
-    let replies = serve(&daemon, &stream);
+    let daemon = Arc::new(Daemon::new(reactors.to_vec(), memdisk_factory()));
+    let replies = serve(&daemon, &dir, &stream);
     assert_eq!(replies.len(), expected.len(), "answers to {:?}", String::from_utf8_lossy(&stream));
     for (r, want) in replies.iter().zip(&expected) {
         match (r, want) {
@@ -532,11 +533,11 @@ pub fn rpc(data: &[u8]) {
         }
     }
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&dir);
     // The raw bytes: answers must be well formed, whatever the bytes.
     let raw = &input.raw[..input.raw.len().min(MAX_STREAM)];
-    let bare = Daemon::new(Vec::new(), memdisk_factory());
-    let replies = serve(&bare, raw);
+    let bare = Arc::new(Daemon::new(Vec::new(), memdisk_factory()));
+    let replies = serve(&bare, &dir, raw);
+    let _ = std::fs::remove_dir_all(&dir);
     for (i, r) in replies.iter().enumerate() {
         match r {
             Value::Array(rs) => {
@@ -562,20 +563,30 @@ pub fn rpc(data: &[u8]) {
     }
 }
 
-/// Sends `bytes` on a connection to the server loop of `daemon` and returns the
-/// answers (one JSON value a line).
-fn serve(daemon: &Daemon, bytes: &[u8]) -> Vec<Value> {
-    let (mut client, server) = UnixStream::pair().expect("a socket pair");
-    client.write_all(bytes).expect("the stream fits in the socket buffer");
-    client.shutdown(std::net::Shutdown::Write).expect("shutdown");
-    // The answers are read by another thread, joined (not scoped: a scoped thread may
-    // still hold its own handle when the scope ends, which LeakSanitizer reports).
+/// Starts the control socket server (`rpc::server`, one worker, no idle timeout) for
+/// `daemon` on a socket in `dir`, sends `bytes` on one connection, closes its write
+/// side and returns the answers (one JSON value a line) once the server closed it;
+/// then stops the server.
+fn serve(daemon: &Arc<Daemon>, dir: &Path, bytes: &[u8]) -> Vec<Value> {
+    let path = dir.join("rpc.sock");
+    let limits = RpcLimits { workers: 1, idle_timeout: None, ..RpcLimits::default() };
+    let server = RpcServer::start_with(&path, daemon.clone(), limits).expect("the RPC server starts");
+    let mut client = UnixStream::connect(&path).expect("connect to the RPC server");
+    // The answers are read by another thread while this one writes (the server reads
+    // a connection's next request only after its answer was written), joined (not
+    // scoped: a scoped thread may still hold its own handle when the scope ends, which
+    // LeakSanitizer reports).
+    let mut rx = client.try_clone().expect("a second handle of the connection");
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();
-        client.read_to_end(&mut out).map(|_| out)
+        rx.read_to_end(&mut out).map(|_| out)
     });
-    crate::rpc::serve_requests(daemon, server);
+    // The server closes the connection after a parse error or an over-long request,
+    // so the rest of the stream may not be written.
+    let _ = client.write_all(bytes);
+    let _ = client.shutdown(std::net::Shutdown::Write);
     let out = reader.join().expect("the reader thread").expect("read the answers");
+    server.stop();
     out.split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| serde_json::from_slice(l).unwrap_or_else(|e| panic!("answer {:?} is not JSON: {e}", String::from_utf8_lossy(l))))

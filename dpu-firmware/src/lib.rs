@@ -8,7 +8,8 @@
 //!   delete and info functions and its RPC handlers beside them, and the registry of
 //!   kinds.
 //! * [`daemon`]: orchestration: reactors, the one registry of devices of every kind,
-//!   `save_config`; [`tenant`]: the tenant table's RPCs; [`gathering`]: the
+//!   `save_config`; [`keyring`]: keys read from key files (SPDK's `keyring_file_*`);
+//!   [`tenant`]: the tenant table's RPCs, tenants referencing keys; [`gathering`]: the
 //!   daemon-wide gathering IO setting the pollers and devices follow.
 //! * [`rpc`]: the JSON-RPC 2.0 control server (SPDK conventions), its method table
 //!   assembled from the modules above, and a client; [`config`]: replay of a saved
@@ -26,6 +27,7 @@ pub mod daemon;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod gathering;
+pub mod keyring;
 pub mod kinds;
 pub mod rpc;
 pub mod tenant;

@@ -1,12 +1,14 @@
 //! The real binaries: `pov-dpud` replays a config with a real `PovDevice`, serves RPC
-//! to `pov-rpc`, exposes the PoV device to a libblkio client, and exits cleanly on
-//! SIGTERM, removing its sockets.
+//! to `pov-rpc` (parameters inline, from a file or from standard input), exposes the
+//! PoV device to a libblkio client, and exits cleanly on SIGTERM, removing its sockets;
+//! what `save_config` wrote replays in a second `pov-dpud`, and never holds a secret.
 
 use blkio::{Blkio, Completion, ReqFlags};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::mem::MaybeUninit;
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -26,6 +28,29 @@ fn spawn_dpud(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
 
 fn pov_rpc(sock: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pov-rpc")).arg("-s").arg(sock).args(args).output().unwrap()
+}
+
+/// `pov-rpc -s SOCK METHOD -` with `stdin` as its standard input.
+fn pov_rpc_stdin(sock: &Path, method: &str, stdin: &[u8]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pov-rpc"))
+        .arg("-s")
+        .arg(sock)
+        .args([method, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(stdin).unwrap();
+    c.wait_with_output().unwrap()
+}
+
+/// A key file (mode 0600) holding `secret`.
+fn key_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, secret).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
 }
 
 /// Reads the PoV configuration space (sector 0) through libblkio.
@@ -54,9 +79,11 @@ fn dpud_config_rpc_vhost_and_sigterm() {
     let rpc_sock = dir.path().join("rpc.sock");
     let dev_sock = dir.path().join("pov0.sock");
     let cfg = dir.path().join("cfg.json");
+    let key = key_file(dir.path(), "acme.key", "pw-dpud-bin-7");
     let calls = json!([
-        {"method": "pov_tenant_create", "params": {"name": "acme", "secret": "pw"}},
-        {"method": "pov_device_create", "params": {"name": "pov0", "socket": dev_sock, "proxies": ["tcp:127.0.0.1:1"], "max_sessions": 4}}
+        {"method": "keyring_file_add_key", "params": {"name": "acme-key", "path": key}},
+        {"method": "pov_tenant_create", "params": {"name": "acme", "key": "acme-key"}},
+        {"method": "pov_device_create", "params": {"name": "pov0", "socket": dev_sock, "proxies": ["tcp:127.0.0.1:1"], "max_sessions": 4, "max_sessions_per_tenant": 2}}
     ]);
     std::fs::write(&cfg, calls.to_string()).unwrap();
     let (mut child, lines) = spawn_dpud(&[
@@ -77,8 +104,31 @@ fn dpud_config_rpc_vhost_and_sigterm() {
     let devs: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(devs[0]["name"], "pov0");
     assert_eq!(devs[0]["config"]["max_sessions"], 4);
+    assert_eq!(devs[0]["config"]["max_sessions_per_tenant"], 2);
     let out = pov_rpc(&rpc_sock, &["pov_tenant_get_tenants"]);
-    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!([{"name": "acme"}]));
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!([{"name": "acme", "key": "acme-key"}]));
+    // Parameters from standard input and from a file: a second tenant from a key file.
+    let key2 = key_file(dir.path(), "beta.key", "pw-dpud-bin-8");
+    let out = pov_rpc_stdin(&rpc_sock, "keyring_file_add_key", json!({"name": "beta-key", "path": key2}).to_string().as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let params = dir.path().join("beta.json");
+    std::fs::write(&params, json!({"name": "beta", "key": "beta-key"}).to_string()).unwrap();
+    let out = pov_rpc(&rpc_sock, &["pov_tenant_create", &format!("@{}", params.display())]);
+    assert!(out.status.success(), "{out:?}");
+    let out = pov_rpc(&rpc_sock, &["keyring_get_keys"]);
+    let keys: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 2, "{keys}");
+    assert_eq!(pov_rpc_stdin(&rpc_sock, "pov_device_delete", b"{not json").status.code(), Some(2));
+    assert_eq!(pov_rpc(&rpc_sock, &["pov_device_delete", "@/nonexistent/params.json"]).status.code(), Some(2));
+    // save_config names key files, never holds a secret.
+    let out = pov_rpc(&rpc_sock, &["save_config"]);
+    assert!(out.status.success(), "{out:?}");
+    let saved = String::from_utf8(out.stdout).unwrap();
+    for secret in ["pw-dpud-bin-7", "pw-dpud-bin-8"] {
+        assert!(!saved.contains(secret), "{saved}");
+    }
+    let saved_file = dir.path().join("saved.json");
+    std::fs::write(&saved_file, &saved).unwrap();
 
     let out = pov_rpc(&rpc_sock, &["no_such_method"]);
     assert_eq!(out.status.code(), Some(1));
@@ -114,6 +164,18 @@ fn dpud_config_rpc_vhost_and_sigterm() {
     assert!(status.success(), "{status:?}");
     assert!(!rpc_sock.exists(), "rpc socket left behind");
     assert!(!dev_sock.exists(), "device socket left behind");
+
+    // A second pov-dpud replays what save_config wrote: keys, tenants, the device.
+    let (mut child, lines) = spawn_dpud(&["--rpc-socket", rpc_sock.to_str().unwrap(), "--config", saved_file.to_str().unwrap()]);
+    lines.recv_timeout(Duration::from_secs(30)).expect("no ready line after replay");
+    let out = pov_rpc(&rpc_sock, &["pov_tenant_get_tenants"]);
+    let tenants: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tenants, json!([{"name": "acme", "key": "acme-key"}, {"name": "beta", "key": "beta-key"}]));
+    let (_, sector0) = read_config_space(&dev_sock);
+    assert_eq!(&sector0[..4], b"PoVD");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
 }
 
 #[test]
@@ -121,8 +183,10 @@ fn dpud_fails_on_a_bad_config() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("cfg.json");
     let sock = dir.path().join("p.sock");
+    let key = key_file(dir.path(), "acme.key", "pw");
     let calls = json!({"subsystems": [{"subsystem": "pov", "config": [
-        {"method": "pov_tenant_create", "params": {"name": "acme", "secret": "pw"}},
+        {"method": "keyring_file_add_key", "params": {"name": "acme-key", "path": key}},
+        {"method": "pov_tenant_create", "params": {"name": "acme", "key": "acme-key"}},
         {"method": "pov_device_create", "params": {"name": "p", "socket": sock, "proxies": []}}
     ]}]});
     std::fs::write(&cfg, calls.to_string()).unwrap();
@@ -133,7 +197,17 @@ fn dpud_fails_on_a_bad_config() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("config call #1 (pov_device_create) failed"), "{err}");
+    assert!(err.contains("config call #2 (pov_device_create) failed"), "{err}");
+    assert!(!rpc_sock.exists());
+    // A key file others may read fails the replay, naming the call and the reason.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pov-dpud"))
+        .args(["--rpc-socket", rpc_sock.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config call #0 (keyring_file_add_key) failed") && err.contains("chmod 600"), "{err}");
     assert!(!rpc_sock.exists());
     let out = Command::new(env!("CARGO_BIN_EXE_pov-dpud")).args(["--cpus", "0,0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

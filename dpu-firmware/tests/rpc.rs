@@ -11,6 +11,7 @@ use pov_dpu_firmware::rpc::{codes, RpcServer};
 use pov_runtime::{ReactorConfig, Runtime};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,6 +54,25 @@ impl Env {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+
+    /// Writes `secret` to the key file `name` (mode 0600) in the test's directory.
+    fn key_file(&self, name: &str, secret: &str) -> PathBuf {
+        key_file(self.dir.path(), name, secret.as_bytes(), 0o600)
+    }
+
+    /// A key file holding `secret`, added to the keyring as key `name`.
+    fn add_key(&self, c: &mut RpcClient, name: &str, secret: &str) -> PathBuf {
+        let path = self.key_file(&format!("{name}.key"), secret);
+        assert_eq!(c.call("keyring_file_add_key", Some(json!({"name": name, "path": path}))).unwrap(), json!(true));
+        path
+    }
+}
+
+fn key_file(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
 }
 
 impl Drop for Env {
@@ -98,11 +118,12 @@ fn tenants_and_devices_over_the_socket() {
         assert!(methods.as_array().unwrap().contains(&json!(m)), "{methods}");
     }
 
-    assert_eq!(c.call("pov_tenant_create", Some(json!({"name": "acme", "secret": "s3cret"}))).unwrap(), json!(true));
-    assert_eq!(code(c.call("pov_tenant_create", Some(json!({"name": "acme", "secret": "x"})))), codes::EEXIST);
-    assert_eq!(code(c.call("pov_tenant_create", Some(json!({"name": "../x", "secret": "x"})))), codes::INVALID_PARAMS);
+    let acme_key = env.add_key(&mut c, "acme-key", "s3cret");
+    assert_eq!(c.call("pov_tenant_create", Some(json!({"name": "acme", "key": "acme-key"}))).unwrap(), json!(true));
+    assert_eq!(code(c.call("pov_tenant_create", Some(json!({"name": "acme", "key": "acme-key"})))), codes::EEXIST);
+    assert_eq!(code(c.call("pov_tenant_create", Some(json!({"name": "../x", "key": "acme-key"})))), codes::INVALID_PARAMS);
     let tenants = c.call("pov_tenant_get_tenants", None).unwrap();
-    assert_eq!(tenants, json!([{"name": "acme"}]));
+    assert_eq!(tenants, json!([{"name": "acme", "key": "acme-key"}]));
     assert!(!tenants.to_string().contains("s3cret"));
 
     let sock0 = env.path("pov0.sock");
@@ -137,6 +158,13 @@ fn tenants_and_devices_over_the_socket() {
         assert_eq!(code(r), codes::INVALID_PARAMS, "{bad:?}: {what}");
         assert!(!env.path("p1.sock").exists(), "{bad:?} left its socket behind");
     }
+    // A tls: endpoint in a daemon without a TLS identity (no --tls-cert/--tls-key/
+    // --tls-ca) is refused the same way, saying what is missing.
+    let p = json!({"name": "pov1", "socket": env.path("p1.sock"), "proxies": ["tls:127.0.0.1:4420"]});
+    let r = c.call("pov_device_create", Some(p));
+    let what = format!("{r:?}");
+    assert!(what.contains("--tls-cert"), "{what}");
+    assert_eq!(code(r), codes::INVALID_PARAMS, "{what}");
     let missing = json!({"name": "pov1"});
     assert_eq!(code(c.call("pov_device_create", Some(missing))), codes::INVALID_PARAMS);
     assert_eq!(code(c.call("pov_device_create", Some(json!([1, 2])))), codes::INVALID_PARAMS);
@@ -179,14 +207,17 @@ fn tenants_and_devices_over_the_socket() {
         std::thread::sleep(Duration::from_millis(10));
     }
 
-    // save_config carries secrets and full device parameters.
+    // save_config carries key files (paths, never secrets), tenants naming their keys,
+    // and full device parameters.
     let saved = c.call("save_config", None).unwrap();
     let calls = saved["subsystems"][0]["config"].as_array().unwrap();
     assert_eq!(saved["subsystems"][0]["subsystem"], "pov");
-    assert_eq!(calls[0], json!({"method": "pov_tenant_create", "params": {"name": "acme", "secret": "s3cret"}}));
-    assert_eq!(calls[1]["method"], "pov_device_create");
-    assert_eq!(calls[1]["params"]["virtqueues"], 2);
-    assert_eq!(calls[1]["params"]["session_timeout_ms"], 10000);
+    assert_eq!(calls[0], json!({"method": "keyring_file_add_key", "params": {"name": "acme-key", "path": acme_key}}));
+    assert_eq!(calls[1], json!({"method": "pov_tenant_create", "params": {"name": "acme", "key": "acme-key"}}));
+    assert!(!saved.to_string().contains("s3cret"), "{saved}");
+    assert_eq!(calls[2]["method"], "pov_device_create");
+    assert_eq!(calls[2]["params"]["virtqueues"], 2);
+    assert_eq!(calls[2]["params"]["session_timeout_ms"], 10000);
     // SPDK's client builds the same document from framework_get_subsystems and
     // framework_get_config.
     let subs = c.call("framework_get_subsystems", None).unwrap();
@@ -277,7 +308,7 @@ fn protocol_errors_never_kill_the_server() {
     let mut c = env.client();
     assert_eq!(code(c.call("no_such_method", None)), codes::METHOD_NOT_FOUND);
     assert_eq!(code(c.call("save_config", Some(json!({"x": 1})))), codes::INVALID_PARAMS);
-    assert_eq!(code(c.call("pov_tenant_create", Some(json!({"name": 5, "secret": "x"})))), codes::INVALID_PARAMS);
+    assert_eq!(code(c.call("pov_tenant_create", Some(json!({"name": 5, "key": "x"})))), codes::INVALID_PARAMS);
     // The connection is still usable after errors.
     assert!(c.call("pov_tenant_get_tenants", None).is_ok());
 
@@ -289,10 +320,11 @@ fn protocol_errors_never_kill_the_server() {
     assert!(r.iter().all(|x| x["error"]["code"] == codes::INVALID_REQUEST), "{r:?}");
 
     // Requests back to back without separators; a notification gets no answer.
-    let bytes = br#"{"jsonrpc":"2.0","method":"pov_tenant_create","params":{"name":"n","secret":"s"}}{"jsonrpc":"2.0","id":"a","method":"pov_tenant_get_tenants"}{"jsonrpc":"2.0","id":"b","method":"rpc_get_methods"}"#;
+    env.add_key(&mut c, "k", "s");
+    let bytes = br#"{"jsonrpc":"2.0","method":"pov_tenant_create","params":{"name":"n","key":"k"}}{"jsonrpc":"2.0","id":"a","method":"pov_tenant_get_tenants"}{"jsonrpc":"2.0","id":"b","method":"rpc_get_methods"}"#;
     let r = raw(&env.sock, bytes, 2);
     assert_eq!(r[0]["id"], "a");
-    assert_eq!(r[0]["result"], json!([{"name": "n"}]));
+    assert_eq!(r[0]["result"], json!([{"name": "n", "key": "k"}]));
     assert_eq!(r[1]["id"], "b");
 
     // A batch.
@@ -323,8 +355,8 @@ fn protocol_errors_never_kill_the_server() {
 
     // Still serving.
     let mut c2 = env.client();
-    assert_eq!(c2.call("pov_tenant_get_tenants", None).unwrap(), json!([{"name": "n"}]));
-    assert_eq!(c.call("pov_tenant_get_tenants", None).unwrap(), json!([{"name": "n"}]));
+    assert_eq!(c2.call("pov_tenant_get_tenants", None).unwrap(), json!([{"name": "n", "key": "k"}]));
+    assert_eq!(c.call("pov_tenant_get_tenants", None).unwrap(), json!([{"name": "n", "key": "k"}]));
 }
 
 #[test]
@@ -347,7 +379,8 @@ fn config_replay_both_formats() {
     {
         let env = Env::new();
         let mut c = env.client();
-        c.call("pov_tenant_create", Some(json!({"name": "t1", "secret": "pw1"}))).unwrap();
+        env.add_key(&mut c, "k1", "pw1");
+        c.call("pov_tenant_create", Some(json!({"name": "t1", "key": "k1"}))).unwrap();
         sock0 = env.path("d0.sock");
         let p = json!({"name": "d0", "socket": sock0, "proxies": ["tcp:127.0.0.1:9"], "max_sessions": 8, "reactor": 1});
         c.call("pov_device_create", Some(p)).unwrap();
@@ -355,7 +388,7 @@ fn config_replay_both_formats() {
         // Replaying on top of the live state fails on the first duplicate.
         match load_config(&env.daemon, &saved) {
             Err(ConfigError::Call { index: 0, method, error }) => {
-                assert_eq!(method, "pov_tenant_create");
+                assert_eq!(method, "keyring_file_add_key");
                 assert_eq!(error.code, codes::EEXIST);
             }
             other => panic!("expected a failed call, got {other:?}"),
@@ -366,8 +399,9 @@ fn config_replay_both_formats() {
         // Same process, fresh daemon: replay the SPDK format.
         let rt = Runtime::start(&[None, None], ReactorConfig::default()).unwrap();
         let d2 = Daemon::new(rt.reactors().to_vec(), memdisk_factory());
-        assert_eq!(load_config(&d2, &saved).unwrap(), 3);
+        assert_eq!(load_config(&d2, &saved).unwrap(), 4);
         assert_eq!(d2.save_config(), saved);
+        assert!(d2.tenants().authenticate("t1", b"pw1"), "the replayed tenant has its key's secret");
         assert!(sock0.exists());
         let info = d2.device_info(Some("d0")).unwrap();
         assert_eq!(info[0].reactor, 1);
@@ -377,11 +411,12 @@ fn config_replay_both_formats() {
         // The plain list format.
         let d3 = Daemon::new(rt.reactors().to_vec(), memdisk_factory());
         let list = json!([
-            {"method": "pov_tenant_create", "params": {"name": "t2", "secret": "x"}},
+            {"method": "keyring_file_add_key", "params": {"name": "k2", "path": env.key_file("k2.key", "x")}},
+            {"method": "pov_tenant_create", "params": {"name": "t2", "key": "k2"}},
             {"method": "rpc_get_methods"},
             {"method": "pov_device_create", "params": {"name": "d1", "socket": env.path("d1.sock"), "proxies": ["tcp:a:1"]}}
         ]);
-        assert_eq!(load_config(&d3, &list).unwrap(), 3);
+        assert_eq!(load_config(&d3, &list).unwrap(), 4);
         assert_eq!(d3.tenant_names(), vec!["t2".to_string()]);
         // Malformed documents run nothing.
         for bad in [json!({"x": 1}), json!([{"params": {}}]), json!(5), json!([{"method": "a", "extra": 1}])] {
@@ -441,4 +476,95 @@ fn gathering_rpc_validates_merges_and_is_saved() {
     assert_eq!(serde_json::to_value(d2.gathering()).unwrap(), now);
     d2.shutdown();
     rt.shutdown();
+}
+
+/// The keyring over the socket: key files are checked as SPDK checks them (a mode-0644
+/// file is refused with a clear error), tenants reference keys, a key in use cannot be
+/// removed, the old `secret` form is refused, and no listing, error or saved
+/// configuration ever shows a secret; a replay authenticates the tenant again.
+#[test]
+fn keyring_over_the_socket_never_shows_secrets() {
+    const SECRET: &str = "kr-Secret-0451";
+    let env = Env::new();
+    let mut c = env.client();
+    let methods = c.call("rpc_get_methods", None).unwrap();
+    for m in ["keyring_file_add_key", "keyring_file_remove_key", "keyring_get_keys"] {
+        assert!(methods.as_array().unwrap().contains(&json!(m)), "{methods}");
+    }
+    assert_eq!(c.call("keyring_get_keys", None).unwrap(), json!([]));
+    let path = env.add_key(&mut c, "acme-key", SECRET);
+    let keys = c.call("keyring_get_keys", None).unwrap();
+    assert_eq!(keys, json!([{"name": "acme-key", "path": path, "tenants": []}]));
+    assert_eq!(code(c.call("keyring_file_add_key", Some(json!({"name": "acme-key", "path": path})))), codes::EEXIST);
+
+    // Files SPDK's keyring refuses, and files of the wrong size: clear errors, nothing added.
+    let world = key_file(env.dir.path(), "world.key", SECRET.as_bytes(), 0o644);
+    match c.call("keyring_file_add_key", Some(json!({"name": "w", "path": world}))) {
+        Err(ClientError::Rpc(e)) => {
+            assert_eq!(e.code, -1, "EPERM: {e:?}");
+            for part in [world.to_str().unwrap(), "0644", "group or others", "chmod 600"] {
+                assert!(e.message.contains(part), "{part:?} not in {:?}", e.message);
+            }
+            assert!(!e.message.contains(SECRET));
+        }
+        other => panic!("a mode-0644 key file was accepted: {other:?}"),
+    }
+    let group = key_file(env.dir.path(), "group.key", SECRET.as_bytes(), 0o640);
+    assert_eq!(code(c.call("keyring_file_add_key", Some(json!({"name": "g", "path": group})))), -1);
+    assert_eq!(code(c.call("keyring_file_add_key", Some(json!({"name": "r", "path": "rel.key"})))), -1);
+    assert_eq!(code(c.call("keyring_file_add_key", Some(json!({"name": "m", "path": env.path("missing")})))), -2);
+    assert_eq!(code(c.call("keyring_file_add_key", Some(json!({"name": "d", "path": env.dir.path()})))), -22);
+    let empty = key_file(env.dir.path(), "empty.key", b"", 0o600);
+    assert_eq!(code(c.call("keyring_file_add_key", Some(json!({"name": "e", "path": empty})))), -22);
+    let long = key_file(env.dir.path(), "long.key", &[b'x'; 256], 0o600);
+    assert_eq!(code(c.call("keyring_file_add_key", Some(json!({"name": "l", "path": long})))), -22);
+    for bad in [json!({"name": "a/b", "path": path}), json!({"name": "x"}), json!({"name": "x", "path": path, "key": "k"})] {
+        assert_eq!(code(c.call("keyring_file_add_key", Some(bad.clone()))), codes::INVALID_PARAMS, "{bad}");
+    }
+    assert_eq!(c.call("keyring_get_keys", None).unwrap().as_array().unwrap().len(), 1);
+
+    // Tenants reference keys; the old inline form is refused without echoing the secret.
+    assert_eq!(code(c.call("pov_tenant_create", Some(json!({"name": "acme", "key": "nope"})))), codes::ENODEV);
+    match c.call("pov_tenant_create", Some(json!({"name": "acme", "secret": SECRET}))) {
+        Err(ClientError::Rpc(e)) => {
+            assert_eq!(e.code, codes::INVALID_PARAMS);
+            assert!(e.message.contains("keyring_file_add_key") && !e.message.contains(SECRET), "{}", e.message);
+        }
+        other => panic!("the secret form was accepted: {other:?}"),
+    }
+    assert_eq!(c.call("pov_tenant_get_tenants", None).unwrap(), json!([]));
+    assert_eq!(c.call("pov_tenant_create", Some(json!({"name": "acme", "key": "acme-key"}))).unwrap(), json!(true));
+    let tenants = c.call("pov_tenant_get_tenants", None).unwrap();
+    let keys = c.call("keyring_get_keys", None).unwrap();
+    assert_eq!(keys[0]["tenants"], json!(["acme"]));
+    for shown in [&tenants, &keys] {
+        assert!(!shown.to_string().contains(SECRET), "{shown}");
+    }
+    match c.call("keyring_file_remove_key", Some(json!({"name": "acme-key"}))) {
+        Err(ClientError::Rpc(e)) => assert!(e.code == -16 && e.message.contains("acme"), "{e:?}"),
+        other => panic!("a key in use was removed: {other:?}"),
+    }
+    assert_eq!(code(c.call("keyring_file_remove_key", Some(json!({"name": "nope"})))), codes::ENODEV);
+
+    // save_config: the key's path, never its bytes; a replay reads the file again and
+    // the replayed tenant authenticates with the secret.
+    let saved = c.call("save_config", None).unwrap();
+    assert!(!saved.to_string().contains(SECRET), "{saved}");
+    let calls = saved["subsystems"][0]["config"].as_array().unwrap();
+    assert_eq!(calls[0], json!({"method": "keyring_file_add_key", "params": {"name": "acme-key", "path": path}}));
+    assert_eq!(calls[1], json!({"method": "pov_tenant_create", "params": {"name": "acme", "key": "acme-key"}}));
+    let rt = Runtime::start(&[None], ReactorConfig::default()).unwrap();
+    let d2 = Daemon::new(rt.reactors().to_vec(), memdisk_factory());
+    load_config(&d2, &saved).unwrap();
+    assert!(d2.tenants().authenticate("acme", SECRET.as_bytes()));
+    assert!(!d2.tenants().authenticate("acme", b"kr-Secret-0452"));
+    assert_eq!(d2.save_config(), saved);
+    d2.shutdown();
+    rt.shutdown();
+
+    // Deleting the tenant frees the key.
+    assert_eq!(c.call("pov_tenant_delete", Some(json!({"name": "acme"}))).unwrap(), json!(true));
+    assert_eq!(c.call("keyring_file_remove_key", Some(json!({"name": "acme-key"}))).unwrap(), json!(true));
+    assert_eq!(c.call("keyring_get_keys", None).unwrap(), json!([]));
+    assert_eq!(code(c.call("keyring_file_remove_key", Some(json!({"name": "acme-key"})))), codes::ENODEV);
 }

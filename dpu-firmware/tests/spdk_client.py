@@ -3,9 +3,11 @@
 Run by scripts/spdk-rpc-test, which installs the package in a venv, starts pov-proxy
 and pov-dpud and passes their coordinates in the environment:
   POV_RPC_SOCK    pov-dpud's control socket
-  POV_PROXY_ADDR  the proxy (HOST:PORT)
+  POV_PROXY_ENDPOINT  the proxy (tls:HOST:PORT or tcp:HOST:PORT; default
+                  tcp:$POV_PROXY_ADDR)
   POV_WORK        a scratch directory
   POV_BIN         the directory with pov-dpud
+  POV_TENANT      the tenant the script created (key POV_TENANT-key)
 
 Nothing here re-implements the client: calls go through spdk.rpc.client.JSONRPCClient,
 spdk.rpc.config.save_config and the spdk-rpc command line.
@@ -25,11 +27,24 @@ from spdk.rpc.client import JSONRPCClient, JSONRPCException
 from spdk.rpc.config import save_config
 
 SOCK = os.environ["POV_RPC_SOCK"]
-PROXY = "tcp:" + os.environ["POV_PROXY_ADDR"]
+PROXY = os.environ.get("POV_PROXY_ENDPOINT") or "tcp:" + os.environ["POV_PROXY_ADDR"]
 WORK = os.environ["POV_WORK"]
 BIN = os.environ["POV_BIN"]
 SPDK_RPC = shutil.which("spdk-rpc")
 PLUGIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python")
+STACK_KEY = os.environ.get("POV_TENANT", "spdk") + "-key"
+
+
+def key_file(name, secret, mode=0o600):
+    """A key file in the scratch directory holding `secret`."""
+    path = os.path.join(WORK, name)
+    if os.path.exists(path):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
+    os.chmod(path, mode)
+    return path
 
 
 def error_of(exc):
@@ -59,7 +74,8 @@ class SpdkClient(unittest.TestCase):
         for m in ["rpc_get_methods", "framework_get_reactors", "pov_tenant_create",
                   "pov_device_create", "pov_device_get_devices", "save_config",
                   "framework_get_subsystems", "framework_get_config", "pov_volume_create",
-                  "pov_volume_delete"]:
+                  "pov_volume_delete", "keyring_file_add_key", "keyring_file_remove_key",
+                  "keyring_get_keys"]:
             self.assertIn(m, methods)
         # SPDK's load_config asks with these flags.
         self.assertEqual(self.c.rpc_get_methods(current=True, include_aliases=False), methods)
@@ -71,7 +87,9 @@ class SpdkClient(unittest.TestCase):
         self.assertIn("vhost_blk_pov0", pollers)
 
     def test_tenant_device_and_save_config(self):
-        self.assertEqual(self.c.pov_tenant_create(name="spdk-t", secret="spdk-secret"), True)
+        path = key_file("spdk-t.key", "spdk-secret")
+        self.assertEqual(self.c.keyring_file_add_key(name="spdk-t-key", path=path), True)
+        self.assertEqual(self.c.pov_tenant_create(name="spdk-t", key="spdk-t-key"), True)
         names = [t["name"] for t in self.c.pov_tenant_get_tenants()]
         self.assertIn("spdk-t", names)
         sock = os.path.join(WORK, "spdk-dev.sock")
@@ -91,8 +109,14 @@ class SpdkClient(unittest.TestCase):
         saved = json.loads(out.getvalue())
         self.assertEqual(saved, self.c.save_config())
         calls = saved["subsystems"][0]["config"]
+        self.assertIn({"method": "keyring_file_add_key",
+                       "params": {"name": "spdk-t-key", "path": path}}, calls)
         self.assertIn({"method": "pov_tenant_create",
-                       "params": {"name": "spdk-t", "secret": "spdk-secret"}}, calls)
+                       "params": {"name": "spdk-t", "key": "spdk-t-key"}}, calls)
+        # Keys before the tenants that use them; never a secret.
+        methods = [x["method"] for x in calls]
+        self.assertLess(methods.index("keyring_file_add_key"), methods.index("pov_tenant_create"))
+        self.assertNotIn("spdk-secret", json.dumps(saved))
         dev_calls = [x for x in calls if x["method"] == "pov_device_create"
                      and x["params"]["name"] == "spdkdev"]
         self.assertEqual(len(dev_calls), 1)
@@ -113,12 +137,34 @@ class SpdkClient(unittest.TestCase):
             try:
                 self.assertEqual([d["name"] for d in c2.pov_device_get_devices()], ["spdkdev"])
                 self.assertIn("spdk-t", [t["name"] for t in c2.pov_tenant_get_tenants()])
+                self.assertIn("spdk-t-key", [k["name"] for k in c2.keyring_get_keys()])
             finally:
                 c2.close()
         finally:
             d2.terminate()
             d2.wait(timeout=20)
         self.assertEqual(self.c.pov_tenant_delete(name="spdk-t"), True)
+        self.assertEqual(self.c.keyring_file_remove_key(name="spdk-t-key"), True)
+
+    def test_keyring(self):
+        path = key_file("kr.key", "kr-secret-77")
+        self.assertEqual(self.c.keyring_file_add_key(name="kr-key", path=path), True)
+        keys = {k["name"]: k for k in self.c.keyring_get_keys()}
+        self.assertEqual(keys["kr-key"]["path"], path)
+        self.assertEqual(keys[STACK_KEY]["tenants"], [os.environ.get("POV_TENANT", "spdk")])
+        self.assertNotIn("kr-secret-77", json.dumps(list(keys.values())))
+        self.expect_error(-17, "keyring_file_add_key", name="kr-key", path=path)
+        # SPDK's own checks: a key file others may read is refused with a clear error.
+        world = key_file("world.key", "kr-secret-77", 0o644)
+        err = self.expect_error(-1, "keyring_file_add_key", name="w-key", path=world)
+        self.assertIn("0644", err["message"])
+        self.assertIn("chmod 600", err["message"])
+        self.expect_error(-1, "keyring_file_add_key", name="r-key", path="relative.key")
+        self.expect_error(-2, "keyring_file_add_key", name="m-key", path=os.path.join(WORK, "missing.key"))
+        self.expect_error(-16, "keyring_file_remove_key", name=STACK_KEY)  # in use by the stack's tenant
+        self.expect_error(-19, "keyring_file_remove_key", name="no-such-key")
+        self.assertEqual(self.c.keyring_file_remove_key(name="kr-key"), True)
+        self.assertNotIn("kr-key", [k["name"] for k in self.c.keyring_get_keys()])
 
     def test_volume_create_and_list(self):
         self.assertIn("pov_volume_create", self.c.rpc_get_methods())
@@ -140,13 +186,16 @@ class SpdkClient(unittest.TestCase):
 
     def test_errors_use_spdk_codes(self):
         self.expect_error(-32601, "bdev_malloc_create", num_blocks=8, block_size=512)
-        self.expect_error(-32602, "pov_tenant_create", name="x")  # no secret
+        self.expect_error(-32602, "pov_tenant_create", name="x")  # no key
+        err = self.expect_error(-32602, "pov_tenant_create", name="x", secret="s3")  # the removed form
+        self.assertIn("keyring_file_add_key", err["message"])
+        self.expect_error(-19, "pov_tenant_create", name="x", key="no-such-key")
         self.expect_error(-32602, "pov_device_get_devices", bogus=1)
         self.expect_error(-19, "pov_device_delete", name="no-such-device")
         self.expect_error(-19, "pov_tenant_delete", name="no-such-tenant")
         self.expect_error(-19, "framework_get_config", name="nvmf")
-        self.c.pov_tenant_create(name="dup", secret="s")
-        self.expect_error(-17, "pov_tenant_create", name="dup", secret="s")
+        self.c.pov_tenant_create(name="dup", key=STACK_KEY)
+        self.expect_error(-17, "pov_tenant_create", name="dup", key=STACK_KEY)
         self.expect_error(-17, "pov_device_create", name="pov0", socket=os.path.join(WORK, "x.sock"),
                           proxies=[PROXY])
         self.c.pov_tenant_delete(name="dup")
@@ -165,6 +214,16 @@ class SpdkClient(unittest.TestCase):
         r = run("save_config")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertEqual(json.loads(r.stdout)["subsystems"][0]["subsystem"], "pov")
+        # SPDK's own keyring commands.
+        path = key_file("cli.key", "cli-secret-5")
+        r = run("keyring_file_add_key", "cli-key", path)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        r = run("keyring_get_keys")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn({"name": "cli-key", "path": path, "tenants": []}, json.loads(r.stdout))
+        self.assertNotIn("cli-secret-5", r.stdout)
+        r = run("keyring_file_remove_key", "cli-key")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         # An SPDK method pov-dpud does not have: a clear error and exit status 1.
         r = run("bdev_get_bdevs")
         self.assertEqual(r.returncode, 1)
@@ -172,7 +231,9 @@ class SpdkClient(unittest.TestCase):
 
     def test_spdk_rpc_plugin_commands(self):
         """PoV's commands through spdk-rpc's own --plugin mechanism."""
-        env = dict(os.environ, PYTHONPATH=PLUGIN_DIR, POV_SECRET="plugin-secret")
+        env = dict(os.environ, PYTHONPATH=PLUGIN_DIR)
+        env.pop("POV_SECRET", None)
+        path = key_file("plugin.key", "plugin-secret")
 
         def run(*a):
             r = subprocess.run([SPDK_RPC, "-s", SOCK, "--plugin", "pov_spdk_plugin", *a],
@@ -185,16 +246,23 @@ class SpdkClient(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
             return json.loads(r.stdout)
 
-        self.assertEqual(ok("pov_tenant_create", "-n", "plugin-t"), True)
+        self.assertEqual(ok("pov_tenant_create", "-n", "plugin-t", "--key-file", path), True)
+        self.assertEqual(ok("pov_tenant_create", "-n", "plugin-u", "--key", "plugin-t-key"), True)
+        self.assertEqual(run("pov_tenant_create", "-n", "plugin-v").returncode, 2, "a key is required")
         self.assertIn("plugin-t", [t["name"] for t in ok("pov_tenant_get_tenants")])
-        self.assertIn({"name": "plugin-t", "secret": "plugin-secret"},
-                      [x["params"] for x in self.c.framework_get_config(name="pov")
-                       if x["method"] == "pov_tenant_create"])
+        config = self.c.framework_get_config(name="pov")
+        self.assertIn({"name": "plugin-t", "key": "plugin-t-key"},
+                      [x["params"] for x in config if x["method"] == "pov_tenant_create"])
+        self.assertIn({"name": "plugin-t-key", "path": path},
+                      [x["params"] for x in config if x["method"] == "keyring_file_add_key"])
+        self.assertNotIn("plugin-secret", json.dumps(config))
         sock = os.path.join(WORK, "plugin-dev.sock")
         self.assertEqual(ok("pov_device_create", "-n", "plugdev", "--socket", sock, "--proxy", PROXY,
-                            "--virtqueues", "2", "--session-timeout-ms", "5000"), "plugdev")
+                            "--virtqueues", "2", "--session-timeout-ms", "5000", "--max-sessions-per-tenant", "3"),
+                         "plugdev")
         dev = ok("pov_device_get_devices", "-n", "plugdev")[0]
         self.assertEqual((dev["virtqueues"], dev["config"]["session_timeout_ms"]), (2, 5000))
+        self.assertEqual(dev["config"]["max_sessions_per_tenant"], 3)
         vsock = os.path.join(WORK, "plugin-vol.sock")
         self.assertEqual(ok("pov_volume_create", "-n", "plugvol", "--socket", vsock,
                             "--size", str(8 << 20), "--block-size", "4096", "--proxy", PROXY), True)
@@ -207,6 +275,8 @@ class SpdkClient(unittest.TestCase):
         self.assertEqual(ok("pov_volume_delete", "-n", "plugvol"), True)
         self.assertEqual(ok("pov_device_delete", "-n", "plugdev"), True)
         self.assertEqual(ok("pov_tenant_delete", "-n", "plugin-t"), True)
+        self.assertEqual(ok("pov_tenant_delete", "-n", "plugin-u"), True)
+        self.assertEqual(self.c.keyring_file_remove_key(name="plugin-t-key"), True)
         r = run("pov_device_delete", "-n", "plugdev")
         self.assertEqual(r.returncode, 1)
         self.assertIn('"code": -19', r.stdout)

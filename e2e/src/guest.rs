@@ -81,12 +81,15 @@ pub fn compare_trees(a: &Path, b: &Path) -> Result<usize, String> {
 }
 
 /// What the guest checks need to know.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GuestConfig {
     /// Tenant to open sessions for.
     pub tenant: String,
-    /// The tenant's secret.
-    pub secret: Vec<u8>,
+    /// The tenant's secret (wiped from memory when dropped).
+    pub secret: zeroize::Zeroizing<Vec<u8>>,
+    /// The file the secret was read from, handed to the `pov-host` processes the
+    /// checks start (`None`: they get it in `POV_SECRET`).
+    pub secret_file: Option<PathBuf>,
     /// The serial the PoV device must show (`pov-<device name>`).
     pub expect_serial: String,
     /// The `pov-host` binary (for discovery and the two-process check).
@@ -276,12 +279,13 @@ pub fn run(cfg: &GuestConfig) -> usize {
         }
         // `pov-host cp -r FROM TO` in its own process, with its own session.
         let cp = |from: &str, to: &str| {
-            Command::new(&cfg.pov_host)
-                .args(["cp", "-r", from, to])
-                .env("POV_DEVICE", &path)
-                .env("POV_TENANT", &cfg.tenant)
-                .env("POV_SECRET", std::ffi::OsStr::from_bytes(&cfg.secret))
-                .spawn()
+            let mut c = Command::new(&cfg.pov_host);
+            c.args(["cp", "-r", from, to]).env("POV_DEVICE", &path).env("POV_TENANT", &cfg.tenant);
+            match &cfg.secret_file {
+                Some(f) => c.env("POV_SECRET_FILE", f).env_remove("POV_SECRET"),
+                None => c.env("POV_SECRET", std::ffi::OsStr::from_bytes(&cfg.secret)),
+            };
+            c.spawn()
         };
         for inbound in [true, false] {
             let mut children = Vec::new();

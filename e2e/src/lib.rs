@@ -3,22 +3,115 @@
 //! first), configures them through the JSON-RPC socket, and stops them on drop.
 //!
 //! The tests in `tests/` drive the stack through the host driver (`pov-host`) over
-//! vhost-user with libblkio, exactly as a host would. [`guest`] holds the checks that
+//! vhost-user with libblkio, exactly as a host would. The stack's storage network is
+//! mutual TLS, as in production: [`Stack::start`] makes a CA and certificates with
+//! `scripts/dev-ca` ([`Pki`]), runs `pov-proxy` on `tls:` with an enrollment that lets
+//! DPU [`DPU`] act for the stack's tenants, and gives `pov-dpud` that DPU's
+//! certificate; devices use `tls:` endpoints ([`Stack::proxy_endpoint`]). [`guest`] holds the checks that
 //! `scripts/guest-test` runs inside a QEMU guest through the guest kernel's virtio-blk
 //! driver (binary `pov-guest-check`).
 
 pub mod guest;
 
 use serde_json::{json, Value};
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Secret of the tenants the harness creates.
+/// Secret of the tenants the harness creates (from key files, through the keyring).
 pub const SECRET: &str = "e2e-secret";
+
+/// Writes `secret` to a new key file `path` of mode 0600 (created so: it is never
+/// readable by others, not even for a moment).
+pub fn write_key_file(path: &Path, secret: &[u8]) {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create key file {}: {e}", path.display()));
+    f.write_all(secret).unwrap();
+}
+
+/// The identity (certificate subjectAltName DNS name) of the stack's DPU.
+pub const DPU: &str = "dpu-e2e";
+
+/// Certificates made by `scripts/dev-ca` in one directory: a CA, the proxy's server
+/// certificate (localhost, 127.0.0.1, ::1) and one client certificate per DPU name.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    /// The directory (`ca.pem`, `proxy.pem`, `proxy.key`, `NAME.pem`, `NAME.key`).
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    /// Runs `scripts/dev-ca DIR DPUS...` (a CA is made if `dir` has none, else reused).
+    ///
+    /// # Panics
+    /// If the script fails (e.g. no `openssl` command: `ci/install-deps.sh`).
+    pub fn make(dir: &Path, dpus: &[&str]) -> Pki {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/dev-ca");
+        let out = Command::new("bash").arg(&script).arg(dir).args(dpus).output().expect("running scripts/dev-ca");
+        assert!(out.status.success(), "scripts/dev-ca failed: {}", String::from_utf8_lossy(&out.stderr));
+        Pki { dir: dir.to_path_buf() }
+    }
+
+    /// The CA certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// `NAME.pem` (`proxy` for the proxy's).
+    pub fn cert(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pem"))
+    }
+
+    /// `NAME.key`.
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.key"))
+    }
+
+    /// `pov-proxy` options for a TLS listener with this CA and the enrollment file
+    /// `enrolled`.
+    pub fn proxy_args(&self, enrolled: &Path) -> Vec<OsString> {
+        let mut v: Vec<OsString> = Vec::new();
+        for (flag, path) in [("--tls-cert", self.cert("proxy")), ("--tls-key", self.key("proxy")), ("--tls-ca", self.ca())] {
+            v.push(flag.into());
+            v.push(path.into());
+        }
+        v.push("--enrolled".into());
+        v.push(enrolled.into());
+        v
+    }
+
+    /// `pov-dpud` options giving it DPU `name`'s identity, trusting `proxy_ca` for
+    /// proxies (usually [`Pki::ca`]).
+    pub fn dpud_args(&self, name: &str, proxy_ca: &Path) -> Vec<OsString> {
+        vec![
+            "--tls-cert".into(),
+            self.cert(name).into(),
+            "--tls-key".into(),
+            self.key(name).into(),
+            "--tls-ca".into(),
+            proxy_ca.into(),
+        ]
+    }
+}
+
+/// Writes an enrollment file (`pov-proxy --enrolled`) at `path`: each `(dpu, tenants,
+/// volumes)` entry as documented in `pov_proxy::access`.
+pub fn write_enrollment(path: &Path, dpus: &[(&str, &[&str], &[&str])]) {
+    let mut m = serde_json::Map::new();
+    for (dpu, tenants, volumes) in dpus {
+        m.insert(dpu.to_string(), json!({"tenants": tenants, "volumes": volumes}));
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&json!({ "dpus": m })).unwrap()).expect("writing the enrollment");
+}
 
 /// Directory holding the workspace's binaries (next to the test executable's `deps/`).
 pub fn bin_dir() -> PathBuf {
@@ -155,13 +248,20 @@ pub fn rpc(sock: &Path, method: &str, params: Value) -> Result<Value, Value> {
     }
 }
 
-/// A running PoV stack: proxy with a local backend, DPU daemon, tenants `acme` and
-/// `other` (secret [`SECRET`]) and device `pov0`.
+/// A running PoV stack: proxy with a local backend on mutual TLS, DPU daemon (identity
+/// [`DPU`], enrolled for tenants `acme` and `other` and every volume), tenants `acme`
+/// and `other` (secret [`SECRET`], each from its key file [`Stack::key_file`] through
+/// the keyring: key `<tenant>-key`) and device `pov0`.
 pub struct Stack {
     pub dir: tempfile::TempDir,
     pub proxy: Daemon,
     pub dpud: Daemon,
+    /// The proxy's `HOST:PORT` (a `tls:` listener: see [`Stack::proxy_endpoint`]).
     pub proxy_addr: String,
+    /// The stack's certificates.
+    pub pki: Pki,
+    /// The proxy's `--enrolled` file.
+    pub enrolled: PathBuf,
     pub rpc_sock: PathBuf,
     pub vhost_sock: PathBuf,
     /// The proxy's `--backend` spec.
@@ -183,36 +283,48 @@ impl Stack {
             Some(b) => b.to_string(),
             None => format!("local:{}", dir.path().join("backend").display()),
         };
-        let (proxy, proxy_addr) = spawn_proxy(&spec, "127.0.0.1:0");
+        let pki = Pki::make(&dir.path().join("tls"), &[DPU]);
+        let enrolled = dir.path().join("enrolled.json");
+        write_enrollment(&enrolled, &[(DPU, &["acme", "other"], &["*"])]);
+        let (proxy, proxy_addr) = spawn_proxy(&spec, "tls:127.0.0.1:0", &pki.proxy_args(&enrolled));
         let rpc_sock = dir.path().join("rpc.sock");
-        let dpud = spawn_dpud(&rpc_sock, None);
+        let dpud = spawn_dpud(&rpc_sock, None, &pki.dpud_args(DPU, &pki.ca()));
         for t in ["acme", "other"] {
-            rpc(&rpc_sock, "pov_tenant_create", json!({"name": t, "secret": SECRET})).expect("tenant create");
+            let path = key_path(dir.path(), t);
+            write_key_file(&path, SECRET.as_bytes());
+            let key = format!("{t}-key");
+            rpc(&rpc_sock, "keyring_file_add_key", json!({"name": key, "path": path})).expect("key add");
+            rpc(&rpc_sock, "pov_tenant_create", json!({"name": t, "key": key})).expect("tenant create");
         }
         let vhost_sock = dir.path().join("pov0.sock");
-        let mut params = json!({"name": "pov0", "socket": vhost_sock, "proxies": [format!("tcp:{proxy_addr}")]});
+        let mut params = json!({"name": "pov0", "socket": vhost_sock, "proxies": [format!("tls:{proxy_addr}")]});
         if let (Some(p), Some(extra)) = (params.as_object_mut(), device_params.as_object()) {
             for (k, v) in extra {
                 p.insert(k.clone(), v.clone());
             }
         }
         rpc(&rpc_sock, "pov_device_create", params).expect("device create");
-        Stack { dir, proxy, dpud, proxy_addr, rpc_sock, vhost_sock, backend_spec: spec }
+        Stack { dir, proxy, dpud, proxy_addr, pki, enrolled, rpc_sock, vhost_sock, backend_spec: spec }
     }
 
-    /// Kills pov-proxy with SIGKILL and starts it again on the same address and
-    /// backend.
+    /// The endpoint devices use for the proxy: `tls:HOST:PORT`.
+    pub fn proxy_endpoint(&self) -> String {
+        format!("tls:{}", self.proxy_addr)
+    }
+
+    /// Kills pov-proxy with SIGKILL and starts it again on the same address, backend,
+    /// certificates and enrollment.
     pub fn restart_proxy(&mut self) {
         self.proxy.kill();
-        let (proxy, _) = spawn_proxy(&self.backend_spec, &self.proxy_addr);
+        let (proxy, _) = spawn_proxy(&self.backend_spec, &self.proxy_endpoint(), &self.pki.proxy_args(&self.enrolled));
         self.proxy = proxy;
     }
 
-    /// Kills pov-dpud with SIGKILL and starts it again, replaying `config` (a file
-    /// written from `save_config`) if given.
+    /// Kills pov-dpud with SIGKILL and starts it again (same identity), replaying
+    /// `config` (a file written from `save_config`) if given.
     pub fn restart_dpud(&mut self, config: Option<&Path>) {
         self.dpud.kill();
-        self.dpud = spawn_dpud(&self.rpc_sock, config);
+        self.dpud = spawn_dpud(&self.rpc_sock, config, &self.pki.dpud_args(DPU, &self.pki.ca()));
     }
 
     /// The proxy's local backend directory (`local:DIR`).
@@ -225,27 +337,42 @@ impl Stack {
         format!("vhost-user:{}", self.vhost_sock.display())
     }
 
+    /// The key file (mode 0600) holding tenant `t`'s secret ([`SECRET`]).
+    pub fn key_file(&self, t: &str) -> PathBuf {
+        key_path(self.dir.path(), t)
+    }
+
     /// Where the proxy's local backend keeps tenant `t`'s files.
     pub fn backend_dir(&self, tenant: &str) -> PathBuf {
         self.dir.path().join("backend").join(tenant)
     }
 
-    /// A `pov-host` command preset with device, tenant `acme` and the secret.
+    /// A `pov-host` command preset with device, tenant `acme` and its key file
+    /// (`POV_SECRET_FILE`; the secret is neither an argument nor in the environment).
     pub fn host_cmd(&self) -> Command {
         let mut c = Command::new(bin("pov-host"));
-        c.env("POV_DEVICE", self.device_spec()).env("POV_TENANT", "acme").env("POV_SECRET", SECRET);
+        c.env("POV_DEVICE", self.device_spec())
+            .env("POV_TENANT", "acme")
+            .env("POV_SECRET_FILE", self.key_file("acme"))
+            .env_remove("POV_SECRET");
         c
     }
 }
 
-/// Starts pov-proxy on `listen` with a local backend in `backend`; returns it and the
-/// address it listens on. Binding is retried for 5 s (a restarted proxy may find its
-/// old port still held briefly).
-fn spawn_proxy(backend: &str, listen: &str) -> (Daemon, String) {
+/// The key file of tenant `t` in the stack directory `dir`.
+fn key_path(dir: &Path, t: &str) -> PathBuf {
+    dir.join(format!("{t}.key"))
+}
+
+/// Starts pov-proxy on `listen` (e.g. `tls:127.0.0.1:0`) with backend spec `backend`
+/// and `extra` options (e.g. [`Pki::proxy_args`]); returns it and the `HOST:PORT` it
+/// listens on. Binding is retried for 5 s (a restarted proxy may find its old port
+/// still held briefly).
+pub fn spawn_proxy(backend: &str, listen: &str, extra: &[OsString]) -> (Daemon, String) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut cmd = Command::new(bin("pov-proxy"));
-        cmd.args(["--listen", listen, "--backend", backend]);
+        cmd.args(["--listen", listen, "--backend", backend]).args(extra);
         let mut proxy = Daemon::spawn("pov-proxy", cmd);
         let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| proxy.wait_for("listening on")));
         match started {
@@ -259,10 +386,11 @@ fn spawn_proxy(backend: &str, listen: &str) -> (Daemon, String) {
     }
 }
 
-/// Starts pov-dpud on `rpc_sock` (replaying `config` if given) and waits until ready.
-fn spawn_dpud(rpc_sock: &Path, config: Option<&Path>) -> Daemon {
+/// Starts pov-dpud on `rpc_sock` (replaying `config` if given) with `extra` options
+/// (e.g. [`Pki::dpud_args`]) and waits until ready.
+pub fn spawn_dpud(rpc_sock: &Path, config: Option<&Path>, extra: &[OsString]) -> Daemon {
     let mut cmd = Command::new(bin("pov-dpud"));
-    cmd.arg("--rpc-socket").arg(rpc_sock);
+    cmd.arg("--rpc-socket").arg(rpc_sock).args(extra);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }

@@ -2,13 +2,13 @@
 //! to the PoV device, JSON records that match what was asked, data that really reaches
 //! the backend, and clear failures.
 
-use pov_e2e::{bin, Stack, SECRET};
+use pov_e2e::{bin, Stack};
 use serde_json::{json, Value};
 use std::process::{Command, Output};
 
 fn bench(stack: &Stack, args: &[&str], json_out: Option<&std::path::Path>) -> Output {
     let mut c = Command::new(bin("pov-bench"));
-    c.arg("--socket").arg(&stack.vhost_sock).args(args).env("POV_SECRET", SECRET);
+    c.arg("--socket").arg(&stack.vhost_sock).args(args).arg("--secret-file").arg(stack.key_file("acme"));
     c.arg("--pid").arg(format!("pov-dpud={}", stack.dpud.child.id()));
     c.arg("--pid").arg(format!("pov-proxy={}", stack.proxy.child.id()));
     if let Some(p) = json_out {

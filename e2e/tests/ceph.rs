@@ -1,5 +1,5 @@
 //! The whole data path onto Ceph: host driver (libblkio over vhost-user) -> pov-dpud
-//! -> TCP -> pov-proxy --backend ceph -> CephFS on a dev cluster started by
+//! -> TLS -> pov-proxy --backend ceph -> CephFS on a dev cluster started by
 //! `scripts/ceph-dev` (stopped when the test ends). Outside CI the test is skipped
 //! (loudly) when Ceph is not installed; under CI=true it fails.
 

@@ -3,7 +3,7 @@
 //! flight and files of varied sizes arrive intact, the RPC changes the policy of a live
 //! device, and the counters show frames gathered into sends only when it is on.
 
-use pov_e2e::{bin, pattern, rpc, Stack, SECRET};
+use pov_e2e::{bin, pattern, rpc, Stack};
 use serde_json::{json, Value};
 use std::process::Command;
 
@@ -22,7 +22,8 @@ fn bench(stack: &Stack, args: &[&str]) {
         .arg(&stack.vhost_sock)
         .args(["--mode", "pov-file", "--tenant", "acme", "--size", "1m", "--warmup", "0", "--no-header"])
         .args(args)
-        .env("POV_SECRET", SECRET)
+        .arg("--secret-file")
+        .arg(stack.key_file("acme"))
         .output()
         .unwrap();
     assert!(out.status.success(), "pov-bench {args:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -1,5 +1,5 @@
 //! Plain volumes end to end: a libblkio client (a real vhost-user-blk driver) ->
-//! pov-dpud (`pov_volume_create`) -> TCP -> pov-proxy -> the local backend's file
+//! pov-dpud (`pov_volume_create`) -> TLS -> pov-proxy -> the local backend's file
 //! `DIR/@volumes/<name>`. Data survives SIGKILL of both daemons (pov-dpud comes back
 //! from its saved config), FLUSH reaches the backend file, the null volume keeps
 //! nothing, and bad RPC parameters get SPDK-coded errors.
@@ -96,7 +96,7 @@ fn code(e: &Value) -> i64 {
 #[test]
 fn volume_survives_restarts_and_flush_reaches_the_backend() {
     let mut stack = Stack::start(json!({}));
-    let proxies = json!([format!("tcp:{}", stack.proxy_addr)]);
+    let proxies = json!([stack.proxy_endpoint()]);
     let sock = stack.dir.path().join("vol1.sock");
     let null_sock = stack.dir.path().join("null1.sock");
     let created =
@@ -212,7 +212,8 @@ fn volume_survives_restarts_and_flush_reaches_the_backend() {
 fn volume_io_fails_while_proxy_is_down_and_recovers() {
     let mut stack = Stack::start(json!({}));
     let sock = stack.dir.path().join("volr.sock");
-    let params = json!({"name": "volr", "socket": sock, "size": 8 * MIB, "proxies": [format!("tcp:{}", stack.proxy_addr)], "request_timeout_ms": 2000});
+    let params =
+        json!({"name": "volr", "socket": sock, "size": 8 * MIB, "proxies": [stack.proxy_endpoint()], "request_timeout_ms": 2000});
     assert_eq!(rpc(&stack.rpc_sock, "pov_volume_create", params), Ok(json!(true)));
     let mut c = Client::connect(&sock);
     assert_eq!(c.write(0, &pattern(4096, 1)), 0);
@@ -248,7 +249,7 @@ fn volume_on_ceph_is_an_rbd_image() {
     let conf = cluster.conf().display().to_string();
     let mut stack = Stack::start_on(Some(&format!("ceph:conf={conf},root=/e2e-vol,session_uuid=e2e-vol-proxy")), json!({}));
     let sock = stack.dir.path().join("rbd1.sock");
-    let params = json!({"name": "rbd1", "socket": sock, "size": VOL_SIZE, "proxies": [format!("tcp:{}", stack.proxy_addr)]});
+    let params = json!({"name": "rbd1", "socket": sock, "size": VOL_SIZE, "proxies": [stack.proxy_endpoint()]});
     assert_eq!(rpc(&stack.rpc_sock, "pov_volume_create", params), Ok(json!(true)));
     let mut c = Client::connect(&sock);
     assert_eq!(c.capacity, VOL_SIZE as u64);

@@ -2,8 +2,9 @@
 //! remove files through a PoV session. `main.rs` only calls [`main`].
 //!
 //! Files inside PoV are written `pov:/path`; anything else is a local path. The secret
-//! is read from `POV_SECRET` or `--secret-file FILE`, never from the command line
-//! (where other users could read it in `ps`).
+//! is read from `--secret-file FILE` (or `POV_SECRET_FILE`; `-` is standard input) or
+//! `POV_SECRET`, never from the command line (where other users could read it in `ps`),
+//! and is wiped from memory (`zeroize`) once the session is open.
 
 use std::fs;
 use std::io::{self, IsTerminal, Write};
@@ -16,10 +17,11 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context};
 use clap::{ArgAction, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use zeroize::Zeroizing;
 
 use crate::discover;
 use crate::engine::join;
-use crate::{Device, DeviceOptions, DeviceSpec, Kind, OpenOptions, Session};
+use crate::{Device, DeviceOptions, DeviceSpec, Kind, OpenOptions, Protection, Session, SessionOptions};
 
 /// Prefix that marks a path inside PoV.
 pub const POV_PREFIX: &str = "pov:";
@@ -34,12 +36,13 @@ const EXAMPLES: &str = "\
 Environment:
   POV_DEVICE   device, as --device
   POV_TENANT   tenant, as --tenant
-  POV_SECRET   the tenant's secret (or use --secret-file; never given as an argument)
+  POV_SECRET_FILE  file holding the tenant's secret, as --secret-file
+  POV_SECRET   the tenant's secret (prefer a file; never given as an argument)
   RUST_LOG     log filter (e.g. debug), overrides -v
 
 Examples:
   pov-host list
-  export POV_DEVICE=/dev/vdb POV_TENANT=acme POV_SECRET=...
+  export POV_DEVICE=/dev/vdb POV_TENANT=acme POV_SECRET_FILE=~/.pov-secret
   pov-host cp -r ./photos pov:/photos      copy a tree into PoV
   pov-host cp pov:/photos/a.jpg .          copy a file out
   pov-host ls pov:/photos
@@ -69,15 +72,31 @@ pub struct Cli {
     #[arg(short, long, env = "POV_TENANT", global = true, value_name = "NAME")]
     pub tenant: Option<String>,
 
-    /// Read the tenant secret from FILE (one trailing newline is dropped); without it the
-    /// secret comes from the POV_SECRET environment variable
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Read the tenant secret from FILE (one trailing newline is dropped; `-` reads
+    /// standard input); without it the secret comes from the POV_SECRET environment
+    /// variable
+    #[arg(long, env = "POV_SECRET_FILE", global = true, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
 
     /// IO queues of the session: requests in flight at once (1-64)
     #[arg(short, long, global = true, default_value_t = 4, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub queues: u32,
+
+    /// Open a read-only session: the DPU and the proxy refuse anything that would
+    /// create, write, truncate or remove
+    #[arg(long, global = true)]
+    pub read_only: bool,
+
+    /// Limit the session to this PoV directory and what lies below it (pov:/dir or
+    /// /dir); paths stay relative to the tenant's root
+    #[arg(long, global = true, value_name = "PATH")]
+    pub prefix: Option<String>,
+
+    /// Authenticate responses but do not encrypt their payloads (cheaper; any process
+    /// that can open the device can read them: for processes that trust each other)
+    #[arg(long, global = true)]
+    pub integrity_only: bool,
 
     /// More log output (-v info, -vv debug)
     #[arg(short, long, global = true, action = ArgAction::Count)]
@@ -208,24 +227,47 @@ fn open_session(cli: &Cli) -> anyhow::Result<Session> {
     let spec: DeviceSpec = device.parse()?;
     let opts = DeviceOptions { blkio_queues: cli.queues as usize, ..DeviceOptions::default() };
     let dev = Device::open_with(&spec, &opts)?;
-    Ok(Session::open(&dev, tenant, &secret, cli.queues)?)
+    let prefix = cli.prefix.as_deref().map(|p| p.strip_prefix("pov:").unwrap_or(p)).unwrap_or_default();
+    let protection = if cli.integrity_only { Protection::IntegrityOnly } else { Protection::Confidential };
+    let opts = SessionOptions {
+        queues: cli.queues,
+        read_only: cli.read_only,
+        prefix: prefix.to_string(),
+        protection,
+        ..SessionOptions::default()
+    };
+    Ok(Session::open_with(&dev, tenant, &secret, &opts)?)
 }
 
-/// The secret from `file` (preferred) or the `POV_SECRET` value `env`.
+/// The secret from `file` (preferred; `-` is standard input) or the `POV_SECRET` value
+/// `env`, in a buffer wiped from memory when dropped.
 ///
-/// Errors: neither given, the file unreadable, or an empty secret.
-pub fn read_secret(file: Option<&Path>, env: Option<std::ffi::OsString>) -> anyhow::Result<Vec<u8>> {
+/// Errors: neither given, the file unreadable, or a secret empty or over 255 bytes.
+pub fn read_secret(file: Option<&Path>, env: Option<std::ffi::OsString>) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    read_secret_from(file, env, io::stdin().lock())
+}
+
+/// [`read_secret`] with `stdin` standing for standard input.
+fn read_secret_from(
+    file: Option<&Path>,
+    env: Option<std::ffi::OsString>,
+    stdin: impl io::Read,
+) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     use std::os::unix::ffi::OsStringExt;
     let mut secret = match (file, env) {
+        (Some(f), _) if f == Path::new("-") => read_bounded(stdin).context("read the secret from standard input")?,
         (Some(f), _) => {
-            let meta = fs::metadata(f).with_context(|| format!("secret file {}", f.display()))?;
+            let file = fs::File::open(f).with_context(|| format!("secret file {}", f.display()))?;
+            let meta = file.metadata().with_context(|| format!("secret file {}", f.display()))?;
             if meta.permissions().mode() & 0o077 != 0 {
                 log::warn!("secret file {} is readable by other users (chmod 600 it)", f.display());
             }
-            fs::read(f).with_context(|| format!("read secret file {}", f.display()))?
+            read_bounded(file).with_context(|| format!("read secret file {}", f.display()))?
         }
-        (None, Some(v)) => v.into_vec(),
-        (None, None) => bail!("no secret: set POV_SECRET or use --secret-file FILE (secrets are never taken as arguments)"),
+        (None, Some(v)) => Zeroizing::new(v.into_vec()),
+        (None, None) => bail!(
+            "no secret: use --secret-file FILE (or POV_SECRET_FILE) or set POV_SECRET (secrets are never taken as arguments)"
+        ),
     };
     if secret.ends_with(b"\n") {
         secret.pop();
@@ -236,7 +278,27 @@ pub fn read_secret(file: Option<&Path>, env: Option<std::ffi::OsString>) -> anyh
     if secret.is_empty() {
         bail!("the secret is empty");
     }
+    if secret.len() > pov_proto::admin::MAX_SECRET {
+        bail!("the secret is longer than {} bytes", pov_proto::admin::MAX_SECRET);
+    }
     Ok(secret)
+}
+
+/// Up to a secret's largest size plus `\r\n` and one byte (to see a longer one) from
+/// `r`, in a buffer allocated once (a growing buffer leaves unwiped copies behind).
+fn read_bounded(mut r: impl io::Read) -> io::Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(vec![0u8; pov_proto::admin::MAX_SECRET + 3]);
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(got) => n += got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(n);
+    Ok(buf)
 }
 
 /// Runs a session command (everything but `list`) on an open session.
@@ -822,6 +884,7 @@ mod tests {
     fn help_mentions_the_secret_rules() {
         let help = Cli::command().render_long_help().to_string();
         assert!(help.contains("POV_SECRET"), "{help}");
+        assert!(help.contains("POV_SECRET_FILE"), "{help}");
         assert!(help.contains("vhost-user:"), "{help}");
         assert!(help.contains("pov:/"), "{help}");
     }
@@ -831,15 +894,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("s");
         fs::write(&f, "hunter2\n").unwrap();
-        assert_eq!(read_secret(Some(&f), Some("env".into())).unwrap(), b"hunter2");
+        assert_eq!(read_secret(Some(&f), Some("env".into())).unwrap().as_slice(), b"hunter2");
         fs::write(&f, "crlf\r\n").unwrap();
-        assert_eq!(read_secret(Some(&f), None).unwrap(), b"crlf");
-        assert_eq!(read_secret(None, Some("fromenv".into())).unwrap(), b"fromenv");
+        assert_eq!(read_secret(Some(&f), None).unwrap().as_slice(), b"crlf");
+        assert_eq!(read_secret(None, Some("fromenv".into())).unwrap().as_slice(), b"fromenv");
         let e = read_secret(None, None).unwrap_err().to_string();
         assert!(e.contains("POV_SECRET") && e.contains("--secret-file"), "{e}");
         assert!(read_secret(Some(&dir.path().join("missing")), None).is_err());
         fs::write(&f, "\n").unwrap();
         assert!(read_secret(Some(&f), None).is_err(), "empty secret");
+        // `-` is standard input; a secret longer than 255 bytes is refused.
+        let stdin: &[u8] = b"piped\n";
+        assert_eq!(read_secret_from(Some(Path::new("-")), Some("env".into()), stdin).unwrap().as_slice(), b"piped");
+        fs::write(&f, [b'x'; 256]).unwrap();
+        assert!(read_secret(Some(&f), None).unwrap_err().to_string().contains("255"));
+        fs::write(&f, [b'x'; 255]).unwrap();
+        assert_eq!(read_secret(Some(&f), None).unwrap().len(), 255);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! An opened PoV device: validated configuration space plus the admin channel.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use pov_proto::admin::{AdminOp, AdminRequest, AdminResponse, QosClass, ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE};
-use pov_proto::layout::{ConfigSpace, Geometry, ADMIN_REQ_OFFSET, ADMIN_RESP_OFFSET, CONFIG_SIZE};
+use pov_proto::admin::{
+    AdminOp, AdminRequest, AdminResponse, ADMIN_MAC_OFFSET, ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE, SESSION_MAILBOX,
+};
+use pov_proto::crypto::{self, SessionKeys};
+use pov_proto::layout::{mailbox_offset, ConfigSpace, Geometry, ADMIN_MAILBOXES, ADMIN_REQ_OFFSET, CONFIG_SIZE};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernel::KernelTransport;
@@ -24,7 +26,6 @@ pub struct Device {
 struct DeviceInner {
     transport: Box<dyn BlockTransport>,
     config: ConfigSpace,
-    admin_seq: AtomicU64,
 }
 
 impl std::fmt::Debug for Device {
@@ -101,7 +102,7 @@ impl Device {
     pub fn from_transport(transport: Box<dyn BlockTransport>) -> Result<Device> {
         let config = read_config(transport.as_ref())?;
         log::debug!("{}: PoV device {:?}, {:?}", transport.describe(), config.name, config.geometry);
-        Ok(Device { inner: Arc::new(DeviceInner { transport, config, admin_seq: AtomicU64::new(1) }) })
+        Ok(Device { inner: Arc::new(DeviceInner { transport, config }) })
     }
 
     /// The validated configuration record.
@@ -133,46 +134,79 @@ impl Device {
         self.inner.transport.as_ref()
     }
 
-    /// Sends one admin request and returns the device's response, whatever its status.
+    /// Runs one admin exchange and returns the device's answer, whatever its status.
     ///
-    /// `req.request_id` is replaced by a fresh ID unique to this process. The WRITE of
-    /// the request and the READ of the response happen under the device-wide admin lock
-    /// (a mutex plus `flock(2)`), so concurrent threads and processes do not interleave.
+    /// The request names a random shared mailbox and carries a fresh one-time exchange
+    /// key (`pov_proto::admin`). With `session` = (its keys, its IO area), an
+    /// in-session request is MACed with the session's admin key and its answer read
+    /// from the session's own mailbox (the named one if the device did not take it as
+    /// the session's). A shared mailbox held for another exchange makes the device fail
+    /// the WRITE: another is tried (up to [`ADMIN_ATTEMPTS`] in all, backing off for
+    /// about 1 s in all). No lock between processes: they cannot read or disturb each
+    /// other's exchanges. One session's in-session exchanges must not overlap (they
+    /// share its mailbox): `Session` runs them one at a time.
     ///
-    /// Errors: [`ErrorKind::InvalidArgument`] (tenant or secret too long),
-    /// [`ErrorKind::Access`] (IO failed), [`ErrorKind::Protocol`] (undecodable response),
-    /// [`ErrorKind::AdminMismatch`] (the response is not ours).
-    pub fn admin_raw(&self, mut req: AdminRequest) -> Result<AdminResponse> {
-        let seq = self.inner.admin_seq.fetch_add(1, Ordering::Relaxed);
-        req.request_id = (u64::from(std::process::id()) << 32) | (seq & 0xffff_ffff);
+    /// Errors: [`ErrorKind::InvalidArgument`] (tenant or prefix too long),
+    /// [`ErrorKind::Access`] (IO failed, or every mailbox tried was busy),
+    /// [`ErrorKind::Protocol`] (an answer that does not open with our key),
+    /// [`ErrorKind::AdminMismatch`] (the answer is to another request).
+    pub fn admin_raw(&self, mut req: AdminRequest, session: Option<(&SessionKeys, u32)>) -> Result<AdminResponse> {
         let ctx = || format!("admin {:?} on {}", req.op, self.describe());
-        let bytes = req.encode().map_err(|e| Error::new(ErrorKind::InvalidArgument, ctx()).with_source(e))?;
         let t = self.transport();
         let access = |e: std::io::Error| Error::new(ErrorKind::Access, ctx()).with_source(e);
         let mut buf = t.alloc_buf(ADMIN_REQUEST_SIZE.max(ADMIN_RESPONSE_SIZE)).map_err(access)?;
-        let resp = {
-            let _lock = t.lock_admin().map_err(access)?;
+        let mut last = None;
+        for attempt in 0..ADMIN_ATTEMPTS {
+            if attempt > 0 {
+                // Back off (5, 10, ... 40 ms; about 1 s over every attempt): mailboxes
+                // held by a flood of other requests free up after MAILBOX_HOLD_MS.
+                std::thread::sleep(std::time::Duration::from_millis(5 * attempt.min(8) as u64));
+            }
+            req.mailbox = u16::from_le_bytes(crypto::random()) % ADMIN_MAILBOXES;
+            req.exchange_key = crypto::random();
+            let mut bytes = req.encode().map_err(|e| Error::new(ErrorKind::InvalidArgument, ctx()).with_source(e))?;
+            if let Some((k, _)) = session {
+                k.mac_admin(&mut bytes, ADMIN_MAC_OFFSET);
+            }
             buf[..ADMIN_REQUEST_SIZE].copy_from_slice(&bytes);
             // The device executes the request before completing the WRITE; only then is
-            // the response readable, so the two IOs are not batched.
-            t.submit(Lane::Admin, &mut [BlockOp::write(ADMIN_REQ_OFFSET, &mut buf, ADMIN_REQUEST_SIZE)]).map_err(access)?;
-            t.submit(Lane::Admin, &mut [BlockOp::read(ADMIN_RESP_OFFSET, &mut buf, ADMIN_RESPONSE_SIZE)]).map_err(access)?;
-            AdminResponse::decode(&buf[..ADMIN_RESPONSE_SIZE])
-                .map_err(|e| Error::new(ErrorKind::Protocol, ctx()).with_source(e))?
-        };
-        if resp.request_id != req.request_id || (resp.op != 0 && resp.op != req.op as u16) {
-            return Err(Error::new(
-                ErrorKind::AdminMismatch,
-                format!("{}: sent request {:#x}, got response to {:#x} (op {})", ctx(), req.request_id, resp.request_id, resp.op),
-            ));
+            // the answer readable, so the two IOs are not batched.
+            if let Err(e) = t.submit(Lane::Admin, &mut [BlockOp::write(ADMIN_REQ_OFFSET, &mut buf, ADMIN_REQUEST_SIZE)]) {
+                last = Some(e);
+                continue;
+            }
+            // The session's authentic request is answered in its session mailbox; one the
+            // device did not take as the session's (the session is gone, say) in the
+            // shared mailbox it names.
+            if let Some((_, area)) = session {
+                let at = self.geometry().session_mailbox(area);
+                t.submit(Lane::Admin, &mut [BlockOp::read(at, &mut buf, ADMIN_RESPONSE_SIZE)]).map_err(access)?;
+                if let Ok(resp) = AdminResponse::open(&buf[..ADMIN_RESPONSE_SIZE], SESSION_MAILBOX, &req.exchange_key) {
+                    return check_echo(resp, &req, ctx);
+                }
+            }
+            let at = mailbox_offset(req.mailbox);
+            t.submit(Lane::Admin, &mut [BlockOp::read(at, &mut buf, ADMIN_RESPONSE_SIZE)]).map_err(access)?;
+            let resp = match AdminResponse::open(&buf[..ADMIN_RESPONSE_SIZE], req.mailbox, &req.exchange_key) {
+                Ok(r) => r,
+                // A Hello's answer is unprotected: another session's authentic request
+                // may take its mailbox before we read it. A Hello is repeated freely.
+                Err(e) if req.op == AdminOp::Hello => {
+                    last = Some(std::io::Error::other(e.to_string()));
+                    continue;
+                }
+                Err(e) => return Err(Error::new(ErrorKind::Protocol, ctx()).with_source(e)),
+            };
+            return check_echo(resp, &req, ctx);
         }
-        Ok(resp)
+        let e = last.unwrap_or_else(|| std::io::Error::other("no mailbox tried"));
+        Err(Error::new(ErrorKind::Access, format!("{}: {ADMIN_ATTEMPTS} mailboxes refused", ctx())).with_source(e))
     }
 
     /// Like [`Device::admin_raw`], but a non-Ok status is an [`ErrorKind::Admin`] error.
-    pub fn admin(&self, req: AdminRequest) -> Result<AdminResponse> {
+    pub fn admin(&self, req: AdminRequest, session: Option<(&SessionKeys, u32)>) -> Result<AdminResponse> {
         let op = req.op;
-        let resp = self.admin_raw(req)?;
+        let resp = self.admin_raw(req, session)?;
         let status = resp.status();
         if !status.is_ok() {
             return Err(Error::new(ErrorKind::Admin(status), format!("admin {op:?} on {}", self.describe())));
@@ -181,18 +215,24 @@ impl Device {
     }
 }
 
+/// `resp` if it answers `req` (sequence number and operation echoed).
+fn check_echo(resp: AdminResponse, req: &AdminRequest, ctx: impl Fn() -> String) -> Result<AdminResponse> {
+    if resp.seq != req.seq || resp.op != req.op as u16 {
+        return Err(Error::new(
+            ErrorKind::AdminMismatch,
+            format!("{}: sent request {}, got the answer to {} (op {})", ctx(), req.seq, resp.seq, resp.op),
+        ));
+    }
+    Ok(resp)
+}
+
+/// Mailboxes one admin exchange tries before giving up (a mailbox is refused while it
+/// holds another exchange's fresh answer).
+pub const ADMIN_ATTEMPTS: usize = 32;
+
 /// An admin request of `op` from this process with every other field empty.
 pub(crate) fn admin_request(op: AdminOp) -> AdminRequest {
-    AdminRequest {
-        op,
-        pid: std::process::id(),
-        queue_id: 0,
-        session_id: 0,
-        request_id: 0,
-        qos: QosClass::Latency,
-        tenant: String::new(),
-        secret: Vec::new(),
-    }
+    AdminRequest::new(op, std::process::id())
 }
 
 #[cfg(test)]
@@ -246,8 +286,8 @@ mod tests {
         let dev = Device::open(img.to_str().unwrap()).unwrap();
         assert_eq!(dev.name(), "img0");
         assert_eq!(dev.geometry(), g);
-        // A plain file does not execute admin requests: the response record is garbage.
-        let e = dev.admin(admin_request(AdminOp::Heartbeat)).unwrap_err();
+        // A plain file does not execute admin requests: the mailbox holds no answer.
+        let e = dev.admin(admin_request(AdminOp::Heartbeat), None).unwrap_err();
         assert_eq!(e.kind(), &ErrorKind::Protocol, "{e}");
     }
 }

@@ -6,7 +6,10 @@
 //! while all are busy), encodes one PoV request into the queue's request slot, submits
 //! the slot WRITE and the response-slot READ as one batch on the queue's transport
 //! lane, checks that the response answers that request, fetches the rest of a response
-//! larger than the first read, and hands header and payload to the caller. A non-Ok
+//! larger than the first read, opens it with the session's keys (every request carries
+//! a tag only the session's key holder can make; every response is authenticated and,
+//! unless the session is integrity-only, its payload encrypted: `pov_proto::crypto`),
+//! and hands header and payload to the caller. A non-Ok
 //! status becomes an `io::Error` (see [`crate::error::status_error`]); `BadSession`
 //! also marks the session dead.
 //!
@@ -21,8 +24,11 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use pov_proto::crypto::{Protection, SessionKeys};
 use pov_proto::entry::Stat;
-use pov_proto::io::{round_to_sector, Op, RequestHeader, ResponseHeader, SdkHint, MAX_PATH};
+use pov_proto::io::{
+    round_to_sector, Op, RequestHeader, ResponseHeader, SdkHint, MAX_PATH, REQUEST_TAG_OFFSET, RESPONSE_TAG_OFFSET,
+};
 use pov_proto::layout::{HEADER_SIZE, SLOT_SIZE};
 use pov_proto::{Status, MAX_IO_BYTES};
 
@@ -138,6 +144,8 @@ pub(crate) struct Engine {
     device: Device,
     pid: u32,
     session_id: u64,
+    keys: Arc<SessionKeys>,
+    protection: Protection,
     queue_ids: Vec<u32>,
     pool: Mutex<Pool>,
     returned: Condvar,
@@ -161,9 +169,17 @@ impl Drop for Lease<'_> {
 }
 
 impl Engine {
-    /// An engine for session `session_id` of process `pid` on `device`, running its
-    /// requests on `channels` (in index order; queue 0 is used first).
-    pub(crate) fn new(device: Device, pid: u32, session_id: u64, mut channels: Vec<Channel>) -> Engine {
+    /// An engine for session `session_id` of process `pid` on `device` (with the
+    /// session's `keys` and response `protection`), running its requests on `channels`
+    /// (in index order; queue 0 is used first).
+    pub(crate) fn new(
+        device: Device,
+        pid: u32,
+        session_id: u64,
+        keys: Arc<SessionKeys>,
+        protection: Protection,
+        mut channels: Vec<Channel>,
+    ) -> Engine {
         let queue_ids = channels.iter().map(|c| c.queue_id).collect();
         // The pool pops from the end: keep low indexes busy first for predictability.
         channels.reverse();
@@ -171,6 +187,8 @@ impl Engine {
             device,
             pid,
             session_id,
+            keys,
+            protection,
             queue_ids,
             pool: Mutex::new(Pool { free: channels, closed: false }),
             returned: Condvar::new(),
@@ -202,6 +220,12 @@ impl Engine {
     /// Process ID sent in every request header.
     pub(crate) fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Takes `n` request IDs out of the sequence for someone else's use; returns the
+    /// first.
+    pub(crate) fn reserve_request_ids(&self, n: u64) -> u64 {
+        self.next_request.fetch_add(n, Ordering::Relaxed)
     }
 
     /// The request ID the next call will use (for unique names; not reserved).
@@ -266,6 +290,7 @@ impl Engine {
             hint: SdkHint::default(),
         };
         let wlen = encode_request(&mut ch.req, &hdr, c.payload);
+        self.keys.seal_request(ch.queue_id, request_id, &mut ch.req[..HEADER_SIZE + c.payload.len()], REQUEST_TAG_OFFSET);
         let mut rlen = response_read_len(c.expect);
         let req_slot = geometry.request_slot(ch.queue_id);
         let resp_slot = geometry.response_slot(ch.queue_id);
@@ -282,12 +307,6 @@ impl Engine {
                 ch.queue_id, resp.request_id, resp.queue_id
             )));
         }
-        if !resp.status.is_ok() {
-            if resp.status == Status::BadSession {
-                self.health.mark_dead(format!("the device answered {:?} to a {:?} request", resp.status, c.op));
-            }
-            return Err(status_error(resp.status, c.op, c.target));
-        }
         let total = HEADER_SIZE + resp.payload_len as usize;
         if total > rlen {
             // The response is larger than we guessed: it stays readable until the next
@@ -302,6 +321,16 @@ impl Engine {
             };
             t.submit(Lane::Data(ch.index), std::slice::from_mut(&mut op))?;
             rlen = end;
+        }
+        // Nothing of the response counts before it authenticates (its status neither).
+        self.keys
+            .open_response(ch.queue_id, request_id, &mut ch.resp[..total], HEADER_SIZE, RESPONSE_TAG_OFFSET, self.protection)
+            .map_err(|e| protocol_error(format!("queue {}: response to request {request_id}: {e}", ch.queue_id)))?;
+        if !resp.status.is_ok() {
+            if resp.status == Status::BadSession {
+                self.health.mark_dead(format!("the device answered {:?} to a {:?} request", resp.status, c.op));
+            }
+            return Err(status_error(resp.status, c.op, c.target));
         }
         debug_assert!(total <= rlen);
         f(&resp, &ch.resp[HEADER_SIZE..total])

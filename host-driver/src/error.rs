@@ -33,9 +33,9 @@ pub enum ErrorKind {
     /// The device answered an admin request with this status.
     #[error("admin request refused: {0} (PoV status {0:?})")]
     Admin(Status),
-    /// The admin response does not echo our request: another process used the admin
-    /// space without taking the admin lock.
-    #[error("admin response mismatch (another process raced us on the admin space)")]
+    /// The admin answer in our mailbox is to another request (it opened with our key
+    /// but echoes another sequence number or operation: a device bug).
+    #[error("admin answer mismatch")]
     AdminMismatch,
     /// A response from the device could not be decoded.
     #[error("malformed response from the device")]

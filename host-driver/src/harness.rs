@@ -24,7 +24,7 @@
 //! the IO requests, queue reuse before a response was read, the file handles the
 //! driver opened and closed) and can inject the faults of a real bus or a misbehaving
 //! neighbour ([`Faults`]): damaged configuration-space reads, lost heartbeats, and
-//! another process writing the admin space without the admin lock.
+//! another process writing admin requests at the same time (aimed at our mailbox).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -35,13 +35,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bdev_pov::{BlockCompletion, BlockRequest, BlockStatus, DeviceStats, PovDevice, PovDeviceConfig, TenantTable};
-use pov_proto::admin::{AdminOp, AdminRequest, QosClass};
+use pov_proto::admin::{AdminOp, AdminRequest};
 use pov_proto::io::{Op, RequestHeader, ResponseHeader};
-use pov_proto::layout::{Geometry, Region, ADMIN_REQ_OFFSET, HEADER_SIZE};
+use pov_proto::layout::{Geometry, Region, ADMIN_MAILBOXES, ADMIN_REQ_OFFSET, HEADER_SIZE};
 use pov_runtime::{PollStatus, Poller, PollerId, ReactorConfig, ReactorContext, ReactorHandle, Runtime};
 
 use crate::mem::IoBuf;
-use crate::transport::{AdminLock, BlockOp, BlockTransport, Dir, Lane};
+use crate::transport::{BlockOp, BlockTransport, Dir, Lane};
 use crate::Device;
 
 /// The tenant every stack knows.
@@ -86,8 +86,8 @@ pub(crate) struct Faults {
     mangle_config: Mutex<Option<Mangle>>,
     /// Admin WRITEs of a Heartbeat fail with `EIO`, as if lost on the bus.
     lose_heartbeats: AtomicBool,
-    /// After each admin request WRITE, another "process" writes its own admin request
-    /// without taking the admin lock, so the response the driver reads is not its own.
+    /// After each admin request WRITE, another "process" writes its own admin requests,
+    /// one naming the same mailbox, before the driver reads its answer.
     race_admin: AtomicBool,
 }
 
@@ -262,7 +262,6 @@ struct Shared {
     pump: Pump,
     faults: Faults,
     tap: Mutex<Tap>,
-    admin: Mutex<()>,
 }
 
 /// The real device and proxy, running; see the module docs. Dropping it stops the
@@ -305,7 +304,6 @@ impl Stack {
             pump: Pump { reactor, poller },
             faults: Faults::default(),
             tap: Mutex::new(Tap::default()),
-            admin: Mutex::new(()),
         });
         Stack { shared, runtime: Some(runtime), _proxy: proxy, backend }
     }
@@ -428,9 +426,16 @@ impl HarnessTransport {
                     Region::RequestSlot { queue, offset: 0 } => s.tap.lock().unwrap().request_written(queue, &data),
                     _ => {}
                 }
+                let ours = AdminRequest::peek_return(&data).map(|r| r.mailbox);
                 self.io(bdev_pov::BlockOp::Write, op.dev_offset, data)?;
-                if matches!(region, Region::AdminRequest { .. }) && s.faults.race_admin.load(Ordering::Relaxed) {
-                    self.io(bdev_pov::BlockOp::Write, ADMIN_REQ_OFFSET, foreign_admin_request())?;
+                if let (Some(m), true) = (ours, s.faults.race_admin.load(Ordering::Relaxed)) {
+                    // Aimed at our mailbox and at another one: the device refuses the first
+                    // (the mailbox holds our fresh answer) and answers the second
+                    // elsewhere; neither may disturb our exchange. Their WRITEs' own
+                    // failures are the other process's business.
+                    for mailbox in [m, (m + 1) % ADMIN_MAILBOXES] {
+                        let _ = self.io(bdev_pov::BlockOp::Write, ADMIN_REQ_OFFSET, foreign_admin_request(mailbox));
+                    }
                 }
             }
             Dir::Read => {
@@ -451,19 +456,13 @@ impl HarnessTransport {
     }
 }
 
-/// The admin request of another process that skipped the admin lock: a heartbeat for
-/// a session that does not exist, with a request ID of its own.
-fn foreign_admin_request() -> Vec<u8> {
-    let req = AdminRequest {
-        op: AdminOp::Heartbeat,
-        pid: std::process::id().wrapping_add(1),
-        queue_id: 0,
-        session_id: 0,
-        request_id: 0x0bad_0bad,
-        qos: QosClass::Latency,
-        tenant: String::new(),
-        secret: Vec::new(),
-    };
+/// The admin request of another process on the same device: a heartbeat for a session
+/// that does not exist, answered in `mailbox`.
+fn foreign_admin_request(mailbox: u16) -> Vec<u8> {
+    let mut req = AdminRequest::new(AdminOp::Heartbeat, std::process::id().wrapping_add(1));
+    req.seq = 0x0bad_0bad;
+    req.mailbox = mailbox;
+    req.exchange_key = [0x66; 32];
     req.encode().expect("encode an admin request").to_vec()
 }
 
@@ -484,9 +483,5 @@ impl BlockTransport for HarnessTransport {
         // The device takes the IOs of a batch in order; a parked response READ waits
         // here while the pump keeps serving other callers.
         ops.iter_mut().try_for_each(|op| self.one(op))
-    }
-
-    fn lock_admin(&self) -> io::Result<AdminLock<'_>> {
-        AdminLock::new(self.shared.admin.lock().unwrap_or_else(|e| e.into_inner()), None)
     }
 }

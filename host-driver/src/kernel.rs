@@ -6,21 +6,18 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use crate::mem::IoBuf;
-use crate::transport::{AdminLock, BlockOp, BlockTransport, Dir, Lane};
+use crate::transport::{BlockOp, BlockTransport, Dir, Lane};
 
 /// A PoV device seen through the kernel's block layer.
 ///
 /// IO is synchronous `pwrite`/`pread` (one request at a time per calling thread; many
-/// threads may call at once). The admin lock is `flock(2)` on this transport's own open
-/// file description plus a mutex for threads sharing it.
+/// threads may call at once). No lock: admin exchanges are kept apart by mailboxes.
 pub struct KernelTransport {
     file: File,
     path: PathBuf,
     capacity: u64,
-    admin: Mutex<()>,
 }
 
 impl KernelTransport {
@@ -36,7 +33,7 @@ impl KernelTransport {
             .open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("open {} (O_RDWR|O_DIRECT): {e}", path.display())))?;
         let capacity = file.seek(SeekFrom::End(0))?;
-        Ok(KernelTransport { file, path: path.to_path_buf(), capacity, admin: Mutex::new(()) })
+        Ok(KernelTransport { file, path: path.to_path_buf(), capacity })
     }
 
     fn one(&self, op: &mut BlockOp<'_>) -> io::Result<()> {
@@ -72,10 +69,6 @@ impl BlockTransport for KernelTransport {
     fn submit(&self, _lane: Lane, ops: &mut [BlockOp<'_>]) -> io::Result<()> {
         ops.iter_mut().try_for_each(|op| self.one(op))
     }
-
-    fn lock_admin(&self) -> io::Result<AdminLock<'_>> {
-        AdminLock::new(self.admin.lock().unwrap_or_else(|e| e.into_inner()), Some(&self.file))
-    }
 }
 
 #[cfg(test)]
@@ -107,6 +100,5 @@ mod tests {
         // Reading past the end is a clear error, not a silent short read.
         let e = t.submit(Lane::Admin, &mut [BlockOp::read((1 << 20) - 512, &mut r, 1024)]).unwrap_err();
         assert!(e.to_string().contains("pread"), "{e}");
-        let _g = t.lock_admin().unwrap();
     }
 }

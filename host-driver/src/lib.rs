@@ -31,15 +31,19 @@
 //!   [`vhost::VhostUserTransport`] (libblkio over a vhost-user-blk socket). [`mem`]
 //!   holds the IO buffers and every `unsafe` block of the crate.
 //! * **device** ([`Device`]): opens a [`DeviceSpec`], validates the configuration space
-//!   and runs admin requests under the device-wide admin lock (mutex + `flock(2)`).
+//!   and runs admin exchanges (protocol v2: each names a random mailbox and a one-time
+//!   key for its sealed answer, so no lock is needed between threads or processes).
 //! * **engine** (private module `engine`): the IO queues of one session and the request
 //!   round trip: lease a free queue, WRITE the request slot and READ the response slot
 //!   in one batch, check that the response answers the request, fetch the rest of a
 //!   large response. Also the data-path helpers (request encoding, 1 MiB splitting,
 //!   parallel pieces, wire paths).
-//! * **session** ([`Session`]): the lifecycle: authenticate a tenant, create its IO
+//! * **session** ([`Session`]): the lifecycle: authenticate a tenant (Hello +
+//!   OpenSession, a proof of the secret; the secret never crosses the device), derive
+//!   the session keys that tag every request and open every response, create its IO
 //!   queues (rolling back on failure), hand them to an engine, heartbeat in the
-//!   background, close. Namespace operations (`stat`, `list`, `remove`, ...) are
+//!   background, close. [`SessionOptions`] asks for a grant (read-only, a path prefix)
+//!   and the response protection. Namespace operations (`stat`, `list`, `remove`, ...) are
 //!   single engine requests.
 //! * **file** ([`File`] / [`OpenOptions`]): `std::fs`-like file access on an engine;
 //!   `read_at`/`write_at` split IO into requests of at most 1 MiB
@@ -84,6 +88,7 @@ pub use error::{status_of, Error, ErrorKind, Result, StatusError};
 pub use file::{File, OpenOptions};
 pub use mem::IoBuf;
 pub use pov_proto::admin::QosClass;
+pub use pov_proto::crypto::{Protection, SessionKeys};
 pub use pov_proto::entry::{DirEntry, Kind, Stat};
 pub use pov_proto::Status;
 pub use session::{Session, SessionInfo, SessionOptions};

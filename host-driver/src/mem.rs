@@ -6,12 +6,9 @@
 //!   device can only reach memory the client announced to it).
 //! * `RegionPool`: hands out [`IoBuf`]s backed by libblkio memory regions
 //!   (`alloc_mem_region` + `map_mem_region`) and takes them back for reuse.
-//! * [`Flock`]: an exclusive `flock(2)` held for the lifetime of a guard.
 
 use std::alloc::Layout;
-use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
@@ -267,45 +264,6 @@ pub(crate) fn blkio_err(what: &'static str) -> impl Fn(blkio::Error) -> io::Erro
     }
 }
 
-/// An exclusive `flock(2)` on a file, released when dropped.
-///
-/// `flock` locks belong to the open file description: two `File`s opened separately
-/// (in one process or in two) exclude each other, but threads sharing one `File` do not,
-/// so callers pair it with a `Mutex`.
-pub struct Flock<'a> {
-    file: &'a File,
-}
-
-impl<'a> Flock<'a> {
-    /// Blocks until an exclusive lock on `file` is held.
-    ///
-    /// Errors: the `flock` errno (e.g. `EBADF`, `ENOLCK`).
-    pub fn exclusive(file: &'a File) -> io::Result<Flock<'a>> {
-        loop {
-            // SAFETY: flock takes a file descriptor that `file` keeps open for the call;
-            // it touches no memory of ours.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok(Flock { file });
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-}
-
-impl Drop for Flock<'_> {
-    fn drop(&mut self) {
-        // SAFETY: as in `exclusive`; the descriptor is still open (we borrow the File).
-        let rc = unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
-        if rc != 0 {
-            log::warn!("flock(LOCK_UN) failed: {}", io::Error::last_os_error());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,32 +291,5 @@ mod tests {
         assert_eq!(round_up(512, 512), 512);
         assert_eq!(round_up(513, 4096), 4096);
         assert_eq!(round_up(4097, 4096), 8192);
-    }
-
-    #[test]
-    fn flock_excludes_another_open_file_description() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("lock");
-        let a = File::create(&p).unwrap();
-        let b = File::open(&p).unwrap();
-        let g = Flock::exclusive(&a).unwrap();
-        // SAFETY-free probe: a non-blocking attempt through the other description fails.
-        let probe = |f: &File| {
-            let fd = f.as_raw_fd();
-            std::thread::scope(|s| s.spawn(move || try_lock_nb(fd)).join().unwrap())
-        };
-        assert!(!probe(&b));
-        drop(g);
-        assert!(probe(&b));
-    }
-
-    fn try_lock_nb(fd: i32) -> bool {
-        // SAFETY: flock on a descriptor the caller keeps open; no memory is touched.
-        let rc = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            // SAFETY: as above.
-            unsafe { libc::flock(fd, libc::LOCK_UN) };
-        }
-        rc == 0
     }
 }

@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use pov_proto::admin::{AdminOp, QosClass, MAX_SECRET};
+use pov_proto::admin::{
+    AdminOp, AdminRequest, AdminResponse, QosClass, GRANT_INTEGRITY_ONLY, GRANT_READ_ONLY, MAX_PREFIX, MAX_SECRET,
+};
+use pov_proto::crypto::{self, Protection, SessionKeys};
 use pov_proto::entry::{DirEntry, Kind, Stat, STAT_SIZE};
 use pov_proto::io::{flags, Op};
 use pov_proto::layout::{HEADER_SIZE, SLOT_SIZE};
@@ -39,11 +42,63 @@ pub struct SessionOptions {
     pub queues: u32,
     /// QoS class of the queues. Default [`QosClass::Latency`].
     pub qos: QosClass,
+    /// Open a read-only session: the device (and the proxy) refuse every request that
+    /// would create, write, truncate or remove. Default `false`.
+    pub read_only: bool,
+    /// Limit the session to this path and what lies below it (a tenant-namespace path
+    /// such as `/logs/today`; empty: the whole namespace). Default empty.
+    pub prefix: String,
+    /// How responses are protected: [`Protection::Confidential`] (payloads encrypted,
+    /// the default) or [`Protection::IntegrityOnly`] (authenticated only, readable by
+    /// any process that can open the device: for containers that trust each other).
+    pub protection: Protection,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { queues: 4, qos: QosClass::Latency }
+        SessionOptions {
+            queues: 4,
+            qos: QosClass::Latency,
+            read_only: false,
+            prefix: String::new(),
+            protection: Protection::Confidential,
+        }
+    }
+}
+
+/// The authenticated admin channel of an open session: every request carries the
+/// session ID, a sequence number above the last and an HMAC with the session's admin
+/// key (shared by the session and its heartbeat thread).
+struct SessionAdmin {
+    device: Device,
+    session_id: u64,
+    area: u32,
+    keys: Arc<SessionKeys>,
+    /// The next sequence number; the lock also keeps the session's exchanges (which
+    /// share its session mailbox) one at a time.
+    seq: Mutex<u64>,
+}
+
+impl SessionAdmin {
+    /// Runs one in-session admin request of `op` (`fill` sets its other fields);
+    /// returns the answer whatever its status.
+    fn raw(&self, op: AdminOp, fill: impl FnOnce(&mut AdminRequest)) -> Result<AdminResponse> {
+        let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+        let mut req = admin_request(op);
+        req.session_id = self.session_id;
+        req.seq = *seq;
+        *seq += 1;
+        fill(&mut req);
+        self.device.admin_raw(req, Some((&self.keys, self.area)))
+    }
+
+    /// Like [`SessionAdmin::raw`], but a non-Ok status is an [`ErrorKind::Admin`] error.
+    fn call(&self, op: AdminOp, fill: impl FnOnce(&mut AdminRequest)) -> Result<AdminResponse> {
+        let resp = self.raw(op, fill)?;
+        match resp.status() {
+            Status::Ok => Ok(resp),
+            st => Err(Error::new(ErrorKind::Admin(st), format!("admin {op:?} on {}", self.device.describe()))),
+        }
     }
 }
 
@@ -80,6 +135,8 @@ pub struct Session {
     device: Device,
     tenant: String,
     info: SessionInfo,
+    protection: Protection,
+    admin: Arc<SessionAdmin>,
     engine: Arc<Engine>,
     heartbeat: Mutex<Option<Heartbeat>>,
 }
@@ -119,11 +176,42 @@ impl Session {
         if opts.queues == 0 {
             return Err(invalid("at least one queue is needed"));
         }
+        let prefix = match opts.prefix.as_str() {
+            "" => String::new(),
+            p => pov_proto::path::normalize(p.as_bytes()).map_err(|st| invalid(&format!("prefix {p:?}: {st}")))?,
+        };
+        if prefix.len() > MAX_PREFIX {
+            return Err(invalid("prefix longer than 512 bytes"));
+        }
         let pid = std::process::id();
-        let mut req = admin_request(AdminOp::OpenSession);
-        req.tenant = tenant.to_string();
-        req.secret = secret.to_vec();
-        let resp = device.admin(req).map_err(|e| e.recontext(&ctx))?;
+        // Challenge-response (pov_proto::crypto): the secret itself never crosses.
+        let nc: [u8; crypto::NONCE_LEN] = crypto::random();
+        let mut hello = admin_request(AdminOp::Hello);
+        hello.tenant = tenant.to_string();
+        hello.nonce = nc;
+        let challenge = device.admin(hello, None).map_err(|e| e.recontext(&ctx))?;
+        let mut flags = 0;
+        if opts.read_only {
+            flags |= GRANT_READ_ONLY;
+        }
+        if opts.protection == Protection::IntegrityOnly {
+            flags |= GRANT_INTEGRITY_ONLY;
+        }
+        let nd = challenge.device_nonce;
+        let mut open = admin_request(AdminOp::OpenSession);
+        open.exchange_id = challenge.exchange_id;
+        open.grant_flags = flags;
+        open.prefix = prefix.clone();
+        open.mac = crypto::open_proof(secret, tenant, &nc, &nd, pid, flags, &prefix);
+        let resp = device.admin(open, None).map_err(|e| e.recontext(&ctx))?;
+        let keys = Arc::new(SessionKeys::derive(secret, &nc, &nd, tenant, resp.session_id));
+        let admin = Arc::new(SessionAdmin {
+            device: device.clone(),
+            session_id: resp.session_id,
+            area: resp.area,
+            keys,
+            seq: Mutex::new(1),
+        });
         let hb_ms = if resp.heartbeat_interval_ms == 0 {
             match resp.session_timeout_ms {
                 0 => DEFAULT_HEARTBEAT_MS,
@@ -152,10 +240,9 @@ impl Session {
             let t = device.transport();
             let g = device.geometry();
             for index in 0..want as usize {
-                let mut req = admin_request(AdminOp::CreateQueue);
-                req.session_id = info.session_id;
-                req.qos = opts.qos;
-                let resp = device.admin(req).map_err(|e| e.recontext(format!("{ctx}: create queue {index}")))?;
+                let resp = admin
+                    .call(AdminOp::CreateQueue, |r| r.qos = opts.qos)
+                    .map_err(|e| e.recontext(format!("{ctx}: create queue {index}")))?;
                 let queue_id = resp.queue_id;
                 created.push(queue_id);
                 if queue_id >= g.total_queues() || created[..index].contains(&queue_id) {
@@ -174,19 +261,22 @@ impl Session {
         })();
         if let Err(e) = setup {
             for &queue_id in &created {
-                let mut req = admin_request(AdminOp::DeleteQueue);
-                req.session_id = info.session_id;
-                req.queue_id = queue_id;
-                let _ = device.admin(req);
+                let _ = admin.raw(AdminOp::DeleteQueue, |r| r.queue_id = queue_id);
             }
-            let mut req = admin_request(AdminOp::CloseSession);
-            req.session_id = info.session_id;
-            let _ = device.admin(req);
+            let _ = admin.raw(AdminOp::CloseSession, |_| {});
             return Err(e);
         }
 
-        let engine = Arc::new(Engine::new(device.clone(), pid, info.session_id, channels));
-        let session = Session { device: device.clone(), tenant: tenant.to_string(), info, engine, heartbeat: Mutex::new(None) };
+        let engine = Arc::new(Engine::new(device.clone(), pid, info.session_id, admin.keys.clone(), opts.protection, channels));
+        let session = Session {
+            device: device.clone(),
+            tenant: tenant.to_string(),
+            info,
+            protection: opts.protection,
+            admin,
+            engine,
+            heartbeat: Mutex::new(None),
+        };
         let hb = start_heartbeat(&session)
             .map_err(|e| Error::new(ErrorKind::Access, format!("{ctx}: spawn heartbeat thread")).with_source(e));
         match hb {
@@ -197,6 +287,27 @@ impl Session {
             }
         }
         Ok(session)
+    }
+
+    /// The session's keys, for a driver that issues this session's IO requests itself
+    /// (e.g. asynchronously on its own connection, as `pov-bench` does): tag each
+    /// request with [`SessionKeys::seal_request`] and open each response with
+    /// [`SessionKeys::open_response`] and [`Session::protection`]. Request IDs must come
+    /// from [`Session::reserve_request_ids`].
+    pub fn keys(&self) -> &Arc<SessionKeys> {
+        &self.admin.keys
+    }
+
+    /// How this session's responses are protected.
+    pub fn protection(&self) -> Protection {
+        self.protection
+    }
+
+    /// Reserves `n` request IDs for requests this process issues itself on the
+    /// session's queues (the device refuses an ID not above the queue's last); returns
+    /// the first. The session's own requests use IDs after the range.
+    pub fn reserve_request_ids(&self, n: u64) -> u64 {
+        self.engine.reserve_request_ids(n)
     }
 
     /// What the device granted.
@@ -378,17 +489,12 @@ impl Session {
         }
         let mut first: Option<Error> = None;
         for &q in self.engine.queue_ids() {
-            let mut req = admin_request(AdminOp::DeleteQueue);
-            req.session_id = self.info.session_id;
-            req.queue_id = q;
-            if let Err(e) = self.device.admin(req) {
+            if let Err(e) = self.admin.call(AdminOp::DeleteQueue, |r| r.queue_id = q) {
                 log::warn!("{ctx}: delete queue {q}: {}", Chain(&e));
                 first.get_or_insert(e.recontext(format!("{ctx}: delete queue {q}")));
             }
         }
-        let mut req = admin_request(AdminOp::CloseSession);
-        req.session_id = self.info.session_id;
-        if let Err(e) = self.device.admin(req) {
+        if let Err(e) = self.admin.call(AdminOp::CloseSession, |_| {}) {
             first.get_or_insert(e.recontext(&ctx));
         }
         match first {
@@ -422,7 +528,7 @@ impl Drop for Session {
 /// to stop, marking the session dead when the device answers `BadSession`.
 fn start_heartbeat(session: &Session) -> io::Result<Heartbeat> {
     let (stop, rx) = mpsc::channel::<()>();
-    let device = session.device.clone();
+    let admin = Arc::clone(&session.admin);
     let health: Arc<Health> = Arc::clone(session.engine.health());
     let session_id = session.info.session_id;
     let interval = session.info.heartbeat_interval;
@@ -431,9 +537,7 @@ fn start_heartbeat(session: &Session) -> io::Result<Heartbeat> {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        let mut req = admin_request(AdminOp::Heartbeat);
-        req.session_id = session_id;
-        match device.admin_raw(req) {
+        match admin.raw(AdminOp::Heartbeat, |_| {}) {
             Ok(r) if r.status().is_ok() => {
                 health.heartbeat_acked();
             }

@@ -2,18 +2,17 @@
 //!
 //! [`BlockTransport`] is all the PoV protocol layer ([`crate::Device`],
 //! [`crate::Session`]) needs from a block device: sector-aligned reads and writes from
-//! [`IoBuf`]s, submitted in small ordered batches, plus a device-wide admin lock. Two
+//! [`IoBuf`]s, submitted in small ordered batches (no lock: admin exchanges are kept
+//! apart by mailboxes, see `pov_proto::admin`). Two
 //! implementations ship with the crate: [`crate::kernel::KernelTransport`] (a `/dev/vdX`
 //! opened with `O_DIRECT`) and [`crate::vhost::VhostUserTransport`] (libblkio speaking
 //! vhost-user to a socket).
 
-use std::fs::File;
 use std::io;
-use std::sync::MutexGuard;
 
 use pov_proto::layout::SECTOR_SIZE;
 
-use crate::mem::{Flock, IoBuf};
+use crate::mem::IoBuf;
 
 /// Direction of one block IO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,30 +112,6 @@ pub trait BlockTransport: Send + Sync {
     /// Errors: the first failed op's error (an IO error completion, a short transfer,
     /// an invalid op per [`BlockOp::check`]).
     fn submit(&self, lane: Lane, ops: &mut [BlockOp<'_>]) -> io::Result<()>;
-
-    /// Takes the device-wide admin lock, held until the returned guard is dropped: it
-    /// serializes admin WRITE+READ pairs between threads and between processes.
-    ///
-    /// Errors: failure to take the file lock.
-    fn lock_admin(&self) -> io::Result<AdminLock<'_>>;
-}
-
-/// Guard of the admin lock: a thread lock plus, for real devices, an exclusive
-/// `flock(2)` on a file every process agrees on.
-pub struct AdminLock<'a> {
-    // Field order matters: the flock is released before the mutex.
-    _flock: Option<Flock<'a>>,
-    _thread: MutexGuard<'a, ()>,
-}
-
-impl<'a> AdminLock<'a> {
-    /// Takes `flock(LOCK_EX)` on `file` (if any) while holding `thread`.
-    ///
-    /// Errors: the `flock` errno.
-    pub fn new(thread: MutexGuard<'a, ()>, file: Option<&'a File>) -> io::Result<AdminLock<'a>> {
-        let flock = file.map(Flock::exclusive).transpose()?;
-        Ok(AdminLock { _flock: flock, _thread: thread })
-    }
 }
 
 #[cfg(test)]

@@ -11,9 +11,7 @@
 //! libblkio cannot issue virtio-blk GET_ID, so a PoV device is recognised here by the
 //! configuration space magic only.
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +19,7 @@ use std::time::Duration;
 use blkio::{Blkio, Blkioq, ReqFlags};
 
 use crate::mem::{blkio_err, blkio_reap, IoBuf, RegionPool};
-use crate::transport::{AdminLock, BlockOp, BlockTransport, Dir, Lane};
+use crate::transport::{BlockOp, BlockTransport, Dir, Lane};
 
 /// libblkio driver name for vhost-user-blk.
 pub const DRIVER: &str = "virtio-blk-vhost-user";
@@ -41,30 +39,6 @@ pub struct VhostUserTransport {
     path: PathBuf,
     capacity: u64,
     timeout: Option<Duration>,
-    admin: Mutex<()>,
-    lock_file: File,
-}
-
-/// The admin lock file of a vhost-user socket: `<socket>.lock`.
-pub fn lock_path(socket: &Path) -> PathBuf {
-    let mut s = socket.as_os_str().to_os_string();
-    s.push(".lock");
-    PathBuf::from(s)
-}
-
-fn open_lock_file(path: &Path) -> io::Result<File> {
-    match OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o666).open(path) {
-        Ok(f) => {
-            // Make it usable by other users' processes whatever our umask; failing that
-            // (not our file) is fine.
-            let _ = f.set_permissions(std::fs::Permissions::from_mode(0o666));
-            Ok(f)
-        }
-        // flock works on a read-only descriptor too.
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => File::open(path),
-        Err(e) => Err(e),
-    }
-    .map_err(|e| io::Error::new(e.kind(), format!("open admin lock file {}: {e}", path.display())))
 }
 
 /// Which libblkio queue carries `lane` when there are `n` queues: the last one is kept
@@ -86,9 +60,8 @@ impl VhostUserTransport {
     /// A timed-out queue is retired (its buffers are never reused).
     ///
     /// Errors: socket connection or vhost-user negotiation failures (with libblkio's
-    /// message), failure to create the admin lock file `<socket>.lock`.
+    /// message),.
     pub fn connect(socket: &Path, data_queues: usize, timeout: Option<Duration>) -> io::Result<VhostUserTransport> {
-        let lock_file = open_lock_file(&lock_path(socket))?;
         let ctx = |what: &'static str| {
             let sock = socket.display().to_string();
             move |e: blkio::Error| {
@@ -120,16 +93,7 @@ impl VhostUserTransport {
             return Err(io::Error::other(format!("{}: libblkio started no queues", socket.display())));
         }
         log::debug!("{}: connected, {} queue(s) of {max}, capacity {capacity} bytes", socket.display(), queues.len());
-        Ok(VhostUserTransport {
-            queues,
-            pool,
-            _blkio: blkio,
-            path: socket.to_path_buf(),
-            capacity,
-            timeout,
-            admin: Mutex::new(()),
-            lock_file,
-        })
+        Ok(VhostUserTransport { queues, pool, _blkio: blkio, path: socket.to_path_buf(), capacity, timeout })
     }
 
     /// Number of libblkio queues in use.
@@ -211,10 +175,6 @@ impl BlockTransport for VhostUserTransport {
         }
         Ok(())
     }
-
-    fn lock_admin(&self) -> io::Result<AdminLock<'_>> {
-        AdminLock::new(self.admin.lock().unwrap_or_else(|e| e.into_inner()), Some(&self.lock_file))
-    }
 }
 
 #[cfg(test)]
@@ -236,17 +196,12 @@ mod tests {
     }
 
     #[test]
-    fn lock_path_appends_suffix() {
-        assert_eq!(lock_path(Path::new("/run/pov.sock")), PathBuf::from("/run/pov.sock.lock"));
-    }
-
-    #[test]
     fn connect_to_missing_socket_fails_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("none.sock");
         let e = VhostUserTransport::connect(&sock, 4, None).err().expect("no server");
         assert!(e.to_string().contains("none.sock"), "{e}");
-        // The lock file was created for other processes to share.
-        assert!(lock_path(&sock).exists());
+        // No admin lock file any more (a world-writable one let anyone stall sessions).
+        assert!(!dir.path().join("none.sock.lock").exists());
     }
 }

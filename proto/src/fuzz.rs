@@ -9,12 +9,13 @@
 //! The cargo-fuzz targets in `fuzz/fuzz_targets/` are one line each calling these; the
 //! seed corpora are `fuzz/seeds/<target>/` (see `docs/fuzzing.md`).
 
-use crate::admin::{AdminRequest, AdminResponse, MAX_SECRET, MAX_TENANT_NAME};
+use crate::admin::{AdminRequest, AdminResponse, ADMIN_RESPONSE_SIZE, MAX_PREFIX, MAX_TENANT_NAME};
+use crate::crypto::{Protection, SessionKeys, NONCE_LEN, TAG_LEN};
 use crate::entry::{DirEntry, Stat};
-use crate::io::{RequestHeader, ResponseHeader, MAX_PATH};
+use crate::io::{RequestHeader, ResponseHeader, MAX_PATH, REQUEST_TAG_OFFSET, RESPONSE_TAG_OFFSET};
 use crate::layout::{
-    ConfigSpace, Geometry, Region, ADMIN_RECORD_SIZE, ADMIN_REQ_OFFSET, ADMIN_RESP_OFFSET, CONFIG_SIZE, HEADER_SIZE,
-    MAX_DEVICE_NAME, QUEUE_STRIDE, RESP_SLOT_OFFSET, SLOT_SIZE,
+    ConfigSpace, Geometry, Region, ADMIN_MAILBOXES, ADMIN_MAILBOX_OFFSET, ADMIN_RECORD_SIZE, ADMIN_REQ_OFFSET, CONFIG_SIZE,
+    HEADER_SIZE, MAILBOX_SIZE, MAX_DEVICE_NAME, QUEUE_STRIDE, RESP_SLOT_OFFSET, SESSION_MAILBOX_OFFSET, SLOT_SIZE,
 };
 use crate::wire::{frame_len, ProxyRequest, ProxyResponse, LEN_PREFIX, MAX_FRAME};
 use crate::MAX_IO_BYTES;
@@ -45,15 +46,127 @@ pub fn io_headers(data: &[u8]) {
     }
 }
 
-/// Target `proto_admin`: admin requests and responses ([`crate::admin`]).
+/// Target `proto_admin`: admin requests and sealed admin answers ([`crate::admin`]).
+/// A decoded request re-encodes to itself and its return fields
+/// ([`AdminRequest::peek_return`]) are the decoded ones; the input opened as an answer
+/// with a key and mailbox taken from it never panics (and, were it authentic, would
+/// reseal to an answer that opens the same); an answer built from the input's bytes
+/// opens with its key and mailbox and with no other, and not after one byte changes.
 pub fn admin(data: &[u8]) {
     if let Ok(r) = AdminRequest::decode(data) {
-        assert!(r.tenant.len() <= MAX_TENANT_NAME && r.secret.len() <= MAX_SECRET, "{r:?}");
+        assert!(r.tenant.len() <= MAX_TENANT_NAME && r.prefix.len() <= MAX_PREFIX, "{r:?}");
         let b = r.encode().expect("a decoded admin request encodes");
-        assert_eq!(AdminRequest::decode(&b), Ok(r), "admin request round trip");
+        assert_eq!(AdminRequest::decode(&b).as_ref(), Ok(&r), "admin request round trip");
+        let ret = AdminRequest::peek_return(data).expect("a decodable request has a return address");
+        assert_eq!((ret.op, ret.seq, ret.mailbox, ret.exchange_key), (r.op as u16, r.seq, r.mailbox, r.exchange_key));
     }
-    if let Ok(r) = AdminResponse::decode(data) {
-        assert_eq!(AdminResponse::decode(&r.encode()), Ok(r), "admin response round trip");
+    let mut key = [0u8; NONCE_LEN];
+    let n = data.len().min(NONCE_LEN);
+    key[..n].copy_from_slice(&data[..n]);
+    let mailbox = data.get(NONCE_LEN..NONCE_LEN + 2).map_or(0, |m| u16::from_le_bytes([m[0], m[1]])) % ADMIN_MAILBOXES;
+    if let Ok(r) = AdminResponse::open(data, mailbox, &key) {
+        assert_eq!(AdminResponse::open(&r.seal(mailbox, &key), mailbox, &key).as_ref(), Ok(&r), "admin answer round trip");
+    }
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        for (j, b) in w.iter_mut().enumerate() {
+            *b = data.get(i * 8 + j).copied().unwrap_or(0);
+        }
+        u64::from_le_bytes(w)
+    };
+    let answer = AdminResponse {
+        op: word(0) as u16,
+        status: word(1) as u32,
+        seq: word(2),
+        session_id: word(3),
+        queue_id: word(4) as u32,
+        area: (word(4) >> 32) as u32,
+        max_queues: word(5) as u32,
+        heartbeat_interval_ms: (word(5) >> 32) as u32,
+        session_timeout_ms: word(6) as u32,
+        exchange_id: word(7),
+        device_nonce: key,
+    };
+    let mut sealed = answer.seal(mailbox, &key);
+    assert_eq!(AdminResponse::open(&sealed, mailbox, &key).as_ref(), Ok(&answer), "sealed admin answer opens");
+    assert!(AdminResponse::open(&sealed, mailbox ^ 1, &key).is_err(), "an answer opens in its own mailbox only");
+    let mut other = key;
+    other[0] ^= 1;
+    assert!(AdminResponse::open(&sealed, mailbox, &other).is_err(), "an answer opens with its exchange key only");
+    let at = (word(8) % ADMIN_RESPONSE_SIZE as u64) as usize;
+    sealed[at] ^= 1 << (word(8) >> 61);
+    assert!(AdminResponse::open(&sealed, mailbox, &key).is_err(), "altered byte {at} of an admin answer went unnoticed");
+}
+
+/// Target `proto_seal`: sealed IO requests and responses ([`SessionKeys`]) with fixed
+/// session keys. The input taken as a sealed request or response (any queue and
+/// request ID it names) is refused: nobody without the keys can make one. The input
+/// sealed as a request and as a response (both protections) opens back to itself, and
+/// one changed byte (header, payload or tag), another queue or another request ID is
+/// refused.
+pub fn seal(data: &[u8]) {
+    thread_local! {
+        static KEYS: SessionKeys = SessionKeys::derive(b"fuzz-secret", &[1; NONCE_LEN], &[2; NONCE_LEN], "acme", 7);
+    }
+    KEYS.with(|k| seal_with(k, data));
+}
+
+fn seal_with(k: &SessionKeys, data: &[u8]) {
+    let ids = RequestHeader::peek_ids(data);
+    let (queue, request_id) = ids.map_or((0, 0), |i| (i.queue_id, i.request_id));
+    let len = data.len().min(HEADER_SIZE + MAX_IO_BYTES as usize);
+    let mut buf = data[..len].to_vec();
+    if buf.len() < HEADER_SIZE {
+        buf.resize(HEADER_SIZE, 0);
+    }
+    let mut forged = buf.clone();
+    assert!(k.open_request(queue, request_id, &mut forged, REQUEST_TAG_OFFSET).is_err(), "an unsealed request opened");
+    for p in [Protection::Confidential, Protection::IntegrityOnly] {
+        let mut forged = buf.clone();
+        assert!(
+            k.open_response(queue, request_id, &mut forged, HEADER_SIZE, RESPONSE_TAG_OFFSET, p).is_err(),
+            "an unsealed response opened ({p:?})"
+        );
+    }
+    // Round trips, and a flipped bit anywhere is caught. The tag field is zeroed by
+    // sealing and opening, so compare with it zeroed.
+    let flip = (request_id as usize).wrapping_mul(31).wrapping_add(queue as usize) % buf.len();
+    let mut clear = buf.clone();
+    clear[REQUEST_TAG_OFFSET..REQUEST_TAG_OFFSET + TAG_LEN].fill(0);
+    let mut b = buf.clone();
+    k.seal_request(queue, request_id, &mut b, REQUEST_TAG_OFFSET);
+    let sealed = b.clone();
+    k.open_request(queue, request_id, &mut b, REQUEST_TAG_OFFSET).expect("a sealed request opens");
+    assert_eq!(b, clear, "request round trip");
+    for (q, r, at) in [(queue ^ 1, request_id, None), (queue, request_id.wrapping_add(1), None), (queue, request_id, Some(flip))] {
+        let mut b = sealed.clone();
+        if let Some(at) = at {
+            b[at] ^= 0x80;
+        }
+        assert!(k.open_request(q, r, &mut b, REQUEST_TAG_OFFSET).is_err(), "altered request opened ({q}, {r}, {at:?})");
+    }
+    let mut clear = buf.clone();
+    clear[RESPONSE_TAG_OFFSET..RESPONSE_TAG_OFFSET + TAG_LEN].fill(0);
+    for p in [Protection::Confidential, Protection::IntegrityOnly] {
+        let mut b = buf.clone();
+        k.seal_response(queue, request_id, &mut b, HEADER_SIZE, RESPONSE_TAG_OFFSET, p);
+        if p == Protection::IntegrityOnly {
+            assert_eq!(b[HEADER_SIZE..], clear[HEADER_SIZE..], "an integrity-only response leaves its payload in clear");
+        }
+        let sealed = b.clone();
+        k.open_response(queue, request_id, &mut b, HEADER_SIZE, RESPONSE_TAG_OFFSET, p).expect("a sealed response opens");
+        assert_eq!(b, clear, "response round trip ({p:?})");
+        let mut b = sealed.clone();
+        b[flip] ^= 0x80;
+        assert!(
+            k.open_response(queue, request_id, &mut b, HEADER_SIZE, RESPONSE_TAG_OFFSET, p).is_err(),
+            "a response with byte {flip} altered opened ({p:?})"
+        );
+        let mut b = sealed;
+        assert!(
+            k.open_response(queue ^ 1, request_id, &mut b, HEADER_SIZE, RESPONSE_TAG_OFFSET, p).is_err(),
+            "another queue's response opened ({p:?})"
+        );
     }
 }
 
@@ -81,7 +194,8 @@ pub fn config_space(data: &[u8]) {
         // The same IO moved next to each region boundary of its queue.
         let q = g.total_queues() - 1;
         let near = offset % (2 * SLOT_SIZE);
-        for base in [0, ADMIN_REQ_OFFSET, g.request_slot(q), g.response_slot(q), g.capacity_bytes()] {
+        let first = g.queue_id(g.areas - 1, 0);
+        for base in [0, ADMIN_REQ_OFFSET, ADMIN_MAILBOX_OFFSET, g.request_slot(q), g.response_slot(q), g.session_mailbox(g.areas - 1), g.response_slot(first), g.capacity_bytes()] {
             check_classify(g, base.wrapping_add(near).wrapping_sub(SLOT_SIZE), len);
         }
     }
@@ -97,8 +211,11 @@ fn check_classify(g: Geometry, offset: u64, len: u64) {
         Region::AdminRequest { offset: rel } => {
             assert!(within(ADMIN_REQ_OFFSET, ADMIN_RECORD_SIZE as u64, rel), "{got:?} for {offset}+{len}")
         }
-        Region::AdminResponse { offset: rel } => {
-            assert!(within(ADMIN_RESP_OFFSET, ADMIN_RECORD_SIZE as u64, rel), "{got:?} for {offset}+{len}")
+        Region::AdminMailboxes { offset: rel } => {
+            assert!(within(ADMIN_MAILBOX_OFFSET, ADMIN_MAILBOXES as u64 * MAILBOX_SIZE, rel), "{got:?} for {offset}+{len}")
+        }
+        Region::SessionMailbox { area, offset: rel } => {
+            assert!(area < g.areas && within(g.session_mailbox(area), MAILBOX_SIZE, rel), "{got:?} for {offset}+{len}")
         }
         Region::RequestSlot { queue, offset: rel } => {
             assert!(queue < g.total_queues() && within(g.request_slot(queue), SLOT_SIZE, rel), "{got:?} for {offset}+{len}")
@@ -121,7 +238,7 @@ fn reference_classify(g: Geometry, offset: u64, len: u64) -> Region {
     let mut regions = vec![
         (0, CONFIG_SIZE, Region::Config { offset: 0 }),
         (ADMIN_REQ_OFFSET, ADMIN_RECORD_SIZE as u64, Region::AdminRequest { offset: 0 }),
-        (ADMIN_RESP_OFFSET, ADMIN_RECORD_SIZE as u64, Region::AdminResponse { offset: 0 }),
+        (ADMIN_MAILBOX_OFFSET, ADMIN_MAILBOXES as u64 * MAILBOX_SIZE, Region::AdminMailboxes { offset: 0 }),
     ];
     // The slots of every queue the IO touches (an IO inside the device touches at most
     // len / QUEUE_STRIDE + 2 queues).
@@ -131,6 +248,10 @@ fn reference_classify(g: Geometry, offset: u64, len: u64) -> Region {
             let q = q as u32;
             regions.push((g.request_slot(q), SLOT_SIZE, Region::RequestSlot { queue: q, offset: 0 }));
             regions.push((g.request_slot(q) + RESP_SLOT_OFFSET, SLOT_SIZE, Region::ResponseSlot { queue: q, offset: 0 }));
+            if q % g.queues_per_area == 0 {
+                let area = q / g.queues_per_area;
+                regions.push((g.request_slot(q) + SESSION_MAILBOX_OFFSET, MAILBOX_SIZE, Region::SessionMailbox { area, offset: 0 }));
+            }
         }
     }
     for (start, size, region) in &regions {
@@ -139,7 +260,8 @@ fn reference_classify(g: Geometry, offset: u64, len: u64) -> Region {
             return match *region {
                 Region::Config { .. } => Region::Config { offset: rel },
                 Region::AdminRequest { .. } => Region::AdminRequest { offset: rel },
-                Region::AdminResponse { .. } => Region::AdminResponse { offset: rel },
+                Region::AdminMailboxes { .. } => Region::AdminMailboxes { offset: rel },
+                Region::SessionMailbox { area, .. } => Region::SessionMailbox { area, offset: rel },
                 Region::RequestSlot { queue, .. } => Region::RequestSlot { queue, offset: rel },
                 Region::ResponseSlot { queue, .. } => Region::ResponseSlot { queue, offset: rel },
                 r => r,
@@ -282,34 +404,46 @@ pub fn valid_seeds(target: &str) -> Vec<Vec<u8>> {
             vec![header(Op::Open, b"/dir/file"), header(Op::Write, &[0xab; 64]), header(Op::Read, &[]), r]
         }
         "proto_admin" => {
-            let req = AdminRequest {
+            let mut hello = AdminRequest::new(AdminOp::Hello, 42);
+            hello.tenant = "acme".into();
+            hello.mailbox = 17;
+            hello.exchange_key = [0x11; NONCE_LEN];
+            hello.nonce = [0x22; NONCE_LEN];
+            let open = AdminRequest {
                 op: AdminOp::OpenSession,
-                pid: 42,
-                queue_id: 0,
-                session_id: 0,
-                request_id: 1,
-                qos: QosClass::Bandwidth,
-                tenant: "acme".into(),
-                secret: b"s3cret".to_vec(),
+                exchange_id: 9,
+                grant_flags: crate::admin::GRANT_READ_ONLY,
+                prefix: "/data/in".into(),
+                mac: [0x33; 32],
+                ..hello.clone()
             };
-            let q =
-                AdminRequest { op: AdminOp::CreateQueue, session_id: 5, tenant: String::new(), secret: vec![], ..req.clone() };
+            let queue = AdminRequest {
+                op: AdminOp::CreateQueue,
+                session_id: 5,
+                seq: 3,
+                qos: QosClass::Bandwidth,
+                mailbox: crate::admin::SESSION_MAILBOX,
+                tenant: String::new(),
+                ..hello.clone()
+            };
             let resp = AdminResponse {
                 op: 1,
                 session_id: 5,
-                request_id: 1,
+                seq: 1,
                 area: 2,
                 max_queues: 16,
                 heartbeat_interval_ms: 1000,
                 session_timeout_ms: 10_000,
                 ..Default::default()
             };
-            vec![
-                req.encode().map(|b| b.to_vec()).unwrap_or_default(),
-                q.encode().map(|b| b.to_vec()).unwrap_or_default(),
-                resp.encode().to_vec(),
-            ]
+            let mut seeds: Vec<Vec<u8>> =
+                [hello, open, queue].iter().map(|r| r.encode().map(|b| b.to_vec()).unwrap_or_default()).collect();
+            // A sealed answer (the target opens it with the key its first bytes give, so it
+            // is refused, as a forged answer is).
+            seeds.push(resp.seal(0, &[0; NONCE_LEN]).to_vec());
+            seeds
         }
+        "proto_seal" => vec![header(Op::Write, &[0xab; 4096]), header(Op::Read, &[]), vec![0x5a; 700]],
         "proto_config" => {
             let g = Geometry { areas: 64, queues_per_area: 16 };
             let io = |areas: u16, qpa: u8, offset: u64, len: u32| {
@@ -413,8 +547,9 @@ mod tests {
         }
     }
 
-    const TARGETS: [&str; 6] = ["proto_io", "proto_admin", "proto_config", "proto_entry", "proto_path", "proto_wire"];
-    const CHECKS: [fn(&[u8]); 6] = [io_headers, admin, config_space, entry, path, wire];
+    const TARGETS: [&str; 7] =
+        ["proto_io", "proto_admin", "proto_seal", "proto_config", "proto_entry", "proto_path", "proto_wire"];
+    const CHECKS: [fn(&[u8]); 7] = [io_headers, admin, seal, config_space, entry, path, wire];
 
     /// Regenerates the hand-made seeds (`valid_seeds`) in `fuzz/seeds/`.
     #[test]

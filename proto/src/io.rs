@@ -100,6 +100,44 @@ impl Op {
     pub fn carries_path(self) -> bool {
         matches!(self, Op::Open | Op::List | Op::Remove)
     }
+
+    /// `true` if the request (with its `flags`) may change the tenant's files: what a
+    /// read-only grant refuses. Open counts when it asks for writing, creation or
+    /// truncation.
+    pub fn mutates(self, flags: u32) -> bool {
+        match self {
+            Op::Open => flags & (flags::WRITE | flags::CREATE | flags::TRUNCATE) != 0,
+            Op::Write | Op::Append | Op::Truncate | Op::Remove => true,
+            Op::VolumeWrite | Op::VolumeOpen | Op::VolumeFlush => true,
+            Op::Close | Op::Read | Op::Stat | Op::List | Op::Fsync | Op::VolumeRead => false,
+        }
+    }
+}
+
+/// What a session may do in its tenant's namespace (paper §4.3.1: the application is
+/// authorized for the file when its queue is set up). The DPU enforces it and the
+/// proxy re-checks it from the proxy request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Grant {
+    /// Refuse every request that [`Op::mutates`].
+    pub read_only: bool,
+    /// Normalized path prefix (no leading `/`; empty: the whole namespace) every path
+    /// must equal or lie below.
+    pub prefix: String,
+}
+
+impl Grant {
+    /// `true` if the normalized namespace `path` is within the prefix.
+    pub fn allows_path(&self, path: &str) -> bool {
+        self.prefix.is_empty()
+            || path == self.prefix
+            || (path.len() > self.prefix.len() && path.starts_with(&self.prefix) && path.as_bytes()[self.prefix.len()] == b'/')
+    }
+
+    /// `true` if `op` with `flags` on the normalized `path` is allowed.
+    pub fn allows(&self, op: Op, flags: u32, path: &str) -> bool {
+        !(self.read_only && op.mutates(flags)) && self.allows_path(path)
+    }
 }
 
 /// Request and response flag bits.
@@ -179,12 +217,17 @@ impl SdkHint {
     }
 }
 
+/// Byte offset of the tag in a request header.
+pub const REQUEST_TAG_OFFSET: usize = 128;
+/// Byte offset of the tag in a response header.
+pub const RESPONSE_TAG_OFFSET: usize = 48;
+
 /// The 512-byte IO request header at the start of a request slot.
 ///
 /// | offset | size | field |
 /// |---|---|---|
 /// | 0 | 4 | magic `PoVQ` |
-/// | 4 | 2 | protocol version (1) |
+/// | 4 | 2 | protocol version (2) |
 /// | 6 | 2 | operation ([`Op`]) |
 /// | 8 | 4 | queue ID (must name the slot it is written to) |
 /// | 12 | 4 | process ID of the sender |
@@ -197,7 +240,8 @@ impl SdkHint {
 /// | 56 | 4 | payload length, bytes (data or path that follows the header) |
 /// | 60 | 4 | reserved (0) |
 /// | 64 | 64 | SDK hint ([`SdkHint`]) |
-/// | 128 | 384 | reserved (0) |
+/// | 128 | 16 | AES-256-GCM tag: header (this field zeroed) authenticated, payload encrypted ([`crate::crypto::SessionKeys::seal_request`]) |
+/// | 144 | 368 | reserved (0) |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHeader {
     pub op: Op,
@@ -300,7 +344,7 @@ pub struct PeekedIds {
 /// | offset | size | field |
 /// |---|---|---|
 /// | 0 | 4 | magic `PoVR` |
-/// | 4 | 2 | protocol version (1) |
+/// | 4 | 2 | protocol version (2) |
 /// | 6 | 2 | operation echoed (0 if the request could not be decoded) |
 /// | 8 | 4 | status ([`Status`]) |
 /// | 12 | 4 | queue ID |
@@ -308,7 +352,9 @@ pub struct PeekedIds {
 /// | 24 | 8 | result (see [`Op`]) |
 /// | 32 | 4 | payload length, bytes |
 /// | 36 | 4 | flags ([`flags::MORE`]) |
-/// | 40 | 472 | reserved (0) |
+/// | 40 | 8 | reserved (0) |
+/// | 48 | 16 | AES-256-GCM tag ([`crate::crypto::SessionKeys::seal_response`]: header authenticated, payload encrypted or authenticated) |
+/// | 64 | 448 | reserved (0) |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHeader {
     pub op: u16,
@@ -411,7 +457,7 @@ mod tests {
         put_u32(&mut m, 56, crate::MAX_IO_BYTES + 1);
         assert_eq!(RequestHeader::decode(&m).unwrap_err().status(), Status::TooLarge);
         let mut m = b;
-        put_u16(&mut m, 4, 2);
+        put_u16(&mut m, 4, 1); // version 1: before session authentication
         assert_eq!(RequestHeader::decode(&m).unwrap_err().status(), Status::BadVersion);
         for code in 16..=19 {
             let mut m = b;
@@ -422,6 +468,19 @@ mod tests {
         let mut m = b;
         put_u32(&mut m, 64 + 12, 13);
         assert!(RequestHeader::decode(&m).is_err());
+    }
+
+    #[test]
+    fn grants_limit_paths_and_writes() {
+        let all = Grant::default();
+        assert!(all.allows(Op::Write, 0, "x/y") && all.allows(Op::Open, flags::CREATE, ""));
+        let g = Grant { read_only: true, prefix: "logs/a".into() };
+        assert!(g.allows(Op::Read, 0, "logs/a/f") && g.allows(Op::List, 0, "logs/a") && g.allows(Op::Open, 0, "logs/a/x"));
+        assert!(!g.allows(Op::List, 0, "logs"), "above the prefix");
+        assert!(!g.allows(Op::Open, 0, "logs/ab"), "a sibling sharing the prefix's letters");
+        assert!(!g.allows(Op::Open, flags::WRITE, "logs/a/x") && !g.allows(Op::Remove, 0, "logs/a/x"));
+        assert!(!g.allows(Op::Open, flags::TRUNCATE, "logs/a/x") && !g.allows(Op::Truncate, 0, "logs/a/x"));
+        assert!(Grant { read_only: false, ..g }.allows(Op::Write, 0, "logs/a/x"));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! divided into regions:
 //!
 //! ```text
-//! 0        4 KiB                64 KiB      +1 KiB      +2 KiB          1 MiB (io_base)
-//! | config |   guard            | admin req | admin resp | guard          | IO area 0 | IO area 1 | ...
+//! 0        4 KiB        64 KiB      +1 KiB  +4 KiB                  +132 KiB    1 MiB (io_base)
+//! | config |   guard    | admin req | guard | 256 admin mailboxes   | guard      | IO area 0 | IO area 1 | ...
 //!
 //! IO area a (area_stride bytes) = queues_per_area queues, each queue_stride (4 MiB) bytes:
 //! | request slot (1 MiB + 4 KiB) | guard | response slot (1 MiB + 4 KiB) | guard |
@@ -26,18 +26,34 @@ use crate::{DecodeError, MAX_IO_BYTES, PROTOCOL_VERSION};
 pub const SECTOR_SIZE: u64 = 512;
 /// Size of the configuration space, in bytes.
 pub const CONFIG_SIZE: u64 = 4096;
-/// Byte offset of the admin request space.
+/// Byte offset of the admin space.
 pub const ADMIN_OFFSET: u64 = 64 * 1024;
-/// Size of the admin request space, in bytes (paper: "less than 4 KB").
-pub const ADMIN_SIZE: u64 = 2048;
-/// Byte offset of the admin request record inside the admin space.
+/// Byte offset of the admin request record (one WRITE of [`ADMIN_RECORD_SIZE`] bytes).
 pub const ADMIN_REQ_OFFSET: u64 = ADMIN_OFFSET;
-/// Byte offset of the admin response record inside the admin space.
-pub const ADMIN_RESP_OFFSET: u64 = ADMIN_OFFSET + 1024;
-/// Largest admin request or response record, in bytes.
-pub const ADMIN_RECORD_SIZE: usize = 1024;
+/// Size of the admin request record, in bytes.
+pub const ADMIN_RECORD_SIZE: usize = crate::admin::ADMIN_REQUEST_SIZE;
+/// Byte offset of admin mailbox 0: the answers to admin requests, one
+/// [`MAILBOX_SIZE`]-byte record per mailbox (protocol v2: the paper's single shared
+/// response record let any process read or clobber another's answer).
+pub const ADMIN_MAILBOX_OFFSET: u64 = ADMIN_OFFSET + 4096;
+/// Number of admin mailboxes.
+pub const ADMIN_MAILBOXES: u16 = 256;
+/// Size of one mailbox, in bytes.
+pub const MAILBOX_SIZE: u64 = crate::admin::ADMIN_RESPONSE_SIZE as u64;
+/// Size of the admin space, in bytes: the request record, a guard, the mailboxes.
+pub const ADMIN_SIZE: u64 = 4096 + ADMIN_MAILBOXES as u64 * MAILBOX_SIZE;
+
+/// Byte offset of admin mailbox `m`.
+pub fn mailbox_offset(m: u16) -> u64 {
+    ADMIN_MAILBOX_OFFSET + m as u64 * MAILBOX_SIZE
+}
 /// Byte offset of IO area 0.
 pub const IO_BASE: u64 = 1 << 20;
+/// Offset of an IO area's **session mailbox** from the area's start (the request slot
+/// of its first queue), bytes: a [`MAILBOX_SIZE`]-byte record in the guard space after
+/// that queue's response slot, where the device answers the session's authenticated
+/// admin requests (`docs/protocol.md`, "In-session admin requests").
+pub const SESSION_MAILBOX_OFFSET: u64 = 3 << 20 | 512 << 10;
 /// Size of the IO request and response headers, in bytes.
 pub const HEADER_SIZE: usize = 512;
 /// Size of one request or response slot: header + up to 1 MiB payload, rounded up to
@@ -74,8 +90,10 @@ pub enum Region {
     Config { offset: u64 },
     /// The admin request record; `offset` is relative to [`ADMIN_REQ_OFFSET`].
     AdminRequest { offset: u64 },
-    /// The admin response record; `offset` is relative to [`ADMIN_RESP_OFFSET`].
-    AdminResponse { offset: u64 },
+    /// The admin mailboxes; `offset` is relative to [`ADMIN_MAILBOX_OFFSET`].
+    AdminMailboxes { offset: u64 },
+    /// The session mailbox of IO area `area`; `offset` is relative to it.
+    SessionMailbox { area: u32, offset: u64 },
     /// A queue's request slot; `offset` is relative to the slot start.
     RequestSlot { queue: u32, offset: u64 },
     /// A queue's response slot; `offset` is relative to the slot start.
@@ -134,6 +152,11 @@ impl Geometry {
         IO_BASE + queue as u64 * QUEUE_STRIDE
     }
 
+    /// Byte offset of IO area `area`'s session mailbox ([`SESSION_MAILBOX_OFFSET`]).
+    pub fn session_mailbox(&self, area: u32) -> u64 {
+        self.request_slot(area * self.queues_per_area) + SESSION_MAILBOX_OFFSET
+    }
+
     /// Byte offset of the queue's response slot.
     pub fn response_slot(&self, queue: u32) -> u64 {
         self.request_slot(queue) + RESP_SLOT_OFFSET
@@ -156,8 +179,8 @@ impl Geometry {
         if within(ADMIN_REQ_OFFSET, ADMIN_RECORD_SIZE as u64) {
             return Region::AdminRequest { offset: offset - ADMIN_REQ_OFFSET };
         }
-        if within(ADMIN_RESP_OFFSET, ADMIN_RECORD_SIZE as u64) {
-            return Region::AdminResponse { offset: offset - ADMIN_RESP_OFFSET };
+        if within(ADMIN_MAILBOX_OFFSET, ADMIN_MAILBOXES as u64 * MAILBOX_SIZE) {
+            return Region::AdminMailboxes { offset: offset - ADMIN_MAILBOX_OFFSET };
         }
         if touches(0, CONFIG_SIZE) || touches(ADMIN_OFFSET, ADMIN_SIZE) {
             return Region::Crossing;
@@ -178,7 +201,12 @@ impl Geometry {
         if rel >= RESP_SLOT_OFFSET && rel_end <= RESP_SLOT_OFFSET + SLOT_SIZE {
             return Region::ResponseSlot { queue, offset: rel - RESP_SLOT_OFFSET };
         }
-        if touches(base, SLOT_SIZE) || touches(base + RESP_SLOT_OFFSET, SLOT_SIZE) {
+        let first_of_area = queue % self.queues_per_area == 0;
+        if first_of_area && within(base + SESSION_MAILBOX_OFFSET, MAILBOX_SIZE) {
+            return Region::SessionMailbox { area: queue / self.queues_per_area, offset: rel - SESSION_MAILBOX_OFFSET };
+        }
+        let mailbox = first_of_area && touches(base + SESSION_MAILBOX_OFFSET, MAILBOX_SIZE);
+        if touches(base, SLOT_SIZE) || touches(base + RESP_SLOT_OFFSET, SLOT_SIZE) || mailbox {
             return Region::Crossing;
         }
         Region::Guard
@@ -196,7 +224,8 @@ impl Geometry {
 /// | 8 | 4 | max IO bytes (1 MiB) |
 /// | 12 | 4 | areas |
 /// | 16 | 4 | queues per area |
-/// | 20 | 4 | reserved (0) |
+/// | 20 | 2 | admin mailboxes |
+/// | 22 | 2 | reserved (0) |
 /// | 24 | 8 | admin offset (bytes) |
 /// | 32 | 8 | IO base (bytes) |
 /// | 40 | 8 | queue stride (bytes) |
@@ -226,6 +255,7 @@ impl ConfigSpace {
         put_u32(&mut b, 8, MAX_IO_BYTES);
         put_u32(&mut b, 12, self.geometry.areas);
         put_u32(&mut b, 16, self.geometry.queues_per_area);
+        put_u16(&mut b, 20, ADMIN_MAILBOXES);
         put_u64(&mut b, 24, ADMIN_OFFSET);
         put_u64(&mut b, 32, IO_BASE);
         put_u64(&mut b, 40, QUEUE_STRIDE);
@@ -246,6 +276,7 @@ impl ConfigSpace {
         let fixed = [
             (get_u16(b, 6) as u64, HEADER_SIZE as u64, "header_size"),
             (get_u32(b, 8) as u64, MAX_IO_BYTES as u64, "max_io_bytes"),
+            (get_u16(b, 20) as u64, ADMIN_MAILBOXES as u64, "admin_mailboxes"),
             (get_u64(b, 24), ADMIN_OFFSET, "admin_offset"),
             (get_u64(b, 32), IO_BASE, "io_base"),
             (get_u64(b, 40), QUEUE_STRIDE, "queue_stride"),
@@ -322,7 +353,10 @@ mod tests {
         let g = g();
         assert_eq!(g.classify(0, 512), Region::Config { offset: 0 });
         assert_eq!(g.classify(ADMIN_REQ_OFFSET, 1024), Region::AdminRequest { offset: 0 });
-        assert_eq!(g.classify(ADMIN_RESP_OFFSET + 512, 512), Region::AdminResponse { offset: 512 });
+        assert_eq!(g.classify(mailbox_offset(1), 512), Region::AdminMailboxes { offset: 512 });
+        assert_eq!(g.classify(mailbox_offset(255), 512), Region::AdminMailboxes { offset: 255 * 512 });
+        assert_eq!(g.classify(mailbox_offset(255), 1024), Region::Crossing, "past the last mailbox");
+        assert_eq!(g.classify(ADMIN_REQ_OFFSET + 1024, 512), Region::Crossing, "the guard inside the admin space");
         assert_eq!(g.classify(ADMIN_REQ_OFFSET + 512, 1024), Region::Crossing);
         assert_eq!(g.classify(8192, 512), Region::Guard);
         let q = 5;
@@ -333,6 +367,20 @@ mod tests {
         assert_eq!(g.classify(g.response_slot(q) + 4096, 4096), Region::ResponseSlot { queue: q, offset: 4096 });
         assert_eq!(g.classify(g.request_slot(q) + SLOT_SIZE - 512, 1024), Region::Crossing);
         assert_eq!(g.classify(g.request_slot(q) + SLOT_SIZE, 512), Region::Guard);
+        // Session mailboxes: one per area, after its first queue's response slot.
+        let qpa = g.queues_per_area;
+        assert_eq!(g.classify(g.session_mailbox(1), 512), Region::SessionMailbox { area: 1, offset: 0 });
+        assert_eq!(g.session_mailbox(1), g.request_slot(qpa) + SESSION_MAILBOX_OFFSET);
+        assert_eq!(g.classify(g.session_mailbox(0) + 256, 256), Region::SessionMailbox { area: 0, offset: 256 });
+        assert_eq!(g.classify(g.session_mailbox(1) - 512, 1024), Region::Crossing);
+        assert_eq!(g.classify(g.session_mailbox(1) + 512, 512), Region::Guard);
+        assert_eq!(
+            g.classify(g.request_slot(qpa + 1) + SESSION_MAILBOX_OFFSET, 512),
+            Region::Guard,
+            "not the area's first queue"
+        );
+        const { assert!(SESSION_MAILBOX_OFFSET >= RESP_SLOT_OFFSET + SLOT_SIZE + 4096) };
+        const { assert!(SESSION_MAILBOX_OFFSET + MAILBOX_SIZE < QUEUE_STRIDE) };
         assert_eq!(g.classify(g.capacity_bytes() - 512, 1024), Region::Crossing);
         assert_eq!(g.classify(u64::MAX - 10, 512), Region::Crossing);
         // An IO spanning two queues' slots (what a block-layer merge would produce).

@@ -1,7 +1,8 @@
 //! PoV wire formats, shared by every part of PoV.
 //!
 //! This crate is the single implementation of the formats specified in
-//! `docs/protocol.md`; it has no runtime dependencies and does no IO.
+//! `docs/protocol.md` and of the session cryptography they carry ([`crypto`], on
+//! `ring`); it does no IO.
 //!
 //! * [`layout`]: the PoV device address space (configuration space, admin request
 //!   space, per-session IO areas with request/response slots and guard space), the
@@ -10,7 +11,10 @@
 //! * [`io`]: the 512-byte IO request and response headers carried in the request and
 //!   response slots, operations, flags and the SDK hint (paper §4.3.2).
 //! * [`admin`]: admin requests (session open/close, queue create/delete, heartbeat)
-//!   carried in the admin request space (paper §4.3.1, §4.6).
+//!   carried in the admin request space and their answers in mailboxes (paper §4.3.1,
+//!   §4.6).
+//! * [`crypto`]: session open (challenge-response), key derivation, request tags,
+//!   sealed responses and admin answers (`docs/security.md`).
 //! * [`status`]: the error codes every response carries.
 //! * [`wire`]: the length-prefixed frames between `pov-dpud` and `pov-proxy` (the
 //!   "proxy request header" of paper §4.3.2).
@@ -22,6 +26,7 @@
 //! name says `sectors` (a sector is [`layout::SECTOR_SIZE`] = 512 bytes).
 
 pub mod admin;
+pub mod crypto;
 pub mod entry;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
@@ -38,7 +43,7 @@ pub use status::Status;
 
 /// Protocol version carried in every header; a peer that sees another version answers
 /// [`Status::BadVersion`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest amount of file data one IO carries, in bytes (paper §5: "an IO request
 /// cannot exceed 1 MB").

@@ -59,6 +59,10 @@ pub enum Status {
     NoResources = 23,
     /// A response slot was read but no request was ever sent on that queue.
     NoRequest = 24,
+    /// Too many failed authentications for this tenant lately: wait and retry.
+    RateLimited = 25,
+    /// The tenant's limit of sessions or queues on this device is reached.
+    Quota = 26,
 }
 
 impl Status {
@@ -91,6 +95,8 @@ impl Status {
             22 => NameTooLong,
             23 => NoResources,
             24 => NoRequest,
+            25 => RateLimited,
+            26 => Quota,
             _ => Io,
         }
     }
@@ -130,6 +136,8 @@ impl Status {
             NameTooLong => 36,                     // ENAMETOOLONG
             NoResources => 24,                     // EMFILE
             NoRequest => 61,                       // ENODATA
+            RateLimited => 11,                     // EAGAIN
+            Quota => 122,                          // EDQUOT
         }
     }
 
@@ -196,6 +204,8 @@ impl std::fmt::Display for Status {
             Status::NameTooLong => "name too long",
             Status::NoResources => "no free sessions, queues or handles",
             Status::NoRequest => "no request on this queue",
+            Status::RateLimited => "too many failed authentications, retry later",
+            Status::Quota => "the tenant's session or queue limit on this device is reached",
         };
         f.write_str(s)
     }
@@ -207,7 +217,7 @@ mod tests {
 
     #[test]
     fn every_code_round_trips() {
-        for v in 0..=24u32 {
+        for v in 0..=26u32 {
             assert_eq!(Status::from_u32(v).as_u32(), v);
         }
         assert_eq!(Status::from_u32(9999), Status::Io);

@@ -20,7 +20,7 @@ pub const PROXY_REQUEST_HEADER: usize = 128;
 /// Fixed part of a proxy response, bytes.
 pub const PROXY_RESPONSE_HEADER: usize = 40;
 /// Largest frame body, bytes: a request header, a tenant, a path and 1 MiB of data.
-pub const MAX_FRAME: usize = PROXY_REQUEST_HEADER + 64 + MAX_PATH + MAX_IO_BYTES as usize;
+pub const MAX_FRAME: usize = PROXY_REQUEST_HEADER + 64 + MAX_PATH + crate::admin::MAX_PREFIX + MAX_IO_BYTES as usize;
 /// Size of the length prefix, bytes.
 pub const LEN_PREFIX: usize = 4;
 
@@ -57,8 +57,11 @@ pub fn frame_len(b: &[u8]) -> Result<Option<usize>, DecodeError> {
 /// | 106 | 2 | reserved |
 /// | 108 | 4 | load: requests the DPU has in flight on this connection |
 /// | 112 | 8 | session ID (for accounting and traces) |
-/// | 120 | 8 | reserved |
-/// | 128 | … | tenant, path, payload |
+/// | 120 | 1 | grant flags: bit 0 read-only (the proxy re-checks the session's grant) |
+/// | 121 | 1 | reserved |
+/// | 122 | 2 | grant prefix length |
+/// | 124 | 4 | reserved |
+/// | 128 | … | tenant, path, grant prefix, payload |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyRequest {
     pub op: Op,
@@ -73,6 +76,8 @@ pub struct ProxyRequest {
     pub session_id: u64,
     pub tenant: String,
     pub path: String,
+    /// The session's grant (read-only, path prefix); default: everything.
+    pub grant: crate::io::Grant,
 }
 
 /// A decoded proxy request borrowing its payload from the frame.
@@ -100,6 +105,10 @@ pub struct ProxyRequestView<'a> {
     pub session_id: u64,
     pub tenant: &'a str,
     pub path: &'a str,
+    /// Grant: read-only.
+    pub read_only: bool,
+    /// Grant: path prefix (empty: none).
+    pub prefix: &'a str,
 }
 
 impl ProxyRequestView<'_> {
@@ -112,10 +121,13 @@ impl ProxyRequestView<'_> {
         if self.path.len() > MAX_PATH {
             return Err(DecodeError::Invalid { field: "path", why: "too long" });
         }
+        if self.prefix.len() > crate::admin::MAX_PREFIX {
+            return Err(DecodeError::Invalid { field: "prefix", why: "too long" });
+        }
         if payload.len() > MAX_IO_BYTES as usize {
             return Err(DecodeError::Invalid { field: "payload", why: "over 1 MiB" });
         }
-        let body = PROXY_REQUEST_HEADER + self.tenant.len() + self.path.len() + payload.len();
+        let body = PROXY_REQUEST_HEADER + self.tenant.len() + self.path.len() + self.prefix.len() + payload.len();
         out.clear();
         out.reserve(LEN_PREFIX + body);
         out.extend_from_slice(&(body as u32).to_le_bytes());
@@ -135,9 +147,12 @@ impl ProxyRequestView<'_> {
         h[105] = self.qos;
         put_u32(&mut h, 108, self.load);
         put_u64(&mut h, 112, self.session_id);
+        h[120] = self.read_only as u8;
+        put_u16(&mut h, 122, self.prefix.len() as u16);
         out.extend_from_slice(&h);
         out.extend_from_slice(self.tenant.as_bytes());
         out.extend_from_slice(self.path.as_bytes());
+        out.extend_from_slice(self.prefix.as_bytes());
         out.extend_from_slice(payload);
         Ok(())
     }
@@ -161,6 +176,7 @@ impl ProxyRequest {
             session_id: 0,
             tenant: tenant.into(),
             path: path.into(),
+            grant: crate::io::Grant::default(),
         }
     }
 
@@ -179,6 +195,8 @@ impl ProxyRequest {
             session_id: self.session_id,
             tenant: &self.tenant,
             path: &self.path,
+            read_only: self.grant.read_only,
+            prefix: &self.grant.prefix,
         }
     }
 
@@ -196,10 +214,14 @@ impl ProxyRequest {
         let tl = get_u16(b, 32) as usize;
         let pl = get_u16(b, 34) as usize;
         let dl = get_u32(b, 36) as usize;
+        let gl = get_u16(b, 122) as usize;
+        if gl > crate::admin::MAX_PREFIX {
+            return Err(DecodeError::Invalid { field: "prefix", why: "over limit" });
+        }
         if tl > crate::admin::MAX_TENANT_NAME || pl > MAX_PATH || dl > MAX_IO_BYTES as usize {
             return Err(DecodeError::Invalid { field: "lengths", why: "over limit" });
         }
-        if b.len() != PROXY_REQUEST_HEADER + tl + pl + dl {
+        if b.len() != PROXY_REQUEST_HEADER + tl + pl + gl + dl {
             return Err(DecodeError::Invalid { field: "frame length", why: "does not match header" });
         }
         let s = PROXY_REQUEST_HEADER;
@@ -208,6 +230,9 @@ impl ProxyRequest {
             .to_string();
         let path = std::str::from_utf8(&b[s + tl..s + tl + pl])
             .map_err(|_| DecodeError::Invalid { field: "path", why: "not UTF-8" })?
+            .to_string();
+        let prefix = std::str::from_utf8(&b[s + tl + pl..s + tl + pl + gl])
+            .map_err(|_| DecodeError::Invalid { field: "prefix", why: "not UTF-8" })?
             .to_string();
         Ok(ProxyRequestRef {
             req: ProxyRequest {
@@ -221,10 +246,11 @@ impl ProxyRequest {
                 qos: b[105],
                 load: get_u32(b, 108),
                 session_id: get_u64(b, 112),
+                grant: crate::io::Grant { read_only: b[120] & 1 != 0, prefix },
                 tenant,
                 path,
             },
-            payload: &b[s + tl + pl..],
+            payload: &b[s + tl + pl + gl..],
         })
     }
 }
@@ -314,6 +340,7 @@ mod tests {
             session_id: 10,
             tenant: "t".into(),
             path: "a/b".into(),
+            grant: crate::io::Grant { read_only: true, prefix: "a".into() },
         };
         let mut out = Vec::new();
         r.encode_frame(b"hello", &mut out).unwrap();

@@ -1,20 +1,40 @@
 //! The `pov-proxy` command line.
 //!
 //! ```text
-//! pov-proxy [--listen ADDR] [--backend SPEC] [--reactors N | --cpus LIST] [--log-level LEVEL]
+//! pov-proxy [--listen ENDPOINT] [--backend SPEC] [--reactors N | --cpus LIST] [--log-level LEVEL]
+//!           [--tls-cert FILE --tls-key FILE --tls-ca FILE --enrolled FILE [--tls-handshake-timeout-ms MS]]
+//!           [--insecure-tcp] [--max-outstanding-bytes SIZE] [--max-requests N]
+//!           [--frame-timeout SECS] [--idle-timeout SECS]
 //! ```
+//!
+//! **Whom it serves.** With `--listen tls:HOST:PORT` the proxy speaks mutual TLS: its
+//! certificate and key (`--tls-cert`, `--tls-key`), the CA that signs the DPUs'
+//! client certificates (`--tls-ca`) and the enrollment (`--enrolled`, see
+//! [`crate::access`]) are then required, and a DPU may act only for the tenants and
+//! volumes its identity is enrolled for. Without `tls:` (the default,
+//! `127.0.0.1:4420`) it is plain TCP: whoever connects may act for every tenant, the
+//! log says so at `warn`, and a listen address other than loopback is refused unless
+//! `--insecure-tcp` says that this is meant. The TLS options with a TCP listener are
+//! an error, never silently ignored.
+//!
+//! The last four options are the per-connection limits ([`crate::server::ConnLimits`],
+//! docs/security.md "Resource limits").
 //!
 //! On startup the binary prints one line to stdout, `pov-proxy listening on
 //! HOST:PORT` (the address actually bound), so scripts can wait for it. It runs until
 //! SIGINT or SIGTERM, then closes every connection, logs the per-tenant counters and
 //! exits with status 0. Setup failures exit with status 1 and a message on stderr.
 
+use crate::access::{Enrollment, Peers};
 use crate::backend::BackendSpec;
-use crate::server::{Server, ServerConfig, DEFAULT_LISTEN};
+use crate::server::{
+    ConnLimits, Server, ServerConfig, DEFAULT_FRAME_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_OUTSTANDING_BYTES, DEFAULT_MAX_REQUESTS,
+};
 use anyhow::Context;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::io::Write;
+use std::time::Duration;
 
 /// Default backend spec.
 pub const DEFAULT_BACKEND: &str = "local:./pov-data";
@@ -23,9 +43,37 @@ pub const DEFAULT_BACKEND: &str = "local:./pov-data";
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "pov-proxy", version, about = "PoV proxy: serves DPU file requests from a storage backend")]
 pub struct Args {
-    /// Endpoint to listen on: HOST:PORT or tcp:HOST:PORT (port 0 picks a free port).
+    /// Endpoint to listen on: tls:HOST:PORT (mutual TLS, enrolled DPUs only: needs
+    /// --tls-cert, --tls-key, --tls-ca and --enrolled), or HOST:PORT / tcp:HOST:PORT
+    /// (plain TCP, trusts any peer: development only). Port 0 picks a free port.
     #[arg(long, env = "POV_PROXY_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: String,
+
+    /// The proxy's certificate chain (PEM), for tls: listeners.
+    #[arg(long, env = "POV_PROXY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "POV_PROXY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// The CA certificate(s) (PEM) that sign enrolled DPUs' client certificates.
+    #[arg(long, env = "POV_PROXY_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// The enrollment (JSON): which DPU identity (a DNS name in its certificate's
+    /// subjectAltName) may act for which tenants and volumes. See docs/security.md.
+    #[arg(long, env = "POV_PROXY_ENROLLED", value_name = "FILE")]
+    pub enrolled: Option<std::path::PathBuf>,
+
+    /// How long an accepted connection may take to finish its TLS handshake, ms.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub tls_handshake_timeout_ms: u64,
+
+    /// Allow a plain-TCP listener on an address other than loopback (any host that
+    /// reaches it may then act for every tenant).
+    #[arg(long)]
+    pub insecure_tcp: bool,
 
     /// Storage backend: `local:DIR` (files under DIR/TENANT/, DIR created if
     /// missing), `ceph[:conf=PATH,client=NAME,keyring=PATH,root=DIR,workers=N,
@@ -46,6 +94,104 @@ pub struct Args {
     /// Log level (error, warn, info, debug, trace); RUST_LOG adds per-module filters.
     #[arg(long, env = "POV_PROXY_LOG_LEVEL", default_value = "info")]
     pub log_level: log::LevelFilter,
+
+    /// Most answer bytes one connection may have outstanding (answers not yet written
+    /// to its socket plus room reserved for its requests being served; a read
+    /// reserves its length). At the bound the proxy stops reading that connection's
+    /// requests until its answers drain (TCP back-pressure; nothing is dropped).
+    /// Bytes, or with a K, M or G suffix (powers of 1024).
+    #[arg(long, value_name = "SIZE", default_value_t = Size(DEFAULT_MAX_OUTSTANDING_BYTES))]
+    pub max_outstanding_bytes: Size,
+
+    /// Most requests one connection may have being served at once on a blocking
+    /// backend's workers (Ceph); further ones wait, unread.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_REQUESTS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_requests: u32,
+
+    /// Close a connection that has not completed its first frame this many seconds
+    /// after connecting, or leaves a frame incomplete this long while the proxy reads
+    /// it (half a frame, then silence). 0: never.
+    #[arg(long, value_name = "SECS", default_value_t = Secs(DEFAULT_FRAME_TIMEOUT))]
+    pub frame_timeout: Secs,
+
+    /// Close a connection with nothing outstanding that sends nothing for this many
+    /// seconds. 0 (the default): never, since a DPU keeps its proxy connections open
+    /// while idle (it reconnects on its next request, but one sent as the proxy
+    /// closes fails).
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::ZERO))]
+    pub idle_timeout: Secs,
+}
+
+/// A byte count given as `N`, `NK`, `NM` or `NG` (powers of 1024; `KiB`, `MiB`,
+/// `GiB` and lower case accepted too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub usize);
+
+impl std::str::FromStr for Size {
+    type Err = String;
+
+    /// Errors: not a number, an unknown suffix, 0, or more than `usize` holds.
+    fn from_str(s: &str) -> Result<Size, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kib" => 10,
+            "m" | "mib" => 20,
+            "g" | "gib" => 30,
+            u => return Err(format!("unknown unit {u:?} in {s:?} (use K, M or G)")),
+        };
+        let n: usize = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
+        let v = n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))?;
+        if v == 0 {
+            return Err("the size must be at least 1 byte".into());
+        }
+        Ok(Size(v))
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            v if v % (1 << 30) == 0 => write!(f, "{}G", v >> 30),
+            v if v % (1 << 20) == 0 => write!(f, "{}M", v >> 20),
+            v if v % (1 << 10) == 0 => write!(f, "{}K", v >> 10),
+            v => write!(f, "{v}"),
+        }
+    }
+}
+
+/// A duration given in seconds (fractions allowed, e.g. `0.5`); `0` means "never"
+/// where an option says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Secs(pub Duration);
+
+impl Secs {
+    /// `None` for 0 ("never"), else the duration.
+    pub fn nonzero(self) -> Option<Duration> {
+        (!self.0.is_zero()).then_some(self.0)
+    }
+}
+
+impl std::str::FromStr for Secs {
+    type Err = String;
+
+    /// Errors: not a number, negative, or more than a day.
+    fn from_str(s: &str) -> Result<Secs, String> {
+        let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+        if !(0.0..=86_400.0).contains(&v) {
+            return Err(format!("{s:?} is out of range (0 to 86400 seconds)"));
+        }
+        Ok(Secs(Duration::from_secs_f64(v)))
+    }
+}
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
 }
 
 /// A list of CPU indexes: comma-separated numbers and inclusive ranges (`0,2-3`).
@@ -92,6 +238,16 @@ impl std::str::FromStr for CpuList {
 }
 
 impl Args {
+    /// The per-connection limits these options ask for.
+    pub fn limits(&self) -> ConnLimits {
+        ConnLimits {
+            max_outstanding_bytes: self.max_outstanding_bytes.0,
+            max_requests: self.max_requests as usize,
+            frame_timeout: self.frame_timeout.nonzero(),
+            idle_timeout: self.idle_timeout.nonzero(),
+        }
+    }
+
     /// The reactor placement these options ask for.
     pub fn cores(&self) -> Vec<Option<usize>> {
         match &self.cpus {
@@ -101,10 +257,67 @@ impl Args {
     }
 }
 
+/// Whether a plain-TCP listen endpoint (`HOST:PORT`, `tcp:HOST:PORT`) binds only
+/// loopback addresses.
+fn loopback_only(listen: &str) -> bool {
+    let addr = listen.strip_prefix("tcp:").unwrap_or(listen);
+    let Some((host, _)) = addr.rsplit_once(':') else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Args {
+    /// Whom to serve, after checking that the options fit the listener: for a `tls:`
+    /// listener, loads the TLS identity (and sets it process-wide,
+    /// `pov_runtime::transport::tls::configure_server`) and the enrollment.
+    ///
+    /// Errors: a missing or extra option, an unreadable or bad certificate, key or
+    /// enrollment file, a non-loopback TCP listener without `--insecure-tcp`.
+    pub fn peers(&self) -> anyhow::Result<Peers> {
+        use pov_runtime::transport::tls;
+        let tls_opts = [
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+            ("--tls-ca", &self.tls_ca),
+            ("--enrolled", &self.enrolled),
+        ];
+        if !self.listen.starts_with("tls:") {
+            if let Some((flag, _)) = tls_opts.iter().find(|(_, v)| v.is_some()) {
+                anyhow::bail!("{flag} needs a TLS listener (--listen tls:HOST:PORT); {} is plain TCP", self.listen);
+            }
+            if !loopback_only(&self.listen) && !self.insecure_tcp {
+                anyhow::bail!(
+                    "refusing to serve plain TCP on {}, which is not loopback: any host reaching it could act for every \
+                     tenant. Use --listen tls:HOST:PORT with --tls-cert/--tls-key/--tls-ca/--enrolled, or --insecure-tcp",
+                    self.listen
+                );
+            }
+            return Ok(Peers::Anyone);
+        }
+        if let Some((flag, _)) = tls_opts.iter().find(|(_, v)| v.is_none()) {
+            anyhow::bail!("--listen {} needs --tls-cert, --tls-key, --tls-ca and --enrolled ({flag} is missing)", self.listen);
+        }
+        let (Some(cert), Some(key), Some(ca), Some(enrolled)) = (&self.tls_cert, &self.tls_key, &self.tls_ca, &self.enrolled)
+        else {
+            unreachable!("checked above")
+        };
+        let files = tls::TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() };
+        let mut identity = tls::ServerTls::from_files(&files).context("loading the proxy's TLS identity")?;
+        identity.handshake_timeout = std::time::Duration::from_millis(self.tls_handshake_timeout_ms);
+        let enrollment = Enrollment::load(enrolled)?;
+        if enrollment.is_empty() {
+            log::warn!("{} enrolls no DPU: every request will be refused", enrolled.display());
+        }
+        tls::configure_server(identity);
+        Ok(Peers::Enrolled(std::sync::Arc::new(enrollment)))
+    }
+}
+
 /// Runs the proxy until SIGINT or SIGTERM.
 ///
-/// Errors: signal handlers cannot be installed, or the server cannot start (bad
-/// backend directory, address in use, ...).
+/// Errors: signal handlers cannot be installed, the TLS options or files are bad
+/// ([`Args::peers`]), or the server cannot start (bad backend directory, address in
+/// use, ...).
 pub fn run(args: Args) -> anyhow::Result<()> {
     let _ = env_logger::Builder::new().filter_level(args.log_level).parse_default_env().try_init();
     // signal-hook's handlers only write to a self-pipe; `forever()` below reads it (the
@@ -114,6 +327,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         listen: args.listen.clone(),
         backend: args.backend.clone(),
         cores: args.cores(),
+        limits: args.limits(),
+        peers: args.peers()?,
         ..ServerConfig::default()
     };
     let server = Server::start(config)?;
@@ -127,7 +342,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tenants = server.tenant_stats();
     let totals = server.stats();
     server.shutdown();
-    log::info!("served {} frames ({} bad) on {} connections", totals.frames, totals.bad_frames, totals.connections_accepted);
+    log::info!(
+        "served {} frames ({} bad, {} refused for their tenant or volume) on {} connections",
+        totals.frames,
+        totals.bad_frames,
+        totals.denied,
+        totals.connections_accepted
+    );
     for t in tenants {
         log::info!(
             "tenant {}: {} requests, {} errors, {} bytes read, {} bytes written",
@@ -146,12 +367,56 @@ mod tests {
     use super::*;
     use clap::Parser;
 
+    /// The TLS options fit the listener or the proxy refuses to start; plain TCP
+    /// beyond loopback needs `--insecure-tcp`.
+    #[test]
+    fn peer_options_must_fit_the_listener() {
+        let peers = |args: &[&str]| {
+            let mut v = vec!["pov-proxy"];
+            v.extend_from_slice(args);
+            Args::try_parse_from(v).unwrap().peers().map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(peers(&[]), Ok(Peers::Anyone));
+        for l in ["127.0.0.1:0", "tcp:127.0.0.5:9", "[::1]:0", "localhost:1", "tcp:LOCALHOST:1"] {
+            assert_eq!(peers(&["--listen", l]), Ok(Peers::Anyone), "{l}");
+        }
+        let e = peers(&["--listen", "0.0.0.0:4420"]).unwrap_err();
+        assert!(e.contains("not loopback") && e.contains("--insecure-tcp"), "{e}");
+        assert_eq!(peers(&["--listen", "tcp:10.0.0.5:4420", "--insecure-tcp"]), Ok(Peers::Anyone));
+        let e = peers(&["--enrolled", "/x.json"]).unwrap_err();
+        assert!(e.contains("--enrolled needs a TLS listener"), "{e}");
+        let e = peers(&["--listen", "tls:127.0.0.1:0", "--tls-cert", "/c", "--tls-key", "/k", "--tls-ca", "/a"]).unwrap_err();
+        assert!(e.contains("--enrolled is missing"), "{e}");
+        let e =
+            peers(&["--listen", "tls:127.0.0.1:0", "--tls-cert", "/c", "--tls-key", "/k", "--tls-ca", "/a", "--enrolled", "/e"])
+                .unwrap_err();
+        assert!(e.contains("/a"), "names the unreadable file: {e}");
+    }
+
     #[test]
     fn cpu_lists() {
         assert_eq!("1".parse::<CpuList>().unwrap().0, [1]);
         assert_eq!("0,2-3".parse::<CpuList>().unwrap().0, [0, 2, 3]);
         for bad in ["", "a", "3-1", "1,1", "0-", "1024", "1,,2"] {
             assert!(bad.parse::<CpuList>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_seconds() {
+        for (s, v) in [("1", 1), ("4096", 4096), ("8M", 8 << 20), ("64k", 64 << 10), ("1GiB", 1 << 30), ("3 MiB", 3 << 20)] {
+            assert_eq!(s.parse::<Size>(), Ok(Size(v)), "{s}");
+        }
+        for bad in ["", "0", "M", "1T", "-1", "1.5M", "99999999999999999999G"] {
+            assert!(bad.parse::<Size>().is_err(), "{bad:?}");
+        }
+        assert_eq!(Size(8 << 20).to_string(), "8M");
+        assert_eq!(Size(1000).to_string(), "1000");
+        assert_eq!("30".parse::<Secs>().unwrap().nonzero(), Some(Duration::from_secs(30)));
+        assert_eq!("0".parse::<Secs>().unwrap().nonzero(), None);
+        assert_eq!(Secs(DEFAULT_FRAME_TIMEOUT).to_string(), "30");
+        for bad in ["", "x", "-0.5", "1e9", "NaN"] {
+            assert!(bad.parse::<Secs>().is_err(), "{bad:?}");
         }
     }
 
@@ -169,6 +434,35 @@ mod tests {
         assert!(Args::try_parse_from(["pov-proxy", "--reactors", "2", "--cpus", "1"]).is_err());
         assert!(Args::try_parse_from(["pov-proxy", "--reactors", "0"]).is_err());
         assert!(Args::try_parse_from(["pov-proxy", "--backend", "ceph:x"]).is_err());
+        assert!(!a.insecure_tcp && a.tls_cert.is_none() && a.enrolled.is_none());
+        assert_eq!(a.tls_handshake_timeout_ms, 5000);
+        assert_eq!(a.limits(), ConnLimits::default());
+        let a = Args::try_parse_from([
+            "pov-proxy",
+            "--max-outstanding-bytes",
+            "2M",
+            "--max-requests",
+            "8",
+            "--frame-timeout",
+            "0.5",
+            "--idle-timeout",
+            "600",
+        ])
+        .unwrap();
+        let l = a.limits();
+        assert_eq!((l.max_outstanding_bytes, l.max_requests), (2 << 20, 8));
+        assert_eq!((l.frame_timeout, l.idle_timeout), (Some(Duration::from_millis(500)), Some(Duration::from_secs(600))));
+        let a = Args::try_parse_from(["pov-proxy", "--frame-timeout", "0"]).unwrap();
+        assert_eq!(a.limits().frame_timeout, None);
+        for bad in [
+            &["--max-outstanding-bytes", "0"][..],
+            &["--max-outstanding-bytes", "8X"],
+            &["--max-requests", "0"],
+            &["--frame-timeout", "-1"],
+            &["--idle-timeout", "soon"],
+        ] {
+            assert!(Args::try_parse_from(["pov-proxy"].iter().chain(bad)).is_err(), "{bad:?}");
+        }
         #[cfg(feature = "ceph")]
         {
             let a = Args::try_parse_from(["pov-proxy", "--backend", "ceph:conf=/c,workers=8"]).unwrap();

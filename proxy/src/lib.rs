@@ -10,7 +10,11 @@
 //!   (cargo feature `ceph`, on by default) `ceph` implementations, the spec strings that
 //!   choose one (`local:DIR`, `null`, `ceph:...`) and the conformance suite every
 //!   storing backend passes (cargo feature `testing`).
-//! * [`service`]: transport-free request execution: frame body in, response frame out.
+//! * [`service`]: transport-free request execution: frame body in, response frame out,
+//!   each request checked against its connection's [`access::Access`].
+//! * [`access`]: who may act for which tenant and volume: the enrollment file
+//!   (`--enrolled`) mapping each DPU's certificate identity to its tenants and
+//!   volumes.
 //! * [`server`]: the polled-mode server on `pov_runtime` reactors
 //!   ([`Server::start`] → [`Server`] with `local_addr()` and `shutdown()`).
 //! * [`stats`]: per-tenant and server-wide counters (what a per-tenant QoS
@@ -33,6 +37,7 @@
 //! # Ok::<(), pov_proxy::Error>(())
 //! ```
 
+pub mod access;
 pub mod backend;
 pub mod cli;
 pub mod offload;
@@ -80,6 +85,15 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// The listener and the peer policy do not fit (an enrollment on a listener that
+    /// authenticates nobody, or a TLS listener without an enrollment).
+    #[error("cannot serve on {endpoint}: {why}")]
+    Peers {
+        /// The listen endpoint.
+        endpoint: String,
+        /// What does not fit.
+        why: String,
     },
     /// The reactor threads cannot be started.
     #[error("cannot start reactors")]

@@ -8,8 +8,9 @@
 //!
 //! * [`Offload::submit`] hands a frame body to the pool (at most
 //!   [`MAX_IN_FLIGHT`] per connection; more wait in a per-connection backlog in
-//!   arrival order, so what a peer can queue is bounded by what it sends, and the
-//!   DPU bounds that per connection).
+//!   arrival order). The connection poller bounds what it submits (requests in
+//!   service and the answer bytes reserved for them, [`Offload::reserved_bytes`]:
+//!   `crate::server::ConnLimits`), so the backlog is bounded too.
 //! * Workers run the request and push the response frame onto the connection's
 //!   completion list, then signal its eventfd ([`Offload::fd`]), which the poller
 //!   watches with `ReactorContext::watch_fd`: an idle reactor sleeps, a completion
@@ -24,7 +25,7 @@
 //! libcephfs, which has no asynchronous API for path operations.
 
 use crate::backend::Backend;
-use crate::service::Service;
+use crate::service::{answer_bound, Service};
 use crate::stats::ProxyStats;
 use crossbeam_channel::{Receiver, Sender};
 use pov_proto::wire::ProxyResponse;
@@ -116,6 +117,8 @@ struct Pending {
     /// short to carry a tag (it gets no answer anyway).
     ids: Option<(u16, u64)>,
     deadline: Option<Instant>,
+    /// Room reserved for its answer ([`answer_bound`]).
+    reserved: usize,
 }
 
 /// One connection's view of a [`WorkerPool`].
@@ -127,6 +130,7 @@ pub struct Offload {
     next_seq: u64,
     taken: Vec<(u64, Vec<u8>)>,
     timeouts: u64,
+    reserved: usize,
 }
 
 impl std::fmt::Debug for Offload {
@@ -141,7 +145,16 @@ impl Offload {
     /// Errors: the eventfd cannot be created.
     pub fn new(pool: Arc<WorkerPool>) -> std::io::Result<Offload> {
         let done = Arc::new(Completions { list: Mutex::new(Vec::new()), efd: EventFd::new()? });
-        Ok(Offload { pool, done, pending: HashMap::new(), backlog: VecDeque::new(), next_seq: 0, taken: Vec::new(), timeouts: 0 })
+        Ok(Offload {
+            pool,
+            done,
+            pending: HashMap::new(),
+            backlog: VecDeque::new(),
+            next_seq: 0,
+            taken: Vec::new(),
+            timeouts: 0,
+            reserved: 0,
+        })
     }
 
     /// The descriptor that becomes readable when a request completes.
@@ -159,13 +172,21 @@ impl Offload {
         self.backlog.len()
     }
 
+    /// Room reserved for the answers of the requests submitted and not yet reaped
+    /// (in flight and in the backlog), bytes: the sum of their [`answer_bound`]s.
+    pub fn reserved_bytes(&self) -> usize {
+        self.reserved
+    }
+
     /// Requests answered with [`Status::Timeout`] by this connection so far.
     pub fn timeouts(&self) -> u64 {
         self.timeouts
     }
 
-    /// Queues one frame body (length prefix stripped).
+    /// Queues one frame body (length prefix stripped), reserving
+    /// [`answer_bound`]`(body)` bytes until its answer is reaped.
     pub fn submit(&mut self, body: &[u8]) {
+        self.reserved += answer_bound(body);
         if self.pending.len() < MAX_IN_FLIGHT && self.backlog.is_empty() {
             self.dispatch(body.to_vec());
         } else {
@@ -183,12 +204,13 @@ impl Offload {
             tag.copy_from_slice(&body[8..16]);
             (op, u64::from_le_bytes(tag))
         });
-        self.pending.insert(seq, Pending { ids, deadline });
+        let reserved = answer_bound(&body);
+        self.pending.insert(seq, Pending { ids, deadline, reserved });
         let job = Job { seq, body, deadline, done: self.done.clone() };
         let sent = self.pool.jobs.as_ref().is_some_and(|tx| tx.send(job).is_ok());
         if !sent {
             // The pool is shutting down: answer as unavailable.
-            self.pending.remove(&seq);
+            self.release(seq);
             if let Some((op, tag)) = ids {
                 let mut f = Vec::new();
                 ProxyResponse { op, tag, status: Status::Unavailable, result: 0, flags: 0 }.encode_frame(&[], &mut f);
@@ -204,20 +226,22 @@ impl Offload {
         self.done.efd.drain();
         std::mem::swap(&mut self.taken, &mut self.done.list.lock().unwrap_or_else(|e| e.into_inner()));
         let mut moved = !self.taken.is_empty();
-        for (seq, frame) in self.taken.drain(..) {
+        let mut taken = std::mem::take(&mut self.taken);
+        for (seq, frame) in taken.drain(..) {
             // Unknown sequence numbers were answered already (timeout) or are
             // pool-shutdown answers (u64::MAX).
-            if (self.pending.remove(&seq).is_some() || seq == u64::MAX) && !frame.is_empty() {
+            if (self.release(seq).is_some() || seq == u64::MAX) && !frame.is_empty() {
                 out.push(frame);
             }
         }
+        self.taken = taken;
         let now = Instant::now();
         let expired: Vec<u64> =
             self.pending.iter().filter(|(_, p)| p.deadline.is_some_and(|d| now >= d)).map(|(s, _)| *s).collect();
         for seq in expired {
             moved = true;
             self.timeouts += 1;
-            if let Some(Pending { ids: Some((op, tag)), .. }) = self.pending.remove(&seq) {
+            if let Some(Pending { ids: Some((op, tag)), .. }) = self.release(seq) {
                 log::warn!("request tag {tag:#x} (op {op}) timed out in the backend");
                 let mut f = Vec::new();
                 ProxyResponse { op, tag, status: Status::Timeout, result: 0, flags: 0 }.encode_frame(&[], &mut f);
@@ -230,6 +254,13 @@ impl Offload {
             self.dispatch(body);
         }
         moved
+    }
+
+    /// Forgets request `seq` and the room reserved for its answer.
+    fn release(&mut self, seq: u64) -> Option<Pending> {
+        let p = self.pending.remove(&seq)?;
+        self.reserved = self.reserved.saturating_sub(p.reserved);
+        Some(p)
     }
 
     /// The earliest deadline of a request in flight (the poller must run by then).

@@ -11,9 +11,9 @@
 //!
 //! **Idle cost.** Pollers report [`PollStatus::Busy`] only when bytes moved or
 //! requests ran, and register their descriptors with
-//! [`ReactorContext::watch_fd`], so an idle proxy's reactors sleep in `epoll_wait`.
-//! A connection with unsent response bytes asks to be polled again within
-//! [`SEND_RETRY`] (the transport's descriptor only signals readability).
+//! [`ReactorContext::watch_fd_for`], so an idle proxy's reactors sleep in
+//! `epoll_wait`. A connection with unsent response bytes also watches its socket for
+//! writability, so a full socket wakes the reactor when it drains (no polling).
 //!
 //! **Blocking backends.** When the backend asks for workers
 //! ([`Backend::workers`], e.g. Ceph), the server starts one [`WorkerPool`] and each
@@ -28,29 +28,107 @@
 //! poller removed; other connections are not affected. A failing `accept` (e.g. out
 //! of descriptors) pauses accepting for [`ACCEPT_BACKOFF`].
 //!
-//! **Back-pressure** (not yet): responses are queued in the transport without a
-//! bound; the DPU bounds what it has in flight per connection (the `load` field).
+//! **Peers.** [`ServerConfig::peers`] says whom the server serves. With
+//! [`Peers::Enrolled`] the listener must authenticate its peers (`tls:`): the
+//! acceptor turns each connection's verified identity into an [`Access`] that its
+//! service checks every request against. [`Peers::Anyone`] (plain TCP, the
+//! development default) serves whoever connects and says so loudly in the log.
+//!
+//! **Back-pressure and timeouts** ([`ConnLimits`], docs/security.md "Resource
+//! limits"). A connection's *outstanding* answer bytes are the answers not yet
+//! handed to its socket plus the room reserved for its requests being served
+//! ([`crate::service::answer_bound`]: a read reserves its length). A request is
+//! started only while it fits [`ConnLimits::max_outstanding_bytes`] (and, on a
+//! blocking backend, [`ConnLimits::max_requests`]); one that does not wait in
+//! arrival order, and the connection stops reading its socket until answers drain, so
+//! a peer that sends requests and never reads the answers fills its own TCP window,
+//! not the proxy's memory. No request is dropped or failed for this. Each poll reads
+//! at most [`RECV_BUDGET`] bytes, which bounds the requests waiting. A connection that
+//! has not completed its first frame, or leaves a frame incomplete, for
+//! [`ConnLimits::frame_timeout`] while the proxy reads it is closed; one that is idle
+//! between frames is kept (a DPU's connections are long-lived and may idle) unless
+//! [`ConnLimits::idle_timeout`] is set.
 
+use crate::access::{Access, Peers};
 use crate::backend::{Backend, BackendSpec};
 use crate::offload::{Offload, WorkerPool};
-use crate::service::Service;
+use crate::service::{answer_bound, Service};
 use crate::stats::{ProxyStats, ServerStats, TenantStats};
 use crate::Error;
 use pov_runtime::reactor::{PollStatus, Poller, PollerId, ReactorConfig, ReactorContext, ReactorHandle, Runtime};
 use pov_runtime::transport::{Listener, Transport, TransportError};
+use pov_runtime::Interest;
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How soon a connection with unsent bytes is polled again.
-pub const SEND_RETRY: Duration = Duration::from_millis(1);
 /// How long accepting pauses after `accept` fails.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Most connections accepted per acceptor poll.
 const ACCEPT_BATCH: usize = 32;
 /// Response buffers kept for reuse per connection.
 const SPARE_BUFFERS: usize = 4;
+/// Most bytes one poll of a connection reads from its socket (16 receive chunks). It
+/// bounds the requests a connection at its bound holds waiting: at most this much
+/// plus one frame.
+pub const RECV_BUDGET: usize = 16 * pov_runtime::transport::RECV_CHUNK;
+
+/// Default [`ConnLimits::max_outstanding_bytes`]: 8 MiB, eight 1 MiB answers (and 64
+/// of the DPU's usual 128 KiB ones) on top of what the kernel's socket buffer holds.
+pub const DEFAULT_MAX_OUTSTANDING_BYTES: usize = 8 << 20;
+/// Default [`ConnLimits::max_requests`]: as many as a connection may have in flight on
+/// the worker pool ([`crate::offload::MAX_IN_FLIGHT`]).
+pub const DEFAULT_MAX_REQUESTS: usize = crate::offload::MAX_IN_FLIGHT;
+/// Default [`ConnLimits::frame_timeout`]: 30 s.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one connection may hold of the proxy, and how long it may keep a frame
+/// incomplete (see the module docs, "Back-pressure and timeouts").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Most answer bytes one connection may have outstanding (answers not yet handed
+    /// to its socket plus the room reserved for its requests being served). At the
+    /// bound it stops reading requests until answers drain. A request is always
+    /// started when nothing is outstanding, so a bound below one answer (1 MiB + 44
+    /// bytes at most) still makes progress.
+    pub max_outstanding_bytes: usize,
+    /// Most requests one connection may have being served at once on a blocking
+    /// backend's worker pool (at least 1; requests served on the reactor run one at a
+    /// time).
+    pub max_requests: usize,
+    /// A connection that has not completed its first frame since it was accepted, or
+    /// has received part of a frame, is closed when this passes without the frame
+    /// completing (time the proxy does not read it, because of back-pressure, does not
+    /// count). `None`: never.
+    pub frame_timeout: Option<Duration>,
+    /// A connection with nothing outstanding that receives nothing for this long is
+    /// closed. `None` (the default): never; a DPU connects on first use and keeps the
+    /// connection open while idle (it reconnects on its next request if closed, but a
+    /// request sent just as the proxy closes would fail).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_outstanding_bytes: DEFAULT_MAX_OUTSTANDING_BYTES,
+            max_requests: DEFAULT_MAX_REQUESTS,
+            frame_timeout: Some(DEFAULT_FRAME_TIMEOUT),
+            idle_timeout: None,
+        }
+    }
+}
+
+impl ConnLimits {
+    /// Whether a request whose answer takes up to `cost` bytes may start now, with
+    /// `outstanding` answer bytes and `in_service` requests being served.
+    fn admits(&self, outstanding: usize, in_service: usize, cost: usize) -> bool {
+        in_service < self.max_requests.max(1)
+            && (outstanding == 0 || outstanding.saturating_add(cost) <= self.max_outstanding_bytes)
+    }
+}
 
 /// Configuration of a [`Server`].
 #[derive(Debug, Clone)]
@@ -64,6 +142,11 @@ pub struct ServerConfig {
     pub cores: Vec<Option<usize>>,
     /// Adaptive-polling tuning of every reactor.
     pub reactor: ReactorConfig,
+    /// Back-pressure bounds and timeouts of every connection.
+    pub limits: ConnLimits,
+    /// Whom to serve: [`Peers::Anyone`] (default; plain TCP, development) or only
+    /// enrolled DPUs (needs a `tls:` listen endpoint).
+    pub peers: Peers,
 }
 
 /// Default listen endpoint.
@@ -76,6 +159,8 @@ impl Default for ServerConfig {
             backend: BackendSpec::Local("./pov-data".into()),
             cores: vec![None],
             reactor: ReactorConfig::default(),
+            limits: ConnLimits::default(),
+            peers: Peers::Anyone,
         }
     }
 }
@@ -107,12 +192,34 @@ impl Server {
     /// binds `config.listen`, starts the reactors and registers the acceptor. When
     /// this returns, connections are being accepted.
     ///
-    /// Errors: [`Error::Listen`] (cannot bind), [`Error::Runtime`] (cannot start the
-    /// reactors), [`Error::ReactorStopped`].
+    /// Errors: [`Error::Peers`] (`config.peers` does not fit the listener),
+    /// [`Error::Listen`] (cannot bind), [`Error::Runtime`] (cannot start the reactors),
+    /// [`Error::ReactorStopped`].
     pub fn start_with_backend(config: ServerConfig, backend: Box<dyn Backend>) -> Result<Server, Error> {
+        let tls = config.listen.starts_with("tls:");
+        let peers_error = |why: &str| Error::Peers { endpoint: config.listen.clone(), why: why.into() };
+        match &config.peers {
+            Peers::Enrolled(_) if !tls => {
+                return Err(peers_error(
+                    "only enrolled peers are to be served, but the listener authenticates nobody: use tls:HOST:PORT",
+                ))
+            }
+            Peers::Anyone if tls => {
+                return Err(peers_error("a TLS listener serves enrolled DPUs only: give the enrollment (--enrolled FILE)"))
+            }
+            _ => {}
+        }
         let listener = pov_runtime::transport::listen(&config.listen)
             .map_err(|source| Error::Listen { endpoint: config.listen.clone(), source })?;
         let local_addr = listener.local_addr();
+        match &config.peers {
+            Peers::Anyone => log::warn!(
+                "pov-proxy on {local_addr} TRUSTS ANY PEER: plain TCP, no authentication; whoever connects may read and \
+                 write every tenant's files and every volume. For development only: use --listen tls:HOST:PORT with \
+                 --tls-cert, --tls-key, --tls-ca and --enrolled (docs/security.md)"
+            ),
+            Peers::Enrolled(e) => log::info!("pov-proxy serves {} enrolled DPU(s) over mutual TLS on {local_addr}", e.len()),
+        }
         let runtime = Runtime::start(&config.cores, config.reactor.clone()).map_err(Error::Runtime)?;
         let stats = Arc::new(ProxyStats::default());
         let backend_kind = backend.kind();
@@ -122,8 +229,18 @@ impl Server {
         } else {
             None
         };
-        let acceptor =
-            Acceptor { listener, watching: false, retry_at: None, backend, pool, reactors, next: 0, stats: stats.clone() };
+        let acceptor = Acceptor {
+            listener,
+            watching: false,
+            retry_at: None,
+            backend,
+            pool,
+            reactors,
+            next: 0,
+            stats: stats.clone(),
+            limits: config.limits,
+            peers: config.peers.clone(),
+        };
         runtime.reactors()[0]
             .call(move |ctx| {
                 let mut acceptor = acceptor;
@@ -192,6 +309,9 @@ struct Acceptor {
     reactors: Vec<ReactorHandle>,
     next: usize,
     stats: Arc<ProxyStats>,
+    limits: ConnLimits,
+    /// Whom to serve: each connection's access comes from its peer's identity.
+    peers: Peers,
 }
 
 impl Acceptor {
@@ -215,6 +335,8 @@ impl Acceptor {
         self.next = self.next.wrapping_add(1);
         let backend = self.backend.channel();
         let stats = self.stats.clone();
+        let limits = self.limits;
+        let access = self.peers.access_for(transport.peer_identity());
         let offload = match self.pool.as_ref().map(|p| Offload::new(p.clone())).transpose() {
             Ok(o) => o,
             Err(e) => {
@@ -223,8 +345,8 @@ impl Acceptor {
             }
         };
         if target.id() == ctx.reactor_id() {
-            Connection::register(ctx, transport, backend, offload, stats);
-        } else if !target.send(move |ctx| Connection::register(ctx, transport, backend, offload, stats)) {
+            Connection::register(ctx, transport, backend, offload, stats, limits, access);
+        } else if !target.send(move |ctx| Connection::register(ctx, transport, backend, offload, stats, limits, access)) {
             log::warn!("reactor {} stopped; connection dropped", target.id());
         }
     }
@@ -269,7 +391,10 @@ impl Poller for Acceptor {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.retry_at
+        match (self.retry_at, self.listener.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn on_unregister(&mut self, ctx: &mut ReactorContext) {
@@ -289,6 +414,57 @@ struct Connection {
     stats: Arc<ProxyStats>,
     outbox: Vec<Vec<u8>>,
     spare: Vec<Vec<u8>>,
+    limits: ConnLimits,
+    /// Requests received while the connection was at its bound, in arrival order;
+    /// served before anything more is read (at most [`RECV_BUDGET`] plus one frame).
+    waiting: VecDeque<Vec<u8>>,
+    /// Bytes of the answers in `outbox`.
+    outbox_bytes: usize,
+    /// What the reactor watches the transport's descriptor for (`None`: nothing).
+    watching: Option<Interest>,
+    /// Since when a frame is awaited: the accept until the first frame completes, then
+    /// the first byte of an incomplete frame (see [`ConnLimits::frame_timeout`]).
+    frame_since: Option<Instant>,
+    /// Last time bytes moved (for [`ConnLimits::idle_timeout`]).
+    last_activity: Instant,
+    /// Reading is paused at the bound.
+    paused: bool,
+}
+
+/// Runs one request now: on the reactor (its answer joins `outbox`) or on the worker
+/// pool.
+fn serve(
+    service: &mut Service,
+    offload: &mut Option<Offload>,
+    outbox: &mut Vec<Vec<u8>>,
+    outbox_bytes: &mut usize,
+    spare: &mut Vec<Vec<u8>>,
+    body: &[u8],
+) {
+    if let Some(o) = offload.as_mut() {
+        // Refused requests (beyond the peer's enrollment) are answered here and never
+        // reach the workers.
+        match service.refuse(body) {
+            Some(answer) => {
+                *outbox_bytes += answer.len();
+                outbox.push(answer);
+            }
+            None => o.submit(body),
+        }
+        return;
+    }
+    let mut frame = spare.pop().unwrap_or_default();
+    if service.handle_frame(body, &mut frame) {
+        *outbox_bytes += frame.len();
+        outbox.push(frame);
+    } else {
+        spare.push(frame);
+    }
+}
+
+/// `(requests being served, answer bytes reserved for them)` on the worker pool.
+fn in_service(offload: &Option<Offload>) -> (usize, usize) {
+    offload.as_ref().map_or((0, 0), |o| (o.in_flight() + o.backlog(), o.reserved_bytes()))
 }
 
 impl Connection {
@@ -298,6 +474,8 @@ impl Connection {
         backend: Box<dyn Backend>,
         offload: Option<Offload>,
         stats: Arc<ProxyStats>,
+        limits: ConnLimits,
+        access: Access,
     ) {
         let fd = transport.fd();
         if let Some(fd) = fd {
@@ -308,17 +486,30 @@ impl Connection {
         }
         let peer = transport.peer().to_string();
         stats.connections_open.fetch_add(1, Ordering::Relaxed);
-        log::info!("connection from {peer} on reactor {}", ctx.reactor_id());
+        match &access {
+            Access::Denied { .. } => log::warn!("connection from {peer} on reactor {}: {access}", ctx.reactor_id()),
+            _ => log::info!("connection from {peer} on reactor {} ({access})", ctx.reactor_id()),
+        }
+        let mut service = Service::new(backend, stats.clone());
+        service.set_access(access);
+        let now = Instant::now();
         let conn = Connection {
             transport: Some(transport),
             fd,
             peer,
             id: None,
-            service: Service::new(backend, stats.clone()),
+            service,
             offload,
             stats,
             outbox: Vec::new(),
             spare: Vec::new(),
+            limits,
+            waiting: VecDeque::new(),
+            outbox_bytes: 0,
+            watching: fd.map(|_| Interest::Read),
+            frame_since: Some(now),
+            last_activity: now,
+            paused: false,
         };
         let id = ctx.add_poller(Box::new(conn));
         if let Some(c) = ctx.poller_mut::<Connection>(id) {
@@ -345,12 +536,50 @@ impl Connection {
             TransportError::Closed { .. } => log::info!("connection from {} closed", self.peer),
             _ => log::warn!("connection from {} failed: {e}", self.peer),
         }
+        self.teardown(ctx);
+    }
+
+    fn teardown(&mut self, ctx: &mut ReactorContext) {
         self.release(ctx);
         self.outbox.clear();
         self.spare.clear();
+        self.waiting.clear();
         if let Some(id) = self.id {
             ctx.remove_poller(id);
         }
+    }
+
+    /// Answer bytes outstanding and requests being served.
+    fn outstanding(&self, unsent: usize) -> (usize, usize) {
+        let (n, reserved) = in_service(&self.offload);
+        (unsent + self.outbox_bytes + reserved, n)
+    }
+
+    /// Why the connection must close now for a timeout, if it must.
+    fn timed_out(&self, now: Instant, unsent: usize) -> Option<String> {
+        let partial = self.transport.as_ref().map_or(0, |t| t.partial_frame_bytes());
+        if let (Some(since), Some(limit)) = (self.frame_since, self.limits.frame_timeout) {
+            if now.saturating_duration_since(since) >= limit {
+                return Some(if partial > 0 {
+                    format!("{partial} bytes of a frame, incomplete for {limit:?}")
+                } else {
+                    format!("no frame in the {limit:?} since it connected")
+                });
+            }
+        }
+        if let Some(limit) = self.limits.idle_timeout {
+            if self.is_idle(unsent) && now.saturating_duration_since(self.last_activity) >= limit {
+                return Some(format!("idle for {limit:?}"));
+            }
+        }
+        None
+    }
+
+    /// Nothing outstanding, waiting or half received: the idle timeout may run.
+    fn is_idle(&self, unsent: usize) -> bool {
+        self.outstanding(unsent) == (0, 0)
+            && self.waiting.is_empty()
+            && self.transport.as_ref().is_some_and(|t| t.partial_frame_bytes() == 0)
     }
 }
 
@@ -361,24 +590,79 @@ impl Poller for Connection {
 
     fn poll(&mut self, ctx: &mut ReactorContext) -> PollStatus {
         let Some(t) = self.transport.as_mut() else { return PollStatus::Idle };
-        let (service, outbox, spare, offload) = (&mut self.service, &mut self.outbox, &mut self.spare, &mut self.offload);
-        let polled = t.poll(&mut |body| {
-            if let Some(o) = offload.as_mut() {
-                o.submit(body);
-                return;
+        let now = Instant::now();
+        let limits = self.limits;
+        // Answers first: what the socket takes is room for more requests.
+        let mut failure = None;
+        let mut busy = match t.flush() {
+            Ok(sent) => sent,
+            Err(e) => {
+                failure = Some(e);
+                false
             }
-            let mut frame = spare.pop().unwrap_or_default();
-            if service.handle_frame(body, &mut frame) {
-                outbox.push(frame);
-            } else {
-                spare.push(frame);
-            }
-        });
-        let mut busy = matches!(polled, Ok(true));
-        if let Some(o) = offload.as_mut() {
-            busy |= o.reap(outbox);
+        };
+        if busy {
+            self.last_activity = now;
         }
-        let mut failure = polled.err();
+        let (service, outbox, spare, offload) = (&mut self.service, &mut self.outbox, &mut self.spare, &mut self.offload);
+        let (waiting, outbox_bytes) = (&mut self.waiting, &mut self.outbox_bytes);
+        if let Some(o) = offload.as_mut() {
+            let before = outbox.len();
+            busy |= o.reap(outbox);
+            *outbox_bytes += outbox[before..].iter().map(Vec::len).sum::<usize>();
+        }
+        let unsent = t.pending_send_bytes();
+        // Requests that waited at the bound go first, in arrival order.
+        while let Some(body) = waiting.front() {
+            let (n, reserved) = in_service(offload);
+            if !limits.admits(unsent + *outbox_bytes + reserved, n, answer_bound(body)) {
+                break;
+            }
+            let body = waiting.pop_front().unwrap_or_default();
+            serve(service, offload, outbox, outbox_bytes, spare, &body);
+            busy = true;
+        }
+        // Read more only with room for at least a bare answer: at the bound the peer's
+        // requests stay in its socket (TCP back-pressure).
+        let (n, reserved) = in_service(offload);
+        let reading =
+            failure.is_none() && waiting.is_empty() && limits.admits(unsent + *outbox_bytes + reserved, n, answer_bound(&[]));
+        if reading {
+            let frames_before = t.counters().frames_received;
+            let r = t.receive_at_most(RECV_BUDGET, &mut |body| {
+                let (n, reserved) = in_service(offload);
+                if waiting.is_empty() && limits.admits(unsent + *outbox_bytes + reserved, n, answer_bound(body)) {
+                    serve(service, offload, outbox, outbox_bytes, spare, body);
+                } else {
+                    waiting.push_back(body.to_vec());
+                }
+            });
+            match r {
+                Ok(true) => {
+                    busy = true;
+                    self.last_activity = now;
+                }
+                Ok(false) => {}
+                Err(e) => failure = Some(e),
+            }
+            let completed = t.counters().frames_received > frames_before;
+            let partial = t.partial_frame_bytes() > 0;
+            if completed {
+                self.frame_since = partial.then_some(now);
+            } else if partial && self.frame_since.is_none() {
+                self.frame_since = Some(now);
+            }
+        } else if self.frame_since.is_some() {
+            // Time the proxy does not read does not count against the peer.
+            self.frame_since = Some(now);
+        }
+        if reading == self.paused {
+            self.paused = !reading;
+            if self.paused {
+                self.stats.reads_paused.fetch_add(1, Ordering::Relaxed);
+                log::debug!("connection from {}: at its bound, reading paused", self.peer);
+            }
+        }
         if failure.is_none() {
             // Gathered responses: every answer of this poll goes out in one send.
             for frame in self.outbox.drain(..) {
@@ -391,15 +675,47 @@ impl Poller for Connection {
                     self.spare.push(frame);
                 }
             }
+            self.outbox_bytes = 0;
             if failure.is_none() && t.pending_send_bytes() > 0 {
-                if let Err(e) = t.flush() {
-                    failure = Some(e);
+                match t.flush() {
+                    Ok(true) => self.last_activity = now,
+                    Ok(false) => {}
+                    Err(e) => failure = Some(e),
                 }
             }
         }
         if let Some(e) = failure {
             self.close(ctx, e);
             return PollStatus::Busy;
+        }
+        let unsent = t.pending_send_bytes();
+        if let Some(why) = self.timed_out(now, unsent) {
+            log::warn!("closing the connection from {}: {why}", self.peer);
+            self.stats.connections_timed_out.fetch_add(1, Ordering::Relaxed);
+            self.teardown(ctx);
+            return PollStatus::Busy;
+        }
+        // Wake on requests while there is room for them, on room in the socket while
+        // answers wait for it; at the bound with nothing to send, only the worker
+        // pool's completions (its eventfd) can make room.
+        let read = self.waiting.is_empty() && {
+            let (out, n) = self.outstanding(unsent);
+            limits.admits(out, n, answer_bound(&[]))
+        };
+        let want = match (read, unsent > 0) {
+            (true, false) => Some(Interest::Read),
+            (true, true) => Some(Interest::ReadWrite),
+            (false, true) => Some(Interest::Write),
+            (false, false) => None,
+        };
+        if want != self.watching {
+            if let Some(fd) = self.fd {
+                match want {
+                    Some(i) => ctx.watch_fd_for(fd, i),
+                    None => ctx.unwatch_fd(fd),
+                }
+            }
+            self.watching = want;
         }
         if busy {
             PollStatus::Busy
@@ -409,15 +725,11 @@ impl Poller for Connection {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        let send = match &self.transport {
-            Some(t) if t.pending_send_bytes() > 0 => Some(Instant::now() + SEND_RETRY),
-            _ => None,
-        };
+        let frame = self.frame_since.zip(self.limits.frame_timeout).map(|(since, limit)| since + limit);
+        let unsent = self.transport.as_ref().map_or(0, |t| t.pending_send_bytes());
+        let idle = self.limits.idle_timeout.filter(|_| self.is_idle(unsent)).map(|limit| self.last_activity + limit);
         let op = self.offload.as_ref().and_then(|o| o.deadline());
-        match (send, op) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [frame, idle, op].into_iter().flatten().min()
     }
 
     fn on_unregister(&mut self, ctx: &mut ReactorContext) {

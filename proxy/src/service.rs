@@ -24,11 +24,20 @@
 //!
 //! Volume operations name the volume in the tenant field and carry an empty path
 //! (else [`Status::Invalid`]); they are counted under the volume's name.
+//!
+//! **Who may ask.** A service carries the [`Access`] of its connection's peer
+//! ([`Service::set_access`]; [`Access::Open`] unless set). A request the peer may not
+//! make (its tenant or volume is not in the peer's grant, `crate::access`) is
+//! answered [`Status::Permission`] before anything else is looked at, counted in
+//! `denied`, and never reaches the backend. [`Service::refuse`] is the same check for
+//! requests that run elsewhere (the worker pool of a blocking backend).
 
+use crate::access::Access;
 use crate::backend::{resolve, Backend};
 use crate::stats::{ProxyStats, TenantCache};
+use pov_proto::entry::STAT_SIZE;
 use pov_proto::io::{flags, Op};
-use pov_proto::wire::{ProxyRequest, ProxyResponse};
+use pov_proto::wire::{ProxyRequest, ProxyResponse, LEN_PREFIX, PROXY_RESPONSE_HEADER};
 use pov_proto::{Status, MAX_IO_BYTES};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -54,9 +63,35 @@ impl Completion {
     }
 }
 
+/// The most bytes the answer to the request frame `body` (length prefix stripped) can
+/// take, its length prefix included: the response header, plus `length` (at most
+/// [`MAX_IO_BYTES`]) for reads, [`MAX_IO_BYTES`] for a listing and one
+/// [`pov_proto::entry::Stat`] for a stat. Read from the fixed header fields alone
+/// (operation at bytes 6..8, length at 24..28), without decoding the frame; a body
+/// too short or with an unknown operation is bounded by the bare header (it gets an
+/// error answer or none). Used to reserve room for answers before a request runs
+/// (back-pressure, `crate::server`).
+pub fn answer_bound(body: &[u8]) -> usize {
+    let base = LEN_PREFIX + PROXY_RESPONSE_HEADER;
+    if body.len() < 28 {
+        return base;
+    }
+    let op = u16::from_le_bytes([body[6], body[7]]);
+    let length = u32::from_le_bytes([body[24], body[25], body[26], body[27]]).min(MAX_IO_BYTES) as usize;
+    match Op::from_u16(op) {
+        Ok(Op::Read | Op::VolumeRead) => base + length,
+        Ok(Op::List) => base + MAX_IO_BYTES as usize,
+        Ok(Op::Stat) => base + STAT_SIZE,
+        _ => base,
+    }
+}
+
 /// How many undecodable frames per connection are logged at `warn` (later ones at
 /// `debug`), so a misbehaving peer cannot flood the log.
 const BAD_FRAME_WARNINGS: u32 = 10;
+/// How many refused requests per connection are logged at `warn` (later ones at
+/// `debug`).
+const DENIED_WARNINGS: u32 = 10;
 
 /// Executes requests for one connection on one backend channel.
 pub struct Service {
@@ -64,6 +99,8 @@ pub struct Service {
     tenants: TenantCache,
     payload: Vec<u8>,
     bad_frames_warned: u32,
+    access: Access,
+    denied_warned: u32,
 }
 
 impl std::fmt::Debug for Service {
@@ -73,9 +110,56 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// A service running requests on `backend`, counting them in `stats`.
+    /// A service running requests on `backend`, counting them in `stats`, for a peer
+    /// trusted with every tenant ([`Access::Open`]; see [`Service::set_access`]).
     pub fn new(backend: Box<dyn Backend>, stats: Arc<ProxyStats>) -> Service {
-        Service { backend, tenants: TenantCache::new(stats), payload: Vec::new(), bad_frames_warned: 0 }
+        Service {
+            backend,
+            tenants: TenantCache::new(stats),
+            payload: Vec::new(),
+            bad_frames_warned: 0,
+            access: Access::Open,
+            denied_warned: 0,
+        }
+    }
+
+    /// Sets what the connection's peer may do; every later request is checked.
+    pub fn set_access(&mut self, access: Access) {
+        self.access = access;
+    }
+
+    /// The peer's access.
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    /// Checks a frame body that will run elsewhere: if it decodes and the peer may not
+    /// make it, counts it and returns the complete `Permission` response frame (the
+    /// request must not run). `None` otherwise (allowed, or not decodable: whoever
+    /// runs it answers that).
+    pub fn refuse(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+        if self.access.is_open() {
+            return None;
+        }
+        match ProxyRequest::decode(body) {
+            Ok(r) if !self.access.allows(&r.req) => {
+                let mut out = Vec::new();
+                self.answer_denied(&r.req, &mut out);
+                Some(out)
+            }
+            _ => None,
+        }
+    }
+
+    fn answer_denied(&mut self, req: &ProxyRequest, out: &mut Vec<u8>) {
+        let stats = self.tenants.server();
+        stats.frames.fetch_add(1, Ordering::Relaxed);
+        stats.denied.fetch_add(1, Ordering::Relaxed);
+        let level = if self.denied_warned < DENIED_WARNINGS { log::Level::Warn } else { log::Level::Debug };
+        self.denied_warned = self.denied_warned.saturating_add(1);
+        let what = if req.op.is_volume() { "volume" } else { "tenant" };
+        log::log!(level, "refused {:?} for {what} {:?} (tag {:#x}): {}", req.op, req.tenant, req.tag, self.access);
+        ProxyResponse { op: req.op as u16, tag: req.tag, status: Status::Permission, result: 0, flags: 0 }.encode_frame(&[], out);
     }
 
     /// Handles one frame body (length prefix stripped). Writes the complete response
@@ -86,6 +170,10 @@ impl Service {
             Ok(r) => r,
             Err(e) => return self.answer_bad_frame(body, e, out),
         };
+        if !self.access.allows(&r.req) {
+            self.answer_denied(&r.req, out);
+            return true;
+        }
         let stats = self.tenants.server();
         stats.frames.fetch_add(1, Ordering::Relaxed);
         let mut payload = std::mem::take(&mut self.payload);
@@ -130,7 +218,7 @@ impl Service {
     /// tenant.
     pub fn execute(&mut self, req: &ProxyRequest, payload: &[u8], out: &mut Vec<u8>) -> Completion {
         let tenant_ok = pov_proto::path::valid_tenant_name(&req.tenant);
-        let c = match resolve(&req.tenant, &req.path) {
+        let c = match resolve(&req.tenant, &req.path).and_then(|path| granted(req, path)) {
             Ok(path) => self.run(req, &path, payload, out),
             Err(s) => Completion::err(s),
         };
@@ -208,6 +296,22 @@ impl Service {
     }
 }
 
+/// Re-checks the session's grant (read-only, path prefix) that the DPU enforced
+/// already: a DPU that is wrong or compromised cannot widen a session's rights here
+/// (docs/security.md). `path` is normalized; so must the grant's prefix be, or the
+/// request is `Invalid`. A refused request is `Permission`.
+fn granted(req: &ProxyRequest, path: String) -> Result<String, Status> {
+    let g = &req.grant;
+    if !g.prefix.is_empty() && pov_proto::path::normalize(g.prefix.as_bytes()).ok().as_deref() != Some(g.prefix.as_str()) {
+        return Err(Status::Invalid);
+    }
+    if g.allows(req.op, req.flags, &path) {
+        Ok(path)
+    } else {
+        Err(Status::Permission)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +351,35 @@ mod tests {
             assert_eq!(resp.op, r.op as u16, "op echoed");
             (resp, p.to_vec())
         }
+    }
+
+    #[test]
+    fn grants_are_rechecked() {
+        use pov_proto::io::Grant;
+        let mut fx = fixture();
+        let mut r = req(Op::Open, "t", "logs/a/f");
+        r.flags = flags::CREATE | flags::WRITE;
+        assert_eq!(fx.call(r.clone(), &[]).0.status, Status::Ok);
+        let ro = Grant { read_only: true, prefix: String::new() };
+        let limited = Grant { read_only: false, prefix: "logs/a".into() };
+        let with = |mut r: ProxyRequest, g: &Grant| {
+            r.grant = g.clone();
+            r
+        };
+        let mut w = req(Op::Write, "t", "logs/a/f");
+        w.length = 1;
+        assert_eq!(fx.call(with(w.clone(), &ro), b"x").0.status, Status::Permission, "read-only: no write");
+        assert_eq!(fx.call(with(r.clone(), &ro), &[]).0.status, Status::Permission, "read-only: no open for writing");
+        assert_eq!(fx.call(with(req(Op::Remove, "t", "logs/a/f"), &ro), &[]).0.status, Status::Permission);
+        assert_eq!(fx.call(with(req(Op::Stat, "t", "logs/a/f"), &ro), &[]).0.status, Status::Ok, "read-only may read");
+        assert_eq!(fx.call(with(w.clone(), &limited), b"x").0.status, Status::Ok, "inside the prefix");
+        assert_eq!(fx.call(with(req(Op::Stat, "t", "logs"), &limited), &[]).0.status, Status::Permission, "above");
+        assert_eq!(fx.call(with(req(Op::Stat, "t", "logs/ab"), &limited), &[]).0.status, Status::Permission, "sibling");
+        let dotted = req(Op::Stat, "t", "logs/a/../b");
+        assert_eq!(fx.call(with(dotted, &limited), &[]).0.status, Status::Permission, "dotted");
+        assert_eq!(fx.call(with(req(Op::VolumeFlush, "t", ""), &limited), &[]).0.status, Status::Permission, "no volume");
+        let odd = Grant { read_only: false, prefix: "logs/../x".into() };
+        assert_eq!(fx.call(with(req(Op::Stat, "t", "x/f"), &odd), &[]).0.status, Status::Invalid, "odd prefix");
     }
 
     #[test]
@@ -342,6 +475,84 @@ mod tests {
         let (resp2, p2) = fx.call(r, &[]);
         assert_eq!(resp2.flags & flags::MORE, 0);
         assert_eq!(first.len() + DirEntry::decode_all(&p2).unwrap().len(), 4300);
+    }
+
+    /// Every answer fits the room [`answer_bound`] reserved for it.
+    #[test]
+    fn answers_fit_their_bound() {
+        let mut fx = fixture();
+        let mut open = req(Op::Open, "t", "f");
+        open.flags = flags::CREATE | flags::WRITE;
+        assert_eq!(fx.call(open.clone(), &[]).0.status, Status::Ok);
+        assert_eq!(fx.call(req(Op::Write, "t", "f"), &[7u8; 5000]).0.status, Status::Ok);
+        let mut cases = vec![(open, Vec::new()), (req(Op::Stat, "t", "f"), Vec::new()), (req(Op::List, "t", ""), Vec::new())];
+        for length in [0, 1, 4096, 5000, 9000, MAX_IO_BYTES, MAX_IO_BYTES + 1, u32::MAX] {
+            let mut r = req(Op::Read, "t", "f");
+            r.length = length;
+            cases.push((r, Vec::new()));
+        }
+        cases.push((req(Op::Write, "t", "f"), vec![1u8; 100]));
+        for (mut r, payload) in cases {
+            r.tag = 1;
+            let mut f = Vec::new();
+            r.encode_frame(&payload, &mut f).unwrap();
+            let mut out = Vec::new();
+            assert!(fx.svc.handle_frame(&f[4..], &mut out));
+            assert!(
+                out.len() <= answer_bound(&f[4..]),
+                "{:?} length {}: {} > {}",
+                r.op,
+                r.length,
+                out.len(),
+                answer_bound(&f[4..])
+            );
+        }
+        let mut r = req(Op::Read, "t", "f");
+        r.length = 1 << 20;
+        let mut f = Vec::new();
+        r.encode_frame(&[], &mut f).unwrap();
+        assert_eq!(answer_bound(&f[4..]), 4 + 40 + (1 << 20));
+        for short in [&f[4..10], &[][..]] {
+            assert_eq!(answer_bound(short), 44, "too short to carry a read");
+        }
+    }
+
+    /// A peer enrolled for tenant `t` and volume `v` only: other tenants' and volumes'
+    /// requests are answered `Permission`, counted, and never touch the backend; the
+    /// same check answers for the worker pool (`refuse`).
+    #[test]
+    fn requests_beyond_the_peers_grant_are_refused_before_the_backend() {
+        use crate::access::{Access, Grant, Names};
+        let mut fx = fixture();
+        let grant = Grant { tenants: Names::Only(["t".to_string()].into()), volumes: Names::Only(["v".to_string()].into()) };
+        fx.svc.set_access(Access::Enrolled { name: "dpu-a".into(), grant: Arc::new(grant) });
+        let mut open = req(Op::Open, "t", "f");
+        open.flags = flags::CREATE | flags::WRITE;
+        assert_eq!(fx.call(open.clone(), &[]).0.status, Status::Ok);
+        open.tenant = "u".into();
+        assert_eq!(fx.call(open, &[]).0.status, Status::Permission);
+        assert_eq!(fx.call(req(Op::Write, "u", "f"), b"x").0.status, Status::Permission);
+        assert_eq!(fx.call(req(Op::List, "u", ""), &[]).0.status, Status::Permission);
+        let mut vol = req(Op::VolumeOpen, "w", "");
+        (vol.offset, vol.length, vol.flags) = (1 << 20, 512, flags::CREATE);
+        assert_eq!(fx.call(vol.clone(), &[]).0.status, Status::Permission, "volume w is not granted");
+        vol.tenant = "t".into();
+        assert_eq!(fx.call(vol.clone(), &[]).0.status, Status::Permission, "a tenant grant is no volume grant");
+        vol.tenant = "v".into();
+        assert_eq!(fx.call(vol, &[]).0.status, Status::Ok);
+        let mut f = Vec::new();
+        let mut r = req(Op::Remove, "u", "f");
+        r.tag = 77;
+        r.encode_frame(&[], &mut f).unwrap();
+        let answer = fx.svc.refuse(&f[4..]).expect("refused");
+        let (resp, _) = ProxyResponse::decode(&answer[4..]).unwrap();
+        assert_eq!((resp.status, resp.tag), (Status::Permission, 77));
+        req(Op::Stat, "t", "f").encode_frame(&[], &mut f).unwrap();
+        assert!(fx.svc.refuse(&f[4..]).is_none(), "allowed: runs elsewhere");
+        assert!(fx.svc.refuse(b"junk").is_none(), "undecodable: answered where it runs");
+        assert_eq!(fx.stats.server().denied, 6);
+        assert!(!fx._dir.path().join("u").exists() && !fx._dir.path().join("@volumes/w").exists(), "nothing reached the backend");
+        assert!(fx.stats.tenants().iter().all(|t| t.tenant != "u"), "refusals are not counted as the tenant's requests");
     }
 
     #[test]

@@ -55,10 +55,17 @@ pub struct ProxyStats {
     pub bad_frames: AtomicU64,
     /// Bad frames too short to carry a tag, dropped without an answer.
     pub dropped_frames: AtomicU64,
+    /// Requests refused because the connection's peer may not act for their tenant
+    /// or volume (answered `Permission`, never executed; `crate::access`).
+    pub denied: AtomicU64,
     /// Connections accepted since start.
     pub connections_accepted: AtomicU64,
     /// Connections currently open.
     pub connections_open: AtomicU64,
+    /// Times a connection stopped reading at its bound (back-pressure).
+    pub reads_paused: AtomicU64,
+    /// Connections closed for a frame or idle timeout.
+    pub connections_timed_out: AtomicU64,
 }
 
 /// A copy of the server-wide counters.
@@ -70,10 +77,16 @@ pub struct ServerStats {
     pub bad_frames: u64,
     /// Bad frames dropped without an answer.
     pub dropped_frames: u64,
+    /// Requests refused for their tenant or volume (`Permission`), never executed.
+    pub denied: u64,
     /// Connections accepted since start.
     pub connections_accepted: u64,
     /// Connections currently open.
     pub connections_open: u64,
+    /// Times a connection stopped reading at its bound (back-pressure).
+    pub reads_paused: u64,
+    /// Connections closed for a frame or idle timeout.
+    pub connections_timed_out: u64,
 }
 
 impl ProxyStats {
@@ -116,8 +129,11 @@ impl ProxyStats {
             frames: self.frames.load(Ordering::Relaxed),
             bad_frames: self.bad_frames.load(Ordering::Relaxed),
             dropped_frames: self.dropped_frames.load(Ordering::Relaxed),
+            denied: self.denied.load(Ordering::Relaxed),
             connections_accepted: self.connections_accepted.load(Ordering::Relaxed),
             connections_open: self.connections_open.load(Ordering::Relaxed),
+            reads_paused: self.reads_paused.load(Ordering::Relaxed),
+            connections_timed_out: self.connections_timed_out.load(Ordering::Relaxed),
         }
     }
 }

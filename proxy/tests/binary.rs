@@ -68,6 +68,7 @@ fn call(addr: &str, op: Op, path: &str, fl: u32, payload: &[u8]) -> ProxyRespons
         session_id: 1,
         tenant: "bin".into(),
         path: path.into(),
+        grant: Default::default(),
     };
     let mut f = Vec::new();
     r.encode_frame(payload, &mut f).unwrap();

@@ -83,6 +83,7 @@ fn start(reactors: usize, reactor: ReactorConfig) -> (tempfile::TempDir, Server)
         backend: BackendSpec::Local(dir.path().join("data")),
         cores: vec![None; reactors],
         reactor,
+        ..ServerConfig::default()
     })
     .expect("server starts");
     (dir, server)
@@ -517,6 +518,36 @@ fn a_call_past_its_deadline_is_answered_with_timeout() {
     std::thread::sleep(Duration::from_millis(1200));
     let (resp, _) = c.call(req(Op::Stat, "t", "nope"), &[]);
     assert_eq!(resp.status, Status::NotFound, "no stray answer for the timed-out call");
+}
+
+/// Back-pressure on a blocking backend (the worker pool): with at most 4 requests in
+/// service and 256 KiB of answers outstanding per connection, 64 reads of 64 KiB sent
+/// at once are all answered, verified and in full, while the connection pauses its
+/// reading (counted in `reads_paused`) instead of queueing them all.
+#[test]
+fn worker_pool_requests_are_bounded_per_connection_and_all_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = BackendSpec::Local(dir.path().join("data")).open().unwrap();
+    let limits = pov_proxy::server::ConnLimits { max_outstanding_bytes: 256 << 10, max_requests: 4, ..Default::default() };
+    let config = ServerConfig { listen: "tcp:127.0.0.1:0".into(), limits, ..ServerConfig::default() };
+    let backend = SlowBackend { inner, delay: Duration::from_millis(2), timeout: None };
+    let server = Server::start_with_backend(config, Box::new(backend)).expect("server starts");
+    let mut c = Client::connect(server.local_addr());
+    let data: Vec<u8> = (0..64u32 << 10).map(|i| (i % 251) as u8).collect();
+    create_with(&mut c, "slowfile", &data);
+    let mut tags = std::collections::HashSet::new();
+    for _ in 0..64 {
+        let mut r = req(Op::Read, "t", "slowfile");
+        r.length = 64 << 10;
+        tags.insert(c.send(r, &[]));
+    }
+    for _ in 0..64 {
+        let (resp, p) = c.recv();
+        assert_eq!((resp.status, resp.result), (Status::Ok, 64 << 10));
+        assert!(tags.remove(&resp.tag), "tag {} unexpected or twice", resp.tag);
+        assert!(p == data, "data of tag {}", resp.tag);
+    }
+    assert!(server.stats().reads_paused > 0, "{:?}", server.stats());
 }
 
 /// Resumes a stopped process when dropped (also when the test fails).

@@ -12,8 +12,11 @@ use std::time::Duration;
 pub enum Interest {
     /// Readable (data or a pending connection arrived, or the peer closed).
     Read,
-    /// Writable (e.g. a non-blocking `connect(2)` finished).
+    /// Writable (e.g. a non-blocking `connect(2)` finished, or a full socket drained).
     Write,
+    /// Readable or writable (a connection that waits for requests and for room to
+    /// send its answers).
+    ReadWrite,
 }
 
 impl Interest {
@@ -21,6 +24,7 @@ impl Interest {
         match self {
             Interest::Read => epoll::EventFlags::IN,
             Interest::Write => epoll::EventFlags::OUT,
+            Interest::ReadWrite => epoll::EventFlags::IN | epoll::EventFlags::OUT,
         }
     }
 
@@ -28,6 +32,7 @@ impl Interest {
         match self {
             Interest::Read => PollFlags::IN,
             Interest::Write => PollFlags::OUT,
+            Interest::ReadWrite => PollFlags::IN | PollFlags::OUT,
         }
     }
 }
@@ -132,6 +137,25 @@ impl Epoll {
     }
 }
 
+impl Epoll {
+    /// Waits up to `timeout` (zero: does not wait) and appends the tokens of the ready
+    /// descriptors to `tokens` (at most 64 per call; level-triggered, so the rest
+    /// come back at the next call). EINTR and errors append nothing.
+    pub fn ready_tokens(&self, timeout: Duration, tokens: &mut Vec<u64>) {
+        let mut events = Vec::with_capacity(64);
+        let ts = timespec(timeout);
+        if epoll::wait(&self.0, rustix::buffer::spare_capacity(&mut events), Some(&ts)).is_ok() {
+            tokens.extend(events.iter().map(|e| e.data.u64()));
+        }
+    }
+}
+
+impl AsRawFd for Epoll {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 fn timespec(d: Duration) -> Timespec {
     // Capped at 2^31 ms: older kernels refuse longer epoll timeouts.
     let d = d.min(Duration::from_millis(i32::MAX as u64));
@@ -203,6 +227,9 @@ mod tests {
         // An eventfd is always writable: switching the interest wakes at once.
         p.add(e.as_raw_fd(), 7, Interest::Write).unwrap();
         assert_eq!(p.wait(Duration::from_secs(5)), 1);
+        p.add(e.as_raw_fd(), 7, Interest::ReadWrite).unwrap();
+        assert_eq!(p.wait(Duration::from_secs(5)), 1);
+        assert!(wait_fd(e.as_fd(), Interest::ReadWrite, Duration::ZERO).unwrap());
         p.remove(e.as_raw_fd());
         assert_eq!(p.wait(Duration::from_millis(1)), 0);
         assert!(p.add(-1, 1, Interest::Read).is_err());

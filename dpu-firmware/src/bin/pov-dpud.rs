@@ -2,7 +2,11 @@
 
 use clap::Parser;
 use pov_dpu_firmware::app::{parse_cpu_list, run, DaemonOptions};
-use pov_dpu_firmware::rpc::DEFAULT_RPC_SOCKET;
+use pov_dpu_firmware::rpc::{
+    RpcLimits, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RPC_SOCKET,
+    MAX_REQUEST_BYTES, MIN_RESPONSE_BYTES,
+};
+use pov_runtime::transport::tls::TlsFiles;
 use pov_runtime::ReactorConfig;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,10 +33,49 @@ struct Args {
     /// sleeps (default: the runtime's, 100 µs).
     #[arg(long, value_name = "US")]
     poll_idle_us: Option<u64>,
+    /// The DPU's client certificate chain (PEM) for `tls:` proxy endpoints; its
+    /// subjectAltName DNS name is the identity the proxy's enrollment names. Needs
+    /// --tls-key and --tls-ca.
+    #[arg(long, value_name = "FILE", env = "POV_DPUD_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", env = "POV_DPUD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) that sign the proxies' certificates.
+    #[arg(long, value_name = "FILE", env = "POV_DPUD_TLS_CA", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace (or an env_logger filter such as
     /// `info,pov_dpu_firmware=debug`). Default: `$RUST_LOG`, else `info`.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Most JSON-RPC connections served at once; one more is answered with error -16
+    /// ("too many connections") and closed.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    rpc_max_connections: u32,
+    /// Most calls in one JSON-RPC batch (array); a larger batch is answered with one
+    /// -32600 error and none of its calls runs.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_BATCH as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rpc_max_batch: u32,
+    /// Largest JSON-RPC answer, bytes; a call whose answer is larger gets a -32603
+    /// error instead (min 1024).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_RESPONSE_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(MIN_RESPONSE_BYTES as u64..=1 << 32))]
+    rpc_max_response_bytes: u64,
+    /// Close a JSON-RPC connection that has not sent a complete request this many
+    /// seconds after connecting or after its last answer (nothing, or half a
+    /// request), or that takes no byte of an answer for that long. 0: never.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs_f64(), value_parser = parse_secs)]
+    rpc_idle_timeout: f64,
+}
+
+/// Seconds, 0 to one day, fractions allowed.
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0 to 86400")),
+    }
 }
 
 fn main() {
@@ -53,7 +96,19 @@ fn main() {
     if let Some(us) = args.poll_idle_us {
         reactor.idle_window = Duration::from_micros(us);
     }
-    if let Err(e) = run(DaemonOptions { rpc_socket: args.rpc_socket, cores, reactor, config: args.config }) {
+    let rpc_limits = RpcLimits {
+        max_connections: args.rpc_max_connections as usize,
+        max_request_bytes: MAX_REQUEST_BYTES,
+        max_batch: args.rpc_max_batch as usize,
+        max_response_bytes: usize::try_from(args.rpc_max_response_bytes).unwrap_or(usize::MAX),
+        idle_timeout: (args.rpc_idle_timeout > 0.0).then(|| Duration::from_secs_f64(args.rpc_idle_timeout)),
+        ..RpcLimits::default()
+    };
+    let tls = match (args.tls_cert, args.tls_key, args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
+        _ => None,
+    };
+    if let Err(e) = run(DaemonOptions { rpc_socket: args.rpc_socket, cores, reactor, config: args.config, rpc_limits, tls }) {
         eprintln!("pov-dpud: {e:#}");
         std::process::exit(1);
     }

@@ -1,7 +1,7 @@
 //! `pov-rpc`: call a `pov-dpud` JSON-RPC method (our `rpc.py`).
 
 use clap::Parser;
-use pov_dpu_firmware::rpc::client::{call, ClientError};
+use pov_dpu_firmware::rpc::client::{call, params_from_arg, ClientError};
 use pov_dpu_firmware::rpc::DEFAULT_RPC_SOCKET;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,17 +18,17 @@ struct Args {
     timeout: f64,
     /// Method, e.g. `pov_device_get_devices` (`rpc_get_methods` lists them).
     method: String,
-    /// Parameters as a JSON object, e.g. '{"name":"pov0"}'.
+    /// Parameters as a JSON object, e.g. '{"name":"pov0"}'; `@FILE` reads them from
+    /// FILE and `-` from standard input (keeps them off the command line).
     params: Option<String>,
 }
 
 fn main() {
     let args = Args::parse();
-    let params = match args.params.as_deref().map(serde_json::from_str::<serde_json::Value>) {
-        None => None,
-        Some(Ok(v)) => Some(v),
-        Some(Err(e)) => {
-            eprintln!("pov-rpc: parameters are not valid JSON: {e}");
+    let params = match params_from_arg(args.params.as_deref(), std::io::stdin().lock()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pov-rpc: {}", pov_proto::ErrorChain(&e));
             std::process::exit(2);
         }
     };

@@ -56,6 +56,14 @@ pub struct DeviceCreateOpts {
     /// Sessions open at once (1..=4096).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sessions: Option<u32>,
+    /// Most sessions one tenant may have open at once (default: `max_sessions` - 1,
+    /// so that one tenant cannot take every session area).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions_per_tenant: Option<u32>,
+    /// Most queues one tenant may hold, all its sessions together (default: no limit
+    /// but the sessions').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queues_per_tenant: Option<u32>,
     /// Heartbeat interval hosts are told to use, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_interval_ms: Option<u32>,
@@ -82,6 +90,8 @@ impl DeviceCreateOpts {
             proxies,
             num_queues: None,
             max_sessions: None,
+            max_sessions_per_tenant: None,
+            max_queues_per_tenant: None,
             heartbeat_interval_ms: None,
             session_timeout_ms: None,
             request_timeout_ms: None,
@@ -99,6 +109,8 @@ impl DeviceCreateOpts {
         if let Some(v) = self.max_sessions {
             c.max_sessions = v;
         }
+        c.max_sessions_per_tenant = self.max_sessions_per_tenant;
+        c.max_queues_per_tenant = self.max_queues_per_tenant;
         if let Some(v) = self.heartbeat_interval_ms {
             c.heartbeat_interval_ms = v;
         }

@@ -2,10 +2,90 @@
 
 use super::RpcError;
 use serde_json::{json, Value};
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+use zeroize::{Zeroize, Zeroizing};
+
+/// Largest parameters document `pov-rpc` reads from a file or standard input, bytes.
+pub const MAX_PARAMS_BYTES: u64 = 16 << 20;
+
+/// Why `pov-rpc`'s parameters could not be had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParamsError {
+    /// The file (or standard input) could not be read.
+    #[error("cannot read parameters from {from}")]
+    Read {
+        /// The file, or `standard input`.
+        from: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file (or standard input) holds more than [`MAX_PARAMS_BYTES`].
+    #[error("parameters from {0} exceed {MAX_PARAMS_BYTES} bytes")]
+    TooLarge(String),
+    /// The text is not JSON.
+    #[error("parameters {from}are not valid JSON")]
+    Json {
+        /// Where they came from (`"from FILE "`, or empty for an argument).
+        from: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// `pov-rpc`'s parameters from its argument: `None` (no argument: no parameters),
+/// `-` (JSON read from `stdin`), `@FILE` (JSON read from FILE) or the JSON text itself.
+/// Reading from a file or standard input keeps parameters off the command line; the
+/// text read is wiped from memory once parsed.
+///
+/// # Errors
+/// [`ParamsError`]: unreadable, too large, or not JSON.
+pub fn params_from_arg(arg: Option<&str>, stdin: impl Read) -> Result<Option<Value>, ParamsError> {
+    let Some(arg) = arg else { return Ok(None) };
+    let (text, from) = match arg {
+        "-" => (read_limited(stdin, "standard input")?, "from standard input ".to_string()),
+        a if a.starts_with('@') => {
+            let path = PathBuf::from(&a[1..]);
+            let from = path.display().to_string();
+            let f = std::fs::File::open(&path).map_err(|source| ParamsError::Read { from: from.clone(), source })?;
+            (read_limited(f, &from)?, format!("from {from} "))
+        }
+        a => return serde_json::from_str(a).map(Some).map_err(|source| ParamsError::Json { from: String::new(), source }),
+    };
+    serde_json::from_slice(&text).map(Some).map_err(|source| ParamsError::Json { from, source })
+}
+
+/// Everything `r` yields, at most [`MAX_PARAMS_BYTES`], in a buffer wiped on drop.
+fn read_limited(r: impl Read, from: &str) -> Result<Zeroizing<Vec<u8>>, ParamsError> {
+    // Whole capacity up front: a buffer that grows leaves unwiped copies behind.
+    let mut buf = Zeroizing::new(Vec::with_capacity(64 << 10));
+    let mut chunk = Zeroizing::new([0u8; 8192]);
+    let mut r = r.take(MAX_PARAMS_BYTES + 1);
+    loop {
+        match r.read(&mut chunk[..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                if buf.len() + n > buf.capacity() {
+                    let mut bigger = Zeroizing::new(Vec::with_capacity((buf.capacity() * 2).max(buf.len() + n)));
+                    bigger.extend_from_slice(&buf);
+                    buf = bigger;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(ParamsError::Read { from: from.to_string(), source }),
+        }
+    }
+    if buf.len() as u64 > MAX_PARAMS_BYTES {
+        return Err(ParamsError::TooLarge(from.to_string()));
+    }
+    Ok(buf)
+}
 
 /// Why a call did not return a result.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +133,10 @@ impl RpcClient {
         if let Some(p) = params {
             req["params"] = p;
         }
-        self.writer.write_all(req.to_string().as_bytes())?;
+        let mut text = req.to_string();
+        let sent = self.writer.write_all(text.as_bytes());
+        text.zeroize();
+        sent?;
         let resp = match self.responses.next() {
             None => return Err(ClientError::Protocol("connection closed".into())),
             Some(Err(e)) if e.is_io() => return Err(ClientError::Io(e.into())),
@@ -86,4 +169,30 @@ fn rpc_error(e: &Value) -> ClientError {
 /// As [`RpcClient::connect`] and [`RpcClient::call`].
 pub fn call(path: &Path, method: &str, params: Option<Value>, timeout: Option<Duration>) -> Result<Value, ClientError> {
     RpcClient::connect(path, timeout)?.call(method, params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_inline_from_a_file_or_stdin() {
+        let none: &[u8] = b"";
+        assert_eq!(params_from_arg(None, none).unwrap(), None);
+        assert_eq!(params_from_arg(Some(r#"{"a":1}"#), none).unwrap(), Some(json!({"a": 1})));
+        let stdin: &[u8] = br#"{"name": "k", "path": "/x"}"#;
+        assert_eq!(params_from_arg(Some("-"), stdin).unwrap(), Some(json!({"name": "k", "path": "/x"})));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.json");
+        std::fs::write(&f, "{\"b\": [1, 2]}\n").unwrap();
+        assert_eq!(params_from_arg(Some(&format!("@{}", f.display())), none).unwrap(), Some(json!({"b": [1, 2]})));
+        let e = params_from_arg(Some("@/nonexistent/p.json"), none).unwrap_err();
+        assert!(matches!(e, ParamsError::Read { .. }) && e.to_string().contains("/nonexistent/p.json"), "{e}");
+        let bad: &[u8] = b"{not json";
+        assert!(matches!(params_from_arg(Some("-"), bad), Err(ParamsError::Json { .. })));
+        assert!(matches!(params_from_arg(Some("{x"), none), Err(ParamsError::Json { .. })));
+        // A large document grows the buffer (through wiped copies) and still parses.
+        let big = format!("{{\"s\": \"{}\"}}", "x".repeat(200_000));
+        assert_eq!(params_from_arg(Some("-"), big.as_bytes()).unwrap().unwrap()["s"].as_str().unwrap().len(), 200_000);
+    }
 }

@@ -4,6 +4,10 @@
 //!   response is one JSON object followed by `\n`. A batch (array) is answered with an
 //!   array; a notification (no `id`) gets no answer. After a syntax error the server
 //!   answers -32700 and closes the connection (the stream cannot be resynchronized).
+//! * Serving ([`RpcServer`], `server.rs`): one poll-based thread for all connections
+//!   and a few workers for the calls, within [`RpcLimits`]: connections (beyond the
+//!   limit: -16 `EBUSY` and closed), request and answer size, calls per batch, and
+//!   an idle timeout for clients that send nothing or half a request.
 //! * Errors: `{"code", "message"}` with -32700 parse error, -32600 invalid request,
 //!   -32601 method not found, -32602 invalid params, -32603 internal error, and SPDK's
 //!   negative errnos -19 (ENODEV, no such object) and -17 (EEXIST, already exists).
@@ -36,23 +40,25 @@
 //! result equals this server's `save_config`.
 
 pub mod client;
+pub mod scan;
+mod server;
+
+pub use server::{
+    RpcLimits, RpcServer, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_WORKERS, MIN_RESPONSE_BYTES,
+};
 
 use crate::daemon::{Daemon, DaemonError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use std::io::{self, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 /// Default control socket path.
 pub const DEFAULT_RPC_SOCKET: &str = "/var/tmp/pov-dpu.sock";
 
-/// Largest request (one JSON value) accepted, bytes; a longer one closes the
-/// connection.
+/// Largest request (one JSON value) accepted, bytes (the default of
+/// [`RpcLimits::max_request_bytes`]); a longer one is answered with -32600 and its
+/// connection closed.
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 /// JSON-RPC error codes used by the server.
@@ -71,6 +77,8 @@ pub mod codes {
     pub const ENODEV: i32 = -19;
     /// Object exists (SPDK: `-EEXIST`).
     pub const EEXIST: i32 = -17;
+    /// The server is at its connection limit; try again later (`-EBUSY`).
+    pub const EBUSY: i32 = -16;
 }
 
 /// A JSON-RPC error object.
@@ -123,6 +131,7 @@ const FRAMEWORK: &[(&str, Handler)] = &[
 /// each device kind's.
 pub fn methods() -> Vec<(&'static str, Handler)> {
     let mut all: Vec<(&'static str, Handler)> = Vec::new();
+    all.extend_from_slice(crate::keyring::METHODS);
     for table in [FRAMEWORK, crate::tenant::METHODS, crate::gathering::METHODS, crate::kinds::METHODS] {
         all.extend_from_slice(table);
     }
@@ -272,156 +281,4 @@ fn handle_request(daemon: &Daemon, v: Value) -> Option<Value> {
             error_response(reply_id, e)
         }
     })
-}
-
-/// A reader that fails once more than `left` bytes are read since the last reset.
-struct Limited<R> {
-    inner: R,
-    left: Arc<AtomicUsize>,
-}
-
-impl<R: Read> Read for Limited<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.left.load(Ordering::Relaxed);
-        if left == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request too large"));
-        }
-        let n = buf.len().min(left);
-        let got = self.inner.read(&mut buf[..n])?;
-        self.left.fetch_sub(got, Ordering::Relaxed);
-        Ok(got)
-    }
-}
-
-/// Serves one client connection until it closes, then closes it (the server keeps a
-/// clone of the stream for shutdown, so dropping ours would not).
-fn serve_connection(daemon: &Daemon, stream: UnixStream) {
-    let Ok(keep) = stream.try_clone() else { return };
-    serve_requests(daemon, stream);
-    let _ = keep.shutdown(std::net::Shutdown::Both);
-}
-
-/// Answers the requests of one connection until the client closes it, a parse error or
-/// an over-long request (also the fuzz target `rpc`'s entry point).
-pub(crate) fn serve_requests(daemon: &Daemon, stream: UnixStream) {
-    let Ok(read_half) = stream.try_clone() else { return };
-    let left = Arc::new(AtomicUsize::new(MAX_REQUEST_BYTES));
-    let reader = Limited { inner: BufReader::new(read_half), left: left.clone() };
-    let mut writer = stream;
-    let mut values = serde_json::Deserializer::from_reader(reader).into_iter::<Value>();
-    loop {
-        let reply = match values.next() {
-            None => return,
-            Some(Ok(v)) => {
-                left.store(MAX_REQUEST_BYTES, Ordering::Relaxed);
-                match handle_value(daemon, v) {
-                    Some(r) => r,
-                    None => continue,
-                }
-            }
-            Some(Err(e)) if e.is_io() || e.is_eof() => {
-                if e.is_io() {
-                    log::debug!("RPC connection closed: {e}");
-                }
-                return;
-            }
-            Some(Err(e)) => error_response(Value::Null, RpcError::new(codes::PARSE_ERROR, format!("Parse error: {e}"))),
-        };
-        let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
-        bytes.push(b'\n');
-        if writer.write_all(&bytes).is_err() {
-            return;
-        }
-        if reply.get("error").and_then(|e| e.get("code")) == Some(&json!(codes::PARSE_ERROR)) {
-            return;
-        }
-    }
-}
-
-struct Conn {
-    stream: UnixStream,
-    thread: JoinHandle<()>,
-}
-
-/// The control socket server. [`stop`](Self::stop) (or drop) closes every connection
-/// and removes the socket file.
-pub struct RpcServer {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
-    conns: Arc<Mutex<Vec<Conn>>>,
-}
-
-impl RpcServer {
-    /// Listens on `path` (a stale socket file there is replaced) and serves `daemon`.
-    ///
-    /// # Errors
-    /// [`io::ErrorKind::AddrInUse`] if another server listens on `path` or `path` is
-    /// not a socket; any error from `bind`.
-    pub fn start(path: &Path, daemon: Arc<Daemon>) -> io::Result<RpcServer> {
-        crate::util::claim_socket_path(path)?;
-        let listener = UnixListener::bind(path)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<Conn>>> = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, conns2) = (stop.clone(), conns.clone());
-        let accept = std::thread::Builder::new().name("rpc-accept".into()).spawn(move || {
-            for stream in listener.incoming() {
-                if stop2.load(Ordering::Acquire) {
-                    break;
-                }
-                let stream = match stream {
-                    Ok(s) => s,
-                    Err(e) => {
-                        log::warn!("RPC accept: {e}");
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                        continue;
-                    }
-                };
-                let Ok(keep) = stream.try_clone() else { continue };
-                let d = daemon.clone();
-                let t = std::thread::Builder::new().name("rpc-conn".into()).spawn(move || serve_connection(&d, stream));
-                let mut list = conns2.lock().unwrap_or_else(|e| e.into_inner());
-                list.retain(|c| !c.thread.is_finished());
-                match t {
-                    Ok(thread) => list.push(Conn { stream: keep, thread }),
-                    Err(e) => log::error!("RPC: cannot start connection thread: {e}"),
-                }
-            }
-        })?;
-        log::info!("RPC server listening on {}", path.display());
-        Ok(RpcServer { path: path.to_path_buf(), stop, accept: Some(accept), conns })
-    }
-
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Stops accepting, closes every connection (after the call it is serving) and
-    /// removes the socket file.
-    pub fn stop(mut self) {
-        self.stop_all();
-    }
-
-    fn stop_all(&mut self) {
-        let Some(accept) = self.accept.take() else { return };
-        self.stop.store(true, Ordering::Release);
-        let poke = UnixStream::connect(&self.path);
-        let _ = accept.join();
-        drop(poke);
-        let conns = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|e| e.into_inner()));
-        for c in &conns {
-            let _ = c.stream.shutdown(std::net::Shutdown::Both);
-        }
-        for c in conns {
-            let _ = c.thread.join();
-        }
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-impl Drop for RpcServer {
-    fn drop(&mut self) {
-        self.stop_all();
-    }
 }

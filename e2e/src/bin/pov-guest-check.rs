@@ -15,9 +15,12 @@ struct Cli {
 enum Cmd {
     /// Runs every check against the PoV device found in /sys/block; exits 1 if any fails.
     Run {
-        /// Tenant (the secret comes from POV_SECRET).
+        /// Tenant (the secret comes from --secret-file, else POV_SECRET).
         #[arg(long, env = "POV_TENANT")]
         tenant: String,
+        /// File holding the tenant's secret (one trailing newline dropped).
+        #[arg(long, env = "POV_SECRET_FILE", value_name = "FILE")]
+        secret_file: Option<PathBuf>,
         /// Serial the PoV device must show.
         #[arg(long)]
         expect_serial: String,
@@ -39,18 +42,15 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let rc = match cli.cmd {
-        Cmd::Run { tenant, expect_serial, pov_host, scratch } => {
-            let Some(secret) = std::env::var_os("POV_SECRET") else {
-                eprintln!("pov-guest-check: set POV_SECRET");
-                std::process::exit(2);
+        Cmd::Run { tenant, secret_file, expect_serial, pov_host, scratch } => {
+            let secret = match pov_host::cli::read_secret(secret_file.as_deref(), std::env::var_os("POV_SECRET")) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("pov-guest-check: {e:#}");
+                    std::process::exit(2);
+                }
             };
-            let cfg = pov_e2e::guest::GuestConfig {
-                tenant,
-                secret: std::os::unix::ffi::OsStringExt::into_vec(secret),
-                expect_serial,
-                pov_host,
-                scratch,
-            };
+            let cfg = pov_e2e::guest::GuestConfig { tenant, secret, secret_file, expect_serial, pov_host, scratch };
             let failed = pov_e2e::guest::run(&cfg);
             println!("pov-guest-check: {failed} check(s) failed");
             i32::from(failed > 0)

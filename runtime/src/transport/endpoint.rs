@@ -8,8 +8,9 @@
 //! A [`Connector`] makes transports for one scheme: [`Connector::connect`] starts an
 //! attempt and returns at once; the caller advances the [`Connecting`] attempt from its
 //! poller and sleeps on [`Connecting::wait_for`] meanwhile, so that a peer that drops
-//! packets never stalls a reactor. Built in: `tcp` ([`super::tcp::TcpConnector`]) and,
-//! with the `testing` feature, `mem` (in-process listeners). Adding a transport is a
+//! packets never stalls a reactor. Built in: `tcp` ([`super::tcp::TcpConnector`]),
+//! `tls` ([`super::tls::TlsConnector`], mutual TLS) and, with the `testing` feature,
+//! `mem` (in-process listeners). Adding a transport is a
 //! new file implementing [`Connector`] plus one line in `builtin()` (or a call to
 //! [`register`] at start-up).
 
@@ -225,6 +226,7 @@ impl<'de> serde::Deserialize<'de> for Endpoint {
 fn builtin() -> Vec<Arc<dyn Connector>> {
     #[allow(unused_mut)]
     let mut v: Vec<Arc<dyn Connector>> = vec![Arc::new(super::tcp::TcpConnector)];
+    v.push(Arc::new(super::tls::TlsConnector));
     #[cfg(any(test, feature = "testing"))]
     v.push(Arc::new(super::mem::MemConnector));
     v

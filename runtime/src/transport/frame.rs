@@ -32,6 +32,11 @@ impl FrameBuf {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Bytes of an incomplete frame held until the rest arrives.
+    pub(crate) fn partial_bytes(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
     /// Delivers every complete frame of the pending bytes. Returns the number of frames
     /// delivered.
     pub(crate) fn deliver(&mut self, peer: &str, on_frame: &mut dyn FnMut(&[u8])) -> Result<u64, TransportError> {

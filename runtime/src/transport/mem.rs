@@ -98,6 +98,10 @@ impl Transport for MemTransport {
         Ok(moved)
     }
 
+    fn partial_frame_bytes(&self) -> usize {
+        self.frames.partial_bytes()
+    }
+
     fn pending_send_bytes(&self) -> usize {
         self.out.len()
     }

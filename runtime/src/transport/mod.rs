@@ -10,8 +10,8 @@
 //! **Endpoints and connectors.** A peer is named by an [`Endpoint`], `SCHEME:ADDRESS`
 //! (`tcp:HOST:PORT`; a bare `HOST:PORT` means TCP), parsed and checked without any IO
 //! when a device is created. Each scheme has a [`Connector`] in the registry
-//! ([`endpoint`]): TCP is built in, the in-memory `mem:` transport with the `testing`
-//! feature, and a new transport (RDMA) is one new file plus one registry line.
+//! ([`endpoint`]): TCP and TLS are built in, the in-memory `mem:` transport with the
+//! `testing` feature, and a new transport (RDMA) is one new file plus one registry line.
 //! **Connecting never blocks a reactor**: [`Connector::connect`] returns a
 //! [`Connecting`] attempt that the owner advances from its poller and sleeps on
 //! ([`Connecting::wait_for`]); [`connect_blocking`] is the variant for threads that may
@@ -25,9 +25,16 @@
 //! holds with reads of up to 64 KiB, so one `read(2)` returns many frames.
 //! [`TransportCounters`] count both sides so the effect is visible.
 //!
-//! Implementations: [`tcp`] (default) and, with the `testing` feature, `mem` (an
-//! in-process pair and named in-process listeners). Both pass the same conformance test
-//! body (`conformance`, also with `testing`). The frame reassembler they share has a
+//! **Authentication.** [`tls`] (`tls:HOST:PORT`) is TCP with mutual TLS 1.3: each
+//! process sets its certificate, key and trusted CA once at start-up
+//! ([`tls::configure_client`], [`tls::configure_server`]), so endpoints stay plain
+//! strings; a listener hands out only connections whose handshake succeeded, and
+//! [`Transport::peer_identity`] gives the application the peer's verified certificate
+//! to decide what it may do. Plain `tcp:` trusts whoever connects.
+//!
+//! Implementations: [`tcp`] (default), [`tls`] and, with the `testing` feature, `mem`
+//! (an in-process pair and named in-process listeners). All pass the same conformance
+//! test body (`conformance`, also with `testing`). The frame reassembler they share has a
 //! fuzz target whose body is `fuzz` (with `testing`; `docs/fuzzing.md`).
 
 pub mod endpoint;
@@ -35,6 +42,7 @@ mod frame;
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzz;
 pub mod tcp;
+pub mod tls;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
@@ -44,6 +52,7 @@ pub mod mem;
 pub use endpoint::{connector, register, Connecting, Connector, Endpoint, EndpointError};
 pub(crate) use frame::FrameBuf;
 pub use frame::RECV_CHUNK;
+pub use tls::PeerIdentity;
 
 use crate::sys::Interest;
 use std::os::fd::RawFd;
@@ -157,6 +166,28 @@ pub trait Transport: Send {
     /// before a close are delivered first.
     fn receive(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError>;
 
+    /// [`receive`](Transport::receive), but stops reading from the network once about
+    /// `max_bytes` have been read in this call (frames those bytes complete are still
+    /// all delivered; the rest stays in the kernel, which is how a caller exerts
+    /// back-pressure on its peer). `max_bytes` 0 reads nothing. The default ignores
+    /// the budget: a transport that cannot stop early reads what is there.
+    ///
+    /// # Errors
+    /// As [`receive`](Transport::receive).
+    fn receive_at_most(&mut self, max_bytes: usize, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
+        if max_bytes == 0 {
+            return Ok(false);
+        }
+        self.receive(on_frame)
+    }
+
+    /// Bytes of a frame received in part (its length prefix or body not complete yet),
+    /// held until the rest arrives; 0 between frames. The default, for a transport
+    /// that cannot tell, is 0.
+    fn partial_frame_bytes(&self) -> usize {
+        0
+    }
+
     /// [`flush`](Transport::flush) then [`receive`](Transport::receive). Returns `true`
     /// if any byte moved.
     ///
@@ -175,6 +206,12 @@ pub trait Transport: Send {
 
     /// The peer's address, for messages.
     fn peer(&self) -> &str;
+
+    /// The peer's verified certificate, for transports that authenticate their peer
+    /// ([`tls`]); `None` for transports that do not (TCP, mem): whoever connected.
+    fn peer_identity(&self) -> Option<&PeerIdentity> {
+        None
+    }
 }
 
 /// Accepts incoming transports (server side).
@@ -190,6 +227,13 @@ pub trait Listener: Send {
 
     /// The address actually bound (useful with port 0), without the scheme.
     fn local_addr(&self) -> String;
+
+    /// When [`accept`](Listener::accept) must be called again even if [`fd`](Listener::fd)
+    /// stays quiet (TLS: the earliest handshake timeout); `None` if only the descriptor
+    /// matters.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// How long [`connect`] waits for a connection.

@@ -95,9 +95,16 @@ impl Transport for TcpTransport {
     }
 
     fn receive(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
+        self.receive_at_most(usize::MAX, on_frame)
+    }
+
+    fn receive_at_most(&mut self, max_bytes: usize, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, TransportError> {
         let mut moved = false;
-        loop {
-            match self.stream.read(&mut self.chunk) {
+        let mut left = max_bytes;
+        while left > 0 {
+            let want = left.min(self.chunk.len());
+            left -= want;
+            match self.stream.read(&mut self.chunk[..want]) {
                 Ok(0) => {
                     // What arrived before the close has been delivered.
                     return Err(TransportError::Closed { peer: self.peer.clone() });
@@ -106,16 +113,20 @@ impl Transport for TcpTransport {
                     moved = true;
                     self.counters.receives += 1;
                     self.counters.frames_received += self.rx.feed(&self.chunk[..n], &self.peer, on_frame)?;
-                    if n < self.chunk.len() {
+                    if n < want {
                         break;
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::Interrupted => left += want,
                 Err(e) => return Err(self.io_err(e)),
             }
         }
         Ok(moved)
+    }
+
+    fn partial_frame_bytes(&self) -> usize {
+        self.rx.partial_bytes()
     }
 
     fn pending_send_bytes(&self) -> usize {
@@ -167,7 +178,7 @@ impl Listener for TcpListener {
 }
 
 /// `HOST:PORT` split into host and port; `[v6]` hosts lose their brackets.
-fn split_host_port(address: &str) -> Result<(&str, u16), String> {
+pub(crate) fn split_host_port(address: &str) -> Result<(&str, u16), String> {
     let (host, port) = address.rsplit_once(':').ok_or("expected HOST:PORT")?;
     let port: u16 = port.parse().map_err(|_| format!("bad port {port:?} (1-65535)"))?;
     if port == 0 {
@@ -206,6 +217,22 @@ impl Connector for TcpConnector {
     }
 
     fn connect(&self, ep: &Endpoint) -> Result<Box<dyn Connecting>, TransportError> {
+        Ok(Box::new(TcpConnector::start(ep)?))
+    }
+
+    fn listen(&self, address: &str) -> std::io::Result<Box<dyn Listener>> {
+        Ok(Box::new(TcpListener::bind(address)?))
+    }
+}
+
+impl TcpConnector {
+    /// Starts a TCP connection attempt to `ep`'s `HOST:PORT` (any scheme: the TLS
+    /// connector runs its handshake over such an attempt). Never blocks.
+    ///
+    /// # Errors
+    /// [`TransportError::Connect`] for a malformed address or when no socket can be
+    /// made.
+    pub fn start(ep: &Endpoint) -> Result<TcpConnecting, TransportError> {
         let endpoint = ep.to_string();
         let (host, port) = split_host_port(ep.address()).map_err(|why| TransportError::Connect {
             endpoint: endpoint.clone(),
@@ -219,11 +246,7 @@ impl Connector for TcpConnector {
             }
             Err(_) => attempt.resolve(host.to_string(), port)?,
         }
-        Ok(Box::new(attempt))
-    }
-
-    fn listen(&self, address: &str) -> std::io::Result<Box<dyn Listener>> {
-        Ok(Box::new(TcpListener::bind(address)?))
+        Ok(attempt)
     }
 }
 
@@ -293,19 +316,16 @@ impl TcpConnecting {
         }
     }
 
-    fn connected(&mut self, stream: TcpStream) -> Result<Option<Box<dyn Transport>>, TransportError> {
-        self.state = State::Idle;
-        let t = TcpTransport::from_stream(stream).map_err(|e| self.fail(e))?;
-        Ok(Some(Box::new(t)))
-    }
-}
-
-impl Connecting for TcpConnecting {
-    fn poll(&mut self) -> Result<Option<Box<dyn Transport>>, TransportError> {
+    /// Advances the attempt like [`Connecting::poll`], returning the connected stream
+    /// itself (non-blocking, as the attempt made it).
+    ///
+    /// # Errors
+    /// As [`Connecting::poll`].
+    pub fn poll_stream(&mut self) -> Result<Option<TcpStream>, TransportError> {
         loop {
             match std::mem::replace(&mut self.state, State::Idle) {
                 State::Idle => return Err(self.fail(std::io::Error::new(ErrorKind::NotConnected, "attempt is over"))),
-                State::Connected(s) => return self.connected(s),
+                State::Connected(s) => return Ok(Some(s)),
                 State::Resolving { rx, done } => match rx.try_recv() {
                     Err(mpsc::TryRecvError::Empty) => {
                         self.state = State::Resolving { rx, done };
@@ -330,7 +350,7 @@ impl Connecting for TcpConnecting {
                         Err(e) => return Err(self.fail(e)),
                     }
                     match rustix::net::sockopt::socket_error(&socket) {
-                        Ok(Ok(())) => return self.connected(TcpStream::from(socket)),
+                        Ok(Ok(())) => return Ok(Some(TcpStream::from(socket))),
                         Ok(Err(e)) => self.last_error = Some(e.into()),
                         Err(e) => self.last_error = Some(e.into()),
                     }
@@ -340,11 +360,29 @@ impl Connecting for TcpConnecting {
         }
     }
 
-    fn wait_for(&self) -> Option<(RawFd, Interest)> {
+    /// The endpoint as given, for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// As [`Connecting::wait_for`].
+    pub fn waits_for(&self) -> Option<(RawFd, Interest)> {
         match &self.state {
             State::Resolving { done, .. } => Some((done.as_raw_fd(), Interest::Read)),
             State::Connecting { socket, .. } => Some((socket.as_raw_fd(), Interest::Write)),
             State::Idle | State::Connected(_) => None,
         }
+    }
+}
+
+impl Connecting for TcpConnecting {
+    fn poll(&mut self) -> Result<Option<Box<dyn Transport>>, TransportError> {
+        let Some(stream) = self.poll_stream()? else { return Ok(None) };
+        let t = TcpTransport::from_stream(stream).map_err(|e| self.fail(e))?;
+        Ok(Some(Box::new(t)))
+    }
+
+    fn wait_for(&self) -> Option<(RawFd, Interest)> {
+        self.waits_for()
     }
 }
