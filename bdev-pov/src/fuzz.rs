@@ -238,7 +238,10 @@ impl IoBuffer for FuzzBuf {
 enum Purpose {
     Plain,
     /// A READ of a response slot of `queue` (from its start if `at_start`).
-    ResponseSlot { queue: u32, at_start: bool },
+    ResponseSlot {
+        queue: u32,
+        at_start: bool,
+    },
 }
 
 /// A session the device opened, as its client holds it.
@@ -345,6 +348,11 @@ impl Host {
         let r = ResponseHeader::decode(&b).unwrap_or_else(|e| panic!("response slot of queue {queue}: {e}"));
         assert_eq!(r.queue_id, queue, "a response in another queue's slot");
         let total = HEADER_SIZE + r.payload_len as usize;
+        // A queue that has answered nothing yet reads as an unsealed `NoRequest` header
+        // with request ID 0, which the device never accepts.
+        if r.request_id == 0 && r.status == Status::NoRequest {
+            return;
+        }
         let Some(&s) = self.sealed.get(&(queue, r.request_id)) else { return };
         if total > b.len() {
             return;
@@ -743,7 +751,8 @@ pub fn pov_device(data: &[u8]) {
                     Payload::Data { len, seed } => pov_proto::testing::pattern(seed.into(), len as usize % 70_000),
                     Payload::Raw(b) => b,
                 };
-                let (session_id, qpid) = owner.map_or((u64::from(queue.0) << 32, 7), |i| (host.sessions[i].id, host.sessions[i].pid));
+                let (session_id, qpid) =
+                    owner.map_or((u64::from(queue.0) << 32, 7), |i| (host.sessions[i].id, host.sessions[i].pid));
                 let request_id = if wrong & 32 != 0 {
                     last
                 } else {

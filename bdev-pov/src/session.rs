@@ -34,7 +34,7 @@ pub(crate) struct Session {
     pub tenant: String,
     pub pid: u32,
     pub area: u32,
-    /// Keys derived at open (`pov_proto::crypto`): request tags, sealed responses,
+    /// Keys derived at open (`pov_proto::crypto`): sealed requests and responses,
     /// admin MACs.
     pub keys: SessionKeys,
     /// How responses are protected.

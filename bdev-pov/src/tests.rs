@@ -524,7 +524,7 @@ fn bad_requests_get_errors_and_device_keeps_serving() {
         BlockStatus::IoErr
     );
     assert_eq!(h.io(BlockOp::Write, g.capacity_bytes(), vec![0; 512]).0, BlockStatus::IoErr);
-    // Owner's malformed requests (tagged over their header): error responses.
+    // Owner's malformed requests (header sealed alone): error responses.
     let mut bad = Harness::request_bytes(&s, &hdr(Op::Stat, q, &s, 21), &[]);
     bad[0] = b'X';
     s.keys.seal_request(q, 21, &mut bad[..HEADER_SIZE], REQUEST_TAG_OFFSET);

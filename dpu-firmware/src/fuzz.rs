@@ -3,8 +3,8 @@
 //! test `tests/fuzz_corpus.rs` replays their seed corpora `fuzz/seeds/<target>/`.
 
 use crate::daemon::{Daemon, DeviceFactory};
-use crate::rpc::{RpcLimits, RpcServer};
 use crate::rpc::{codes, handle_value};
+use crate::rpc::{RpcLimits, RpcServer};
 use crate::vhost_blk::request::{parse_chain, GuestBuffer, ParsedRequest, Segment, HEADER_LEN};
 use arbitrary::{Arbitrary, Unstructured};
 use bdev_pov::testing::MemDisk;

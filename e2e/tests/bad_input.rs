@@ -56,7 +56,7 @@ impl Raw {
         bytes
     }
 
-    /// Sends a crafted request on queue `q`, tagged, and returns its response.
+    /// Sends a crafted request on queue `q`, sealed, and returns its response.
     fn call(&mut self, q: u32, rid: u64, bytes: Vec<u8>) -> ResponseHeader {
         let bytes = self.tag(q, rid, bytes);
         self.write(self.g.request_slot(q), &bytes).expect("request write accepted");
@@ -153,8 +153,8 @@ fn bad_input_gets_errors_and_other_sessions_keep_working() {
         // Wrong process ID -> IO error, and the owner's queue still works afterwards.
         let b = raw.tag(q, base + 5, req(Op::Stat, q, pid + 1, sid, base + 5, b"/x"));
         assert!(raw.write(g.request_slot(q), &b).is_err());
-        // Untagged (forged) and replayed requests -> IO error, nothing served.
-        assert!(raw.write(g.request_slot(q), &req(Op::Stat, q, pid, sid, base + 6, b"/x")).is_err(), "untagged");
+        // Unsealed (forged) and replayed requests -> IO error, nothing served.
+        assert!(raw.write(g.request_slot(q), &req(Op::Stat, q, pid, sid, base + 6, b"/x")).is_err(), "unsealed");
         let b = raw.tag(q, base + 4, req(Op::Stat, q, pid, sid, base + 4, b"/x"));
         assert!(raw.write(g.request_slot(q), &b).is_err(), "request ID used already");
         let mut b = raw.tag(q, base + 7, req(Op::Stat, q, pid, sid, base + 7, b"/x"));

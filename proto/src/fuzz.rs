@@ -138,7 +138,8 @@ fn seal_with(k: &SessionKeys, data: &[u8]) {
     let sealed = b.clone();
     k.open_request(queue, request_id, &mut b, REQUEST_TAG_OFFSET).expect("a sealed request opens");
     assert_eq!(b, clear, "request round trip");
-    for (q, r, at) in [(queue ^ 1, request_id, None), (queue, request_id.wrapping_add(1), None), (queue, request_id, Some(flip))] {
+    for (q, r, at) in [(queue ^ 1, request_id, None), (queue, request_id.wrapping_add(1), None), (queue, request_id, Some(flip))]
+    {
         let mut b = sealed.clone();
         if let Some(at) = at {
             b[at] ^= 0x80;
@@ -195,7 +196,16 @@ pub fn config_space(data: &[u8]) {
         let q = g.total_queues() - 1;
         let near = offset % (2 * SLOT_SIZE);
         let first = g.queue_id(g.areas - 1, 0);
-        for base in [0, ADMIN_REQ_OFFSET, ADMIN_MAILBOX_OFFSET, g.request_slot(q), g.response_slot(q), g.session_mailbox(g.areas - 1), g.response_slot(first), g.capacity_bytes()] {
+        for base in [
+            0,
+            ADMIN_REQ_OFFSET,
+            ADMIN_MAILBOX_OFFSET,
+            g.request_slot(q),
+            g.response_slot(q),
+            g.session_mailbox(g.areas - 1),
+            g.response_slot(first),
+            g.capacity_bytes(),
+        ] {
             check_classify(g, base.wrapping_add(near).wrapping_sub(SLOT_SIZE), len);
         }
     }
@@ -250,7 +260,11 @@ fn reference_classify(g: Geometry, offset: u64, len: u64) -> Region {
             regions.push((g.request_slot(q) + RESP_SLOT_OFFSET, SLOT_SIZE, Region::ResponseSlot { queue: q, offset: 0 }));
             if q % g.queues_per_area == 0 {
                 let area = q / g.queues_per_area;
-                regions.push((g.request_slot(q) + SESSION_MAILBOX_OFFSET, MAILBOX_SIZE, Region::SessionMailbox { area, offset: 0 }));
+                regions.push((
+                    g.request_slot(q) + SESSION_MAILBOX_OFFSET,
+                    MAILBOX_SIZE,
+                    Region::SessionMailbox { area, offset: 0 },
+                ));
             }
         }
     }

@@ -13,8 +13,8 @@
 //! * [`admin`]: admin requests (session open/close, queue create/delete, heartbeat)
 //!   carried in the admin request space and their answers in mailboxes (paper §4.3.1,
 //!   §4.6).
-//! * [`crypto`]: session open (challenge-response), key derivation, request tags,
-//!   sealed responses and admin answers (`docs/security.md`).
+//! * [`crypto`]: session open (challenge-response), key derivation, sealed IO requests
+//!   and responses, sealed admin answers (`docs/security.md`).
 //! * [`status`]: the error codes every response carries.
 //! * [`wire`]: the length-prefixed frames between `pov-dpud` and `pov-proxy` (the
 //!   "proxy request header" of paper §4.3.2).
