@@ -721,10 +721,11 @@ pub fn pov_device(data: &[u8]) {
                 }
                 // A request the device takes as the session's moves its sequence on;
                 // its answer is read so that the host knows what changed.
-                let authentic = op.in_session() && signer.is_some() && signer == s && corrupt.is_none() && seq == next;
+                // (The device takes any sequence number above the last it took.)
+                let authentic = op.in_session() && signer.is_some() && signer == s && corrupt.is_none() && seq >= next;
                 if authentic {
                     let i = s.expect("a signer");
-                    host.sessions[i].seq += 1;
+                    host.sessions[i].seq = seq.saturating_add(1);
                     let area = host.sessions[i].area;
                     if let Some(r) = host.exchange(&req, rec, Some(area), false) {
                         host.learn(i, op, req.queue_id, &r);
@@ -782,7 +783,11 @@ pub fn pov_device(data: &[u8]) {
                 };
                 if let Some(i) = signer {
                     host.sessions[i].keys.seal_request(q, request_id, &mut b[..HEADER_SIZE + payload.len()], REQUEST_TAG_OFFSET);
-                    host.sealed.insert((q, request_id), i);
+                    // Only the queue's owner's requests can be answered; a forgery that
+                    // reuses an ID must not make the owner's answer to it look foreign.
+                    if signer == owner {
+                        host.sealed.insert((q, request_id), i);
+                    }
                 }
                 if let Some(e) = host.queues.iter_mut().find(|e| e.0 == q) {
                     e.2 = e.2.max(request_id);
