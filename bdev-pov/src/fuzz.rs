@@ -286,6 +286,24 @@ struct Done {
 }
 
 impl Host {
+    fn new(dev: PovDevice) -> Host {
+        Host {
+            geometry: dev.geometry(),
+            dev,
+            next_tag: 1,
+            outstanding: HashMap::new(),
+            sessions: Vec::new(),
+            queues: Vec::new(),
+            handles: Vec::new(),
+            sealed: HashMap::new(),
+            next_request: 1,
+            named: HashSet::new(),
+            next_mailbox: 0,
+            markers: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
     fn submit(&mut self, op: BlockOp, offset: u64, data: Vec<u8>, broken: Option<usize>, purpose: Purpose) {
         let tag = self.next_tag;
         self.next_tag += 1;
@@ -603,21 +621,7 @@ pub fn pov_device(data: &[u8]) {
     let control = GatheringControl::new(gathering(input.gathering));
     let dev = PovDevice::new(cfg, tenants).expect("a valid device configuration").with_gathering(control.clone());
     let geometry = dev.geometry();
-    let mut host = Host {
-        dev,
-        geometry,
-        next_tag: 1,
-        outstanding: HashMap::new(),
-        sessions: Vec::new(),
-        queues: Vec::new(),
-        handles: Vec::new(),
-        sealed: HashMap::new(),
-        next_request: 1,
-        named: HashSet::new(),
-        next_mailbox: 0,
-        markers: Vec::new(),
-        done: Vec::new(),
-    };
+    let mut host = Host::new(dev);
     let mut pid = 100;
     for step in input.steps.into_iter().take(MAX_STEPS) {
         match step {
@@ -884,22 +888,7 @@ mod tests {
             tenants.create(name, secret).unwrap();
         }
         let dev = PovDevice::new(PovDeviceConfig::new("t", vec!["mem:nowhere".into()]), tenants).unwrap();
-        let geometry = dev.geometry();
-        let mut host = Host {
-            dev,
-            geometry,
-            next_tag: 1,
-            outstanding: HashMap::new(),
-            sessions: Vec::new(),
-            queues: Vec::new(),
-            handles: Vec::new(),
-            sealed: HashMap::new(),
-            next_request: 1,
-            named: HashSet::new(),
-            next_mailbox: 0,
-            markers: Vec::new(),
-            done: Vec::new(),
-        };
+        let mut host = Host::new(dev);
         host.start(0, 100, QosClass::Latency, 0);
         host.start(1, 101, QosClass::Bandwidth, GRANT_INTEGRITY_ONLY);
         assert_eq!(host.sessions.len(), 2);
