@@ -273,12 +273,6 @@ impl Keyring {
     }
 }
 
-/// The effective user ID of this process.
-fn effective_uid() -> u32 {
-    // SAFETY: geteuid(2) takes no arguments, touches no memory and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
 /// Reads a key file with SPDK's checks (absolute path, regular file, owner, mode) and
 /// PoV's size rule; the bytes never pass through an unwiped buffer.
 fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
@@ -298,7 +292,7 @@ fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
     if mode & 0o077 != 0 {
         return Err(KeyringError::Permissions { path: path.to_path_buf(), mode });
     }
-    let me = effective_uid();
+    let me = crate::sys::effective_uid();
     if meta.uid() != me {
         return Err(KeyringError::Owner { path: path.to_path_buf(), owner: meta.uid(), me });
     }

@@ -33,4 +33,5 @@ pub mod rpc;
 pub mod tenant;
 pub mod vhost_blk;
 
+mod sys;
 mod util;

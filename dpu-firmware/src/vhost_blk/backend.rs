@@ -6,6 +6,7 @@
 
 use super::request::{config_slice, config_space};
 use pov_runtime::ReactorHandle;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -96,6 +97,9 @@ pub(crate) struct ConnState {
     pub vring_gen: Vec<AtomicU64>,
     /// `false` once the client disconnected.
     pub alive: AtomicBool,
+    /// The consumer ends of the exit events handed to the vhost crate, which it never
+    /// closes ([`crate::sys::AbandonedFds`]); closed when the connection's state drops.
+    pub exit_fds: crate::sys::AbandonedFds,
 }
 
 impl ConnState {
@@ -106,6 +110,7 @@ impl ConnState {
             vrings: OnceLock::new(),
             vring_gen: (0..num_queues).map(|_| AtomicU64::new(0)).collect(),
             alive: AtomicBool::new(true),
+            exit_fds: crate::sys::AbandonedFds::default(),
         }
     }
 
@@ -181,7 +186,12 @@ impl VhostUserBackend for BlkBackend {
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
+            Ok(pair) => {
+                // The vhost crate takes the consumer with `into_raw_fd` and never
+                // closes it: it is closed with this connection's state.
+                self.conn.exit_fds.record(pair.0.as_raw_fd());
+                Some(pair)
+            }
             Err(e) => {
                 log::error!("{}: cannot create exit event: {e}", self.dev.name);
                 None
