@@ -136,7 +136,19 @@ impl RpcClient {
         let mut text = req.to_string();
         let sent = self.writer.write_all(text.as_bytes());
         text.zeroize();
-        sent?;
+        if let Err(e) = sent {
+            // A server that refuses the connection (too many connections) writes its
+            // error and may close before our request is written: read that error
+            // rather than report the broken pipe.
+            if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
+                if let Some(Ok(resp)) = self.responses.next() {
+                    if let Some(err) = resp.get("error") {
+                        return Err(rpc_error(err));
+                    }
+                }
+            }
+            return Err(e.into());
+        }
         let resp = match self.responses.next() {
             None => return Err(ClientError::Protocol("connection closed".into())),
             Some(Err(e)) if e.is_io() => return Err(ClientError::Io(e.into())),
@@ -194,5 +206,29 @@ mod tests {
         // A large document grows the buffer (through wiped copies) and still parses.
         let big = format!("{{\"s\": \"{}\"}}", "x".repeat(200_000));
         assert_eq!(params_from_arg(Some("-"), big.as_bytes()).unwrap().unwrap()["s"].as_str().unwrap().len(), 200_000);
+    }
+
+    /// A server that refuses a connection writes its error and closes before reading
+    /// the request: the caller gets that error, not the broken pipe of its write.
+    #[test]
+    fn a_refusal_written_before_the_request_is_reported() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-16,\"message\":\"too many connections\"}}\n")
+                .unwrap();
+        });
+        let mut c = RpcClient::connect(&path, Some(Duration::from_secs(5))).unwrap();
+        server.join().unwrap();
+        // Large enough that the write cannot complete into the socket buffer before the
+        // closed peer is noticed.
+        let big = json!({ "s": "x".repeat(4 << 20) });
+        match c.call("rpc_get_methods", Some(big)) {
+            Err(ClientError::Rpc(e)) => assert_eq!((e.code, e.message.as_str()), (-16, "too many connections")),
+            other => panic!("expected the server's error, got {other:?}"),
+        }
     }
 }
