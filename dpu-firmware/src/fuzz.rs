@@ -239,8 +239,9 @@ fn reactors() -> &'static [pov_runtime::ReactorHandle] {
     .reactors()
 }
 
-/// PoV devices of the RPC target are RAM disks (as in `tests/rpc.rs`).
-fn memdisk_factory() -> DeviceFactory {
+/// A device factory whose PoV devices are RAM disks that write the call that
+/// recreates them (for the RPC target and `tests/rpc.rs`).
+pub fn memdisk_factory() -> DeviceFactory {
     Arc::new(|cfg, _tenants| {
         if cfg.proxies.is_empty() {
             return Err("at least one proxy endpoint is needed".into());

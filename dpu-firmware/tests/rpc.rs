@@ -2,10 +2,9 @@
 //! are `MemDisk`s (the daemon's device factory is a test double), so nothing here
 //! depends on a proxy.
 
-use bdev_pov::testing::MemDisk;
-use bdev_pov::BlockDevice;
 use pov_dpu_firmware::config::{load_config, ConfigError};
-use pov_dpu_firmware::daemon::{Daemon, DeviceFactory};
+use pov_dpu_firmware::daemon::Daemon;
+use pov_dpu_firmware::fuzz::memdisk_factory;
 use pov_dpu_firmware::rpc::client::{ClientError, RpcClient};
 use pov_dpu_firmware::rpc::{codes, RpcServer};
 use pov_runtime::{ReactorConfig, Runtime};
@@ -16,17 +15,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn memdisk_factory() -> DeviceFactory {
-    Arc::new(|cfg, _tenants| {
-        if cfg.proxies.is_empty() {
-            return Err("at least one proxy endpoint is needed".into());
-        }
-        // Stands in for a PoV device, so it writes the call that recreates one.
-        let call = json!({"method": "pov_device_create", "params": cfg});
-        Ok(Box::new(MemDisk::new(1 << 20, &format!("pov-{}", cfg.name)).with_config_json(call)) as Box<dyn BlockDevice>)
-    })
-}
 
 struct Env {
     dir: tempfile::TempDir,
