@@ -151,12 +151,25 @@ pub struct DeviceStats {
     /// exchange (the host retries with another).
     pub admin_mailbox_busy: u64,
     pub proxies_connected: u32,
+    /// Proxies declared down now (requests go to the others; see `forward::health`).
+    pub proxies_down: u32,
+    /// Times a proxy was declared down.
+    pub proxy_downs: u64,
+    /// Requests sent to a proxy other than their queue's home one (it was down).
+    pub rerouted: u64,
+    /// Idempotent requests resent after their proxy failed before answering.
+    pub resent: u64,
+    /// Liveness pings sent.
+    pub pings: u64,
+    /// Each proxy connection's state.
+    pub proxies: Vec<crate::forward::ProxyState>,
     pub stale_proxy_responses: u64,
     /// Frames per send and per receive on the proxy connections (gathering IO).
     pub gathering: GatherStats,
 }
 
 /// Where a request's path comes from.
+#[derive(Clone)]
 enum Target {
     /// Resolved from the request payload (Open, List, Remove, Stat by path).
     Path(String),
@@ -180,6 +193,32 @@ struct InFlight {
     op: Op,
     /// For Open: the handle to create on success.
     open: Option<Handle>,
+    /// For an idempotent request: what it takes to resend it to another proxy if its
+    /// proxy fails before answering.
+    retry: Option<Retry>,
+}
+
+/// How many times one request may be sent (the first try included).
+pub const MAX_TRIES: u32 = 3;
+
+/// A request's tries so far (see [`Op::is_idempotent`]).
+struct Retry {
+    header: RequestHeader,
+    target: Target,
+    /// Connections tried (bit i: connection i; connections past 63 are not tracked).
+    tried: u64,
+    tries: u32,
+    /// The first try's deadline: a resent request never gets more time.
+    deadline: Instant,
+}
+
+/// Bit of connection `i` in [`Retry::tried`].
+fn conn_bit(i: usize) -> u64 {
+    if i < 64 {
+        1 << i
+    } else {
+        0
+    }
 }
 
 /// Everything of a PoV device but its forwarder (so that answers can be finished
@@ -207,6 +246,10 @@ pub(crate) struct DeviceState {
     pub(crate) out: Completions,
     pub(crate) stats: DeviceStats,
     pub(crate) last_session_check: Instant,
+    /// Requests whose proxy failed, to resend elsewhere after the forwarder's poll.
+    resend: Vec<(Ready, Retry)>,
+    /// The forwarder is stopping: nothing is resent.
+    stopping: bool,
 }
 
 /// A PoV device: serves the PoV device protocol over block IO and forwards file
@@ -264,6 +307,8 @@ impl PovDevice {
             out: Completions::default(),
             stats: DeviceStats::default(),
             last_session_check: Instant::now(),
+            resend: Vec::new(),
+            stopping: false,
         };
         Ok(PovDevice { cfg, fwd, st })
     }
@@ -303,6 +348,10 @@ impl PovDevice {
         s.queues = self.st.queues.len() as u32;
         s.in_flight = f.in_flight;
         s.proxies_connected = f.proxies_connected;
+        s.proxies_down = f.proxies_down;
+        s.proxy_downs = f.proxy_downs;
+        s.pings = f.pings;
+        s.proxies = self.fwd.proxy_states();
         s.stale_proxy_responses = f.stale_responses;
         s.block_io_errors = self.st.out.errors;
         s.gathering = GatherStats::from_counters(f.transport);
@@ -345,8 +394,18 @@ impl PovDevice {
     }
 
     /// Sends one request to its queue's proxy (borrowing the tenant name, the path and
-    /// the payload from where they are: no copies).
+    /// the payload from where they are: no copies but an idempotent request's path).
     fn forward(&mut self, r: Ready) {
+        let deadline = self.fwd.deadline_from_now();
+        let retry = Retry { header: r.header.clone(), target: r.target.clone(), tried: 0, tries: 0, deadline };
+        self.send_try(r, retry);
+    }
+
+    /// Sends a try of `r` to a usable proxy: its queue's home, or the next usable one
+    /// (never one tried already, nor on the request's retry-forbidden list when it is
+    /// a resend). A connection that cannot take it is skipped at once (nothing was
+    /// sent, so even a non-idempotent request may go to the next).
+    fn send_try(&mut self, r: Ready, mut retry: Retry) {
         let Ready { queue, header: h, target, open } = r;
         let st = &mut self.st;
         let fail = |st: &mut DeviceState, status| st.respond(queue, h.op as u16, h.request_id, status, 0, 0, &[]);
@@ -379,9 +438,56 @@ impl PovDevice {
             read_only: s.grant.read_only,
             prefix: &s.grant.prefix,
         };
-        let ctx = InFlight { queue, request_id: h.request_id, op: h.op, open };
-        if let Err((f, status)) = self.fwd.send(owner.proxy, view, payload, ctx) {
-            self.st.respond(f.queue, f.op as u16, f.request_id, status, 0, 0, &[]);
+        // SDK hint (docs/protocol.md): reroute 1 starts from the proxy after the home.
+        let home = if h.hint.reroute == 1 { owner.proxy + 1 } else { owner.proxy } % self.fwd.conns().max(1);
+        let idempotent = h.op.is_idempotent(h.flags);
+        let mut ctx = InFlight { queue, request_id: h.request_id, op: h.op, open, retry: None };
+        for _ in 0..self.fwd.conns() {
+            let resend = retry.tries > 0;
+            let avoid = |i: usize| retry.tried & conn_bit(i) != 0 || (resend && h.hint.forbids(i as u32));
+            let Some(conn) = self.fwd.pick(home, &avoid) else {
+                return self.st.respond(queue, h.op as u16, h.request_id, Status::Unavailable, 0, 0, &[]);
+            };
+            retry.tried |= conn_bit(conn);
+            retry.tries += 1;
+            // Keep what a resend needs only while one is allowed.
+            if idempotent && retry.tries < MAX_TRIES {
+                ctx.retry = Some(Retry {
+                    header: retry.header.clone(),
+                    target: retry.target.clone(),
+                    tried: retry.tried,
+                    tries: retry.tries,
+                    deadline: retry.deadline,
+                });
+            }
+            match self.fwd.send_until(conn, view, payload, ctx, retry.deadline) {
+                Ok(_) => {
+                    self.st.stats.rerouted += u64::from(conn != owner.proxy);
+                    self.st.stats.resent += u64::from(resend);
+                    return;
+                }
+                // The device is stopping, or the request cannot be encoded.
+                Err((_, status)) if status != Status::Unavailable || self.fwd.stopping() => {
+                    return self.st.respond(queue, h.op as u16, h.request_id, status, 0, 0, &[]);
+                }
+                // Nothing was sent: try the next proxy, if any.
+                Err((back, _)) => {
+                    ctx = back;
+                    ctx.retry = None;
+                    retry.tries -= 1;
+                }
+            }
+        }
+        self.st.respond(queue, h.op as u16, h.request_id, Status::Unavailable, 0, 0, &[]);
+    }
+
+    /// Resends the requests whose proxy failed (see [`DeviceState::finish`]).
+    fn resend_failed(&mut self) {
+        if self.st.resend.is_empty() {
+            return;
+        }
+        for (r, retry) in std::mem::take(&mut self.st.resend) {
+            self.send_try(r, retry);
         }
     }
 
@@ -390,6 +496,7 @@ impl PovDevice {
     pub fn poll(&mut self, fds: &mut dyn FdRegistry) -> PollStatus {
         let st = &mut self.st;
         let mut busy = self.fwd.poll(fds, &mut |f, outcome| st.finish(f, outcome));
+        self.resend_failed();
         let now = Instant::now();
         busy |= self.st.expire_incomplete(now);
         busy |= self.st.reclaim_sessions(now);
@@ -404,6 +511,7 @@ impl PovDevice {
     /// Stops the device: every parked and in-flight IO completes with an error and
     /// proxy connections are closed.
     pub fn shutdown(&mut self, fds: &mut dyn FdRegistry) {
+        self.st.stopping = true;
         let st = &mut self.st;
         self.fwd.shutdown(fds, &mut |f, outcome| st.finish(f, outcome));
         let now = Instant::now();
@@ -654,7 +762,17 @@ impl DeviceState {
 
     /// Finishes a request the forwarder handed back: the proxy's answer, or a local
     /// failure.
-    fn finish(&mut self, f: InFlight, outcome: Outcome<'_>) {
+    fn finish(&mut self, mut f: InFlight, outcome: Outcome<'_>) {
+        // Its proxy failed before answering: resend an idempotent request to another,
+        // within its first try's deadline (docs/protocol.md, "Proxy liveness and
+        // rerouting"); anything else gets the failure.
+        if let (Outcome::Failed(Status::Unavailable), false) = (&outcome, self.stopping) {
+            if let Some(retry) = f.retry.take().filter(|r| Instant::now() < r.deadline) {
+                let ready = Ready { queue: f.queue, header: retry.header.clone(), target: retry.target.clone(), open: f.open };
+                self.resend.push((ready, retry));
+                return;
+            }
+        }
         let (mut status, mut result, flags, payload) = match outcome {
             Outcome::Answered { status, result, flags, payload } => (status, result, flags, payload),
             Outcome::Failed(status) => (status, 0, 0, &[][..]),

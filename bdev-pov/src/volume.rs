@@ -277,6 +277,18 @@ pub struct VolumeStats {
     pub in_flight: u32,
     /// Proxy connections up.
     pub proxies_connected: u32,
+    /// Proxies declared down now (pieces go to the others; see `forward::health`).
+    pub proxies_down: u32,
+    /// Times a proxy was declared down.
+    pub proxy_downs: u64,
+    /// Pieces sent to a proxy other than the one round-robin chose (it was down).
+    pub rerouted: u64,
+    /// Pieces resent after their proxy failed before answering.
+    pub resent: u64,
+    /// Liveness pings sent.
+    pub pings: u64,
+    /// Each proxy connection's state.
+    pub proxies: Vec<crate::forward::ProxyState>,
     /// Frames per send and per receive on the proxy connections (gathering IO).
     pub gathering: GatherStats,
 }
@@ -294,11 +306,29 @@ struct Io {
 /// One proxy request in flight (the forwarder's context of it).
 struct Piece {
     io: u64,
+    /// Byte offset of the piece in the volume.
+    offset: u64,
     /// Byte offset of the piece within the block request's buffer.
     buf_offset: usize,
     len: usize,
     op: Op,
+    /// The connection it is on.
     proxy: usize,
+    /// Connections tried (bit i: connection i; past 63 not tracked).
+    tried: u64,
+    /// Times sent.
+    tries: u32,
+    /// The first try's deadline (a resend never gets more time).
+    deadline: Instant,
+}
+
+/// Bit of connection `i` in [`Piece::tried`].
+fn conn_bit(i: usize) -> u64 {
+    if i < 64 {
+        1 << i
+    } else {
+        0
+    }
 }
 
 /// A FLUSH waiting for the WRITEs submitted before it.
@@ -326,6 +356,10 @@ struct VolumeState {
     data: Vec<u8>,
     out: Completions,
     stats: VolumeStats,
+    /// Pieces whose proxy failed before answering, to resend after the poll (every
+    /// volume request is idempotent).
+    resend: Vec<Piece>,
+    stopping: bool,
 }
 
 /// A plain volume backed by a proxy. See the module documentation. Owned by one
@@ -366,6 +400,8 @@ impl VolumeDevice {
                 data: Vec::new(),
                 out: Completions::default(),
                 stats: VolumeStats::default(),
+                resend: Vec::new(),
+                stopping: false,
             },
             cfg,
         })
@@ -397,6 +433,10 @@ impl VolumeDevice {
         s.timeouts = f.timeouts;
         s.stale_proxy_responses = f.stale_responses;
         s.proxies_connected = f.proxies_connected;
+        s.proxies_down = f.proxies_down;
+        s.proxy_downs = f.proxy_downs;
+        s.pings = f.pings;
+        s.proxies = self.fwd.proxy_states();
         s.gathering = GatherStats::from_counters(f.transport);
         s
     }
@@ -467,33 +507,81 @@ impl VolumeDevice {
     /// Sends one piece of IO `id`; `false` if it could not be sent (the caller marks
     /// the IO failed).
     fn send_piece(&mut self, id: u64, op: Op, offset: u64, buf_offset: usize, len: usize) -> bool {
-        let pidx = self.st.router.route(RouteKey::Volume { offset });
-        let VolumeState { ios, data, .. } = &mut self.st;
-        data.clear();
-        if op == Op::VolumeWrite {
-            data.resize(len, 0);
-            if ios[&id].req.buf.read_at(buf_offset, data).is_err() {
-                return false;
-            }
-        }
-        let length = if op == Op::VolumeRead { len as u32 } else { 0 };
-        self.send(id, op, offset, length, pidx, buf_offset, len)
+        let home = self.st.router.route(RouteKey::Volume { offset });
+        self.send(id, op, offset, home, buf_offset, len)
     }
 
-    /// Sends a request of `op` for IO `id` on connection `pidx` (a WRITE's payload is
-    /// the scratch buffer); `false` if it could not be sent.
-    #[allow(clippy::too_many_arguments)]
-    fn send(&mut self, id: u64, op: Op, offset: u64, length: u32, pidx: usize, buf_offset: usize, len: usize) -> bool {
-        let VolumeDevice { cfg, fwd, st, .. } = self;
-        let req = volume_request(op, offset, length, 0, &cfg.volume);
-        let payload = if op == Op::VolumeWrite { &st.data[..] } else { &[] };
-        let piece = Piece { io: id, buf_offset, len, op, proxy: pidx };
-        if fwd.send(pidx, req, payload, piece).is_err() {
+    /// Sends a new request of `op` for IO `id` to connection `home` (or the next usable
+    /// one if its proxy is down); `false` if it could not be sent.
+    fn send(&mut self, id: u64, op: Op, offset: u64, home: usize, buf_offset: usize, len: usize) -> bool {
+        let deadline = self.fwd.deadline_from_now();
+        let piece = Piece { io: id, offset, buf_offset, len, op, proxy: home, tried: 0, tries: 0, deadline };
+        if !self.dispatch(piece, home) {
             return false;
         }
-        st.stats.proxy_requests += 1;
-        st.ios.get_mut(&id).expect("live io").outstanding += 1;
+        self.st.ios.get_mut(&id).expect("live io").outstanding += 1;
         true
+    }
+
+    /// Sends (or resends) `p` to a usable connection from `home` on that it has not been
+    /// tried on; `false` if none takes it.
+    fn dispatch(&mut self, mut p: Piece, home: usize) -> bool {
+        let VolumeDevice { cfg, fwd, st, .. } = self;
+        st.data.clear();
+        if p.op == Op::VolumeWrite {
+            st.data.resize(p.len, 0);
+            match st.ios.get(&p.io) {
+                Some(io) if io.req.buf.read_at(p.buf_offset, &mut st.data).is_ok() => {}
+                _ => return false,
+            }
+        }
+        let length = if p.op == Op::VolumeRead { p.len as u32 } else { 0 };
+        let payload = if p.op == Op::VolumeWrite { &st.data[..] } else { &[] };
+        for _ in 0..fwd.conns() {
+            let Some(conn) = fwd.pick(home, &|i| p.tried & conn_bit(i) != 0) else { return false };
+            let resend = p.tries > 0;
+            p.tried |= conn_bit(conn);
+            p.proxy = conn;
+            p.tries += 1;
+            let (op, deadline) = (p.op, p.deadline);
+            let req = volume_request(op, p.offset, length, 0, &cfg.volume);
+            match fwd.send_until(conn, req, payload, p, deadline) {
+                Ok(_) => {
+                    st.stats.proxy_requests += 1;
+                    st.stats.resent += u64::from(resend);
+                    st.stats.rerouted += u64::from(conn != home);
+                    if op == Op::VolumeFlush {
+                        st.flushes_out[conn] += 1;
+                    }
+                    return true;
+                }
+                // Nothing was sent: the next connection may take it.
+                Err((back, Status::Unavailable)) if !fwd.stopping() => {
+                    p = back;
+                    p.tries -= 1;
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Resends the pieces whose proxy failed; a piece no proxy takes fails its IO.
+    fn resend_failed(&mut self) {
+        for p in std::mem::take(&mut self.st.resend) {
+            let (io, home, op) = (p.io, p.proxy, p.op);
+            if !self.dispatch(p, home) {
+                if op == Op::VolumeFlush {
+                    // Whatever that flush covered is not known durable.
+                    self.st.dirty[home] = true;
+                }
+                if let Some(x) = self.st.ios.get_mut(&io) {
+                    x.outstanding -= 1;
+                    x.failed = true;
+                }
+                self.st.maybe_finish(io);
+            }
+        }
     }
 
     /// Starts the FLUSHes whose barrier passed, if a WRITE completed meanwhile.
@@ -518,9 +606,7 @@ impl VolumeDevice {
                 }
                 // Cleared now: writes acknowledged from here on need a later flush.
                 self.st.dirty[pidx] = false;
-                if self.send(id, Op::VolumeFlush, 0, 0, pidx, 0, 0) {
-                    self.st.flushes_out[pidx] += 1;
-                } else {
+                if !self.send(id, Op::VolumeFlush, 0, pidx, 0, 0) {
                     self.st.dirty[pidx] = true;
                     self.st.ios.get_mut(&id).expect("live io").failed = true;
                 }
@@ -534,6 +620,7 @@ impl VolumeDevice {
     pub fn poll(&mut self, fds: &mut dyn FdRegistry) -> PollStatus {
         let st = &mut self.st;
         let busy = self.fwd.poll(fds, &mut |p, outcome| st.finish_piece(p, outcome));
+        self.resend_failed();
         self.check_flushes();
         if busy {
             PollStatus::Busy
@@ -547,6 +634,7 @@ impl VolumeDevice {
     pub fn shutdown(&mut self, fds: &mut dyn FdRegistry) {
         // FLUSHes still behind their barrier fail with everything else below.
         self.st.flushes.clear();
+        self.st.stopping = true;
         let st = &mut self.st;
         self.fwd.shutdown(fds, &mut |p, outcome| st.finish_piece(p, outcome));
         let ids: Vec<u64> = self.st.ios.keys().copied().collect();
@@ -603,6 +691,17 @@ impl VolumeState {
 
     /// Finishes one proxy request (answered, or failed locally).
     fn finish_piece(&mut self, p: Piece, outcome: Outcome<'_>) {
+        if p.op == Op::VolumeFlush {
+            self.flushes_out[p.proxy] = self.flushes_out[p.proxy].saturating_sub(1);
+        }
+        // Its proxy failed before answering: every volume request may run twice, so it
+        // goes to another proxy (a flush there covers the volume: one backend).
+        if let (Outcome::Failed(Status::Unavailable), false) = (&outcome, self.stopping) {
+            if p.tries < crate::device::MAX_TRIES && Instant::now() < p.deadline && self.ios.contains_key(&p.io) {
+                self.resend.push(p);
+                return;
+            }
+        }
         let (status, result, payload) = match outcome {
             Outcome::Answered { status, result, payload, .. } => (status, result, payload),
             Outcome::Failed(status) => (status, 0, &[][..]),
@@ -618,13 +717,8 @@ impl VolumeState {
                 ok = result == p.len as u64;
                 self.dirty[p.proxy] = true;
             }
-            Op::VolumeFlush => {
-                self.flushes_out[p.proxy] = self.flushes_out[p.proxy].saturating_sub(1);
-                if !ok {
-                    // Whatever that flush covered is not known durable.
-                    self.dirty[p.proxy] = true;
-                }
-            }
+            // Whatever a failed flush covered is not known durable.
+            Op::VolumeFlush if !ok => self.dirty[p.proxy] = true,
             _ => {}
         }
         if !ok {

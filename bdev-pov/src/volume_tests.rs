@@ -28,8 +28,11 @@ struct Store {
 struct Behaviour {
     /// Writes at this offset are answered after 300 ms.
     slow_write_at: Option<u64>,
-    /// Never answer anything.
+    /// Never answer anything (a black-holed link or a stopped process).
     silent: bool,
+    /// Close the connection on the first request instead of answering (a killed
+    /// proxy).
+    hang_up: bool,
 }
 
 /// Starts a fake volume proxy on `listener` (one thread per connection, frames
@@ -54,6 +57,9 @@ fn serve(listener: TcpListener, store: Store, idx: usize, b: Behaviour) -> Strin
                     if b.silent {
                         continue;
                     }
+                    if b.hang_up {
+                        return;
+                    }
                     let r = ProxyRequest::decode(&body).unwrap();
                     let q = &r.req;
                     if q.op == Op::VolumeWrite && b.slow_write_at == Some(q.offset) {
@@ -61,6 +67,7 @@ fn serve(listener: TcpListener, store: Store, idx: usize, b: Behaviour) -> Strin
                     }
                     let mut vols = store.volumes.lock().unwrap();
                     let (status, result, payload) = match (q.op, vols.get_mut(&q.tenant)) {
+                        (Op::Ping, _) => (Status::Ok, 0, vec![]),
                         (Op::VolumeOpen, None) if q.flags & flags::CREATE != 0 => {
                             vols.insert(q.tenant.clone(), vec![0; q.offset as usize]);
                             (Status::Ok, q.offset, vec![])
@@ -89,7 +96,9 @@ fn serve(listener: TcpListener, store: Store, idx: usize, b: Behaviour) -> Strin
                         _ => (Status::UnknownOp, 0, vec![]),
                     };
                     drop(vols);
-                    store.log.lock().unwrap().push((idx, q.op, q.offset));
+                    if q.op != Op::Ping {
+                        store.log.lock().unwrap().push((idx, q.op, q.offset));
+                    }
                     ProxyResponse { op: q.op as u16, tag: q.tag, status, result, flags: 0 }.encode_frame(&payload, &mut out);
                     if s.write_all(&out).is_err() {
                         return;
@@ -284,7 +293,7 @@ fn flush_covers_every_connection() {
 #[test]
 fn flush_waits_for_earlier_writes() {
     let store = Store::default();
-    let p = fake_proxy(&store, 0, Behaviour { slow_write_at: Some(MIB as u64), silent: false });
+    let p = fake_proxy(&store, 0, Behaviour { slow_write_at: Some(MIB as u64), ..Default::default() });
     let mut h = Harness::new(cfg("volw", 4 * MIB as u64, &[p]));
     let w = h.submit(BlockOp::Write, MIB as u64, pattern(5, 4096));
     let f = h.submit(BlockOp::Flush, 0, vec![]);
@@ -314,7 +323,7 @@ fn flush_waits_for_earlier_writes() {
 #[test]
 fn shutdown_fails_everything_in_progress() {
     let store = Store::default();
-    let p = fake_proxy(&store, 0, Behaviour { slow_write_at: Some(0), silent: false });
+    let p = fake_proxy(&store, 0, Behaviour { slow_write_at: Some(0), ..Default::default() });
     let mut h = Harness::new(cfg("vols", MIB as u64, &[p]));
     let w = h.submit(BlockOp::Write, 0, vec![1; 4096]);
     let f = h.submit(BlockOp::Flush, 0, vec![]);
@@ -532,7 +541,7 @@ fn gathering_batch_size_boundary() {
 fn gathering_window_never_delays_a_lone_request() {
     let store = Store::default();
     let slow = 8 * MIB as u64;
-    let p = fake_proxy(&store, 0, Behaviour { slow_write_at: Some(slow), silent: false });
+    let p = fake_proxy(&store, 0, Behaviour { slow_write_at: Some(slow), ..Default::default() });
     let mut h = Harness::new(cfg("gw", 16 * MIB as u64, &[p]));
     h.set_gathering(gathering(true, 64, 10_000));
     let t0 = h.submit(BlockOp::Read, 0, vec![0; 512]);
@@ -558,5 +567,83 @@ fn gathering_window_never_delays_a_lone_request() {
     assert!(start.elapsed() >= Duration::from_millis(10) || h.dev.stats().gathering.sends == 3);
     assert_eq!(h.wait(tr).0, BlockStatus::Ok);
     assert_eq!(h.wait(tw).0, BlockStatus::Ok);
-    assert_eq!(h.dev.stats().gathering.frames_sent, 3);
+    let s = h.dev.stats();
+    assert_eq!(s.gathering.frames_sent - s.pings, 3, "pings aside (the 300 ms write draws one)");
+}
+
+/// Proxy failover (`forward::health`): of two proxies fronting one store, one fails;
+/// every IO still completes `Ok` with the right data, through the survivor, and the
+/// failed one is shown down. `fail` makes proxy 0 fail: hang up (killed) or go silent
+/// (black-holed). Returns how long the first IO after the failure took.
+fn failover(fail: Behaviour) -> Duration {
+    let store = Store::default();
+    let good = fake_proxy(&store, 1, Behaviour::default());
+    // Open the volume through the good proxy; then serve through [bad, good].
+    let c = cfg("vfail", 4 * MIB as u64, std::slice::from_ref(&good));
+    open_volume(&c, Duration::from_secs(5)).unwrap();
+    let bad = fake_proxy(&store, 0, fail);
+    let mut h = Harness::unopened(cfg("vfail", 4 * MIB as u64, &[bad, good]));
+    let t0 = Instant::now();
+    // Round-robin sends every other piece to the failed proxy: a 4 MiB write is four
+    // pieces, two of them there.
+    let data = pattern(9, 4 * MIB);
+    assert_eq!(h.io(BlockOp::Write, 0, data.clone()).0, BlockStatus::Ok, "write through the survivor");
+    let first = t0.elapsed();
+    assert_eq!(h.io(BlockOp::Flush, 0, vec![]).0, BlockStatus::Ok);
+    let (st, back) = h.io(BlockOp::Read, 0, vec![0; 4 * MIB]);
+    assert_eq!(st, BlockStatus::Ok);
+    assert!(back == data, "read back what was written");
+    let s = h.dev.stats();
+    assert!(s.resent >= 1 || fail.hang_up, "a piece sent to the failed proxy was resent: {s:?}");
+    assert!(s.rerouted >= 2, "later pieces avoid the failed proxy: {s:?}");
+    assert_eq!((s.proxies_down, s.proxy_downs), (1, 1), "{s:?}");
+    assert_eq!(s.proxies[0].state, "down");
+    assert_eq!(s.errors, 0);
+    let log = store.log.lock().unwrap();
+    assert!(log.iter().all(|e| e.0 == 1), "only the survivor executed anything: {log:?}");
+    first
+}
+
+#[test]
+fn a_killed_proxy_loses_no_io() {
+    let first = failover(Behaviour { hang_up: true, ..Default::default() });
+    assert!(first < Duration::from_secs(1), "a broken connection is noticed at once: {first:?}");
+}
+
+#[test]
+fn a_black_holed_proxy_is_declared_down_within_the_bound_and_loses_no_io() {
+    use crate::forward::health::{DOWN_AFTER, PING_AFTER};
+    let first = failover(Behaviour { silent: true, ..Default::default() });
+    assert!(first >= DOWN_AFTER, "declared down only after an unanswered ping: {first:?}");
+    assert!(first < PING_AFTER + DOWN_AFTER + Duration::from_millis(500), "within the bound: {first:?}");
+}
+
+/// A proxy that is down is probed; once it answers again it takes its share back.
+#[test]
+fn a_proxy_that_comes_back_rejoins() {
+    let store = Store::default();
+    let good = fake_proxy(&store, 1, Behaviour::default());
+    let c = cfg("vrejoin", MIB as u64, std::slice::from_ref(&good));
+    open_volume(&c, Duration::from_secs(5)).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = l.local_addr().unwrap().to_string();
+    drop(l);
+    let mut h = Harness::unopened(cfg("vrejoin", MIB as u64, &[gone.clone(), good]));
+    for i in 0..4u64 {
+        assert_eq!(h.io(BlockOp::Write, i * 4096, pattern(i, 4096)).0, BlockStatus::Ok, "served by the survivor");
+    }
+    assert_eq!(h.dev.stats().proxies[0].state, "down");
+    serve(TcpListener::bind(&gone).unwrap(), store.clone(), 0, Behaviour::default());
+    let t0 = Instant::now();
+    while h.dev.stats().proxies[0].state == "down" {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the proxy never rejoined: {:?}", h.dev.stats().proxies);
+        h.pump();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = store.log.lock().unwrap().len();
+    for i in 0..4u64 {
+        assert_eq!(h.io(BlockOp::Read, i * 4096, vec![0; 4096]), (BlockStatus::Ok, pattern(i, 4096)));
+    }
+    let log = store.log.lock().unwrap();
+    assert!(log[before..].iter().any(|e| e.0 == 0), "the rejoined proxy serves again: {log:?}");
 }

@@ -190,6 +190,7 @@ pub fn op_name(op: Op) -> &'static str {
         Op::VolumeRead => "volume read",
         Op::VolumeWrite => "volume write",
         Op::VolumeFlush => "volume flush",
+        Op::Ping => "ping",
     }
 }
 

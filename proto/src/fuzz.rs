@@ -29,7 +29,7 @@ pub fn io_headers(data: &[u8]) {
     }
     if let Ok(h) = &req {
         assert!(h.payload_len <= MAX_IO_BYTES && h.length <= MAX_IO_BYTES, "{h:?}");
-        assert!(!h.op.is_volume(), "a host request never carries a volume operation: {h:?}");
+        assert!(!h.op.is_dpu_only(), "a host request never carries a DPU-only operation: {h:?}");
         assert!(!h.op.carries_path() || h.payload_len as usize <= MAX_PATH, "{h:?}");
         assert!(h.hint.retry_forbidden_len <= 12, "{h:?}");
         let _ = h.hint.forbids(h.queue_id);

@@ -60,6 +60,11 @@ pub enum Op {
     /// Plain volume: every write acknowledged before this request is durable on the
     /// backend before the response.
     VolumeFlush = 19,
+    /// Liveness probe (DPU → proxy only): no tenant, path or payload; the proxy answers
+    /// `Ok` from its network loop, ahead of the backend, so an answer shows the proxy
+    /// process and the link are alive even while backend operations are slow
+    /// (`docs/protocol.md`, "Proxy liveness and rerouting").
+    Ping = 20,
 }
 
 impl Op {
@@ -80,6 +85,7 @@ impl Op {
             17 => Op::VolumeRead,
             18 => Op::VolumeWrite,
             19 => Op::VolumeFlush,
+            20 => Op::Ping,
             _ => return Err(DecodeError::UnknownOp(v)),
         })
     }
@@ -96,6 +102,28 @@ impl Op {
         matches!(self, Op::VolumeOpen | Op::VolumeRead | Op::VolumeWrite | Op::VolumeFlush)
     }
 
+    /// `true` for operations only `pov-dpud` sends to `pov-proxy` (the plain-volume ones
+    /// and [`Op::Ping`]); a host IO request carrying one does not decode.
+    pub fn is_dpu_only(self) -> bool {
+        self.is_volume() || self == Op::Ping
+    }
+
+    /// `true` if running the request twice has the effect of running it once, as far
+    /// as the requester can tell, so the DPU may resend it to another proxy when the
+    /// one it went to failed before answering (`docs/protocol.md`, "Proxy liveness
+    /// and rerouting"). Positional reads and writes, stat, list, fsync, truncate to a
+    /// size and open without [`flags::EXCL`] are; append (the data would land twice),
+    /// exclusive create (the second try would answer `Exists`) and remove (`NotFound`)
+    /// are not. Close never reaches a proxy.
+    pub fn is_idempotent(self, flags: u32) -> bool {
+        match self {
+            Op::Open => flags & flags::EXCL == 0,
+            Op::Read | Op::Write | Op::Truncate | Op::Stat | Op::List | Op::Fsync | Op::Close => true,
+            Op::VolumeOpen | Op::VolumeRead | Op::VolumeWrite | Op::VolumeFlush | Op::Ping => true,
+            Op::Append | Op::Remove => false,
+        }
+    }
+
     /// `true` if the payload carries a path.
     pub fn carries_path(self) -> bool {
         matches!(self, Op::Open | Op::List | Op::Remove)
@@ -109,7 +137,7 @@ impl Op {
             Op::Open => flags & (flags::WRITE | flags::CREATE | flags::TRUNCATE) != 0,
             Op::Write | Op::Append | Op::Truncate | Op::Remove => true,
             Op::VolumeWrite | Op::VolumeOpen | Op::VolumeFlush => true,
-            Op::Close | Op::Read | Op::Stat | Op::List | Op::Fsync | Op::VolumeRead => false,
+            Op::Close | Op::Read | Op::Stat | Op::List | Op::Fsync | Op::VolumeRead | Op::Ping => false,
         }
     }
 }
@@ -280,14 +308,14 @@ impl RequestHeader {
 
     /// Decodes a request header. Checks magic, version, operation and that the payload
     /// and read length fit in one IO ([`crate::MAX_IO_BYTES`]); it does not check
-    /// queue, session or PID (that is the server's job). Plain-volume operations
-    /// ([`Op::is_volume`]) are not host operations and give [`DecodeError::UnknownOp`].
+    /// queue, session or PID (that is the server's job). DPU-only operations
+    /// ([`Op::is_dpu_only`]) are not host operations and give [`DecodeError::UnknownOp`].
     pub fn decode(b: &[u8]) -> Result<RequestHeader, DecodeError> {
         need(b, HEADER_SIZE)?;
         check_magic(b, REQUEST_MAGIC)?;
         let code = get_u16(b, 6);
         let op = Op::from_u16(code)?;
-        if op.is_volume() {
+        if op.is_dpu_only() {
             return Err(DecodeError::UnknownOp(code));
         }
         let h = RequestHeader {
@@ -433,6 +461,15 @@ mod tests {
     }
 
     #[test]
+    fn only_ops_safe_to_run_twice_are_idempotent() {
+        assert!(Op::Write.is_idempotent(0) && Op::Read.is_idempotent(0) && Op::VolumeWrite.is_idempotent(0));
+        assert!(Op::Open.is_idempotent(flags::CREATE | flags::WRITE));
+        assert!(!Op::Open.is_idempotent(flags::CREATE | flags::EXCL), "a second try would answer Exists");
+        assert!(!Op::Append.is_idempotent(0), "the data would land twice");
+        assert!(!Op::Remove.is_idempotent(0), "a second try would answer NotFound");
+    }
+
+    #[test]
     fn request_round_trip() {
         let mut b = [0xffu8; 512];
         req().encode_into(&mut b);
@@ -459,11 +496,11 @@ mod tests {
         let mut m = b;
         put_u16(&mut m, 4, 1); // version 1: before session authentication
         assert_eq!(RequestHeader::decode(&m).unwrap_err().status(), Status::BadVersion);
-        for code in 16..=19 {
+        for code in 16..=20 {
             let mut m = b;
             put_u16(&mut m, 6, code);
-            assert!(Op::from_u16(code).unwrap().is_volume());
-            assert_eq!(RequestHeader::decode(&m).unwrap_err(), DecodeError::UnknownOp(code), "volume op from a host");
+            assert!(Op::from_u16(code).unwrap().is_dpu_only());
+            assert_eq!(RequestHeader::decode(&m).unwrap_err(), DecodeError::UnknownOp(code), "DPU-only op from a host");
         }
         let mut m = b;
         put_u32(&mut m, 64 + 12, 13);

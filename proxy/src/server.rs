@@ -441,7 +441,14 @@ fn serve(
     spare: &mut Vec<Vec<u8>>,
     body: &[u8],
 ) {
+    let mut frame = spare.pop().unwrap_or_default();
+    if service.answer_ping(body, &mut frame) {
+        *outbox_bytes += frame.len();
+        outbox.push(frame);
+        return;
+    }
     if let Some(o) = offload.as_mut() {
+        spare.push(frame);
         // Refused requests (beyond the peer's enrollment) are answered here and never
         // reach the workers.
         match service.refuse(body) {
@@ -453,7 +460,6 @@ fn serve(
         }
         return;
     }
-    let mut frame = spare.pop().unwrap_or_default();
     if service.handle_frame(body, &mut frame) {
         *outbox_bytes += frame.len();
         outbox.push(frame);

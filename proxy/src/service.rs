@@ -151,6 +151,20 @@ impl Service {
         }
     }
 
+    /// Answers `body` at once if it is a liveness probe ([`Op::Ping`]): writes the
+    /// `Ok` response frame into `out` and returns `true`. Any peer that reached the
+    /// service may probe (the answer carries nothing); a ping never reaches the backend
+    /// or the worker pool, so it measures the proxy and the link, not the backend.
+    pub fn answer_ping(&mut self, body: &[u8], out: &mut Vec<u8>) -> bool {
+        if body.len() < 16 || u16::from_le_bytes([body[6], body[7]]) != Op::Ping as u16 {
+            return false;
+        }
+        let Ok(r) = ProxyRequest::decode(body) else { return false };
+        self.tenants.server().pings.fetch_add(1, Ordering::Relaxed);
+        ProxyResponse { op: Op::Ping as u16, tag: r.req.tag, status: Status::Ok, result: 0, flags: 0 }.encode_frame(&[], out);
+        true
+    }
+
     fn answer_denied(&mut self, req: &ProxyRequest, out: &mut Vec<u8>) {
         let stats = self.tenants.server();
         stats.frames.fetch_add(1, Ordering::Relaxed);
@@ -250,6 +264,8 @@ impl Service {
             return Completion::err(Status::Invalid);
         }
         let r: Result<Completion, Status> = match req.op {
+            // Normally answered by answer_ping before it gets here.
+            Op::Ping => Ok(Completion::ok(0)),
             Op::Open => b.open(t, path, req.flags).map(|()| Completion::ok(0)),
             // The proxy keeps no handles: nothing to release.
             Op::Close => Ok(Completion::ok(0)),

@@ -66,6 +66,8 @@ pub struct ProxyStats {
     pub reads_paused: AtomicU64,
     /// Connections closed for a frame or idle timeout.
     pub connections_timed_out: AtomicU64,
+    /// Liveness probes answered ([`pov_proto::io::Op::Ping`]; not counted in `frames`).
+    pub pings: AtomicU64,
 }
 
 /// A copy of the server-wide counters.
@@ -87,6 +89,8 @@ pub struct ServerStats {
     pub reads_paused: u64,
     /// Connections closed for a frame or idle timeout.
     pub connections_timed_out: u64,
+    /// Liveness probes answered.
+    pub pings: u64,
 }
 
 impl ProxyStats {
@@ -134,6 +138,7 @@ impl ProxyStats {
             connections_open: self.connections_open.load(Ordering::Relaxed),
             reads_paused: self.reads_paused.load(Ordering::Relaxed),
             connections_timed_out: self.connections_timed_out.load(Ordering::Relaxed),
+            pings: self.pings.load(Ordering::Relaxed),
         }
     }
 }

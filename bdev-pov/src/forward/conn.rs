@@ -101,6 +101,11 @@ impl ProxyConn {
         }
     }
 
+    /// `true` while a connection attempt is in progress.
+    pub(crate) fn is_connecting(&self) -> bool {
+        matches!(self.link, Link::Connecting { .. })
+    }
+
     /// `true` while a transport is up.
     pub(crate) fn is_up(&self) -> bool {
         matches!(self.link, Link::Up(_))

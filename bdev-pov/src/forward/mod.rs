@@ -13,11 +13,15 @@
 //! Paper §4.6: an answer that matches no request in flight on the connection it came
 //! from (after a timeout, a restart, or a forged tag) is counted and dropped.
 //!
-//! Which connection a request takes is the device's choice, through a [`Router`]
-//! ([`route`]).
+//! Which connection a request takes is the device's choice: its home connection from a
+//! [`Router`] ([`route`]), moved by [`Forwarder::pick`] to a usable one when the home
+//! proxy is down ([`health`]: liveness pings, down detection, probing and rejoin).
+//! Whether a request that failed with its proxy is resent is the device's choice too
+//! (only idempotent ones, `pov_proto::io::Op::is_idempotent`).
 
 pub mod conn;
 pub mod gather;
+pub mod health;
 pub mod route;
 
 pub use gather::{GatherStats, Gathering, GatheringControl, MAX_BATCH_SIZE, MAX_WINDOW_US};
@@ -25,6 +29,8 @@ pub use route::{RoundRobin, RouteKey, Router};
 
 use conn::{Broken, ProxyConn};
 use gather::GatheringView;
+use health::{Check, Health};
+use pov_proto::io::Op;
 use pov_proto::wire::{ProxyRequestView, ProxyResponse};
 use pov_proto::Status;
 use pov_runtime::transport::{Endpoint, TransportCounters};
@@ -64,6 +70,26 @@ pub struct ForwardStats {
     pub timeouts: u64,
     /// Frame and syscall counters of every connection, past and present.
     pub transport: TransportCounters,
+    /// Proxies declared down now.
+    pub proxies_down: u32,
+    /// Times a proxy was declared down ([`health`]).
+    pub proxy_downs: u64,
+    /// Liveness pings sent.
+    pub pings: u64,
+}
+
+/// One proxy connection as `pov_device_get_devices` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProxyState {
+    /// Its endpoint.
+    pub endpoint: String,
+    /// `"up"` (connected and usable), `"idle"` (usable, not connected: connected on
+    /// first use) or `"down"` (declared down, probed; requests go to the others).
+    pub state: &'static str,
+    /// Requests in flight on it.
+    pub in_flight: u32,
+    /// Times it was declared down.
+    pub downs: u64,
 }
 
 struct Pending<C> {
@@ -77,6 +103,8 @@ pub struct Forwarder<C> {
     /// `"device NAME"` or `"volume NAME"`, for logs.
     name: String,
     conns: Vec<ProxyConn>,
+    /// Liveness of each connection (same index).
+    health: Vec<Health>,
     /// Requests at the proxies by tag (FxHash: tags are assigned here, never chosen by
     /// a peer; SipHash cost ~3% of the DPU's CPU).
     in_flight: FxHashMap<u64, Pending<C>>,
@@ -87,6 +115,7 @@ pub struct Forwarder<C> {
     stopping: bool,
     stale: u64,
     timeouts: u64,
+    pings: u64,
 }
 
 impl<C> Forwarder<C> {
@@ -97,6 +126,7 @@ impl<C> Forwarder<C> {
         Forwarder {
             name,
             conns: endpoints.iter().cloned().map(ProxyConn::new).collect(),
+            health: endpoints.iter().map(|_| Health::new(Instant::now())).collect(),
             in_flight: FxHashMap::default(),
             next_tag: 1,
             gathering: GatheringView::new(gathering),
@@ -105,7 +135,46 @@ impl<C> Forwarder<C> {
             stopping: false,
             stale: 0,
             timeouts: 0,
+            pings: 0,
         }
+    }
+
+    /// The connection a request whose home connection is `home` should take: `home`
+    /// while its proxy is usable, else the next usable one in ring order, skipping
+    /// those `avoid` names (already tried, or on the request's retry-forbidden list);
+    /// `None` if `avoid` names every connection. See [`health`].
+    pub fn pick(&self, home: usize, avoid: &dyn Fn(usize) -> bool) -> Option<usize> {
+        health::pick(&self.health, home.min(self.conns.len().saturating_sub(1)), avoid)
+    }
+
+    /// `true` while connection `i`'s proxy is not declared down.
+    pub fn usable(&self, i: usize) -> bool {
+        self.health.get(i).is_some_and(Health::usable)
+    }
+
+    /// `true` once [`Forwarder::shutdown`] ran: nothing is sent any more.
+    pub fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Each connection's state, in endpoint order.
+    pub fn proxy_states(&self) -> Vec<ProxyState> {
+        self.conns
+            .iter()
+            .zip(&self.health)
+            .map(|(c, h)| ProxyState {
+                endpoint: c.endpoint.to_string(),
+                state: if !h.usable() {
+                    "down"
+                } else if c.is_up() {
+                    "up"
+                } else {
+                    "idle"
+                },
+                in_flight: c.in_flight,
+                downs: h.downs,
+            })
+            .collect()
     }
 
     /// Number of proxy connections (endpoints).
@@ -135,7 +204,27 @@ impl<C> Forwarder<C> {
     /// `(ctx, status)` if the request cannot be sent now: [`Status::Invalid`] if it
     /// cannot be encoded, [`Status::Unavailable`] if the device is stopping or the
     /// connection is down (within its reconnect interval) or failed.
-    pub fn send(&mut self, conn: usize, mut req: ProxyRequestView<'_>, payload: &[u8], ctx: C) -> Result<u64, (C, Status)> {
+    pub fn send(&mut self, conn: usize, req: ProxyRequestView<'_>, payload: &[u8], ctx: C) -> Result<u64, (C, Status)> {
+        let deadline = Instant::now() + self.timeout;
+        self.send_until(conn, req, payload, ctx, deadline)
+    }
+
+    /// The deadline a request sent now gets: now + the request timeout.
+    pub fn deadline_from_now(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
+    /// [`Forwarder::send`] with the request's own `deadline` (a resent request keeps
+    /// the one of its first try). A connection that cannot take the frame is declared
+    /// down (the caller may pick another).
+    pub fn send_until(
+        &mut self,
+        conn: usize,
+        mut req: ProxyRequestView<'_>,
+        payload: &[u8],
+        ctx: C,
+        deadline: Instant,
+    ) -> Result<u64, (C, Status)> {
         if self.stopping || conn >= self.conns.len() {
             return Err((ctx, Status::Unavailable));
         }
@@ -149,12 +238,99 @@ impl<C> Forwarder<C> {
         let g = self.gathering.refresh();
         let c = &mut self.conns[conn];
         if !c.send(&self.frame, &g, &self.name) {
+            self.declare_down(conn, "it cannot be reached");
             return Err((ctx, Status::Unavailable));
         }
         self.next_tag += 1;
         c.in_flight += 1;
-        self.in_flight.insert(tag, Pending { conn, deadline: Instant::now() + self.timeout, ctx });
+        if c.in_flight == 1 {
+            // Liveness counts from the first request after a quiet spell.
+            let h = &mut self.health[conn];
+            h.last_heard = h.last_heard.max(Instant::now());
+        }
+        self.in_flight.insert(tag, Pending { conn, deadline, ctx });
         Ok(tag)
+    }
+
+    /// Marks connection `i` down (logged once per outage).
+    fn declare_down(&mut self, i: usize, why: &str) {
+        if self.health[i].mark_down(Instant::now()) {
+            let others = self.health.iter().filter(|h| h.usable()).count();
+            log::warn!(
+                "{}: proxy {} is down ({why}); {others} other proxy connection(s) usable; probing it every {:?}",
+                self.name,
+                self.conns[i].endpoint,
+                health::PROBE_INTERVAL
+            );
+        }
+    }
+
+    /// Sends a liveness ping on connection `i` (held while it connects).
+    fn ping(&mut self, i: usize, now: Instant) -> bool {
+        let tag = self.next_tag;
+        let view = ProxyRequestView {
+            op: Op::Ping,
+            tag,
+            offset: 0,
+            length: 0,
+            flags: 0,
+            hint: Default::default(),
+            trace: false,
+            qos: 0,
+            load: self.conns[i].in_flight,
+            session_id: 0,
+            tenant: "",
+            path: "",
+            read_only: true,
+            prefix: "",
+        };
+        if view.encode_frame(&[], &mut self.frame).is_err() {
+            return false;
+        }
+        let g = self.gathering.refresh();
+        if !self.conns[i].send(&self.frame, &g, &self.name) {
+            return false;
+        }
+        self.next_tag += 1;
+        self.pings += 1;
+        self.health[i].ping = Some((tag, now));
+        self.health[i].last_ping_tag = tag;
+        true
+    }
+
+    /// Liveness of connection `i` after its poll: pings a quiet one, declares a silent
+    /// one down (failing what it had in flight), probes a down one.
+    fn watch_health(&mut self, i: usize, fds: &mut dyn FdRegistry, on_done: &mut dyn FnMut(C, Outcome<'_>)) -> bool {
+        let now = Instant::now();
+        if self.stopping {
+            return false;
+        }
+        if !self.health[i].usable() {
+            if self.health[i].ping.is_some_and(|(_, sent)| now.saturating_duration_since(sent) >= health::DOWN_AFTER) {
+                // The probe's connection came up (or hangs) but nothing answered.
+                self.health[i].ping = None;
+                self.conns[i].disconnect(fds);
+            }
+            if self.health[i].probe_due(now) && !self.conns[i].is_connecting() {
+                self.health[i].last_probe = Some(now);
+                self.ping(i, now);
+                return true;
+            }
+            return false;
+        }
+        if !self.conns[i].is_up() {
+            return false;
+        }
+        match self.health[i].check(now, self.conns[i].in_flight) {
+            Check::Wait => false,
+            Check::Ping => self.ping(i, now),
+            Check::Down => {
+                self.declare_down(i, &format!("no answer to a ping within {:?}", health::DOWN_AFTER));
+                self.conns[i].disconnect(fds);
+                self.fail_where(|p| p.conn == i, Status::Unavailable, on_done);
+                true
+            }
+        }
     }
 
     /// Moves proxy traffic, finishes answered requests and fails those whose
@@ -167,9 +343,13 @@ impl<C> Forwarder<C> {
             let (conns, in_flight, stale, name) = (&mut self.conns, &mut self.in_flight, &mut self.stale, &self.name);
             let conn = &mut conns[i];
             let mut answered = 0u32;
+            let mut heard = false;
+            let ping_tag = Some(self.health[i].last_ping_tag).filter(|&t| t != 0);
             let polled = conn.poll(&g, name, &mut |f| {
                 busy = true;
+                heard = true;
                 match ProxyResponse::decode(f) {
+                    Ok((r, _)) if Some(r.tag) == ping_tag => {}
                     Ok((r, payload)) => match in_flight.get(&r.tag) {
                         Some(p) if p.conn == i => {
                             let p = in_flight.remove(&r.tag).expect("present");
@@ -183,17 +363,26 @@ impl<C> Forwarder<C> {
             });
             let conn = &mut self.conns[i];
             conn.in_flight = conn.in_flight.saturating_sub(answered);
+            if heard && self.health[i].heard(Instant::now()) {
+                log::info!("{}: proxy {} answers again; it takes its requests back", self.name, self.conns[i].endpoint);
+            }
             match polled {
                 Ok(moved) => busy |= moved,
                 Err(Broken(e)) => {
-                    if let Some(e) = e {
-                        log::warn!("{}: proxy {}: {}", self.name, conn.endpoint, ErrorChain(&e));
-                    }
+                    let why = match e {
+                        Some(e) => {
+                            log::warn!("{}: proxy {}: {}", self.name, self.conns[i].endpoint, ErrorChain(&e));
+                            "its connection failed"
+                        }
+                        None => "a send failed",
+                    };
+                    self.declare_down(i, why);
                     // Nothing sent on the broken connection will be answered.
                     self.fail_where(|p| p.conn == i, Status::Unavailable, on_done);
                     busy = true;
                 }
             }
+            busy |= self.watch_health(i, fds, on_done);
             self.conns[i].sync_watch(fds);
         }
         let now = Instant::now();
@@ -223,8 +412,12 @@ impl<C> Forwarder<C> {
     /// The next instant [`Forwarder::poll`] must run even if nothing arrives: the
     /// earliest request timeout or connection-attempt timeout.
     pub fn deadline(&self) -> Option<Instant> {
+        if self.stopping {
+            return None;
+        }
         let requests = self.in_flight.values().map(|p| p.deadline);
-        requests.chain(self.conns.iter().filter_map(ProxyConn::deadline)).min()
+        let liveness = self.health.iter().zip(&self.conns).filter_map(|(h, c)| h.deadline(c.in_flight));
+        requests.chain(self.conns.iter().filter_map(ProxyConn::deadline)).chain(liveness).min()
     }
 
     /// Requests in flight.
@@ -254,6 +447,9 @@ impl<C> Forwarder<C> {
             stale_responses: self.stale,
             timeouts: self.timeouts,
             transport,
+            proxies_down: self.health.iter().filter(|h| !h.usable()).count() as u32,
+            proxy_downs: self.health.iter().map(|h| h.downs).sum(),
+            pings: self.pings,
         }
     }
 

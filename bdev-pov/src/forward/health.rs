@@ -1,0 +1,160 @@
+//! Proxy liveness: when a proxy is declared down, how requests avoid it, and how it
+//! rejoins (`docs/protocol.md`, "Proxy liveness and rerouting"; paper §4.3.2, §4.6).
+//!
+//! A connection is **usable** until it is declared **down**, which happens when
+//!
+//! * its connection breaks or cannot be made (a killed proxy: at once), or
+//! * it has requests in flight, nothing has arrived from it for [`PING_AFTER`], and the
+//!   [`Op::Ping`](pov_proto::io::Op::Ping) then sent is not answered (nor any other
+//!   frame received) within [`DOWN_AFTER`] (a black-holed link or a stopped process:
+//!   within `PING_AFTER + DOWN_AFTER` = 1.75 s, plus one poll).
+//!
+//! The proxy answers pings from its network loop, ahead of its backend, so a slow
+//! backend alone does not make its proxy look dead. Declaring a connection down drops
+//! its transport (whatever it had in flight fails with `Unavailable`, which the device
+//! may resend elsewhere) and starts probing: a new connection attempt carrying a ping
+//! at most every [`PROBE_INTERVAL`]; the first frame received on it makes the proxy
+//! usable again, so a proxy that comes back rejoins without a configuration change.
+//!
+//! [`pick`] chooses where a request goes: its home connection while usable, else the
+//! next usable one in ring order.
+
+use std::time::{Duration, Instant};
+
+/// With requests in flight and nothing heard for this long, a connection is pinged.
+pub const PING_AFTER: Duration = Duration::from_millis(250);
+/// A ping unanswered (and nothing else received) for this long declares the proxy down.
+pub const DOWN_AFTER: Duration = Duration::from_millis(1500);
+/// Least time between two probes (connection attempt + ping) of a proxy that is down.
+pub const PROBE_INTERVAL: Duration = super::conn::RECONNECT_INTERVAL;
+
+/// Liveness of one proxy connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Health {
+    /// Since when the proxy is down (`None`: usable).
+    pub down_since: Option<Instant>,
+    /// Last time a frame arrived (or the forwarder was made).
+    pub last_heard: Instant,
+    /// The ping in flight: its tag and when it was sent.
+    pub ping: Option<(u64, Instant)>,
+    /// Tag of the last ping sent (its answer may come after another frame ended the
+    /// wait; it is not a stale answer).
+    pub last_ping_tag: u64,
+    /// Last probe of a down proxy.
+    pub last_probe: Option<Instant>,
+    /// Times this proxy was declared down.
+    pub downs: u64,
+}
+
+impl Health {
+    pub(crate) fn new(now: Instant) -> Health {
+        Health { down_since: None, last_heard: now, ping: None, last_ping_tag: 0, last_probe: None, downs: 0 }
+    }
+
+    pub(crate) fn usable(&self) -> bool {
+        self.down_since.is_none()
+    }
+
+    /// Marks the proxy down (if it is not already). Returns `true` if it was usable.
+    pub(crate) fn mark_down(&mut self, now: Instant) -> bool {
+        self.ping = None;
+        if self.down_since.is_some() {
+            return false;
+        }
+        self.down_since = Some(now);
+        self.downs += 1;
+        true
+    }
+
+    /// A frame arrived. Returns `true` if this brings the proxy back.
+    pub(crate) fn heard(&mut self, now: Instant) -> bool {
+        self.last_heard = now;
+        self.ping = None;
+        self.down_since.take().is_some()
+    }
+
+    /// What a usable, connected proxy with `in_flight` requests needs now.
+    pub(crate) fn check(&self, now: Instant, in_flight: u32) -> Check {
+        match self.ping {
+            Some((_, sent)) if now.saturating_duration_since(sent) >= DOWN_AFTER => Check::Down,
+            Some(_) => Check::Wait,
+            None if in_flight > 0 && now.saturating_duration_since(self.last_heard) >= PING_AFTER => Check::Ping,
+            None => Check::Wait,
+        }
+    }
+
+    /// `true` if a down proxy is due for a probe.
+    pub(crate) fn probe_due(&self, now: Instant) -> bool {
+        self.down_since.is_some()
+            && self.ping.is_none()
+            && self.last_probe.map_or(true, |t| now.saturating_duration_since(t) >= PROBE_INTERVAL)
+    }
+
+    /// The next instant liveness needs a look, given `in_flight` requests on it.
+    pub(crate) fn deadline(&self, in_flight: u32) -> Option<Instant> {
+        match (self.ping, self.down_since) {
+            (Some((_, sent)), _) => Some(sent + DOWN_AFTER),
+            (None, Some(_)) => Some(self.last_probe.map_or_else(Instant::now, |t| t + PROBE_INTERVAL)),
+            (None, None) if in_flight > 0 => Some(self.last_heard + PING_AFTER),
+            (None, None) => None,
+        }
+    }
+}
+
+/// What [`Health::check`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    Wait,
+    Ping,
+    Down,
+}
+
+/// The connection a request whose home is `home` takes: `home` if it is usable and not
+/// `avoid`ed, else the next usable one after it in ring order that is not avoided;
+/// when none is usable, the first not avoided (from `home` on: its attempt may find
+/// the proxy back). `None` when every connection is avoided.
+pub(crate) fn pick(health: &[Health], home: usize, avoid: &dyn Fn(usize) -> bool) -> Option<usize> {
+    let n = health.len();
+    let ring = || (0..n).map(|k| (home + k) % n).filter(|&i| !avoid(i));
+    ring().find(|&i| health[i].usable()).or_else(|| ring().next())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pick_prefers_home_then_the_next_usable_and_honours_avoid() {
+        let now = Instant::now();
+        let mut h: Vec<Health> = (0..3).map(|_| Health::new(now)).collect();
+        let none = |_: usize| false;
+        assert_eq!(pick(&h, 1, &none), Some(1));
+        h[1].mark_down(now);
+        assert_eq!(pick(&h, 1, &none), Some(2), "next in ring order");
+        assert_eq!(pick(&h, 1, &|i| i == 2), Some(0));
+        h[0].mark_down(now);
+        h[2].mark_down(now);
+        assert_eq!(pick(&h, 1, &none), Some(1), "all down: home, whose attempt may find it back");
+        assert_eq!(pick(&h, 1, &|_| true), None);
+        assert!(h[1].heard(now), "a frame brings it back");
+        assert_eq!(pick(&h, 2, &none), Some(1));
+    }
+
+    #[test]
+    fn a_silent_proxy_is_pinged_then_declared_down() {
+        let t0 = Instant::now();
+        let mut h = Health::new(t0);
+        assert_eq!(h.check(t0 + PING_AFTER * 4, 0), Check::Wait, "nothing in flight: nothing to wait for");
+        assert_eq!(h.check(t0 + PING_AFTER / 2, 1), Check::Wait);
+        assert_eq!(h.check(t0 + PING_AFTER, 1), Check::Ping);
+        h.ping = Some((7, t0 + PING_AFTER));
+        assert_eq!(h.check(t0 + PING_AFTER + DOWN_AFTER / 2, 1), Check::Wait);
+        assert_eq!(h.check(t0 + PING_AFTER + DOWN_AFTER, 1), Check::Down);
+        assert!(h.mark_down(t0 + PING_AFTER + DOWN_AFTER));
+        assert!(!h.mark_down(t0 + PING_AFTER + DOWN_AFTER), "counted once");
+        assert_eq!(h.downs, 1);
+        assert!(h.probe_due(t0 + PING_AFTER + DOWN_AFTER));
+        h.last_probe = Some(t0 + PING_AFTER + DOWN_AFTER);
+        assert!(!h.probe_due(t0 + PING_AFTER + DOWN_AFTER + PROBE_INTERVAL / 2));
+    }
+}
