@@ -16,6 +16,8 @@ command -v modinfo >/dev/null || need_apt+=(kmod)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 # scripts/dev-ca (the dev CA of the storage network's mutual TLS: demo, dev stack, tests).
 command -v openssl >/dev/null || need_apt+=(openssl)
+# Fault tests with network namespaces and veth pairs (e2e/tests/failover.rs): ip.
+command -v ip >/dev/null || need_apt+=(iproute2)
 # Ceph: client libraries and headers the proxy's `ceph` feature binds (vendor/ceph-sys:
 # libcephfs, librados, librbd) and the daemons of the single-node dev cluster
 # (scripts/ceph-dev) that tests, the demo and benchmarks use. bindgen, which generates

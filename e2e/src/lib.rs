@@ -157,6 +157,17 @@ impl Daemon {
         Daemon { child, name, lines: rx, log: Vec::new() }
     }
 
+    /// Output lines printed so far and not yet read (never blocks); they are kept in
+    /// [`Daemon::log`] too.
+    pub fn take_lines(&mut self) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Ok(l) = self.lines.try_recv() {
+            self.log.push(l.clone());
+            v.push(l);
+        }
+        v
+    }
+
     /// Waits (up to 30 s) for an output line containing `needle`; returns it.
     pub fn wait_for(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -374,9 +385,22 @@ fn key_path(dir: &Path, t: &str) -> PathBuf {
 /// listens on. Binding is retried for 5 s (a restarted proxy may find its old port
 /// still held briefly).
 pub fn spawn_proxy(backend: &str, listen: &str, extra: &[OsString]) -> (Daemon, String) {
+    spawn_proxy_in(None, backend, listen, extra)
+}
+
+/// [`spawn_proxy`] inside network namespace `netns` (`ip netns exec`, which execs the
+/// proxy: the daemon's PID is the proxy's) when given.
+pub fn spawn_proxy_in(netns: Option<&Netns>, backend: &str, listen: &str, extra: &[OsString]) -> (Daemon, String) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let mut cmd = Command::new(bin("pov-proxy"));
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name]).arg(bin("pov-proxy"));
+                c
+            }
+            None => Command::new(bin("pov-proxy")),
+        };
         cmd.args(["--listen", listen, "--backend", backend]).args(extra);
         let mut proxy = Daemon::spawn("pov-proxy", cmd);
         let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| proxy.wait_for("listening on")));
@@ -407,4 +431,66 @@ pub fn spawn_dpud(rpc_sock: &Path, config: Option<&Path>, extra: &[OsString]) ->
 /// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     pov_proto::testing::pattern(seed, len)
+}
+
+/// A network namespace joined to this one by a veth pair, made by a test and removed
+/// when dropped: a second "host" on a link the test can cut. Inside is
+/// [`Netns::inside`], this side [`Netns::outside`] (a /30 of 10.200.0.0/16 picked from
+/// the process ID, so concurrent tests do not collide). Needs root and `ip`
+/// (iproute2); traffic stays between this host and the namespace.
+pub struct Netns {
+    /// The namespace's name (`pov-<pid>-<n>`).
+    pub name: String,
+    /// The veth end inside the namespace.
+    inner_if: String,
+    /// The address inside.
+    pub inside: String,
+    /// The address on this side.
+    pub outside: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl Netns {
+    /// Makes namespace number `n` of this process and its link.
+    ///
+    /// Errors: the failing `ip` command and its message (not root, no iproute2).
+    pub fn new(n: u32) -> Result<Netns, String> {
+        let pid = std::process::id();
+        let name = format!("pov-{pid}-{n}");
+        let slot = (pid.wrapping_mul(4).wrapping_add(n) % 16000) * 4;
+        let (hi, lo) = (slot / 256, slot % 256);
+        let (outside, inside) = (format!("10.200.{hi}.{}", lo + 1), format!("10.200.{hi}.{}", lo + 2));
+        let (outer_if, inner_if) = (format!("pvo{}x{n}", pid % 100000), format!("pvi{}x{n}", pid % 100000));
+        let ns = Netns { name: name.clone(), inner_if: inner_if.clone(), inside: inside.clone(), outside: outside.clone() };
+        ip(&["netns", "add", &name])?;
+        ip(&["link", "add", &outer_if, "type", "veth", "peer", "name", &inner_if])?;
+        ip(&["link", "set", &inner_if, "netns", &name])?;
+        ip(&["addr", "add", &format!("{outside}/30"), "dev", &outer_if])?;
+        ip(&["link", "set", &outer_if, "up"])?;
+        ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("{inside}/30"), "dev", &inner_if])?;
+        ip(&["netns", "exec", &name, "ip", "link", "set", &inner_if, "up"])?;
+        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Cuts the link (the inner end goes down: this side keeps its route and loses
+    /// carrier, so packets vanish — a black hole, not a refusal) or heals it.
+    pub fn set_link(&self, up: bool) -> Result<(), String> {
+        ip(&["netns", "exec", &self.name, "ip", "link", "set", &self.inner_if, if up { "up" } else { "down" }])
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its veth end and with it the pair.
+        let _ = ip(&["netns", "del", &self.name]);
+    }
 }

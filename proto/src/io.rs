@@ -189,20 +189,18 @@ pub mod flags {
 }
 
 /// SDK hint (paper §4.3.2): information the host SDK passes to the proxy side for
-/// routing. Carried end to end but not read yet: routing is round-robin per queue
-/// until the route table (planned, behind `bdev_pov::forward::Router`) uses it. 64
-/// bytes on the wire:
+/// routing (`docs/protocol.md`, "Proxy liveness and rerouting"). 64 bytes on the wire:
 ///
 /// | offset | size | field |
 /// |---|---|---|
-/// | 0 | 8 | proxy location key (planned meaning: 0 = let the route table hash the path) |
-/// | 8 | 4 | re-routing instruction (0 = none, 1 = avoid the last proxy) |
+/// | 0 | 8 | proxy location key (carried, not read yet: the planned route table's key; 0 = hash the path) |
+/// | 8 | 4 | re-routing instruction (0 = the queue's home proxy, 1 = start from the proxy after it) |
 /// | 12 | 4 | number of entries in the retry-forbidden list (≤ 12) |
-/// | 16 | 48 | retry-forbidden list: proxy indexes (u32) not to retry on |
+/// | 16 | 48 | retry-forbidden list: indexes into the device's proxies a resend must not go to |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SdkHint {
-    /// Location key a route table will map to a proxy (0: "hash the path"); not read
-    /// yet.
+    /// Location key a route table will map to a proxy (0: "hash the path"); carried,
+    /// not read yet.
     pub location_key: u64,
     /// Re-routing instruction.
     pub reroute: u32,

@@ -33,6 +33,7 @@ use pov_proto::Status;
 use pov_runtime::sys::EventFd;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -52,6 +53,9 @@ struct Job {
 struct Completions {
     list: Mutex<Vec<(u64, Vec<u8>)>>,
     efd: EventFd,
+    /// The DPU closed the connection: requests that change data and have not started
+    /// are not run (it may have resent them to another proxy).
+    abandoned: AtomicBool,
 }
 
 /// Threads running requests on channels of one backend.
@@ -78,11 +82,16 @@ impl WorkerPool {
         for i in 0..backend.workers().max(1) {
             let rx: Receiver<Job> = rx.clone();
             let mut service = Service::new(backend.channel(), stats.clone());
+            let stats = stats.clone();
             let t = std::thread::Builder::new().name(format!("pov-worker-{i}")).spawn(move || {
                 for job in rx {
                     let mut out = Vec::new();
                     let expired = job.deadline.is_some_and(|d| Instant::now() >= d);
-                    if expired || !service.handle_frame(&job.body, &mut out) {
+                    let abandoned = job.done.abandoned.load(Ordering::Acquire) && Service::mutates(&job.body);
+                    if abandoned {
+                        stats.abandoned.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if expired || abandoned || !service.handle_frame(&job.body, &mut out) {
                         out.clear();
                     }
                     job.done.list.lock().unwrap_or_else(|e| e.into_inner()).push((job.seq, out));
@@ -144,7 +153,8 @@ impl Offload {
     ///
     /// Errors: the eventfd cannot be created.
     pub fn new(pool: Arc<WorkerPool>) -> std::io::Result<Offload> {
-        let done = Arc::new(Completions { list: Mutex::new(Vec::new()), efd: EventFd::new()? });
+        let done =
+            Arc::new(Completions { list: Mutex::new(Vec::new()), efd: EventFd::new()?, abandoned: AtomicBool::new(false) });
         Ok(Offload {
             pool,
             done,
@@ -155,6 +165,13 @@ impl Offload {
             timeouts: 0,
             reserved: 0,
         })
+    }
+
+    /// The DPU closed the connection: requests that change data and have not started
+    /// running are dropped unanswered (nobody waits for them, and the DPU may have
+    /// resent them elsewhere: running them late could overwrite newer data).
+    pub fn abandon(&self) {
+        self.done.abandoned.store(true, Ordering::Release);
     }
 
     /// The descriptor that becomes readable when a request completes.

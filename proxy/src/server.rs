@@ -440,11 +440,24 @@ fn serve(
     outbox_bytes: &mut usize,
     spare: &mut Vec<Vec<u8>>,
     body: &[u8],
+    fd: Option<RawFd>,
 ) {
     let mut frame = spare.pop().unwrap_or_default();
     if service.answer_ping(body, &mut frame) {
         *outbox_bytes += frame.len();
         outbox.push(frame);
+        return;
+    }
+    // A DPU that gave up on this proxy closed the connection and may have resent its
+    // requests elsewhere: one that changes data must not run late (it could overwrite
+    // what the resend and later writes stored). Checked right before it would run.
+    if Service::mutates(body) && fd.is_some_and(crate::sys::peer_closed) {
+        let n = service.stats().abandoned.fetch_add(1, Ordering::Relaxed) + 1;
+        log::info!("not running a data-changing request: the DPU closed its connection ({n} so far)");
+        if let Some(o) = offload.as_ref() {
+            o.abandon();
+        }
+        spare.push(frame);
         return;
     }
     if let Some(o) = offload.as_mut() {
@@ -525,6 +538,9 @@ impl Connection {
 
     /// Releases the transport (idempotent): stops watching its descriptor first.
     fn release(&mut self, ctx: &mut ReactorContext) {
+        if let Some(o) = &self.offload {
+            o.abandon();
+        }
         if let Some(t) = self.transport.take() {
             if let Some(fd) = self.fd.take() {
                 ctx.unwatch_fd(fd);
@@ -595,6 +611,7 @@ impl Poller for Connection {
     }
 
     fn poll(&mut self, ctx: &mut ReactorContext) -> PollStatus {
+        let fd = self.fd;
         let Some(t) = self.transport.as_mut() else { return PollStatus::Idle };
         let now = Instant::now();
         let limits = self.limits;
@@ -625,7 +642,7 @@ impl Poller for Connection {
                 break;
             }
             let body = waiting.pop_front().unwrap_or_default();
-            serve(service, offload, outbox, outbox_bytes, spare, &body);
+            serve(service, offload, outbox, outbox_bytes, spare, &body, fd);
             busy = true;
         }
         // Read more only with room for at least a bare answer: at the bound the peer's
@@ -638,7 +655,7 @@ impl Poller for Connection {
             let r = t.receive_at_most(RECV_BUDGET, &mut |body| {
                 let (n, reserved) = in_service(offload);
                 if waiting.is_empty() && limits.admits(unsent + *outbox_bytes + reserved, n, answer_bound(body)) {
-                    serve(service, offload, outbox, outbox_bytes, spare, body);
+                    serve(service, offload, outbox, outbox_bytes, spare, body, fd);
                 } else {
                     waiting.push_back(body.to_vec());
                 }

@@ -151,6 +151,22 @@ impl Service {
         }
     }
 
+    /// The server-wide counters this service adds to.
+    pub fn stats(&self) -> &crate::stats::ProxyStats {
+        self.tenants.server()
+    }
+
+    /// `true` if frame body `body` decodes far enough to show a request that changes
+    /// data ([`Op::mutates`]): what must not run once the DPU has given up on it.
+    pub fn mutates(body: &[u8]) -> bool {
+        if body.len() < 32 {
+            return false;
+        }
+        let op = u16::from_le_bytes([body[6], body[7]]);
+        let fl = u32::from_le_bytes([body[28], body[29], body[30], body[31]]);
+        Op::from_u16(op).is_ok_and(|o| o.mutates(fl))
+    }
+
     /// Answers `body` at once if it is a liveness probe ([`Op::Ping`]): writes the
     /// `Ok` response frame into `out` and returns `true`. Any peer that reached the
     /// service may probe (the answer carries nothing); a ping never reaches the backend

@@ -68,6 +68,9 @@ pub struct ProxyStats {
     pub connections_timed_out: AtomicU64,
     /// Liveness probes answered ([`pov_proto::io::Op::Ping`]; not counted in `frames`).
     pub pings: AtomicU64,
+    /// Requests that change data, not run because the DPU had closed their connection
+    /// by then (it gives up on a silent proxy and may resend them to another).
+    pub abandoned: AtomicU64,
 }
 
 /// A copy of the server-wide counters.
@@ -91,6 +94,8 @@ pub struct ServerStats {
     pub connections_timed_out: u64,
     /// Liveness probes answered.
     pub pings: u64,
+    /// Requests that change data not run: their connection was closed by the DPU.
+    pub abandoned: u64,
 }
 
 impl ProxyStats {
@@ -139,6 +144,7 @@ impl ProxyStats {
             reads_paused: self.reads_paused.load(Ordering::Relaxed),
             connections_timed_out: self.connections_timed_out.load(Ordering::Relaxed),
             pings: self.pings.load(Ordering::Relaxed),
+            abandoned: self.abandoned.load(Ordering::Relaxed),
         }
     }
 }

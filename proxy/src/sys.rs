@@ -193,10 +193,44 @@ pub(crate) fn read_dir(dir: OwnedFd) -> io::Result<Vec<(Vec<u8>, Option<EntryTyp
     result.map(|_| out)
 }
 
+/// `true` if the peer of stream socket `fd` has closed its sending side (a FIN was
+/// received, `POLLRDHUP`), even while data it sent before remains unread; `false`
+/// otherwise or if the check fails. Never blocks.
+pub(crate) fn peer_closed(fd: std::os::fd::RawFd) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: `p` is one valid pollfd for the duration of the call; timeout 0 never
+    // blocks; a closed or foreign fd only yields POLLNVAL or an error, no UB.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    /// The fence of a stalled proxy (docs/protocol.md, "Fencing a stalled proxy"): a
+    /// DPU that aborts a connection with requests still unread at the proxy is seen as
+    /// gone before the proxy reads them.
+    #[test]
+    fn an_aborted_connection_is_seen_closed_with_its_data_unread() {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut dpu = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (proxy, _) = l.accept().unwrap();
+        assert!(!peer_closed(proxy.as_raw_fd()), "open connection");
+        dpu.write_all(b"a request the proxy has not read").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!peer_closed(proxy.as_raw_fd()), "unread data alone is not a close");
+        pov_runtime::sys::abort_on_close(dpu.as_raw_fd()).unwrap();
+        drop(dpu);
+        let t0 = std::time::Instant::now();
+        while !peer_closed(proxy.as_raw_fd()) {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(2), "the reset was never seen");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!peer_closed(-1), "a bad descriptor is not a close");
+    }
 
     #[test]
     fn at_calls_refuse_symlinks() {

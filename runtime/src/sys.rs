@@ -206,6 +206,32 @@ pub fn thread_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// Makes closing stream socket `fd` abort the connection: `SO_LINGER` on with a zero
+/// timeout, so `close` discards unsent data and sends a TCP RST at once instead of a
+/// FIN queued behind that data (which a peer with a full receive window would see only
+/// after reading everything before it).
+///
+/// Errors: `setsockopt` fails (not a socket).
+pub fn abort_on_close(fd: RawFd) -> io::Result<()> {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: `l` is a valid `linger` for the duration of the call and its size is
+    // passed; setsockopt on a non-socket fd only returns an error.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

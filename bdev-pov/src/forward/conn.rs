@@ -313,6 +313,20 @@ impl ProxyConn {
         }
     }
 
+    /// Drops the link aborting the connection (a TCP RST, not a FIN behind unsent
+    /// data): the proxy, if it is alive, learns at once that nobody waits for what it
+    /// has not run yet.
+    pub(crate) fn abort(&mut self, fds: &mut dyn FdRegistry) {
+        if let Link::Up(t) = &self.link {
+            if let Some(fd) = t.fd() {
+                if let Err(e) = pov_runtime::sys::abort_on_close(fd) {
+                    log::debug!("proxy {}: SO_LINGER: {e}", self.endpoint);
+                }
+            }
+        }
+        self.disconnect(fds);
+    }
+
     /// Drops the link (shutdown) and stops watching it.
     pub(crate) fn disconnect(&mut self, fds: &mut dyn FdRegistry) {
         self.held.clear();

@@ -326,7 +326,10 @@ impl<C> Forwarder<C> {
             Check::Ping => self.ping(i, now),
             Check::Down => {
                 self.declare_down(i, &format!("no answer to a ping within {:?}", health::DOWN_AFTER));
-                self.conns[i].disconnect(fds);
+                // Abort before anything is resent: a proxy that is only stalled sees
+                // the reset before it could run a stale request (pov-proxy drops the
+                // data-changing requests of a closed connection).
+                self.conns[i].abort(fds);
                 self.fail_where(|p| p.conn == i, Status::Unavailable, on_done);
                 true
             }
