@@ -161,6 +161,9 @@ pub struct DeviceStats {
     pub resent: u64,
     /// Liveness pings sent.
     pub pings: u64,
+    /// Requests held because no proxy could take them (sent when one came back, or
+    /// failed `Unavailable` at their deadline).
+    pub held: u64,
     /// Each proxy connection's state.
     pub proxies: Vec<crate::forward::ProxyState>,
     pub stale_proxy_responses: u64,
@@ -248,6 +251,8 @@ pub(crate) struct DeviceState {
     pub(crate) last_session_check: Instant,
     /// Requests whose proxy failed, to resend elsewhere after the forwarder's poll.
     resend: Vec<(Ready, Retry)>,
+    /// Requests no proxy could take, waiting for one (see `PovDevice::hold`).
+    held: Vec<(Ready, Retry)>,
     /// The forwarder is stopping: nothing is resent.
     stopping: bool,
 }
@@ -308,6 +313,7 @@ impl PovDevice {
             stats: DeviceStats::default(),
             last_session_check: Instant::now(),
             resend: Vec::new(),
+            held: Vec::new(),
             stopping: false,
         };
         Ok(PovDevice { cfg, fwd, st })
@@ -371,7 +377,8 @@ impl PovDevice {
     /// The next instant [`PovDevice::poll`] must run even if no IO arrives.
     pub fn deadline(&self) -> Option<Instant> {
         let queues = self.st.queues.values().filter_map(Queue::deadline);
-        let others = [self.fwd.deadline(), self.st.session_deadline(), self.st.ready.next_wakeup()];
+        let held = self.st.held.iter().map(|(_, r)| r.deadline).min();
+        let others = [self.fwd.deadline(), self.st.session_deadline(), self.st.ready.next_wakeup(), held];
         queues.chain(others.into_iter().flatten()).min()
     }
 
@@ -445,9 +452,7 @@ impl PovDevice {
         for _ in 0..self.fwd.conns() {
             let resend = retry.tries > 0;
             let avoid = |i: usize| retry.tried & conn_bit(i) != 0 || (resend && h.hint.forbids(i as u32));
-            let Some(conn) = self.fwd.pick(home, &avoid) else {
-                return self.st.respond(queue, h.op as u16, h.request_id, Status::Unavailable, 0, 0, &[]);
-            };
+            let Some(conn) = self.fwd.pick(home, &avoid) else { break };
             retry.tried |= conn_bit(conn);
             retry.tries += 1;
             // Keep what a resend needs only while one is allowed.
@@ -478,7 +483,45 @@ impl PovDevice {
                 }
             }
         }
-        self.st.respond(queue, h.op as u16, h.request_id, Status::Unavailable, 0, 0, &[]);
+        // No proxy took it (nothing was sent this time): hold it until one is usable.
+        self.hold(Ready { queue, header: h, target, open: ctx.open }, retry);
+    }
+
+    /// Holds a request no proxy can take now, until one becomes usable again or its
+    /// deadline passes (then `Unavailable`): a restarting proxy costs a delay, not an
+    /// error (like a multipath device queueing while it has no path, for a bounded
+    /// time).
+    fn hold(&mut self, r: Ready, mut retry: Retry) {
+        if self.fwd.stopping() || Instant::now() >= retry.deadline {
+            return self.st.respond(r.queue, r.header.op as u16, r.header.request_id, Status::Unavailable, 0, 0, &[]);
+        }
+        // A proxy that comes back is a new incarnation: it may be tried again.
+        retry.tried = 0;
+        self.st.stats.held += 1;
+        self.st.held.push((r, retry));
+    }
+
+    /// Sends the held requests once a proxy is usable; fails those whose deadline
+    /// passed.
+    fn release_held(&mut self) -> bool {
+        if self.st.held.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let usable = (0..self.fwd.conns()).any(|i| self.fwd.usable(i));
+        let mut busy = false;
+        for (r, retry) in std::mem::take(&mut self.st.held) {
+            if now >= retry.deadline {
+                busy = true;
+                self.st.respond(r.queue, r.header.op as u16, r.header.request_id, Status::Unavailable, 0, 0, &[]);
+            } else if usable {
+                busy = true;
+                self.send_try(r, retry);
+            } else {
+                self.st.held.push((r, retry));
+            }
+        }
+        busy
     }
 
     /// Resends the requests whose proxy failed (see [`DeviceState::finish`]).
@@ -497,6 +540,7 @@ impl PovDevice {
         let st = &mut self.st;
         let mut busy = self.fwd.poll(fds, &mut |f, outcome| st.finish(f, outcome));
         self.resend_failed();
+        busy |= self.release_held();
         let now = Instant::now();
         busy |= self.st.expire_incomplete(now);
         busy |= self.st.reclaim_sessions(now);
@@ -516,6 +560,9 @@ impl PovDevice {
         self.fwd.shutdown(fds, &mut |f, outcome| st.finish(f, outcome));
         let now = Instant::now();
         while let Some(r) = self.st.ready.pop(now) {
+            self.st.respond(r.queue, r.header.op as u16, r.header.request_id, Status::Unavailable, 0, 0, &[]);
+        }
+        for (r, _) in std::mem::take(&mut self.st.held) {
             self.st.respond(r.queue, r.header.op as u16, r.header.request_id, Status::Unavailable, 0, 0, &[]);
         }
         let qids: Vec<u32> = self.st.queues.keys().copied().collect();

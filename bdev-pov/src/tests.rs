@@ -790,10 +790,15 @@ fn parked_read_and_proxy_unavailable() {
     let (st, _) = open_file(&mut h, &s, q, 10, "slow", flags::CREATE);
     assert_eq!(st, Status::Ok);
     assert!(t0.elapsed() >= Duration::from_millis(150));
-    // No proxy listening: the request fails with Unavailable, not a hang.
-    let mut h = Harness::new("127.0.0.1:1", |_| {});
+    // No proxy listening: the request is held for a proxy to come back, then fails
+    // with Unavailable at its deadline, not a hang.
+    let mut h = Harness::new("127.0.0.1:1", |c| c.request_timeout_ms = 300);
     let (s, q) = setup(&mut h, 5);
+    let t0 = Instant::now();
     assert_eq!(open_file(&mut h, &s, q, 10, "/x", flags::CREATE).0, Status::Unavailable);
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(2), "held until its deadline: {waited:?}");
+    assert!(h.dev.stats().held >= 1);
 }
 
 #[test]

@@ -287,6 +287,9 @@ pub struct VolumeStats {
     pub resent: u64,
     /// Liveness pings sent.
     pub pings: u64,
+    /// Pieces held because no proxy could take them (sent when one came back, or
+    /// failed at their deadline).
+    pub held: u64,
     /// Each proxy connection's state.
     pub proxies: Vec<crate::forward::ProxyState>,
     /// Frames per send and per receive on the proxy connections (gathering IO).
@@ -320,6 +323,16 @@ struct Piece {
     tries: u32,
     /// The first try's deadline (a resend never gets more time).
     deadline: Instant,
+}
+
+/// What [`VolumeDevice::dispatch`] did with a piece.
+enum Dispatched {
+    Sent,
+    /// No proxy could take it now (nothing was sent): the piece, to hold.
+    NoProxy(Piece),
+    /// It cannot be sent at all (its buffer is unreadable, it cannot be encoded, the
+    /// device is stopping).
+    Failed,
 }
 
 /// Bit of connection `i` in [`Piece::tried`].
@@ -359,6 +372,8 @@ struct VolumeState {
     /// Pieces whose proxy failed before answering, to resend after the poll (every
     /// volume request is idempotent).
     resend: Vec<Piece>,
+    /// Pieces no proxy could take, waiting for one until their deadline.
+    held: Vec<Piece>,
     stopping: bool,
 }
 
@@ -401,6 +416,7 @@ impl VolumeDevice {
                 out: Completions::default(),
                 stats: VolumeStats::default(),
                 resend: Vec::new(),
+                held: Vec::new(),
                 stopping: false,
             },
             cfg,
@@ -454,7 +470,8 @@ impl VolumeDevice {
     /// The next instant [`VolumeDevice::poll`] must run even if nothing arrives (the
     /// earliest request timeout).
     pub fn deadline(&self) -> Option<Instant> {
-        self.fwd.deadline()
+        let held = self.st.held.iter().map(|p| p.deadline).min();
+        [self.fwd.deadline(), held].into_iter().flatten().min()
     }
 
     /// Serves one block request; its completion comes later through
@@ -516,29 +533,35 @@ impl VolumeDevice {
     fn send(&mut self, id: u64, op: Op, offset: u64, home: usize, buf_offset: usize, len: usize) -> bool {
         let deadline = self.fwd.deadline_from_now();
         let piece = Piece { io: id, offset, buf_offset, len, op, proxy: home, tried: 0, tries: 0, deadline };
-        if !self.dispatch(piece, home) {
-            return false;
+        match self.dispatch(piece, home) {
+            Dispatched::Sent => {}
+            Dispatched::NoProxy(p) if !self.st.stopping => {
+                // Held until a proxy is usable or its deadline passes.
+                self.st.stats.held += 1;
+                self.st.held.push(Piece { tried: 0, ..p });
+            }
+            Dispatched::NoProxy(_) | Dispatched::Failed => return false,
         }
         self.st.ios.get_mut(&id).expect("live io").outstanding += 1;
         true
     }
 
     /// Sends (or resends) `p` to a usable connection from `home` on that it has not been
-    /// tried on; `false` if none takes it.
-    fn dispatch(&mut self, mut p: Piece, home: usize) -> bool {
+    /// tried on.
+    fn dispatch(&mut self, mut p: Piece, home: usize) -> Dispatched {
         let VolumeDevice { cfg, fwd, st, .. } = self;
         st.data.clear();
         if p.op == Op::VolumeWrite {
             st.data.resize(p.len, 0);
             match st.ios.get(&p.io) {
                 Some(io) if io.req.buf.read_at(p.buf_offset, &mut st.data).is_ok() => {}
-                _ => return false,
+                _ => return Dispatched::Failed,
             }
         }
         let length = if p.op == Op::VolumeRead { p.len as u32 } else { 0 };
         let payload = if p.op == Op::VolumeWrite { &st.data[..] } else { &[] };
         for _ in 0..fwd.conns() {
-            let Some(conn) = fwd.pick(home, &|i| p.tried & conn_bit(i) != 0) else { return false };
+            let Some(conn) = fwd.pick(home, &|i| p.tried & conn_bit(i) != 0) else { break };
             let resend = p.tries > 0;
             p.tried |= conn_bit(conn);
             p.proxy = conn;
@@ -553,24 +576,68 @@ impl VolumeDevice {
                     if op == Op::VolumeFlush {
                         st.flushes_out[conn] += 1;
                     }
-                    return true;
+                    return Dispatched::Sent;
                 }
                 // Nothing was sent: the next connection may take it.
                 Err((back, Status::Unavailable)) if !fwd.stopping() => {
                     p = back;
                     p.tries -= 1;
                 }
-                Err(_) => return false,
+                Err((back, Status::Unavailable)) => {
+                    p = back;
+                    p.tries -= 1;
+                    break;
+                }
+                Err(_) => return Dispatched::Failed,
             }
         }
-        false
+        Dispatched::NoProxy(p)
     }
 
-    /// Resends the pieces whose proxy failed; a piece no proxy takes fails its IO.
+    /// Sends held pieces once a proxy is usable; fails the IO of those whose deadline
+    /// passed.
+    fn release_held(&mut self) -> bool {
+        if self.st.held.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let usable = (0..self.fwd.conns()).any(|i| self.fwd.usable(i));
+        let mut busy = false;
+        for p in std::mem::take(&mut self.st.held) {
+            if now >= p.deadline || (!usable && self.st.stopping) {
+                busy = true;
+                let io = p.io;
+                if let Some(x) = self.st.ios.get_mut(&io) {
+                    x.outstanding -= 1;
+                    x.failed = true;
+                }
+                self.st.maybe_finish(io);
+            } else if usable {
+                busy = true;
+                self.st.resend.push(p);
+            } else {
+                self.st.held.push(p);
+            }
+        }
+        self.resend_failed();
+        busy
+    }
+
+    /// Resends the pieces whose proxy failed; a piece no proxy takes is held (see
+    /// [`VolumeDevice::release_held`]) or, past its deadline, fails its IO.
     fn resend_failed(&mut self) {
         for p in std::mem::take(&mut self.st.resend) {
             let (io, home, op) = (p.io, p.proxy, p.op);
-            if !self.dispatch(p, home) {
+            let failed = match self.dispatch(p, home) {
+                Dispatched::Sent => false,
+                Dispatched::NoProxy(p) if !self.st.stopping && Instant::now() < p.deadline => {
+                    self.st.stats.held += 1;
+                    self.st.held.push(Piece { tried: 0, ..p });
+                    false
+                }
+                _ => true,
+            };
+            if failed {
                 if op == Op::VolumeFlush {
                     // Whatever that flush covered is not known durable.
                     self.st.dirty[home] = true;
@@ -619,8 +686,9 @@ impl VolumeDevice {
     /// did any work or still has bytes to send.
     pub fn poll(&mut self, fds: &mut dyn FdRegistry) -> PollStatus {
         let st = &mut self.st;
-        let busy = self.fwd.poll(fds, &mut |p, outcome| st.finish_piece(p, outcome));
+        let mut busy = self.fwd.poll(fds, &mut |p, outcome| st.finish_piece(p, outcome));
         self.resend_failed();
+        busy |= self.release_held();
         self.check_flushes();
         if busy {
             PollStatus::Busy
@@ -637,6 +705,11 @@ impl VolumeDevice {
         self.st.stopping = true;
         let st = &mut self.st;
         self.fwd.shutdown(fds, &mut |p, outcome| st.finish_piece(p, outcome));
+        for p in std::mem::take(&mut self.st.held).into_iter().chain(std::mem::take(&mut self.st.resend)) {
+            if let Some(io) = self.st.ios.get_mut(&p.io) {
+                io.outstanding -= 1;
+            }
+        }
         let ids: Vec<u64> = self.st.ios.keys().copied().collect();
         for id in ids {
             if let Some(io) = self.st.ios.get_mut(&id) {

@@ -18,7 +18,9 @@ fn a_black_holed_proxy_never_stalls_another_device_on_the_reactor() {
     let stack = Stack::start(json!({ "reactor": 0 }));
     let hole = pov_runtime::transport::conformance::TcpBlackHole::new();
     let hole_sock = stack.dir.path().join("hole.sock");
-    let params = json!({"name": "hole", "socket": hole_sock, "proxies": [hole.endpoint()], "reactor": 0});
+    // Asks are held for a proxy for at most 1 s (the request timeout), then fail.
+    let params =
+        json!({"name": "hole", "socket": hole_sock, "proxies": [hole.endpoint()], "reactor": 0, "request_timeout_ms": 1000});
     rpc(&stack.rpc_sock, "pov_device_create", params).expect("create the black-holed device");
     let devs = rpc(&stack.rpc_sock, "pov_device_get_devices", json!({})).unwrap();
     let reactors: Vec<u64> = devs.as_array().unwrap().iter().map(|d| d["reactor"].as_u64().unwrap()).collect();

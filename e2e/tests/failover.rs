@@ -251,3 +251,40 @@ fn a_partitioned_proxy_is_left_and_rejoins_when_the_link_heals() {
     assert!(errors.is_empty(), "application errors: {errors:?}");
     assert!(cut_ios > 0 && cut < Duration::from_secs(3), "IO went on across the cut: {cut_ios} IOs, longest {cut:?}");
 }
+
+/// A device with one proxy rides through that proxy's restart (kill -9, start again on
+/// its address): requests caught in flight and new ones are held until it answers
+/// again, so hosts see a delay, not an error.
+#[test]
+fn a_single_proxy_restart_costs_a_delay_not_an_error() {
+    let mut stack = Stack::start(json!({}));
+    let spec = stack.device_spec();
+    let seen = Arc::new(Seen::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|i| {
+            let (spec, seen, stop) = (spec.clone(), seen.clone(), stop.clone());
+            std::thread::spawn(move || worker(spec, i, seen, stop))
+        })
+        .collect();
+    let (steady, steady_ios) = phase(&seen, 1, || {});
+    let mut restarts = Vec::new();
+    for _ in 0..3 {
+        let (longest, ios) = phase(&seen, 2, || stack.restart_proxy());
+        restarts.push((longest, ios));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("worker panicked");
+    }
+    let errors = seen.errors.lock().unwrap().clone();
+    let devs = rpc(&stack.rpc_sock, "pov_device_get_devices", json!({"name": "pov0"})).unwrap();
+    println!("single-proxy restart figures (2 hosts, 4 KiB write+read at QD1):");
+    println!("  steady:  {steady_ios:>6} IOs in 1 s, longest IO {steady:?}");
+    for (i, (longest, ios)) in restarts.iter().enumerate() {
+        println!("  restart {}: {ios:>6} IOs in 2 s, longest IO {longest:?} (time to recover)", i + 1);
+    }
+    println!("  device: held {} resent {}", devs[0]["stats"]["held"], devs[0]["stats"]["resent"]);
+    assert!(errors.is_empty(), "application errors across proxy restarts: {errors:?}");
+    assert!(restarts.iter().all(|(_, ios)| *ios > 0), "IO went on after each restart");
+}

@@ -101,6 +101,12 @@ impl ProxyConn {
         }
     }
 
+    /// Lets the next send start a connection attempt whenever the last one was (the
+    /// liveness probes of a down proxy keep their own schedule).
+    pub(crate) fn allow_attempt(&mut self) {
+        self.last_attempt = None;
+    }
+
     /// `true` while a connection attempt is in progress.
     pub(crate) fn is_connecting(&self) -> bool {
         matches!(self.link, Link::Connecting { .. })

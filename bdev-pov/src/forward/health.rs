@@ -12,9 +12,10 @@
 //! The proxy answers pings from its network loop, ahead of its backend, so a slow
 //! backend alone does not make its proxy look dead. Declaring a connection down drops
 //! its transport (whatever it had in flight fails with `Unavailable`, which the device
-//! may resend elsewhere) and starts probing: a new connection attempt carrying a ping
-//! at most every [`PROBE_INTERVAL`]; the first frame received on it makes the proxy
-//! usable again, so a proxy that comes back rejoins without a configuration change.
+//! may resend elsewhere) and starts probing: a new connection attempt carrying a ping,
+//! [`FIRST_PROBE`] after it went down, then backing off to every [`PROBE_INTERVAL`];
+//! the first frame received on it makes the proxy usable again, so a proxy that comes
+//! back rejoins without a configuration change.
 //!
 //! [`pick`] chooses where a request goes: its home connection while usable, else the
 //! next usable one in ring order.
@@ -25,8 +26,12 @@ use std::time::{Duration, Instant};
 pub const PING_AFTER: Duration = Duration::from_millis(250);
 /// A ping unanswered (and nothing else received) for this long declares the proxy down.
 pub const DOWN_AFTER: Duration = Duration::from_millis(1500);
-/// Least time between two probes (connection attempt + ping) of a proxy that is down.
+/// Longest time between two probes (connection attempt + ping) of a proxy that is
+/// down: the first comes [`FIRST_PROBE`] after it went down, each next one twice as late,
+/// up to this (a restarted proxy is found within ~100 ms of listening again).
 pub const PROBE_INTERVAL: Duration = super::conn::RECONNECT_INTERVAL;
+/// Delay of the first probe of a proxy that went down.
+pub const FIRST_PROBE: Duration = Duration::from_millis(25);
 
 /// Liveness of one proxy connection.
 #[derive(Debug, Clone)]
@@ -42,13 +47,23 @@ pub(crate) struct Health {
     pub last_ping_tag: u64,
     /// Last probe of a down proxy.
     pub last_probe: Option<Instant>,
+    /// Wait before the next probe (doubles up to [`PROBE_INTERVAL`]).
+    pub probe_wait: Duration,
     /// Times this proxy was declared down.
     pub downs: u64,
 }
 
 impl Health {
     pub(crate) fn new(now: Instant) -> Health {
-        Health { down_since: None, last_heard: now, ping: None, last_ping_tag: 0, last_probe: None, downs: 0 }
+        Health {
+            down_since: None,
+            last_heard: now,
+            ping: None,
+            last_ping_tag: 0,
+            last_probe: None,
+            probe_wait: FIRST_PROBE,
+            downs: 0,
+        }
     }
 
     pub(crate) fn usable(&self) -> bool {
@@ -62,6 +77,8 @@ impl Health {
             return false;
         }
         self.down_since = Some(now);
+        self.last_probe = Some(now);
+        self.probe_wait = FIRST_PROBE;
         self.downs += 1;
         true
     }
@@ -87,14 +104,21 @@ impl Health {
     pub(crate) fn probe_due(&self, now: Instant) -> bool {
         self.down_since.is_some()
             && self.ping.is_none()
-            && self.last_probe.map_or(true, |t| now.saturating_duration_since(t) >= PROBE_INTERVAL)
+            && self.last_probe.map_or(true, |t| now.saturating_duration_since(t) >= self.probe_wait)
+    }
+
+    /// Records a probe sent now; the next one waits twice as long (at most
+    /// [`PROBE_INTERVAL`]).
+    pub(crate) fn probed(&mut self, now: Instant) {
+        self.last_probe = Some(now);
+        self.probe_wait = (self.probe_wait * 2).min(PROBE_INTERVAL);
     }
 
     /// The next instant liveness needs a look, given `in_flight` requests on it.
     pub(crate) fn deadline(&self, in_flight: u32) -> Option<Instant> {
         match (self.ping, self.down_since) {
             (Some((_, sent)), _) => Some(sent + DOWN_AFTER),
-            (None, Some(_)) => Some(self.last_probe.map_or_else(Instant::now, |t| t + PROBE_INTERVAL)),
+            (None, Some(_)) => Some(self.last_probe.map_or_else(Instant::now, |t| t + self.probe_wait)),
             (None, None) if in_flight > 0 => Some(self.last_heard + PING_AFTER),
             (None, None) => None,
         }
@@ -153,8 +177,15 @@ mod tests {
         assert!(h.mark_down(t0 + PING_AFTER + DOWN_AFTER));
         assert!(!h.mark_down(t0 + PING_AFTER + DOWN_AFTER), "counted once");
         assert_eq!(h.downs, 1);
-        assert!(h.probe_due(t0 + PING_AFTER + DOWN_AFTER));
-        h.last_probe = Some(t0 + PING_AFTER + DOWN_AFTER);
-        assert!(!h.probe_due(t0 + PING_AFTER + DOWN_AFTER + PROBE_INTERVAL / 2));
+        let down = t0 + PING_AFTER + DOWN_AFTER;
+        assert!(!h.probe_due(down), "the first probe waits a little");
+        assert!(h.probe_due(down + FIRST_PROBE));
+        h.probed(down + FIRST_PROBE);
+        assert!(!h.probe_due(down + FIRST_PROBE * 2), "backs off");
+        assert!(h.probe_due(down + FIRST_PROBE * 3));
+        for _ in 0..10 {
+            h.probed(down);
+        }
+        assert_eq!(h.probe_wait, PROBE_INTERVAL, "capped");
     }
 }

@@ -257,9 +257,11 @@ impl<C> Forwarder<C> {
         if self.health[i].mark_down(Instant::now()) {
             let others = self.health.iter().filter(|h| h.usable()).count();
             log::warn!(
-                "{}: proxy {} is down ({why}); {others} other proxy connection(s) usable; probing it every {:?}",
+                "{}: proxy {} is down ({why}); {others} other proxy connection(s) usable; probing it from {:?} on, \
+                 backing off to every {:?}",
                 self.name,
                 self.conns[i].endpoint,
+                health::FIRST_PROBE,
                 health::PROBE_INTERVAL
             );
         }
@@ -312,7 +314,9 @@ impl<C> Forwarder<C> {
                 self.conns[i].disconnect(fds);
             }
             if self.health[i].probe_due(now) && !self.conns[i].is_connecting() {
-                self.health[i].last_probe = Some(now);
+                self.health[i].probed(now);
+                // The probe schedule, not the reconnect interval, paces these attempts.
+                self.conns[i].allow_attempt();
                 self.ping(i, now);
                 return true;
             }
