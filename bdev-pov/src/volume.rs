@@ -15,9 +15,13 @@
 //!   answered `Ok`. So a FLUSH covers writes acknowledged through any connection.
 //! * An IO whose offset or length is not a multiple of the block size, that reaches
 //!   past the end, or whose buffer is unmapped completes with `IOERR`; nothing panics.
-//! * A request without an answer within `request_timeout_ms`, or on a connection that
-//!   breaks or cannot be made, completes with `IOERR`. The connection is retried on
-//!   later IO (at most every 500 ms), so the device recovers when the proxy is back.
+//! * With several proxies, a piece whose proxy fails before answering is resent to
+//!   another (every volume request is idempotent; `forward::health`); a piece no proxy
+//!   can take is held until one answers again. An IO completes with `IOERR` only when
+//!   its `request_timeout_ms` passes first, so a proxy restart costs a delay.
+//! * Built with [`VolumeDevice::new_opening`] (a configuration replay while the proxies
+//!   are down), the device opens its backing volume itself in the background; IO
+//!   waits for that (within its timeout); a refused open fails every IO.
 //! * GET_ID returns the serial `vol-<name>` (truncated to 20 bytes), which no host
 //!   mistakes for a PoV device (`pov-`).
 //!
@@ -255,6 +259,12 @@ pub(crate) fn io_in_range(offset: u64, len: usize, size: u64, block_size: u32) -
 /// Counters of a volume device (shown by `pov_device_get_devices`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VolumeStats {
+    /// `"ready"`, `"opening"` (the backing volume is being opened in the background:
+    /// IO waits; `open_error` says why the last try failed) or `"failed"` (a proxy
+    /// refused the open: every IO fails; `open_error` says why).
+    pub state: &'static str,
+    /// Why the backing volume is not open, if it is not.
+    pub open_error: Option<String>,
     /// READs completed.
     pub reads: u64,
     /// WRITEs completed.
@@ -325,6 +335,25 @@ struct Piece {
     deadline: Instant,
 }
 
+/// Whether the backing volume has been opened (see [`VolumeDevice::new_opening`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OpenState {
+    /// Opened (by [`open_volume`] before the device was built, or in the background).
+    Ready,
+    /// Not opened yet: a `VolumeOpen` is sent through the forwarder (at most one at a
+    /// time, the next not before `next_try`); IO waits.
+    Opening { next_try: Instant, in_flight: bool, last_error: Option<String> },
+    /// A proxy refused the open (size mismatch, permission): every IO fails.
+    Failed(String),
+}
+
+/// How long a background open waits before trying again after a failed try.
+const OPEN_RETRY: Duration = Duration::from_millis(500);
+/// Longest wait for the answer to one background `VolumeOpen`.
+const VOLUME_OPEN_TRY: Duration = Duration::from_secs(5);
+/// The [`Piece::io`] of a background `VolumeOpen`.
+const OPEN_IO: u64 = u64::MAX;
+
 /// What [`VolumeDevice::dispatch`] did with a piece.
 enum Dispatched {
     Sent,
@@ -353,6 +382,9 @@ struct PendingFlush {
 
 /// Everything of a volume but its forwarder.
 struct VolumeState {
+    /// The device's name and the volume's size, bytes (for the background open).
+    name: String,
+    size: u64,
     /// Per connection: writes were acknowledged on it since its last flush was sent.
     dirty: Vec<bool>,
     /// Per connection: flushes sent and not answered.
@@ -374,6 +406,9 @@ struct VolumeState {
     resend: Vec<Piece>,
     /// Pieces no proxy could take, waiting for one until their deadline.
     held: Vec<Piece>,
+    open: OpenState,
+    /// Block requests that arrived before the volume was opened, with their deadline.
+    waiting_open: Vec<(BlockRequest, Instant)>,
     stopping: bool,
 }
 
@@ -403,6 +438,8 @@ impl VolumeDevice {
             serial: volume_serial(&cfg.name),
             fwd: Forwarder::new(format!("volume {}", cfg.name), &endpoints, timeout, GatheringControl::default()),
             st: VolumeState {
+                name: cfg.name.clone(),
+                size: cfg.size,
                 dirty: vec![false; n],
                 flushes_out: vec![0; n],
                 router: RoundRobin::new(n),
@@ -417,10 +454,27 @@ impl VolumeDevice {
                 stats: VolumeStats::default(),
                 resend: Vec::new(),
                 held: Vec::new(),
+                open: OpenState::Ready,
+                waiting_open: Vec::new(),
                 stopping: false,
             },
             cfg,
         })
+    }
+
+    /// Builds the device for a backing volume not opened yet (its proxies did not answer
+    /// [`open_volume`], e.g. while `pov-dpud` replays its configuration before they are
+    /// up): the device opens it itself, in the background, retrying every 500 ms; IO
+    /// waits meanwhile (at most `request_timeout_ms`, then `IOERR`). A proxy that
+    /// refuses the open (another size) makes every IO fail; [`VolumeStats::state`]
+    /// says which.
+    ///
+    /// # Errors
+    /// As [`VolumeDevice::new`].
+    pub fn new_opening(cfg: VolumeConfig) -> Result<VolumeDevice, VolumeError> {
+        let mut d = VolumeDevice::new(cfg)?;
+        d.st.open = OpenState::Opening { next_try: Instant::now(), in_flight: false, last_error: None };
+        Ok(d)
     }
 
     /// Follows `control` for the gathering policy of the proxy connections (normally
@@ -454,6 +508,11 @@ impl VolumeDevice {
         s.pings = f.pings;
         s.proxies = self.fwd.proxy_states();
         s.gathering = GatherStats::from_counters(f.transport);
+        (s.state, s.open_error) = match &self.st.open {
+            OpenState::Ready => ("ready", None),
+            OpenState::Opening { last_error, .. } => ("opening", last_error.clone()),
+            OpenState::Failed(why) => ("failed", Some(why.clone())),
+        };
         s
     }
 
@@ -471,12 +530,26 @@ impl VolumeDevice {
     /// earliest request timeout).
     pub fn deadline(&self) -> Option<Instant> {
         let held = self.st.held.iter().map(|p| p.deadline).min();
-        [self.fwd.deadline(), held].into_iter().flatten().min()
+        let waiting = self.st.waiting_open.iter().map(|(_, d)| *d).min();
+        let open = match &self.st.open {
+            OpenState::Opening { next_try, in_flight: false, .. } => Some(*next_try),
+            _ => None,
+        };
+        [self.fwd.deadline(), held, waiting, open].into_iter().flatten().min()
     }
 
     /// Serves one block request; its completion comes later through
     /// [`VolumeDevice::take_completions`].
     pub fn submit(&mut self, req: BlockRequest) {
+        match (&self.st.open, req.op) {
+            (_, BlockOp::GetId | BlockOp::Other(_)) | (OpenState::Ready, _) => {}
+            (OpenState::Failed(_), _) => return self.st.out.complete(req, BlockStatus::IoErr, 0),
+            (OpenState::Opening { .. }, _) => {
+                let deadline = self.fwd.deadline_from_now();
+                self.st.waiting_open.push((req, deadline));
+                return;
+            }
+        }
         match req.op {
             BlockOp::GetId => self.st.out.get_id(req, &self.serial),
             BlockOp::Other(_) => self.st.out.complete(req, BlockStatus::Unsupported, 0),
@@ -594,6 +667,60 @@ impl VolumeDevice {
         Dispatched::NoProxy(p)
     }
 
+    /// Background open: sends a `VolumeOpen` when one is due; once opened, submits the
+    /// IO that waited; fails waiting IO whose deadline passed.
+    fn drive_open(&mut self) -> bool {
+        let now = Instant::now();
+        let mut busy = false;
+        match self.st.open.clone() {
+            OpenState::Ready if !self.st.waiting_open.is_empty() => {
+                for (req, _) in std::mem::take(&mut self.st.waiting_open) {
+                    self.submit(req);
+                }
+                return true;
+            }
+            OpenState::Failed(_) if !self.st.waiting_open.is_empty() => {
+                for (req, _) in std::mem::take(&mut self.st.waiting_open) {
+                    self.st.out.complete(req, BlockStatus::IoErr, 0);
+                }
+                return true;
+            }
+            OpenState::Opening { next_try, in_flight: false, last_error } if now >= next_try && !self.st.stopping => {
+                let VolumeDevice { cfg, fwd, st, .. } = self;
+                let req = volume_request(Op::VolumeOpen, cfg.size, cfg.block_size, flags::CREATE, &cfg.volume);
+                let home = fwd.pick(0, &|_| false).unwrap_or(0);
+                let deadline = fwd.deadline_from_now().min(now + VOLUME_OPEN_TRY);
+                let piece = Piece {
+                    io: OPEN_IO,
+                    offset: 0,
+                    buf_offset: 0,
+                    len: 0,
+                    op: Op::VolumeOpen,
+                    proxy: home,
+                    tried: 0,
+                    tries: 1,
+                    deadline,
+                };
+                let sent = fwd.send_until(home, req, &[], piece, deadline).is_ok();
+                st.open = OpenState::Opening {
+                    next_try: if sent { now } else { now + OPEN_RETRY },
+                    in_flight: sent,
+                    last_error: if sent { last_error } else { Some(format!("proxy {} cannot be reached", fwd.endpoint(home))) },
+                };
+                busy = true;
+            }
+            _ => {}
+        }
+        let before = self.st.waiting_open.len();
+        let (expired, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.st.waiting_open).into_iter().partition(|(_, d)| now >= *d);
+        self.st.waiting_open = keep;
+        for (req, _) in expired {
+            self.st.out.complete(req, BlockStatus::IoErr, 0);
+        }
+        busy || self.st.waiting_open.len() != before
+    }
+
     /// Sends held pieces once a proxy is usable; fails the IO of those whose deadline
     /// passed.
     fn release_held(&mut self) -> bool {
@@ -689,6 +816,7 @@ impl VolumeDevice {
         let mut busy = self.fwd.poll(fds, &mut |p, outcome| st.finish_piece(p, outcome));
         self.resend_failed();
         busy |= self.release_held();
+        busy |= self.drive_open();
         self.check_flushes();
         if busy {
             PollStatus::Busy
@@ -705,6 +833,9 @@ impl VolumeDevice {
         self.st.stopping = true;
         let st = &mut self.st;
         self.fwd.shutdown(fds, &mut |p, outcome| st.finish_piece(p, outcome));
+        for (req, _) in std::mem::take(&mut self.st.waiting_open) {
+            self.st.out.complete(req, BlockStatus::IoErr, 0);
+        }
         for p in std::mem::take(&mut self.st.held).into_iter().chain(std::mem::take(&mut self.st.resend)) {
             if let Some(io) = self.st.ios.get_mut(&p.io) {
                 io.outstanding -= 1;
@@ -762,8 +893,37 @@ impl VolumeState {
         }
     }
 
+    /// Finishes a background `VolumeOpen`.
+    fn finish_open(&mut self, outcome: Outcome<'_>) {
+        let retry =
+            |why: String| OpenState::Opening { next_try: Instant::now() + OPEN_RETRY, in_flight: false, last_error: Some(why) };
+        self.open = match outcome {
+            Outcome::Answered { status: Status::Ok, result, .. } if result == self.size => {
+                log::info!("volume {}: backing volume opened", self.name);
+                OpenState::Ready
+            }
+            Outcome::Answered { status: Status::Ok | Status::Invalid, .. } => {
+                let why = "the backing volume exists with another size or block size (volumes are never resized)".to_string();
+                log::error!("volume {}: {why}; every IO fails", self.name);
+                OpenState::Failed(why)
+            }
+            Outcome::Answered { status, .. } if matches!(status, Status::Unavailable | Status::Timeout) => {
+                retry(format!("the proxy answered {status}"))
+            }
+            Outcome::Answered { status, .. } => {
+                let why = format!("the proxy refused the open: {status}");
+                log::error!("volume {}: {why}; every IO fails", self.name);
+                OpenState::Failed(why)
+            }
+            Outcome::Failed(status) => retry(format!("no answer: {status}")),
+        };
+    }
+
     /// Finishes one proxy request (answered, or failed locally).
     fn finish_piece(&mut self, p: Piece, outcome: Outcome<'_>) {
+        if p.io == OPEN_IO {
+            return self.finish_open(outcome);
+        }
         if p.op == Op::VolumeFlush {
             self.flushes_out[p.proxy] = self.flushes_out[p.proxy].saturating_sub(1);
         }

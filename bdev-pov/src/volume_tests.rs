@@ -367,7 +367,6 @@ fn timeout_unreachable_and_recovery() {
     assert!(h.dev.stats().held >= 1);
     // A write submitted while the proxy is away completes once it is up: a delay, not
     // an error.
-    let mut c = c;
     c.request_timeout_ms = 5_000;
     let mut h = Harness::unopened(c.clone());
     let t0 = Instant::now();
@@ -654,4 +653,43 @@ fn a_proxy_that_comes_back_rejoins() {
     }
     let log = store.log.lock().unwrap();
     assert!(log[before..].iter().any(|e| e.0 == 0), "the rejoined proxy serves again: {log:?}");
+}
+
+/// A volume built before its proxy is up ([`VolumeDevice::new_opening`], as a
+/// configuration replay does) opens its backing volume in the background; IO waits
+/// for it and then completes. A proxy that refuses the open fails every IO.
+#[test]
+fn a_volume_opens_in_the_background_when_its_proxy_comes_up() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    drop(l);
+    let c = cfg("vbg", MIB as u64, std::slice::from_ref(&addr));
+    let mut h =
+        Harness { dev: VolumeDevice::new_opening(c).unwrap(), gathering: Default::default(), next_tag: 1, done: HashMap::new() };
+    let w = h.submit(BlockOp::Write, 4096, pattern(5, 4096));
+    for _ in 0..30 {
+        h.pump();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = h.dev.stats();
+    assert_eq!(s.state, "opening", "{s:?}");
+    assert!(s.open_error.is_some(), "says why: {s:?}");
+    assert!(h.try_take(w).is_none(), "the write waits for the open");
+    let store = Store::default();
+    serve(TcpListener::bind(&addr).unwrap(), store.clone(), 0, Behaviour::default());
+    assert_eq!(h.wait(w).0, BlockStatus::Ok, "written once the volume opened");
+    assert_eq!(h.dev.stats().state, "ready");
+    assert_eq!(store.volumes.lock().unwrap()["vbg-backing"].len(), MIB, "created at its size");
+    assert_eq!(h.io(BlockOp::Read, 4096, vec![0; 4096]), (BlockStatus::Ok, pattern(5, 4096)));
+
+    // The backing volume exists with another size: the open is refused for good.
+    let mut c = cfg("vbg", 2 * MIB as u64, std::slice::from_ref(&addr));
+    c.request_timeout_ms = 2_000;
+    let mut h =
+        Harness { dev: VolumeDevice::new_opening(c).unwrap(), gathering: Default::default(), next_tag: 1, done: HashMap::new() };
+    assert_eq!(h.io(BlockOp::Read, 0, vec![0; 512]).0, BlockStatus::IoErr);
+    let s = h.dev.stats();
+    assert_eq!(s.state, "failed", "{s:?}");
+    assert!(s.open_error.unwrap().contains("another size"));
+    assert_eq!(store.volumes.lock().unwrap()["vbg-backing"].len(), MIB, "never resized");
 }

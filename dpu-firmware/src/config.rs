@@ -7,7 +7,9 @@
 //!
 //! where `CALL` is `{"method": NAME, "params": {...}}` (`params` optional). Calls run
 //! in order through the same dispatcher as the JSON-RPC server; the first failure
-//! stops the replay.
+//! stops the replay. During a replay a plain volume whose proxies do not answer yet is
+//! created anyway and opens its backing volume in the background (its state shows in
+//! `pov_device_get_devices`), so a DPU restarting while a proxy is down comes back.
 
 use crate::daemon::Daemon;
 use crate::rpc::{self, RpcError};
@@ -107,14 +109,16 @@ pub fn calls(v: &Value) -> Result<Vec<ConfigCall>, ConfigError> {
 /// failing call's [`ConfigError::Call`] (earlier calls stay applied).
 pub fn load_config(daemon: &Daemon, v: &Value) -> Result<usize, ConfigError> {
     let list = calls(v)?;
-    for (index, c) in list.iter().enumerate() {
-        rpc::call(daemon, &c.method, c.params.clone()).map_err(|error| ConfigError::Call {
+    daemon.set_replaying(true);
+    let run = list.iter().enumerate().try_for_each(|(index, c)| {
+        rpc::call(daemon, &c.method, c.params.clone()).map(|_| ()).map_err(|error| ConfigError::Call {
             index,
             method: c.method.clone(),
             error,
-        })?;
-    }
-    Ok(list.len())
+        })
+    });
+    daemon.set_replaying(false);
+    run.map(|()| list.len())
 }
 
 /// Reads and replays a configuration file.

@@ -164,6 +164,10 @@ pub struct Daemon {
     next_reactor: AtomicUsize,
     /// Gathering setting shared by every device.
     gathering: GatheringControl,
+    /// A saved configuration is being replayed ([`crate::config::load_config`]): a
+    /// volume whose proxies do not answer yet is opened in the background instead of
+    /// failing the replay.
+    replaying: std::sync::atomic::AtomicBool,
 }
 
 impl Daemon {
@@ -178,7 +182,18 @@ impl Daemon {
             devices: Mutex::new(BTreeMap::new()),
             next_reactor: AtomicUsize::new(0),
             gathering: GatheringControl::default(),
+            replaying: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks a configuration replay as running (or over); see [`Daemon::replaying`].
+    pub(crate) fn set_replaying(&self, on: bool) {
+        self.replaying.store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    /// `true` while a saved configuration is being replayed.
+    pub(crate) fn replaying(&self) -> bool {
+        self.replaying.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A daemon with the production factory.

@@ -237,6 +237,47 @@ fn volume_io_fails_while_proxy_is_down_and_recovers() {
     assert_eq!(c.flush(), 0);
 }
 
+/// pov-dpud restarts from its saved configuration while the volume's proxy is down:
+/// it comes up anyway (the volume opens in the background, shown as `opening`), a
+/// client's IO waits, and once the proxy is back the volume is `ready` with its data.
+#[test]
+fn replay_with_the_proxy_down_opens_the_volume_in_the_background() {
+    let mut stack = Stack::start(json!({}));
+    let sock = stack.dir.path().join("volb.sock");
+    let params = json!({"name": "volb", "socket": sock, "size": 8 * MIB, "proxies": [stack.proxy_endpoint()]});
+    assert_eq!(rpc(&stack.rpc_sock, "pov_volume_create", params), Ok(json!(true)));
+    let mut c = Client::connect(&sock);
+    assert_eq!(c.write(0, &pattern(4096, 7)), 0);
+    assert_eq!(c.flush(), 0);
+    drop(c);
+    let saved = rpc(&stack.rpc_sock, "save_config", json!({})).unwrap();
+    let cfg = stack.dir.path().join("saved.json");
+    std::fs::write(&cfg, saved.to_string()).unwrap();
+    stack.proxy.kill();
+    let t = std::time::Instant::now();
+    stack.restart_dpud(Some(&cfg));
+    println!("pov-dpud replayed its config with the proxy down in {:?}", t.elapsed());
+    let info = rpc(&stack.rpc_sock, "pov_device_get_devices", json!({"name": "volb"})).unwrap();
+    assert_eq!(info[0]["stats"]["state"], "opening", "{info}");
+    assert!(info[0]["stats"]["open_error"].is_string(), "says why: {info}");
+    // A client connects and reads while the proxy is still down; the read waits.
+    let reader = std::thread::spawn(move || {
+        let mut c = Client::connect(&sock);
+        let t = std::time::Instant::now();
+        let (r, got) = c.read(0, 4096);
+        (r, got, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (proxy, _) = pov_e2e::spawn_proxy(&stack.backend_spec, &stack.proxy_endpoint(), &stack.pki.proxy_args(&stack.enrolled));
+    stack.proxy = proxy;
+    let (r, got, waited) = reader.join().unwrap();
+    println!("a read issued while the proxy was down completed after {waited:?}");
+    assert_eq!(r, 0, "the read completes once the volume opened");
+    assert!(got == pattern(4096, 7), "the data is there");
+    let info = rpc(&stack.rpc_sock, "pov_device_get_devices", json!({"name": "volb"})).unwrap();
+    assert_eq!(info[0]["stats"]["state"], "ready", "{info}");
+}
+
 /// A plain volume on the Ceph backend: an RBD image in pool `pov-rbd` holds the bytes
 /// (read back directly with librbd after FLUSH), and they survive a proxy restart.
 /// Uses the dev cluster of `scripts/ceph-dev` (skipped loudly without Ceph outside CI).

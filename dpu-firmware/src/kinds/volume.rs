@@ -156,10 +156,20 @@ impl Daemon {
             pov_runtime::Endpoint::parse(p).map_err(|e| DaemonError::Invalid(format!("proxies: {e}")))?;
         }
         self.check_free(&opts.name, &opts.socket)?;
+        let mut opening = false;
         if !null {
             // Off the registry lock: this waits for a proxy.
             let timeout = VOLUME_OPEN_TIMEOUT.min(Duration::from_millis(config.request_timeout_ms as u64));
-            open_volume(&config, timeout).map_err(volume_error)?;
+            match open_volume(&config, timeout) {
+                Ok(_) => {}
+                // Replaying a saved configuration while the proxies are down: open it
+                // in the background rather than fail the whole start-up.
+                Err(e @ VolumeError::Unreachable { .. }) if self.replaying() => {
+                    log::warn!("volume {}: {e}; opening it in the background, IO waits", opts.name);
+                    opening = true;
+                }
+                Err(e) => return Err(volume_error(e)),
+            }
         }
         let fe =
             Frontend { name: opts.name.clone(), socket: opts.socket.clone(), virtqueues: opts.virtqueues, reactor: opts.reactor };
@@ -171,9 +181,8 @@ impl Daemon {
             if null {
                 NullVolume::new(cfg).map(|d| Box::new(d) as Box<dyn BlockDevice>).map_err(|e| e.to_string())
             } else {
-                VolumeDevice::new(cfg)
-                    .map(|d| Box::new(d.with_gathering(ctx.gathering.clone())) as Box<dyn BlockDevice>)
-                    .map_err(|e| e.to_string())
+                let dev = if opening { VolumeDevice::new_opening(cfg) } else { VolumeDevice::new(cfg) };
+                dev.map(|d| Box::new(d.with_gathering(ctx.gathering.clone())) as Box<dyn BlockDevice>).map_err(|e| e.to_string())
             }
         });
         let what = if null { "null".to_string() } else { format!("backing volume {}", config.volume) };
