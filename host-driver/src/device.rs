@@ -1,6 +1,7 @@
 //! An opened PoV device: validated configuration space plus the admin channel.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use pov_proto::admin::{
     AdminOp, AdminRequest, AdminResponse, ADMIN_MAC_OFFSET, ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE, SESSION_MAILBOX,
@@ -24,8 +25,13 @@ pub struct Device {
 }
 
 struct DeviceInner {
-    transport: Box<dyn BlockTransport>,
+    /// Replaced by [`Device::reconnect`] (a `pov-dpud` restart).
+    transport: RwLock<Arc<dyn BlockTransport>>,
     config: ConfigSpace,
+    /// How to open the transport again; `None` for one given by the caller.
+    reopen: Option<(DeviceSpec, DeviceOptions)>,
+    /// Held while reconnecting (sessions sharing the device reconnect it once).
+    reconnecting: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Device {
@@ -82,17 +88,10 @@ impl Device {
     ///
     /// Errors: as [`Device::open`].
     pub fn open_with(spec: &DeviceSpec, opts: &DeviceOptions) -> Result<Device> {
-        let transport: Box<dyn BlockTransport> = match spec {
-            DeviceSpec::Kernel(p) => Box::new(
-                KernelTransport::open(p)
-                    .map_err(|e| Error::new(ErrorKind::Access, format!("open device {spec}")).with_source(e))?,
-            ),
-            DeviceSpec::VhostUser(p) => Box::new(
-                VhostUserTransport::connect(p, opts.blkio_queues.max(1), opts.io_timeout)
-                    .map_err(|e| Error::new(ErrorKind::Access, format!("connect to {spec}")).with_source(e))?,
-            ),
-        };
-        Device::from_transport(transport)
+        let transport = open_transport(spec, opts)?;
+        let mut d = Device::from_transport(transport)?;
+        Arc::get_mut(&mut d.inner).expect("not shared yet").reopen = Some((spec.clone(), opts.clone()));
+        Ok(d)
     }
 
     /// Wraps an already opened transport (e.g. a custom one) and validates its
@@ -102,7 +101,73 @@ impl Device {
     pub fn from_transport(transport: Box<dyn BlockTransport>) -> Result<Device> {
         let config = read_config(transport.as_ref())?;
         log::debug!("{}: PoV device {:?}, {:?}", transport.describe(), config.name, config.geometry);
-        Ok(Device { inner: Arc::new(DeviceInner { transport, config }) })
+        let transport: Arc<dyn BlockTransport> = Arc::from(transport);
+        Ok(Device {
+            inner: Arc::new(DeviceInner {
+                transport: RwLock::new(transport),
+                config,
+                reopen: None,
+                reconnecting: std::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Connects again after the device went away (a `pov-dpud` restart: its vhost-user
+    /// socket comes back): abandons the current transport (IO stuck on it fails, see
+    /// [`BlockTransport::abandon`]), then opens the device by its spec again, retrying
+    /// every 100 ms until `deadline`, and checks it is the same device (name and
+    /// geometry). Every clone of this `Device` uses the new connection from then on;
+    /// buffers from the old one must not be used with it.
+    ///
+    /// Errors: [`ErrorKind::Access`] if it cannot be reached by `deadline` (with the
+    /// last error), [`ErrorKind::NotPovDevice`] if another device answers, and
+    /// [`ErrorKind::InvalidArgument`] for a device made with [`Device::from_transport`]
+    /// (nothing to reopen it from).
+    pub fn reconnect(&self, deadline: Instant) -> Result<()> {
+        let Some((spec, opts)) = &self.inner.reopen else {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("{}: opened from a transport: cannot reconnect", self.describe()),
+            ));
+        };
+        self.transport().abandon();
+        let mut last;
+        loop {
+            match open_transport(spec, opts).and_then(|t| read_config(t.as_ref()).map(|c| (t, c))) {
+                Ok((t, c)) => {
+                    if c.name != self.inner.config.name || c.geometry != self.inner.config.geometry {
+                        return Err(Error::new(
+                            ErrorKind::NotPovDevice,
+                            format!(
+                                "{spec}: after reconnecting, device {:?} {:?} answers instead of {:?} {:?}",
+                                c.name, c.geometry, self.inner.config.name, self.inner.config.geometry
+                            ),
+                        ));
+                    }
+                    *self.inner.transport.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(t);
+                    log::info!("{spec}: reconnected");
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+            if Instant::now() >= deadline {
+                return Err(last.recontext(format!("reconnect to {spec}")));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// [`Device::reconnect`] if the connection in use is still `failed` (another user
+    /// of this device may have reconnected already: then nothing is done).
+    ///
+    /// Errors: as [`Device::reconnect`].
+    pub(crate) fn reconnect_from(&self, failed: &Arc<dyn BlockTransport>, deadline: Instant) -> Result<()> {
+        let _one = self.inner.reconnecting.lock().unwrap_or_else(|e| e.into_inner());
+        // Compare the data pointers only (vtable pointers of one type may differ).
+        if Arc::as_ptr(&self.transport()) as *const () != Arc::as_ptr(failed) as *const () {
+            return Ok(());
+        }
+        self.reconnect(deadline)
     }
 
     /// The validated configuration record.
@@ -122,16 +187,17 @@ impl Device {
 
     /// The device as named by its spec, e.g. `/dev/vdb`.
     pub fn describe(&self) -> String {
-        self.inner.transport.describe()
+        self.transport().describe()
     }
 
     /// Device capacity in bytes.
     pub fn capacity(&self) -> u64 {
-        self.inner.transport.capacity()
+        self.transport().capacity()
     }
 
-    pub(crate) fn transport(&self) -> &dyn BlockTransport {
-        self.inner.transport.as_ref()
+    /// The connection in use now (see [`Device::reconnect`]).
+    pub(crate) fn transport(&self) -> Arc<dyn BlockTransport> {
+        self.inner.transport.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Runs one admin exchange and returns the device's answer, whatever its status.
@@ -224,6 +290,19 @@ fn check_echo(resp: AdminResponse, req: &AdminRequest, ctx: impl Fn() -> String)
         ));
     }
     Ok(resp)
+}
+
+/// Opens the transport `spec` names.
+fn open_transport(spec: &DeviceSpec, opts: &DeviceOptions) -> Result<Box<dyn BlockTransport>> {
+    Ok(match spec {
+        DeviceSpec::Kernel(p) => Box::new(
+            KernelTransport::open(p).map_err(|e| Error::new(ErrorKind::Access, format!("open device {spec}")).with_source(e))?,
+        ),
+        DeviceSpec::VhostUser(p) => Box::new(
+            VhostUserTransport::connect(p, opts.blkio_queues.max(1), opts.io_timeout)
+                .map_err(|e| Error::new(ErrorKind::Access, format!("connect to {spec}")).with_source(e))?,
+        ),
+    })
 }
 
 /// Mailboxes one admin exchange tries before giving up (a mailbox is refused while it

@@ -19,10 +19,12 @@
 //! encode/decode helpers of the data path: [`encode_request`], [`response_read_len`],
 //! [`split`], [`run_parallel`], [`wire_path`].
 
+use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use pov_proto::crypto::{Protection, SessionKeys};
 use pov_proto::entry::Stat;
@@ -35,7 +37,7 @@ use pov_proto::{Status, MAX_IO_BYTES};
 use crate::device::Device;
 use crate::error::{protocol_error, status_error};
 use crate::mem::{round_up, IoBuf, IO_ALIGN};
-use crate::transport::{BlockOp, Dir, Lane};
+use crate::transport::{BlockOp, BlockTransport, Dir, Lane};
 
 /// One PoV queue with its request and response buffers (each [`SLOT_SIZE`] bytes,
 /// allocated by the device's transport).
@@ -46,6 +48,8 @@ pub(crate) struct Channel {
     queue_id: u32,
     req: IoBuf,
     resp: IoBuf,
+    /// The session incarnation it belongs to (see [`Engine::recover`]).
+    generation: u64,
 }
 
 impl Channel {
@@ -53,13 +57,59 @@ impl Channel {
     /// buffers of at least [`SLOT_SIZE`] bytes from the device's transport.
     pub(crate) fn new(index: usize, queue_id: u32, req: IoBuf, resp: IoBuf) -> Channel {
         debug_assert!(req.len() >= SLOT_SIZE as usize && resp.len() >= SLOT_SIZE as usize);
-        Channel { index, queue_id, req, resp }
+        Channel { index, queue_id, req, resp, generation: 0 }
     }
 }
 
 struct Pool {
     free: Vec<Channel>,
     closed: bool,
+    /// Incarnation of the channels in `free`; a channel of an older one is dropped
+    /// when its lease ends.
+    generation: u64,
+    /// Channels of the current incarnation.
+    total: usize,
+    /// A failover is re-establishing the session: callers wait.
+    recovering: bool,
+}
+
+/// The device-side identity of the session, replaced by a failover.
+struct Incarnation {
+    session_id: u64,
+    keys: Arc<SessionKeys>,
+    queue_ids: Vec<u32>,
+}
+
+/// A session opened again by the session layer for [`Engine::recover`].
+pub(crate) struct Fresh {
+    pub(crate) session_id: u64,
+    pub(crate) keys: Arc<SessionKeys>,
+    pub(crate) channels: Vec<Channel>,
+}
+
+/// Re-establishes the session after the device lost it: gets the transport that
+/// failed (if it was the transport), returns the new session.
+pub(crate) type Reestablish = dyn Fn(Option<&Arc<dyn BlockTransport>>) -> crate::error::Result<Fresh> + Send + Sync;
+
+/// An open file as the engine tracks it, so that a failover can open it again.
+struct OpenHandle {
+    /// The device's handle in the current incarnation.
+    device: u64,
+    /// Wire path and Open flags it was opened with.
+    path: String,
+    flags: u32,
+    /// Why it could not be opened again after a failover (calls on it fail).
+    lost: Option<String>,
+}
+
+/// Why a round trip failed.
+enum Failure {
+    /// The session is gone with the device (transport error, `BadSession`, an answer
+    /// that does not authenticate): a failover may save the call. Carries the
+    /// transport when that failed.
+    Lost(io::Error, Option<Arc<dyn BlockTransport>>),
+    /// Any other error: the caller gets it.
+    Other(io::Error),
 }
 
 /// Liveness of a session, shared by its engine and its heartbeat thread.
@@ -143,14 +193,18 @@ impl<'a> Call<'a> {
 pub(crate) struct Engine {
     device: Device,
     pid: u32,
-    session_id: u64,
-    keys: Arc<SessionKeys>,
     protection: Protection,
-    queue_ids: Vec<u32>,
+    inc: RwLock<Arc<Incarnation>>,
     pool: Mutex<Pool>,
     returned: Condvar,
     next_request: AtomicU64,
     health: Arc<Health>,
+    /// Open files by the library's handle ID (what [`crate::File`] holds).
+    handles: Mutex<HashMap<u64, OpenHandle>>,
+    next_handle: AtomicU64,
+    /// How to open the session again; unset: no failover.
+    reestablish: OnceLock<(Box<Reestablish>, Duration)>,
+    failovers: AtomicU64,
 }
 
 /// A channel taken from the pool for one round trip; returned on drop.
@@ -162,7 +216,13 @@ struct Lease<'a> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(ch) = self.ch.take() {
-            self.engine.pool().free.push(ch);
+            let mut p = self.engine.pool();
+            // A channel of an earlier incarnation (its queue and buffers are gone with
+            // the old session and connection) is dropped.
+            if ch.generation == p.generation {
+                p.free.push(ch);
+            }
+            drop(p);
             self.engine.returned.notify_all();
         }
     }
@@ -183,17 +243,75 @@ impl Engine {
         let queue_ids = channels.iter().map(|c| c.queue_id).collect();
         // The pool pops from the end: keep low indexes busy first for predictability.
         channels.reverse();
+        let total = channels.len();
         Engine {
             device,
             pid,
-            session_id,
-            keys,
             protection,
-            queue_ids,
-            pool: Mutex::new(Pool { free: channels, closed: false }),
+            inc: RwLock::new(Arc::new(Incarnation { session_id, keys, queue_ids })),
+            pool: Mutex::new(Pool { free: channels, closed: false, generation: 0, total, recovering: false }),
             returned: Condvar::new(),
             next_request: AtomicU64::new(1),
             health: Arc::new(Health::default()),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            reestablish: OnceLock::new(),
+            failovers: AtomicU64::new(0),
+        }
+    }
+
+    /// Turns failover on: when the device loses the session (see [`Engine::call`]),
+    /// `reestablish` opens it again, trying for at most `timeout`.
+    pub(crate) fn enable_failover(&self, reestablish: Box<Reestablish>, timeout: Duration) {
+        let _ = self.reestablish.set((reestablish, timeout));
+    }
+
+    /// The incarnation calls use now (see [`Engine::recover`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.pool().generation
+    }
+
+    /// Times the session was re-established.
+    pub(crate) fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::Relaxed)
+    }
+
+    fn incarnation(&self) -> Arc<Incarnation> {
+        self.inc.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The device's session ID now.
+    pub(crate) fn session_id(&self) -> u64 {
+        self.incarnation().session_id
+    }
+
+    /// The session's keys now.
+    pub(crate) fn keys(&self) -> Arc<SessionKeys> {
+        self.incarnation().keys.clone()
+    }
+
+    /// Records a file the device opened as handle `device` (from `path` with Open
+    /// `flags`); returns the library's handle ID for it (never 0).
+    pub(crate) fn register_handle(&self, device: u64, path: &str, flags: u32) -> u64 {
+        let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let h = OpenHandle { device, path: path.to_string(), flags, lost: None };
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(id, h);
+        id
+    }
+
+    /// Forgets handle ID `id` (closed).
+    pub(crate) fn forget_handle(&self, id: u64) {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    /// The device's handle for handle ID `id` now.
+    pub(crate) fn device_handle(&self, id: u64, target: &str) -> io::Result<u64> {
+        match self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+            Some(OpenHandle { lost: Some(why), .. }) => {
+                Err(io::Error::new(io::ErrorKind::NotConnected, format!("{target}: {why}")))
+            }
+            Some(h) => Ok(h.device),
+            None => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{target}: file handle {id} is not open"))),
         }
     }
 
@@ -207,14 +325,14 @@ impl Engine {
         self.health.check()
     }
 
-    /// Global IDs of the queues, in index order.
-    pub(crate) fn queue_ids(&self) -> &[u32] {
-        &self.queue_ids
+    /// Global IDs of the queues now, in index order.
+    pub(crate) fn queue_ids(&self) -> Vec<u32> {
+        self.incarnation().queue_ids.clone()
     }
 
     /// Number of IO queues (the most requests in flight at once).
     pub(crate) fn queue_count(&self) -> usize {
-        self.queue_ids.len()
+        self.incarnation().queue_ids.len()
     }
 
     /// Process ID sent in every request header.
@@ -242,7 +360,7 @@ impl Engine {
     pub(crate) fn drain(&self) {
         let mut p = self.pool();
         p.closed = true;
-        while p.free.len() < self.queue_ids.len() {
+        while p.recovering || p.free.len() < p.total {
             p = self.returned.wait(p).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -254,15 +372,121 @@ impl Engine {
             if p.closed {
                 return Err(io::Error::new(io::ErrorKind::NotConnected, "PoV session is closed"));
             }
-            if let Some(ch) = p.free.pop() {
-                return Ok(Lease { engine: self, ch: Some(ch) });
+            if !p.recovering {
+                if let Some(ch) = p.free.pop() {
+                    return Ok(Lease { engine: self, ch: Some(ch) });
+                }
             }
             p = self.returned.wait(p).unwrap_or_else(|e| e.into_inner());
+            drop(p);
+            self.health.check()?;
+            p = self.pool();
+        }
+    }
+
+    /// Failover: re-establishes the session after a call of incarnation `seen` found
+    /// it lost (`failed`: the transport, if that failed). One caller does the work;
+    /// the others wait for it. On success every open file is opened again (without
+    /// create, exclusive or truncate) and calls go on with the new session; a file
+    /// that cannot be opened again fails its calls with the reason. On failure (the
+    /// device did not come back within the failover timeout) the session is dead.
+    ///
+    /// Errors: `NotConnected` (closed, or the failover failed: why).
+    pub(crate) fn recover(&self, seen: u64, failed: Option<&Arc<dyn BlockTransport>>, why: &io::Error) -> io::Result<()> {
+        let Some((reestablish, timeout)) = self.reestablish.get() else {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, format!("PoV session lost: {why}")));
+        };
+        let mut p = self.pool();
+        loop {
+            if p.closed {
+                return Err(io::Error::new(io::ErrorKind::NotConnected, "PoV session is closed"));
+            }
+            if p.generation != seen {
+                return self.health.check();
+            }
+            if !p.recovering {
+                p.recovering = true;
+                break;
+            }
+            p = self.returned.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(p);
+        let session_id = self.session_id();
+        log::warn!("PoV session {session_id:#x} lost ({why}): re-establishing it (for up to {timeout:?})");
+        let started = Instant::now();
+        let deadline = started + *timeout;
+        let fresh = loop {
+            match reestablish(failed) {
+                Ok(f) => break Ok(f),
+                // Only a device that cannot be reached (yet) is worth waiting for; a
+                // refusal (the secret no longer opens a session, another device
+                // answers, nothing to reconnect from) is final.
+                Err(e) if Instant::now() < deadline && matches!(e.kind(), crate::error::ErrorKind::Access) => {
+                    log::debug!("failover of session {session_id:#x}: {}", crate::error::Chain(&e));
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let result = match fresh {
+            Ok(mut f) => {
+                let generation = seen + 1;
+                for ch in f.channels.iter_mut() {
+                    ch.generation = generation;
+                }
+                let queue_ids = f.channels.iter().map(|c| c.queue_id).collect();
+                *self.inc.write().unwrap_or_else(|e| e.into_inner()) =
+                    Arc::new(Incarnation { session_id: f.session_id, keys: f.keys, queue_ids });
+                self.reopen_files(&mut f.channels);
+                f.channels.reverse();
+                let mut p = self.pool();
+                p.total = f.channels.len();
+                p.free = f.channels;
+                p.generation = generation;
+                self.failovers.fetch_add(1, Ordering::Relaxed);
+                log::warn!("PoV session re-established as {:#x} after {:?}", self.session_id(), started.elapsed());
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("the device did not come back within {timeout:?}: {}", crate::error::Chain(&e));
+                self.health.mark_dead(msg.clone());
+                Err(io::Error::new(io::ErrorKind::NotConnected, format!("PoV session lost: {msg}")))
+            }
+        };
+        self.pool().recovering = false;
+        self.returned.notify_all();
+        result
+    }
+
+    /// Opens every open file again in the new incarnation, on `channels` (before
+    /// anyone else may use them).
+    fn reopen_files(&self, channels: &mut [Channel]) {
+        let Some(ch) = channels.first_mut() else { return };
+        let inc = self.incarnation();
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        for h in handles.values_mut() {
+            let fl = h.flags & !(pov_proto::io::flags::CREATE | pov_proto::io::flags::EXCL | pov_proto::io::flags::TRUNCATE);
+            let c = Call { flags: fl, ..Call::path(Op::Open, &h.path, 0) };
+            let mut take = Some(|r: &ResponseHeader, _: &[u8]| Ok(r.result));
+            match self.exchange(ch, &inc, &c, 0, &mut take) {
+                Ok(device) if device != 0 => h.device = device,
+                Ok(_) => h.lost = Some("reopening it after a failover gave file handle 0".into()),
+                Err(Failure::Lost(e, _) | Failure::Other(e)) => {
+                    h.lost = Some(format!("the file could not be opened again after the PoV session failed over: {e}"));
+                }
+            }
         }
     }
 
     /// Sends one request on a free queue and hands the response header and payload to
     /// `f`. A non-Ok status becomes an error (see [`status_error`]).
+    ///
+    /// Failover: when the device lost the session (the transport failed, `BadSession`,
+    /// an answer that does not authenticate) and failover is on, the session is
+    /// re-established ([`Engine::recover`]) and an idempotent request
+    /// (`Op::is_idempotent`) is sent again, so the caller sees a delay; a
+    /// non-idempotent one (append, remove, exclusive create) gets an error saying its
+    /// outcome is unknown.
     ///
     /// Errors: `InvalidInput` for a payload or length over 1 MiB, `NotConnected` once
     /// the session is closed or lost, transport errors, `InvalidData` for a response
@@ -272,17 +496,61 @@ impl Engine {
         if c.payload.len() > MAX_IO_BYTES as usize || c.length > MAX_IO_BYTES {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "PoV request over 1 MiB"));
         }
-        let mut lease = self.acquire()?;
-        let ch = lease.ch.as_mut().expect("leased channel");
+        let mut f = Some(f);
+        for attempt in 0..3 {
+            let mut lease = self.acquire()?;
+            let ch = lease.ch.as_mut().expect("leased channel");
+            let generation = ch.generation;
+            let handle = if c.handle == 0 { 0 } else { self.device_handle(c.handle, c.target)? };
+            let inc = self.incarnation();
+            match self.exchange(ch, &inc, c, handle, &mut f) {
+                Ok(r) => return Ok(r),
+                Err(Failure::Other(e)) => return Err(e),
+                Err(Failure::Lost(e, failed)) => {
+                    drop(lease);
+                    if self.reestablish.get().is_none() || attempt == 2 {
+                        self.health.mark_dead(format!("{e}"));
+                        return Err(e);
+                    }
+                    self.recover(generation, failed.as_ref(), &e)?;
+                    if !c.op.is_idempotent(c.flags) {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!(
+                                "{} {}: the PoV session failed over while it was in flight; whether it ran is unknown ({e})",
+                                crate::error::op_name(c.op),
+                                c.target
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::NotConnected, "PoV session lost"))
+    }
+
+    /// One round trip on channel `ch` of incarnation `inc` (`handle`: the device's
+    /// file handle for the call); calls `f` (taken) on success.
+    fn exchange<R, F>(
+        &self,
+        ch: &mut Channel,
+        inc: &Incarnation,
+        c: &Call<'_>,
+        handle: u64,
+        f: &mut Option<F>,
+    ) -> Result<R, Failure>
+    where
+        F: FnOnce(&ResponseHeader, &[u8]) -> io::Result<R>,
+    {
         let geometry = self.device.geometry();
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let hdr = RequestHeader {
             op: c.op,
             queue_id: ch.queue_id,
             pid: self.pid,
-            session_id: self.session_id,
+            session_id: inc.session_id,
             request_id,
-            file_handle: c.handle,
+            file_handle: handle,
             offset: c.offset,
             length: c.length,
             flags: c.flags,
@@ -290,22 +558,27 @@ impl Engine {
             hint: SdkHint::default(),
         };
         let wlen = encode_request(&mut ch.req, &hdr, c.payload);
-        self.keys.seal_request(ch.queue_id, request_id, &mut ch.req[..HEADER_SIZE + c.payload.len()], REQUEST_TAG_OFFSET);
+        inc.keys.seal_request(ch.queue_id, request_id, &mut ch.req[..HEADER_SIZE + c.payload.len()], REQUEST_TAG_OFFSET);
         let mut rlen = response_read_len(c.expect);
         let req_slot = geometry.request_slot(ch.queue_id);
         let resp_slot = geometry.response_slot(ch.queue_id);
         let t = self.device.transport();
+        let lost = |e: io::Error, t: &Arc<dyn BlockTransport>| Failure::Lost(e, Some(t.clone()));
         t.submit(
             Lane::Data(ch.index),
             &mut [BlockOp::write(req_slot, &mut ch.req, wlen), BlockOp::read(resp_slot, &mut ch.resp, rlen)],
-        )?;
+        )
+        .map_err(|e| lost(e, &t))?;
         let resp = ResponseHeader::decode(&ch.resp[..HEADER_SIZE])
-            .map_err(|e| protocol_error(format!("queue {}: bad response header: {e}", ch.queue_id)))?;
+            .map_err(|e| Failure::Lost(protocol_error(format!("queue {}: bad response header: {e}", ch.queue_id)), None))?;
         if resp.request_id != request_id || resp.queue_id != ch.queue_id {
-            return Err(protocol_error(format!(
-                "response mismatch on queue {}: sent request {request_id}, got response to request {} of queue {}",
-                ch.queue_id, resp.request_id, resp.queue_id
-            )));
+            return Err(Failure::Lost(
+                protocol_error(format!(
+                    "response mismatch on queue {}: sent request {request_id}, got response to request {} of queue {}",
+                    ch.queue_id, resp.request_id, resp.queue_id
+                )),
+                None,
+            ));
         }
         let total = HEADER_SIZE + resp.payload_len as usize;
         if total > rlen {
@@ -319,21 +592,25 @@ impl Engine {
                 buf_offset: rlen,
                 len: end - rlen,
             };
-            t.submit(Lane::Data(ch.index), std::slice::from_mut(&mut op))?;
+            t.submit(Lane::Data(ch.index), std::slice::from_mut(&mut op)).map_err(|e| lost(e, &t))?;
             rlen = end;
         }
         // Nothing of the response counts before it authenticates (its status neither).
-        self.keys
+        inc.keys
             .open_response(ch.queue_id, request_id, &mut ch.resp[..total], HEADER_SIZE, RESPONSE_TAG_OFFSET, self.protection)
-            .map_err(|e| protocol_error(format!("queue {}: response to request {request_id}: {e}", ch.queue_id)))?;
+            .map_err(|e| {
+                Failure::Lost(protocol_error(format!("queue {}: response to request {request_id}: {e}", ch.queue_id)), None)
+            })?;
         if !resp.status.is_ok() {
+            let e = status_error(resp.status, c.op, c.target);
             if resp.status == Status::BadSession {
-                self.health.mark_dead(format!("the device answered {:?} to a {:?} request", resp.status, c.op));
+                return Err(Failure::Lost(e, None));
             }
-            return Err(status_error(resp.status, c.op, c.target));
+            return Err(Failure::Other(e));
         }
         debug_assert!(total <= rlen);
-        f(&resp, &ch.resp[HEADER_SIZE..total])
+        let f = f.take().ok_or_else(|| Failure::Other(io::Error::other("response handler used twice")))?;
+        f(&resp, &ch.resp[HEADER_SIZE..total]).map_err(Failure::Other)
     }
 }
 

@@ -83,10 +83,12 @@ impl OpenOptions {
         let f = self.wire_flags()?;
         let wire = wire_path(path, Op::Open)?;
         let c = Call { flags: f, ..Call::path(Op::Open, &wire, 0) };
-        let handle = engine.call(&c, |h, _| Ok(h.result))?;
-        if handle == 0 {
+        let device = engine.call(&c, |h, _| Ok(h.result))?;
+        if device == 0 {
             return Err(protocol_error(format!("open {wire}: device returned file handle 0")));
         }
+        // The engine maps our ID to the device's handle (a failover opens it again).
+        let handle = engine.register_handle(device, &wire, f);
         Ok(File { engine: Arc::clone(engine), handle, path: wire, closed: AtomicBool::new(false) })
     }
 }
@@ -101,6 +103,8 @@ impl OpenOptions {
 /// Dropping a `File` closes the handle, ignoring errors; [`File::close`] reports them.
 pub struct File {
     engine: Arc<Engine>,
+    /// The engine's ID for the file (mapped to the device's handle of the current
+    /// session incarnation).
     handle: u64,
     path: String,
     closed: AtomicBool,
@@ -118,9 +122,10 @@ impl File {
         &self.path
     }
 
-    /// The device's handle for the file.
+    /// The device's handle for the file now (a failover of the session opens the file
+    /// again under a new one); 0 if the file could not be opened again.
     pub fn handle(&self) -> u64 {
-        self.handle
+        self.engine.device_handle(self.handle, &self.path).unwrap_or(0)
     }
 
     /// Reads up to `buf.len()` bytes starting at byte `offset`; returns the bytes read,
@@ -255,14 +260,16 @@ impl File {
     }
 
     fn send_close(&self) -> io::Result<()> {
-        self.engine.check()?;
-        self.engine.call(&Call::handle(Op::Close, self.handle, &self.path), |_, _| Ok(()))
+        let r =
+            self.engine.check().and_then(|()| self.engine.call(&Call::handle(Op::Close, self.handle, &self.path), |_, _| Ok(())));
+        self.engine.forget_handle(self.handle);
+        r
     }
 }
 
 impl Drop for File {
     fn drop(&mut self) {
-        if !self.closed.swap(true, Ordering::Relaxed) && self.engine.check().is_ok() {
+        if !self.closed.swap(true, Ordering::Relaxed) {
             if let Err(e) = self.send_close() {
                 log::debug!("close {} on drop: {}", self.path, Chain(&e));
             }

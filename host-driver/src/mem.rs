@@ -213,18 +213,31 @@ pub(crate) struct Reaped {
 /// timeout, which covers the whole wait). `EINTR` is retried.
 ///
 /// Errors: `TimedOut` when `timeout` passes, any other `do_io` error.
-pub(crate) fn blkio_reap(q: &mut blkio::Blkioq, want: usize, timeout: Option<std::time::Duration>) -> io::Result<Vec<Reaped>> {
+pub(crate) fn blkio_reap(
+    q: &mut blkio::Blkioq,
+    want: usize,
+    timeout: Option<std::time::Duration>,
+    abandoned: &std::sync::atomic::AtomicBool,
+) -> io::Result<Vec<Reaped>> {
+    // Waits in slices so that an abandoned transport (see
+    // `BlockTransport::abandon`) is noticed while the device stays silent.
+    const SLICE: std::time::Duration = std::time::Duration::from_millis(100);
     let mut slots: Vec<std::mem::MaybeUninit<blkio::Completion>> = (0..want).map(|_| std::mem::MaybeUninit::uninit()).collect();
     let mut out = Vec::with_capacity(want);
-    let mut left = timeout;
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
     while out.len() < want {
+        if abandoned.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the connection to the device was abandoned"));
+        }
+        let now = std::time::Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "libblkio do_io: timed out waiting for the device"));
+        }
+        let mut slice = deadline.map_or(SLICE, |d| (d - now).min(SLICE));
         let need = want - out.len();
-        let n = match q.do_io(&mut slots[..need], need, left.as_mut(), None) {
+        let n = match q.do_io(&mut slots[..need], 1, Some(&mut slice), None) {
             Ok(n) => n.min(need),
-            Err(e) if e.errno() == blkio::Errno::INTR => continue,
-            Err(e) if e.errno() == blkio::Errno::TIME => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "libblkio do_io: timed out waiting for the device"))
-            }
+            Err(e) if e.errno() == blkio::Errno::INTR || e.errno() == blkio::Errno::TIME => continue,
             Err(e) => return Err(blkio_err("do_io")(e)),
         };
         for slot in &slots[..n] {

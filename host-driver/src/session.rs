@@ -9,7 +9,7 @@
 
 use std::io;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use pov_proto::layout::{HEADER_SIZE, SLOT_SIZE};
 use pov_proto::Status;
 
 use crate::device::{admin_request, Device};
-use crate::engine::{decode_stat, join, run_parallel, wire_path, Call, Channel, Engine, Health};
+use crate::engine::{decode_stat, join, run_parallel, wire_path, Call, Channel, Engine, Fresh};
 use crate::error::{protocol_error, Chain, Error, ErrorKind, Result};
 use crate::file::{File, OpenOptions};
 
@@ -52,6 +52,14 @@ pub struct SessionOptions {
     /// the default) or [`Protection::IntegrityOnly`] (authenticated only, readable by
     /// any process that can open the device: for containers that trust each other).
     pub protection: Protection,
+    /// Failover: when the device loses the session (`pov-dpud` restarted, or it
+    /// reclaimed the session), open it again — reconnecting to the device, opening a
+    /// new session with the same secret, queues and open files — for at most this
+    /// long, and resend the idempotent requests that were in flight. `None`: no
+    /// failover (the session is dead at the first loss). Keeping it on means the
+    /// session holds the tenant secret in memory until it closes (then wiped).
+    /// Default 30 s.
+    pub failover_timeout: Option<Duration>,
 }
 
 impl Default for SessionOptions {
@@ -62,6 +70,7 @@ impl Default for SessionOptions {
             read_only: false,
             prefix: String::new(),
             protection: Protection::Confidential,
+            failover_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -136,9 +145,18 @@ pub struct Session {
     tenant: String,
     info: SessionInfo,
     protection: Protection,
-    admin: Arc<SessionAdmin>,
+    /// The admin channel of the current incarnation (a failover replaces it).
+    admin: AdminSlot,
     engine: Arc<Engine>,
     heartbeat: Mutex<Option<Heartbeat>>,
+}
+
+/// The session's current admin channel, shared with its heartbeat thread and its
+/// failover.
+type AdminSlot = Arc<RwLock<Arc<SessionAdmin>>>;
+
+fn current(slot: &AdminSlot) -> Arc<SessionAdmin> {
+    slot.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 impl std::fmt::Debug for Session {
@@ -184,34 +202,7 @@ impl Session {
             return Err(invalid("prefix longer than 512 bytes"));
         }
         let pid = std::process::id();
-        // Challenge-response (pov_proto::crypto): the secret itself never crosses.
-        let nc: [u8; crypto::NONCE_LEN] = crypto::random();
-        let mut hello = admin_request(AdminOp::Hello);
-        hello.tenant = tenant.to_string();
-        hello.nonce = nc;
-        let challenge = device.admin(hello, None).map_err(|e| e.recontext(&ctx))?;
-        let mut flags = 0;
-        if opts.read_only {
-            flags |= GRANT_READ_ONLY;
-        }
-        if opts.protection == Protection::IntegrityOnly {
-            flags |= GRANT_INTEGRITY_ONLY;
-        }
-        let nd = challenge.device_nonce;
-        let mut open = admin_request(AdminOp::OpenSession);
-        open.exchange_id = challenge.exchange_id;
-        open.grant_flags = flags;
-        open.prefix = prefix.clone();
-        open.mac = crypto::open_proof(secret, tenant, &nc, &nd, pid, flags, &prefix);
-        let resp = device.admin(open, None).map_err(|e| e.recontext(&ctx))?;
-        let keys = Arc::new(SessionKeys::derive(secret, &nc, &nd, tenant, resp.session_id));
-        let admin = Arc::new(SessionAdmin {
-            device: device.clone(),
-            session_id: resp.session_id,
-            area: resp.area,
-            keys,
-            seq: Mutex::new(1),
-        });
+        let (admin, resp) = authenticate(device, tenant, secret, opts, &prefix).map_err(|e| e.recontext(&ctx))?;
         let hb_ms = if resp.heartbeat_interval_ms == 0 {
             match resp.session_timeout_ms {
                 0 => DEFAULT_HEARTBEAT_MS,
@@ -232,42 +223,22 @@ impl Session {
             log::warn!("{ctx}: asked for {} queues, the device allows {}", opts.queues, resp.max_queues);
         }
         log::debug!("{ctx}: session {:#x} in area {}, heartbeat every {hb_ms} ms", info.session_id, info.area);
-
-        // From here on, undo what was created if anything fails.
-        let mut created: Vec<u32> = Vec::new();
-        let mut channels = Vec::new();
-        let setup = (|| -> Result<()> {
-            let t = device.transport();
-            let g = device.geometry();
-            for index in 0..want as usize {
-                let resp = admin
-                    .call(AdminOp::CreateQueue, |r| r.qos = opts.qos)
-                    .map_err(|e| e.recontext(format!("{ctx}: create queue {index}")))?;
-                let queue_id = resp.queue_id;
-                created.push(queue_id);
-                if queue_id >= g.total_queues() || created[..index].contains(&queue_id) {
-                    return Err(Error::new(
-                        ErrorKind::Protocol,
-                        format!("{ctx}: device granted queue {queue_id} (device has {} queues)", g.total_queues()),
-                    ));
-                }
-                let alloc =
-                    |what: &str, e| Error::new(ErrorKind::Access, format!("{ctx}: allocate {what} buffer")).with_source(e);
-                let req = t.alloc_buf(SLOT_SIZE as usize).map_err(|e| alloc("request", e))?;
-                let resp = t.alloc_buf(SLOT_SIZE as usize).map_err(|e| alloc("response", e))?;
-                channels.push(Channel::new(index, queue_id, req, resp));
-            }
-            Ok(())
-        })();
-        if let Err(e) = setup {
-            for &queue_id in &created {
-                let _ = admin.raw(AdminOp::DeleteQueue, |r| r.queue_id = queue_id);
-            }
-            let _ = admin.raw(AdminOp::CloseSession, |_| {});
-            return Err(e);
+        let channels = create_channels(device, &admin, want, opts.qos, &ctx)?;
+        let keys = admin.keys.clone();
+        let engine = Arc::new(Engine::new(device.clone(), pid, info.session_id, keys, opts.protection, channels));
+        let admin: AdminSlot = Arc::new(RwLock::new(Arc::new(admin)));
+        if let Some(timeout) = opts.failover_timeout {
+            let again = Reopen {
+                device: device.clone(),
+                tenant: tenant.to_string(),
+                secret: zeroize::Zeroizing::new(secret.to_vec()),
+                opts: opts.clone(),
+                prefix,
+                want,
+                admin: admin.clone(),
+            };
+            engine.enable_failover(Box::new(move |failed| again.reestablish(failed)), timeout);
         }
-
-        let engine = Arc::new(Engine::new(device.clone(), pid, info.session_id, admin.keys.clone(), opts.protection, channels));
         let session = Session {
             device: device.clone(),
             tenant: tenant.to_string(),
@@ -294,8 +265,8 @@ impl Session {
     /// request with [`SessionKeys::seal_request`] and open each response with
     /// [`SessionKeys::open_response`] and [`Session::protection`]. Request IDs must come
     /// from [`Session::reserve_request_ids`].
-    pub fn keys(&self) -> &Arc<SessionKeys> {
-        &self.admin.keys
+    pub fn keys(&self) -> Arc<SessionKeys> {
+        self.engine.keys()
     }
 
     /// How this session's responses are protected.
@@ -315,9 +286,21 @@ impl Session {
         &self.info
     }
 
-    /// Global IDs of the session's queues.
-    pub fn queue_ids(&self) -> &[u32] {
+    /// Global IDs of the session's queues (now: a failover gives new ones).
+    pub fn queue_ids(&self) -> Vec<u32> {
         self.engine.queue_ids()
+    }
+
+    /// The device's ID of the session now (a failover opens a new one; [`Session::info`]
+    /// describes the session as first opened).
+    pub fn current_session_id(&self) -> u64 {
+        self.engine.session_id()
+    }
+
+    /// Times the session was re-established after the device lost it (see
+    /// [`SessionOptions::failover_timeout`]).
+    pub fn failovers(&self) -> u64 {
+        self.engine.failovers()
     }
 
     /// The device this session runs on.
@@ -483,18 +466,19 @@ impl Session {
             let _ = hb.thread.join();
         }
         self.engine.drain();
-        let ctx = format!("close session {:#x} on {}", self.info.session_id, self.device.describe());
+        let ctx = format!("close session {:#x} on {}", self.engine.session_id(), self.device.describe());
         if let Some(why) = self.engine.health().dead() {
             return Err(Error::new(ErrorKind::Closed, format!("{ctx}: session already lost: {why}")));
         }
+        let admin = current(&self.admin);
         let mut first: Option<Error> = None;
-        for &q in self.engine.queue_ids() {
-            if let Err(e) = self.admin.call(AdminOp::DeleteQueue, |r| r.queue_id = q) {
+        for q in self.engine.queue_ids() {
+            if let Err(e) = admin.call(AdminOp::DeleteQueue, |r| r.queue_id = q) {
                 log::warn!("{ctx}: delete queue {q}: {}", Chain(&e));
                 first.get_or_insert(e.recontext(format!("{ctx}: delete queue {q}")));
             }
         }
-        if let Err(e) = self.admin.call(AdminOp::CloseSession, |_| {}) {
+        if let Err(e) = admin.call(AdminOp::CloseSession, |_| {}) {
             first.get_or_insert(e.recontext(&ctx));
         }
         match first {
@@ -525,29 +509,156 @@ impl Drop for Session {
 }
 
 /// Starts the thread that heartbeats `session` every `heartbeat_interval` until told
-/// to stop, marking the session dead when the device answers `BadSession`.
+/// to stop. When the device has lost the session (`BadSession`, or the admin exchange
+/// fails: a `pov-dpud` that died) it starts the failover (or, without failover, marks
+/// the session dead).
 fn start_heartbeat(session: &Session) -> io::Result<Heartbeat> {
     let (stop, rx) = mpsc::channel::<()>();
-    let admin = Arc::clone(&session.admin);
-    let health: Arc<Health> = Arc::clone(session.engine.health());
-    let session_id = session.info.session_id;
+    let slot = Arc::clone(&session.admin);
+    let engine = Arc::clone(&session.engine);
     let interval = session.info.heartbeat_interval;
     let thread = std::thread::Builder::new().name("pov-heartbeat".into()).spawn(move || loop {
         match rx.recv_timeout(interval) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        match admin.raw(AdminOp::Heartbeat, |_| {}) {
+        let admin = current(&slot);
+        let (generation, session_id) = (engine.generation(), admin.session_id);
+        let lost = match admin.raw(AdminOp::Heartbeat, |_| {}) {
             Ok(r) if r.status().is_ok() => {
-                health.heartbeat_acked();
+                engine.health().heartbeat_acked();
+                None
             }
             Ok(r) if r.status() == Status::BadSession => {
-                health.mark_dead(format!("the device reclaimed session {session_id:#x} (heartbeat answered {:?})", r.status()));
+                Some((format!("the device reclaimed session {session_id:#x} (heartbeat answered {:?})", r.status()), None))
+            }
+            Ok(r) => {
+                log::warn!("heartbeat for session {session_id:#x}: device answered {} ({:?})", r.status(), r.status());
+                None
+            }
+            Err(e) if e.kind() == &ErrorKind::Access => {
+                Some((format!("heartbeat for session {session_id:#x}: {}", Chain(&e)), Some(admin.device.transport())))
+            }
+            Err(e) => {
+                log::warn!("heartbeat for session {session_id:#x}: {}", Chain(&e));
+                None
+            }
+        };
+        if let Some((why, failed)) = lost {
+            let e = io::Error::new(io::ErrorKind::NotConnected, why);
+            if engine.recover(generation, failed.as_ref(), &e).is_err() {
+                engine.health().mark_dead(e.to_string());
                 return;
             }
-            Ok(r) => log::warn!("heartbeat for session {session_id:#x}: device answered {} ({:?})", r.status(), r.status()),
-            Err(e) => log::warn!("heartbeat for session {session_id:#x}: {}", Chain(&e)),
         }
     })?;
     Ok(Heartbeat { stop, thread })
+}
+
+/// Hello + OpenSession for `tenant`: the admin channel of the new session and the
+/// device's answer.
+fn authenticate(
+    device: &Device,
+    tenant: &str,
+    secret: &[u8],
+    opts: &SessionOptions,
+    prefix: &str,
+) -> Result<(SessionAdmin, AdminResponse)> {
+    let pid = std::process::id();
+    // Challenge-response (pov_proto::crypto): the secret itself never crosses.
+    let nc: [u8; crypto::NONCE_LEN] = crypto::random();
+    let mut hello = admin_request(AdminOp::Hello);
+    hello.tenant = tenant.to_string();
+    hello.nonce = nc;
+    let challenge = device.admin(hello, None)?;
+    let mut flags = 0;
+    if opts.read_only {
+        flags |= GRANT_READ_ONLY;
+    }
+    if opts.protection == Protection::IntegrityOnly {
+        flags |= GRANT_INTEGRITY_ONLY;
+    }
+    let nd = challenge.device_nonce;
+    let mut open = admin_request(AdminOp::OpenSession);
+    open.exchange_id = challenge.exchange_id;
+    open.grant_flags = flags;
+    open.prefix = prefix.to_string();
+    open.mac = crypto::open_proof(secret, tenant, &nc, &nd, pid, flags, prefix);
+    let resp = device.admin(open, None)?;
+    let keys = Arc::new(SessionKeys::derive(secret, &nc, &nd, tenant, resp.session_id));
+    let admin = SessionAdmin { device: device.clone(), session_id: resp.session_id, area: resp.area, keys, seq: Mutex::new(1) };
+    Ok((admin, resp))
+}
+
+/// Creates `want` queues of class `qos` in `admin`'s session, with their buffers;
+/// undoes everything (queues and the session) if a step fails.
+fn create_channels(device: &Device, admin: &SessionAdmin, want: u32, qos: QosClass, ctx: &str) -> Result<Vec<Channel>> {
+    let mut created: Vec<u32> = Vec::new();
+    let mut channels = Vec::new();
+    let setup = (|| -> Result<()> {
+        let t = device.transport();
+        let g = device.geometry();
+        for index in 0..want as usize {
+            let resp = admin
+                .call(AdminOp::CreateQueue, |r| r.qos = qos)
+                .map_err(|e| e.recontext(format!("{ctx}: create queue {index}")))?;
+            let queue_id = resp.queue_id;
+            created.push(queue_id);
+            if queue_id >= g.total_queues() || created[..index].contains(&queue_id) {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!("{ctx}: device granted queue {queue_id} (device has {} queues)", g.total_queues()),
+                ));
+            }
+            let alloc = |what: &str, e| Error::new(ErrorKind::Access, format!("{ctx}: allocate {what} buffer")).with_source(e);
+            let req = t.alloc_buf(SLOT_SIZE as usize).map_err(|e| alloc("request", e))?;
+            let resp = t.alloc_buf(SLOT_SIZE as usize).map_err(|e| alloc("response", e))?;
+            channels.push(Channel::new(index, queue_id, req, resp));
+        }
+        Ok(())
+    })();
+    if let Err(e) = setup {
+        for &queue_id in &created {
+            let _ = admin.raw(AdminOp::DeleteQueue, |r| r.queue_id = queue_id);
+        }
+        let _ = admin.raw(AdminOp::CloseSession, |_| {});
+        return Err(e);
+    }
+    Ok(channels)
+}
+
+/// What a failover needs to open the session again (the secret is wiped on drop).
+struct Reopen {
+    device: Device,
+    tenant: String,
+    secret: zeroize::Zeroizing<Vec<u8>>,
+    opts: SessionOptions,
+    prefix: String,
+    want: u32,
+    admin: AdminSlot,
+}
+
+impl Reopen {
+    /// Reconnects the device if its transport failed, opens a new session with the
+    /// same secret and options and creates its queues; installs its admin channel.
+    fn reestablish(&self, failed: Option<&Arc<dyn crate::transport::BlockTransport>>) -> Result<Fresh> {
+        if let Some(t) = failed {
+            self.device.reconnect_from(t, std::time::Instant::now() + Duration::from_secs(2))?;
+        }
+        let ctx = format!("re-open session for tenant {:?} on {}", self.tenant, self.device.describe());
+        let (admin, resp) = match authenticate(&self.device, &self.tenant, &self.secret, &self.opts, &self.prefix) {
+            Ok(x) => x,
+            Err(e) if e.kind() == &ErrorKind::Access => {
+                // The transport this session did not see fail may be dead as well.
+                self.device.reconnect_from(&self.device.transport(), std::time::Instant::now() + Duration::from_secs(2))?;
+                authenticate(&self.device, &self.tenant, &self.secret, &self.opts, &self.prefix)?
+            }
+            Err(e) => return Err(e),
+        };
+        let want = if resp.max_queues > 0 { self.want.min(resp.max_queues) } else { self.want };
+        let channels = create_channels(&self.device, &admin, want, self.opts.qos, &ctx)?;
+        let fresh = Fresh { session_id: admin.session_id, keys: admin.keys.clone(), channels };
+        *self.admin.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(admin);
+        Ok(fresh)
+    }
 }

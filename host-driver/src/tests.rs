@@ -299,7 +299,8 @@ fn heartbeats_run_and_a_reclaimed_session_is_surfaced() {
         c.session_timeout_ms = 500;
     });
     let dev = stack.device();
-    let s = Session::open(&dev, TENANT, SECRET, 1).unwrap();
+    let no_failover = crate::SessionOptions { queues: 1, failover_timeout: None, ..Default::default() };
+    let s = Session::open_with(&dev, TENANT, SECRET, &no_failover).unwrap();
     assert_eq!(s.info().heartbeat_interval, Duration::from_millis(5));
     let f = s.create("/hb").unwrap();
     let t0 = Instant::now();
@@ -323,6 +324,46 @@ fn heartbeats_run_and_a_reclaimed_session_is_surfaced() {
     drop(f);
     let e = s.close().unwrap_err();
     assert_eq!(e.kind(), &ErrorKind::Closed);
+}
+
+/// With failover (the default), a session the device reclaimed is opened again by
+/// itself: its open file is opened again under the new session and keeps working, and
+/// what was written before is there.
+#[test]
+fn a_reclaimed_session_fails_over_and_its_files_keep_working() {
+    let stack = Stack::start(|c| {
+        c.heartbeat_interval_ms = 5;
+        c.session_timeout_ms = 500;
+    });
+    let dev = stack.device();
+    let s = Session::open(&dev, TENANT, SECRET, 2).unwrap();
+    let first_id = s.info().session_id;
+    let f = s.create("/fo").unwrap();
+    f.write_at(b"before", 0).unwrap();
+    stack.faults().lose_heartbeats(true);
+    stack.wait_for("the device to reclaim the session", |st| st.sessions_reclaimed >= 1);
+    stack.faults().lose_heartbeats(false);
+    let t0 = Instant::now();
+    while s.failovers() == 0 {
+        assert!(t0.elapsed() < PATIENCE, "the reclaimed session never failed over");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.check().unwrap();
+    f.write_at(b"-after", 6).unwrap();
+    let mut buf = [0u8; 12];
+    assert_eq!(f.read_at(&mut buf, 0).unwrap(), 12);
+    assert_eq!(&buf, b"before-after");
+    assert_ne!(f.handle(), 0, "the file was opened again");
+    assert_eq!(s.queue_ids().len(), 2, "the queues were created again");
+    assert_ne!(s.current_session_id(), first_id, "a new session");
+    let (h0, t0) = (s.heartbeats(), Instant::now());
+    while s.heartbeats() <= h0 + 2 {
+        assert!(t0.elapsed() < PATIENCE, "heartbeats did not resume on the new session");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.check().unwrap();
+    drop(f);
+    s.close().unwrap();
 }
 
 #[test]

@@ -112,6 +112,13 @@ pub trait BlockTransport: Send + Sync {
     /// Errors: the first failed op's error (an IO error completion, a short transfer,
     /// an invalid op per [`BlockOp::check`]).
     fn submit(&self, lane: Lane, ops: &mut [BlockOp<'_>]) -> io::Result<()>;
+
+    /// Gives up on this transport (the session is moving to a new connection): IO
+    /// waiting for a device that will never answer (a `pov-dpud` that died) returns an
+    /// error within about 100 ms instead of waiting on, and nothing is submitted any
+    /// more. Default: nothing to do (a kernel block device finishes or fails its IO by
+    /// itself).
+    fn abandon(&self) {}
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,7 +40,14 @@ pub struct VhostUserTransport {
     path: PathBuf,
     capacity: u64,
     timeout: Option<Duration>,
+    /// Set by [`BlockTransport::abandon`].
+    abandoned: AtomicBool,
 }
+
+/// Longest wait for one admin exchange's IO: admin requests never wait for a proxy, so
+/// a device silent this long is gone (a `pov-dpud` that died), and the session moves on
+/// (`crate::session`, "failover").
+pub const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Which libblkio queue carries `lane` when there are `n` queues: the last one is kept
 /// for admin traffic when `n > 1`.
@@ -93,7 +101,15 @@ impl VhostUserTransport {
             return Err(io::Error::other(format!("{}: libblkio started no queues", socket.display())));
         }
         log::debug!("{}: connected, {} queue(s) of {max}, capacity {capacity} bytes", socket.display(), queues.len());
-        Ok(VhostUserTransport { queues, pool, _blkio: blkio, path: socket.to_path_buf(), capacity, timeout })
+        Ok(VhostUserTransport {
+            queues,
+            pool,
+            _blkio: blkio,
+            path: socket.to_path_buf(),
+            capacity,
+            timeout,
+            abandoned: AtomicBool::new(false),
+        })
     }
 
     /// Number of libblkio queues in use.
@@ -103,6 +119,10 @@ impl VhostUserTransport {
 }
 
 impl BlockTransport for VhostUserTransport {
+    fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+    }
+
     fn describe(&self) -> String {
         format!("vhost-user:{}", self.path.display())
     }
@@ -128,11 +148,19 @@ impl BlockTransport for VhostUserTransport {
         if ops.is_empty() {
             return Ok(());
         }
+        if self.abandoned.load(Ordering::Acquire) {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, format!("{}: connection abandoned", self.describe())));
+        }
         let qi = queue_for(lane, self.queues.len());
         let mut st = self.queues[qi].lock().unwrap_or_else(|e| e.into_inner());
         if let Some(why) = &st.broken {
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, format!("libblkio queue {qi} retired: {why}")));
         }
+        // Admin exchanges never wait for a proxy: a short bound tells a dead device.
+        let timeout = match lane {
+            Lane::Admin => Some(self.timeout.map_or(ADMIN_IO_TIMEOUT, |t| t.min(ADMIN_IO_TIMEOUT))),
+            Lane::Data(_) => self.timeout,
+        };
         for (i, op) in ops.iter_mut().enumerate() {
             let ptr = op.buf.ptr_at(op.buf_offset);
             // The buffer stays borrowed (and so alive and unmoved) until blkio_reap below
@@ -142,7 +170,7 @@ impl BlockTransport for VhostUserTransport {
                 Dir::Write => st.q.write(op.dev_offset, ptr, op.len, i, ReqFlags::empty()),
             }
         }
-        let reaped = match blkio_reap(&mut st.q, ops.len(), self.timeout) {
+        let reaped = match blkio_reap(&mut st.q, ops.len(), timeout, &self.abandoned) {
             Ok(r) => r,
             Err(e) => {
                 // Requests may still be in flight: never touch this queue or these
