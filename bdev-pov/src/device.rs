@@ -11,6 +11,7 @@
 
 use crate::admin::{AdminOutcome, AdminState};
 use crate::block::{BlockCompletion, BlockDevice, BlockOp, BlockRequest, BlockStatus, Completions};
+use crate::forward::health::conn_bit;
 use crate::forward::{Forwarder, GatherStats, Gathering, GatheringControl, Outcome, RoundRobin, Router};
 use crate::queue::{copy_out, Queue, SlotWrite};
 use crate::session::{Handle, Session, SessionState};
@@ -151,21 +152,9 @@ pub struct DeviceStats {
     /// exchange (the host retries with another).
     pub admin_mailbox_busy: u64,
     pub proxies_connected: u32,
-    /// Proxies declared down now (requests go to the others; see `forward::health`).
-    pub proxies_down: u32,
-    /// Times a proxy was declared down.
-    pub proxy_downs: u64,
-    /// Requests sent to a proxy other than their queue's home one (it was down).
-    pub rerouted: u64,
-    /// Idempotent requests resent after their proxy failed before answering.
-    pub resent: u64,
-    /// Liveness pings sent.
-    pub pings: u64,
-    /// Requests held because no proxy could take them (sent when one came back, or
-    /// failed `Unavailable` at their deadline).
-    pub held: u64,
-    /// Each proxy connection's state.
-    pub proxies: Vec<crate::forward::ProxyState>,
+    /// Proxy failover counters and each proxy's state (flattened into the JSON).
+    #[serde(flatten)]
+    pub failover: crate::forward::FailoverStats,
     pub stale_proxy_responses: u64,
     /// Frames per send and per receive on the proxy connections (gathering IO).
     pub gathering: GatherStats,
@@ -213,15 +202,6 @@ struct Retry {
     tries: u32,
     /// The first try's deadline: a resent request never gets more time.
     deadline: Instant,
-}
-
-/// Bit of connection `i` in [`Retry::tried`].
-fn conn_bit(i: usize) -> u64 {
-    if i < 64 {
-        1 << i
-    } else {
-        0
-    }
 }
 
 /// Everything of a PoV device but its forwarder (so that answers can be finished
@@ -354,10 +334,7 @@ impl PovDevice {
         s.queues = self.st.queues.len() as u32;
         s.in_flight = f.in_flight;
         s.proxies_connected = f.proxies_connected;
-        s.proxies_down = f.proxies_down;
-        s.proxy_downs = f.proxy_downs;
-        s.pings = f.pings;
-        s.proxies = self.fwd.proxy_states();
+        self.fwd.fill_failover(&mut s.failover);
         s.stale_proxy_responses = f.stale_responses;
         s.block_io_errors = self.st.out.errors;
         s.gathering = GatherStats::from_counters(f.transport);
@@ -467,8 +444,8 @@ impl PovDevice {
             }
             match self.fwd.send_until(conn, view, payload, ctx, retry.deadline) {
                 Ok(_) => {
-                    self.st.stats.rerouted += u64::from(conn != owner.proxy);
-                    self.st.stats.resent += u64::from(resend);
+                    self.st.stats.failover.rerouted += u64::from(conn != owner.proxy);
+                    self.st.stats.failover.resent += u64::from(resend);
                     return;
                 }
                 // The device is stopping, or the request cannot be encoded.
@@ -497,7 +474,7 @@ impl PovDevice {
         }
         // A proxy that comes back is a new incarnation: it may be tried again.
         retry.tried = 0;
-        self.st.stats.held += 1;
+        self.st.stats.failover.held += 1;
         self.st.held.push((r, retry));
     }
 
@@ -508,7 +485,7 @@ impl PovDevice {
             return false;
         }
         let now = Instant::now();
-        let usable = (0..self.fwd.conns()).any(|i| self.fwd.usable(i));
+        let usable = self.fwd.any_usable();
         let mut busy = false;
         for (r, retry) in std::mem::take(&mut self.st.held) {
             if now >= retry.deadline {

@@ -798,7 +798,7 @@ fn parked_read_and_proxy_unavailable() {
     assert_eq!(open_file(&mut h, &s, q, 10, "/x", flags::CREATE).0, Status::Unavailable);
     let waited = t0.elapsed();
     assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(2), "held until its deadline: {waited:?}");
-    assert!(h.dev.stats().held >= 1);
+    assert!(h.dev.stats().failover.held >= 1);
 }
 
 #[test]

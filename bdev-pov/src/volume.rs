@@ -34,6 +34,7 @@
 
 use crate::block::{BlockCompletion, BlockDevice, BlockOp, BlockRequest, BlockStatus, Completions};
 use crate::device::parse_endpoints;
+use crate::forward::health::conn_bit;
 use crate::forward::{Forwarder, GatherStats, Gathering, GatheringControl, Outcome, RoundRobin, RouteKey, Router};
 use pov_proto::io::{flags, Op, SdkHint};
 use pov_proto::wire::{ProxyRequestView, ProxyResponse};
@@ -287,21 +288,9 @@ pub struct VolumeStats {
     pub in_flight: u32,
     /// Proxy connections up.
     pub proxies_connected: u32,
-    /// Proxies declared down now (pieces go to the others; see `forward::health`).
-    pub proxies_down: u32,
-    /// Times a proxy was declared down.
-    pub proxy_downs: u64,
-    /// Pieces sent to a proxy other than the one round-robin chose (it was down).
-    pub rerouted: u64,
-    /// Pieces resent after their proxy failed before answering.
-    pub resent: u64,
-    /// Liveness pings sent.
-    pub pings: u64,
-    /// Pieces held because no proxy could take them (sent when one came back, or
-    /// failed at their deadline).
-    pub held: u64,
-    /// Each proxy connection's state.
-    pub proxies: Vec<crate::forward::ProxyState>,
+    /// Proxy failover counters and each proxy's state (flattened into the JSON).
+    #[serde(flatten)]
+    pub failover: crate::forward::FailoverStats,
     /// Frames per send and per receive on the proxy connections (gathering IO).
     pub gathering: GatherStats,
 }
@@ -362,15 +351,6 @@ enum Dispatched {
     /// It cannot be sent at all (its buffer is unreadable, it cannot be encoded, the
     /// device is stopping).
     Failed,
-}
-
-/// Bit of connection `i` in [`Piece::tried`].
-fn conn_bit(i: usize) -> u64 {
-    if i < 64 {
-        1 << i
-    } else {
-        0
-    }
 }
 
 /// A FLUSH waiting for the WRITEs submitted before it.
@@ -503,10 +483,7 @@ impl VolumeDevice {
         s.timeouts = f.timeouts;
         s.stale_proxy_responses = f.stale_responses;
         s.proxies_connected = f.proxies_connected;
-        s.proxies_down = f.proxies_down;
-        s.proxy_downs = f.proxy_downs;
-        s.pings = f.pings;
-        s.proxies = self.fwd.proxy_states();
+        self.fwd.fill_failover(&mut s.failover);
         s.gathering = GatherStats::from_counters(f.transport);
         (s.state, s.open_error) = match &self.st.open {
             OpenState::Ready => ("ready", None),
@@ -610,7 +587,7 @@ impl VolumeDevice {
             Dispatched::Sent => {}
             Dispatched::NoProxy(p) if !self.st.stopping => {
                 // Held until a proxy is usable or its deadline passes.
-                self.st.stats.held += 1;
+                self.st.stats.failover.held += 1;
                 self.st.held.push(Piece { tried: 0, ..p });
             }
             Dispatched::NoProxy(_) | Dispatched::Failed => return false,
@@ -644,8 +621,8 @@ impl VolumeDevice {
             match fwd.send_until(conn, req, payload, p, deadline) {
                 Ok(_) => {
                     st.stats.proxy_requests += 1;
-                    st.stats.resent += u64::from(resend);
-                    st.stats.rerouted += u64::from(conn != home);
+                    st.stats.failover.resent += u64::from(resend);
+                    st.stats.failover.rerouted += u64::from(conn != home);
                     if op == Op::VolumeFlush {
                         st.flushes_out[conn] += 1;
                     }
@@ -728,7 +705,7 @@ impl VolumeDevice {
             return false;
         }
         let now = Instant::now();
-        let usable = (0..self.fwd.conns()).any(|i| self.fwd.usable(i));
+        let usable = self.fwd.any_usable();
         let mut busy = false;
         for p in std::mem::take(&mut self.st.held) {
             if now >= p.deadline || (!usable && self.st.stopping) {
@@ -758,7 +735,7 @@ impl VolumeDevice {
             let failed = match self.dispatch(p, home) {
                 Dispatched::Sent => false,
                 Dispatched::NoProxy(p) if !self.st.stopping && Instant::now() < p.deadline => {
-                    self.st.stats.held += 1;
+                    self.st.stats.failover.held += 1;
                     self.st.held.push(Piece { tried: 0, ..p });
                     false
                 }

@@ -364,7 +364,7 @@ fn timeout_unreachable_and_recovery() {
     assert_eq!(h.io(BlockOp::Write, 0, vec![1; 512]).0, BlockStatus::IoErr);
     let waited = t0.elapsed();
     assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(2), "held until its deadline: {waited:?}");
-    assert!(h.dev.stats().held >= 1);
+    assert!(h.dev.stats().failover.held >= 1);
     // A write submitted while the proxy is away completes once it is up: a delay, not
     // an error.
     c.request_timeout_ms = 5_000;
@@ -575,7 +575,7 @@ fn gathering_window_never_delays_a_lone_request() {
     assert_eq!(h.wait(tr).0, BlockStatus::Ok);
     assert_eq!(h.wait(tw).0, BlockStatus::Ok);
     let s = h.dev.stats();
-    assert_eq!(s.gathering.frames_sent - s.pings, 3, "pings aside (the 300 ms write draws one)");
+    assert_eq!(s.gathering.frames_sent - s.failover.pings, 3, "pings aside (the 300 ms write draws one)");
 }
 
 /// Proxy failover (`forward::health`): of two proxies fronting one store, one fails;
@@ -601,10 +601,10 @@ fn failover(fail: Behaviour) -> Duration {
     assert_eq!(st, BlockStatus::Ok);
     assert!(back == data, "read back what was written");
     let s = h.dev.stats();
-    assert!(s.resent >= 1 || fail.hang_up, "a piece sent to the failed proxy was resent: {s:?}");
-    assert!(s.rerouted >= 2, "later pieces avoid the failed proxy: {s:?}");
-    assert_eq!((s.proxies_down, s.proxy_downs), (1, 1), "{s:?}");
-    assert_eq!(s.proxies[0].state, "down");
+    assert!(s.failover.resent >= 1 || fail.hang_up, "a piece sent to the failed proxy was resent: {s:?}");
+    assert!(s.failover.rerouted >= 2, "later pieces avoid the failed proxy: {s:?}");
+    assert_eq!((s.failover.proxies_down, s.failover.proxy_downs), (1, 1), "{s:?}");
+    assert_eq!(s.failover.proxies[0].state, "down");
     assert_eq!(s.errors, 0);
     let log = store.log.lock().unwrap();
     assert!(log.iter().all(|e| e.0 == 1), "only the survivor executed anything: {log:?}");
@@ -639,11 +639,11 @@ fn a_proxy_that_comes_back_rejoins() {
     for i in 0..4u64 {
         assert_eq!(h.io(BlockOp::Write, i * 4096, pattern(i, 4096)).0, BlockStatus::Ok, "served by the survivor");
     }
-    assert_eq!(h.dev.stats().proxies[0].state, "down");
+    assert_eq!(h.dev.stats().failover.proxies[0].state, "down");
     serve(TcpListener::bind(&gone).unwrap(), store.clone(), 0, Behaviour::default());
     let t0 = Instant::now();
-    while h.dev.stats().proxies[0].state == "down" {
-        assert!(t0.elapsed() < Duration::from_secs(5), "the proxy never rejoined: {:?}", h.dev.stats().proxies);
+    while h.dev.stats().failover.proxies[0].state == "down" {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the proxy never rejoined: {:?}", h.dev.stats().failover.proxies);
         h.pump();
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -115,12 +115,7 @@ fn proxies_killed_and_black_holed_lose_nothing_and_rejoin() {
 
     let seen = Arc::new(Seen::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|i| {
-            let (spec, seen, stop) = (spec.clone(), seen.clone(), stop.clone());
-            std::thread::spawn(move || worker(spec, i, seen, stop))
-        })
-        .collect();
+    let workers = start_workers(&spec, WORKERS, &seen, &stop);
     let (steady, steady_ios) = phase(&seen, 2, || {});
     let all_up = proxies_state(&stack);
     assert!(all_up.iter().all(|p| p.1 == "up"), "every proxy in use before the faults: {all_up:?}");
@@ -146,18 +141,9 @@ fn proxies_killed_and_black_holed_lose_nothing_and_rejoin() {
         assert_eq!(unsafe { libc::kill(stopped_pid, libc::SIGCONT) }, 0);
         extra[0] = spawn_proxy(&stack.backend_spec, &endpoints_addr(&extra[0].1), &args);
     });
-    let mut st = proxies_state(&stack);
-    while st.iter().any(|p| p.1 == "down") {
-        assert!(t_back.elapsed() < Duration::from_secs(10), "a proxy never rejoined: {st:?}");
-        std::thread::sleep(Duration::from_millis(50));
-        st = proxies_state(&stack);
-    }
-    let rejoin = t_back.elapsed();
+    let rejoin = wait_until_none_down(&stack, t_back, |st| st.iter().any(|p| p.1 == "down"));
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().expect("worker panicked");
-    }
+    stop_workers(&stop, workers);
 
     let errors = seen.errors.lock().unwrap().clone();
     let stats = device_stats(&stack);
@@ -180,7 +166,13 @@ fn proxies_killed_and_black_holed_lose_nothing_and_rejoin() {
     assert!(holed < Duration::from_secs(4), "a black hole is left within the bound: {holed:?}");
 
     // Nothing acknowledged is lost: every block reads back as last acknowledged.
-    let dev = Device::open(&spec).unwrap();
+    let n = verify_acked(&spec, &seen);
+    println!("  verified {n} acknowledged blocks after the faults");
+}
+
+/// Reads back every block the workers had acknowledged; returns how many.
+fn verify_acked(spec: &str, seen: &Seen) -> usize {
+    let dev = Device::open(spec).unwrap();
     let s = Session::open(&dev, "acme", SECRET.as_bytes(), 1).unwrap();
     let acked = seen.acked.lock().unwrap().clone();
     let mut buf = vec![0u8; BLOCK];
@@ -189,8 +181,46 @@ fn proxies_killed_and_black_holed_lose_nothing_and_rejoin() {
         assert_eq!(f.read_at(&mut buf, block * BLOCK as u64).unwrap(), BLOCK);
         assert!(buf == pattern(BLOCK, *seed), "worker {i} block {block}: acknowledged data lost");
     }
-    println!("  verified {} acknowledged blocks after the faults", acked.len());
     s.close().ok();
+    acked.len()
+}
+
+/// Writes pov-dpud's `save_config` to a file for a restart; returns its path.
+fn save_config(stack: &Stack) -> std::path::PathBuf {
+    let saved = rpc(&stack.rpc_sock, "save_config", json!({})).unwrap();
+    let cfg = stack.dir.path().join("saved.json");
+    std::fs::write(&cfg, saved.to_string()).unwrap();
+    cfg
+}
+
+/// Stops the workers and waits for them.
+fn stop_workers(stop: &AtomicBool, workers: Vec<std::thread::JoinHandle<()>>) {
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("worker panicked");
+    }
+}
+
+/// Waits (at most 10 s from `since`) until `down` no longer holds for the proxies'
+/// states; returns how long it took from `since`.
+fn wait_until_none_down(stack: &Stack, since: Instant, down: impl Fn(&[(String, String)]) -> bool) -> Duration {
+    let mut st = proxies_state(stack);
+    while down(&st) {
+        assert!(since.elapsed() < Duration::from_secs(10), "a proxy never rejoined: {st:?}");
+        std::thread::sleep(Duration::from_millis(50));
+        st = proxies_state(stack);
+    }
+    since.elapsed()
+}
+
+/// Starts `n` verified-IO workers on `spec`.
+fn start_workers(spec: &str, n: u64, seen: &Arc<Seen>, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            let (spec, seen, stop) = (spec.to_string(), seen.clone(), stop.clone());
+            std::thread::spawn(move || worker(spec, i, seen, stop))
+        })
+        .collect()
 }
 
 /// `HOST:PORT` → the `tls:` listen address.
@@ -222,30 +252,16 @@ fn a_partitioned_proxy_is_left_and_rejoins_when_the_link_heals() {
     let spec = format!("vhost-user:{}", sock.display());
     let seen = Arc::new(Seen::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..2)
-        .map(|i| {
-            let (spec, seen, stop) = (spec.clone(), seen.clone(), stop.clone());
-            std::thread::spawn(move || worker(spec, i, seen, stop))
-        })
-        .collect();
+    let workers = start_workers(&spec, 2, &seen, &stop);
     let (steady, steady_ios) = phase(&seen, 1, || {});
     assert_eq!(proxies_state(&stack)[0].1, "up", "the far proxy serves before the cut");
     let (cut, cut_ios) = phase(&seen, 4, || ns.set_link(false).expect("cut the link"));
     assert_eq!(proxies_state(&stack)[0].1, "down", "the partitioned proxy is down");
     let t_heal = Instant::now();
     ns.set_link(true).expect("heal the link");
-    let mut st = proxies_state(&stack);
-    while st[0].1 == "down" {
-        assert!(t_heal.elapsed() < Duration::from_secs(10), "never rejoined after the link healed: {st:?}");
-        std::thread::sleep(Duration::from_millis(50));
-        st = proxies_state(&stack);
-    }
-    let rejoin = t_heal.elapsed();
+    let rejoin = wait_until_none_down(&stack, t_heal, |st| st[0].1 == "down");
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().expect("worker panicked");
-    }
+    stop_workers(&stop, workers);
     drop(far);
     let errors = seen.errors.lock().unwrap().clone();
     println!("partition figures (2 proxies, one across a veth link in a netns, 2 hosts, 4 KiB write+read at QD1):");
@@ -265,22 +281,14 @@ fn a_single_proxy_restart_costs_a_delay_not_an_error() {
     let spec = stack.device_spec();
     let seen = Arc::new(Seen::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..2)
-        .map(|i| {
-            let (spec, seen, stop) = (spec.clone(), seen.clone(), stop.clone());
-            std::thread::spawn(move || worker(spec, i, seen, stop))
-        })
-        .collect();
+    let workers = start_workers(&spec, 2, &seen, &stop);
     let (steady, steady_ios) = phase(&seen, 1, || {});
     let mut restarts = Vec::new();
     for _ in 0..3 {
         let (longest, ios) = phase(&seen, 2, || stack.restart_proxy());
         restarts.push((longest, ios));
     }
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().expect("worker panicked");
-    }
+    stop_workers(&stop, workers);
     let errors = seen.errors.lock().unwrap().clone();
     let devs = rpc(&stack.rpc_sock, "pov_device_get_devices", json!({"name": "pov0"})).unwrap();
     println!("single-proxy restart figures (2 hosts, 4 KiB write+read at QD1):");
@@ -301,27 +309,17 @@ fn a_single_proxy_restart_costs_a_delay_not_an_error() {
 #[test]
 fn a_pov_dpud_restart_costs_a_delay_not_an_error() {
     let mut stack = Stack::start(json!({}));
-    let saved = rpc(&stack.rpc_sock, "save_config", json!({})).unwrap();
-    let cfg = stack.dir.path().join("saved.json");
-    std::fs::write(&cfg, saved.to_string()).unwrap();
+    let cfg = save_config(&stack);
     let spec = stack.device_spec();
     let seen = Arc::new(Seen::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..2)
-        .map(|i| {
-            let (spec, seen, stop) = (spec.clone(), seen.clone(), stop.clone());
-            std::thread::spawn(move || worker(spec, i, seen, stop))
-        })
-        .collect();
+    let workers = start_workers(&spec, 2, &seen, &stop);
     let (steady, steady_ios) = phase(&seen, 1, || {});
     let mut restarts = Vec::new();
     for _ in 0..2 {
         restarts.push(phase(&seen, 6, || stack.restart_dpud(Some(&cfg))));
     }
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().expect("worker panicked");
-    }
+    stop_workers(&stop, workers);
     let errors = seen.errors.lock().unwrap().clone();
     println!("pov-dpud restart figures (2 hosts, 4 KiB write+read at QD1, vhost-user):");
     println!("  steady:  {steady_ios:>6} IOs in 1 s, longest IO {steady:?}");
@@ -333,17 +331,8 @@ fn a_pov_dpud_restart_costs_a_delay_not_an_error() {
     assert!(restarts.iter().all(|(_, ios)| *ios > 0), "IO went on after each restart");
     assert!(seen.failovers.load(Ordering::Relaxed) >= 2, "the sessions failed over");
 
-    let dev = Device::open(&spec).unwrap();
-    let s = Session::open(&dev, "acme", SECRET.as_bytes(), 1).unwrap();
-    let acked = seen.acked.lock().unwrap().clone();
-    let mut buf = vec![0u8; BLOCK];
-    for ((i, block), seed) in &acked {
-        let f = OpenOptions::new().open(&s, &format!("/failover-{i}")).unwrap();
-        assert_eq!(f.read_at(&mut buf, block * BLOCK as u64).unwrap(), BLOCK);
-        assert!(buf == pattern(BLOCK, *seed), "worker {i} block {block}: acknowledged data lost");
-    }
-    println!("  verified {} acknowledged blocks after the restarts", acked.len());
-    s.close().ok();
+    let n = verify_acked(&spec, &seen);
+    println!("  verified {n} acknowledged blocks after the restarts");
 }
 
 /// The measured failure, as a user meets it: `pov-host cp -r` across a
@@ -352,9 +341,7 @@ fn a_pov_dpud_restart_costs_a_delay_not_an_error() {
 #[test]
 fn pov_host_cp_survives_a_pov_dpud_restart() {
     let mut stack = Stack::start(json!({}));
-    let saved = rpc(&stack.rpc_sock, "save_config", json!({})).unwrap();
-    let cfg = stack.dir.path().join("saved.json");
-    std::fs::write(&cfg, saved.to_string()).unwrap();
+    let cfg = save_config(&stack);
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     let mut bytes = 0usize;

@@ -133,6 +133,16 @@ pub(crate) enum Check {
     Down,
 }
 
+/// Bit of connection `i` in a request's set of connections tried (connections past 63
+/// are not tracked: a request may then be tried on one of them twice).
+pub(crate) fn conn_bit(i: usize) -> u64 {
+    if i < 64 {
+        1 << i
+    } else {
+        0
+    }
+}
+
 /// The connection a request whose home is `home` takes: `home` if it is usable and not
 /// `avoid`ed, else the next usable one after it in ring order that is not avoided;
 /// when none is usable, the first not avoided (from `home` on: its attempt may find

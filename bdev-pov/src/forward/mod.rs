@@ -78,6 +78,27 @@ pub struct ForwardStats {
     pub pings: u64,
 }
 
+/// Failover counters of a device (PoV device or plain volume), shown by
+/// `pov_device_get_devices`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FailoverStats {
+    /// Proxies declared down now (requests go to the others; see [`health`]).
+    pub proxies_down: u32,
+    /// Times a proxy was declared down.
+    pub proxy_downs: u64,
+    /// Requests sent to a proxy other than their home one (it was down).
+    pub rerouted: u64,
+    /// Requests resent after their proxy failed before answering (idempotent ones).
+    pub resent: u64,
+    /// Liveness pings sent.
+    pub pings: u64,
+    /// Requests held because no proxy could take them (sent when one came back, or
+    /// failed at their deadline).
+    pub held: u64,
+    /// Each proxy connection's state.
+    pub proxies: Vec<ProxyState>,
+}
+
 /// One proxy connection as `pov_device_get_devices` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProxyState {
@@ -152,9 +173,24 @@ impl<C> Forwarder<C> {
         self.health.get(i).is_some_and(Health::usable)
     }
 
+    /// `true` while some proxy is not declared down.
+    pub fn any_usable(&self) -> bool {
+        self.health.iter().any(Health::usable)
+    }
+
     /// `true` once [`Forwarder::shutdown`] ran: nothing is sent any more.
     pub fn stopping(&self) -> bool {
         self.stopping
+    }
+
+    /// Fills the forwarder's part of `f` (down proxies, pings, each proxy's state); the
+    /// device counts the rest.
+    pub fn fill_failover(&self, f: &mut FailoverStats) {
+        let s = self.stats();
+        f.proxies_down = s.proxies_down;
+        f.proxy_downs = s.proxy_downs;
+        f.pings = s.pings;
+        f.proxies = self.proxy_states();
     }
 
     /// Each connection's state, in endpoint order.
