@@ -581,25 +581,30 @@ fn gathering_window_never_delays_a_lone_request() {
 /// Proxy failover (`forward::health`): of two proxies fronting one store, one fails;
 /// every IO still completes `Ok` with the right data, through the survivor, and the
 /// failed one is shown down. `fail` makes proxy 0 fail: hang up (killed) or go silent
-/// (black-holed). Returns how long the first IO after the failure took.
+/// (black-holed). The first IO, a 4 MiB read (four pieces, round-robin puts two on the
+/// failed proxy), meets the failure; its time is returned.
 fn failover(fail: Behaviour) -> Duration {
     let store = Store::default();
     let good = fake_proxy(&store, 1, Behaviour::default());
-    // Open the volume through the good proxy; then serve through [bad, good].
+    // Write the data through the good proxy; then serve through [bad, good].
     let c = cfg("vfail", 4 * MIB as u64, std::slice::from_ref(&good));
     open_volume(&c, Duration::from_secs(5)).unwrap();
+    let data = pattern(9, 4 * MIB);
+    let mut direct = Harness::unopened(c);
+    assert_eq!(direct.io(BlockOp::Write, 0, data.clone()).0, BlockStatus::Ok);
     let bad = fake_proxy(&store, 0, fail);
     let mut h = Harness::unopened(cfg("vfail", 4 * MIB as u64, &[bad, good]));
+    let before = store.log.lock().unwrap().len();
     let t0 = Instant::now();
-    // Round-robin sends every other piece to the failed proxy: a 4 MiB write is four
-    // pieces, two of them there.
-    let data = pattern(9, 4 * MIB);
-    assert_eq!(h.io(BlockOp::Write, 0, data.clone()).0, BlockStatus::Ok, "write through the survivor");
-    let first = t0.elapsed();
-    assert_eq!(h.io(BlockOp::Flush, 0, vec![]).0, BlockStatus::Ok);
     let (st, back) = h.io(BlockOp::Read, 0, vec![0; 4 * MIB]);
-    assert_eq!(st, BlockStatus::Ok);
-    assert!(back == data, "read back what was written");
+    let first = t0.elapsed();
+    assert_eq!(st, BlockStatus::Ok, "read through the survivor");
+    assert!(back == data, "read what was written");
+    // The failed proxy is down: new writes go to the survivor only.
+    let data2 = pattern(10, 4 * MIB);
+    assert_eq!(h.io(BlockOp::Write, 0, data2.clone()).0, BlockStatus::Ok, "write through the survivor");
+    assert_eq!(h.io(BlockOp::Flush, 0, vec![]).0, BlockStatus::Ok);
+    assert!(h.io(BlockOp::Read, 0, vec![0; 4 * MIB]).1 == data2, "read back what was written");
     let s = h.dev.stats();
     assert!(s.failover.resent >= 1 || fail.hang_up, "a piece sent to the failed proxy was resent: {s:?}");
     assert!(s.failover.rerouted >= 2, "later pieces avoid the failed proxy: {s:?}");
@@ -607,7 +612,7 @@ fn failover(fail: Behaviour) -> Duration {
     assert_eq!(s.failover.proxies[0].state, "down");
     assert_eq!(s.errors, 0);
     let log = store.log.lock().unwrap();
-    assert!(log.iter().all(|e| e.0 == 1), "only the survivor executed anything: {log:?}");
+    assert!(log[before..].iter().all(|e| e.0 == 1), "only the survivor executed anything: {log:?}");
     first
 }
 
@@ -623,6 +628,40 @@ fn a_black_holed_proxy_is_declared_down_within_the_bound_and_loses_no_io() {
     let first = failover(Behaviour { silent: true, ..Default::default() });
     assert!(first >= DOWN_AFTER, "declared down only after an unanswered ping: {first:?}");
     assert!(first < PING_AFTER + DOWN_AFTER + Duration::from_millis(500), "within the bound: {first:?}");
+}
+
+/// A write caught on a proxy that went silent is not resent elsewhere (the proxy may
+/// be alive and run it late, over newer data): it waits for that proxy's answer and,
+/// the proxy staying silent, fails at its deadline — outcome unknown — while reads and
+/// new IO go on through the survivor.
+#[test]
+fn a_write_on_a_silent_proxy_waits_for_it_and_is_never_resent() {
+    let store = Store::default();
+    let good = fake_proxy(&store, 1, Behaviour::default());
+    let c = cfg("vsil", MIB as u64, std::slice::from_ref(&good));
+    open_volume(&c, Duration::from_secs(5)).unwrap();
+    let bad = fake_proxy(&store, 0, Behaviour { silent: true, ..Default::default() });
+    let mut c = cfg("vsil", MIB as u64, &[bad, good]);
+    c.request_timeout_ms = 3_000;
+    let mut h = Harness::unopened(c);
+    // Round-robin: the first piece goes to the silent proxy.
+    let t0 = Instant::now();
+    let w = h.submit(BlockOp::Write, 0, pattern(3, 4096));
+    // Meanwhile, once the proxy is down, other IO goes through the survivor.
+    while t0.elapsed() < Duration::from_millis(2000) {
+        h.pump();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(h.dev.stats().failover.proxies[0].state, "down");
+    assert_eq!(h.io(BlockOp::Write, 8192, pattern(4, 4096)).0, BlockStatus::Ok);
+    assert_eq!(h.io(BlockOp::Read, 8192, vec![0; 4096]), (BlockStatus::Ok, pattern(4, 4096)));
+    assert_eq!(h.wait(w).0, BlockStatus::IoErr, "the caught write fails at its deadline");
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(2900), "it waited for the silent proxy: {waited:?}");
+    let s = h.dev.stats();
+    assert_eq!(s.failover.resent, 0, "nothing was resent (reads after the down went to the survivor): {s:?}");
+    let log = store.log.lock().unwrap();
+    assert!(!log.iter().any(|e| e.1 == Op::VolumeWrite && e.2 == 0), "the caught write never ran elsewhere: {log:?}");
 }
 
 /// A proxy that is down is probed; once it answers again it takes its share back.

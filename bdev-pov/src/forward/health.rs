@@ -10,9 +10,19 @@
 //!   within `PING_AFTER + DOWN_AFTER` = 1.75 s, plus one poll).
 //!
 //! The proxy answers pings from its network loop, ahead of its backend, so a slow
-//! backend alone does not make its proxy look dead. Declaring a connection down drops
-//! its transport (whatever it had in flight fails with `Unavailable`, which the device
-//! may resend elsewhere) and starts probing: a new connection attempt carrying a ping,
+//! backend alone does not make its proxy look dead. A proxy down, new requests go to
+//! the others. What it had in flight:
+//!
+//! * a **broken** connection (the proxy process is gone): everything fails with
+//!   `Unavailable` at once, and the device may resend idempotent requests elsewhere;
+//! * a **silent** proxy (maybe only stalled: a stopped process, a partition that heals)
+//!   may still run what it holds, so requests that change nothing fail at once (and are
+//!   resent), while **data-changing requests wait for its answer** on the connection
+//!   they went out on, until their deadline (`Timeout`: outcome unknown). Resending a
+//!   write elsewhere would let the stale copy land after newer data — the failover test
+//!   lost an acknowledged block that way. When none is left the connection is reset.
+//!
+//! Then probing starts: a new connection attempt carrying a ping,
 //! [`FIRST_PROBE`] after it went down, then backing off to every [`PROBE_INTERVAL`];
 //! the first frame received on it makes the proxy usable again, so a proxy that comes
 //! back rejoins without a configuration change.
@@ -51,6 +61,9 @@ pub(crate) struct Health {
     pub probe_wait: Duration,
     /// Times this proxy was declared down.
     pub downs: u64,
+    /// Declared down by silence with data-changing requests still waiting on its
+    /// connection (see the module docs).
+    pub silent: bool,
 }
 
 impl Health {
@@ -63,6 +76,7 @@ impl Health {
             last_probe: None,
             probe_wait: FIRST_PROBE,
             downs: 0,
+            silent: false,
         }
     }
 
@@ -87,6 +101,7 @@ impl Health {
     pub(crate) fn heard(&mut self, now: Instant) -> bool {
         self.last_heard = now;
         self.ping = None;
+        self.silent = false;
         self.down_since.take().is_some()
     }
 

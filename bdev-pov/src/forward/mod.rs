@@ -117,6 +117,8 @@ struct Pending<C> {
     conn: usize,
     deadline: Instant,
     ctx: C,
+    /// The request changes data ([`Op::mutates`]): see [`health`], "silent proxies".
+    mutating: bool,
 }
 
 /// A device's proxy connections and requests in flight. See the module docs.
@@ -267,6 +269,7 @@ impl<C> Forwarder<C> {
         let tag = self.next_tag;
         req.tag = tag;
         req.load = self.conns[conn].in_flight;
+        let mutating = req.op.mutates(req.flags);
         if let Err(e) = req.encode_frame(payload, &mut self.frame) {
             log::warn!("{}: cannot encode proxy request: {e}", self.name);
             return Err((ctx, Status::Invalid));
@@ -284,7 +287,7 @@ impl<C> Forwarder<C> {
             let h = &mut self.health[conn];
             h.last_heard = h.last_heard.max(Instant::now());
         }
-        self.in_flight.insert(tag, Pending { conn, deadline, ctx });
+        self.in_flight.insert(tag, Pending { conn, deadline, ctx, mutating });
         Ok(tag)
     }
 
@@ -344,6 +347,18 @@ impl<C> Forwarder<C> {
             return false;
         }
         if !self.health[i].usable() {
+            let draining = self.conns[i].in_flight > 0;
+            if draining {
+                // A silent proxy's data-changing requests wait for its answer (or their
+                // deadline) on the connection they went out on; probes wait too.
+                return false;
+            }
+            if self.conns[i].is_up() && self.health[i].ping.is_none() && self.health[i].silent {
+                // The last one is done: close that connection (a reset, so that a
+                // proxy that is only stalled drops what it has not run) and probe anew.
+                self.health[i].silent = false;
+                self.conns[i].abort(fds);
+            }
             if self.health[i].ping.is_some_and(|(_, sent)| now.saturating_duration_since(sent) >= health::DOWN_AFTER) {
                 // The probe's connection came up (or hangs) but nothing answered.
                 self.health[i].ping = None;
@@ -366,11 +381,17 @@ impl<C> Forwarder<C> {
             Check::Ping => self.ping(i, now),
             Check::Down => {
                 self.declare_down(i, &format!("no answer to a ping within {:?}", health::DOWN_AFTER));
-                // Abort before anything is resent: a proxy that is only stalled sees
-                // the reset before it could run a stale request (pov-proxy drops the
-                // data-changing requests of a closed connection).
-                self.conns[i].abort(fds);
-                self.fail_where(|p| p.conn == i, Status::Unavailable, on_done);
+                // A silent proxy may be alive (stopped, or behind a link that heals)
+                // and still run what it holds: resending a write elsewhere could let
+                // its stale copy land after newer data. So only requests that change
+                // nothing fail now (the device resends them); data-changing ones wait
+                // for this proxy's answer on this connection until their deadline.
+                self.health[i].silent = true;
+                self.fail_where(|p| p.conn == i && !p.mutating, Status::Unavailable, on_done);
+                if self.conns[i].in_flight == 0 {
+                    self.health[i].silent = false;
+                    self.conns[i].abort(fds);
+                }
                 true
             }
         }
