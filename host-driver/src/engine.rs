@@ -138,6 +138,11 @@ impl Health {
         self.closed.swap(true, Ordering::AcqRel)
     }
 
+    /// `true` once the session was closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Counts one acknowledged heartbeat.
     pub(crate) fn heartbeat_acked(&self) {
         self.heartbeats.fetch_add(1, Ordering::Relaxed);
@@ -416,6 +421,12 @@ impl Engine {
         let started = Instant::now();
         let deadline = started + *timeout;
         let fresh = loop {
+            if self.health.is_closed() {
+                break Err(crate::error::Error::new(
+                    crate::error::ErrorKind::Closed,
+                    "the session was closed during its failover",
+                ));
+            }
             match reestablish(failed) {
                 Ok(f) => break Ok(f),
                 // Only a device that cannot be reached (yet) is worth waiting for; a
@@ -563,7 +574,15 @@ impl Engine {
         let req_slot = geometry.request_slot(ch.queue_id);
         let resp_slot = geometry.response_slot(ch.queue_id);
         let t = self.device.transport();
-        let lost = |e: io::Error, t: &Arc<dyn BlockTransport>| Failure::Lost(e, Some(t.clone()));
+        // A transport error is a lost session only when the device is gone or silent;
+        // an IO error completion is an error for this call.
+        let lost = |e: io::Error, t: &Arc<dyn BlockTransport>| {
+            if crate::error::io_device_gone(&e) {
+                Failure::Lost(e, Some(t.clone()))
+            } else {
+                Failure::Other(e)
+            }
+        };
         t.submit(
             Lane::Data(ch.index),
             &mut [BlockOp::write(req_slot, &mut ch.req, wlen), BlockOp::read(resp_slot, &mut ch.resp, rlen)],

@@ -74,6 +74,21 @@ impl Error {
         self
     }
 
+    /// `true` if the error says the device itself is gone or silent (an IO timed out,
+    /// the connection was lost or abandoned), as opposed to a refusal (a busy mailbox,
+    /// a status): what makes a session fail over (`crate::session`).
+    pub fn device_gone(&self) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> =
+            self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static));
+        while let Some(e) = cur {
+            if e.downcast_ref::<io::Error>().is_some_and(io_device_gone) {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
+
     /// Replaces the context (what was being done), keeping kind and source.
     pub fn recontext(mut self, context: impl Into<String>) -> Error {
         self.context = context.into();
@@ -126,6 +141,19 @@ impl From<Error> for io::Error {
         };
         io::Error::new(kind, e)
     }
+}
+
+/// `true` for the IO errors that mean the device is gone or silent: a timed-out, lost,
+/// reset or abandoned connection; not an IO error completion (a device refusing one IO).
+pub(crate) fn io_device_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
 }
 
 /// Displays an error and then each of its sources, `: `-separated, e.g.

@@ -536,7 +536,9 @@ fn start_heartbeat(session: &Session) -> io::Result<Heartbeat> {
                 log::warn!("heartbeat for session {session_id:#x}: device answered {} ({:?})", r.status(), r.status());
                 None
             }
-            Err(e) if e.kind() == &ErrorKind::Access => {
+            // Only a device that is gone or silent, not a refusal (every shared mailbox
+            // busy: another process can cause that, and must not make us fail over).
+            Err(e) if e.device_gone() => {
                 Some((format!("heartbeat for session {session_id:#x}: {}", Chain(&e)), Some(admin.device.transport())))
             }
             Err(e) => {
@@ -648,7 +650,7 @@ impl Reopen {
         let ctx = format!("re-open session for tenant {:?} on {}", self.tenant, self.device.describe());
         let (admin, resp) = match authenticate(&self.device, &self.tenant, &self.secret, &self.opts, &self.prefix) {
             Ok(x) => x,
-            Err(e) if e.kind() == &ErrorKind::Access => {
+            Err(e) if e.device_gone() => {
                 // The transport this session did not see fail may be dead as well.
                 self.device.reconnect_from(&self.device.transport(), std::time::Instant::now() + Duration::from_secs(2))?;
                 authenticate(&self.device, &self.tenant, &self.secret, &self.opts, &self.prefix)?

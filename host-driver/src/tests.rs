@@ -326,6 +326,34 @@ fn heartbeats_run_and_a_reclaimed_session_is_surfaced() {
     assert_eq!(e.kind(), &ErrorKind::Closed);
 }
 
+/// Heartbeat WRITEs refused for longer than one admin exchange retries (as when another
+/// process keeps every shared mailbox busy) are a refusal, not a lost device: the
+/// session does not fail over (another process must not be able to make it).
+#[test]
+fn refused_heartbeats_do_not_fail_a_session_over() {
+    let stack = Stack::start(|c| {
+        c.heartbeat_interval_ms = 5;
+        c.session_timeout_ms = 10_000;
+    });
+    let dev = stack.device();
+    let s = Session::open(&dev, TENANT, SECRET, 1).unwrap();
+    let id = s.current_session_id();
+    stack.faults().lose_heartbeats(true);
+    // Longer than the ~1 s one admin exchange spends trying 32 mailboxes.
+    std::thread::sleep(Duration::from_millis(1800));
+    stack.faults().lose_heartbeats(false);
+    let h0 = s.heartbeats();
+    let t0 = Instant::now();
+    while s.heartbeats() <= h0 {
+        assert!(t0.elapsed() < PATIENCE, "heartbeats did not resume");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(s.failovers(), 0, "refused heartbeats alone do not fail the session over");
+    assert_eq!(s.current_session_id(), id);
+    s.write("/still", b"here").unwrap();
+    s.close().unwrap();
+}
+
 /// With failover (the default), a session the device reclaimed is opened again by
 /// itself: its open file is opened again under the new session and keeps working, and
 /// what was written before is there.
