@@ -11,7 +11,7 @@
 
 use crate::admin::{AdminOutcome, AdminState};
 use crate::block::{BlockCompletion, BlockDevice, BlockOp, BlockRequest, BlockStatus, Completions};
-use crate::forward::health::conn_bit;
+use crate::forward::health::{conn_bit, release_held};
 use crate::forward::{Forwarder, GatherStats, Gathering, GatheringControl, Outcome, RoundRobin, Router};
 use crate::queue::{copy_out, Queue, SlotWrite};
 use crate::session::{Handle, Session, SessionState};
@@ -187,21 +187,27 @@ struct InFlight {
     open: Option<Handle>,
     /// For an idempotent request: what it takes to resend it to another proxy if its
     /// proxy fails before answering.
-    retry: Option<Retry>,
+    resend: Option<Resend>,
 }
 
 /// How many times one request may be sent (the first try included).
 pub const MAX_TRIES: u32 = 3;
 
 /// A request's tries so far (see [`Op::is_idempotent`]).
-struct Retry {
-    header: RequestHeader,
-    target: Target,
+#[derive(Debug, Clone, Copy)]
+struct Tries {
     /// Connections tried (bit i: connection i; connections past 63 are not tracked).
     tried: u64,
-    tries: u32,
+    count: u32,
     /// The first try's deadline: a resent request never gets more time.
     deadline: Instant,
+}
+
+/// What it takes to send an idempotent request again (kept while it is in flight).
+struct Resend {
+    header: RequestHeader,
+    target: Target,
+    tries: Tries,
 }
 
 /// Everything of a PoV device but its forwarder (so that answers can be finished
@@ -230,9 +236,9 @@ pub(crate) struct DeviceState {
     pub(crate) stats: DeviceStats,
     pub(crate) last_session_check: Instant,
     /// Requests whose proxy failed, to resend elsewhere after the forwarder's poll.
-    resend: Vec<(Ready, Retry)>,
+    resend: Vec<(Ready, Tries)>,
     /// Requests no proxy could take, waiting for one (see `PovDevice::hold`).
-    held: Vec<(Ready, Retry)>,
+    held: Vec<(Ready, Tries)>,
     /// The forwarder is stopping: nothing is resent.
     stopping: bool,
 }
@@ -334,7 +340,7 @@ impl PovDevice {
         s.queues = self.st.queues.len() as u32;
         s.in_flight = f.in_flight;
         s.proxies_connected = f.proxies_connected;
-        self.fwd.fill_failover(&mut s.failover);
+        self.fwd.fill_failover(&f, &mut s.failover);
         s.stale_proxy_responses = f.stale_responses;
         s.block_io_errors = self.st.out.errors;
         s.gathering = GatherStats::from_counters(f.transport);
@@ -354,7 +360,7 @@ impl PovDevice {
     /// The next instant [`PovDevice::poll`] must run even if no IO arrives.
     pub fn deadline(&self) -> Option<Instant> {
         let queues = self.st.queues.values().filter_map(Queue::deadline);
-        let held = self.st.held.iter().map(|(_, r)| r.deadline).min();
+        let held = self.st.held.iter().map(|(_, t)| t.deadline).min();
         let others = [self.fwd.deadline(), self.st.session_deadline(), self.st.ready.next_wakeup(), held];
         queues.chain(others.into_iter().flatten()).min()
     }
@@ -380,16 +386,15 @@ impl PovDevice {
     /// Sends one request to its queue's proxy (borrowing the tenant name, the path and
     /// the payload from where they are: no copies but an idempotent request's path).
     fn forward(&mut self, r: Ready) {
-        let deadline = self.fwd.deadline_from_now();
-        let retry = Retry { header: r.header.clone(), target: r.target.clone(), tried: 0, tries: 0, deadline };
-        self.send_try(r, retry);
+        let tries = Tries { tried: 0, count: 0, deadline: self.fwd.deadline_from_now() };
+        self.send_try(r, tries);
     }
 
     /// Sends a try of `r` to a usable proxy: its queue's home, or the next usable one
     /// (never one tried already, nor on the request's retry-forbidden list when it is
     /// a resend). A connection that cannot take it is skipped at once (nothing was
     /// sent, so even a non-idempotent request may go to the next).
-    fn send_try(&mut self, r: Ready, mut retry: Retry) {
+    fn send_try(&mut self, r: Ready, mut tries: Tries) {
         let Ready { queue, header: h, target, open } = r;
         let st = &mut self.st;
         let fail = |st: &mut DeviceState, status| st.respond(queue, h.op as u16, h.request_id, status, 0, 0, &[]);
@@ -425,24 +430,18 @@ impl PovDevice {
         // SDK hint (docs/protocol.md): reroute 1 starts from the proxy after the home.
         let home = if h.hint.reroute == 1 { owner.proxy + 1 } else { owner.proxy } % self.fwd.conns().max(1);
         let idempotent = h.op.is_idempotent(h.flags);
-        let mut ctx = InFlight { queue, request_id: h.request_id, op: h.op, open, retry: None };
+        let mut ctx = InFlight { queue, request_id: h.request_id, op: h.op, open, resend: None };
         for _ in 0..self.fwd.conns() {
-            let resend = retry.tries > 0;
-            let avoid = |i: usize| retry.tried & conn_bit(i) != 0 || (resend && h.hint.forbids(i as u32));
+            let resend = tries.count > 0;
+            let avoid = |i: usize| tries.tried & conn_bit(i) != 0 || (resend && h.hint.forbids(i as u32));
             let Some(conn) = self.fwd.pick(home, &avoid) else { break };
-            retry.tried |= conn_bit(conn);
-            retry.tries += 1;
+            tries.tried |= conn_bit(conn);
+            tries.count += 1;
             // Keep what a resend needs only while one is allowed.
-            if idempotent && retry.tries < MAX_TRIES {
-                ctx.retry = Some(Retry {
-                    header: retry.header.clone(),
-                    target: retry.target.clone(),
-                    tried: retry.tried,
-                    tries: retry.tries,
-                    deadline: retry.deadline,
-                });
+            if idempotent && tries.count < MAX_TRIES {
+                ctx.resend = Some(Resend { header: h.clone(), target: target.clone(), tries });
             }
-            match self.fwd.send_until(conn, view, payload, ctx, retry.deadline) {
+            match self.fwd.send_until(conn, view, payload, ctx, tries.deadline) {
                 Ok(_) => {
                     self.st.stats.failover.rerouted += u64::from(conn != owner.proxy);
                     self.st.stats.failover.resent += u64::from(resend);
@@ -455,48 +454,39 @@ impl PovDevice {
                 // Nothing was sent: try the next proxy, if any.
                 Err((back, _)) => {
                     ctx = back;
-                    ctx.retry = None;
-                    retry.tries -= 1;
+                    ctx.resend = None;
+                    tries.count -= 1;
                 }
             }
         }
         // No proxy took it (nothing was sent this time): hold it until one is usable.
-        self.hold(Ready { queue, header: h, target, open: ctx.open }, retry);
+        self.hold(Ready { queue, header: h, target, open: ctx.open }, tries);
     }
 
     /// Holds a request no proxy can take now, until one becomes usable again or its
     /// deadline passes (then `Unavailable`): a restarting proxy costs a delay, not an
     /// error (like a multipath device queueing while it has no path, for a bounded
     /// time).
-    fn hold(&mut self, r: Ready, mut retry: Retry) {
-        if self.fwd.stopping() || Instant::now() >= retry.deadline {
+    fn hold(&mut self, r: Ready, mut tries: Tries) {
+        if self.fwd.stopping() || Instant::now() >= tries.deadline {
             return self.st.respond(r.queue, r.header.op as u16, r.header.request_id, Status::Unavailable, 0, 0, &[]);
         }
         // A proxy that comes back is a new incarnation: it may be tried again.
-        retry.tried = 0;
+        tries.tried = 0;
         self.st.stats.failover.held += 1;
-        self.st.held.push((r, retry));
+        self.st.held.push((r, tries));
     }
 
     /// Sends the held requests once a proxy is usable; fails those whose deadline
     /// passed.
     fn release_held(&mut self) -> bool {
-        if self.st.held.is_empty() {
-            return false;
+        let (expired, ready) = release_held(&mut self.st.held, self.fwd.any_usable(), |(_, t)| t.deadline);
+        let busy = !expired.is_empty() || !ready.is_empty();
+        for (r, _) in expired {
+            self.st.respond(r.queue, r.header.op as u16, r.header.request_id, Status::Unavailable, 0, 0, &[]);
         }
-        let now = Instant::now();
-        let usable = self.fwd.any_usable();
-        let mut busy = false;
-        for (r, retry) in std::mem::take(&mut self.st.held) {
-            if now >= retry.deadline {
-                busy = true;
-                self.st.respond(r.queue, r.header.op as u16, r.header.request_id, Status::Unavailable, 0, 0, &[]);
-            } else if usable {
-                busy = true;
-                self.send_try(r, retry);
-            } else {
-                self.st.held.push((r, retry));
-            }
+        for (r, tries) in ready {
+            self.send_try(r, tries);
         }
         busy
     }
@@ -506,8 +496,8 @@ impl PovDevice {
         if self.st.resend.is_empty() {
             return;
         }
-        for (r, retry) in std::mem::take(&mut self.st.resend) {
-            self.send_try(r, retry);
+        for (r, tries) in std::mem::take(&mut self.st.resend) {
+            self.send_try(r, tries);
         }
     }
 
@@ -791,9 +781,8 @@ impl DeviceState {
         // within its first try's deadline (docs/protocol.md, "Proxy liveness and
         // rerouting"); anything else gets the failure.
         if let (Outcome::Failed(Status::Unavailable), false) = (&outcome, self.stopping) {
-            if let Some(retry) = f.retry.take().filter(|r| Instant::now() < r.deadline) {
-                let ready = Ready { queue: f.queue, header: retry.header.clone(), target: retry.target.clone(), open: f.open };
-                self.resend.push((ready, retry));
+            if let Some(Resend { header, target, tries }) = f.resend.take().filter(|r| Instant::now() < r.tries.deadline) {
+                self.resend.push((Ready { queue: f.queue, header, target, open: f.open }, tries));
                 return;
             }
         }

@@ -34,7 +34,7 @@
 
 use crate::block::{BlockCompletion, BlockDevice, BlockOp, BlockRequest, BlockStatus, Completions};
 use crate::device::parse_endpoints;
-use crate::forward::health::conn_bit;
+use crate::forward::health::{conn_bit, release_held};
 use crate::forward::{Forwarder, GatherStats, Gathering, GatheringControl, Outcome, RoundRobin, RouteKey, Router};
 use pov_proto::io::{flags, Op, SdkHint};
 use pov_proto::wire::{ProxyRequestView, ProxyResponse};
@@ -483,7 +483,7 @@ impl VolumeDevice {
         s.timeouts = f.timeouts;
         s.stale_proxy_responses = f.stale_responses;
         s.proxies_connected = f.proxies_connected;
-        self.fwd.fill_failover(&mut s.failover);
+        self.fwd.fill_failover(&f, &mut s.failover);
         s.gathering = GatherStats::from_counters(f.transport);
         (s.state, s.open_error) = match &self.st.open {
             OpenState::Ready => ("ready", None),
@@ -583,17 +583,15 @@ impl VolumeDevice {
     fn send(&mut self, id: u64, op: Op, offset: u64, home: usize, buf_offset: usize, len: usize) -> bool {
         let deadline = self.fwd.deadline_from_now();
         let piece = Piece { io: id, offset, buf_offset, len, op, proxy: home, tried: 0, tries: 0, deadline };
-        match self.dispatch(piece, home) {
-            Dispatched::Sent => {}
-            Dispatched::NoProxy(p) if !self.st.stopping => {
-                // Held until a proxy is usable or its deadline passes.
-                self.st.stats.failover.held += 1;
-                self.st.held.push(Piece { tried: 0, ..p });
-            }
-            Dispatched::NoProxy(_) | Dispatched::Failed => return false,
+        let sent = match self.dispatch(piece, home) {
+            Dispatched::Sent => true,
+            Dispatched::NoProxy(p) => self.st.hold(p),
+            Dispatched::Failed => false,
+        };
+        if sent {
+            self.st.ios.get_mut(&id).expect("live io").outstanding += 1;
         }
-        self.st.ios.get_mut(&id).expect("live io").outstanding += 1;
-        true
+        sent
     }
 
     /// Sends (or resends) `p` to a usable connection from `home` on that it has not been
@@ -629,14 +627,12 @@ impl VolumeDevice {
                     return Dispatched::Sent;
                 }
                 // Nothing was sent: the next connection may take it.
-                Err((back, Status::Unavailable)) if !fwd.stopping() => {
-                    p = back;
-                    p.tries -= 1;
-                }
                 Err((back, Status::Unavailable)) => {
                     p = back;
                     p.tries -= 1;
-                    break;
+                    if fwd.stopping() {
+                        break;
+                    }
                 }
                 Err(_) => return Dispatched::Failed,
             }
@@ -701,28 +697,12 @@ impl VolumeDevice {
     /// Sends held pieces once a proxy is usable; fails the IO of those whose deadline
     /// passed.
     fn release_held(&mut self) -> bool {
-        if self.st.held.is_empty() {
-            return false;
+        let (expired, ready) = release_held(&mut self.st.held, self.fwd.any_usable(), |p| p.deadline);
+        let busy = !expired.is_empty() || !ready.is_empty();
+        for p in expired {
+            self.st.fail_piece(p.io);
         }
-        let now = Instant::now();
-        let usable = self.fwd.any_usable();
-        let mut busy = false;
-        for p in std::mem::take(&mut self.st.held) {
-            if now >= p.deadline || (!usable && self.st.stopping) {
-                busy = true;
-                let io = p.io;
-                if let Some(x) = self.st.ios.get_mut(&io) {
-                    x.outstanding -= 1;
-                    x.failed = true;
-                }
-                self.st.maybe_finish(io);
-            } else if usable {
-                busy = true;
-                self.st.resend.push(p);
-            } else {
-                self.st.held.push(p);
-            }
-        }
+        self.st.resend.extend(ready);
         self.resend_failed();
         busy
     }
@@ -732,25 +712,17 @@ impl VolumeDevice {
     fn resend_failed(&mut self) {
         for p in std::mem::take(&mut self.st.resend) {
             let (io, home, op) = (p.io, p.proxy, p.op);
-            let failed = match self.dispatch(p, home) {
-                Dispatched::Sent => false,
-                Dispatched::NoProxy(p) if !self.st.stopping && Instant::now() < p.deadline => {
-                    self.st.stats.failover.held += 1;
-                    self.st.held.push(Piece { tried: 0, ..p });
-                    false
-                }
-                _ => true,
+            let going = match self.dispatch(p, home) {
+                Dispatched::Sent => true,
+                Dispatched::NoProxy(p) => self.st.hold(p),
+                Dispatched::Failed => false,
             };
-            if failed {
+            if !going {
                 if op == Op::VolumeFlush {
                     // Whatever that flush covered is not known durable.
                     self.st.dirty[home] = true;
                 }
-                if let Some(x) = self.st.ios.get_mut(&io) {
-                    x.outstanding -= 1;
-                    x.failed = true;
-                }
-                self.st.maybe_finish(io);
+                self.st.fail_piece(io);
             }
         }
     }
@@ -830,6 +802,28 @@ impl VolumeDevice {
 }
 
 impl VolumeState {
+    /// Holds a piece no proxy could take until one is usable; `false` (not held) when
+    /// the device is stopping or the piece's deadline passed.
+    fn hold(&mut self, p: Piece) -> bool {
+        if self.stopping || Instant::now() >= p.deadline {
+            return false;
+        }
+        self.stats.failover.held += 1;
+        // A proxy that comes back is a new incarnation: it may be tried again.
+        self.held.push(Piece { tried: 0, ..p });
+        true
+    }
+
+    /// One piece of IO `io` ended without an answer: the IO fails (once all its pieces
+    /// are done).
+    fn fail_piece(&mut self, io: u64) {
+        if let Some(x) = self.ios.get_mut(&io) {
+            x.outstanding -= 1;
+            x.failed = true;
+        }
+        self.maybe_finish(io);
+    }
+
     fn new_io(&mut self, req: BlockRequest, write_seq: Option<u64>) -> u64 {
         let id = self.next_io;
         self.next_io += 1;

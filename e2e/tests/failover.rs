@@ -111,10 +111,7 @@ fn proxies_killed_and_black_holed_lose_nothing_and_rejoin() {
     let args = stack.pki.proxy_args(&stack.enrolled);
     let mut extra: Vec<(Daemon, String)> = (0..2).map(|_| spawn_proxy(&stack.backend_spec, "tls:127.0.0.1:0", &args)).collect();
     let endpoints = vec![stack.proxy_endpoint(), format!("tls:{}", extra[0].1), format!("tls:{}", extra[1].1)];
-    let sock = stack.dir.path().join("pov3.sock");
-    rpc(&stack.rpc_sock, "pov_device_create", json!({"name": "pov3", "socket": sock, "proxies": endpoints}))
-        .expect("create a device with three proxies");
-    let spec = format!("vhost-user:{}", sock.display());
+    let spec = create_pov3(&stack, &endpoints);
 
     let seen = Arc::new(Seen::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -198,6 +195,14 @@ fn save_config(stack: &Stack) -> std::path::PathBuf {
     cfg
 }
 
+/// Creates PoV device `pov3` on `endpoints`; returns its device spec.
+fn create_pov3(stack: &Stack, endpoints: &[String]) -> String {
+    let sock = stack.dir.path().join("pov3.sock");
+    rpc(&stack.rpc_sock, "pov_device_create", json!({"name": "pov3", "socket": sock, "proxies": endpoints}))
+        .expect("create device pov3");
+    format!("vhost-user:{}", sock.display())
+}
+
 /// Stops the workers and waits for them.
 fn stop_workers(stop: &AtomicBool, workers: Vec<std::thread::JoinHandle<()>>) {
     stop.store(true, Ordering::Relaxed);
@@ -251,10 +256,7 @@ fn a_partitioned_proxy_is_left_and_rejoins_when_the_link_heals() {
     let listen = format!("tcp:{}:0", ns.inside);
     let (far, far_addr) = pov_e2e::spawn_proxy_in(Some(&ns), &stack.backend_spec, &listen, &["--insecure-tcp".into()]);
     let endpoints = vec![format!("tcp:{far_addr}"), stack.proxy_endpoint()];
-    let sock = stack.dir.path().join("pov3.sock");
-    rpc(&stack.rpc_sock, "pov_device_create", json!({"name": "pov3", "socket": sock, "proxies": endpoints}))
-        .expect("create a device with a proxy across the link");
-    let spec = format!("vhost-user:{}", sock.display());
+    let spec = create_pov3(&stack, &endpoints);
     let seen = Arc::new(Seen::default());
     let stop = Arc::new(AtomicBool::new(false));
     let workers = start_workers(&spec, 2, &seen, &stop);

@@ -158,6 +158,23 @@ pub(crate) fn conn_bit(i: usize) -> u64 {
     }
 }
 
+/// Takes out of `held` (requests waiting for a usable proxy) those whose deadline
+/// passed (first: to fail) and, when a proxy is `usable`, all the others (second: to
+/// send); what remains stays held.
+pub(crate) fn release_held<T>(held: &mut Vec<T>, usable: bool, deadline: impl Fn(&T) -> Instant) -> (Vec<T>, Vec<T>) {
+    if held.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let now = Instant::now();
+    let (expired, waiting): (Vec<T>, Vec<T>) = std::mem::take(held).into_iter().partition(|x| now >= deadline(x));
+    if usable {
+        (expired, waiting)
+    } else {
+        *held = waiting;
+        (expired, Vec::new())
+    }
+}
+
 /// The connection a request whose home is `home` takes: `home` if it is usable and not
 /// `avoid`ed, else the next usable one after it in ring order that is not avoided;
 /// when none is usable, the first not avoided (from `home` on: its attempt may find

@@ -5,7 +5,7 @@
 //! every [`conn::RECONNECT_INTERVAL`] at most, never blocking the reactor), the tag
 //! table of requests in flight (tags are assigned here, so a peer cannot choose
 //! colliding ones), request timeouts and the gathering policy ([`gather`]). A device
-//! hands it a request with a context value `C` ([`Forwarder::send`]) and gets that
+//! hands it a request with a context value `C` ([`Forwarder::send_until`]) and gets that
 //! context back exactly once, with the proxy's answer or a local failure
 //! ([`Outcome`]), from [`Forwarder::poll`] or [`Forwarder::shutdown`]. Answers are
 //! handed over straight from the receive buffer (no copy of the frame).
@@ -170,11 +170,6 @@ impl<C> Forwarder<C> {
         health::pick(&self.health, home.min(self.conns.len().saturating_sub(1)), avoid)
     }
 
-    /// `true` while connection `i`'s proxy is not declared down.
-    pub fn usable(&self, i: usize) -> bool {
-        self.health.get(i).is_some_and(Health::usable)
-    }
-
     /// `true` while some proxy is not declared down.
     pub fn any_usable(&self) -> bool {
         self.health.iter().any(Health::usable)
@@ -185,10 +180,9 @@ impl<C> Forwarder<C> {
         self.stopping
     }
 
-    /// Fills the forwarder's part of `f` (down proxies, pings, each proxy's state); the
-    /// device counts the rest.
-    pub fn fill_failover(&self, f: &mut FailoverStats) {
-        let s = self.stats();
+    /// Fills the forwarder's part of `f` from its counters `s` ([`Forwarder::stats`])
+    /// and each proxy's state; the device counts the rest.
+    pub fn fill_failover(&self, s: &ForwardStats, f: &mut FailoverStats) {
         f.proxies_down = s.proxies_down;
         f.proxy_downs = s.proxy_downs;
         f.pings = s.pings;
@@ -235,26 +229,21 @@ impl<C> Forwarder<C> {
         self.gathering.current()
     }
 
-    /// Sends `req` (its `tag` and `load` are filled in here) with `payload` on
-    /// connection `conn`. `ctx` comes back with the outcome. Returns the tag.
-    ///
-    /// # Errors
-    /// `(ctx, status)` if the request cannot be sent now: [`Status::Invalid`] if it
-    /// cannot be encoded, [`Status::Unavailable`] if the device is stopping or the
-    /// connection is down (within its reconnect interval) or failed.
-    pub fn send(&mut self, conn: usize, req: ProxyRequestView<'_>, payload: &[u8], ctx: C) -> Result<u64, (C, Status)> {
-        let deadline = Instant::now() + self.timeout;
-        self.send_until(conn, req, payload, ctx, deadline)
-    }
-
     /// The deadline a request sent now gets: now + the request timeout.
     pub fn deadline_from_now(&self) -> Instant {
         Instant::now() + self.timeout
     }
 
-    /// [`Forwarder::send`] with the request's own `deadline` (a resent request keeps
-    /// the one of its first try). A connection that cannot take the frame is declared
-    /// down (the caller may pick another).
+    /// Sends `req` (its `tag` and `load` are filled in here) with `payload` on
+    /// connection `conn`, to be answered by `deadline` (a resent request keeps its first
+    /// try's: see [`Forwarder::deadline_from_now`]). `ctx` comes back with the outcome.
+    /// Returns the tag. A connection that cannot take the frame is declared down (the
+    /// caller may pick another).
+    ///
+    /// # Errors
+    /// `(ctx, status)` if the request cannot be sent now: [`Status::Invalid`] if it
+    /// cannot be encoded, [`Status::Unavailable`] if the device is stopping or the
+    /// connection is down (within its reconnect interval) or failed.
     pub fn send_until(
         &mut self,
         conn: usize,
