@@ -12,13 +12,14 @@
 use crate::admin::{AdminOutcome, AdminState};
 use crate::block::{BlockCompletion, BlockDevice, BlockOp, BlockRequest, BlockStatus, Completions};
 use crate::forward::health::{conn_bit, release_held};
-use crate::forward::{Forwarder, GatherStats, Gathering, GatheringControl, Outcome, RoundRobin, Router};
+use crate::forward::{Forwarder, GatherStats, Gathering, GatheringControl, Outcome, RoundRobin, RouteControl, RouteView, Router};
 use crate::queue::{copy_out, Queue, SlotWrite};
 use crate::session::{Handle, Session, SessionState};
 use crate::tenant::TenantTable;
 use pov_proto::admin::ADMIN_REQUEST_SIZE;
 use pov_proto::io::{flags, Op, RequestHeader, ResponseHeader, REQUEST_TAG_OFFSET};
 use pov_proto::layout::{ConfigSpace, Geometry, Region};
+use pov_proto::route::{RouteInput, RouteTable};
 use pov_proto::wire::ProxyRequestView;
 use pov_proto::Status;
 use pov_runtime::sched::{Fifo, Scheduler, Ticket};
@@ -192,6 +193,9 @@ struct InFlight {
 
 /// How many times one request may be sent (the first try included).
 pub const MAX_TRIES: u32 = 3;
+/// How many redirects one request follows (each installs a newer route table, after
+/// which the proxies serve it: more means tables that keep changing).
+pub const MAX_REDIRECTS: u32 = 2;
 
 /// A request's tries so far (see [`Op::is_idempotent`]).
 #[derive(Debug, Clone, Copy)]
@@ -199,6 +203,8 @@ struct Tries {
     /// Connections tried (bit i: connection i; connections past 63 are not tracked).
     tried: u64,
     count: u32,
+    /// Redirects followed (at most [`MAX_REDIRECTS`]).
+    redirects: u32,
     /// The first try's deadline: a resent request never gets more time.
     deadline: Instant,
 }
@@ -239,6 +245,8 @@ pub(crate) struct DeviceState {
     resend: Vec<(Ready, Tries)>,
     /// Requests no proxy could take, waiting for one (see `PovDevice::hold`).
     held: Vec<(Ready, Tries)>,
+    /// The device's route table (redirects offer newer ones).
+    routes: RouteControl,
     /// The forwarder is stopping: nothing is resent.
     stopping: bool,
 }
@@ -249,6 +257,7 @@ pub struct PovDevice {
     cfg: PovDeviceConfig,
     fwd: Forwarder<InFlight>,
     st: DeviceState,
+    route: RouteView,
 }
 
 impl PovDevice {
@@ -300,9 +309,19 @@ impl PovDevice {
             last_session_check: Instant::now(),
             resend: Vec::new(),
             held: Vec::new(),
+            routes: RouteControl::default(),
             stopping: false,
         };
-        Ok(PovDevice { cfg, fwd, st })
+        let route = RouteView::new(st.routes.clone());
+        Ok(PovDevice { cfg, fwd, st, route })
+    }
+
+    /// Routes by `routes` (the daemon's route table of this device, shared with its
+    /// RPC methods) instead of a private one.
+    pub fn with_routes(mut self, routes: RouteControl) -> PovDevice {
+        self.st.routes = routes.clone();
+        self.route = RouteView::new(routes);
+        self
     }
 
     /// Follows `control` for the gathering policy of the proxy connections (normally
@@ -341,6 +360,7 @@ impl PovDevice {
         s.in_flight = f.in_flight;
         s.proxies_connected = f.proxies_connected;
         self.fwd.fill_failover(&f, &mut s.failover);
+        s.failover.fill_route(&self.st.routes);
         s.stale_proxy_responses = f.stale_responses;
         s.block_io_errors = self.st.out.errors;
         s.gathering = GatherStats::from_counters(f.transport);
@@ -386,7 +406,7 @@ impl PovDevice {
     /// Sends one request to its queue's proxy (borrowing the tenant name, the path and
     /// the payload from where they are: no copies but an idempotent request's path).
     fn forward(&mut self, r: Ready) {
-        let tries = Tries { tried: 0, count: 0, deadline: self.fwd.deadline_from_now() };
+        let tries = Tries { tried: 0, count: 0, redirects: 0, deadline: self.fwd.deadline_from_now() };
         self.send_try(r, tries);
     }
 
@@ -403,13 +423,18 @@ impl PovDevice {
         let Some(s) = st.owner_session(queue, owner.session_id).filter(|s| s.state == SessionState::Open) else {
             return fail(st, Status::BadSession);
         };
-        let path = match &target {
-            Target::Path(p) => p.as_str(),
+        let (path, location) = match &target {
+            Target::Path(p) => (p.as_str(), 0),
             Target::Handle => match s.handles.get(&h.file_handle) {
-                Some(handle) => handle.path.as_str(),
+                Some(handle) => (handle.path.as_str(), handle.location),
                 None => return fail(st, Status::BadHandle),
             },
         };
+        // SDK hint: the host's location key, else the one the proxy gave at Open.
+        let mut hint = h.hint;
+        if hint.location_key == 0 {
+            hint.location_key = location;
+        }
         let payload = if h.op.carries_data() { q.payload(h.payload_len as usize) } else { &[] };
         let view = ProxyRequestView {
             op: h.op,
@@ -417,19 +442,26 @@ impl PovDevice {
             offset: h.offset,
             length: h.length,
             flags: h.flags,
-            hint: h.hint,
+            hint,
             trace: h.flags & flags::TRACE != 0,
             qos: owner.qos as u8,
             load: 0,
+            epoch: 0,
             session_id: s.id,
             tenant: &s.tenant,
             path,
             read_only: s.grant.read_only,
             prefix: &s.grant.prefix,
         };
+        // The route table's owner of the request's slot, else the queue's home proxy.
+        let input = RouteInput::File { tenant: &s.tenant, path, location: hint.location_key, offset: h.offset };
+        let (base, epoch) = match self.route.table().cloned() {
+            Some(t) => (t.owner(t.slot(input)).and_then(|m| self.fwd.member_conn(&t, m)).unwrap_or(owner.proxy), t.epoch),
+            None => (owner.proxy, 0),
+        };
+        let view = ProxyRequestView { epoch, ..view };
         // SDK hint (docs/protocol.md): reroute 1 starts from the proxy after the home.
-        let home = if h.hint.reroute == 1 { owner.proxy + 1 } else { owner.proxy } % self.fwd.conns().max(1);
-        let idempotent = h.op.is_idempotent(h.flags);
+        let home = if h.hint.reroute == 1 { base + 1 } else { base } % self.fwd.conns().max(1);
         let mut ctx = InFlight { queue, request_id: h.request_id, op: h.op, open, resend: None };
         for _ in 0..self.fwd.conns() {
             let resend = tries.count > 0;
@@ -437,13 +469,14 @@ impl PovDevice {
             let Some(conn) = self.fwd.pick(home, &avoid) else { break };
             tries.tried |= conn_bit(conn);
             tries.count += 1;
-            // Keep what a resend needs only while one is allowed.
-            if idempotent && tries.count < MAX_TRIES {
+            // Keep what a resend needs only while one is allowed (any op may follow a
+            // redirect: it was not run; only idempotent ones are resent after a failure).
+            if tries.count < MAX_TRIES {
                 ctx.resend = Some(Resend { header: h.clone(), target: target.clone(), tries });
             }
             match self.fwd.send_until(conn, view, payload, ctx, tries.deadline) {
                 Ok(_) => {
-                    self.st.stats.failover.rerouted += u64::from(conn != owner.proxy);
+                    self.st.stats.failover.rerouted += u64::from(conn != base);
                     self.st.stats.failover.resent += u64::from(resend);
                     return;
                 }
@@ -726,7 +759,7 @@ impl DeviceState {
                 Ok(p) if h.op == Op::Open && p.is_empty() => Err(Status::IsDir),
                 Ok(p) => {
                     if h.op == Op::Open {
-                        open = Some(Handle { path: p.clone(), writable: h.flags & flags::WRITE != 0 });
+                        open = Some(Handle { path: p.clone(), writable: h.flags & flags::WRITE != 0, location: 0 });
                     }
                     Ok(Target::Path(p))
                 }
@@ -781,16 +814,38 @@ impl DeviceState {
         // within its first try's deadline (docs/protocol.md, "Proxy liveness and
         // rerouting"); anything else gets the failure.
         if let (Outcome::Failed(Status::Unavailable), false) = (&outcome, self.stopping) {
-            if let Some(Resend { header, target, tries }) = f.resend.take().filter(|r| Instant::now() < r.tries.deadline) {
+            let resendable = |r: &Resend| r.header.op.is_idempotent(r.header.flags) && Instant::now() < r.tries.deadline;
+            if let Some(Resend { header, target, tries }) = f.resend.take().filter(resendable) {
                 self.resend.push((Ready { queue: f.queue, header, target, open: f.open }, tries));
                 return;
             }
+        }
+        // Redirected (not run): install the proxy's newer table and resend, whatever
+        // the op (docs/protocol.md, "Route tables and redirects").
+        if let (Outcome::Answered { status: Status::Redirect, payload, .. }, false) = (&outcome, self.stopping) {
+            self.stats.failover.redirects += 1;
+            match RouteTable::decode(payload) {
+                Ok(t) => {
+                    self.routes.offer(t);
+                }
+                Err(e) => log::warn!("device {}: a redirect carried a route table that does not decode: {e}", self.name),
+            }
+            if let Some(Resend { header, target, mut tries }) =
+                f.resend.take().filter(|r| r.tries.redirects < MAX_REDIRECTS && Instant::now() < r.tries.deadline)
+            {
+                tries.redirects += 1;
+                self.resend.push((Ready { queue: f.queue, header, target, open: f.open }, tries));
+                return;
+            }
+            return self.respond(f.queue, f.op as u16, f.request_id, Status::Unavailable, 0, 0, &[]);
         }
         let (mut status, mut result, flags, payload) = match outcome {
             Outcome::Answered { status, result, flags, payload } => (status, result, flags, payload),
             Outcome::Failed(status) => (status, 0, 0, &[][..]),
         };
-        if let (Some(handle), true) = (f.open, status.is_ok()) {
+        if let (Some(mut handle), true) = (f.open, status.is_ok()) {
+            // The proxy's Open result is the file's location key.
+            handle.location = result;
             let owner = self.queues.get(&f.queue).map(|q| q.owner.session_id);
             let area = (f.queue / self.geometry.queues_per_area) as usize;
             match self.areas.get_mut(area).and_then(Option::as_mut).filter(|s| Some(s.id) == owner) {

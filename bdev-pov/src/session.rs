@@ -15,6 +15,9 @@ pub(crate) const MAX_HANDLES: usize = 65_536;
 pub(crate) struct Handle {
     pub path: String,
     pub writable: bool,
+    /// The file's location key from the proxy's Open answer (its inode; 0: none): the
+    /// route table places the handle's IO by it (`pov_proto::route`).
+    pub location: u64,
 }
 
 /// Lifecycle of a session.

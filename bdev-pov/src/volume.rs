@@ -35,8 +35,11 @@
 use crate::block::{BlockCompletion, BlockDevice, BlockOp, BlockRequest, BlockStatus, Completions};
 use crate::device::parse_endpoints;
 use crate::forward::health::{conn_bit, release_held};
-use crate::forward::{Forwarder, GatherStats, Gathering, GatheringControl, Outcome, RoundRobin, RouteKey, Router};
+use crate::forward::{
+    Forwarder, GatherStats, Gathering, GatheringControl, Outcome, RoundRobin, RouteControl, RouteKey, RouteView, Router,
+};
 use pov_proto::io::{flags, Op, SdkHint};
+use pov_proto::route::{RouteInput, RouteTable};
 use pov_proto::wire::{ProxyRequestView, ProxyResponse};
 use pov_proto::{Status, MAX_IO_BYTES};
 use pov_runtime::transport::Endpoint;
@@ -241,6 +244,7 @@ fn volume_request(op: Op, offset: u64, length: u32, fl: u32, volume: &str) -> Pr
         trace: false,
         qos: 0,
         load: 0,
+        epoch: 0,
         session_id: 0,
         tenant: volume,
         path: "",
@@ -322,6 +326,8 @@ struct Piece {
     tries: u32,
     /// The first try's deadline (a resend never gets more time).
     deadline: Instant,
+    /// Redirects followed (see `crate::device::MAX_REDIRECTS`).
+    redirects: u32,
 }
 
 /// Whether the backing volume has been opened (see [`VolumeDevice::new_opening`]).
@@ -390,6 +396,8 @@ struct VolumeState {
     /// Block requests that arrived before the volume was opened, with their deadline.
     waiting_open: Vec<(BlockRequest, Instant)>,
     stopping: bool,
+    /// The volume's route table (redirects offer newer ones).
+    routes: RouteControl,
 }
 
 /// A plain volume backed by a proxy. See the module documentation. Owned by one
@@ -399,6 +407,7 @@ pub struct VolumeDevice {
     serial: [u8; pov_proto::layout::SERIAL_LEN],
     fwd: Forwarder<Piece>,
     st: VolumeState,
+    route: RouteView,
 }
 
 impl VolumeDevice {
@@ -414,6 +423,7 @@ impl VolumeDevice {
             parse_endpoints(&cfg.proxies).map_err(|e| VolumeError::Invalid { field: "proxies", why: e.to_string() })?;
         let n = endpoints.len();
         let timeout = Duration::from_millis(cfg.request_timeout_ms as u64);
+        let routes = RouteControl::default();
         Ok(VolumeDevice {
             serial: volume_serial(&cfg.name),
             fwd: Forwarder::new(format!("volume {}", cfg.name), &endpoints, timeout, GatheringControl::default()),
@@ -437,7 +447,9 @@ impl VolumeDevice {
                 open: OpenState::Ready,
                 waiting_open: Vec::new(),
                 stopping: false,
+                routes: routes.clone(),
             },
+            route: RouteView::new(routes),
             cfg,
         })
     }
@@ -484,6 +496,7 @@ impl VolumeDevice {
         s.stale_proxy_responses = f.stale_responses;
         s.proxies_connected = f.proxies_connected;
         self.fwd.fill_failover(&f, &mut s.failover);
+        s.failover.fill_route(&self.st.routes);
         s.gathering = GatherStats::from_counters(f.transport);
         (s.state, s.open_error) = match &self.st.open {
             OpenState::Ready => ("ready", None),
@@ -574,15 +587,41 @@ impl VolumeDevice {
     /// Sends one piece of IO `id`; `false` if it could not be sent (the caller marks
     /// the IO failed).
     fn send_piece(&mut self, id: u64, op: Op, offset: u64, buf_offset: usize, len: usize) -> bool {
-        let home = self.st.router.route(RouteKey::Volume { offset });
+        let home = match self.routed_home(offset) {
+            Some(conn) => conn,
+            None => self.st.router.route(RouteKey::Volume { offset }),
+        };
         self.send(id, op, offset, home, buf_offset, len)
+    }
+
+    /// The connection of the route-table member that owns byte `offset`'s slot (`None`:
+    /// no table, or no owner).
+    fn routed_home(&mut self, offset: u64) -> Option<usize> {
+        let t = self.route.table()?.clone();
+        let conn =
+            t.owner(t.slot(RouteInput::Volume { name: &self.cfg.volume, offset })).and_then(|m| self.fwd.member_conn(&t, m));
+        // A member new to the device has a connection now: track its flushes too.
+        let n = self.fwd.conns();
+        if self.st.dirty.len() < n {
+            self.st.dirty.resize(n, false);
+            self.st.flushes_out.resize(n, 0);
+        }
+        conn
+    }
+
+    /// Routes by `routes` (the daemon's route table of this volume, shared with its
+    /// RPC methods) instead of a private one.
+    pub fn with_routes(mut self, routes: RouteControl) -> VolumeDevice {
+        self.st.routes = routes.clone();
+        self.route = RouteView::new(routes);
+        self
     }
 
     /// Sends a new request of `op` for IO `id` to connection `home` (or the next usable
     /// one if its proxy is down); `false` if it could not be sent.
     fn send(&mut self, id: u64, op: Op, offset: u64, home: usize, buf_offset: usize, len: usize) -> bool {
         let deadline = self.fwd.deadline_from_now();
-        let piece = Piece { io: id, offset, buf_offset, len, op, proxy: home, tried: 0, tries: 0, deadline };
+        let piece = Piece { io: id, offset, buf_offset, len, op, proxy: home, tried: 0, tries: 0, deadline, redirects: 0 };
         let sent = match self.dispatch(piece, home) {
             Dispatched::Sent => true,
             Dispatched::NoProxy(p) => self.st.hold(p),
@@ -597,6 +636,7 @@ impl VolumeDevice {
     /// Sends (or resends) `p` to a usable connection from `home` on that it has not been
     /// tried on.
     fn dispatch(&mut self, mut p: Piece, home: usize) -> Dispatched {
+        let epoch = self.route.table().map_or(0, |t| t.epoch);
         let VolumeDevice { cfg, fwd, st, .. } = self;
         st.data.clear();
         if p.op == Op::VolumeWrite {
@@ -615,7 +655,7 @@ impl VolumeDevice {
             p.proxy = conn;
             p.tries += 1;
             let (op, deadline) = (p.op, p.deadline);
-            let req = volume_request(op, p.offset, length, 0, &cfg.volume);
+            let req = ProxyRequestView { epoch, ..volume_request(op, p.offset, length, 0, &cfg.volume) };
             match fwd.send_until(conn, req, payload, p, deadline) {
                 Ok(_) => {
                     st.stats.proxy_requests += 1;
@@ -673,6 +713,7 @@ impl VolumeDevice {
                     tried: 0,
                     tries: 1,
                     deadline,
+                    redirects: 0,
                 };
                 let sent = fwd.send_until(home, req, &[], piece, deadline).is_ok();
                 st.open = OpenState::Opening {
@@ -711,7 +752,9 @@ impl VolumeDevice {
     /// [`VolumeDevice::release_held`]) or, past its deadline, fails its IO.
     fn resend_failed(&mut self) {
         for p in std::mem::take(&mut self.st.resend) {
-            let (io, home, op) = (p.io, p.proxy, p.op);
+            // The route table may have changed (a redirect): its owner first.
+            let routed = if p.op == Op::VolumeFlush { None } else { self.routed_home(p.offset) };
+            let (io, home, op) = (p.io, routed.unwrap_or(p.proxy), p.op);
             let going = match self.dispatch(p, home) {
                 Dispatched::Sent => true,
                 Dispatched::NoProxy(p) => self.st.hold(p),
@@ -903,6 +946,20 @@ impl VolumeState {
         if let (Outcome::Failed(Status::Unavailable), false) = (&outcome, self.stopping) {
             if p.tries < crate::device::MAX_TRIES && Instant::now() < p.deadline && self.ios.contains_key(&p.io) {
                 self.resend.push(p);
+                return;
+            }
+        }
+        // Redirected (not run): install the proxy's newer table and resend.
+        if let (Outcome::Answered { status: Status::Redirect, payload, .. }, false) = (&outcome, self.stopping) {
+            self.stats.failover.redirects += 1;
+            match RouteTable::decode(payload) {
+                Ok(t) => {
+                    self.routes.offer(t);
+                }
+                Err(e) => log::warn!("volume {}: a redirect carried a route table that does not decode: {e}", self.name),
+            }
+            if p.redirects < crate::device::MAX_REDIRECTS && Instant::now() < p.deadline && self.ios.contains_key(&p.io) {
+                self.resend.push(Piece { redirects: p.redirects + 1, tries: p.tries.saturating_sub(1), ..p });
                 return;
             }
         }

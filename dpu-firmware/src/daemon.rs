@@ -112,6 +112,8 @@ pub struct DeviceEntry {
     details: Arc<dyn Any + Send + Sync>,
     /// The call that recreates the device.
     config_call: Value,
+    /// Its route table (`crate::routes`).
+    pub(crate) routes: bdev_pov::forward::RouteControl,
     server: VhostBlkServer,
 }
 
@@ -221,7 +223,7 @@ impl Daemon {
         &self.keyring
     }
 
-    fn devices(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DeviceEntry>> {
+    pub(crate) fn devices(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DeviceEntry>> {
         self.devices.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -276,7 +278,8 @@ impl Daemon {
         Self::check_free_in(&devices, &fe.name, &fe.socket)?;
         let reactor = self.pick_reactor(fe.reactor)?;
         let virtqueues = fe.virtqueues.unwrap_or(DEFAULT_NUM_QUEUES);
-        let ctx = DeviceContext { tenants: self.tenants.clone(), gathering: self.gathering.clone() };
+        let routes = bdev_pov::forward::RouteControl::default();
+        let ctx = DeviceContext { tenants: self.tenants.clone(), gathering: self.gathering.clone(), routes: routes.clone() };
         let call: Arc<Mutex<Value>> = Arc::default();
         let call2 = call.clone();
         let build = move || -> Result<Box<dyn BlockDevice>, String> {
@@ -307,6 +310,7 @@ impl Daemon {
             info,
             details,
             config_call,
+            routes,
             server,
         };
         devices.insert(fe.name.clone(), entry);
@@ -401,6 +405,7 @@ impl Daemon {
                 calls.extend(devices.values().filter(|e| e.kind.kind() == k.kind()).map(|e| e.config_call.clone()));
             }
         }
+        calls.extend(self.save_routes());
         calls.push(crate::gathering::save_config(&self.gathering));
         json!({ "subsystems": [{ "subsystem": "pov", "config": calls }] })
     }

@@ -10,7 +10,8 @@
 //! * [`daemon`]: orchestration: reactors, the one registry of devices of every kind,
 //!   `save_config`; [`keyring`]: keys read from key files (SPDK's `keyring_file_*`);
 //!   [`tenant`]: the tenant table's RPCs, tenants referencing keys; [`gathering`]: the
-//!   daemon-wide gathering IO setting the pollers and devices follow.
+//!   daemon-wide gathering IO setting the pollers and devices follow; [`routes`]: each
+//!   device's route table and proxy membership (`pov_route_*`, `pov_proxy_*`).
 //! * [`rpc`]: the JSON-RPC 2.0 control server (SPDK conventions), its method table
 //!   assembled from the modules above, and a client; [`config`]: replay of a saved
 //!   configuration.
@@ -29,6 +30,7 @@ pub mod fuzz;
 pub mod gathering;
 pub mod keyring;
 pub mod kinds;
+pub mod routes;
 pub mod rpc;
 pub mod tenant;
 pub mod vhost_blk;

@@ -18,6 +18,8 @@
 //! * [`status`]: the error codes every response carries.
 //! * [`wire`]: the length-prefixed frames between `pov-dpud` and `pov-proxy` (the
 //!   "proxy request header" of paper §4.3.2).
+//! * [`route`]: route tables (epoch, placement, members, slot owners) and the
+//!   placement hashes shared by the DPU and the proxies (Ceph's rjenkins and stable mod).
 //! * [`entry`]: the stat and directory-listing records returned in payloads.
 //! * `fuzz` (feature `fuzzing`): the bodies of the fuzz targets of these decoders and
 //!   the replay of their seed corpora (`docs/fuzzing.md`).
@@ -33,6 +35,7 @@ pub mod fuzz;
 pub mod io;
 pub mod layout;
 pub mod path;
+pub mod route;
 pub mod status;
 pub mod testing;
 pub mod wire;

@@ -63,6 +63,11 @@ pub enum Status {
     RateLimited = 25,
     /// The tenant's limit of sessions or queues on this device is reached.
     Quota = 26,
+    /// Proxy → DPU only: the request was not run because this proxy does not own its
+    /// route slot and the DPU's route table is older than the proxy's; the payload is
+    /// the proxy's route table ([`crate::route::RouteTable`]). The DPU installs it and
+    /// resends. A host never sees it.
+    Redirect = 27,
 }
 
 impl Status {
@@ -97,6 +102,7 @@ impl Status {
             24 => NoRequest,
             25 => RateLimited,
             26 => Quota,
+            27 => Redirect,
             _ => Io,
         }
     }
@@ -138,6 +144,7 @@ impl Status {
             NoRequest => 61,                       // ENODATA
             RateLimited => 11,                     // EAGAIN
             Quota => 122,                          // EDQUOT
+            Redirect => 11,                        // EAGAIN
         }
     }
 
@@ -206,6 +213,7 @@ impl std::fmt::Display for Status {
             Status::NoRequest => "no request on this queue",
             Status::RateLimited => "too many failed authentications, retry later",
             Status::Quota => "the tenant's session or queue limit on this device is reached",
+            Status::Redirect => "redirected to the proxy that owns the request's route slot",
         };
         f.write_str(s)
     }
@@ -217,7 +225,7 @@ mod tests {
 
     #[test]
     fn every_code_round_trips() {
-        for v in 0..=26u32 {
+        for v in 0..=27u32 {
             assert_eq!(Status::from_u32(v).as_u32(), v);
         }
         assert_eq!(Status::from_u32(9999), Status::Io);

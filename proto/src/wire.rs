@@ -4,8 +4,8 @@
 //! [`MAX_FRAME`]) then the frame body. A body is a [`ProxyRequest`] (DPU → proxy) or a
 //! [`ProxyResponse`] (proxy → DPU), each a fixed header followed by variable parts.
 //! The proxy request header wraps the host's SDK hint with the tenant, the normalized
-//! path and load information (paper §4.3.2), for a route table to place the request in
-//! one hop; no component reads the hint or the load yet (planned).
+//! path, load information and the epoch of the DPU's route table (paper §4.3.2;
+//! [`crate::route`]), so that a proxy can tell a request routed by a stale table.
 
 use crate::codec::*;
 use crate::io::{Op, SdkHint, MAX_PATH};
@@ -60,7 +60,7 @@ pub fn frame_len(b: &[u8]) -> Result<Option<usize>, DecodeError> {
 /// | 120 | 1 | grant flags: bit 0 read-only (the proxy re-checks the session's grant) |
 /// | 121 | 1 | reserved |
 /// | 122 | 2 | grant prefix length |
-/// | 124 | 4 | reserved |
+/// | 124 | 4 | route epoch: of the DPU's route table when it routed the request (0: none) |
 /// | 128 | … | tenant, path, grant prefix, payload |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyRequest {
@@ -73,6 +73,8 @@ pub struct ProxyRequest {
     pub trace: bool,
     pub qos: u8,
     pub load: u32,
+    /// Epoch of the route table the DPU routed the request with (0: none).
+    pub epoch: u32,
     pub session_id: u64,
     pub tenant: String,
     pub path: String,
@@ -102,6 +104,7 @@ pub struct ProxyRequestView<'a> {
     pub trace: bool,
     pub qos: u8,
     pub load: u32,
+    pub epoch: u32,
     pub session_id: u64,
     pub tenant: &'a str,
     pub path: &'a str,
@@ -149,6 +152,7 @@ impl ProxyRequestView<'_> {
         put_u64(&mut h, 112, self.session_id);
         h[120] = self.read_only as u8;
         put_u16(&mut h, 122, self.prefix.len() as u16);
+        put_u32(&mut h, 124, self.epoch);
         out.extend_from_slice(&h);
         out.extend_from_slice(self.tenant.as_bytes());
         out.extend_from_slice(self.path.as_bytes());
@@ -173,6 +177,7 @@ impl ProxyRequest {
             trace: false,
             qos: 0,
             load: 0,
+            epoch: 0,
             session_id: 0,
             tenant: tenant.into(),
             path: path.into(),
@@ -192,6 +197,7 @@ impl ProxyRequest {
             trace: self.trace,
             qos: self.qos,
             load: self.load,
+            epoch: self.epoch,
             session_id: self.session_id,
             tenant: &self.tenant,
             path: &self.path,
@@ -245,6 +251,7 @@ impl ProxyRequest {
                 trace: b[104] != 0,
                 qos: b[105],
                 load: get_u32(b, 108),
+                epoch: get_u32(b, 124),
                 session_id: get_u64(b, 112),
                 grant: crate::io::Grant { read_only: b[120] & 1 != 0, prefix },
                 tenant,
@@ -337,6 +344,7 @@ mod tests {
             trace: true,
             qos: 1,
             load: 9,
+            epoch: 11,
             session_id: 10,
             tenant: "t".into(),
             path: "a/b".into(),

@@ -121,6 +121,18 @@ pub struct Args {
     /// closes fails).
     #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::ZERO))]
     pub idle_timeout: Secs,
+
+    /// Make this proxy a member of the cluster described in FILE (JSON: epoch,
+    /// placement `hash` or `ceph`, members' endpoints and co-located OSDs; see
+    /// docs/protocol.md, "Route tables and redirects"). Requests routed by a DPU with an
+    /// older route table to a slot another member owns are redirected; FILE is re-read
+    /// when it changes. Needs --member.
+    #[arg(long, value_name = "FILE", requires = "member")]
+    pub cluster: Option<std::path::PathBuf>,
+
+    /// This proxy's index in the --cluster file's members (from 0).
+    #[arg(long, value_name = "N", requires = "cluster")]
+    pub member: Option<usize>,
 }
 
 /// A byte count given as `N`, `NK`, `NM` or `NG` (powers of 1024; `KiB`, `MiB`,
@@ -329,8 +341,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cores: args.cores(),
         limits: args.limits(),
         peers: args.peers()?,
+        cluster: match (&args.cluster, args.member) {
+            (Some(f), Some(me)) => Some(crate::cluster::Cluster::load(f, me)?),
+            _ => None,
+        },
         ..ServerConfig::default()
     };
+    let cluster = config.cluster.clone();
     let server = Server::start(config)?;
     {
         let mut out = std::io::stdout().lock();
@@ -349,6 +366,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         totals.denied,
         totals.connections_accepted
     );
+    if let Some(c) = cluster {
+        log::info!("{}", c.summary());
+    }
     for t in tenants {
         log::info!(
             "tenant {}: {} requests, {} errors, {} bytes read, {} bytes written",

@@ -40,6 +40,7 @@
 pub mod access;
 pub mod backend;
 pub mod cli;
+pub mod cluster;
 pub mod offload;
 pub mod server;
 pub mod service;

@@ -51,6 +51,7 @@
 
 use crate::access::{Access, Peers};
 use crate::backend::{Backend, BackendSpec};
+use crate::cluster::Cluster;
 use crate::offload::{Offload, WorkerPool};
 use crate::service::{answer_bound, Service};
 use crate::stats::{ProxyStats, ServerStats, TenantStats};
@@ -147,6 +148,9 @@ pub struct ServerConfig {
     /// Whom to serve: [`Peers::Anyone`] (default; plain TCP, development) or only
     /// enrolled DPUs (needs a `tls:` listen endpoint).
     pub peers: Peers,
+    /// Cluster membership ([`crate::cluster`]): route table and redirects; `None`: a
+    /// standalone proxy that serves every request.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// Default listen endpoint.
@@ -161,6 +165,7 @@ impl Default for ServerConfig {
             reactor: ReactorConfig::default(),
             limits: ConnLimits::default(),
             peers: Peers::Anyone,
+            cluster: None,
         }
     }
 }
@@ -168,6 +173,8 @@ impl Default for ServerConfig {
 /// A running proxy. Dropping it shuts it down like [`Server::shutdown`].
 pub struct Server {
     runtime: Option<Runtime>,
+    /// The route-table refresher of a cluster member: its stop flag and thread.
+    refresher: Option<(Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)>,
     local_addr: String,
     backend_kind: &'static str,
     stats: Arc<ProxyStats>,
@@ -240,6 +247,7 @@ impl Server {
             stats: stats.clone(),
             limits: config.limits,
             peers: config.peers.clone(),
+            cluster: config.cluster.clone(),
         };
         runtime.reactors()[0]
             .call(move |ctx| {
@@ -249,7 +257,9 @@ impl Server {
             })
             .ok_or(Error::ReactorStopped(0))?;
         log::info!("pov-proxy serving {backend_kind} backend on {local_addr} with {} reactor(s)", runtime.reactors().len());
-        Ok(Server { runtime: Some(runtime), local_addr, backend_kind, stats })
+        let refresher =
+            config.cluster.clone().map(|c| start_refresher(c, config.backend.clone())).transpose().map_err(Error::Runtime)?;
+        Ok(Server { runtime: Some(runtime), refresher, local_addr, backend_kind, stats })
     }
 
     /// The address actually bound (`HOST:PORT`).
@@ -284,6 +294,10 @@ impl Server {
     }
 
     fn stop(&mut self) {
+        if let Some((stop, thread)) = self.refresher.take() {
+            stop.store(true, Ordering::Release);
+            let _ = thread.join();
+        }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown();
             log::info!("pov-proxy on {} stopped", self.local_addr);
@@ -295,6 +309,54 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Starts the thread that keeps a cluster member's route table current: re-reads the
+/// cluster file when it changes and, with Ceph placement, follows the OSD map through
+/// `backend`'s monitors, every [`crate::cluster::REFRESH`] (sleeping between steps;
+/// it checks its stop flag every 50 ms).
+fn start_refresher(
+    cluster: Arc<Cluster>,
+    backend: BackendSpec,
+) -> std::io::Result<(Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new().name("pov-route".into()).spawn(move || {
+        let mut monitor = None;
+        let mut failures = 0u32;
+        let mut no_ceph_told = false;
+        while !flag.load(Ordering::Acquire) {
+            cluster.reload_if_changed();
+            if cluster.ceph_pool().is_some() {
+                if monitor.is_none() && !no_ceph_told {
+                    match backend.monitor() {
+                        Some(Ok(m)) => monitor = Some(m),
+                        Some(Err(e)) => log::warn!("route controller: cannot reach the Ceph monitors: {e}"),
+                        None => {
+                            log::warn!("route controller: Ceph placement needs the ceph backend; routes stay as they are");
+                            no_ceph_told = true;
+                        }
+                    }
+                }
+                if let Some(m) = &monitor {
+                    match cluster.refresh_ceph(m.as_ref()) {
+                        Ok(()) => failures = 0,
+                        Err(e) => {
+                            failures += 1;
+                            if failures <= 3 || failures % 60 == 0 {
+                                log::warn!("route controller: reading the OSD map failed ({failures} in a row): {e}");
+                            }
+                        }
+                    }
+                }
+            }
+            let until = Instant::now() + crate::cluster::REFRESH;
+            while !flag.load(Ordering::Acquire) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    })?;
+    Ok((stop, thread))
 }
 
 /// Accepts connections and hands them to reactors.
@@ -312,6 +374,8 @@ struct Acceptor {
     limits: ConnLimits,
     /// Whom to serve: each connection's access comes from its peer's identity.
     peers: Peers,
+    /// This proxy's cluster membership (route table, redirects), if any.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Acceptor {
@@ -333,10 +397,11 @@ impl Acceptor {
         self.stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
         let target = self.reactors[self.next % self.reactors.len()].clone();
         self.next = self.next.wrapping_add(1);
-        let backend = self.backend.channel();
         let stats = self.stats.clone();
         let limits = self.limits;
-        let access = self.peers.access_for(transport.peer_identity());
+        let mut service = Service::new(self.backend.channel(), stats.clone());
+        service.set_access(self.peers.access_for(transport.peer_identity()));
+        service.set_cluster(self.cluster.clone());
         let offload = match self.pool.as_ref().map(|p| Offload::new(p.clone())).transpose() {
             Ok(o) => o,
             Err(e) => {
@@ -345,8 +410,8 @@ impl Acceptor {
             }
         };
         if target.id() == ctx.reactor_id() {
-            Connection::register(ctx, transport, backend, offload, stats, limits, access);
-        } else if !target.send(move |ctx| Connection::register(ctx, transport, backend, offload, stats, limits, access)) {
+            Connection::register(ctx, transport, service, offload, stats, limits);
+        } else if !target.send(move |ctx| Connection::register(ctx, transport, service, offload, stats, limits)) {
             log::warn!("reactor {} stopped; connection dropped", target.id());
         }
     }
@@ -448,6 +513,13 @@ fn serve(
         outbox.push(frame);
         return;
     }
+    // Routed by a stale table to a proxy that does not own it: not run, redirected.
+    if let Some(answer) = service.route_check(body) {
+        spare.push(frame);
+        *outbox_bytes += answer.len();
+        outbox.push(answer);
+        return;
+    }
     // A DPU that gave up on this proxy closed the connection and may have resent its
     // requests elsewhere: one that changes data must not run late (it could overwrite
     // what the resend and later writes stored). Checked right before it would run.
@@ -490,11 +562,10 @@ impl Connection {
     fn register(
         ctx: &mut ReactorContext,
         transport: Box<dyn Transport>,
-        backend: Box<dyn Backend>,
+        service: Service,
         offload: Option<Offload>,
         stats: Arc<ProxyStats>,
         limits: ConnLimits,
-        access: Access,
     ) {
         let fd = transport.fd();
         if let Some(fd) = fd {
@@ -505,12 +576,10 @@ impl Connection {
         }
         let peer = transport.peer().to_string();
         stats.connections_open.fetch_add(1, Ordering::Relaxed);
-        match &access {
-            Access::Denied { .. } => log::warn!("connection from {peer} on reactor {}: {access}", ctx.reactor_id()),
-            _ => log::info!("connection from {peer} on reactor {} ({access})", ctx.reactor_id()),
+        match service.access() {
+            access @ Access::Denied { .. } => log::warn!("connection from {peer} on reactor {}: {access}", ctx.reactor_id()),
+            access => log::info!("connection from {peer} on reactor {} ({access})", ctx.reactor_id()),
         }
-        let mut service = Service::new(backend, stats.clone());
-        service.set_access(access);
         let now = Instant::now();
         let conn = Connection {
             transport: Some(transport),

@@ -101,6 +101,7 @@ pub struct Service {
     bad_frames_warned: u32,
     access: Access,
     denied_warned: u32,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -120,12 +121,27 @@ impl Service {
             bad_frames_warned: 0,
             access: Access::Open,
             denied_warned: 0,
+            cluster: None,
         }
     }
 
     /// Sets what the connection's peer may do; every later request is checked.
     pub fn set_access(&mut self, access: Access) {
         self.access = access;
+    }
+
+    /// Makes the service a member of `cluster` (see [`Service::route_check`]).
+    pub fn set_cluster(&mut self, cluster: Option<Arc<crate::cluster::Cluster>>) {
+        self.cluster = cluster;
+    }
+
+    /// For a cluster member: the complete [`Status::Redirect`] response frame if
+    /// `body` was routed with a stale table to a slot another member owns (it must not
+    /// run; [`crate::cluster::Cluster::check`]). `None`: run it.
+    pub fn route_check(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+        let answer = self.cluster.as_ref()?.check(body)?;
+        self.tenants.server().frames.fetch_add(1, Ordering::Relaxed);
+        Some(answer)
     }
 
     /// The peer's access.
@@ -282,7 +298,8 @@ impl Service {
         let r: Result<Completion, Status> = match req.op {
             // Normally answered by answer_ping before it gets here.
             Op::Ping => Ok(Completion::ok(0)),
-            Op::Open => b.open(t, path, req.flags).map(|()| Completion::ok(0)),
+            // result: the file's location key (the DPU routes the handle's IO by it).
+            Op::Open => b.open(t, path, req.flags).map(Completion::ok),
             // The proxy keeps no handles: nothing to release.
             Op::Close => Ok(Completion::ok(0)),
             Op::Read => {

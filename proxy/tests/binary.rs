@@ -65,6 +65,7 @@ fn call(addr: &str, op: Op, path: &str, fl: u32, payload: &[u8]) -> ProxyRespons
         trace: false,
         qos: 0,
         load: 0,
+        epoch: 0,
         session_id: 1,
         tenant: "bin".into(),
         path: path.into(),

@@ -79,6 +79,7 @@ fn read_request(tag: u64, offset: u64, length: u32) -> Vec<u8> {
         trace: false,
         qos: 0,
         load: 0,
+        epoch: 0,
         session_id: 7,
         tenant: "t".into(),
         path: "big".into(),

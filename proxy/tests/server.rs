@@ -408,7 +408,7 @@ impl pov_proxy::backend::Backend for SlowBackend {
     fn op_timeout(&self) -> Option<Duration> {
         self.timeout
     }
-    fn open(&mut self, t: &str, p: &str, f: u32) -> Result<(), Status> {
+    fn open(&mut self, t: &str, p: &str, f: u32) -> Result<u64, Status> {
         self.inner.open(t, p, f)
     }
     fn read(&mut self, t: &str, p: &str, o: u64, b: &mut [u8]) -> Result<usize, Status> {

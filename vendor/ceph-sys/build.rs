@@ -42,6 +42,8 @@ const FUNCTIONS: &[&str] = &[
     "rados_write",
     "rados_read",
     "rados_remove",
+    "rados_mon_command",
+    "rados_buffer_free",
     // librbd
     "rbd_create",
     "rbd_open",
@@ -56,7 +58,7 @@ const FUNCTIONS: &[&str] = &[
 const TYPES: &[&str] = &["ceph_mount_info", "ceph_dir_result", "ceph_statx", "dirent", "rados_t", "rados_ioctx_t", "rbd_image_t"];
 
 /// Macros the wrappers use.
-const VARS: &[&str] = &["CEPH_STATX_MODE", "CEPH_STATX_SIZE", "CEPH_STATX_MTIME", "CEPH_RECLAIM_RESET"];
+const VARS: &[&str] = &["CEPH_STATX_INO", "CEPH_STATX_MODE", "CEPH_STATX_SIZE", "CEPH_STATX_MTIME", "CEPH_RECLAIM_RESET"];
 
 fn main() {
     println!("cargo:rerun-if-changed=wrapper.h");

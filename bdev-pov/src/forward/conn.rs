@@ -75,6 +75,8 @@ pub(crate) struct ProxyConn {
     dirty: bool,
     /// Requests in flight on this connection (sent to the proxy as load information).
     pub in_flight: u32,
+    /// Requests sent on this connection, all its incarnations (pings excluded).
+    pub sent: u64,
     /// Frames queued on the transport and not flushed yet (gathering).
     queued: u32,
     /// When the oldest of them was queued (only tracked with a gathering window).
@@ -94,6 +96,7 @@ impl ProxyConn {
             watched: None,
             dirty: false,
             in_flight: 0,
+            sent: 0,
             queued: 0,
             oldest_queued: None,
             held: FrameList::default(),

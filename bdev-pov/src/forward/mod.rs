@@ -25,17 +25,19 @@ pub mod health;
 pub mod route;
 
 pub use gather::{GatherStats, Gathering, GatheringControl, MAX_BATCH_SIZE, MAX_WINDOW_US};
-pub use route::{RoundRobin, RouteKey, Router};
+pub use route::{RoundRobin, RouteControl, RouteKey, RouteView, Router};
 
 use conn::{Broken, ProxyConn};
 use gather::GatheringView;
 use health::{Check, Health};
 use pov_proto::io::Op;
+use pov_proto::route::RouteTable;
 use pov_proto::wire::{ProxyRequestView, ProxyResponse};
 use pov_proto::Status;
 use pov_runtime::transport::{Endpoint, TransportCounters};
 use pov_runtime::{ErrorChain, FdRegistry};
 use rustc_hash::FxHashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How a request sent through a [`Forwarder`] ended.
@@ -95,8 +97,23 @@ pub struct FailoverStats {
     /// Requests held because no proxy could take them (sent when one came back, or
     /// failed at their deadline).
     pub held: u64,
+    /// Requests answered with a redirect (routed by an older route table than the
+    /// proxy's; resent after installing the proxy's table).
+    pub redirects: u64,
+    /// Epoch of the route table in force (0: none; queues keep a home proxy).
+    pub route_epoch: u32,
+    /// Route tables installed from redirects.
+    pub route_tables_learned: u64,
     /// Each proxy connection's state.
     pub proxies: Vec<ProxyState>,
+}
+
+impl FailoverStats {
+    /// Fills the route-table fields from `routes`.
+    pub fn fill_route(&mut self, routes: &RouteControl) {
+        self.route_epoch = routes.get().map_or(0, |t| t.epoch);
+        self.route_tables_learned = routes.learned();
+    }
 }
 
 /// One proxy connection as `pov_device_get_devices` shows it.
@@ -111,6 +128,8 @@ pub struct ProxyState {
     pub in_flight: u32,
     /// Times it was declared down.
     pub downs: u64,
+    /// Requests sent on it (pings excluded).
+    pub sent: u64,
 }
 
 struct Pending<C> {
@@ -139,7 +158,12 @@ pub struct Forwarder<C> {
     stale: u64,
     timeouts: u64,
     pings: u64,
+    /// The route table the member → connection map was built for, and the map.
+    members: Option<(Arc<RouteTable>, Vec<Option<usize>>)>,
 }
+
+/// Most proxy connections of one device (its own endpoints plus route-table members).
+pub const MAX_CONNS: usize = 64;
 
 impl<C> Forwarder<C> {
     /// A forwarder over `endpoints` (no connection is made before the first send) whose
@@ -159,7 +183,42 @@ impl<C> Forwarder<C> {
             stale: 0,
             timeouts: 0,
             pings: 0,
+            members: None,
         }
+    }
+
+    /// The connection to member `member` of `table`. A member the device has no
+    /// connection to yet gets one (connected on first use: the cluster told the device
+    /// about a proxy it was not configured with); `None` if its endpoint does not parse
+    /// or the device has [`MAX_CONNS`] connections.
+    pub fn member_conn(&mut self, table: &Arc<RouteTable>, member: usize) -> Option<usize> {
+        if !self.members.as_ref().is_some_and(|(t, _)| Arc::ptr_eq(t, table)) {
+            let mut map = Vec::with_capacity(table.members.len());
+            for m in &table.members {
+                let conn = match Endpoint::parse(m) {
+                    Ok(e) => {
+                        let name = e.to_string();
+                        match self.conns.iter().position(|c| c.endpoint.to_string() == name) {
+                            Some(i) => Some(i),
+                            None if self.conns.len() < MAX_CONNS => {
+                                log::info!("{}: route table member {name} is new: adding a connection to it", self.name);
+                                self.conns.push(ProxyConn::new(e));
+                                self.health.push(Health::new(Instant::now()));
+                                Some(self.conns.len() - 1)
+                            }
+                            None => None,
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("{}: route table member {m:?}: {e}", self.name);
+                        None
+                    }
+                };
+                map.push(conn);
+            }
+            self.members = Some((table.clone(), map));
+        }
+        self.members.as_ref().and_then(|(_, m)| m.get(member).copied().flatten())
     }
 
     /// The connection a request whose home connection is `home` should take: `home`
@@ -205,6 +264,7 @@ impl<C> Forwarder<C> {
                 },
                 in_flight: c.in_flight,
                 downs: h.downs,
+                sent: c.sent,
             })
             .collect()
     }
@@ -271,6 +331,7 @@ impl<C> Forwarder<C> {
         }
         self.next_tag += 1;
         c.in_flight += 1;
+        c.sent += 1;
         if c.in_flight == 1 {
             // Liveness counts from the first request after a quiet spell.
             let h = &mut self.health[conn];
@@ -308,6 +369,7 @@ impl<C> Forwarder<C> {
             trace: false,
             qos: 0,
             load: self.conns[i].in_flight,
+            epoch: 0,
             session_id: 0,
             tenant: "",
             path: "",

@@ -41,6 +41,8 @@ pub struct DeviceContext {
     pub tenants: TenantTable,
     /// The daemon's gathering setting, which the device's proxy connections follow.
     pub gathering: GatheringControl,
+    /// The device's route table (`crate::routes`).
+    pub routes: bdev_pov::forward::RouteControl,
 }
 
 /// Methods of the registry itself (they span every kind).

@@ -182,7 +182,10 @@ impl Daemon {
                 NullVolume::new(cfg).map(|d| Box::new(d) as Box<dyn BlockDevice>).map_err(|e| e.to_string())
             } else {
                 let dev = if opening { VolumeDevice::new_opening(cfg) } else { VolumeDevice::new(cfg) };
-                dev.map(|d| Box::new(d.with_gathering(ctx.gathering.clone())) as Box<dyn BlockDevice>).map_err(|e| e.to_string())
+                dev.map(|d| {
+                    Box::new(d.with_gathering(ctx.gathering.clone()).with_routes(ctx.routes.clone())) as Box<dyn BlockDevice>
+                })
+                .map_err(|e| e.to_string())
             }
         });
         let what = if null { "null".to_string() } else { format!("backing volume {}", config.volume) };

@@ -374,6 +374,22 @@ impl CephBackend {
         st(e)
     }
 
+    /// A monitor-command runner for the route controller (`crate::cluster`): its own
+    /// RADOS connection as this backend's client, with the backend's deadline.
+    ///
+    /// Errors: the connection cannot be made (the failing step and errno).
+    pub fn monitor(c: &CephConfig) -> Result<super::MonCommand, String> {
+        let secs = c.timeout.as_millis().div_ceil(1000).max(1).to_string();
+        let keyring = c.keyring.as_ref().map(|k| k.to_string_lossy().into_owned());
+        let mut opts: Vec<(&str, &str)> = vec![("rados_mon_op_timeout", &secs)];
+        if let Some(k) = &keyring {
+            opts.push(("keyring", k));
+        }
+        let cluster =
+            Rados::connect(&c.client, &c.conf.to_string_lossy(), &opts).map_err(|(step, e)| format!("{step} ({c}): {e}"))?;
+        Ok(Box::new(move |cmd: &str| cluster.mon_command(cmd).map_err(|e| format!("monitor command {cmd}: {e}"))))
+    }
+
     /// The RBD pool's IO context (connecting on first use).
     fn rbd_pool(&self) -> Result<Arc<IoCtx>, Status> {
         let mut g = self.inner.rbd.lock().unwrap_or_else(|e| e.into_inner());
@@ -454,7 +470,7 @@ impl Backend for CephBackend {
         Some(self.inner.config.timeout)
     }
 
-    fn open(&mut self, tenant: &str, path: &str, f: u32) -> Result<(), Status> {
+    fn open(&mut self, tenant: &str, path: &str, f: u32) -> Result<u64, Status> {
         let p = resolve(tenant, path)?;
         if p.is_empty() {
             return Err(Status::IsDir);
@@ -474,10 +490,11 @@ impl Backend for CephBackend {
             // Parents are created only when missing: each mkdir is an MDS round trip.
             Err(Status::NotFound) if create => {
                 self.make_parents(tenant, &p)?;
-                self.open_file(tenant, &p, o).map(|_| ())
+                self.open_file(tenant, &p, o)
             }
-            r => r.map(|_| ()),
+            r => r,
         }
+        .and_then(|file| file.stat().map(|s| s.ino).map_err(st))
     }
 
     fn read(&mut self, tenant: &str, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, Status> {

@@ -248,7 +248,7 @@ impl Backend for LocalBackend {
         Box::new(LocalBackend { inner: self.inner.clone(), volumes: HashMap::new() })
     }
 
-    fn open(&mut self, tenant: &str, path: &str, f: u32) -> Result<(), Status> {
+    fn open(&mut self, tenant: &str, path: &str, f: u32) -> Result<u64, Status> {
         let create = f & flags::CREATE != 0;
         let mut o = if create || f & (flags::WRITE | flags::TRUNCATE) != 0 { libc::O_RDWR } else { libc::O_RDONLY };
         if create {
@@ -260,7 +260,8 @@ impl Backend for LocalBackend {
         if f & flags::TRUNCATE != 0 {
             o |= libc::O_TRUNC;
         }
-        self.open_file(tenant, path, o).map(|_| ())
+        let file = self.open_file(tenant, path, o)?;
+        Ok(std::os::unix::fs::MetadataExt::ino(&file.metadata().map_err(|e| Status::from_io_error(&e))?))
     }
 
     fn read(&mut self, tenant: &str, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, Status> {

@@ -118,7 +118,11 @@ pub trait Backend: Send {
     /// Errors: [`Status::NotFound`] (missing, no `CREATE`), [`Status::IsDir`] (a
     /// directory, including the namespace root), [`Status::NotDir`] (a parent is a
     /// file).
-    fn open(&mut self, tenant: &str, path: &str, flags: u32) -> Result<(), Status>;
+    ///
+    /// Returns the file's **location key** for routing (`pov_proto::route`): its
+    /// inode number — for CephFS the number its data objects are named after — or 0
+    /// if the backend has none.
+    fn open(&mut self, tenant: &str, path: &str, flags: u32) -> Result<u64, Status>;
 
     /// Reads up to `buf.len()` bytes at `offset` into `buf`; returns the number read
     /// (short at end of file, 0 past it).
@@ -248,6 +252,9 @@ pub fn resolve(tenant: &str, path: &str) -> Result<String, Status> {
     pov_proto::path::normalize(path.as_bytes())
 }
 
+/// Runs a Ceph monitor command (its JSON) and returns its output ([`BackendSpec::monitor`]).
+pub type MonCommand = Box<dyn Fn(&str) -> Result<Vec<u8>, String> + Send>;
+
 /// A parsed backend spec string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendSpec {
@@ -283,6 +290,18 @@ impl BackendSpec {
             #[cfg(not(feature = "ceph"))]
             _ if spec == "ceph" || spec.starts_with("ceph:") => Err(bad(NO_CEPH)),
             _ => Err(bad("expected local:DIR, null or ceph[:KEY=VALUE,...]")),
+        }
+    }
+
+    /// For the Ceph backend, a monitor-command runner (the route controller's view of
+    /// the OSD map, `crate::cluster`); `None` for the others.
+    ///
+    /// Errors: the RADOS connection cannot be made.
+    pub fn monitor(&self) -> Option<Result<MonCommand, String>> {
+        match self {
+            #[cfg(feature = "ceph")]
+            BackendSpec::Ceph(c) => Some(ceph::CephBackend::monitor(c)),
+            _ => None,
         }
     }
 

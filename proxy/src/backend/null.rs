@@ -42,11 +42,11 @@ impl Backend for NullBackend {
         Box::new(NullBackend {})
     }
 
-    fn open(&mut self, tenant: &str, path: &str, _flags: u32) -> Result<(), Status> {
+    fn open(&mut self, tenant: &str, path: &str, _flags: u32) -> Result<u64, Status> {
         if resolve(tenant, path)?.is_empty() {
             return Err(Status::IsDir);
         }
-        Ok(())
+        Ok(0)
     }
 
     fn read(&mut self, tenant: &str, path: &str, _offset: u64, buf: &mut [u8]) -> Result<usize, Status> {
@@ -130,8 +130,8 @@ mod tests {
         let mut b: Box<dyn Backend> = Box::new(NullBackend::new());
         assert!(!b.stores_data());
         assert_eq!(b.kind(), "null");
-        assert_eq!(b.open("t", "f", 0), Ok(()), "open succeeds without CREATE");
-        assert_eq!(b.open("t", "f", flags::CREATE | flags::EXCL), Ok(()), "nothing exists, EXCL never fails");
+        assert_eq!(b.open("t", "f", 0), Ok(0), "open succeeds without CREATE");
+        assert_eq!(b.open("t", "f", flags::CREATE | flags::EXCL), Ok(0), "nothing exists, EXCL never fails");
         assert_eq!(b.write("t", "f", 0, b"hello", true), Ok(5));
         let mut buf = [0xffu8; 16];
         assert_eq!(b.read("t", "f", 0, &mut buf), Ok(16), "reads are full length");

@@ -12,7 +12,7 @@ use ceph_sys::{
     ceph_close, ceph_closedir, ceph_conf_read_file, ceph_conf_set, ceph_create, ceph_dir_result, ceph_finish_reclaim,
     ceph_fstatx, ceph_fsync, ceph_ftruncate, ceph_init, ceph_mkdir, ceph_mount, ceph_mount_info, ceph_open, ceph_opendir,
     ceph_read, ceph_readdir_r, ceph_release, ceph_rmdir, ceph_set_uuid, ceph_start_reclaim, ceph_statx, ceph_unlink,
-    ceph_unmount, ceph_write, dirent, CEPH_RECLAIM_RESET, CEPH_STATX_MODE, CEPH_STATX_MTIME, CEPH_STATX_SIZE,
+    ceph_unmount, ceph_write, dirent, CEPH_RECLAIM_RESET, CEPH_STATX_INO, CEPH_STATX_MODE, CEPH_STATX_MTIME, CEPH_STATX_SIZE,
 };
 use std::ffi::{c_int, CStr, CString};
 use std::ptr;
@@ -51,13 +51,15 @@ pub struct CephStat {
     pub size: u64,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: u64,
+    /// Inode number (what the file's data objects are named after).
+    pub ino: u64,
 }
 
 impl CephStat {
     fn from_raw(s: &ceph_statx) -> CephStat {
         let ns =
             (s.stx_mtime.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(s.stx_mtime.tv_nsec.max(0) as u64);
-        CephStat { mode: u32::from(s.stx_mode), size: s.stx_size, mtime_ns: ns }
+        CephStat { mode: u32::from(s.stx_mode), size: s.stx_size, mtime_ns: ns, ino: s.stx_ino }
     }
 
     /// `true` for a regular file.
@@ -172,7 +174,7 @@ impl CephMount {
     pub fn stat(&self, path: &str) -> Result<CephStat, Errno> {
         let p = cstr(path)?;
         let mut s = ceph_statx::default();
-        let want = CEPH_STATX_MODE | CEPH_STATX_SIZE | CEPH_STATX_MTIME;
+        let want = CEPH_STATX_MODE | CEPH_STATX_SIZE | CEPH_STATX_MTIME | CEPH_STATX_INO;
         // SAFETY: mounted handle, NUL-terminated path, `s` is a valid out-struct.
         check(unsafe { ceph_statx(self.raw, p.as_ptr(), &mut s, want, libc::AT_SYMLINK_NOFOLLOW as u32) })?;
         Ok(CephStat::from_raw(&s))
@@ -294,7 +296,7 @@ impl CephFile {
     /// Attributes of the open file.
     pub fn stat(&self) -> Result<CephStat, Errno> {
         let mut s = ceph_statx::default();
-        let want = CEPH_STATX_MODE | CEPH_STATX_SIZE | CEPH_STATX_MTIME;
+        let want = CEPH_STATX_MODE | CEPH_STATX_SIZE | CEPH_STATX_MTIME | CEPH_STATX_INO;
         // SAFETY: open descriptor; `s` is a valid out-struct.
         check(unsafe { ceph_fstatx(self.mount.raw, self.fd, &mut s, want, 0) })?;
         Ok(CephStat::from_raw(&s))

@@ -10,9 +10,9 @@
 
 use super::cephfs::{check, cstr, Errno};
 use ceph_sys::{
-    rados_conf_read_file, rados_conf_set, rados_connect, rados_create2, rados_ioctx_create, rados_ioctx_destroy, rados_ioctx_t,
-    rados_read, rados_remove, rados_shutdown, rados_t, rados_write, rbd_close, rbd_create, rbd_flush, rbd_get_size, rbd_image_t,
-    rbd_open, rbd_read, rbd_write,
+    rados_buffer_free, rados_conf_read_file, rados_conf_set, rados_connect, rados_create2, rados_ioctx_create,
+    rados_ioctx_destroy, rados_ioctx_t, rados_mon_command, rados_read, rados_remove, rados_shutdown, rados_t, rados_write,
+    rbd_close, rbd_create, rbd_flush, rbd_get_size, rbd_image_t, rbd_open, rbd_read, rbd_write,
 };
 use std::ffi::c_int;
 use std::ptr;
@@ -67,6 +67,42 @@ impl Rados {
         // SAFETY: connected handle, NUL-terminated pool name, valid out-pointer.
         check(unsafe { rados_ioctx_create(self.raw, p.as_ptr(), &mut io) })?;
         Ok(IoCtx { raw: io, _cluster: self.clone() })
+    }
+}
+
+impl Rados {
+    /// Runs a monitor command (`cmd`: its JSON, e.g. `{"prefix":"osd dump","format":"json"}`)
+    /// and returns its output buffer.
+    ///
+    /// Errors: the command's negative return value (its status text is logged).
+    pub fn mon_command(&self, cmd: &str) -> Result<Vec<u8>, Errno> {
+        let c = cstr(cmd)?;
+        let cmds = [c.as_ptr()];
+        let (mut out, mut out_len, mut st, mut st_len) = (ptr::null_mut(), 0usize, ptr::null_mut(), 0usize);
+        // SAFETY: connected handle; one NUL-terminated command string in an array of
+        // length 1; no input buffer; valid out-pointers for both buffers and lengths.
+        let r = unsafe {
+            rados_mon_command(self.raw, cmds.as_ptr() as *mut _, 1, ptr::null(), 0, &mut out, &mut out_len, &mut st, &mut st_len)
+        };
+        let take = |p: *mut std::ffi::c_char, len: usize| -> Vec<u8> {
+            if p.is_null() {
+                return Vec::new();
+            }
+            // SAFETY: librados allocated `len` bytes at `p` for this call; copied
+            // before the buffer is freed, freed exactly once.
+            let v = unsafe { std::slice::from_raw_parts(p as *const u8, len) }.to_vec();
+            // SAFETY: as above.
+            unsafe { rados_buffer_free(p) };
+            v
+        };
+        let (out, status) = (take(out, out_len), take(st, st_len));
+        match check(r) {
+            Ok(_) => Ok(out),
+            Err(e) => {
+                log::debug!("mon command {cmd}: {e:?}: {}", String::from_utf8_lossy(&status));
+                Err(e)
+            }
+        }
     }
 }
 
