@@ -66,3 +66,86 @@ fn walk(p: &Path) -> usize {
         .map(|e| if e.file_type().unwrap().is_dir() { walk(&e.path()) } else { 1 })
         .sum()
 }
+
+/// `ceph osd map POOL OBJECT` as JSON.
+fn osd_map(conf: &Path, pool: &str, object: &str) -> serde_json::Value {
+    let out = Command::new("ceph")
+        .args(["-c"])
+        .arg(conf)
+        .args(["osd", "map", pool, object, "--format", "json"])
+        .output()
+        .expect("run ceph osd map");
+    assert!(out.status.success(), "ceph osd map failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("ceph osd map prints JSON")
+}
+
+/// PoV computes object placement exactly as Ceph does: for CephFS data-object names
+/// (and a few odd lengths), the raw hash and the PG from `pov_proto::route` equal what
+/// `ceph osd map` prints — rjenkins over every tail length, and the stable mod of a pool
+/// whose `pg_num` is not a power of two (so the fold is exercised).
+#[test]
+fn object_placement_matches_ceph_osd_map() {
+    use pov_proto::route::{ceph_stable_mod, ceph_str_hash_rjenkins, cephfs_data_object, pg_num_mask};
+    let Some(cluster) = DevCluster::shared() else { return };
+    let conf = cluster.conf();
+    let ceph = |args: &[&str]| {
+        let out = Command::new("ceph").arg("-c").arg(conf).args(args).output().expect("run ceph");
+        assert!(out.status.success(), "ceph {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ceph(&["osd", "pool", "create", "pov-placement", "12"]);
+    let mut names: Vec<String> = (0..24u64).map(|i| cephfs_data_object(0x10000000000 + i * 977, i << 22, 4 << 20)).collect();
+    names.extend((0..14).map(|n| "x".repeat(n)).filter(|s| !s.is_empty()));
+    names.push("rbd_data.1a2b3c4d5e6f.0000000000000007".into());
+    for pool in ["pov-data", "pov-placement"] {
+        for name in &names {
+            let m = osd_map(conf, pool, name);
+            let raw = m["raw_pgid"].as_str().expect("raw_pgid");
+            let pgid = m["pgid"].as_str().expect("pgid");
+            let hash = u32::from_str_radix(raw.split('.').nth(1).unwrap(), 16).unwrap();
+            let seed = u32::from_str_radix(pgid.split('.').nth(1).unwrap(), 16).unwrap();
+            assert_eq!(ceph_str_hash_rjenkins(name.as_bytes()), hash, "rjenkins of {name:?} ({m})");
+            let pg_num = if pool == "pov-placement" { 12 } else { 8 };
+            assert_eq!(ceph_stable_mod(hash, pg_num, pg_num_mask(pg_num)), seed, "PG of {name:?} in {pool} ({m})");
+        }
+    }
+    println!("placement of {} object names checked against ceph osd map in 2 pools (8 and 12 PGs)", names.len());
+    ceph(&["osd", "pool", "rm", "pov-placement", "pov-placement", "--yes-i-really-really-mean-it"]);
+}
+
+/// A file's location key is its CephFS inode: the proxy's Open answers it, and the
+/// file's first data object `<inode hex>.00000000` exists in the data pool — the name
+/// data-aware routing hashes. And a proxy that is a Ceph-placement cluster member
+/// serves a table of the data pool's PGs whose epoch follows the OSD map.
+#[test]
+fn location_keys_name_the_files_data_objects_and_the_route_table_follows_the_osd_map() {
+    use pov_proxy::backend::Backend;
+    let Some(cluster) = DevCluster::shared() else { return };
+    let mut b = pov_proxy::backend::ceph::CephBackend::open(&cluster.config("/e2e-loc")).expect("mount");
+    let ino = b.open("acme", "located", pov_proto::io::flags::CREATE | pov_proto::io::flags::WRITE).expect("create");
+    b.write("acme", "located", 0, &pattern(8192, 3), true).expect("write");
+    assert!(ino > 1, "an inode number: {ino}");
+    let object = pov_proto::route::cephfs_data_object(ino, 0, 4 << 20);
+    let st = Command::new("rados").arg("-c").arg(cluster.conf()).args(["-p", "pov-data", "stat", &object]).output().unwrap();
+    assert!(st.status.success(), "data object {object} of inode {ino}: {}", String::from_utf8_lossy(&st.stderr));
+    b.remove("acme", "located").ok();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.json");
+    std::fs::write(
+        &file,
+        r#"{"epoch": 1, "placement": {"kind": "ceph", "pool": "pov-data"},
+            "members": [{"endpoint": "tcp:127.0.0.1:1", "osds": [0]}]}"#,
+    )
+    .unwrap();
+    let c = pov_proxy::cluster::Cluster::load(&file, 0).unwrap();
+    let mon = pov_proxy::backend::ceph::CephBackend::monitor(&cluster.config("/")).expect("monitor");
+    // (Other tests create pools meanwhile: the OSD map epoch may move.)
+    let epoch = || osd_map(cluster.conf(), "pov-data", &object)["epoch"].as_u64().unwrap() as u32;
+    let before = epoch();
+    c.refresh_ceph(mon.as_ref()).expect("read the OSD map");
+    let after = epoch();
+    let t = c.table();
+    assert_eq!(t.slots(), 8, "one slot per PG of pov-data");
+    assert!((1 + before..=1 + after).contains(&t.epoch), "file epoch + OSD map epoch: {} vs {before}..{after}", t.epoch);
+    assert!(t.owners.iter().all(|&o| o == 0), "the only OSD's member owns every PG: {:?}", t.owners);
+}
