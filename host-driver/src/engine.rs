@@ -98,6 +98,8 @@ struct OpenHandle {
     /// Wire path and Open flags it was opened with.
     path: String,
     flags: u32,
+    /// The location key it was opened with (SDK hint of its requests).
+    location: u64,
     /// Why it could not be opened again after a failover (calls on it fail).
     lost: Option<String>,
 }
@@ -179,17 +181,20 @@ pub(crate) struct Call<'a> {
     pub(crate) expect: usize,
     /// What the request is about, for error messages.
     pub(crate) target: &'a str,
+    /// SDK hint: the proxy location key (0: the device decides; see
+    /// [`crate::OpenOptions::location_key`]). A call on a handle uses the handle's.
+    pub(crate) location: u64,
 }
 
 impl<'a> Call<'a> {
     /// A request whose payload is a path.
     pub(crate) fn path(op: Op, path: &'a str, expect: usize) -> Call<'a> {
-        Call { op, handle: 0, offset: 0, length: 0, flags: 0, payload: path.as_bytes(), expect, target: path }
+        Call { op, handle: 0, offset: 0, length: 0, flags: 0, payload: path.as_bytes(), expect, target: path, location: 0 }
     }
 
     /// A request about an open file.
     pub(crate) fn handle(op: Op, handle: u64, target: &'a str) -> Call<'a> {
-        Call { op, handle, offset: 0, length: 0, flags: 0, payload: &[], expect: 0, target }
+        Call { op, handle, offset: 0, length: 0, flags: 0, payload: &[], expect: 0, target, location: 0 }
     }
 }
 
@@ -296,10 +301,11 @@ impl Engine {
     }
 
     /// Records a file the device opened as handle `device` (from `path` with Open
-    /// `flags`); returns the library's handle ID for it (never 0).
-    pub(crate) fn register_handle(&self, device: u64, path: &str, flags: u32) -> u64 {
+    /// `flags` and SDK location key `location`); returns the library's handle ID for it
+    /// (never 0).
+    pub(crate) fn register_handle(&self, device: u64, path: &str, flags: u32, location: u64) -> u64 {
         let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let h = OpenHandle { device, path: path.to_string(), flags, lost: None };
+        let h = OpenHandle { device, path: path.to_string(), flags, location, lost: None };
         self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(id, h);
         id
     }
@@ -311,11 +317,16 @@ impl Engine {
 
     /// The device's handle for handle ID `id` now.
     pub(crate) fn device_handle(&self, id: u64, target: &str) -> io::Result<u64> {
+        self.handle_of(id, target).map(|(h, _)| h)
+    }
+
+    /// The device's handle for handle ID `id` now, and its location key.
+    fn handle_of(&self, id: u64, target: &str) -> io::Result<(u64, u64)> {
         match self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
             Some(OpenHandle { lost: Some(why), .. }) => {
                 Err(io::Error::new(io::ErrorKind::NotConnected, format!("{target}: {why}")))
             }
-            Some(h) => Ok(h.device),
+            Some(h) => Ok((h.device, h.location)),
             None => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{target}: file handle {id} is not open"))),
         }
     }
@@ -477,9 +488,9 @@ impl Engine {
         let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
         for h in handles.values_mut() {
             let fl = h.flags & !(pov_proto::io::flags::CREATE | pov_proto::io::flags::EXCL | pov_proto::io::flags::TRUNCATE);
-            let c = Call { flags: fl, ..Call::path(Op::Open, &h.path, 0) };
+            let c = Call { flags: fl, location: h.location, ..Call::path(Op::Open, &h.path, 0) };
             let mut take = Some(|r: &ResponseHeader, _: &[u8]| Ok(r.result));
-            match self.exchange(ch, &inc, &c, 0, &mut take) {
+            match self.exchange(ch, &inc, &c, (0, c.location), &mut take) {
                 Ok(device) if device != 0 => h.device = device,
                 Ok(_) => h.lost = Some("reopening it after a failover gave file handle 0".into()),
                 Err(Failure::Lost(e, _) | Failure::Other(e)) => {
@@ -512,7 +523,7 @@ impl Engine {
             let mut lease = self.acquire()?;
             let ch = lease.ch.as_mut().expect("leased channel");
             let generation = ch.generation;
-            let handle = if c.handle == 0 { 0 } else { self.device_handle(c.handle, c.target)? };
+            let handle = if c.handle == 0 { (0, c.location) } else { self.handle_of(c.handle, c.target)? };
             let inc = self.incarnation();
             match self.exchange(ch, &inc, c, handle, &mut f) {
                 Ok(r) => return Ok(r),
@@ -541,13 +552,13 @@ impl Engine {
     }
 
     /// One round trip on channel `ch` of incarnation `inc` (`handle`: the device's
-    /// file handle for the call); calls `f` (taken) on success.
+    /// file handle for the call and its SDK location key); calls `f` (taken) on success.
     fn exchange<R, F>(
         &self,
         ch: &mut Channel,
         inc: &Incarnation,
         c: &Call<'_>,
-        handle: u64,
+        (handle, location): (u64, u64),
         f: &mut Option<F>,
     ) -> Result<R, Failure>
     where
@@ -566,7 +577,7 @@ impl Engine {
             length: c.length,
             flags: c.flags,
             payload_len: c.payload.len() as u32,
-            hint: SdkHint::default(),
+            hint: SdkHint { location_key: location, ..SdkHint::default() },
         };
         let wlen = encode_request(&mut ch.req, &hdr, c.payload);
         inc.keys.seal_request(ch.queue_id, request_id, &mut ch.req[..HEADER_SIZE + c.payload.len()], REQUEST_TAG_OFFSET);

@@ -24,12 +24,24 @@ pub struct OpenOptions {
     create: bool,
     create_new: bool,
     truncate: bool,
+    location: u64,
 }
 
 impl OpenOptions {
     /// Read-only, open an existing file.
     pub fn new() -> OpenOptions {
         OpenOptions::default()
+    }
+
+    /// The proxy location key of the SDK hint (paper §4.3.2) for this file's requests:
+    /// files opened with the same non-zero key are routed as one (to the same proxy of
+    /// a cluster, in hash placement), e.g. the files of one job. 0 (the default) lets
+    /// the device decide: by the file's inode, which with Ceph placement is the proxy
+    /// next to the file's data (`docs/protocol.md`, "Route tables and redirects"). A
+    /// key only moves this file's requests between proxies; it grants nothing.
+    pub fn location_key(&mut self, key: u64) -> &mut OpenOptions {
+        self.location = key;
+        self
     }
 
     /// Allow writes, appends, truncation and fsync through the handle.
@@ -82,13 +94,13 @@ impl OpenOptions {
     pub(crate) fn open_on(&self, engine: &Arc<Engine>, path: &str) -> io::Result<File> {
         let f = self.wire_flags()?;
         let wire = wire_path(path, Op::Open)?;
-        let c = Call { flags: f, ..Call::path(Op::Open, &wire, 0) };
+        let c = Call { flags: f, location: self.location, ..Call::path(Op::Open, &wire, 0) };
         let device = engine.call(&c, |h, _| Ok(h.result))?;
         if device == 0 {
             return Err(protocol_error(format!("open {wire}: device returned file handle 0")));
         }
         // The engine maps our ID to the device's handle (a failover opens it again).
-        let handle = engine.register_handle(device, &wire, f);
+        let handle = engine.register_handle(device, &wire, f, self.location);
         Ok(File { engine: Arc::clone(engine), handle, path: wire, closed: AtomicBool::new(false) })
     }
 }

@@ -113,6 +113,8 @@ impl Faults {
 struct Tap {
     /// `(op, payload_len, length)` of every IO request written to a request slot.
     requests: Vec<(Op, u32, u32)>,
+    /// `(op, SDK hint location key)` of every IO request.
+    locations: Vec<(Op, u64)>,
     /// Per queue: the request (op, file handle) written and whose response has not
     /// been read yet (read at slot offset 0).
     pending: HashMap<u32, (Op, u64)>,
@@ -129,6 +131,7 @@ impl Tap {
             Err(e) => return self.violations.push(format!("queue {queue}: undecodable request header: {e}")),
         };
         self.requests.push((hdr.op, hdr.payload_len, hdr.length));
+        self.locations.push((hdr.op, hdr.hint.location_key));
         if self.pending.insert(queue, (hdr.op, hdr.file_handle)).is_some() {
             self.violations.push(format!("queue {queue} reused before its response was read"));
         }
@@ -346,6 +349,11 @@ impl Stack {
     /// `(op, payload_len, length)` of every IO request the driver sent so far.
     pub(crate) fn requests(&self) -> Vec<(Op, u32, u32)> {
         self.shared.tap.lock().unwrap().requests.clone()
+    }
+
+    /// `(op, SDK hint location key)` of every IO request so far.
+    pub(crate) fn locations(&self) -> Vec<(Op, u64)> {
+        self.shared.tap.lock().unwrap().locations.clone()
     }
 
     /// How many IO requests of `op` the driver sent so far.

@@ -488,3 +488,23 @@ fn cli_copies_trees_in_and_out() {
     assert_eq!(stack.open_handles(), 0);
     assert!(stack.violations().is_empty());
 }
+
+/// The SDK hint's location key: a file opened with one carries it on every request
+/// (its Open included), and one opened without carries 0 (the device decides).
+#[test]
+fn location_keys_ride_on_every_request_of_their_file() {
+    let (stack, _dev, s) = setup();
+    let keyed = OpenOptions::new().write(true).create(true).location_key(0xfeed).open(&s, "/keyed").unwrap();
+    let plain = OpenOptions::new().write(true).create(true).open(&s, "/plain").unwrap();
+    let before = stack.locations().len();
+    keyed.write_at(b"abc", 0).unwrap();
+    let mut buf = [0u8; 3];
+    keyed.read_at(&mut buf, 0).unwrap();
+    let keyed_ops = stack.locations()[before..].to_vec();
+    plain.write_at(b"abc", 0).unwrap();
+    let plain_ops = stack.locations()[before + keyed_ops.len()..].to_vec();
+    assert_eq!(keyed_ops, vec![(Op::Write, 0xfeed), (Op::Read, 0xfeed)]);
+    assert_eq!(plain_ops, vec![(Op::Write, 0)]);
+    let opens: Vec<u64> = stack.locations().iter().filter(|(op, _)| *op == Op::Open).map(|(_, k)| *k).collect();
+    assert_eq!(opens, vec![0xfeed, 0], "the Open itself is routed by the key");
+}
