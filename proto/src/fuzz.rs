@@ -366,6 +366,32 @@ fn wire_body(b: &[u8]) {
         r.encode_frame(payload, &mut out);
         assert_eq!(frame_len(&out), Ok(Some(out.len() - LEN_PREFIX)));
         assert_eq!(ProxyResponse::decode(&out[LEN_PREFIX..]), Ok((r, payload)), "proxy response round trip");
+        // A redirect's payload is a route table (and anything else must not decode
+        // into one that fails its own checks).
+        route_table(payload);
+    }
+    route_table(b);
+}
+
+/// A route table (the payload of a `Redirect`): decodes only when valid, round-trips,
+/// and every slot computation stays in range.
+fn route_table(b: &[u8]) {
+    use crate::route::{RouteInput, RouteTable};
+    if let Ok(t) = RouteTable::decode(b) {
+        assert!(t.validate().is_ok(), "{t:?}");
+        assert_eq!(RouteTable::decode(&t.encode()).as_ref(), Ok(&t), "route table round trip");
+        let (h, tail) = b.split_at(b.len().min(8));
+        let key = h.iter().fold(0u64, |k, &x| k << 8 | u64::from(x));
+        let path = std::str::from_utf8(tail).unwrap_or("p");
+        for input in [
+            RouteInput::File { tenant: "t", path, location: key, offset: key },
+            RouteInput::File { tenant: "t", path, location: 0, offset: 0 },
+            RouteInput::Volume { name: path, offset: key },
+        ] {
+            let slot = t.slot(input);
+            assert!(slot < t.slots());
+            assert!(t.owner(slot).map_or(true, |o| o < t.members.len()));
+        }
     }
 }
 
@@ -501,7 +527,12 @@ pub fn valid_seeds(target: &str) -> Vec<Vec<u8>> {
             r.encode_frame(b"payload", &mut req).unwrap_or_default();
             let mut resp = Vec::new();
             ProxyResponse { op: 3, tag: 11, status: Status::Ok, result: 4, flags: 0 }.encode_frame(b"data", &mut resp);
-            vec![req, resp]
+            let table = crate::route::RouteTable::hashed(3, vec!["tcp:127.0.0.1:4420".into(), "tls:proxy-b:4420".into()], 8)
+                .map(|t| t.encode())
+                .unwrap_or_default();
+            let mut redirect = Vec::new();
+            ProxyResponse { op: 3, tag: 12, status: Status::Redirect, result: 0, flags: 0 }.encode_frame(&table, &mut redirect);
+            vec![req, resp, redirect]
         }
         _ => Vec::new(),
     }
