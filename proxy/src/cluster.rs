@@ -184,6 +184,9 @@ pub struct Cluster {
     pub served_own: AtomicU64,
     /// Requests served whose slot another member owns (routed here on purpose).
     pub served_other: AtomicU64,
+    /// Data bytes (request payloads and bytes asked for by reads) of `served_other`:
+    /// what a gateway that forwards to the owner would move between proxies.
+    pub other_bytes: AtomicU64,
     /// Requests answered with a redirect.
     pub redirected: AtomicU64,
     /// The file's `redirects` setting.
@@ -217,6 +220,7 @@ impl Cluster {
             table: RwLock::new(Arc::new(Published { encoded: table.encode(), table })),
             served_own: AtomicU64::new(0),
             served_other: AtomicU64::new(0),
+            other_bytes: AtomicU64::new(0),
             redirected: AtomicU64::new(0),
             redirects: std::sync::atomic::AtomicBool::new(redirects),
             osdmap: RwLock::new(None),
@@ -227,12 +231,13 @@ impl Cluster {
     /// One line of counters, for the log at shutdown.
     pub fn summary(&self) -> String {
         format!(
-            "cluster member {}: route epoch {}, served {} request(s) of its own slots and {} of other members' slots, \
-             redirected {}",
+            "cluster member {}: route epoch {}, served {} request(s) of its own slots and {} of other members' slots \
+             ({} data bytes), redirected {}",
             self.me,
             self.epoch.load(Ordering::Acquire),
             self.served_own.load(Ordering::Relaxed),
             self.served_other.load(Ordering::Relaxed),
+            self.other_bytes.load(Ordering::Relaxed),
             self.redirected.load(Ordering::Relaxed)
         )
     }
@@ -356,6 +361,9 @@ impl Cluster {
         }
         if req.epoch >= p.table.epoch || !self.redirects.load(Ordering::Relaxed) {
             self.served_other.fetch_add(1, Ordering::Relaxed);
+            let bytes =
+                r.payload.len() as u64 + if matches!(req.op, Op::Read | Op::VolumeRead) { u64::from(req.length) } else { 0 };
+            self.other_bytes.fetch_add(bytes, Ordering::Relaxed);
             return None;
         }
         self.redirected.fetch_add(1, Ordering::Relaxed);
