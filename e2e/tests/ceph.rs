@@ -149,3 +149,135 @@ fn location_keys_name_the_files_data_objects_and_the_route_table_follows_the_osd
     assert!((1 + before..=1 + after).contains(&t.epoch), "file epoch + OSD map epoch: {} vs {before}..{after}", t.epoch);
     assert!(t.owners.iter().all(|&o| o == 0), "the only OSD's member owns every PG: {:?}", t.owners);
 }
+
+/// Data-aware routing on a real 3-OSD cluster (issue 11, part 2): three member proxies
+/// with Ceph placement (member N next to `osd.N`), one PoV device on all three, verified
+/// writers and readers. The device learns the PG table from the first redirect; then
+/// `ceph osd out 1` remaps osd.1's PGs to the other OSDs: the route controllers follow
+/// the OSD map (a new epoch, member 1 owns nothing), the device is redirected onto the
+/// new table, and the IO goes on with zero errors and nothing acknowledged lost.
+#[test]
+fn routes_follow_placement_groups_across_an_osd_map_change() {
+    use pov_e2e::{rpc, spawn_proxy, SECRET};
+    use pov_host::{Device, OpenOptions, Session};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    if !pov_proxy::backend::ceph::dev::installed() {
+        assert!(std::env::var_os("CI").is_none(), "Ceph is not installed");
+        return eprintln!("SKIPPED: Ceph is not installed");
+    }
+    let cluster = DevCluster::start_with(3, 16).expect("a 3-OSD dev cluster");
+    let conf = cluster.conf().to_path_buf();
+    let stack = Stack::start_on(Some(&format!("ceph:conf={},root=/routed", conf.display())), json!({}));
+    let ls: Vec<std::net::TcpListener> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let ports: Vec<u16> = ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    drop(ls);
+    let endpoints: Vec<String> = ports.iter().map(|p| format!("tls:127.0.0.1:{p}")).collect();
+    let members: Vec<serde_json::Value> =
+        endpoints.iter().enumerate().map(|(i, e)| json!({"endpoint": e, "osds": [i]})).collect();
+    let file = stack.dir.path().join("cluster.json");
+    std::fs::write(&file, json!({"epoch": 1, "placement": {"kind": "ceph", "pool": "pov-data"}, "members": members}).to_string())
+        .unwrap();
+    let mut proxies: Vec<_> = (0..3)
+        .map(|i| {
+            let mut args = stack.pki.proxy_args(&stack.enrolled);
+            args.extend(["--cluster".into(), file.as_os_str().to_owned(), "--member".into(), i.to_string().into()]);
+            let backend = format!("ceph:conf={},root=/routed,session_uuid=pov-e2e-routed-{i}", conf.display());
+            spawn_proxy(&backend, &endpoints[i], &args).0
+        })
+        .collect();
+    let sock = stack.dir.path().join("pov3.sock");
+    rpc(&stack.rpc_sock, "pov_device_create", json!({"name": "pov3", "socket": sock, "proxies": endpoints})).unwrap();
+    let spec = format!("vhost-user:{}", sock.display());
+    let device = || rpc(&stack.rpc_sock, "pov_device_get_devices", json!({"name": "pov3"})).unwrap()[0]["stats"].clone();
+    let owned = |m: usize| {
+        let p = rpc(&stack.rpc_sock, "pov_proxy_get_proxies", json!({"name": "pov3"})).unwrap();
+        p["proxies"][m]["slots_owned"].as_u64().unwrap_or(u64::MAX)
+    };
+
+    // Verified IO: each worker rewrites blocks of its own files and reads them back.
+    let acked: Arc<Mutex<std::collections::HashMap<(u64, u64), u64>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..3u64)
+        .map(|w| {
+            let (spec, acked, errors, stop) = (spec.clone(), acked.clone(), errors.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let dev = Device::open(&spec).unwrap();
+                let s = Session::open(&dev, "acme", SECRET.as_bytes(), 1).unwrap();
+                let files: Vec<_> = (0..4)
+                    .map(|f| OpenOptions::new().write(true).create(true).open(&s, &format!("/w{w}/f{f}")).unwrap())
+                    .collect();
+                let t0 = Instant::now();
+                let mut buf = vec![0u8; 4096];
+                for k in 0..200_000u64 {
+                    if stop.load(Ordering::Relaxed) || t0.elapsed() > Duration::from_secs(120) {
+                        break;
+                    }
+                    let (f, block) = (k % 4, (k / 4) % 8);
+                    let seed = (w << 40) | k;
+                    match files[f as usize].write_at(&pattern(4096, seed), block * 4096) {
+                        Ok(4096) => {
+                            acked.lock().unwrap().insert((w * 4 + f, block), seed);
+                        }
+                        r => errors.lock().unwrap().push(format!("worker {w} write: {r:?}")),
+                    }
+                    match files[f as usize].read_at(&mut buf, block * 4096) {
+                        Ok(4096) if buf == pattern(4096, seed) => {}
+                        r => errors.lock().unwrap().push(format!("worker {w} read: {r:?} (content checked)")),
+                    }
+                }
+                s.close().ok();
+            })
+        })
+        .collect();
+    let wait = |what: &str, secs: u64, cond: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !cond() {
+            assert!(t.elapsed() < Duration::from_secs(secs), "{what} within {secs} s: {}", device());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        t.elapsed()
+    };
+    wait("the device learns the PG table", 30, &|| device()["route_epoch"].as_u64().unwrap_or(0) > 1);
+    let before = device()["route_epoch"].as_u64().unwrap();
+    assert!(owned(1) > 0, "osd.1's member owns PGs before the change");
+    let out = Command::new("ceph").arg("-c").arg(&conf).args(["osd", "out", "1"]).output().unwrap();
+    assert!(out.status.success(), "ceph osd out 1: {}", String::from_utf8_lossy(&out.stderr));
+    let t = wait("the device follows the new PG primaries", 90, &|| {
+        device()["route_epoch"].as_u64().unwrap_or(0) > before && owned(1) == 0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let errs = errors.lock().unwrap().clone();
+    let d = device();
+    println!(
+        "3 OSDs x 3 member proxies: table epoch {before} -> {} {t:?} after `ceph osd out 1`; member 1 owns {} PGs; \
+         redirects {}, {} blocks acknowledged, {} errors",
+        d["route_epoch"],
+        owned(1),
+        d["redirects"],
+        acked.lock().unwrap().len(),
+        errs.len()
+    );
+    assert!(errs.is_empty(), "application errors: {errs:?}");
+    // Nothing acknowledged is lost.
+    let dev = Device::open(&spec).unwrap();
+    let s = Session::open(&dev, "acme", SECRET.as_bytes(), 1).unwrap();
+    let mut buf = vec![0u8; 4096];
+    for ((f, block), seed) in acked.lock().unwrap().iter() {
+        let h = OpenOptions::new().open(&s, &format!("/w{}/f{}", f / 4, f % 4)).unwrap();
+        assert_eq!(h.read_at(&mut buf, block * 4096).unwrap(), 4096);
+        assert!(buf == pattern(4096, *seed), "file {f} block {block}: acknowledged data lost");
+    }
+    s.close().ok();
+    for p in proxies.iter_mut() {
+        p.stop();
+        let line = p.take_lines().into_iter().find(|l| l.contains("cluster member")).unwrap_or_default();
+        println!("  {}", line.split("] ").nth(1).unwrap_or(&line));
+    }
+}

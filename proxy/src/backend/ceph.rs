@@ -765,6 +765,9 @@ pub mod dev {
         dir: PathBuf,
         conf: PathBuf,
         port: u16,
+        /// OSDs (`POV_CEPH_OSDS`) and PGs of `pov-data` (`POV_CEPH_DATA_PGS`).
+        osds: u32,
+        data_pgs: u32,
     }
 
     static SHARED: Mutex<Weak<DevCluster>> = Mutex::new(Weak::new());
@@ -819,9 +822,17 @@ pub mod dev {
         ///
         /// Errors: the script's output when `scripts/ceph-dev up` fails.
         pub fn start() -> Result<DevCluster, String> {
+            DevCluster::start_with(1, 8)
+        }
+
+        /// Starts a fresh cluster of `osds` OSDs (1-8) whose data pool `pov-data` has
+        /// `data_pgs` PGs, in its own directory (not shared).
+        ///
+        /// Errors: the script's output when `scripts/ceph-dev up` fails.
+        pub fn start_with(osds: u32, data_pgs: u32) -> Result<DevCluster, String> {
             let dir = std::env::temp_dir().join(format!("pov-ceph-{}-{}", std::process::id(), rand_suffix()));
             let port = free_port_pair();
-            let c = DevCluster { conf: dir.join("ceph.conf"), dir, port };
+            let c = DevCluster { conf: dir.join("ceph.conf"), dir, port, osds, data_pgs };
             let out = c.run("up").map_err(|e| format!("running {}: {e}", script().display()))?;
             if !out.status.success() {
                 return Err(format!(
@@ -840,6 +851,8 @@ pub mod dev {
                 .arg(verb)
                 .env("POV_CEPH_DIR", &self.dir)
                 .env("POV_CEPH_MON_PORT", self.port.to_string())
+                .env("POV_CEPH_OSDS", self.osds.to_string())
+                .env("POV_CEPH_DATA_PGS", self.data_pgs.to_string())
                 .output()
         }
 
