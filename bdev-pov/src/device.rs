@@ -19,7 +19,7 @@ use crate::tenant::TenantTable;
 use pov_proto::admin::ADMIN_REQUEST_SIZE;
 use pov_proto::io::{flags, Op, RequestHeader, ResponseHeader, REQUEST_TAG_OFFSET};
 use pov_proto::layout::{ConfigSpace, Geometry, Region};
-use pov_proto::route::{RouteInput, RouteTable};
+use pov_proto::route::RouteInput;
 use pov_proto::wire::ProxyRequestView;
 use pov_proto::Status;
 use pov_runtime::sched::{Fifo, Scheduler, Ticket};
@@ -824,12 +824,7 @@ impl DeviceState {
         // the op (docs/protocol.md, "Route tables and redirects").
         if let (Outcome::Answered { status: Status::Redirect, payload, .. }, false) = (&outcome, self.stopping) {
             self.stats.failover.redirects += 1;
-            match RouteTable::decode(payload) {
-                Ok(t) => {
-                    self.routes.offer(t);
-                }
-                Err(e) => log::warn!("device {}: a redirect carried a route table that does not decode: {e}", self.name),
-            }
+            self.routes.follow_redirect(payload, &format!("device {}", self.name));
             if let Some(Resend { header, target, mut tries }) =
                 f.resend.take().filter(|r| r.tries.redirects < MAX_REDIRECTS && Instant::now() < r.tries.deadline)
             {

@@ -39,7 +39,7 @@ use crate::forward::{
     Forwarder, GatherStats, Gathering, GatheringControl, Outcome, RoundRobin, RouteControl, RouteKey, RouteView, Router,
 };
 use pov_proto::io::{flags, Op, SdkHint};
-use pov_proto::route::{RouteInput, RouteTable};
+use pov_proto::route::RouteInput;
 use pov_proto::wire::{ProxyRequestView, ProxyResponse};
 use pov_proto::{Status, MAX_IO_BYTES};
 use pov_runtime::transport::Endpoint;
@@ -952,12 +952,7 @@ impl VolumeState {
         // Redirected (not run): install the proxy's newer table and resend.
         if let (Outcome::Answered { status: Status::Redirect, payload, .. }, false) = (&outcome, self.stopping) {
             self.stats.failover.redirects += 1;
-            match RouteTable::decode(payload) {
-                Ok(t) => {
-                    self.routes.offer(t);
-                }
-                Err(e) => log::warn!("volume {}: a redirect carried a route table that does not decode: {e}", self.name),
-            }
+            self.routes.follow_redirect(payload, &format!("volume {}", self.name));
             if p.redirects < crate::device::MAX_REDIRECTS && Instant::now() < p.deadline && self.ios.contains_key(&p.io) {
                 self.resend.push(Piece { redirects: p.redirects + 1, tries: p.tries.saturating_sub(1), ..p });
                 return;

@@ -62,6 +62,18 @@ impl RouteControl {
         true
     }
 
+    /// Handles the payload of a `Redirect` answer to `who` (`"device NAME"`): offers the
+    /// table it carries ([`RouteControl::offer`]); one that does not decode is logged
+    /// and ignored (the request is resent by the table in force).
+    pub fn follow_redirect(&self, payload: &[u8], who: &str) {
+        match RouteTable::decode(payload) {
+            Ok(t) => {
+                self.offer(t);
+            }
+            Err(e) => log::warn!("{who}: a redirect carried a route table that does not decode: {e}"),
+        }
+    }
+
     /// Tables installed from redirects so far.
     pub fn learned(&self) -> u64 {
         self.0.learned.load(Ordering::Relaxed)
