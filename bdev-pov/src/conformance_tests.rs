@@ -26,6 +26,8 @@ fn volume_config(name: &str, block_size: u32, proxies: Vec<String>) -> VolumeCon
         block_size,
         proxies,
         request_timeout_ms: DEFAULT_VOLUME_TIMEOUT_MS,
+        proxy_ping_after_ms: crate::forward::health::default_ping_after_ms(),
+        proxy_down_after_ms: crate::forward::health::default_down_after_ms(),
     }
 }
 

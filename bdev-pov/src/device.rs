@@ -62,6 +62,13 @@ pub struct PovDeviceConfig {
     /// no limit but the sessions').
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queues_per_tenant: Option<u32>,
+    /// With requests in flight and nothing heard from a proxy for this long, it is
+    /// pinged, ms (10-60000; `forward::health`).
+    #[serde(default = "crate::forward::health::default_ping_after_ms")]
+    pub proxy_ping_after_ms: u32,
+    /// A ping unanswered for this long declares the proxy down, ms (50-60000).
+    #[serde(default = "crate::forward::health::default_down_after_ms")]
+    pub proxy_down_after_ms: u32,
 }
 
 fn default_num_queues() -> u32 {
@@ -93,6 +100,8 @@ impl PovDeviceConfig {
             request_timeout_ms: default_request_timeout_ms(),
             max_sessions_per_tenant: None,
             max_queues_per_tenant: None,
+            proxy_ping_after_ms: crate::forward::health::default_ping_after_ms(),
+            proxy_down_after_ms: crate::forward::health::default_down_after_ms(),
         }
     }
 
@@ -284,11 +293,14 @@ impl PovDevice {
         if cfg.max_sessions_per_tenant == Some(0) || cfg.max_queues_per_tenant == Some(0) {
             return Err(inv("max_sessions_per_tenant/max_queues_per_tenant", "must be > 0 when given"));
         }
+        let liveness = crate::forward::health::Liveness::from_ms(cfg.proxy_ping_after_ms, cfg.proxy_down_after_ms)
+            .map_err(|e| inv("proxy_ping_after_ms/proxy_down_after_ms", &e))?;
         let geometry =
             Geometry::new(cfg.max_sessions, cfg.num_queues).map_err(|e| inv("num_queues/max_sessions", &e.to_string()))?;
         let name = format!("device {}", cfg.name);
         let timeout = Duration::from_millis(cfg.request_timeout_ms as u64);
-        let fwd = Forwarder::new(name, &endpoints, timeout, GatheringControl::default());
+        let mut fwd = Forwarder::new(name, &endpoints, timeout, GatheringControl::default());
+        fwd.set_liveness(liveness);
         let st = DeviceState {
             name: cfg.name.clone(),
             geometry,

@@ -82,6 +82,12 @@ pub struct VolumeConfig {
     pub proxies: Vec<String>,
     /// A proxy request without an answer for this long fails with IOERR, ms.
     pub request_timeout_ms: u32,
+    /// Silence before a proxy is pinged, ms (10-60000; `forward::health`).
+    #[serde(default = "crate::forward::health::default_ping_after_ms")]
+    pub proxy_ping_after_ms: u32,
+    /// A ping unanswered for this long declares the proxy down, ms (50-60000).
+    #[serde(default = "crate::forward::health::default_down_after_ms")]
+    pub proxy_down_after_ms: u32,
 }
 
 /// Default request timeout of a volume, ms.
@@ -157,6 +163,9 @@ impl VolumeConfig {
         }
         if self.request_timeout_ms == 0 {
             return inv("request_timeout_ms", "must be > 0");
+        }
+        if let Err(e) = crate::forward::health::Liveness::from_ms(self.proxy_ping_after_ms, self.proxy_down_after_ms) {
+            return inv("proxy_ping_after_ms/proxy_down_after_ms", &e);
         }
         if !null && self.proxies.is_empty() {
             return inv("proxies", "at least one proxy endpoint is needed (or null: true)");
@@ -424,9 +433,13 @@ impl VolumeDevice {
         let n = endpoints.len();
         let timeout = Duration::from_millis(cfg.request_timeout_ms as u64);
         let routes = RouteControl::default();
+        let mut fwd = Forwarder::new(format!("volume {}", cfg.name), &endpoints, timeout, GatheringControl::default());
+        if let Ok(l) = crate::forward::health::Liveness::from_ms(cfg.proxy_ping_after_ms, cfg.proxy_down_after_ms) {
+            fwd.set_liveness(l);
+        }
         Ok(VolumeDevice {
             serial: volume_serial(&cfg.name),
-            fwd: Forwarder::new(format!("volume {}", cfg.name), &endpoints, timeout, GatheringControl::default()),
+            fwd,
             st: VolumeState {
                 name: cfg.name.clone(),
                 size: cfg.size,

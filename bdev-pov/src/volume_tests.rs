@@ -122,6 +122,8 @@ fn cfg(name: &str, size: u64, proxies: &[String]) -> VolumeConfig {
         block_size: 512,
         proxies: proxies.iter().map(|p| format!("tcp:{p}")).collect(),
         request_timeout_ms: 5_000,
+        proxy_ping_after_ms: crate::forward::health::default_ping_after_ms(),
+        proxy_down_after_ms: crate::forward::health::default_down_after_ms(),
     }
 }
 
@@ -584,6 +586,11 @@ fn gathering_window_never_delays_a_lone_request() {
 /// (black-holed). The first IO, a 4 MiB read (four pieces, round-robin puts two on the
 /// failed proxy), meets the failure; its time is returned.
 fn failover(fail: Behaviour) -> Duration {
+    failover_timed(fail, crate::forward::health::Liveness::default())
+}
+
+/// [`failover`] with the device's detection times set to `l`.
+fn failover_timed(fail: Behaviour, l: crate::forward::health::Liveness) -> Duration {
     let store = Store::default();
     let good = fake_proxy(&store, 1, Behaviour::default());
     // Write the data through the good proxy; then serve through [bad, good].
@@ -593,7 +600,10 @@ fn failover(fail: Behaviour) -> Duration {
     let mut direct = Harness::unopened(c);
     assert_eq!(direct.io(BlockOp::Write, 0, data.clone()).0, BlockStatus::Ok);
     let bad = fake_proxy(&store, 0, fail);
-    let mut h = Harness::unopened(cfg("vfail", 4 * MIB as u64, &[bad, good]));
+    let mut c = cfg("vfail", 4 * MIB as u64, &[bad, good]);
+    c.proxy_ping_after_ms = l.ping_after.as_millis() as u32;
+    c.proxy_down_after_ms = l.down_after.as_millis() as u32;
+    let mut h = Harness::unopened(c);
     let before = store.log.lock().unwrap().len();
     let t0 = Instant::now();
     let (st, back) = h.io(BlockOp::Read, 0, vec![0; 4 * MIB]);
@@ -628,6 +638,19 @@ fn a_black_holed_proxy_is_declared_down_within_the_bound_and_loses_no_io() {
     let first = failover(Behaviour { silent: true, ..Default::default() });
     assert!(first >= DOWN_AFTER, "declared down only after an unanswered ping: {first:?}");
     assert!(first < PING_AFTER + DOWN_AFTER + Duration::from_millis(500), "within the bound: {first:?}");
+}
+
+/// The detection times are settings: shorter ones find a black hole sooner; values
+/// out of range are refused.
+#[test]
+fn shorter_detection_times_find_a_black_hole_sooner() {
+    use crate::forward::health::Liveness;
+    let l = Liveness::from_ms(50, 200).unwrap();
+    let first = failover_timed(Behaviour { silent: true, ..Default::default() }, l);
+    assert!(first >= l.down_after && first < Duration::from_millis(750), "within 50 + 200 ms and a poll: {first:?}");
+    let mut bad = cfg("vbad", MIB as u64, &["tcp:127.0.0.1:1".to_string()]);
+    bad.proxy_down_after_ms = 10;
+    assert!(bad.validate(false).is_err_and(|e| e.to_string().contains("proxy_down_after_ms")));
 }
 
 /// A write caught on a proxy that went silent is not resent elsewhere (the proxy may

@@ -215,6 +215,8 @@ fn bench_null_volume_vs_memdisk_4k_reads() {
         block_size: 512,
         proxies: Vec::new(),
         request_timeout_ms: 30_000,
+        proxy_ping_after_ms: bdev_pov::forward::health::default_ping_after_ms(),
+        proxy_down_after_ms: bdev_pov::forward::health::default_down_after_ms(),
     };
     let null = VhostBlkServer::start(VhostBlkOptions::new("null", dir.path().join("n.sock")), &rt.reactors()[0], move || {
         NullVolume::new(cfg).map(|d| Box::new(d) as Box<dyn BlockDevice>).map_err(|e| e.to_string())

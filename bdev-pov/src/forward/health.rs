@@ -7,7 +7,8 @@
 //! * it has requests in flight, nothing has arrived from it for [`PING_AFTER`], and the
 //!   [`Op::Ping`](pov_proto::io::Op::Ping) then sent is not answered (nor any other
 //!   frame received) within [`DOWN_AFTER`] (a black-holed link or a stopped process:
-//!   within `PING_AFTER + DOWN_AFTER` = 1.75 s, plus one poll).
+//!   within `PING_AFTER + DOWN_AFTER` = 1.75 s by default, plus one poll; both are
+//!   device settings, [`Liveness`]).
 //!
 //! The proxy answers pings from its network loop, ahead of its backend, so a slow
 //! backend alone does not make its proxy look dead. A proxy down, new requests go to
@@ -32,10 +33,56 @@
 
 use std::time::{Duration, Instant};
 
-/// With requests in flight and nothing heard for this long, a connection is pinged.
+/// Default of [`Liveness::ping_after`]: with requests in flight and nothing heard for
+/// this long, a connection is pinged.
 pub const PING_AFTER: Duration = Duration::from_millis(250);
-/// A ping unanswered (and nothing else received) for this long declares the proxy down.
+/// Default of [`Liveness::down_after`]: a ping unanswered (and nothing else received)
+/// for this long declares the proxy down.
 pub const DOWN_AFTER: Duration = Duration::from_millis(1500);
+
+/// The detection times of a device's proxies (device settings `proxy_ping_after_ms`
+/// and `proxy_down_after_ms`): a silent proxy is declared down within
+/// `ping_after + down_after` (plus one poll).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// Silence (with requests in flight) before a ping.
+    pub ping_after: Duration,
+    /// Wait for any frame after a ping before the proxy is down.
+    pub down_after: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Liveness {
+        Liveness { ping_after: PING_AFTER, down_after: DOWN_AFTER }
+    }
+}
+
+impl Liveness {
+    /// From the settings in ms; checks 10 ≤ ping_after ≤ 60000 and 50 ≤ down_after ≤
+    /// 60000 (the error names the setting).
+    pub fn from_ms(ping_after_ms: u32, down_after_ms: u32) -> Result<Liveness, String> {
+        if !(10..=60_000).contains(&ping_after_ms) {
+            return Err(format!("proxy_ping_after_ms {ping_after_ms}: must be 10-60000"));
+        }
+        if !(50..=60_000).contains(&down_after_ms) {
+            return Err(format!("proxy_down_after_ms {down_after_ms}: must be 50-60000"));
+        }
+        Ok(Liveness {
+            ping_after: Duration::from_millis(u64::from(ping_after_ms)),
+            down_after: Duration::from_millis(u64::from(down_after_ms)),
+        })
+    }
+}
+
+/// Serde default of `proxy_ping_after_ms` (ms).
+pub fn default_ping_after_ms() -> u32 {
+    PING_AFTER.as_millis() as u32
+}
+
+/// Serde default of `proxy_down_after_ms` (ms).
+pub fn default_down_after_ms() -> u32 {
+    DOWN_AFTER.as_millis() as u32
+}
 /// Longest time between two probes (connection attempt + ping) of a proxy that is
 /// down: the first comes [`FIRST_PROBE`] after it went down, each next one twice as late,
 /// up to this (a restarted proxy is found within ~100 ms of listening again).
@@ -106,11 +153,11 @@ impl Health {
     }
 
     /// What a usable, connected proxy with `in_flight` requests needs now.
-    pub(crate) fn check(&self, now: Instant, in_flight: u32) -> Check {
+    pub(crate) fn check(&self, now: Instant, in_flight: u32, l: &Liveness) -> Check {
         match self.ping {
-            Some((_, sent)) if now.saturating_duration_since(sent) >= DOWN_AFTER => Check::Down,
+            Some((_, sent)) if now.saturating_duration_since(sent) >= l.down_after => Check::Down,
             Some(_) => Check::Wait,
-            None if in_flight > 0 && now.saturating_duration_since(self.last_heard) >= PING_AFTER => Check::Ping,
+            None if in_flight > 0 && now.saturating_duration_since(self.last_heard) >= l.ping_after => Check::Ping,
             None => Check::Wait,
         }
     }
@@ -130,11 +177,11 @@ impl Health {
     }
 
     /// The next instant liveness needs a look, given `in_flight` requests on it.
-    pub(crate) fn deadline(&self, in_flight: u32) -> Option<Instant> {
+    pub(crate) fn deadline(&self, in_flight: u32, l: &Liveness) -> Option<Instant> {
         match (self.ping, self.down_since) {
-            (Some((_, sent)), _) => Some(sent + DOWN_AFTER),
+            (Some((_, sent)), _) => Some(sent + l.down_after),
             (None, Some(_)) => Some(self.last_probe.map_or_else(Instant::now, |t| t + self.probe_wait)),
-            (None, None) if in_flight > 0 => Some(self.last_heard + PING_AFTER),
+            (None, None) if in_flight > 0 => Some(self.last_heard + l.ping_after),
             (None, None) => None,
         }
     }
@@ -208,14 +255,17 @@ mod tests {
 
     #[test]
     fn a_silent_proxy_is_pinged_then_declared_down() {
+        let l = Liveness::default();
+        assert!(Liveness::from_ms(5, 100).is_err() && Liveness::from_ms(100, 10).is_err());
+        assert_eq!(Liveness::from_ms(250, 1500), Ok(l));
         let t0 = Instant::now();
         let mut h = Health::new(t0);
-        assert_eq!(h.check(t0 + PING_AFTER * 4, 0), Check::Wait, "nothing in flight: nothing to wait for");
-        assert_eq!(h.check(t0 + PING_AFTER / 2, 1), Check::Wait);
-        assert_eq!(h.check(t0 + PING_AFTER, 1), Check::Ping);
+        assert_eq!(h.check(t0 + PING_AFTER * 4, 0, &l), Check::Wait, "nothing in flight: nothing to wait for");
+        assert_eq!(h.check(t0 + PING_AFTER / 2, 1, &l), Check::Wait);
+        assert_eq!(h.check(t0 + PING_AFTER, 1, &l), Check::Ping);
         h.ping = Some((7, t0 + PING_AFTER));
-        assert_eq!(h.check(t0 + PING_AFTER + DOWN_AFTER / 2, 1), Check::Wait);
-        assert_eq!(h.check(t0 + PING_AFTER + DOWN_AFTER, 1), Check::Down);
+        assert_eq!(h.check(t0 + PING_AFTER + DOWN_AFTER / 2, 1, &l), Check::Wait);
+        assert_eq!(h.check(t0 + PING_AFTER + DOWN_AFTER, 1, &l), Check::Down);
         assert!(h.mark_down(t0 + PING_AFTER + DOWN_AFTER));
         assert!(!h.mark_down(t0 + PING_AFTER + DOWN_AFTER), "counted once");
         assert_eq!(h.downs, 1);

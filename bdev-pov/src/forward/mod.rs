@@ -29,7 +29,7 @@ pub use route::{RoundRobin, RouteControl, RouteKey, RouteView, Router};
 
 use conn::{Broken, ProxyConn};
 use gather::GatheringView;
-use health::{Check, Health};
+use health::{Check, Health, Liveness};
 use pov_proto::io::Op;
 use pov_proto::route::RouteTable;
 use pov_proto::wire::{ProxyRequestView, ProxyResponse};
@@ -160,6 +160,8 @@ pub struct Forwarder<C> {
     pings: u64,
     /// The route table the member → connection map was built for, and the map.
     members: Option<(Arc<RouteTable>, Vec<Option<usize>>)>,
+    /// Detection times of silent proxies.
+    liveness: Liveness,
 }
 
 /// Most proxy connections of one device (its own endpoints plus route-table members).
@@ -184,7 +186,13 @@ impl<C> Forwarder<C> {
             timeouts: 0,
             pings: 0,
             members: None,
+            liveness: Liveness::default(),
         }
+    }
+
+    /// Detects silent proxies with `liveness` instead of the defaults.
+    pub fn set_liveness(&mut self, liveness: Liveness) {
+        self.liveness = liveness;
     }
 
     /// The connection to member `member` of `table`. A member the device has no
@@ -410,7 +418,7 @@ impl<C> Forwarder<C> {
                 self.health[i].silent = false;
                 self.conns[i].abort(fds);
             }
-            if self.health[i].ping.is_some_and(|(_, sent)| now.saturating_duration_since(sent) >= health::DOWN_AFTER) {
+            if self.health[i].ping.is_some_and(|(_, sent)| now.saturating_duration_since(sent) >= self.liveness.down_after) {
                 // The probe's connection came up (or hangs) but nothing answered.
                 self.health[i].ping = None;
                 self.conns[i].disconnect(fds);
@@ -427,11 +435,11 @@ impl<C> Forwarder<C> {
         if !self.conns[i].is_up() {
             return false;
         }
-        match self.health[i].check(now, self.conns[i].in_flight) {
+        match self.health[i].check(now, self.conns[i].in_flight, &self.liveness) {
             Check::Wait => false,
             Check::Ping => self.ping(i, now),
             Check::Down => {
-                self.declare_down(i, &format!("no answer to a ping within {:?}", health::DOWN_AFTER));
+                self.declare_down(i, &format!("no answer to a ping within {:?}", self.liveness.down_after));
                 // A silent proxy may be alive (stopped, or behind a link that heals)
                 // and still run what it holds: resending a write elsewhere could let
                 // its stale copy land after newer data. So only requests that change
@@ -531,7 +539,7 @@ impl<C> Forwarder<C> {
             return None;
         }
         let requests = self.in_flight.values().map(|p| p.deadline);
-        let liveness = self.health.iter().zip(&self.conns).filter_map(|(h, c)| h.deadline(c.in_flight));
+        let liveness = self.health.iter().zip(&self.conns).filter_map(|(h, c)| h.deadline(c.in_flight, &self.liveness));
         requests.chain(self.conns.iter().filter_map(ProxyConn::deadline)).chain(liveness).min()
     }
 

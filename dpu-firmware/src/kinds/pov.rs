@@ -79,6 +79,12 @@ pub struct DeviceCreateOpts {
     /// Index of the reactor that runs the device (default: round-robin).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reactor: Option<u32>,
+    /// Silence before a proxy with requests in flight is pinged, ms (default 250).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_ping_after_ms: Option<u32>,
+    /// An unanswered ping declares the proxy down after this long, ms (default 1500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_down_after_ms: Option<u32>,
 }
 
 impl DeviceCreateOpts {
@@ -97,6 +103,8 @@ impl DeviceCreateOpts {
             request_timeout_ms: None,
             virtqueues: None,
             reactor: None,
+            proxy_ping_after_ms: None,
+            proxy_down_after_ms: None,
         }
     }
 
@@ -119,6 +127,12 @@ impl DeviceCreateOpts {
         }
         if let Some(v) = self.request_timeout_ms {
             c.request_timeout_ms = v;
+        }
+        if let Some(v) = self.proxy_ping_after_ms {
+            c.proxy_ping_after_ms = v;
+        }
+        if let Some(v) = self.proxy_down_after_ms {
+            c.proxy_down_after_ms = v;
         }
         c
     }

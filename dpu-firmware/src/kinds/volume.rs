@@ -66,6 +66,12 @@ pub struct VolumeCreateOpts {
     /// 30000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout_ms: Option<u32>,
+    /// Silence before a proxy with requests in flight is pinged, ms (default 250).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_ping_after_ms: Option<u32>,
+    /// An unanswered ping declares the proxy down after this long, ms (default 1500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_down_after_ms: Option<u32>,
 }
 
 impl VolumeCreateOpts {
@@ -82,6 +88,8 @@ impl VolumeCreateOpts {
             virtqueues: None,
             reactor: None,
             request_timeout_ms: None,
+            proxy_ping_after_ms: None,
+            proxy_down_after_ms: None,
         }
     }
 
@@ -99,6 +107,8 @@ impl VolumeCreateOpts {
             block_size: self.block_size.unwrap_or(512),
             proxies: self.proxies.clone().unwrap_or_default(),
             request_timeout_ms: self.request_timeout_ms.unwrap_or(DEFAULT_VOLUME_TIMEOUT_MS),
+            proxy_ping_after_ms: self.proxy_ping_after_ms.unwrap_or_else(bdev_pov::forward::health::default_ping_after_ms),
+            proxy_down_after_ms: self.proxy_down_after_ms.unwrap_or_else(bdev_pov::forward::health::default_down_after_ms),
         }
     }
 }
