@@ -168,6 +168,10 @@ pub struct DeviceStats {
     pub stale_proxy_responses: u64,
     /// Frames per send and per receive on the proxy connections (gathering IO).
     pub gathering: GatherStats,
+    /// The QoS scheduler's counters (absent with the FIFO of a device built without
+    /// the daemon's QoS table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<pov_runtime::qos::QosStats>,
 }
 
 /// Where a request's path comes from.
@@ -328,6 +332,14 @@ impl PovDevice {
         Ok(PovDevice { cfg, fwd, st, route })
     }
 
+    /// Schedules ready requests by tenants' QoS policies in `qos` (the daemon's table:
+    /// LC before BC, BC by weight, reservations and limits; `pov_runtime::qos`) instead
+    /// of arrival order.
+    pub fn with_qos(mut self, qos: &crate::qos::QosTable) -> PovDevice {
+        self.st.ready = Box::new(pov_runtime::qos::QosScheduler::new(qos.lookup()));
+        self
+    }
+
     /// Routes by `routes` (the daemon's route table of this device, shared with its
     /// RPC methods) instead of a private one.
     pub fn with_routes(mut self, routes: RouteControl) -> PovDevice {
@@ -376,6 +388,7 @@ impl PovDevice {
         s.stale_proxy_responses = f.stale_responses;
         s.block_io_errors = self.st.out.errors;
         s.gathering = GatherStats::from_counters(f.transport);
+        s.qos = self.st.ready.qos_stats();
         s
     }
 

@@ -18,6 +18,8 @@
 //!   proxy connections (never blocking the reactor), tags, gathering, timeouts,
 //!   reconnects, and the [`Router`](forward::Router) seam that maps requests to
 //!   connections.
+//! * [`qos`]: tenants' QoS policies (class, weight, reservation, limits), read by each
+//!   device's scheduler (`pov_runtime::qos`) between its PoV queues and its proxies.
 //! * `testing` (feature `testing`): the RAM disk test double and the conformance body
 //!   every [`BlockDevice`] passes.
 //! * `fuzz` (feature `fuzzing`): the body of the fuzz target that drives a
@@ -32,6 +34,7 @@ pub mod block;
 pub mod device;
 pub mod forward;
 pub mod null;
+pub mod qos;
 mod queue;
 pub mod tenant;
 pub mod volume;

@@ -166,6 +166,8 @@ pub struct Daemon {
     next_reactor: AtomicUsize,
     /// Gathering setting shared by every device.
     gathering: GatheringControl,
+    /// Tenants' QoS policies, shared by every device's scheduler.
+    qos: bdev_pov::qos::QosTable,
     /// A saved configuration is being replayed ([`crate::config::load_config`]): a
     /// volume whose proxies do not answer yet is opened in the background instead of
     /// failing the replay.
@@ -184,6 +186,7 @@ impl Daemon {
             devices: Mutex::new(BTreeMap::new()),
             next_reactor: AtomicUsize::new(0),
             gathering: GatheringControl::default(),
+            qos: bdev_pov::qos::QosTable::default(),
             replaying: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -211,6 +214,11 @@ impl Daemon {
     /// The gathering setting every device follows.
     pub fn gathering_control(&self) -> &GatheringControl {
         &self.gathering
+    }
+
+    /// Tenants' QoS policies (`crate::qos`).
+    pub fn qos(&self) -> &bdev_pov::qos::QosTable {
+        &self.qos
     }
 
     /// The tenant table shared by every device.
@@ -279,7 +287,12 @@ impl Daemon {
         let reactor = self.pick_reactor(fe.reactor)?;
         let virtqueues = fe.virtqueues.unwrap_or(DEFAULT_NUM_QUEUES);
         let routes = bdev_pov::forward::RouteControl::default();
-        let ctx = DeviceContext { tenants: self.tenants.clone(), gathering: self.gathering.clone(), routes: routes.clone() };
+        let ctx = DeviceContext {
+            tenants: self.tenants.clone(),
+            gathering: self.gathering.clone(),
+            routes: routes.clone(),
+            qos: self.qos.clone(),
+        };
         let call: Arc<Mutex<Value>> = Arc::default();
         let call2 = call.clone();
         let build = move || -> Result<Box<dyn BlockDevice>, String> {
@@ -399,6 +412,7 @@ impl Daemon {
     pub fn save_config(&self) -> Value {
         let mut calls = crate::keyring::save_config(&self.keyring);
         calls.extend(crate::tenant::save_config(&self.tenants, &self.keyring));
+        calls.extend(crate::qos::save_config(self));
         {
             let devices = self.devices();
             for k in KINDS {

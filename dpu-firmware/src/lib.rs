@@ -11,7 +11,8 @@
 //!   `save_config`; [`keyring`]: keys read from key files (SPDK's `keyring_file_*`);
 //!   [`tenant`]: the tenant table's RPCs, tenants referencing keys; [`gathering`]: the
 //!   daemon-wide gathering IO setting the pollers and devices follow; [`routes`]: each
-//!   device's route table and proxy membership (`pov_route_*`, `pov_proxy_*`).
+//!   device's route table and proxy membership (`pov_route_*`, `pov_proxy_*`); [`qos`]:
+//!   tenants' QoS policies (`pov_tenant_set_qos`, ...).
 //! * [`rpc`]: the JSON-RPC 2.0 control server (SPDK conventions), its method table
 //!   assembled from the modules above, and a client; [`config`]: replay of a saved
 //!   configuration.
@@ -30,6 +31,7 @@ pub mod fuzz;
 pub mod gathering;
 pub mod keyring;
 pub mod kinds;
+pub mod qos;
 pub mod routes;
 pub mod rpc;
 pub mod tenant;

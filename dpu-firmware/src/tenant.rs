@@ -65,6 +65,7 @@ impl Daemon {
     /// [`DaemonError::NotFound`] if there is no such tenant.
     pub fn tenant_delete(&self, name: &str) -> Result<(), DaemonError> {
         self.keyring().release(name, || Ok::<_, DaemonError>(self.tenants().delete(name)?))?;
+        self.qos().clear(name);
         log::info!("tenant {name} deleted");
         Ok(())
     }

@@ -15,12 +15,16 @@
 //!   bodies. Frames are `pov_proto::wire` frames.
 //! * [`sched`]: the [`Scheduler`](sched::Scheduler) seam where ready requests wait
 //!   for their turn (QoS, paper §4.5), with the arrival-order [`Fifo`](sched::Fifo).
+//! * [`qos`]: the DPU's QoS scheduler ([`QosScheduler`](qos::QosScheduler)): LC before
+//!   BC, BC by mClock-style reservation then weight (start-time fair queueing), every
+//!   tenant held to its ops and bytes limits by token buckets; pure, property-tested.
 //! * [`ErrorChain`] (from `pov_proto`): prints an error with its sources, for logs
 //!   (error types here never repeat their source in their own message).
 //!
 //! System calls (eventfd, epoll, poll, CPU affinity) go through `rustix` in [`sys`],
 //! the crate's only `unsafe` code.
 
+pub mod qos;
 pub mod reactor;
 pub mod sched;
 pub mod sys;

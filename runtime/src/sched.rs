@@ -42,6 +42,10 @@ pub trait Scheduler<T>: Send {
     fn next_wakeup(&self) -> Option<Instant> {
         None
     }
+    /// Per-class counters of a QoS scheduler (`None` for one without: [`Fifo`]).
+    fn qos_stats(&self) -> Option<crate::qos::QosStats> {
+        None
+    }
 }
 
 /// Arrival order, nothing held back (no QoS).

@@ -43,6 +43,8 @@ pub struct DeviceContext {
     pub gathering: GatheringControl,
     /// The device's route table (`crate::routes`).
     pub routes: bdev_pov::forward::RouteControl,
+    /// Tenants' QoS policies (`crate::qos`), read by the device's scheduler.
+    pub qos: bdev_pov::qos::QosTable,
 }
 
 /// Methods of the registry itself (they span every kind).

@@ -33,7 +33,10 @@ pub type DeviceFactory = Arc<dyn Fn(&PovDeviceConfig, &DeviceContext) -> Result<
 pub fn pov_device_factory() -> DeviceFactory {
     Arc::new(|cfg, ctx| {
         PovDevice::new(cfg.clone(), ctx.tenants.clone())
-            .map(|d| Box::new(d.with_gathering(ctx.gathering.clone()).with_routes(ctx.routes.clone())) as Box<dyn BlockDevice>)
+            .map(|d| {
+                let d = d.with_gathering(ctx.gathering.clone()).with_routes(ctx.routes.clone()).with_qos(&ctx.qos);
+                Box::new(d) as Box<dyn BlockDevice>
+            })
             .map_err(|e| e.to_string())
     })
 }

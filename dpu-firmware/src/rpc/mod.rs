@@ -132,7 +132,14 @@ const FRAMEWORK: &[(&str, Handler)] = &[
 pub fn methods() -> Vec<(&'static str, Handler)> {
     let mut all: Vec<(&'static str, Handler)> = Vec::new();
     all.extend_from_slice(crate::keyring::METHODS);
-    for table in [FRAMEWORK, crate::tenant::METHODS, crate::gathering::METHODS, crate::kinds::METHODS, crate::routes::METHODS] {
+    for table in [
+        FRAMEWORK,
+        crate::tenant::METHODS,
+        crate::gathering::METHODS,
+        crate::kinds::METHODS,
+        crate::routes::METHODS,
+        crate::qos::METHODS,
+    ] {
         all.extend_from_slice(table);
     }
     for k in crate::kinds::KINDS {

@@ -1,0 +1,107 @@
+//! Tenants' QoS policies (paper §4.5): `pov_tenant_set_qos`, `pov_tenant_get_qos` and
+//! `pov_tenant_clear_qos`, over the daemon-wide [`bdev_pov::qos::QosTable`] every PoV
+//! device's scheduler reads (`pov_runtime::qos`).
+//!
+//! `pov_tenant_set_qos {"name": TENANT, "class": "lc"|"bc", "weight": 100,
+//! "reservation_ios_per_sec": 0, "reservation_mbytes_per_sec": 0, "rw_ios_per_sec": 0,
+//! "rw_mbytes_per_sec": 0, "latency_target_us": N, "latency_percentile": 99}` (all but
+//! `name` and `class` optional; 0 = none) sets or replaces the policy; the tenant must
+//! exist. A tenant without a policy is BC with weight 100 and no limits, so a host's
+//! latency-critical queue is served as LC only for a tenant the operator made `"lc"`.
+//! `save_config` writes each policy after the tenants; deleting a tenant drops its
+//! policy.
+
+use crate::daemon::{Daemon, DaemonError};
+use crate::rpc::{params, Handler, RpcError};
+use bdev_pov::qos::TenantQos;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// The QoS methods.
+pub const METHODS: &[(&str, Handler)] = &[
+    ("pov_tenant_set_qos", pov_tenant_set_qos),
+    ("pov_tenant_get_qos", pov_tenant_get_qos),
+    ("pov_tenant_clear_qos", pov_tenant_clear_qos),
+];
+
+impl Daemon {
+    /// Sets tenant `name`'s QoS policy.
+    ///
+    /// # Errors
+    /// [`DaemonError::NotFound`] for an unknown tenant, [`DaemonError::Invalid`] for a
+    /// policy out of range (the message names the field).
+    pub fn tenant_set_qos(&self, name: &str, qos: TenantQos) -> Result<(), DaemonError> {
+        if !self.tenants().exists(name) {
+            return Err(DaemonError::NotFound { kind: "tenant", name: name.to_string() });
+        }
+        log::info!("tenant {name}: QoS {}", json!(qos));
+        self.qos().set(name, qos).map_err(DaemonError::Invalid)
+    }
+}
+
+/// One `pov_tenant_set_qos` call per policy of an existing tenant.
+pub(crate) fn save_config(d: &Daemon) -> Vec<Value> {
+    d.qos()
+        .list()
+        .into_iter()
+        .filter(|(name, _)| d.tenants().exists(name))
+        .map(|(name, q)| {
+            let mut p = json!(q);
+            p["name"] = json!(name);
+            json!({ "method": "pov_tenant_set_qos", "params": p })
+        })
+        .collect()
+}
+
+fn pov_tenant_set_qos(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
+    let mut obj = match p {
+        Some(Value::Object(o)) => o,
+        _ => return Err(RpcError::invalid_params("expected an object with \"name\" and \"class\"")),
+    };
+    let name = match obj.remove("name") {
+        Some(Value::String(n)) => n,
+        _ => return Err(RpcError::invalid_params("\"name\" (the tenant) is required")),
+    };
+    if !matches!(obj.get("class").and_then(Value::as_str), Some("lc" | "bc")) {
+        return Err(RpcError::invalid_params("\"class\" is required: \"lc\" (latency-critical) or \"bc\" (bandwidth-critical)"));
+    }
+    let qos: TenantQos =
+        serde_json::from_value(Value::Object(obj)).map_err(|e| RpcError::invalid_params(format!("invalid parameters: {e}")))?;
+    d.tenant_set_qos(&name, qos)?;
+    Ok(json!(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaybeName {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// Every policy set (`[{"name", ...policy}]`), or tenant `name`'s (its default shown
+/// as `{"name", "class": "bc", "weight": 100, "default": true}`).
+fn pov_tenant_get_qos(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
+    let o: MaybeName = params(p)?;
+    let show = |name: &str, q: Option<TenantQos>| {
+        let mut v = match q {
+            Some(q) => json!(q),
+            None => json!({ "class": "bc", "weight": 100, "default": true }),
+        };
+        v["name"] = json!(name);
+        v
+    };
+    match o.name {
+        Some(n) if !d.tenants().exists(&n) => Err(DaemonError::NotFound { kind: "tenant", name: n }.into()),
+        Some(n) => Ok(show(&n, d.qos().get(&n))),
+        None => Ok(Value::Array(d.qos().list().into_iter().map(|(n, q)| show(&n, Some(q))).collect())),
+    }
+}
+
+fn pov_tenant_clear_qos(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
+    let o: crate::daemon::NameOpts = params(p)?;
+    if !d.tenants().exists(&o.name) {
+        return Err(DaemonError::NotFound { kind: "tenant", name: o.name }.into());
+    }
+    d.qos().clear(&o.name);
+    Ok(json!(true))
+}
