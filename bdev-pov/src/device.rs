@@ -480,8 +480,9 @@ impl PovDevice {
         };
         // The route table's owner of the request's slot, else the queue's home proxy.
         let input = RouteInput::File { tenant: &s.tenant, path, location: hint.location_key, offset: h.offset };
-        let (base, epoch) = match self.route.table().cloned() {
-            Some(t) => (t.owner(t.slot(input)).and_then(|m| self.fwd.member_conn(&t, m)).unwrap_or(owner.proxy), t.epoch),
+        // (Borrowed, not cloned: no reference-count traffic per request.)
+        let (base, epoch) = match self.route.table() {
+            Some(t) => (t.owner(t.slot(input)).and_then(|m| self.fwd.member_conn(t, m)).unwrap_or(owner.proxy), t.epoch),
             None => (owner.proxy, 0),
         };
         let view = ProxyRequestView { epoch, ..view };

@@ -610,9 +610,9 @@ impl VolumeDevice {
     /// The connection of the route-table member that owns byte `offset`'s slot (`None`:
     /// no table, or no owner).
     fn routed_home(&mut self, offset: u64) -> Option<usize> {
-        let t = self.route.table()?.clone();
+        let t = self.route.table()?;
         let conn =
-            t.owner(t.slot(RouteInput::Volume { name: &self.cfg.volume, offset })).and_then(|m| self.fwd.member_conn(&t, m));
+            t.owner(t.slot(RouteInput::Volume { name: &self.cfg.volume, offset })).and_then(|m| self.fwd.member_conn(t, m));
         // A member new to the device has a connection now: track its flushes too.
         let n = self.fwd.conns();
         if self.st.dirty.len() < n {

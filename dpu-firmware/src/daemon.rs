@@ -35,6 +35,15 @@ pub struct NameOpts {
     pub name: String,
 }
 
+/// Parameters of a listing method: one object by `name`, or every one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaybeNameOpts {
+    /// The object's name (`None`: all).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
 /// Why a control operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -14,7 +14,6 @@
 use crate::daemon::{Daemon, DaemonError};
 use crate::rpc::{params, Handler, RpcError};
 use bdev_pov::qos::TenantQos;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// The QoS methods.
@@ -71,17 +70,10 @@ fn pov_tenant_set_qos(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
     Ok(json!(true))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MaybeName {
-    #[serde(default)]
-    name: Option<String>,
-}
-
 /// Every policy set (`[{"name", ...policy}]`), or tenant `name`'s (its default shown
 /// as `{"name", "class": "bc", "weight": 100, "default": true}`).
 fn pov_tenant_get_qos(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
-    let o: MaybeName = params(p)?;
+    let o: crate::daemon::MaybeNameOpts = params(p)?;
     let show = |name: &str, q: Option<TenantQos>| {
         let mut v = match q {
             Some(q) => json!(q),

@@ -19,7 +19,6 @@ pub mod volume;
 use crate::daemon::Daemon;
 use crate::rpc::{params, Handler, RpcError};
 use bdev_pov::{GatheringControl, TenantTable};
-use serde::Deserialize;
 use serde_json::Value;
 
 /// A kind of device. See the module docs.
@@ -50,15 +49,8 @@ pub struct DeviceContext {
 /// Methods of the registry itself (they span every kind).
 pub const METHODS: &[(&str, Handler)] = &[("pov_device_get_devices", pov_device_get_devices)];
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GetDevicesOpts {
-    #[serde(default)]
-    name: Option<String>,
-}
-
 fn pov_device_get_devices(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
-    let o: GetDevicesOpts = params(p)?;
+    let o: crate::daemon::MaybeNameOpts = params(p)?;
     Ok(d.all_devices_json(o.name.as_deref())?)
 }
 
