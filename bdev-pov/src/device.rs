@@ -16,6 +16,7 @@ use crate::forward::{Forwarder, GatherStats, Gathering, GatheringControl, Outcom
 use crate::queue::{copy_out, Queue, SlotWrite};
 use crate::session::{Handle, Session, SessionState};
 use crate::tenant::TenantTable;
+use hdrhistogram::Histogram;
 use pov_proto::admin::ADMIN_REQUEST_SIZE;
 use pov_proto::io::{flags, Op, RequestHeader, ResponseHeader, REQUEST_TAG_OFFSET};
 use pov_proto::layout::{ConfigSpace, Geometry, Region};
@@ -28,6 +29,8 @@ use pov_runtime::{FdRegistry, PollStatus};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Parameters of a PoV device (the `pov_device_create` RPC's parameters).
@@ -172,6 +175,49 @@ pub struct DeviceStats {
     /// the daemon's QoS table).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qos: Option<pov_runtime::qos::QosStats>,
+    /// BC request bytes at the proxies now (bounded by the daemon's `bc_in_flight_kib`).
+    pub bc_in_flight_bytes: u64,
+    /// Time from the scheduler to the proxy's answer, per effective class, since the
+    /// device started (with a QoS scheduler; FIFO devices count everything as LC).
+    pub latency: ClassLatency,
+}
+
+/// Latency summaries per QoS class.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClassLatency {
+    pub lc: LatencySummary,
+    pub bc: LatencySummary,
+}
+
+/// A latency distribution in brief, µs (3 significant digits).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl LatencySummary {
+    /// The summary of `h` (µs samples).
+    pub fn of(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+/// A histogram of 1 µs to 100 s, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid bounds")
 }
 
 /// Where a request's path comes from.
@@ -190,6 +236,8 @@ struct Ready {
     target: Target,
     /// For Open: the handle to create on success.
     open: Option<Handle>,
+    /// When it entered the scheduler.
+    since: Instant,
 }
 
 /// What a request at the proxy is for, to finish it when the answer comes.
@@ -202,6 +250,11 @@ struct InFlight {
     /// For an idempotent request: what it takes to resend it to another proxy if its
     /// proxy fails before answering.
     resend: Option<Resend>,
+    /// Its effective QoS class and when it entered the scheduler (per-class latency).
+    class: u8,
+    since: Instant,
+    /// Its bytes counted in the device's BC work in flight (0 for LC).
+    bc_bytes: u64,
 }
 
 /// How many times one request may be sent (the first try included).
@@ -220,6 +273,9 @@ struct Tries {
     redirects: u32,
     /// The first try's deadline: a resent request never gets more time.
     deadline: Instant,
+    /// The effective QoS class the scheduler gave it, and when it entered the scheduler.
+    class: u8,
+    since: Instant,
 }
 
 /// What it takes to send an idempotent request again (kept while it is in flight).
@@ -262,6 +318,13 @@ pub(crate) struct DeviceState {
     routes: RouteControl,
     /// The forwarder is stopping: nothing is resent.
     stopping: bool,
+    /// Bound on BC bytes at the proxies (the daemon's `bc_in_flight_kib`; 0: none),
+    /// with a QoS scheduler only.
+    bc_window: Option<Arc<AtomicU64>>,
+    /// BC request bytes at the proxies now.
+    bc_in_flight: u64,
+    /// Time from the scheduler to the answer, µs, per effective class (LC, BC).
+    latency: [Histogram<u64>; 2],
 }
 
 /// A PoV device: serves the PoV device protocol over block IO and forwards file
@@ -327,6 +390,9 @@ impl PovDevice {
             held: Vec::new(),
             routes: RouteControl::default(),
             stopping: false,
+            bc_window: None,
+            bc_in_flight: 0,
+            latency: [latency_histogram(), latency_histogram()],
         };
         let route = RouteView::new(st.routes.clone());
         Ok(PovDevice { cfg, fwd, st, route })
@@ -337,6 +403,7 @@ impl PovDevice {
     /// of arrival order.
     pub fn with_qos(mut self, qos: &crate::qos::QosTable) -> PovDevice {
         self.st.ready = Box::new(pov_runtime::qos::QosScheduler::new(qos.lookup()));
+        self.st.bc_window = Some(qos.bc_window());
         self
     }
 
@@ -389,6 +456,8 @@ impl PovDevice {
         s.block_io_errors = self.st.out.errors;
         s.gathering = GatherStats::from_counters(f.transport);
         s.qos = self.st.ready.qos_stats();
+        s.bc_in_flight_bytes = self.st.bc_in_flight;
+        s.latency = ClassLatency { lc: LatencySummary::of(&self.st.latency[0]), bc: LatencySummary::of(&self.st.latency[1]) };
         s
     }
 
@@ -423,15 +492,20 @@ impl PovDevice {
             return;
         }
         let now = Instant::now();
-        while let Some(r) = self.st.ready.pop(now) {
-            self.forward(r);
+        loop {
+            let window = self.st.bc_window.as_ref().map_or(0, |w| w.load(Ordering::Relaxed));
+            // One BC request may always go, however large; then up to the window.
+            let bc = window == 0 || self.st.bc_in_flight == 0 || self.st.bc_in_flight < window;
+            let Some((class, r)) = self.st.ready.pop_class(now, bc) else { break };
+            self.forward(r, class);
         }
     }
 
     /// Sends one request to its queue's proxy (borrowing the tenant name, the path and
     /// the payload from where they are: no copies but an idempotent request's path).
-    fn forward(&mut self, r: Ready) {
-        let tries = Tries { tried: 0, count: 0, redirects: 0, deadline: self.fwd.deadline_from_now() };
+    fn forward(&mut self, r: Ready, class: u8) {
+        let deadline = self.fwd.deadline_from_now();
+        let tries = Tries { tried: 0, count: 0, redirects: 0, deadline, class, since: r.since };
         self.send_try(r, tries);
     }
 
@@ -440,7 +514,8 @@ impl PovDevice {
     /// a resend). A connection that cannot take it is skipped at once (nothing was
     /// sent, so even a non-idempotent request may go to the next).
     fn send_try(&mut self, r: Ready, mut tries: Tries) {
-        let Ready { queue, header: h, target, open } = r;
+        let Ready { queue, header: h, target, open, .. } = r;
+        let windowed = self.st.bc_window.is_some();
         let st = &mut self.st;
         let fail = |st: &mut DeviceState, status| st.respond(queue, h.op as u16, h.request_id, status, 0, 0, &[]);
         let Some(q) = st.queues.get(&queue) else { return };
@@ -469,7 +544,8 @@ impl PovDevice {
             flags: h.flags,
             hint,
             trace: h.flags & flags::TRACE != 0,
-            qos: owner.qos as u8,
+            // The effective class (the tenant's policy applied), which the proxy acts on.
+            qos: tries.class,
             load: 0,
             epoch: 0,
             session_id: s.id,
@@ -488,7 +564,10 @@ impl PovDevice {
         let view = ProxyRequestView { epoch, ..view };
         // SDK hint (docs/protocol.md): reroute 1 starts from the proxy after the home.
         let home = if h.hint.reroute == 1 { base + 1 } else { base } % self.fwd.conns().max(1);
-        let mut ctx = InFlight { queue, request_id: h.request_id, op: h.op, open, resend: None };
+        let bytes = if h.op == Op::Read { u64::from(h.length) } else { u64::from(h.payload_len) };
+        let bc_bytes = if tries.class == pov_runtime::qos::BC && windowed { bytes } else { 0 };
+        let (class, since) = (tries.class, tries.since);
+        let mut ctx = InFlight { queue, request_id: h.request_id, op: h.op, open, resend: None, class, since, bc_bytes };
         for _ in 0..self.fwd.conns() {
             let resend = tries.count > 0;
             let avoid = |i: usize| tries.tried & conn_bit(i) != 0 || (resend && h.hint.forbids(i as u32));
@@ -502,6 +581,7 @@ impl PovDevice {
             }
             match self.fwd.send_until(conn, view, payload, ctx, tries.deadline) {
                 Ok(_) => {
+                    self.st.bc_in_flight += bc_bytes;
                     self.st.stats.failover.rerouted += u64::from(conn != base);
                     self.st.stats.failover.resent += u64::from(resend);
                     return;
@@ -519,7 +599,7 @@ impl PovDevice {
             }
         }
         // No proxy took it (nothing was sent this time): hold it until one is usable.
-        self.hold(Ready { queue, header: h, target, open: ctx.open }, tries);
+        self.hold(Ready { queue, header: h, target, open: ctx.open, since }, tries);
     }
 
     /// Holds a request no proxy can take now, until one becomes usable again or its
@@ -830,19 +910,20 @@ impl DeviceState {
         let bytes = if h.op == Op::Read { u64::from(h.length) } else { u64::from(h.payload_len) };
         let ticket = Ticket { class: owner.qos as u8, tenant: &s.tenant, bytes };
         self.queues.get_mut(&queue).expect("open").busy = true;
-        self.ready.push(ticket, Ready { queue, header: h, target, open });
+        self.ready.push(ticket, Ready { queue, header: h, target, open, since: Instant::now() });
     }
 
     /// Finishes a request the forwarder handed back: the proxy's answer, or a local
     /// failure.
     fn finish(&mut self, mut f: InFlight, outcome: Outcome<'_>) {
+        self.bc_in_flight = self.bc_in_flight.saturating_sub(f.bc_bytes);
         // Its proxy failed before answering: resend an idempotent request to another,
         // within its first try's deadline (docs/protocol.md, "Proxy liveness and
         // rerouting"); anything else gets the failure.
         if let (Outcome::Failed(Status::Unavailable), false) = (&outcome, self.stopping) {
             let resendable = |r: &Resend| r.header.op.is_idempotent(r.header.flags) && Instant::now() < r.tries.deadline;
             if let Some(Resend { header, target, tries }) = f.resend.take().filter(resendable) {
-                self.resend.push((Ready { queue: f.queue, header, target, open: f.open }, tries));
+                self.resend.push((Ready { queue: f.queue, header, target, open: f.open, since: f.since }, tries));
                 return;
             }
         }
@@ -855,7 +936,7 @@ impl DeviceState {
                 f.resend.take().filter(|r| r.tries.redirects < MAX_REDIRECTS && Instant::now() < r.tries.deadline)
             {
                 tries.redirects += 1;
-                self.resend.push((Ready { queue: f.queue, header, target, open: f.open }, tries));
+                self.resend.push((Ready { queue: f.queue, header, target, open: f.open, since: f.since }, tries));
                 return;
             }
             return self.respond(f.queue, f.op as u16, f.request_id, Status::Unavailable, 0, 0, &[]);
@@ -878,6 +959,8 @@ impl DeviceState {
             }
         }
         let payload = if status.is_ok() { payload } else { &[] };
+        let us = u64::try_from(f.since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.latency[usize::from(f.class.min(1))].saturating_record(us.max(1));
         self.respond(f.queue, f.op as u16, f.request_id, status, result, flags, payload);
     }
 

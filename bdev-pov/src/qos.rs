@@ -11,7 +11,43 @@
 use pov_runtime::qos::{Policy, PolicyLookup, Rate, BC, LC};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+/// Default [`QosOptions::bc_in_flight_kib`]: 4 MiB of BC work per device at the
+/// proxies (four 1 MiB writes: enough to keep a proxy's backend busy, little enough
+/// that an LC request waits behind at most that much in the connection).
+pub const DEFAULT_BC_IN_FLIGHT_KIB: u64 = 4096;
+
+/// The daemon's QoS options (`pov_qos_set_options`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QosOptions {
+    /// `false`: devices created from now on schedule in arrival order (no classes,
+    /// policies or window: for A/B measurements; devices already running keep theirs).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Most bytes of BC requests (read lengths plus write payloads) one device has at its
+    /// proxies at once, KiB; further BC requests wait in its scheduler while LC ones
+    /// still go (one BC request always may, however large). 0: no bound. Applies to
+    /// running devices at once.
+    #[serde(default = "default_bc_kib")]
+    pub bc_in_flight_kib: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_bc_kib() -> u64 {
+    DEFAULT_BC_IN_FLIGHT_KIB
+}
+
+impl Default for QosOptions {
+    fn default() -> QosOptions {
+        QosOptions { enabled: true, bc_in_flight_kib: DEFAULT_BC_IN_FLIGHT_KIB }
+    }
+}
 
 /// A tenant's QoS policy as the operator states it (the parameters of
 /// `pov_tenant_set_qos` without the name). Names of the limits follow SPDK's
@@ -111,13 +147,50 @@ pub fn default_policy() -> Policy {
     Policy { max_class: BC, ..Policy::default() }
 }
 
-/// Tenant name → QoS policy. Cloning shares the table.
-#[derive(Debug, Clone, Default)]
+/// Tenant name → QoS policy, and the daemon's [`QosOptions`]. Cloning shares both.
+#[derive(Debug, Clone)]
 pub struct QosTable {
     inner: Arc<RwLock<BTreeMap<String, (TenantQos, Policy)>>>,
+    enabled: Arc<AtomicBool>,
+    /// [`QosOptions::bc_in_flight_kib`] in bytes (read by devices at every poll).
+    bc_window: Arc<AtomicU64>,
+}
+
+impl Default for QosTable {
+    fn default() -> QosTable {
+        let o = QosOptions::default();
+        QosTable {
+            inner: Arc::default(),
+            enabled: Arc::new(AtomicBool::new(o.enabled)),
+            bc_window: Arc::new(AtomicU64::new(o.bc_in_flight_kib << 10)),
+        }
+    }
 }
 
 impl QosTable {
+    /// Sets the options. Errors: a window above 1 TiB.
+    pub fn set_options(&self, o: QosOptions) -> Result<(), String> {
+        if o.bc_in_flight_kib > 1 << 30 {
+            return Err(format!("bc_in_flight_kib {}: must be at most 1073741824", o.bc_in_flight_kib));
+        }
+        self.enabled.store(o.enabled, Ordering::Relaxed);
+        self.bc_window.store(o.bc_in_flight_kib << 10, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> QosOptions {
+        QosOptions {
+            enabled: self.enabled.load(Ordering::Relaxed),
+            bc_in_flight_kib: self.bc_window.load(Ordering::Relaxed) >> 10,
+        }
+    }
+
+    /// The BC window in bytes, shared with every device (0: none).
+    pub fn bc_window(&self) -> Arc<AtomicU64> {
+        self.bc_window.clone()
+    }
+
     /// Sets (or replaces) `tenant`'s policy; later requests follow it.
     ///
     /// Errors: [`TenantQos::validate`]'s message.

@@ -10,10 +10,17 @@
 //! latency-critical queue is served as LC only for a tenant the operator made `"lc"`.
 //! `save_config` writes each policy after the tenants; deleting a tenant drops its
 //! policy.
+//!
+//! `pov_qos_set_options {"enabled": true, "bc_in_flight_kib": 4096}` (both optional;
+//! omitted ones keep their value) sets the daemon's [`QosOptions`]: the bound on each
+//! device's bandwidth-critical bytes at its proxies (at once), and whether devices
+//! created from now on schedule by QoS at all (`false`: arrival order, for A/B
+//! measurements). `pov_qos_get_options` shows them; `save_config` writes them before
+//! the policies.
 
 use crate::daemon::{Daemon, DaemonError};
 use crate::rpc::{params, Handler, RpcError};
-use bdev_pov::qos::TenantQos;
+use bdev_pov::qos::{QosOptions, TenantQos};
 use serde_json::{json, Value};
 
 /// The QoS methods.
@@ -21,6 +28,8 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("pov_tenant_set_qos", pov_tenant_set_qos),
     ("pov_tenant_get_qos", pov_tenant_get_qos),
     ("pov_tenant_clear_qos", pov_tenant_clear_qos),
+    ("pov_qos_set_options", pov_qos_set_options),
+    ("pov_qos_get_options", pov_qos_get_options),
 ];
 
 impl Daemon {
@@ -38,18 +47,38 @@ impl Daemon {
     }
 }
 
-/// One `pov_tenant_set_qos` call per policy of an existing tenant.
+/// `pov_qos_set_options`, then one `pov_tenant_set_qos` call per policy of an
+/// existing tenant.
 pub(crate) fn save_config(d: &Daemon) -> Vec<Value> {
-    d.qos()
-        .list()
-        .into_iter()
-        .filter(|(name, _)| d.tenants().exists(name))
-        .map(|(name, q)| {
+    let options = json!({ "method": "pov_qos_set_options", "params": d.qos().options() });
+    std::iter::once(options)
+        .chain(d.qos().list().into_iter().filter(|(name, _)| d.tenants().exists(name)).map(|(name, q)| {
             let mut p = json!(q);
             p["name"] = json!(name);
             json!({ "method": "pov_tenant_set_qos", "params": p })
-        })
+        }))
         .collect()
+}
+
+fn pov_qos_set_options(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
+    let mut now = json!(d.qos().options());
+    match p {
+        Some(Value::Object(o)) => {
+            for (k, v) in o {
+                now[k] = v;
+            }
+        }
+        None => {}
+        Some(_) => return Err(RpcError::invalid_params("expected an object: {\"enabled\": BOOL, \"bc_in_flight_kib\": N}")),
+    }
+    let o: QosOptions = serde_json::from_value(now).map_err(|e| RpcError::invalid_params(format!("invalid parameters: {e}")))?;
+    d.qos().set_options(o).map_err(RpcError::invalid_params)?;
+    log::info!("QoS options {}", json!(o));
+    Ok(json!(true))
+}
+
+fn pov_qos_get_options(d: &Daemon, _p: Option<Value>) -> Result<Value, RpcError> {
+    Ok(json!(d.qos().options()))
 }
 
 fn pov_tenant_set_qos(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {

@@ -23,6 +23,10 @@
 //! 4. Anything else stays queued: [`Scheduler::next_wakeup`] is the earliest instant a
 //!    held head item's limit buckets can pay it. Nothing is failed or dropped.
 //!
+//! [`Scheduler::pop_class`]`(now, false)` stops after step 1: the caller's bound on BC
+//! work in flight (a PoV device's BC window, a proxy's PID-controlled window) is
+//! reached, so only LC items go and BC items wait for room.
+//!
 //! **Token buckets** (as Firecracker's rate limiter: separate ops and bytes buckets,
 //! throttling is a state and a timer resumes the queue). Rates are ops/s and bytes/s;
 //! a rate of 0 means no bucket. Capacity is one second of rate; a bucket starts full and
@@ -115,6 +119,9 @@ pub struct QosStats {
     pub throttled: u64,
     /// BC items served ahead of weight sharing, under their tenant's reservation.
     pub reservation_served: u64,
+    /// Pops that left BC items queued because the caller's bound on BC work in flight
+    /// was reached ([`Scheduler::pop_class`] with `bc == false`).
+    pub bc_window_holds: u64,
 }
 
 /// `t + ns`, saturating far in the future instead of overflowing.
@@ -366,6 +373,10 @@ impl<T: Send> Scheduler<T> for QosScheduler<T> {
     }
 
     fn pop(&mut self, now: Instant) -> Option<T> {
+        self.pop_class(now, true).map(|(_, t)| t)
+    }
+
+    fn pop_class(&mut self, now: Instant, bc: bool) -> Option<(u8, T)> {
         self.sweep(now);
         let vtime = self.vtime;
         for t in self.tenants.iter_mut() {
@@ -389,7 +400,11 @@ impl<T: Send> Scheduler<T> for QosScheduler<T> {
         let n = self.tenants.len();
         if let Some(i) = (0..n).map(|k| (self.lc_cursor + k) % n).find(|&i| self.tenants[i].ok[0]) {
             self.lc_cursor = i + 1;
-            return self.serve(i, 0, Phase::Lc);
+            return self.serve(i, 0, Phase::Lc).map(|t| (LC, t));
+        }
+        if !bc {
+            self.stats.bc_window_holds += u64::from(self.stats.bc_queued > 0);
+            return None;
         }
         let reserved = self
             .tenants
@@ -398,11 +413,11 @@ impl<T: Send> Scheduler<T> for QosScheduler<T> {
             .filter(|(_, t)| t.bc_ok() && t.reserve.is_set() && t.reserve.can_pay(t.head_bytes(1)));
         // Ties go to the first tenant: `max_by_key` keeps the last maximum, so negate.
         if let Some((i, _)) = reserved.min_by_key(|(_, t)| -t.reserve.slack(t.head_bytes(1))) {
-            return self.serve(i, 1, Phase::Reservation);
+            return self.serve(i, 1, Phase::Reservation).map(|t| (BC, t));
         }
         let by_weight = self.tenants.iter().enumerate().filter(|(_, t)| t.bc_ok());
         let (i, _) = by_weight.min_by_key(|(_, t)| t.start)?;
-        self.serve(i, 1, Phase::Weight)
+        self.serve(i, 1, Phase::Weight).map(|t| (BC, t))
     }
 
     fn len(&self) -> usize {
@@ -691,6 +706,37 @@ mod tests {
         s.push(tk(LC, "t", 4096), 5);
         assert_eq!((s.pop(now + Duration::from_secs(1)), s.pop(now + Duration::from_secs(1))), (Some(4), Some(5)));
         assert_eq!((s.stats().lc_served, s.stats().bc_served), (3, 2));
+    }
+
+    #[test]
+    fn a_closed_bc_window_lets_only_lc_items_go_and_loses_nothing() {
+        let (_, mut s) = sched::<u64>(&[("lc", Policy::default()), ("b1", bc(100)), ("b2", bc(300))]);
+        let now = Instant::now();
+        let mut rng = Rng(7);
+        let (mut pushed, mut got) = (0u64, Vec::new());
+        for round in 0..200u64 {
+            for _ in 0..rng.below(4) {
+                let t = ["lc", "b1", "b2"][rng.below(3) as usize];
+                s.push(tk(LC, t, 4096 << rng.below(8)), pushed);
+                pushed += 1;
+            }
+            // The window opens one round in three.
+            let open = round % 3 == 0;
+            while let Some((class, id)) = s.pop_class(now, open) {
+                assert!(open || class == LC, "a BC item went through a closed window");
+                got.push((class, id));
+            }
+            if !open {
+                assert_eq!(s.stats().lc_queued, 0, "LC items wait only for their limit, never for the window");
+            }
+        }
+        while let Some((_, id)) = s.pop_class(now, true) {
+            got.push((1, id));
+        }
+        let mut ids: Vec<u64> = got.iter().map(|&(_, i)| i).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..pushed).collect::<Vec<_>>(), "every item comes out once");
+        assert!(s.stats().bc_window_holds > 0);
     }
 
     #[test]

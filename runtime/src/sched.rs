@@ -31,6 +31,14 @@ pub trait Scheduler<T>: Send {
     fn push(&mut self, ticket: Ticket<'_>, item: T);
     /// The next item allowed to go at `now`, if any.
     fn pop(&mut self, now: Instant) -> Option<T>;
+    /// As [`Scheduler::pop`], with the item's effective class (`0` LC, `1` BC); with
+    /// `bc == false` only an LC item may go (the caller's bound on BC work in flight is
+    /// reached: BC items stay queued). A scheduler without classes ([`Fifo`]) ignores
+    /// `bc` and returns every item as class `0`: it is not bounded.
+    fn pop_class(&mut self, now: Instant, bc: bool) -> Option<(u8, T)> {
+        let _ = bc;
+        self.pop(now).map(|t| (0, t))
+    }
     /// Items queued.
     fn len(&self) -> usize;
     /// `true` if nothing is queued.

@@ -34,7 +34,8 @@ pub fn pov_device_factory() -> DeviceFactory {
     Arc::new(|cfg, ctx| {
         PovDevice::new(cfg.clone(), ctx.tenants.clone())
             .map(|d| {
-                let d = d.with_gathering(ctx.gathering.clone()).with_routes(ctx.routes.clone()).with_qos(&ctx.qos);
+                let d = d.with_gathering(ctx.gathering.clone()).with_routes(ctx.routes.clone());
+                let d = if ctx.qos.options().enabled { d.with_qos(&ctx.qos) } else { d };
                 Box::new(d) as Box<dyn BlockDevice>
             })
             .map_err(|e| e.to_string())
