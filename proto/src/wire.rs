@@ -212,6 +212,19 @@ impl ProxyRequest {
         self.view().encode_frame(payload, out)
     }
 
+    /// What a scheduler needs of a frame body without decoding it: `(QoS class,
+    /// tenant, bytes moved)` (bytes = the larger of the read length and the payload
+    /// length). `None` when the body is too short for them or the tenant is not UTF-8;
+    /// nothing else is checked ([`ProxyRequest::decode`] does, when it runs).
+    pub fn peek_ticket(b: &[u8]) -> Option<(u8, &str, u64)> {
+        if b.len() < PROXY_REQUEST_HEADER {
+            return None;
+        }
+        let tl = get_u16(b, 32) as usize;
+        let tenant = std::str::from_utf8(b.get(PROXY_REQUEST_HEADER..PROXY_REQUEST_HEADER + tl)?).ok()?;
+        Some((b[105], tenant, u64::from(get_u32(b, 24).max(get_u32(b, 36)))))
+    }
+
     /// Decodes a frame body (without the length prefix).
     pub fn decode(b: &[u8]) -> Result<ProxyRequestRef<'_>, DecodeError> {
         need(b, PROXY_REQUEST_HEADER)?;
@@ -331,6 +344,17 @@ impl ProxyResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peek_ticket_reads_class_tenant_and_bytes() {
+        let mut r = ProxyRequest::new(Op::Write, "acme", "/f");
+        r.qos = 1;
+        let mut f = Vec::new();
+        r.encode_frame(&[0u8; 3000], &mut f).unwrap();
+        assert_eq!(ProxyRequest::peek_ticket(&f[LEN_PREFIX..]), Some((1, "acme", 3000)));
+        assert_eq!(ProxyRequest::peek_ticket(&f[LEN_PREFIX..LEN_PREFIX + 130]), None, "cut inside the tenant");
+        assert_eq!(ProxyRequest::peek_ticket(&[0u8; 10]), None);
+    }
 
     #[test]
     fn request_frame_round_trip() {

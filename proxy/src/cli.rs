@@ -133,6 +133,52 @@ pub struct Args {
     /// This proxy's index in the --cluster file's members (from 0).
     #[arg(long, value_name = "N", requires = "cluster")]
     pub member: Option<usize>,
+
+    /// Run backend calls on N worker threads instead of the backend's choice (the
+    /// local backend: 0, on the reactors; Ceph: its workers= setting). The QoS stage
+    /// acts only with workers.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub workers: Option<u32>,
+
+    /// QoS stage (docs/qos.md): on (default) queues requests per tenant and class in
+    /// front of the backend's workers, latency-critical first, with a PID controller
+    /// bounding bandwidth-critical requests at the backend; off serves in arrival order.
+    #[arg(long, value_enum, default_value = "on")]
+    pub qos: OnOff,
+
+    /// QoS: the latency-critical latency target at the proxy (queueing for a worker
+    /// plus the backend call), µs, at --qos-percentile.
+    #[arg(long, value_name = "US", default_value_t = crate::qos::DEFAULT_LC_TARGET_US,
+          value_parser = clap::value_parser!(u32).range(10..=10_000_000))]
+    pub qos_lc_target_us: u32,
+
+    /// QoS: the percentile of latency-critical latency held to the target.
+    #[arg(long, value_name = "P", default_value_t = 99.0, value_parser = parse_percentile)]
+    pub qos_percentile: f64,
+
+    /// QoS: the largest window of bandwidth-critical requests at the backend (0: the
+    /// number of workers).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub qos_window_max: usize,
+
+    /// Write every counter (server, tenants, the QoS controller's target, measurement
+    /// and window) as JSON to FILE once a second (replaced atomically).
+    #[arg(long, value_name = "FILE")]
+    pub stats_file: Option<std::path::PathBuf>,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+fn parse_percentile(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if p > 0.0 && p < 100.0 => Ok(p),
+        _ => Err(format!("'{s}' is not a percentile above 0 and below 100")),
+    }
 }
 
 /// A byte count given as `N`, `NK`, `NM` or `NG` (powers of 1024; `KiB`, `MiB`,
@@ -260,6 +306,16 @@ impl Args {
         }
     }
 
+    /// The QoS stage these options ask for (`None`: off).
+    pub fn qos(&self) -> Option<crate::qos::QosConfig> {
+        (self.qos == OnOff::On).then(|| crate::qos::QosConfig {
+            lc_target_us: self.qos_lc_target_us,
+            percentile: self.qos_percentile,
+            window_max: self.qos_window_max,
+            ..crate::qos::QosConfig::default()
+        })
+    }
+
     /// The reactor placement these options ask for.
     pub fn cores(&self) -> Vec<Option<usize>> {
         match &self.cpus {
@@ -345,6 +401,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (Some(f), Some(me)) => Some(crate::cluster::Cluster::load(f, me)?),
             _ => None,
         },
+        workers: args.workers.map(|n| n as usize),
+        qos: args.qos(),
         ..ServerConfig::default()
     };
     let cluster = config.cluster.clone();
@@ -354,11 +412,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         writeln!(out, "pov-proxy listening on {}", server.local_addr()).context("writing to stdout")?;
         out.flush().context("writing to stdout")?;
     }
+    let server = std::sync::Arc::new(server);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = args.stats_file.clone().map(|f| start_stats_writer(f, server.clone(), stop.clone()));
     let sig = signals.forever().next().context("waiting for a termination signal")?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    let server = std::sync::Arc::into_inner(server).context("the stats writer still holds the server")?;
     log::info!("signal {sig} received, shutting down");
     let tenants = server.tenant_stats();
     let totals = server.stats();
+    let qos = server.qos().map(|q| q.stats_json());
     server.shutdown();
+    if let Some(q) = qos {
+        log::info!("QoS stage: {q}");
+    }
     log::info!(
         "served {} frames ({} bad, {} refused for their tenant or volume) on {} connections",
         totals.frames,
@@ -380,6 +450,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes `server.stats_json()` to `file` once a second (through `FILE.tmp` and a
+/// rename, so a reader never sees half a file) until `stop`.
+fn start_stats_writer(
+    file: std::path::PathBuf,
+    server: std::sync::Arc<Server>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let tmp = file.with_extension("tmp");
+        let mut warned = false;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let text = server.stats_json().to_string();
+            if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &file)) {
+                if !warned {
+                    log::warn!("cannot write the stats file {}: {e}", file.display());
+                    warned = true;
+                }
+            }
+            for _ in 0..10 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    })
 }
 
 #[cfg(test)]

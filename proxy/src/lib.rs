@@ -42,6 +42,7 @@ pub mod backend;
 pub mod cli;
 pub mod cluster;
 pub mod offload;
+pub mod qos;
 pub mod server;
 pub mod service;
 pub mod stats;

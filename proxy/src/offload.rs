@@ -23,15 +23,24 @@
 //!
 //! This is the "equivalent that keeps many operations in flight" of issue 4 for
 //! libcephfs, which has no asynchronous API for path operations.
+//!
+//! **QoS** ([`crate::qos`]): with a [`QosGate`] the backlog is a per-tenant, per-class
+//! [`QosScheduler`] (LC first, BC tenants by equal weight), BC requests are handed to
+//! the pool only while the gate's PID-controlled window has room, and workers take LC
+//! jobs before BC jobs. Without one (`--qos off`) the backlog is arrival order and
+//! there is one job queue.
 
 use crate::backend::Backend;
+use crate::qos::{QosConfig, QosGate};
 use crate::service::{answer_bound, Service};
 use crate::stats::ProxyStats;
 use crossbeam_channel::{Receiver, Sender};
-use pov_proto::wire::ProxyResponse;
+use pov_proto::wire::{ProxyRequest, ProxyResponse};
 use pov_proto::Status;
+use pov_runtime::qos::{Policy, PolicyLookup, QosScheduler, LC};
+use pov_runtime::sched::{Fifo, Scheduler, Ticket};
 use pov_runtime::sys::EventFd;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,12 +49,17 @@ use std::time::{Duration, Instant};
 
 /// Most requests of one connection handed to the pool at once.
 pub const MAX_IN_FLIGHT: usize = 256;
+/// How soon a connection with BC requests held by the QoS window looks again.
+const WINDOW_RECHECK: Duration = Duration::from_micros(500);
 
 struct Job {
     seq: u64,
     body: Vec<u8>,
     deadline: Option<Instant>,
     done: Arc<Completions>,
+    /// QoS class (0 LC, 1 BC) and when it was handed to the pool.
+    class: u8,
+    since: Instant,
 }
 
 /// Completed responses of one connection: `(sequence number, frame)`; an empty frame
@@ -60,9 +74,11 @@ struct Completions {
 
 /// Threads running requests on channels of one backend.
 pub struct WorkerPool {
-    jobs: Option<Sender<Job>>,
+    /// Job queues: LC, BC (with QoS; without, everything goes to the first).
+    jobs: Option<[Sender<Job>; 2]>,
     threads: Vec<JoinHandle<()>>,
     timeout: Option<Duration>,
+    qos: Option<Arc<QosGate>>,
 }
 
 impl std::fmt::Debug for WorkerPool {
@@ -72,19 +88,30 @@ impl std::fmt::Debug for WorkerPool {
 }
 
 impl WorkerPool {
-    /// Starts `backend.workers()` threads (named `pov-worker-N`), each serving
-    /// requests on its own channel of `backend`.
+    /// Starts `workers` threads (at least 1; named `pov-worker-N`), each serving
+    /// requests on its own channel of `backend`; with `qos`, the proxy's QoS stage
+    /// ([`crate::qos`]) over them.
     ///
     /// Errors: a thread cannot be spawned.
-    pub fn start(backend: &dyn Backend, stats: Arc<ProxyStats>) -> std::io::Result<WorkerPool> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-        let mut pool = WorkerPool { jobs: Some(tx), threads: Vec::new(), timeout: backend.op_timeout() };
-        for i in 0..backend.workers().max(1) {
-            let rx: Receiver<Job> = rx.clone();
+    pub fn start(
+        backend: &dyn Backend,
+        stats: Arc<ProxyStats>,
+        workers: usize,
+        qos: Option<QosConfig>,
+    ) -> std::io::Result<WorkerPool> {
+        let workers = workers.max(1);
+        let (lc_tx, lc_rx) = crossbeam_channel::unbounded::<Job>();
+        let (bc_tx, bc_rx) = crossbeam_channel::unbounded::<Job>();
+        let gate = qos.map(|c| Arc::new(QosGate::new(c, workers)));
+        let mut pool =
+            WorkerPool { jobs: Some([lc_tx, bc_tx]), threads: Vec::new(), timeout: backend.op_timeout(), qos: gate.clone() };
+        for i in 0..workers {
+            let (lc_rx, bc_rx): (Receiver<Job>, Receiver<Job>) = (lc_rx.clone(), bc_rx.clone());
             let mut service = Service::new(backend.channel(), stats.clone());
             let stats = stats.clone();
+            let gate = gate.clone();
             let t = std::thread::Builder::new().name(format!("pov-worker-{i}")).spawn(move || {
-                for job in rx {
+                while let Some(job) = next_job(&lc_rx, &bc_rx) {
                     let mut out = Vec::new();
                     let expired = job.deadline.is_some_and(|d| Instant::now() >= d);
                     let abandoned = job.done.abandoned.load(Ordering::Acquire) && Service::mutates(&job.body);
@@ -93,6 +120,9 @@ impl WorkerPool {
                     }
                     if expired || abandoned || !service.handle_frame(&job.body, &mut out) {
                         out.clear();
+                    }
+                    if let Some(g) = &gate {
+                        g.finished(job.class, job.since, Instant::now());
                     }
                     job.done.list.lock().unwrap_or_else(|e| e.into_inner()).push((job.seq, out));
                     job.done.efd.notify();
@@ -103,9 +133,26 @@ impl WorkerPool {
         Ok(pool)
     }
 
+    /// The QoS stage's state (`None`: QoS off).
+    pub fn qos(&self) -> Option<&Arc<QosGate>> {
+        self.qos.as_ref()
+    }
+
     /// Number of worker threads.
     pub fn workers(&self) -> usize {
         self.threads.len()
+    }
+}
+
+/// The next job: an LC one if any is queued, else whichever comes first. `None` once
+/// the pool is closed and both queues are empty.
+fn next_job(lc: &Receiver<Job>, bc: &Receiver<Job>) -> Option<Job> {
+    if let Ok(j) = lc.try_recv() {
+        return Some(j);
+    }
+    crossbeam_channel::select! {
+        recv(lc) -> j => j.ok().or_else(|| bc.recv().ok()),
+        recv(bc) -> j => j.ok().or_else(|| lc.recv().ok()),
     }
 }
 
@@ -130,12 +177,17 @@ struct Pending {
     reserved: usize,
 }
 
+/// A request waiting for the pool: its frame body.
+type Waiting = Vec<u8>;
+
 /// One connection's view of a [`WorkerPool`].
 pub struct Offload {
     pool: Arc<WorkerPool>,
     done: Arc<Completions>,
     pending: HashMap<u64, Pending>,
-    backlog: VecDeque<Vec<u8>>,
+    /// Requests not yet handed to the pool: by class and tenant with QoS, else in
+    /// arrival order.
+    backlog: Box<dyn Scheduler<Waiting>>,
     next_seq: u64,
     taken: Vec<(u64, Vec<u8>)>,
     timeouts: u64,
@@ -155,16 +207,16 @@ impl Offload {
     pub fn new(pool: Arc<WorkerPool>) -> std::io::Result<Offload> {
         let done =
             Arc::new(Completions { list: Mutex::new(Vec::new()), efd: EventFd::new()?, abandoned: AtomicBool::new(false) });
-        Ok(Offload {
-            pool,
-            done,
-            pending: HashMap::new(),
-            backlog: VecDeque::new(),
-            next_seq: 0,
-            taken: Vec::new(),
-            timeouts: 0,
-            reserved: 0,
-        })
+        let backlog: Box<dyn Scheduler<Waiting>> = match pool.qos {
+            // The DPU put the tenant's effective class in the header; tenants share BC
+            // by equal weight here (their policies live on the DPUs).
+            Some(_) => {
+                let lookup: PolicyLookup = Arc::new(|_: &str| Policy { max_class: LC, ..Policy::default() });
+                Box::new(QosScheduler::new(lookup))
+            }
+            None => Box::new(Fifo::default()),
+        };
+        Ok(Offload { pool, done, pending: HashMap::new(), backlog, next_seq: 0, taken: Vec::new(), timeouts: 0, reserved: 0 })
     }
 
     /// The DPU closed the connection: requests that change data and have not started
@@ -204,14 +256,31 @@ impl Offload {
     /// [`answer_bound`]`(body)` bytes until its answer is reaped.
     pub fn submit(&mut self, body: &[u8]) {
         self.reserved += answer_bound(body);
-        if self.pending.len() < MAX_IN_FLIGHT && self.backlog.is_empty() {
-            self.dispatch(body.to_vec());
-        } else {
-            self.backlog.push_back(body.to_vec());
-        }
+        let (class, tenant, bytes) = ProxyRequest::peek_ticket(body).unwrap_or((0, "", 0));
+        self.backlog.push(Ticket { class, tenant, bytes }, body.to_vec());
+        self.pump();
     }
 
-    fn dispatch(&mut self, body: Vec<u8>) {
+    /// Hands backlog requests to the pool while there are free slots (and, for BC
+    /// ones, room in the QoS window). Returns `true` if any went.
+    fn pump(&mut self) -> bool {
+        let mut moved = false;
+        let now = Instant::now();
+        while self.pending.len() < MAX_IN_FLIGHT && !self.backlog.is_empty() {
+            let bc = self.pool.qos.as_ref().map_or(true, |g| g.bc_room());
+            let Some((class, body)) = self.backlog.pop_class(now, bc) else {
+                if let Some(g) = &self.pool.qos {
+                    g.held();
+                }
+                break;
+            };
+            moved = true;
+            self.dispatch(body, class);
+        }
+        moved
+    }
+
+    fn dispatch(&mut self, body: Vec<u8>, class: u8) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let deadline = self.pool.timeout.map(|t| Instant::now() + t);
@@ -223,9 +292,17 @@ impl Offload {
         });
         let reserved = answer_bound(&body);
         self.pending.insert(seq, Pending { ids, deadline, reserved });
-        let job = Job { seq, body, deadline, done: self.done.clone() };
-        let sent = self.pool.jobs.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+        if let Some(g) = &self.pool.qos {
+            g.started(class);
+        }
+        let since = Instant::now();
+        let job = Job { seq, body, deadline, done: self.done.clone(), class, since };
+        let queue = usize::from(class.min(1) == 1 && self.pool.qos.is_some());
+        let sent = self.pool.jobs.as_ref().is_some_and(|tx| tx[queue].send(job).is_ok());
         if !sent {
+            if let Some(g) = &self.pool.qos {
+                g.finished(class, since, since);
+            }
             // The pool is shutting down: answer as unavailable.
             self.release(seq);
             if let Some((op, tag)) = ids {
@@ -265,11 +342,10 @@ impl Offload {
                 out.push(f);
             }
         }
-        while self.pending.len() < MAX_IN_FLIGHT {
-            let Some(body) = self.backlog.pop_front() else { break };
-            moved = true;
-            self.dispatch(body);
+        if let Some(g) = &self.pool.qos {
+            g.tick(now);
         }
+        moved |= self.pump();
         moved
     }
 
@@ -282,6 +358,10 @@ impl Offload {
 
     /// The earliest deadline of a request in flight (the poller must run by then).
     pub fn deadline(&self) -> Option<Instant> {
-        self.pending.values().filter_map(|p| p.deadline).min()
+        let op = self.pending.values().filter_map(|p| p.deadline).min();
+        // BC requests held by the QoS window: room is made by any connection's
+        // completion, which wakes only that connection, so look again shortly.
+        let held = (self.pool.qos.is_some() && !self.backlog.is_empty()).then(|| Instant::now() + WINDOW_RECHECK);
+        op.into_iter().chain(held).min()
     }
 }

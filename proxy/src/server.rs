@@ -151,6 +151,12 @@ pub struct ServerConfig {
     /// Cluster membership ([`crate::cluster`]): route table and redirects; `None`: a
     /// standalone proxy that serves every request.
     pub cluster: Option<Arc<Cluster>>,
+    /// Worker threads for backend calls: `None` (default) as the backend asks
+    /// ([`Backend::workers`]: 0 for the local backend, which then runs on the
+    /// reactors); `Some(n)` overrides it (`Some(0)`: on the reactors).
+    pub workers: Option<usize>,
+    /// The QoS stage over the worker pool ([`crate::qos`]); `None`: arrival order.
+    pub qos: Option<crate::qos::QosConfig>,
 }
 
 /// Default listen endpoint.
@@ -166,6 +172,8 @@ impl Default for ServerConfig {
             limits: ConnLimits::default(),
             peers: Peers::Anyone,
             cluster: None,
+            workers: None,
+            qos: Some(crate::qos::QosConfig::default()),
         }
     }
 }
@@ -178,6 +186,7 @@ pub struct Server {
     local_addr: String,
     backend_kind: &'static str,
     stats: Arc<ProxyStats>,
+    qos: Option<Arc<crate::qos::QosGate>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -231,11 +240,13 @@ impl Server {
         let stats = Arc::new(ProxyStats::default());
         let backend_kind = backend.kind();
         let reactors = runtime.reactors().to_vec();
-        let pool = if backend.workers() > 0 {
-            Some(Arc::new(WorkerPool::start(backend.as_ref(), stats.clone()).map_err(Error::Runtime)?))
+        let workers = config.workers.unwrap_or_else(|| backend.workers());
+        let pool = if workers > 0 {
+            Some(Arc::new(WorkerPool::start(backend.as_ref(), stats.clone(), workers, config.qos).map_err(Error::Runtime)?))
         } else {
             None
         };
+        let qos = pool.as_ref().and_then(|p| p.qos().cloned());
         let acceptor = Acceptor {
             listener,
             watching: false,
@@ -259,7 +270,7 @@ impl Server {
         log::info!("pov-proxy serving {backend_kind} backend on {local_addr} with {} reactor(s)", runtime.reactors().len());
         let refresher =
             config.cluster.clone().map(|c| start_refresher(c, config.backend.clone())).transpose().map_err(Error::Runtime)?;
-        Ok(Server { runtime: Some(runtime), refresher, local_addr, backend_kind, stats })
+        Ok(Server { runtime: Some(runtime), refresher, local_addr, backend_kind, stats, qos })
     }
 
     /// The address actually bound (`HOST:PORT`).
@@ -280,6 +291,21 @@ impl Server {
     /// Per-tenant counters, sorted by tenant.
     pub fn tenant_stats(&self) -> Vec<TenantStats> {
         self.stats.tenants()
+    }
+
+    /// The QoS stage (`None`: QoS off, or a backend served on the reactors).
+    pub fn qos(&self) -> Option<&Arc<crate::qos::QosGate>> {
+        self.qos.as_ref()
+    }
+
+    /// Everything counted, as one JSON object: `{"server": {..}, "tenants": [..],
+    /// "qos": {..} | null}` (what `pov-proxy --stats-file` writes).
+    pub fn stats_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "server": self.stats(),
+            "tenants": self.tenant_stats(),
+            "qos": self.qos.as_ref().map(|q| q.stats_json()),
+        })
     }
 
     /// The reactors (for their counters, e.g. CPU time).

@@ -1,5 +1,5 @@
-//! Counters: per tenant (requests, errors, bytes: what a per-tenant QoS controller,
-//! planned, would read) and per server (frames, connections).
+//! Counters: per tenant (requests, errors, bytes) and per server (frames,
+//! connections); the QoS stage's own are in [`crate::qos::QosGate::stats_json`].
 //!
 //! Counters are relaxed atomics shared by every reactor. Each connection caches the
 //! `Arc` of the tenants it serves, so the registry's lock is taken only the first
@@ -30,7 +30,7 @@ pub struct TenantCounters {
 }
 
 /// A copy of one tenant's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TenantStats {
     /// Tenant name (or [`OVERFLOW_TENANT`]).
     pub tenant: String,
@@ -74,7 +74,7 @@ pub struct ProxyStats {
 }
 
 /// A copy of the server-wide counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ServerStats {
     /// Frames that decoded as requests.
     pub frames: u64,
@@ -147,6 +147,21 @@ impl ProxyStats {
             abandoned: self.abandoned.load(Ordering::Relaxed),
         }
     }
+}
+
+/// A latency histogram (µs samples) in brief: `{count, p50_us, p99_us, p999_us,
+/// max_us}`.
+pub fn json_histogram(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
+    if h.is_empty() {
+        return serde_json::json!({ "count": 0 });
+    }
+    serde_json::json!({
+        "count": h.len(),
+        "p50_us": h.value_at_quantile(0.5),
+        "p99_us": h.value_at_quantile(0.99),
+        "p999_us": h.value_at_quantile(0.999),
+        "max_us": h.max(),
+    })
 }
 
 /// One connection's cache of tenant counters (avoids the registry lock per request).
