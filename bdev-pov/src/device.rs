@@ -29,8 +29,6 @@ use pov_runtime::{FdRegistry, PollStatus};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Parameters of a PoV device (the `pov_device_create` RPC's parameters).
@@ -175,8 +173,13 @@ pub struct DeviceStats {
     /// the daemon's QoS table).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qos: Option<pov_runtime::qos::QosStats>,
-    /// BC request bytes at the proxies now (bounded by the daemon's `bc_in_flight_kib`).
+    /// BC request bytes at the proxies now (bounded by the window).
     pub bc_in_flight_bytes: u64,
+    /// The most BC request bytes at the proxies at once since the device started.
+    pub bc_in_flight_peak_bytes: u64,
+    /// The BC window's controller (with a QoS scheduler).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bc_window: Option<crate::qos::WindowState>,
     /// Time from the scheduler to the proxy's answer, per effective class, since the
     /// device started (with a QoS scheduler; FIFO devices count everything as LC).
     pub latency: ClassLatency,
@@ -318,9 +321,9 @@ pub(crate) struct DeviceState {
     routes: RouteControl,
     /// The forwarder is stopping: nothing is resent.
     stopping: bool,
-    /// Bound on BC bytes at the proxies (the daemon's `bc_in_flight_kib`; 0: none),
-    /// with a QoS scheduler only.
-    bc_window: Option<Arc<AtomicU64>>,
+    /// With a QoS scheduler: the daemon's table (options, LC targets) and the
+    /// controller of the bound on BC bytes at the proxies.
+    bc_window: Option<(crate::qos::QosTable, crate::qos::WindowControl)>,
     /// BC request bytes at the proxies now.
     bc_in_flight: u64,
     /// Time from the scheduler to the answer, µs, per effective class (LC, BC).
@@ -403,7 +406,7 @@ impl PovDevice {
     /// of arrival order.
     pub fn with_qos(mut self, qos: &crate::qos::QosTable) -> PovDevice {
         self.st.ready = Box::new(pov_runtime::qos::QosScheduler::new(qos.lookup()));
-        self.st.bc_window = Some(qos.bc_window());
+        self.st.bc_window = Some((qos.clone(), crate::qos::WindowControl::new(Instant::now())));
         self
     }
 
@@ -457,6 +460,7 @@ impl PovDevice {
         s.gathering = GatherStats::from_counters(f.transport);
         s.qos = self.st.ready.qos_stats();
         s.bc_in_flight_bytes = self.st.bc_in_flight;
+        s.bc_window = self.st.bc_window.as_ref().map(|(_, c)| c.state());
         s.latency = ClassLatency { lc: LatencySummary::of(&self.st.latency[0]), bc: LatencySummary::of(&self.st.latency[1]) };
         s
     }
@@ -492,8 +496,11 @@ impl PovDevice {
             return;
         }
         let now = Instant::now();
+        let window = match &mut self.st.bc_window {
+            Some((table, ctl)) => ctl.window(&table.options(), now),
+            None => 0,
+        };
         loop {
-            let window = self.st.bc_window.as_ref().map_or(0, |w| w.load(Ordering::Relaxed));
             // One BC request may always go, however large; then up to the window.
             let bc = window == 0 || self.st.bc_in_flight == 0 || self.st.bc_in_flight < window;
             let Some((class, r)) = self.st.ready.pop_class(now, bc) else { break };
@@ -562,6 +569,9 @@ impl PovDevice {
             None => (owner.proxy, 0),
         };
         let view = ProxyRequestView { epoch, ..view };
+        // With QoS, LC requests take the proxy's latency-critical lane (no BC bytes
+        // ahead of them in the stream).
+        let base = if windowed && tries.class == pov_runtime::qos::LC { self.fwd.lc_lane(base) } else { base };
         // SDK hint (docs/protocol.md): reroute 1 starts from the proxy after the home.
         let home = if h.hint.reroute == 1 { base + 1 } else { base } % self.fwd.conns().max(1);
         let bytes = if h.op == Op::Read { u64::from(h.length) } else { u64::from(h.payload_len) };
@@ -582,6 +592,7 @@ impl PovDevice {
             match self.fwd.send_until(conn, view, payload, ctx, tries.deadline) {
                 Ok(_) => {
                     self.st.bc_in_flight += bc_bytes;
+                    self.st.stats.bc_in_flight_peak_bytes = self.st.stats.bc_in_flight_peak_bytes.max(self.st.bc_in_flight);
                     self.st.stats.failover.rerouted += u64::from(conn != base);
                     self.st.stats.failover.resent += u64::from(resend);
                     return;
@@ -961,6 +972,17 @@ impl DeviceState {
         let payload = if status.is_ok() { payload } else { &[] };
         let us = u64::try_from(f.since.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.latency[usize::from(f.class.min(1))].saturating_record(us.max(1));
+        if f.class == pov_runtime::qos::LC {
+            let tenant = self.queues.get(&f.queue).and_then(|q| {
+                let area = (f.queue / self.geometry.queues_per_area) as usize;
+                self.areas.get(area).and_then(Option::as_ref).filter(|s| s.id == q.owner.session_id)
+            });
+            if let (Some(s), Some((table, ctl))) = (tenant, self.bc_window.as_mut()) {
+                if let Some(target) = table.lc_target(&s.tenant) {
+                    ctl.record(us, target);
+                }
+            }
+        }
         self.respond(f.queue, f.op as u16, f.request_id, status, result, flags, payload);
     }
 

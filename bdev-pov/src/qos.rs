@@ -14,10 +14,14 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-/// Default [`QosOptions::bc_in_flight_kib`]: 4 MiB of BC work per device at the
-/// proxies (four 1 MiB writes: enough to keep a proxy's backend busy, little enough
-/// that an LC request waits behind at most that much in the connection).
-pub const DEFAULT_BC_IN_FLIGHT_KIB: u64 = 4096;
+/// Default [`QosOptions::bc_in_flight_kib`]: at most 16 MiB of BC work per device at
+/// the proxies (sixteen 1 MiB writes: enough to keep a Ceph backend's workers busy).
+pub const DEFAULT_BC_IN_FLIGHT_KIB: u64 = 16 << 10;
+/// Default [`QosOptions::bc_in_flight_min_kib`]: 256 KiB (with 1 MiB requests: one at
+/// a time, since one BC request may always go).
+pub const DEFAULT_BC_IN_FLIGHT_MIN_KIB: u64 = 256;
+/// How often the BC window's controller steps.
+pub const WINDOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The daemon's QoS options (`pov_qos_set_options`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,10 +33,15 @@ pub struct QosOptions {
     pub enabled: bool,
     /// Most bytes of BC requests (read lengths plus write payloads) one device has at its
     /// proxies at once, KiB; further BC requests wait in its scheduler while LC ones
-    /// still go (one BC request always may, however large). 0: no bound. Applies to
+    /// still go (one BC request always may, however large). 0: no bound. Between this
+    /// and `bc_in_flight_min_kib` a PID controller sets the window from the LC
+    /// latency of tenants with a `latency_target_us` ([`WindowControl`]). Applies to
     /// running devices at once.
     #[serde(default = "default_bc_kib")]
     pub bc_in_flight_kib: u64,
+    /// The least window the controller may set, KiB (at most `bc_in_flight_kib`).
+    #[serde(default = "default_bc_min_kib")]
+    pub bc_in_flight_min_kib: u64,
 }
 
 fn yes() -> bool {
@@ -43,9 +52,142 @@ fn default_bc_kib() -> u64 {
     DEFAULT_BC_IN_FLIGHT_KIB
 }
 
+fn default_bc_min_kib() -> u64 {
+    DEFAULT_BC_IN_FLIGHT_MIN_KIB
+}
+
 impl Default for QosOptions {
     fn default() -> QosOptions {
-        QosOptions { enabled: true, bc_in_flight_kib: DEFAULT_BC_IN_FLIGHT_KIB }
+        QosOptions {
+            enabled: true,
+            bc_in_flight_kib: DEFAULT_BC_IN_FLIGHT_KIB,
+            bc_in_flight_min_kib: DEFAULT_BC_IN_FLIGHT_MIN_KIB,
+        }
+    }
+}
+
+/// The controller's view, for the device's stats.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct WindowState {
+    /// The strictest LC target of the last interval's requests, µs, at `percentile`
+    /// (0: none had a target).
+    pub target_us: u32,
+    pub percentile: f64,
+    /// Their latency at that percentile in the last interval, µs.
+    pub measured_us: u64,
+    /// LC requests with a target in the last interval.
+    pub samples: u64,
+    /// The BC window in force, bytes (0: unbounded).
+    pub window_bytes: u64,
+    /// Control steps so far.
+    pub steps: u64,
+    /// Mean window over the steps so far, KiB (how much the controller closed it).
+    pub mean_window_kib: u64,
+    #[serde(skip)]
+    window_kib_sum: u64,
+}
+
+/// The PID controller of a device's BC window (paper §4.5; the same controller as the
+/// proxy's, `pov_runtime::pid`): every [`WINDOW_INTERVAL`] it compares the LC
+/// latency (scheduler to answer, µs) of the interval's requests whose tenants have a
+/// `latency_target_us`, at their percentile, with the strictest such target; error
+/// `e = clamp((target − measured) / target, −1, 1)`, `e = 1` in an interval without
+/// such requests (work-conserving: the window opens to the maximum). Output: the window
+/// in KiB between the options' minimum and maximum; gains `Kp = 0.5 R`, `Ki = 2 R/s`,
+/// `Kd = 0` for the range `R` (docs/qos.md, "Gains").
+#[derive(Debug)]
+pub struct WindowControl {
+    pid: pov_runtime::pid::Pid,
+    range: (u64, u64),
+    last: std::time::Instant,
+    interval: hdrhistogram::Histogram<u64>,
+    target: Option<(u32, f64)>,
+    state: WindowState,
+}
+
+impl WindowControl {
+    /// A controller starting fully open.
+    pub fn new(now: std::time::Instant) -> WindowControl {
+        WindowControl {
+            pid: pov_runtime::pid::Pid::new(0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+            range: (0, 0),
+            last: now,
+            interval: hdrhistogram::Histogram::new_with_bounds(1, 100_000_000, 2).expect("valid bounds"),
+            target: None,
+            state: WindowState::default(),
+        }
+    }
+
+    /// Records an LC request's latency `us` whose tenant's target is `target` (µs,
+    /// percentile).
+    pub fn record(&mut self, us: u64, target: (u32, f64)) {
+        self.interval.saturating_record(us.max(1));
+        if self.target.is_none_or_stricter(target) {
+            self.target = Some(target);
+        }
+    }
+
+    /// The window in force, bytes (0: unbounded), for options `o`; steps the controller
+    /// first when an interval has passed.
+    pub fn window(&mut self, o: &QosOptions, now: std::time::Instant) -> u64 {
+        if o.bc_in_flight_kib == 0 {
+            self.state.window_bytes = 0;
+            return 0;
+        }
+        let (min, max) = (o.bc_in_flight_min_kib.min(o.bc_in_flight_kib), o.bc_in_flight_kib);
+        if self.range != (min, max) {
+            // New bounds (or the first call): start open, gains for the range.
+            let r = (max - min) as f64;
+            self.pid = pov_runtime::pid::Pid::new(0.5 * r, 2.0 * r, 0.0, min as f64, max as f64, max as f64);
+            self.range = (min, max);
+        }
+        let dt = now.saturating_duration_since(self.last);
+        if dt >= WINDOW_INTERVAL {
+            self.last = now;
+            let samples = self.interval.len();
+            let (error, measured) = match self.target {
+                Some((t, p)) if samples > 0 => {
+                    let m = self.interval.value_at_quantile(p / 100.0);
+                    let t = f64::from(t.max(1));
+                    (((t - m as f64) / t).clamp(-1.0, 1.0), m)
+                }
+                _ => (1.0, 0),
+            };
+            self.pid.update(error, dt.as_secs_f64());
+            let (t, p) = self.target.take().unwrap_or((0, 0.0));
+            self.interval.reset();
+            let kib = (self.pid.output().round() as u64).clamp(min, max);
+            let (steps, sum) = (self.state.steps + 1, self.state.window_kib_sum + kib);
+            self.state = WindowState {
+                target_us: t,
+                percentile: p,
+                measured_us: measured,
+                samples,
+                steps,
+                mean_window_kib: sum / steps,
+                window_kib_sum: sum,
+                window_bytes: kib << 10,
+            };
+        }
+        let w = ((self.pid.output().round() as u64).clamp(min, max)) << 10;
+        self.state.window_bytes = w;
+        w
+    }
+
+    /// The controller's state.
+    pub fn state(&self) -> WindowState {
+        self.state.clone()
+    }
+}
+
+/// `Option<(target, percentile)>`: whether `new` is stricter than what is held.
+trait Stricter {
+    fn is_none_or_stricter(&self, new: (u32, f64)) -> bool;
+}
+
+impl Stricter for Option<(u32, f64)> {
+    fn is_none_or_stricter(&self, new: (u32, f64)) -> bool {
+        self.map_or(true, |(t, p)| new.0 < t || (new.0 == t && new.1 > p))
     }
 }
 
@@ -152,8 +294,10 @@ pub fn default_policy() -> Policy {
 pub struct QosTable {
     inner: Arc<RwLock<BTreeMap<String, (TenantQos, Policy)>>>,
     enabled: Arc<AtomicBool>,
-    /// [`QosOptions::bc_in_flight_kib`] in bytes (read by devices at every poll).
+    /// [`QosOptions::bc_in_flight_kib`] and `bc_in_flight_min_kib` (read by devices at
+    /// every poll).
     bc_window: Arc<AtomicU64>,
+    bc_window_min: Arc<AtomicU64>,
 }
 
 impl Default for QosTable {
@@ -162,19 +306,27 @@ impl Default for QosTable {
         QosTable {
             inner: Arc::default(),
             enabled: Arc::new(AtomicBool::new(o.enabled)),
-            bc_window: Arc::new(AtomicU64::new(o.bc_in_flight_kib << 10)),
+            bc_window: Arc::new(AtomicU64::new(o.bc_in_flight_kib)),
+            bc_window_min: Arc::new(AtomicU64::new(o.bc_in_flight_min_kib)),
         }
     }
 }
 
 impl QosTable {
-    /// Sets the options. Errors: a window above 1 TiB.
+    /// Sets the options. Errors: a window above 1 TiB, a minimum above the maximum.
     pub fn set_options(&self, o: QosOptions) -> Result<(), String> {
         if o.bc_in_flight_kib > 1 << 30 {
             return Err(format!("bc_in_flight_kib {}: must be at most 1073741824", o.bc_in_flight_kib));
         }
+        if o.bc_in_flight_min_kib > o.bc_in_flight_kib && o.bc_in_flight_kib > 0 {
+            return Err(format!(
+                "bc_in_flight_min_kib {} is above bc_in_flight_kib {}",
+                o.bc_in_flight_min_kib, o.bc_in_flight_kib
+            ));
+        }
         self.enabled.store(o.enabled, Ordering::Relaxed);
-        self.bc_window.store(o.bc_in_flight_kib << 10, Ordering::Relaxed);
+        self.bc_window.store(o.bc_in_flight_kib, Ordering::Relaxed);
+        self.bc_window_min.store(o.bc_in_flight_min_kib, Ordering::Relaxed);
         Ok(())
     }
 
@@ -182,13 +334,16 @@ impl QosTable {
     pub fn options(&self) -> QosOptions {
         QosOptions {
             enabled: self.enabled.load(Ordering::Relaxed),
-            bc_in_flight_kib: self.bc_window.load(Ordering::Relaxed) >> 10,
+            bc_in_flight_kib: self.bc_window.load(Ordering::Relaxed),
+            bc_in_flight_min_kib: self.bc_window_min.load(Ordering::Relaxed),
         }
     }
 
-    /// The BC window in bytes, shared with every device (0: none).
-    pub fn bc_window(&self) -> Arc<AtomicU64> {
-        self.bc_window.clone()
+    /// The LC latency target of `tenant`'s policy: `(µs, percentile)`, if it has one.
+    pub fn lc_target(&self, tenant: &str) -> Option<(u32, f64)> {
+        let m = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let (q, _) = m.get(tenant)?;
+        q.latency_target_us.filter(|_| q.class == QosClassName::Lc).map(|t| (t, q.latency_percentile.unwrap_or(99.0)))
     }
 
     /// Sets (or replaces) `tenant`'s policy; later requests follow it.
@@ -243,6 +398,37 @@ mod tests {
         assert_eq!(look("acme").max_class, LC);
         assert_eq!(t.get("acme").unwrap().weight, 100);
         assert!(t.clear("acme") && look("acme").max_class == BC);
+    }
+
+    #[test]
+    fn the_bc_window_closes_while_lc_is_over_its_target_and_opens_without_lc_work() {
+        let o = QosOptions { bc_in_flight_kib: 8192, bc_in_flight_min_kib: 256, ..QosOptions::default() };
+        let mut t = std::time::Instant::now();
+        let mut c = WindowControl::new(t);
+        assert_eq!(c.window(&o, t), 8192 << 10, "starts open");
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            for _ in 0..20 {
+                c.record(3000, (500, 99.0));
+                c.record(100, (2000, 99.0));
+            }
+            t += WINDOW_INTERVAL;
+            seen.push(c.window(&o, t) >> 10);
+        }
+        assert!(seen.windows(2).all(|w| w[1] <= w[0]) && *seen.last().unwrap() == 256, "{seen:?}");
+        assert_eq!(c.state().target_us, 500, "the strictest target of the interval drives it");
+        for _ in 0..10 {
+            t += WINDOW_INTERVAL;
+            c.window(&o, t);
+        }
+        assert_eq!(c.window(&o, t), 8192 << 10, "no LC work: open again");
+        let unbounded = QosOptions { bc_in_flight_kib: 0, ..o };
+        assert_eq!(c.window(&unbounded, t), 0);
+        let t2 = QosTable::default();
+        assert!(t2.set_options(QosOptions { bc_in_flight_min_kib: 9000, ..o }).unwrap_err().contains("above"));
+        t2.set("web", lc()).unwrap();
+        assert_eq!(t2.lc_target("web"), Some((200, 99.0)));
+        assert_eq!(t2.lc_target("nobody"), None);
     }
 
     #[test]

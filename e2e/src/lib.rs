@@ -294,6 +294,12 @@ impl Stack {
     /// Starts the stack with the proxy on backend spec `backend` (e.g. `ceph:conf=...`);
     /// `None` is a local backend under the stack's directory ([`Stack::backend_dir`]).
     pub fn start_on(backend: Option<&str>, device_params: Value) -> Stack {
+        Stack::start_with(backend, device_params, &[])
+    }
+
+    /// [`Stack::start_on`] with `proxy_args` added to the proxy's command line (e.g.
+    /// `--workers 2`).
+    pub fn start_with(backend: Option<&str>, device_params: Value, proxy_args: &[&str]) -> Stack {
         let dir = tempfile::Builder::new().prefix("pov-e2e").tempdir().unwrap();
         let spec = match backend {
             Some(b) => b.to_string(),
@@ -302,7 +308,9 @@ impl Stack {
         let pki = Pki::make(&dir.path().join("tls"), &[DPU]);
         let enrolled = dir.path().join("enrolled.json");
         write_enrollment(&enrolled, &[(DPU, &["acme", "other"], &["*"])]);
-        let (proxy, proxy_addr) = spawn_proxy(&spec, "tls:127.0.0.1:0", &pki.proxy_args(&enrolled));
+        let mut args = pki.proxy_args(&enrolled);
+        args.extend(proxy_args.iter().map(OsString::from));
+        let (proxy, proxy_addr) = spawn_proxy(&spec, "tls:127.0.0.1:0", &args);
         let rpc_sock = dir.path().join("rpc.sock");
         let dpud = spawn_dpud(&rpc_sock, None, &pki.dpud_args(DPU, &pki.ca()));
         for t in ["acme", "other"] {

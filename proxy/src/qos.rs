@@ -22,7 +22,7 @@
 //! connection's queues is not in it (the DPU bounds its BC bytes in flight; an LC
 //! request never waits in a connection's queue behind BC work).
 //!
-//! **The controller** ([`Pid`]) runs every [`QosConfig::interval`] (100 ms) on the
+//! **The controller** ([`pov_runtime::pid::Pid`]) runs every [`QosConfig::interval`] (100 ms) on the
 //! measured percentile (default p99) of the interval's LC latencies `y` against the
 //! target `r`: error `e = clamp((r − y) / r, −1, 1)` (normalised, so one gain set suits
 //! any target; clamped, so a single outlier interval cannot slam the window), and an
@@ -40,6 +40,7 @@
 
 use crate::stats::json_histogram;
 use hdrhistogram::Histogram;
+use pov_runtime::pid::Pid;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -73,45 +74,6 @@ impl Default for QosConfig {
             window_min: 1,
             window_max: 0,
         }
-    }
-}
-
-/// A PID controller in velocity form with a bounded output (module docs).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Pid {
-    /// Proportional gain (output units per unit of error).
-    pub kp: f64,
-    /// Integral gain (output units per unit of error per second).
-    pub ki: f64,
-    /// Derivative gain (output units per unit of error change per second).
-    pub kd: f64,
-    /// Output bounds.
-    pub min: f64,
-    pub max: f64,
-    output: f64,
-    e1: f64,
-    e2: f64,
-}
-
-impl Pid {
-    /// A controller whose output starts at `start` (clamped to the bounds).
-    pub fn new(kp: f64, ki: f64, kd: f64, min: f64, max: f64, start: f64) -> Pid {
-        Pid { kp, ki, kd, min, max, output: start.clamp(min, max), e1: 0.0, e2: 0.0 }
-    }
-
-    /// One step: the error now and the seconds since the last step; returns the output.
-    pub fn update(&mut self, error: f64, dt: f64) -> f64 {
-        let dt = dt.max(1e-6);
-        let du = self.kp * (error - self.e1) + self.ki * dt * error + self.kd / dt * (error - 2.0 * self.e1 + self.e2);
-        self.output = (self.output + du).clamp(self.min, self.max);
-        self.e2 = self.e1;
-        self.e1 = error;
-        self.output
-    }
-
-    /// The output now.
-    pub fn output(&self) -> f64 {
-        self.output
     }
 }
 
@@ -360,18 +322,7 @@ mod tests {
     }
 
     #[test]
-    fn output_never_leaves_its_bounds_and_steps_only_per_interval() {
-        let mut p = Pid::new(3.0, 40.0, 1.0, 2.0, 9.0, 100.0);
-        assert_eq!(p.output(), 9.0);
-        let mut x = 0x1234_5678u64;
-        for _ in 0..10_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let e = (x % 2001) as f64 / 1000.0 - 1.0;
-            let u = p.update(e, 0.1);
-            assert!((2.0..=9.0).contains(&u), "{u}");
-        }
+    fn no_step_before_an_interval_has_passed() {
         let g = gate(1000, 4);
         let t = Instant::now();
         g.started(1);

@@ -130,6 +130,8 @@ pub struct ProxyState {
     pub downs: u64,
     /// Requests sent on it (pings excluded).
     pub sent: u64,
+    /// `"any"`, or `"lc"` for a latency-critical lane ([`Forwarder::lc_lane`]).
+    pub lane: &'static str,
 }
 
 struct Pending<C> {
@@ -162,6 +164,10 @@ pub struct Forwarder<C> {
     members: Option<(Arc<RouteTable>, Vec<Option<usize>>)>,
     /// Detection times of silent proxies.
     liveness: Liveness,
+    /// The latency-critical lane of each connection, once made (index into `conns`).
+    lanes: Vec<Option<usize>>,
+    /// `true` at the index of each lane.
+    is_lane: Vec<bool>,
 }
 
 /// Most proxy connections of one device (its own endpoints plus route-table members).
@@ -187,7 +193,38 @@ impl<C> Forwarder<C> {
             pings: 0,
             members: None,
             liveness: Liveness::default(),
+            lanes: Vec::new(),
+            is_lane: vec![false; endpoints.len()],
         }
+    }
+
+    /// The latency-critical **lane** of connection `i`: a second connection to the same
+    /// proxy that carries only LC requests, so that an LC request never waits in a TCP
+    /// stream behind the bytes of BC requests (head-of-line blocking: one 1 MiB write
+    /// ahead costs an LC read ~1.6 ms at 600 MiB/s; `docs/qos.md`). Made on first use
+    /// (connected on first send); it has its own liveness like any connection and is
+    /// listed in the stats with lane `"lc"`. `i` itself when `i` is a lane or the device
+    /// has [`MAX_CONNS`] connections.
+    pub fn lc_lane(&mut self, i: usize) -> usize {
+        if i >= self.conns.len() || self.is_lane[i] {
+            return i;
+        }
+        if self.lanes.len() <= i {
+            self.lanes.resize(i + 1, None);
+        }
+        if let Some(l) = self.lanes[i] {
+            return l;
+        }
+        if self.conns.len() >= MAX_CONNS {
+            return i;
+        }
+        let e = self.conns[i].endpoint.clone();
+        log::info!("{}: a latency-critical lane to proxy {e}", self.name);
+        self.conns.push(ProxyConn::new(e));
+        self.health.push(Health::new(Instant::now()));
+        self.is_lane.push(true);
+        self.lanes[i] = Some(self.conns.len() - 1);
+        self.conns.len() - 1
     }
 
     /// Detects silent proxies with `liveness` instead of the defaults.
@@ -206,12 +243,14 @@ impl<C> Forwarder<C> {
                 let conn = match Endpoint::parse(m) {
                     Ok(e) => {
                         let name = e.to_string();
-                        match self.conns.iter().position(|c| c.endpoint.to_string() == name) {
+                        let lanes = &self.is_lane;
+                        match self.conns.iter().enumerate().position(|(i, c)| !lanes[i] && c.endpoint.to_string() == name) {
                             Some(i) => Some(i),
                             None if self.conns.len() < MAX_CONNS => {
                                 log::info!("{}: route table member {name} is new: adding a connection to it", self.name);
                                 self.conns.push(ProxyConn::new(e));
                                 self.health.push(Health::new(Instant::now()));
+                                self.is_lane.push(false);
                                 Some(self.conns.len() - 1)
                             }
                             None => None,
@@ -273,7 +312,10 @@ impl<C> Forwarder<C> {
                 in_flight: c.in_flight,
                 downs: h.downs,
                 sent: c.sent,
+                lane: "any",
             })
+            .zip(&self.is_lane)
+            .map(|(s, &lane)| ProxyState { lane: if lane { "lc" } else { "any" }, ..s })
             .collect()
     }
 
