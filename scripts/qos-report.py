@@ -48,6 +48,13 @@ def bc_mib(runs, mode, n):
     return med([r["mib_s"] for r in runs[("bc", mode, n)].values()])
 
 
+def cpu(runs, mode, n):
+    """Median CPU use of pov-dpud and pov-proxy during the LC tenant's interval."""
+    def one(name):
+        return med([r.get("cpu", {}).get(name, {}).get("pct_of_cpu") for r in runs[("lc", mode, n)].values()])
+    return f"{f(one('pov-dpud'))} / {f(one('pov-proxy'))}"
+
+
 def ratio(a, b):
     return a / b if a is not None and b else None
 
@@ -73,8 +80,8 @@ def report(out):
         f"{setup['proxy_workers']} proxy workers, pinning {setup.get('pin', '–')}. Medians over rounds.",
         "",
         "| BC tenants | QoS | LC IOPS | LC p50 µs | LC p99 µs | LC p99.9 µs | p50 / solo | p99 / solo | p99.9 / solo "
-        "| BC MiB/s | BC vs off |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| BC MiB/s | BC vs off | CPU % dpud / proxy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     series = {"off": [], "on": []}
     for n in counts:
@@ -90,7 +97,7 @@ def report(out):
             lines.append(
                 f"| {n} | {mode} | {f(iops)} | {f(p['p50'])} | {f(p['p99'])} | {f(p['p999'])} | "
                 + " | ".join(f(x, 2) + ("×" if x is not None else "") for x in rel)
-                + f" | {f(mib)} | {f(vs, 2)} |"
+                + f" | {f(mib)} | {f(vs, 2)} | {cpu(runs, mode, n)} |"
             )
             series[mode].append((n, p["p99"]))
     top = max(counts) if counts else 0

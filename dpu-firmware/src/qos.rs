@@ -16,7 +16,7 @@
 //! device's bandwidth-critical bytes at its proxies (at once), and whether devices
 //! created from now on schedule by QoS at all (`false`: arrival order, for A/B
 //! measurements). `pov_qos_get_options` shows them; `save_config` writes them before
-//! the policies.
+//! the policies when they differ from the defaults.
 
 use crate::daemon::{Daemon, DaemonError};
 use crate::rpc::{params, Handler, RpcError};
@@ -47,11 +47,15 @@ impl Daemon {
     }
 }
 
-/// `pov_qos_set_options`, then one `pov_tenant_set_qos` call per policy of an
-/// existing tenant.
+/// `pov_qos_set_options` (when not the defaults), then one `pov_tenant_set_qos` call
+/// per policy of an existing tenant.
 pub(crate) fn save_config(d: &Daemon) -> Vec<Value> {
-    let options = json!({ "method": "pov_qos_set_options", "params": d.qos().options() });
-    std::iter::once(options)
+    // The options only when they differ from the defaults (as SPDK leaves out unset
+    // `*_set_options`), so a saved configuration follows a newer default.
+    let o = d.qos().options();
+    let options = (o != QosOptions::default()).then(|| json!({ "method": "pov_qos_set_options", "params": o }));
+    options
+        .into_iter()
         .chain(d.qos().list().into_iter().filter(|(name, _)| d.tenants().exists(name)).map(|(name, q)| {
             let mut p = json!(q);
             p["name"] = json!(name);
