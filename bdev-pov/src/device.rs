@@ -919,7 +919,7 @@ impl DeviceState {
             self.stats.bytes_written += h.payload_len as u64;
         }
         let bytes = if h.op == Op::Read { u64::from(h.length) } else { u64::from(h.payload_len) };
-        let ticket = Ticket { class: owner.qos as u8, tenant: &s.tenant, bytes };
+        let ticket = Ticket { class: owner.qos as u8, tenant: &s.tenant, bytes, write: h.op.carries_data() };
         self.queues.get_mut(&queue).expect("open").busy = true;
         self.ready.push(ticket, Ready { queue, header: h, target, open, since: Instant::now() });
     }

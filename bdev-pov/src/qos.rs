@@ -223,6 +223,12 @@ pub struct TenantQos {
     /// Cap on MiB per second, reads and writes together (0: none).
     #[serde(default)]
     pub rw_mbytes_per_sec: u64,
+    /// Cap on MiB per second of reads alone (0: none).
+    #[serde(default)]
+    pub r_mbytes_per_sec: u64,
+    /// Cap on MiB per second of writes alone (0: none).
+    #[serde(default)]
+    pub w_mbytes_per_sec: u64,
 }
 
 fn default_weight() -> u32 {
@@ -257,7 +263,14 @@ impl TenantQos {
             (_, Some(t)) if t == 0 || t > 10_000_000 => return Err(format!("latency_target_us {t}: must be 1-10000000")),
             _ => {}
         }
-        let big = [self.reservation_ios_per_sec, self.reservation_mbytes_per_sec, self.rw_ios_per_sec, self.rw_mbytes_per_sec];
+        let big = [
+            self.reservation_ios_per_sec,
+            self.reservation_mbytes_per_sec,
+            self.rw_ios_per_sec,
+            self.rw_mbytes_per_sec,
+            self.r_mbytes_per_sec,
+            self.w_mbytes_per_sec,
+        ];
         if big.iter().any(|&v| v > 1_000_000_000) {
             return Err("rates must be at most 1000000000".into());
         }
@@ -280,6 +293,8 @@ impl TenantQos {
                 bytes_per_sec: self.reservation_mbytes_per_sec.saturating_mul(1 << 20),
             },
             limit: Rate { ops_per_sec: self.rw_ios_per_sec, bytes_per_sec: self.rw_mbytes_per_sec.saturating_mul(1 << 20) },
+            read_limit: Rate { ops_per_sec: 0, bytes_per_sec: self.r_mbytes_per_sec.saturating_mul(1 << 20) },
+            write_limit: Rate { ops_per_sec: 0, bytes_per_sec: self.w_mbytes_per_sec.saturating_mul(1 << 20) },
         }
     }
 }

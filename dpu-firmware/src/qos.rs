@@ -4,7 +4,8 @@
 //!
 //! `pov_tenant_set_qos {"name": TENANT, "class": "lc"|"bc", "weight": 100,
 //! "reservation_ios_per_sec": 0, "reservation_mbytes_per_sec": 0, "rw_ios_per_sec": 0,
-//! "rw_mbytes_per_sec": 0, "latency_target_us": N, "latency_percentile": 99}` (all but
+//! "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0,
+//! "latency_target_us": N, "latency_percentile": 99}` (all but
 //! `name` and `class` optional; 0 = none) sets or replaces the policy; the tenant must
 //! exist. A tenant without a policy is BC with weight 100 and no limits, so a host's
 //! latency-critical queue is served as LC only for a tenant the operator made `"lc"`.

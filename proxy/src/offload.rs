@@ -257,7 +257,8 @@ impl Offload {
     pub fn submit(&mut self, body: &[u8]) {
         self.reserved += answer_bound(body);
         let (class, tenant, bytes) = ProxyRequest::peek_ticket(body).unwrap_or((0, "", 0));
-        self.backlog.push(Ticket { class, tenant, bytes }, body.to_vec());
+        // The proxy sets no limits: the direction does not matter here.
+        self.backlog.push(Ticket { class, tenant, bytes, write: false }, body.to_vec());
         self.pump();
     }
 

@@ -27,13 +27,16 @@
 //! work in flight (a PoV device's BC window, a proxy's PID-controlled window) is
 //! reached, so only LC items go and BC items wait for room.
 //!
-//! **Token buckets** (as Firecracker's rate limiter: separate ops and bytes buckets,
+//! **Token buckets** (as Firecracker's rate limiter: separate ops and bytes buckets;
+//! a read/write cap and, optionally, a read-only and a write-only cap as SPDK's
+//! `bdev_set_qos_limit` has, each its own pair of buckets that must all pay;
 //! throttling is a state and a timer resumes the queue). Rates are ops/s and bytes/s;
 //! a rate of 0 means no bucket. Capacity is one second of rate; a bucket starts full and
 //! refills continuously (exact integer nanosecond arithmetic) from the elapsed time.
 //! **Rule:** an item of cost `c` goes when the bucket holds `min(c, capacity)` tokens;
 //! it then takes `c` (the balance goes negative only for an item larger than the
-//! capacity, and only from a full bucket). An item goes only if both buckets can pay.
+//! capacity, and only from a full bucket). An item goes only if every bucket that applies
+//! to it can pay.
 //! Hence over any window of `W` seconds a limited tenant is served at most
 //! `rate × W + max(rate × 1 s, largest item)` (ops: `rate × (W + 1 s)`).
 //!
@@ -91,11 +94,21 @@ pub struct Policy {
     pub reservation: Rate,
     /// Hard cap (any class): token buckets with a burst of one second's worth, at least one item.
     pub limit: Rate,
+    /// Further caps on reads alone and on writes alone ([`Ticket::write`]), as `limit`.
+    pub read_limit: Rate,
+    pub write_limit: Rate,
 }
 
 impl Default for Policy {
     fn default() -> Policy {
-        Policy { max_class: LC, weight: 100, reservation: Rate::default(), limit: Rate::default() }
+        Policy {
+            max_class: LC,
+            weight: 100,
+            reservation: Rate::default(),
+            limit: Rate::default(),
+            read_limit: Rate::default(),
+            write_limit: Rate::default(),
+        }
     }
 }
 
@@ -122,6 +135,36 @@ pub struct QosStats {
     /// Pops that left BC items queued because the caller's bound on BC work in flight
     /// was reached ([`Scheduler::pop_class`] with `bc == false`).
     pub bc_window_holds: u64,
+    /// The same per tenant (at most [`MAX_COUNTED_TENANTS`] names; the rest are counted
+    /// under [`OTHER_TENANTS`]).
+    pub tenants: std::collections::BTreeMap<String, TenantCounts>,
+}
+
+/// Most tenants counted by name in [`QosStats::tenants`].
+pub const MAX_COUNTED_TENANTS: usize = 4096;
+/// Name under which further tenants are counted.
+pub const OTHER_TENANTS: &str = "*other*";
+
+/// One tenant's counters at a scheduler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TenantCounts {
+    /// Items queued now.
+    pub queued: u64,
+    /// LC items served.
+    pub lc_served: u64,
+    /// BC items served.
+    pub bc_served: u64,
+    /// Items held back by a limit at least once.
+    pub throttled: u64,
+}
+
+impl TenantCounts {
+    fn add(&mut self, o: &TenantCounts) {
+        self.queued += o.queued;
+        self.lc_served += o.lc_served;
+        self.bc_served += o.bc_served;
+        self.throttled += o.throttled;
+    }
 }
 
 /// `t + ns`, saturating far in the future instead of overflowing.
@@ -215,12 +258,53 @@ impl Buckets {
     }
 }
 
-/// One tenant: its policy, a FIFO per class (item, bytes), buckets and SFQ tags.
+/// A tenant's limit buckets: reads and writes together, reads alone, writes alone. An
+/// item goes only when every bucket that applies to it can pay.
+#[derive(Debug, Clone, Default)]
+struct Limits {
+    rw: Buckets,
+    r: Buckets,
+    w: Buckets,
+}
+
+impl Limits {
+    fn update(&mut self, p: &Policy, now: Instant) {
+        self.rw.update(p.limit, now);
+        self.r.update(p.read_limit, now);
+        self.w.update(p.write_limit, now);
+    }
+    fn dir(&self, write: bool) -> &Buckets {
+        if write {
+            &self.w
+        } else {
+            &self.r
+        }
+    }
+    fn can_pay(&self, (bytes, write): (u64, bool)) -> bool {
+        self.rw.can_pay(bytes) && self.dir(write).can_pay(bytes)
+    }
+    fn take(&mut self, (bytes, write): (u64, bool)) {
+        self.rw.take(bytes, false);
+        if write {
+            self.w.take(bytes, false);
+        } else {
+            self.r.take(bytes, false);
+        }
+    }
+    fn ready_at(&self, (bytes, write): (u64, bool)) -> Option<Instant> {
+        self.rw.ready_at(bytes).into_iter().chain(self.dir(write).ready_at(bytes)).max()
+    }
+    fn is_full(&self) -> bool {
+        self.rw.is_full() && self.r.is_full() && self.w.is_full()
+    }
+}
+
+/// One tenant: its policy, a FIFO per class (item, bytes, write), buckets and SFQ tags.
 struct Tenant<T> {
     name: String,
     policy: Policy,
-    queues: [VecDeque<(T, u64)>; 2],
-    limit: Buckets,
+    queues: [VecDeque<(T, u64, bool)>; 2],
+    limit: Limits,
     reserve: Buckets,
     /// SFQ start tag of the BC head (while BC items are queued).
     start: u128,
@@ -230,6 +314,8 @@ struct Tenant<T> {
     held: [bool; 2],
     /// Scratch of one pop: the limit can pay the head, per class.
     ok: [bool; 2],
+    /// Its counters since its state was made (`queued` not kept: computed).
+    counts: TenantCounts,
 }
 
 impl<T> Tenant<T> {
@@ -237,7 +323,11 @@ impl<T> Tenant<T> {
         self.queues[0].len() + self.queues[1].len()
     }
     fn head_bytes(&self, class: usize) -> u64 {
-        self.queues[class].front().map_or(0, |&(_, b)| b)
+        self.head(class).0
+    }
+    /// The head item's (bytes, write).
+    fn head(&self, class: usize) -> (u64, bool) {
+        self.queues[class].front().map_or((0, false), |&(_, b, w)| (b, w))
     }
     /// Eligible for the BC phases: no LC item of its own waiting and the limit pays.
     fn bc_ok(&self) -> bool {
@@ -263,6 +353,17 @@ pub struct QosScheduler<T> {
     vtime: u128,
     last_sweep: Option<Instant>,
     stats: QosStats,
+    /// Counters of tenants whose state was dropped.
+    retired: std::collections::BTreeMap<String, TenantCounts>,
+}
+
+/// Adds `c` to `name`'s counters in `m` (or [`OTHER_TENANTS`]' when `m` is full).
+fn count_into(m: &mut std::collections::BTreeMap<String, TenantCounts>, name: &str, c: &TenantCounts) {
+    if let Some(e) = m.get_mut(name) {
+        return e.add(c);
+    }
+    let key = if m.len() < MAX_COUNTED_TENANTS { name } else { OTHER_TENANTS };
+    m.entry(key.to_string()).or_default().add(c);
 }
 
 impl<T> QosScheduler<T> {
@@ -277,27 +378,36 @@ impl<T> QosScheduler<T> {
             vtime: 0,
             last_sweep: None,
             stats: QosStats::default(),
+            retired: Default::default(),
         }
     }
 
     /// The counters (queued counts as of now).
     pub fn stats(&self) -> QosStats {
-        self.stats.clone()
+        let mut s = self.stats.clone();
+        s.tenants = self.retired.clone();
+        for t in &self.tenants {
+            let c = TenantCounts { queued: t.queued() as u64, ..t.counts };
+            count_into(&mut s.tenants, &t.name, &c);
+        }
+        s
     }
 
     fn serve(&mut self, i: usize, class: usize, phase: Phase) -> Option<T> {
         let t = &mut self.tenants[i];
-        let (item, bytes) = t.queues[class].pop_front()?;
+        let (item, bytes, write) = t.queues[class].pop_front()?;
         t.held[class] = false;
-        t.limit.take(bytes, false);
+        t.limit.take((bytes, write));
         self.len -= 1;
         let s = &mut self.stats;
         if phase == Phase::Lc {
             s.lc_queued -= 1;
             s.lc_served += 1;
+            t.counts.lc_served += 1;
         } else {
             s.bc_queued -= 1;
             s.bc_served += 1;
+            t.counts.bc_served += 1;
         }
         if phase == Phase::Reservation {
             s.reservation_served += 1;
@@ -321,13 +431,14 @@ impl<T> QosScheduler<T> {
         let mut i = 0;
         while i < self.tenants.len() {
             let t = &mut self.tenants[i];
-            t.limit.update(t.policy.limit, now);
+            t.limit.update(&t.policy, now);
             t.reserve.update(t.policy.reservation, now);
             if t.queued() > 0 || !t.limit.is_full() || !t.reserve.is_full() {
                 i += 1;
                 continue;
             }
             let gone = self.tenants.swap_remove(i);
+            count_into(&mut self.retired, &gone.name, &gone.counts);
             self.index.remove(&gone.name);
             if let Some(moved) = self.tenants.get(i) {
                 self.index.insert(moved.name.clone(), i);
@@ -348,12 +459,13 @@ impl<T: Send> Scheduler<T> for QosScheduler<T> {
                     name: ticket.tenant.to_string(),
                     policy,
                     queues: [VecDeque::new(), VecDeque::new()],
-                    limit: Buckets::default(),
+                    limit: Limits::default(),
                     reserve: Buckets::default(),
                     start: 0,
                     finish: 0,
                     held: [false; 2],
                     ok: [false; 2],
+                    counts: TenantCounts::default(),
                 });
                 self.tenants.len() - 1
             }
@@ -363,7 +475,7 @@ impl<T: Send> Scheduler<T> for QosScheduler<T> {
         if class == 1 && t.queues[1].is_empty() {
             t.start = t.finish.max(self.vtime);
         }
-        t.queues[class].push_back((item, ticket.bytes));
+        t.queues[class].push_back((item, ticket.bytes, ticket.write));
         self.len += 1;
         if class == 0 {
             self.stats.lc_queued += 1;
@@ -384,13 +496,14 @@ impl<T: Send> Scheduler<T> for QosScheduler<T> {
             if t.queued() == 0 {
                 continue;
             }
-            t.limit.update(t.policy.limit, now);
+            t.limit.update(&t.policy, now);
             t.reserve.update(t.policy.reservation, now);
             for c in 0..2 {
-                t.ok[c] = !t.queues[c].is_empty() && t.limit.can_pay(t.head_bytes(c));
+                t.ok[c] = !t.queues[c].is_empty() && t.limit.can_pay(t.head(c));
                 if !t.queues[c].is_empty() && !t.ok[c] && !t.held[c] {
                     t.held[c] = true;
                     self.stats.throttled += 1;
+                    t.counts.throttled += 1;
                 }
             }
             if !t.queues[1].is_empty() && !t.bc_ok() {
@@ -426,7 +539,7 @@ impl<T: Send> Scheduler<T> for QosScheduler<T> {
 
     fn next_wakeup(&self) -> Option<Instant> {
         let heads = self.tenants.iter().filter(|t| t.queued() > 0);
-        heads.filter_map(|t| t.limit.ready_at(t.head_bytes(usize::from(t.queues[0].is_empty())))).min()
+        heads.filter_map(|t| t.limit.ready_at(t.head(usize::from(t.queues[0].is_empty())))).min()
     }
 
     fn qos_stats(&self) -> Option<QosStats> {
@@ -465,7 +578,7 @@ mod tests {
     }
 
     fn tk(class: u8, tenant: &str, bytes: u64) -> Ticket<'_> {
-        Ticket { class, tenant, bytes }
+        Ticket { class, tenant, bytes, write: false }
     }
 
     /// A BC-only policy of `weight`.
@@ -563,6 +676,47 @@ mod tests {
                 check_windows(&serves[1], 512 << 10, 3 << 20, w);
             }
             assert!(s.stats().throttled > 0);
+        }
+    }
+
+    #[test]
+    fn read_and_write_limits_bound_their_direction_only() {
+        // Writes capped at 1 MiB/s, reads at 4 MiB/s, nothing on both together. Tenant
+        // "mix" reads and writes (one FIFO per class: a held write holds the reads behind
+        // it, as in SPDK's bdev QoS), "ro" only reads: over every window each direction
+        // of each stays within its own bound, and the write cap does not bound "ro".
+        let pol = Policy {
+            write_limit: Rate { ops_per_sec: 0, bytes_per_sec: 1 << 20 },
+            read_limit: Rate { ops_per_sec: 0, bytes_per_sec: 4 << 20 },
+            ..bc(100)
+        };
+        let (_, mut s) = sched::<(usize, bool, u64)>(&[("mix", pol), ("ro", pol)]);
+        let (mut rng, base, mut now_us) = (Rng(11), Instant::now(), 0u64);
+        let mut serves: [[Vec<(u64, u64)>; 2]; 2] = Default::default();
+        let mut queued = [0; 2];
+        while now_us < 6_000_000 {
+            for (t, name) in ["mix", "ro"].into_iter().enumerate() {
+                while queued[t] < 64 {
+                    let write = t == 0 && rng.below(2) == 0;
+                    let bytes = 4096 << rng.below(5);
+                    s.push(Ticket { class: BC, tenant: name, bytes, write }, (t, write, bytes));
+                    queued[t] += 1;
+                }
+            }
+            now_us += 1 + rng.below(3000);
+            while let Some((t, write, bytes)) = s.pop(base + Duration::from_micros(now_us)) {
+                queued[t] -= 1;
+                serves[t][usize::from(write)].push((now_us * 1000, bytes));
+            }
+        }
+        let total = |v: &[(u64, u64)]| v.iter().map(|&(_, b)| b).sum::<u64>();
+        assert!(total(&serves[1][0]) > 12 << 20, "reads alone are held to the read cap only: {}", total(&serves[1][0]));
+        assert!(total(&serves[0][1]) > 3 << 20, "writes flow: {}", total(&serves[0][1]));
+        for w in [1_000_000_000, 2_000_000_000] {
+            for t in 0..2 {
+                check_windows(&serves[t][1], 1 << 20, (1 << 20) + (64 << 10), w);
+                check_windows(&serves[t][0], 4 << 20, (4 << 20) + (64 << 10), w);
+            }
         }
     }
 
@@ -737,6 +891,11 @@ mod tests {
         ids.sort_unstable();
         assert_eq!(ids, (0..pushed).collect::<Vec<_>>(), "every item comes out once");
         assert!(s.stats().bc_window_holds > 0);
+        let st = s.stats();
+        let per_tenant: u64 = st.tenants.values().map(|c| c.lc_served + c.bc_served).sum();
+        assert_eq!(per_tenant, st.lc_served + st.bc_served, "per-tenant counters add up: {:?}", st.tenants);
+        assert_eq!(st.tenants["lc"].bc_served, 0, "the LC tenant's items were all LC");
+        assert_eq!(st.tenants["b1"].lc_served, 0, "a BC-only tenant's items were all BC");
     }
 
     #[test]
@@ -754,5 +913,7 @@ mod tests {
         assert_eq!(s.tenants.len(), 1);
         s.pop(ms(base, 3000));
         assert!(s.tenants.is_empty() && s.index.is_empty());
+        let st = s.stats();
+        assert_eq!((st.tenants["a"].bc_served, st.tenants["b"].bc_served), (1, 1), "counters outlive the state: {st:?}");
     }
 }

@@ -23,6 +23,8 @@ pub struct Ticket<'a> {
     pub tenant: &'a str,
     /// Payload bytes the item moves (read or written).
     pub bytes: u64,
+    /// The item writes (its bytes count against a write limit, else a read limit).
+    pub write: bool,
 }
 
 /// Orders ready items of type `T`.
@@ -86,7 +88,7 @@ mod tests {
         let mut f = Fifo::default();
         let now = Instant::now();
         for (i, class) in [1u8, 0, 1, 0].into_iter().enumerate() {
-            f.push(Ticket { class, tenant: "t", bytes: 4096 }, i);
+            f.push(Ticket { class, tenant: "t", bytes: 4096, write: false }, i);
         }
         assert_eq!(f.len(), 4);
         let out: Vec<usize> = std::iter::from_fn(|| f.pop(now)).collect();
