@@ -713,9 +713,9 @@ mod tests {
         assert!(total(&serves[1][0]) > 12 << 20, "reads alone are held to the read cap only: {}", total(&serves[1][0]));
         assert!(total(&serves[0][1]) > 3 << 20, "writes flow: {}", total(&serves[0][1]));
         for w in [1_000_000_000, 2_000_000_000] {
-            for t in 0..2 {
-                check_windows(&serves[t][1], 1 << 20, (1 << 20) + (64 << 10), w);
-                check_windows(&serves[t][0], 4 << 20, (4 << 20) + (64 << 10), w);
+            for t in &serves {
+                check_windows(&t[1], 1 << 20, (1 << 20) + (64 << 10), w);
+                check_windows(&t[0], 4 << 20, (4 << 20) + (64 << 10), w);
             }
         }
     }
