@@ -53,7 +53,7 @@ pub fn frame_len(b: &[u8]) -> Result<Option<usize>, DecodeError> {
 /// | 36 | 4 | payload length |
 /// | 40 | 64 | SDK hint |
 /// | 104 | 1 | trace switch (1 = trace) |
-/// | 105 | 1 | QoS class of the originating queue |
+/// | 105 | 1 | QoS class: the effective one (the queue's, demoted by the tenant's policy on the DPU); the proxy schedules by it |
 /// | 106 | 2 | reserved |
 /// | 108 | 4 | load: requests the DPU has in flight on this connection |
 /// | 112 | 8 | session ID (for accounting and traces) |

@@ -17,8 +17,12 @@
 //!   volumes.
 //! * [`server`]: the polled-mode server on `pov_runtime` reactors
 //!   ([`Server::start`] → [`Server`] with `local_addr()` and `shutdown()`).
-//! * [`stats`]: per-tenant and server-wide counters (what a per-tenant QoS
-//!   controller, planned, would read).
+//! * [`offload`]: the worker pool for blocking backends (Ceph; any with `--workers`).
+//! * [`qos`]: the QoS stage over the worker pool: per-tenant, per-class queues, LC
+//!   first, a PID controller bounding BC requests at the backend (paper §4.5).
+//! * [`cluster`]: cluster membership, route table and redirects.
+//! * [`stats`]: per-tenant and server-wide counters (`--stats-file` writes them with
+//!   the QoS stage's).
 //! * [`cli`]: the `pov-proxy` command line (the binary only parses and calls
 //!   [`cli::run`]).
 //! * [`sys`]: the crate's only `unsafe` code (`*at` system calls, the Ceph libraries).
