@@ -31,32 +31,15 @@ pub struct DaemonOptions {
     pub tls: Option<TlsFiles>,
 }
 
-/// Parses a CPU list such as `0,1` or `0-3,6` (no duplicates).
+/// Parses a CPU list such as `0,1` or `0-3,6` (no duplicates) and checks that this
+/// process may run on each CPU ([`pov_runtime::cpus`]).
 ///
 /// # Errors
-/// A message naming the bad element.
+/// A message naming the bad element, or the CPU that does not exist here.
 pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim) {
-        let num = |x: &str| x.trim().parse::<usize>().map_err(|_| format!("bad CPU {x:?} in {s:?}"));
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (num(a)?, num(b)?);
-                if a > b || b - a > 4096 {
-                    return Err(format!("bad CPU range {part:?}"));
-                }
-                out.extend(a..=b);
-            }
-            None => out.push(num(part)?),
-        }
-    }
-    let mut sorted = out.clone();
-    sorted.sort_unstable();
-    sorted.dedup();
-    if sorted.len() != out.len() {
-        return Err(format!("CPU listed twice in {s:?}"));
-    }
-    Ok(out)
+    let cpus = pov_runtime::cpus::parse_cpu_list(s)?;
+    pov_runtime::cpus::check_available(&cpus)?;
+    Ok(cpus)
 }
 
 /// Runs the daemon until SIGINT or SIGTERM: installs handlers for them (`signal-hook`,
@@ -112,8 +95,10 @@ mod tests {
 
     #[test]
     fn cpu_lists() {
-        assert_eq!(parse_cpu_list("0,1").unwrap(), vec![0, 1]);
-        assert_eq!(parse_cpu_list("2-4, 7").unwrap(), vec![2, 3, 4, 7]);
+        let first = pov_runtime::sys::allowed_cpus().unwrap()[0];
+        assert_eq!(parse_cpu_list(&first.to_string()).unwrap(), vec![first]);
+        let e = parse_cpu_list("1023").unwrap_err();
+        assert!(e.contains("does not exist"), "CPUs beyond the machine are refused: {e}");
         assert!(parse_cpu_list("1,1").is_err());
         assert!(parse_cpu_list("3-1").is_err());
         assert!(parse_cpu_list("a").is_err());

@@ -212,3 +212,29 @@ fn dpud_fails_on_a_bad_config() {
     let out = Command::new(env!("CARGO_BIN_EXE_pov-dpud")).args(["--cpus", "0,0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Options a new user gets wrong are refused with a clear message and exit status 2,
+/// never half-applied: an unknown log level (it used to switch logging off), CPUs the
+/// machine does not have (it used to start unpinned reactors for them).
+#[test]
+fn bad_log_levels_and_missing_cpus_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("rpc.sock");
+    for (args, word) in [
+        (vec!["--log-level", "verbose"], "verbose"),
+        (vec!["--cpus", "0-1023"], "does not exist"),
+        (vec!["--cpus", "0,0"], "twice"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pov-dpud"))
+            .arg("--rpc-socket")
+            .arg(&sock)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(word), "{args:?}: {err}");
+        assert!(!sock.exists(), "{args:?}: it did not start");
+    }
+}

@@ -257,41 +257,14 @@ impl std::fmt::Display for Secs {
 pub struct CpuList(pub Vec<usize>);
 
 /// Most CPUs a list may name.
-pub const MAX_CPUS: usize = 1024;
+pub use pov_runtime::cpus::MAX_CPUS;
 
 impl std::str::FromStr for CpuList {
     type Err = String;
 
-    /// Parses `0,2-3`. Errors: empty items, non-numbers, reversed ranges, duplicates,
-    /// indexes of [`MAX_CPUS`] or more.
+    /// Parses `0,2-3` ([`pov_runtime::cpus::parse_cpu_list`]).
     fn from_str(s: &str) -> Result<CpuList, String> {
-        let num = |t: &str| -> Result<usize, String> {
-            let v: usize = t.trim().parse().map_err(|_| format!("{t:?} is not a CPU number"))?;
-            if v >= MAX_CPUS {
-                return Err(format!("CPU {v} is out of range (max {})", MAX_CPUS - 1));
-            }
-            Ok(v)
-        };
-        let mut out = Vec::new();
-        for item in s.split(',') {
-            let (a, b) = match item.split_once('-') {
-                Some((a, b)) => (num(a)?, num(b)?),
-                None => {
-                    let v = num(item)?;
-                    (v, v)
-                }
-            };
-            if a > b {
-                return Err(format!("reversed range {item:?}"));
-            }
-            for c in a..=b {
-                if out.contains(&c) {
-                    return Err(format!("CPU {c} listed twice"));
-                }
-                out.push(c);
-            }
-        }
-        Ok(CpuList(out))
+        pov_runtime::cpus::parse_cpu_list(s).map(CpuList)
     }
 }
 
@@ -387,9 +360,13 @@ impl Args {
 /// ([`Args::peers`]), or the server cannot start (bad backend directory, address in
 /// use, ...).
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let _ = env_logger::Builder::new().filter_level(args.log_level).parse_default_env().try_init();
+    // The same format as pov-dpud's: microsecond timestamps.
+    let _ = env_logger::Builder::new().filter_level(args.log_level).parse_default_env().format_timestamp_micros().try_init();
     // signal-hook's handlers only write to a self-pipe; `forever()` below reads it (the
     // same design as `pov-dpud`).
+    if let Some(list) = &args.cpus {
+        pov_runtime::cpus::check_available(&list.0).map_err(|e| anyhow::anyhow!("--cpus: {e}"))?;
+    }
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing SIGINT/SIGTERM handlers")?;
     let config = ServerConfig {
         listen: args.listen.clone(),

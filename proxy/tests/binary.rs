@@ -150,3 +150,23 @@ fn setup_errors_print_their_cause_once() {
         assert_eq!(err.matches(cause).count(), 1, "{args:?}: {err}");
     }
 }
+
+/// `--cpus` naming CPUs this machine does not have is refused before anything starts
+/// (it used to start unpinned reactors for them); an unknown log level is a usage error.
+#[test]
+fn missing_cpus_and_bad_log_levels_are_refused() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pov-proxy"))
+            .args(["--listen", "127.0.0.1:0", "--backend", "null"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pov-proxy")
+    };
+    let out = run(&["--cpus", "0-1023"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("does not exist") && err.contains("available"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"), "it did not start");
+    let out = run(&["--log-level", "verbose"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -24,6 +24,7 @@
 //! System calls (eventfd, epoll, poll, CPU affinity) go through `rustix` in [`sys`],
 //! the crate's only `unsafe` code.
 
+pub mod cpus;
 pub mod pid;
 pub mod qos;
 pub mod reactor;

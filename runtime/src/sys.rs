@@ -200,6 +200,15 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     Ok(rustix::thread::sched_setaffinity(None, &set)?)
 }
 
+/// The CPUs the calling thread may run on (`sched_getaffinity(2)`), ascending.
+///
+/// # Errors
+/// The system call's.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    let set = rustix::thread::sched_getaffinity(None)?;
+    Ok((0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect())
+}
+
 /// CPU time (user + system) consumed by the calling thread so far.
 pub fn thread_cpu_time() -> Duration {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);

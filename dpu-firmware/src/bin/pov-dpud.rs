@@ -44,10 +44,10 @@ struct Args {
     /// The CA certificate(s) (PEM) that sign the proxies' certificates.
     #[arg(long, value_name = "FILE", env = "POV_DPUD_TLS_CA", requires = "tls_cert")]
     tls_ca: Option<PathBuf>,
-    /// Log level: error, warn, info, debug, trace (or an env_logger filter such as
-    /// `info,pov_dpu_firmware=debug`). Default: `$RUST_LOG`, else `info`.
-    #[arg(long, value_name = "LEVEL")]
-    log_level: Option<String>,
+    /// Log level: off, error, warn, info, debug or trace; RUST_LOG adds per-module
+    /// filters (e.g. `RUST_LOG=pov_dpu_firmware=debug`) and wins where both speak.
+    #[arg(long, value_name = "LEVEL", env = "POV_DPUD_LOG_LEVEL", default_value = "info")]
+    log_level: log::LevelFilter,
     /// Most JSON-RPC connections served at once; one more is answered with error -16
     /// ("too many connections") and closed.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS as u32,
@@ -80,8 +80,7 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 
 fn main() {
     let args = Args::parse();
-    let level = args.log_level.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".into());
-    env_logger::Builder::new().parse_filters(&level).format_timestamp_micros().init();
+    env_logger::Builder::new().filter_level(args.log_level).parse_default_env().format_timestamp_micros().init();
     let cores = match &args.cpus {
         Some(list) => match parse_cpu_list(list) {
             Ok(c) => c.into_iter().map(Some).collect(),
