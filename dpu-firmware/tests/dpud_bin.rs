@@ -238,3 +238,20 @@ fn bad_log_levels_and_missing_cpus_are_refused() {
         assert!(!sock.exists(), "{args:?}: it did not start");
     }
 }
+
+/// `pov-rpc` with no daemon behind its socket says so and how to start one.
+#[test]
+fn pov_rpc_says_when_no_daemon_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    for sock in [dir.path().join("none.sock"), {
+        // A socket file nobody listens on (a daemon that died): ECONNREFUSED.
+        let p = dir.path().join("dead.sock");
+        drop(std::os::unix::net::UnixListener::bind(&p).unwrap());
+        p
+    }] {
+        let out = pov_rpc(&sock, &["spdk_get_version"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(err.contains("pov-dpud is not running") && err.contains("--rpc-socket"), "{err}");
+    }
+}

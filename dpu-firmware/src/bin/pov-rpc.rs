@@ -23,6 +23,8 @@ struct Args {
     params: Option<String>,
 }
 
+use std::io::ErrorKind;
+
 fn main() {
     let args = Args::parse();
     let params = match params_from_arg(args.params.as_deref(), std::io::stdin().lock()) {
@@ -49,6 +51,14 @@ fn main() {
         }
         Err(ClientError::Rpc(e)) => {
             eprintln!("pov-rpc: {}: {} (code {})", args.method, e.message, e.code);
+            std::process::exit(1);
+        }
+        Err(ClientError::Io(e)) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+            let sock = args.server.display();
+            eprintln!(
+                "pov-rpc: pov-dpud is not running on {sock} ({e}): start it with `pov-dpud --rpc-socket {sock}`, \
+                 or name its socket with -s PATH"
+            );
             std::process::exit(1);
         }
         Err(e) => {
