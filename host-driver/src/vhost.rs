@@ -74,7 +74,15 @@ impl VhostUserTransport {
             let sock = socket.display().to_string();
             move |e: blkio::Error| {
                 let e = blkio_err(what)(e);
-                io::Error::new(e.kind(), format!("vhost-user socket {sock}: {e}"))
+                // Nothing listens there: say what usually is missing.
+                let hint = if what == "connect" && matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused)
+                {
+                    " (no PoV device serves this socket: is pov-dpud running, and was the device created with \
+                     `pov-rpc pov_device_create`? `pov-host list` shows the devices found)"
+                } else {
+                    ""
+                };
+                io::Error::new(e.kind(), format!("vhost-user socket {sock}: {e}{hint}"))
             }
         };
         let path_str = socket.to_str().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "socket path is not UTF-8"))?;
@@ -228,7 +236,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("none.sock");
         let e = VhostUserTransport::connect(&sock, 4, None).err().expect("no server");
-        assert!(e.to_string().contains("none.sock"), "{e}");
+        assert!(e.to_string().contains("none.sock") && e.to_string().contains("is pov-dpud running"), "{e}");
         // No admin lock file any more (a world-writable one let anyone stall sessions).
         assert!(!dir.path().join("none.sock.lock").exists());
     }
