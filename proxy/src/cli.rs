@@ -76,10 +76,10 @@ pub struct Args {
     pub insecure_tcp: bool,
 
     /// Storage backend: `local:DIR` (files under DIR/TENANT/, DIR created if
-    /// missing), `ceph[:conf=PATH,client=NAME,keyring=PATH,root=DIR,workers=N,
-    /// timeout_ms=MS,rbd_pool=POOL,rbd_prefix=P]` (files in CephFS, volumes as RBD
-    /// images; see docs/ceph.md) or `null` (stores nothing, reads return zeros:
-    /// benchmarks only).
+    /// missing), `null` (stores nothing, reads return zeros: benchmarks only), or
+    /// `ceph[:KEY=VALUE,...]` (files in CephFS, volumes as RBD images; docs/ceph.md)
+    /// with keys conf, client, keyring, root, workers, timeout_ms, session_uuid,
+    /// rbd_pool and rbd_prefix, e.g. `ceph:conf=/etc/ceph/ceph.conf,root=/pov,workers=16`.
     #[arg(long, env = "POV_PROXY_BACKEND", default_value = DEFAULT_BACKEND)]
     pub backend: BackendSpec,
 
@@ -486,6 +486,21 @@ mod tests {
             peers(&["--listen", "tls:127.0.0.1:0", "--tls-cert", "/c", "--tls-key", "/k", "--tls-ca", "/a", "--enrolled", "/e"])
                 .unwrap_err();
         assert!(e.contains("/a"), "names the unreadable file: {e}");
+    }
+
+    /// Every backend spec `--help` shows as an example parses, and every Ceph key the
+    /// parser knows is named.
+    #[test]
+    fn help_examples_parse() {
+        use clap::CommandFactory;
+        let help = Args::command().render_long_help().to_string();
+        for key in ["conf", "client", "keyring", "root", "workers", "timeout_ms", "session_uuid", "rbd_pool", "rbd_prefix"] {
+            assert!(help.contains(key), "--help names the Ceph key {key}");
+        }
+        let example = help.split('`').find(|t| t.starts_with("ceph:")).expect("a Ceph example");
+        #[cfg(feature = "ceph")]
+        assert!(BackendSpec::parse(example).is_ok(), "{example}");
+        assert!(!example.contains(' '), "{example}");
     }
 
     #[test]
