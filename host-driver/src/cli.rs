@@ -112,7 +112,8 @@ pub struct Cli {
 pub enum Command {
     /// List PoV devices on this host: virtio-blk disks whose serial starts with "pov-"
     /// (/sys/block/vd*/serial), with capacity and whether the configuration space
-    /// validates. With --device vhost-user:SOCKET, probe that device too.
+    /// validates. With --device vhost-user:SOCKET, probe that device too. Exits 1 when
+    /// none is found or one does not validate.
     List,
     /// Copy files and directory trees into, out of, or within PoV
     #[command(after_help = "Either SRC or DST (or both) is pov:/path. If DST is an existing \
@@ -831,15 +832,21 @@ fn list_devices(extra: Option<&str>) -> anyhow::Result<()> {
         }
     }
     if rows.is_empty() {
-        eprintln!("pov-host: no PoV devices found (no /sys/block/vd*/serial starting with \"pov-\")");
-        return Ok(());
+        anyhow::bail!(
+            "no PoV devices found (no /sys/block/vd*/serial starting with \"pov-\"; give a vhost-user one with --device)"
+        );
     }
+    let invalid = rows.iter().filter(|r| r.3.starts_with("INVALID")).count();
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(6);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(6);
     writeln!(out, "{:<w0$}  {:<w1$}  {:>10}  CONFIG", "DEVICE", "SERIAL", "CAPACITY")?;
     for (path, serial, cap, status) in rows {
         let cap = cap.map_or("-".to_string(), |c| format!("{} MiB", c >> 20));
         writeln!(out, "{path:<w0$}  {serial:<w1$}  {cap:>10}  {status}")?;
+    }
+    // Like ls(1) with a missing file: everything is shown, and the status says so.
+    if invalid > 0 {
+        anyhow::bail!("{invalid} of the devices listed is not a valid PoV device (CONFIG column)");
     }
     Ok(())
 }
