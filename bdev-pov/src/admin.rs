@@ -296,6 +296,7 @@ impl DeviceState {
         match req.op {
             AdminOp::CloseSession => {
                 s.state = SessionState::Reclaiming;
+                s.closed_by_host = true;
                 Status::Ok
             }
             AdminOp::Heartbeat if !self.tenants.exists(&s.tenant) => {
@@ -399,7 +400,11 @@ impl DeviceState {
             for q in s.queues {
                 self.free_queue(q);
             }
-            self.stats.sessions_reclaimed += 1;
+            if s.closed_by_host {
+                self.stats.sessions_closed += 1;
+            } else {
+                self.stats.sessions_reclaimed += 1;
+            }
             did = true;
         }
         did

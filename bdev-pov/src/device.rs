@@ -133,14 +133,19 @@ pub struct DeviceStats {
     pub sessions: u32,
     pub queues: u32,
     pub requests: u64,
-    /// Requests answered with a non-Ok status, whatever the cause (including the
-    /// backend's `NotFound` for a missing file).
+    /// Requests answered with a status other than `Ok` and `NotFound`.
     pub request_errors: u64,
+    /// Requests answered `NotFound` (a missing file: often a probe, e.g. `pov-host cp`
+    /// checking whether its destination exists, so not counted as an error).
+    pub requests_not_found: u64,
     pub in_flight: u32,
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub admin_requests: u64,
+    /// Sessions freed because their heartbeats stopped (or their tenant was deleted).
     pub sessions_reclaimed: u64,
+    /// Sessions the host closed (CloseSession), freed once their requests were answered.
+    pub sessions_closed: u64,
     /// Request slot writes that did not carry a whole request (block-layer split).
     pub split_requests: u64,
     /// Block IOs rejected because they crossed a region boundary (block-layer merge).
@@ -839,7 +844,9 @@ impl DeviceState {
         flags: u32,
         payload: &[u8],
     ) {
-        if !status.is_ok() {
+        if status == Status::NotFound {
+            self.stats.requests_not_found += 1;
+        } else if !status.is_ok() {
             self.stats.request_errors += 1;
         }
         let Some(q) = self.queues.get_mut(&queue) else { return };

@@ -47,6 +47,8 @@ pub(crate) struct Session {
     /// Sequence number of the last authenticated admin request (replays refused).
     pub admin_seq: u64,
     pub state: SessionState,
+    /// The host closed it (CloseSession), as opposed to its heartbeats stopping.
+    pub closed_by_host: bool,
     pub last_heartbeat: Instant,
     /// Global IDs of the queues this session created.
     pub queues: Vec<u32>,
@@ -77,6 +79,7 @@ impl Session {
             grant,
             admin_seq: 0,
             state: SessionState::Open,
+            closed_by_host: false,
             last_heartbeat: now,
             queues: Vec::new(),
             handles: FxHashMap::default(),

@@ -596,7 +596,10 @@ fn other_tenant_cannot_use_handles_or_paths() {
     rd.length = 10;
     assert_eq!(h.call(&s2, q2, &rd, &[], 10).0.status, Status::BadHandle);
     // The same path resolves inside the other tenant's namespace: not found there.
+    let errors = h.dev.stats().request_errors;
     assert_eq!(open_file(&mut h, &s2, q2, 2, "/secret", 0).0, Status::NotFound);
+    let st = h.dev.stats();
+    assert_eq!((st.requests_not_found, st.request_errors), (1, errors), "NotFound is counted apart from errors");
     // And a session cannot use another session's queue.
     let g = h.dev.geometry();
     assert_eq!(
@@ -799,6 +802,20 @@ fn parked_read_and_proxy_unavailable() {
     let waited = t0.elapsed();
     assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(2), "held until its deadline: {waited:?}");
     assert!(h.dev.stats().failover.held >= 1);
+}
+
+#[test]
+fn a_clean_close_is_counted_as_closed_not_reclaimed() {
+    let mut h = Harness::new("127.0.0.1:1", |_| {});
+    let (mut s, _q) = setup(&mut h, 5);
+    assert_eq!(h.admin_in(&mut s, AdminOp::CloseSession, |_| {}).status(), Status::Ok);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.dev.stats().sessions_closed == 0 {
+        assert!(Instant::now() < deadline, "closed session never freed");
+        h.pump();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(h.dev.stats().sessions_reclaimed, 0, "a clean close is not a reclaim");
 }
 
 #[test]
