@@ -400,6 +400,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let server = std::sync::Arc::into_inner(server).context("the stats writer still holds the server")?;
     log::info!("signal {sig} received, shutting down");
     let tenants = server.tenant_stats();
+    let volumes = server.volume_stats();
     let totals = server.stats();
     let qos = server.qos().map(|q| q.stats_json());
     server.shutdown();
@@ -416,15 +417,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(c) = cluster {
         log::info!("{}", c.summary());
     }
-    for t in tenants {
-        log::info!(
-            "tenant {}: {} requests, {} errors, {} bytes read, {} bytes written",
-            t.tenant,
-            t.requests,
-            t.errors,
-            t.read_bytes,
-            t.write_bytes
-        );
+    for (kind, list) in [("tenant", tenants), ("volume", volumes)] {
+        for t in list {
+            log::info!(
+                "{kind} {}: {} requests, {} errors, {} bytes read, {} bytes written",
+                t.tenant,
+                t.requests,
+                t.errors,
+                t.read_bytes,
+                t.write_bytes
+            );
+        }
     }
     Ok(())
 }

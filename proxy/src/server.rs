@@ -293,17 +293,23 @@ impl Server {
         self.stats.tenants()
     }
 
+    /// Copies of every plain volume's counters (`tenant` is the volume's name).
+    pub fn volume_stats(&self) -> Vec<TenantStats> {
+        self.stats.volumes()
+    }
+
     /// The QoS stage (`None`: QoS off, or a backend served on the reactors).
     pub fn qos(&self) -> Option<&Arc<crate::qos::QosGate>> {
         self.qos.as_ref()
     }
 
     /// Everything counted, as one JSON object: `{"server": {..}, "tenants": [..],
-    /// "qos": {..} | null}` (what `pov-proxy --stats-file` writes).
+    /// "volumes": [..], "qos": {..} | null}` (what `pov-proxy --stats-file` writes).
     pub fn stats_json(&self) -> serde_json::Value {
         serde_json::json!({
             "server": self.stats(),
             "tenants": self.tenant_stats(),
+            "volumes": self.stats.volumes(),
             "qos": self.qos.as_ref().map(|q| q.stats_json()),
         })
     }

@@ -272,7 +272,8 @@ impl Service {
             out.clear();
         }
         if tenant_ok {
-            let t = self.tenants.get(&req.tenant);
+            // Volume operations name the volume in the tenant field: counted per volume.
+            let t = if req.op.is_volume() { self.tenants.volume(&req.tenant) } else { self.tenants.get(&req.tenant) };
             t.requests.fetch_add(1, Ordering::Relaxed);
             if c.status != Status::Ok {
                 t.errors.fetch_add(1, Ordering::Relaxed);

@@ -47,8 +47,10 @@ pub struct TenantStats {
 /// Server-wide counters plus the tenant registry.
 #[derive(Debug, Default)]
 pub struct ProxyStats {
-    tenants: Mutex<HashMap<String, Arc<TenantCounters>>>,
-    overflow: Arc<TenantCounters>,
+    tenants: Registry,
+    /// Plain volumes' traffic (volume operations name the volume, not a tenant), by
+    /// volume name, counted as tenants are.
+    volumes: Registry,
     /// Frames received that decoded as requests.
     pub frames: AtomicU64,
     /// Frames that did not decode (answered with an error when they carried a tag).
@@ -101,35 +103,23 @@ pub struct ServerStats {
 impl ProxyStats {
     /// The counters of `tenant` (a valid tenant name), registering it if new.
     pub fn tenant(&self, tenant: &str) -> Arc<TenantCounters> {
-        let mut m = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = m.get(tenant) {
-            return c.clone();
-        }
-        if m.len() >= MAX_TRACKED_TENANTS {
-            return self.overflow.clone();
-        }
-        let c = Arc::new(TenantCounters::default());
-        m.insert(tenant.to_string(), c.clone());
-        c
+        self.tenants.get(tenant)
+    }
+
+    /// The counters of volume `name`, registering it if new.
+    pub fn volume(&self, name: &str) -> Arc<TenantCounters> {
+        self.volumes.get(name)
     }
 
     /// Copies of every tenant's counters, sorted by tenant name (the overflow bucket
     /// last, if used).
     pub fn tenants(&self) -> Vec<TenantStats> {
-        let snap = |name: &str, c: &TenantCounters| TenantStats {
-            tenant: name.to_string(),
-            requests: c.requests.load(Ordering::Relaxed),
-            errors: c.errors.load(Ordering::Relaxed),
-            read_bytes: c.read_bytes.load(Ordering::Relaxed),
-            write_bytes: c.write_bytes.load(Ordering::Relaxed),
-        };
-        let m = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<TenantStats> = m.iter().map(|(k, c)| snap(k, c)).collect();
-        v.sort_by(|a, b| a.tenant.cmp(&b.tenant));
-        if self.overflow.requests.load(Ordering::Relaxed) > 0 {
-            v.push(snap(OVERFLOW_TENANT, &self.overflow));
-        }
-        v
+        self.tenants.snapshot()
+    }
+
+    /// The same for plain volumes (`tenant` holds the volume's name).
+    pub fn volumes(&self) -> Vec<TenantStats> {
+        self.volumes.snapshot()
     }
 
     /// A copy of the server-wide counters.
@@ -164,17 +154,57 @@ pub fn json_histogram(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
     })
 }
 
+/// Names → counters, at most [`MAX_TRACKED_TENANTS`] names (then [`OVERFLOW_TENANT`]).
+#[derive(Debug, Default)]
+struct Registry {
+    map: Mutex<HashMap<String, Arc<TenantCounters>>>,
+    overflow: Arc<TenantCounters>,
+}
+
+impl Registry {
+    fn get(&self, name: &str) -> Arc<TenantCounters> {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = m.get(name) {
+            return c.clone();
+        }
+        if m.len() >= MAX_TRACKED_TENANTS {
+            return self.overflow.clone();
+        }
+        let c = Arc::new(TenantCounters::default());
+        m.insert(name.to_string(), c.clone());
+        c
+    }
+
+    fn snapshot(&self) -> Vec<TenantStats> {
+        let snap = |name: &str, c: &TenantCounters| TenantStats {
+            tenant: name.to_string(),
+            requests: c.requests.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            read_bytes: c.read_bytes.load(Ordering::Relaxed),
+            write_bytes: c.write_bytes.load(Ordering::Relaxed),
+        };
+        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<TenantStats> = m.iter().map(|(k, c)| snap(k, c)).collect();
+        v.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        if self.overflow.requests.load(Ordering::Relaxed) > 0 {
+            v.push(snap(OVERFLOW_TENANT, &self.overflow));
+        }
+        v
+    }
+}
+
 /// One connection's cache of tenant counters (avoids the registry lock per request).
 #[derive(Debug)]
 pub struct TenantCache {
     stats: Arc<ProxyStats>,
     map: HashMap<String, Arc<TenantCounters>>,
+    volumes: HashMap<String, Arc<TenantCounters>>,
 }
 
 impl TenantCache {
     /// An empty cache over `stats`.
     pub fn new(stats: Arc<ProxyStats>) -> TenantCache {
-        TenantCache { stats, map: HashMap::new() }
+        TenantCache { stats, map: HashMap::new(), volumes: HashMap::new() }
     }
 
     /// The counters of `tenant`.
@@ -187,6 +217,18 @@ impl TenantCache {
             self.map.insert(tenant.to_string(), c);
         }
         &self.map[tenant]
+    }
+
+    /// The counters of volume `name`.
+    pub fn volume(&mut self, name: &str) -> &TenantCounters {
+        if !self.volumes.contains_key(name) {
+            let c = self.stats.volume(name);
+            if self.volumes.len() >= MAX_TRACKED_TENANTS {
+                self.volumes.clear();
+            }
+            self.volumes.insert(name.to_string(), c);
+        }
+        &self.volumes[name]
     }
 
     /// The server-wide counters.

@@ -150,6 +150,16 @@ fn serves_every_operation() {
     assert_eq!(resp.result, MAX_IO_BYTES as u64);
     assert!(back == data, "1 MiB read back differs");
 
+    // Plain-volume traffic is counted per volume, not as a tenant.
+    let mut vo = req(Op::VolumeOpen, "vol0", "");
+    vo.offset = 1 << 20;
+    vo.length = 512;
+    vo.flags = flags::CREATE;
+    assert_eq!(c.status(vo, &[]), Status::Ok);
+    assert_eq!(c.call(req(Op::VolumeWrite, "vol0", ""), &[1u8; 4096]).0.result, 4096);
+    let vs = server.volume_stats();
+    assert_eq!((vs.len(), vs[0].tenant.as_str(), vs[0].requests, vs[0].write_bytes), (1, "vol0", 2, 4096), "{vs:?}");
+
     let ts = server.tenant_stats();
     assert_eq!(ts.len(), 1);
     assert_eq!(ts[0].tenant, "acme");
