@@ -502,7 +502,8 @@ mod tests {
         assert_eq!(fx.call(w, b"x").0.status, Status::Invalid, "a volume op with a path");
         assert_eq!(fx.call(req(Op::VolumeFlush, "../v", ""), &[]).0.status, Status::Permission);
         assert_eq!(fx.call(req(Op::VolumeFlush, "vol1", ""), b"junk").0.status, Status::Invalid, "payload on flush");
-        let t = &fx.stats.tenants()[0];
+        assert!(fx.stats.tenants().is_empty(), "volumes are not tenants");
+        let t = &fx.stats.volumes()[0];
         assert_eq!((t.tenant.as_str(), t.read_bytes, t.write_bytes), ("vol1", 11, 11));
     }
 
