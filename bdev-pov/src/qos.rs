@@ -122,7 +122,9 @@ impl WindowControl {
     /// percentile).
     pub fn record(&mut self, us: u64, target: (u32, f64)) {
         self.interval.saturating_record(us.max(1));
-        if self.target.is_none_or_stricter(target) {
+        // The strictest: the lowest target, then the highest percentile.
+        let stricter = |(t, p): (u32, f64)| target.0 < t || (target.0 == t && target.1 > p);
+        if self.target.map_or(true, stricter) {
             self.target = Some(target);
         }
     }
@@ -142,7 +144,8 @@ impl WindowControl {
             self.range = (min, max);
         }
         let dt = now.saturating_duration_since(self.last);
-        if dt >= WINDOW_INTERVAL {
+        let stepped = dt >= WINDOW_INTERVAL;
+        if stepped {
             self.last = now;
             let samples = self.interval.len();
             let (error, measured) = match self.target {
@@ -156,38 +159,23 @@ impl WindowControl {
             self.pid.update(error, dt.as_secs_f64());
             let (t, p) = self.target.take().unwrap_or((0, 0.0));
             self.interval.reset();
-            let kib = (self.pid.output().round() as u64).clamp(min, max);
-            let (steps, sum) = (self.state.steps + 1, self.state.window_kib_sum + kib);
-            self.state = WindowState {
-                target_us: t,
-                percentile: p,
-                measured_us: measured,
-                samples,
-                steps,
-                mean_window_kib: sum / steps,
-                window_kib_sum: sum,
-                window_bytes: kib << 10,
-            };
+            let st = &mut self.state;
+            (st.target_us, st.percentile, st.measured_us, st.samples) = (t, p, measured, samples);
+            st.steps += 1;
         }
-        let w = ((self.pid.output().round() as u64).clamp(min, max)) << 10;
-        self.state.window_bytes = w;
-        w
+        let kib = (self.pid.output().round() as u64).clamp(min, max);
+        let st = &mut self.state;
+        if stepped {
+            st.window_kib_sum += kib;
+            st.mean_window_kib = st.window_kib_sum / st.steps;
+        }
+        st.window_bytes = kib << 10;
+        st.window_bytes
     }
 
     /// The controller's state.
     pub fn state(&self) -> WindowState {
         self.state.clone()
-    }
-}
-
-/// `Option<(target, percentile)>`: whether `new` is stricter than what is held.
-trait Stricter {
-    fn is_none_or_stricter(&self, new: (u32, f64)) -> bool;
-}
-
-impl Stricter for Option<(u32, f64)> {
-    fn is_none_or_stricter(&self, new: (u32, f64)) -> bool {
-        self.map_or(true, |(t, p)| new.0 < t || (new.0 == t && new.1 > p))
     }
 }
 
