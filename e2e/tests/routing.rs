@@ -77,8 +77,17 @@ impl Cluster {
             .iter_mut()
             .map(|p| {
                 p.stop();
-                let line =
-                    p.take_lines().into_iter().chain(p.log.clone()).find(|l| l.contains("cluster member")).unwrap_or_default();
+                // The output reader may still be handing over the last lines after the
+                // exit: wait for the summary a little (bounded).
+                let deadline = Instant::now() + Duration::from_secs(3);
+                let line = loop {
+                    let found = p.take_lines().into_iter().chain(p.log.clone()).find(|l| l.contains("cluster member"));
+                    match found {
+                        Some(l) => break l,
+                        None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                        None => break String::new(),
+                    }
+                };
                 let num = |after: &str| -> u64 {
                     line.split(after)
                         .nth(1)
