@@ -68,6 +68,27 @@ pub enum Op {
 }
 
 impl Op {
+    /// The operation's name in snake case (`"volume_write"`), as metrics label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Open => "open",
+            Op::Close => "close",
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Append => "append",
+            Op::Truncate => "truncate",
+            Op::Stat => "stat",
+            Op::List => "list",
+            Op::Remove => "remove",
+            Op::Fsync => "fsync",
+            Op::VolumeOpen => "volume_open",
+            Op::VolumeRead => "volume_read",
+            Op::VolumeWrite => "volume_write",
+            Op::VolumeFlush => "volume_flush",
+            Op::Ping => "ping",
+        }
+    }
+
     /// Decodes an operation code.
     pub fn from_u16(v: u16) -> Result<Op, DecodeError> {
         Ok(match v {

@@ -107,6 +107,41 @@ impl Status {
         }
     }
 
+    /// The status's name in snake case (`"not_found"`), as metrics label it.
+    pub fn name(self) -> &'static str {
+        use Status::*;
+        match self {
+            Ok => "ok",
+            Invalid => "invalid",
+            BadMagic => "bad_magic",
+            BadVersion => "bad_version",
+            UnknownOp => "unknown_op",
+            BadQueue => "bad_queue",
+            PidMismatch => "pid_mismatch",
+            BadSession => "bad_session",
+            AuthFailed => "auth_failed",
+            Permission => "permission",
+            NotFound => "not_found",
+            Exists => "exists",
+            TooLarge => "too_large",
+            BadHandle => "bad_handle",
+            NoSpace => "no_space",
+            Io => "io",
+            Timeout => "timeout",
+            Busy => "busy",
+            Unavailable => "unavailable",
+            NotDir => "not_dir",
+            IsDir => "is_dir",
+            NotEmpty => "not_empty",
+            NameTooLong => "name_too_long",
+            NoResources => "no_resources",
+            NoRequest => "no_request",
+            RateLimited => "rate_limited",
+            Quota => "quota",
+            Redirect => "redirect",
+        }
+    }
+
     /// The wire value.
     pub fn as_u32(self) -> u32 {
         self as u32
