@@ -272,7 +272,8 @@ impl DeviceState {
         );
         // The area's session mailbox holds nothing of a former session.
         self.admin_state.session_boxes.remove(&(area as u32));
-        self.areas[area] = Some(Session::new(id, x.tenant, req.pid, area as u32, keys, protection, grant, now));
+        let counters = self.tenant_counters.get(&x.tenant);
+        self.areas[area] = Some(Session::new(id, x.tenant, req.pid, area as u32, keys, protection, grant, now, counters));
         resp.session_id = id;
         resp.area = area as u32;
         resp.max_queues = self.geometry.queues_per_area;
@@ -397,6 +398,11 @@ impl DeviceState {
                 continue;
             }
             let s = self.areas[area].take().expect("present");
+            s.counters.add_sessions(-1);
+            // A request answered after its session went would leave the tenant's
+            // queue depth one too high.
+            let unanswered = s.queues.iter().filter(|q| self.queues.get(q).is_some_and(|q| q.current.is_some())).count();
+            s.counters.add_in_flight(-(unanswered as i64));
             for q in s.queues {
                 self.free_queue(q);
             }

@@ -188,6 +188,10 @@ pub struct DeviceStats {
     /// Time from the scheduler to the proxy's answer, per effective class, since the
     /// device started (with a QoS scheduler; FIFO devices count everything as LC).
     pub latency: ClassLatency,
+    /// Per tenant: requests by operation, errors by status, bytes, sessions, requests
+    /// in flight and latency (from the request slot WRITE to the response), sorted by
+    /// tenant.
+    pub tenants: Vec<pov_metrics::TenantSnapshot>,
 }
 
 /// Latency summaries per QoS class.
@@ -317,6 +321,9 @@ pub(crate) struct DeviceState {
     ready: Box<dyn Scheduler<Ready>>,
     pub(crate) out: Completions,
     pub(crate) stats: DeviceStats,
+    /// Live counters per tenant (requests by operation, errors by status, bytes,
+    /// sessions, queue depth, latency).
+    pub(crate) tenant_counters: pov_metrics::CounterRegistry,
     pub(crate) last_session_check: Instant,
     /// Requests whose proxy failed, to resend elsewhere after the forwarder's poll.
     resend: Vec<(Ready, Tries)>,
@@ -393,6 +400,7 @@ impl PovDevice {
             ready: Box::new(Fifo::default()),
             out: Completions::default(),
             stats: DeviceStats::default(),
+            tenant_counters: pov_metrics::CounterRegistry::default(),
             last_session_check: Instant::now(),
             resend: Vec::new(),
             held: Vec::new(),
@@ -467,6 +475,7 @@ impl PovDevice {
         s.bc_in_flight_bytes = self.st.bc_in_flight;
         s.bc_window = self.st.bc_window.as_ref().map(|(_, c)| c.state());
         s.latency = ClassLatency { lc: LatencySummary::of(&self.st.latency[0]), bc: LatencySummary::of(&self.st.latency[1]) };
+        s.tenants = self.st.tenant_counters.snapshot();
         s
     }
 
@@ -794,6 +803,10 @@ impl DeviceState {
                     return self.out.complete(req, BlockStatus::IoErr, 0);
                 }
                 q.accept(request_id);
+                if let Some(s) = s {
+                    q.current = Some((Instant::now(), 0));
+                    s.counters.add_in_flight(1);
+                }
                 self.out.complete(req, BlockStatus::Ok, 0);
                 self.stats.requests += 1;
                 self.respond(queue, op, request_id, st, 0, 0, &[])
@@ -817,6 +830,11 @@ impl DeviceState {
                     return self.out.complete(req, BlockStatus::IoErr, 0);
                 }
                 q.accept(h.request_id);
+                if let Some(s) = s {
+                    let data = if h.op.carries_data() { u64::from(h.payload_len) } else { 0 };
+                    q.current = Some((Instant::now(), data));
+                    s.counters.add_in_flight(1);
+                }
                 self.out.complete(req, BlockStatus::Ok, 0);
                 self.stats.requests += 1;
                 self.dispatch(queue, h)
@@ -852,6 +870,14 @@ impl DeviceState {
         let Some(q) = self.queues.get_mut(&queue) else { return };
         let area = (queue / self.geometry.queues_per_area) as usize;
         let Some(s) = self.areas.get(area).and_then(Option::as_ref).filter(|s| s.id == q.owner.session_id) else { return };
+        if let Some((since, data)) = q.current.take() {
+            if let Ok(o) = Op::from_u16(op) {
+                let read = if status.is_ok() && o == Op::Read { payload.len() as u64 } else { 0 };
+                let written = if status.is_ok() { data } else { 0 };
+                s.counters.record(o, status, read, written, since.elapsed());
+            }
+            s.counters.add_in_flight(-1);
+        }
         let h = ResponseHeader { op, status, queue_id: queue, request_id, result, payload_len: 0, flags };
         q.respond(queue, h, payload, (&s.keys, s.protection), &mut self.out);
     }

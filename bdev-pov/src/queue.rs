@@ -62,6 +62,9 @@ pub(crate) struct Queue {
     /// Request ID of the last request accepted: a request must carry a larger one
     /// (replays and reorders refused).
     pub last_request: u64,
+    /// The request being served: when it was accepted and the data bytes it carries
+    /// (for the tenant's counters, taken when it is answered).
+    pub current: Option<(Instant, u64)>,
     /// The response state before a split request made it `Pending` (restored if the
     /// request is rejected).
     prior: RespState,
@@ -80,6 +83,7 @@ impl Queue {
             parked: Vec::new(),
             busy: false,
             last_request: 0,
+            current: None,
             prior: RespState::Empty,
         }
     }

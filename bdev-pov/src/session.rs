@@ -55,6 +55,8 @@ pub(crate) struct Session {
     /// Open files by handle (FxHash: handles are assigned here, never chosen by a peer).
     pub handles: FxHashMap<u64, Handle>,
     pub next_handle: u64,
+    /// The tenant's live counters on this device (shared by its sessions).
+    pub counters: std::sync::Arc<pov_metrics::TenantCounters>,
 }
 
 impl Session {
@@ -68,7 +70,9 @@ impl Session {
         protection: Protection,
         grant: Grant,
         now: Instant,
+        counters: std::sync::Arc<pov_metrics::TenantCounters>,
     ) -> Session {
+        counters.add_sessions(1);
         Session {
             id,
             tenant,
@@ -84,6 +88,7 @@ impl Session {
             queues: Vec::new(),
             handles: FxHashMap::default(),
             next_handle: 1,
+            counters,
         }
     }
 

@@ -495,6 +495,17 @@ fn file_round_trip_through_proxy() {
     assert!(st.requests >= 4);
     assert_eq!((st.block_io_errors, st.incomplete_requests, st.crossing_ios), (0, 0, 0));
     assert_eq!(st.max_request_write_bytes, (HEADER_SIZE + data.len()) as u64);
+    // The tenant's live counters: one of each operation, the bad handle as an error by
+    // status, the file data both ways, one session, nothing in flight.
+    assert_eq!(st.tenants.len(), 1, "{:?}", st.tenants);
+    let t = &st.tenants[0];
+    assert_eq!(t.tenant, "acme");
+    assert_eq!((t.requests, t.errors, t.sessions, t.in_flight), (5, 1, 1, 0));
+    assert_eq!((t.read_bytes, t.write_bytes), (data.len() as u64, data.len() as u64));
+    let by_op: Vec<(&str, u64)> = t.by_op.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(by_op, [("close", 1), ("open", 1), ("read", 2), ("write", 1)]);
+    assert_eq!(t.errors_by_status.get("bad_handle"), Some(&1));
+    assert_eq!(t.latency.count, 5);
 }
 
 #[test]
@@ -816,6 +827,7 @@ fn a_clean_close_is_counted_as_closed_not_reclaimed() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(h.dev.stats().sessions_reclaimed, 0, "a clean close is not a reclaim");
+    assert_eq!(h.dev.stats().tenants[0].sessions, 0, "the tenant's open sessions drop back");
 }
 
 #[test]

@@ -29,6 +29,8 @@ pub struct DaemonOptions {
     /// The DPU's TLS identity for `tls:` proxy endpoints (its client certificate and
     /// key, and the CA it trusts for proxies); `None`: `tls:` endpoints are refused.
     pub tls: Option<TlsFiles>,
+    /// Serve Prometheus metrics on this address (`None`: off).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Parses a CPU list such as `0,1` or `0-3,6` (no duplicates) and checks that this
@@ -71,6 +73,17 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             }
         }
     }
+    let metrics = match opts.metrics_listen.map(|a| pov_metrics::MetricsServer::start(a, crate::metrics::collector(&daemon))) {
+        Some(Err(e)) => {
+            daemon.shutdown();
+            return Err(e).context("starting the metrics endpoint (--metrics-listen)");
+        }
+        Some(Ok(m)) => {
+            log::info!("metrics at http://{}/metrics", m.addr());
+            Some(m)
+        }
+        None => None,
+    };
     let server = match RpcServer::start_with(&opts.rpc_socket, daemon.clone(), opts.rpc_limits.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -83,6 +96,7 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let sig = signals.forever().next().context("waiting for signals")?;
     log::info!("signal {sig}: shutting down");
     server.stop();
+    drop(metrics);
     daemon.shutdown();
     rt.shutdown();
     log::info!("stopped");

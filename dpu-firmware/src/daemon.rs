@@ -384,33 +384,19 @@ impl Daemon {
         Ok(Value::Array(out))
     }
 
-    /// Reactors and their pollers, in the shape of SPDK's `framework_get_reactors`:
-    /// `{"tick_rate": 1, "reactors": [{"lcore", "reactor", "pinned", "busy", "idle",
-    /// "sleeps", "messages", "cpu_time_us", "pollers": [{"name"}]}]}`. `busy` and
-    /// `idle` count reactor loop iterations (one tick = one iteration); `lcore` is the
-    /// CPU of a pinned reactor, else its index.
-    pub fn reactors_info(&self) -> Value {
-        let reactors: Vec<Value> = self
-            .reactors
-            .iter()
-            .map(|r| {
-                let s = r.stats();
-                let pollers: Vec<Value> =
-                    s.pollers.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|n| json!({ "name": n })).collect();
-                json!({
-                    "lcore": r.core().unwrap_or(r.id() as usize),
-                    "reactor": r.id(),
-                    "pinned": r.core().is_some(),
-                    "busy": s.busy_iterations.load(Ordering::Relaxed),
-                    "idle": s.idle_iterations.load(Ordering::Relaxed),
-                    "sleeps": s.sleeps.load(Ordering::Relaxed),
-                    "messages": s.messages.load(Ordering::Relaxed),
-                    "cpu_time_us": s.cpu_time_us.load(Ordering::Relaxed),
-                    "pollers": pollers,
-                })
-            })
-            .collect();
-        json!({ "tick_rate": 1, "reactors": reactors })
+    /// The reactors devices are placed on, in index order.
+    pub fn reactors(&self) -> &[ReactorHandle] {
+        &self.reactors
+    }
+
+    /// Every device of every kind with its live counters (as
+    /// [`Daemon::entries`] gives them), in [`KINDS`] order then name order.
+    pub fn all_entries<T>(&self, mut f: impl FnMut(&DeviceEntry, &Value) -> T) -> Vec<T> {
+        let mut out = Vec::new();
+        for k in KINDS {
+            out.extend(self.entries(*k, None, &mut f));
+        }
+        out
     }
 
     /// The replayable configuration, SPDK format:

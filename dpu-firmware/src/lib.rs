@@ -31,9 +31,11 @@ pub mod fuzz;
 pub mod gathering;
 pub mod keyring;
 pub mod kinds;
+pub mod metrics;
 pub mod qos;
 pub mod routes;
 pub mod rpc;
+pub mod stats;
 pub mod tenant;
 pub mod vhost_blk;
 

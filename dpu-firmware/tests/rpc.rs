@@ -177,23 +177,59 @@ fn tenants_and_devices_over_the_socket() {
     assert_eq!(one.as_array().unwrap().len(), 1);
     assert_eq!(code(c.call("pov_device_get_devices", Some(json!({"name": "nope"})))), codes::ENODEV);
 
-    // The device pollers show up on their reactors.
+    // The device pollers show up on their reactors (SPDK's thread_get_pollers), and
+    // the SPDK-shaped statistics carry exactly the fields spdk_top decodes.
     let t = Instant::now();
     loop {
-        let r = c.call("framework_get_reactors", None).unwrap();
-        let names: Vec<String> = r["reactors"]
+        let r = c.call("thread_get_pollers", None).unwrap();
+        let names: Vec<String> = r["threads"]
             .as_array()
             .unwrap()
             .iter()
-            .flat_map(|x| x["pollers"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()))
+            .flat_map(|x| x["active_pollers"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()))
             .collect();
         if names.contains(&"vhost_blk_pov0".to_string()) && names.contains(&"vhost_blk_pov1".to_string()) {
-            assert_eq!(r["reactors"].as_array().unwrap().len(), 2);
+            assert_eq!(r["threads"].as_array().unwrap().len(), 2);
+            assert_eq!(r["tick_rate"], 1_000_000_000u64);
+            let p = &r["threads"][0]["active_pollers"][0];
+            let keys: Vec<&String> = p.as_object().unwrap().keys().collect();
+            assert_eq!(keys, ["busy_count", "name", "run_count", "state"], "{p}");
+            assert!(p["run_count"].as_u64().unwrap() > 0, "{p}");
             break;
         }
         assert!(t.elapsed() < Duration::from_secs(5), "pollers not listed: {r}");
         std::thread::sleep(Duration::from_millis(10));
     }
+    let keys = |v: &Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let r = c.call("framework_get_reactors", None).unwrap();
+    assert_eq!(keys(&r), ["reactors", "tick_rate"]);
+    assert_eq!(keys(&r["reactors"][0]), ["busy", "idle", "lcore", "lw_threads"]);
+    assert_eq!(keys(&r["reactors"][0]["lw_threads"][0]), ["cpumask", "elapsed", "id", "name"]);
+    assert_eq!(r["reactors"][1]["lw_threads"][0]["id"], 2, "SPDK numbers threads from 1");
+    let (busy, idle) = (r["reactors"][0]["busy"].as_u64().unwrap(), r["reactors"][0]["idle"].as_u64().unwrap());
+    assert!(busy > 0 && idle > busy, "an almost idle reactor: busy {busy} ns, idle {idle} ns");
+    let th = c.call("thread_get_stats", None).unwrap();
+    assert_eq!(
+        keys(&th["threads"][0]),
+        ["active_pollers_count", "busy", "cpumask", "id", "idle", "name", "paused_pollers_count", "timed_pollers_count"]
+    );
+    assert!(th["threads"][0]["cpumask"].as_str().unwrap().starts_with("0x"));
+    // Every device is a bdev; its IO statistics start at zero.
+    let b = c.call("bdev_get_bdevs", None).unwrap();
+    assert_eq!(b.as_array().unwrap().len(), 2, "{b}");
+    assert_eq!(b[0]["name"], "pov0");
+    assert_eq!(b[0]["product_name"], "PoV device");
+    assert_eq!(b[0]["block_size"], 512);
+    assert!(b[0]["num_blocks"].as_u64().unwrap() > 0);
+    assert_eq!(b[0]["supported_io_types"]["read"], true);
+    assert_eq!(code(c.call("bdev_get_bdevs", Some(json!({"name": "nope"})))), codes::ENODEV);
+    let io = c.call("bdev_get_iostat", Some(json!({"name": "pov1"}))).unwrap();
+    assert_eq!(io["tick_rate"], 1_000_000_000u64);
+    assert_eq!(io["bdevs"].as_array().unwrap().len(), 1);
+    assert_eq!((io["bdevs"][0]["name"].as_str(), io["bdevs"][0]["num_read_ops"].as_u64()), (Some("pov1"), Some(0)));
+    let v = c.call("spdk_get_version", None).unwrap();
+    assert_eq!(v["version"], format!("PoV v{}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(v["fields"]["minor"], 1);
 
     // save_config carries key files (paths, never secrets), tenants naming their keys,
     // and full device parameters.

@@ -67,8 +67,14 @@ impl Family {
 /// `{prefix}_errors_total{..., status}`, `{prefix}_read_bytes_total`,
 /// `{prefix}_written_bytes_total`, `{prefix}_in_flight`, `{prefix}_sessions` (when
 /// `sessions`), `{prefix}_request_duration_seconds` (histogram). `labels` are added to
-/// each tenant's own (`tenant`).
-pub fn tenant_families(prefix: &str, tenants: &[(Labels, &TenantSnapshot)], sessions: bool, out: &mut Vec<Family>) {
+/// each snapshot's own name label, `name_label` (`tenant`, or `volume`).
+pub fn tenant_families(
+    prefix: &str,
+    name_label: &'static str,
+    tenants: &[(Labels, &TenantSnapshot)],
+    sessions: bool,
+    out: &mut Vec<Family>,
+) {
     let name = |s: &str| format!("{prefix}_{s}");
     let mut requests = Family::new(name("requests"), "Requests answered, by operation.");
     let mut errors = Family::new(name("errors"), "Requests answered with an error, by status.");
@@ -80,7 +86,7 @@ pub fn tenant_families(prefix: &str, tenants: &[(Labels, &TenantSnapshot)], sess
     for (extra, t) in tenants {
         let base = || {
             let mut l = extra.clone();
-            l.push(("tenant", t.tenant.clone()));
+            l.push((name_label, t.tenant.clone()));
             l
         };
         for (op, n) in &t.by_op {
@@ -270,7 +276,7 @@ mod tests {
         t.add_sessions(2);
         let snaps = r.snapshot();
         let mut fams = Vec::new();
-        tenant_families("pov_test", &[(vec![("device", "pov0".into())], &snaps[0])], true, &mut fams);
+        tenant_families("pov_test", "tenant", &[(vec![("device", "pov0".into())], &snaps[0])], true, &mut fams);
         let text = encode(fams);
         for line in [
             "# TYPE pov_test_requests counter",

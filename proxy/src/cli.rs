@@ -165,6 +165,11 @@ pub struct Args {
     /// and window) as JSON to FILE once a second (replaced atomically).
     #[arg(long, value_name = "FILE")]
     pub stats_file: Option<std::path::PathBuf>,
+
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics, e.g.
+    /// `127.0.0.1:9465`; off by default. No authentication: bind a management address.
+    #[arg(long, value_name = "ADDR", env = "POV_PROXY_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `on` or `off`.
@@ -392,8 +397,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let server = std::sync::Arc::new(server);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = args.stats_file.clone().map(|f| start_stats_writer(f, server.clone(), stop.clone()));
+    let metrics = match args.metrics_listen {
+        Some(a) => {
+            let m = pov_metrics::MetricsServer::start(a, crate::metrics::collector(&server))
+                .with_context(|| format!("starting the metrics endpoint (--metrics-listen {a})"))?;
+            log::info!("metrics at http://{}/metrics", m.addr());
+            Some(m)
+        }
+        None => None,
+    };
     let sig = signals.forever().next().context("waiting for a termination signal")?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Joins its thread: no scrape holds the server past this point.
+    drop(metrics);
     if let Some(w) = writer {
         let _ = w.join();
     }

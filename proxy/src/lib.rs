@@ -45,6 +45,7 @@ pub mod access;
 pub mod backend;
 pub mod cli;
 pub mod cluster;
+pub mod metrics;
 pub mod offload;
 pub mod qos;
 pub mod server;

@@ -264,6 +264,11 @@ impl Service {
     /// tenant.
     pub fn execute(&mut self, req: &ProxyRequest, payload: &[u8], out: &mut Vec<u8>) -> Completion {
         let tenant_ok = pov_proto::path::valid_tenant_name(&req.tenant);
+        let start = std::time::Instant::now();
+        // Volume operations name the volume in the tenant field: counted per volume.
+        if tenant_ok {
+            self.tenants.of(req).add_in_flight(1);
+        }
         let c = match resolve(&req.tenant, &req.path).and_then(|path| granted(req, path)) {
             Ok(path) => self.run(req, &path, payload, out),
             Err(s) => Completion::err(s),
@@ -272,16 +277,18 @@ impl Service {
             out.clear();
         }
         if tenant_ok {
-            // Volume operations name the volume in the tenant field: counted per volume.
-            let t = if req.op.is_volume() { self.tenants.volume(&req.tenant) } else { self.tenants.get(&req.tenant) };
-            t.requests.fetch_add(1, Ordering::Relaxed);
-            if c.status != Status::Ok {
-                t.errors.fetch_add(1, Ordering::Relaxed);
+            let (read, written) = if c.status != Status::Ok {
+                (0, 0)
             } else if matches!(req.op, Op::Read | Op::VolumeRead) {
-                t.read_bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
+                (out.len() as u64, 0)
             } else if req.op.carries_data() {
-                t.write_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
-            }
+                (0, payload.len() as u64)
+            } else {
+                (0, 0)
+            };
+            let t = self.tenants.of(req);
+            t.record(req.op, c.status, read, written, start.elapsed());
+            t.add_in_flight(-1);
         }
         c
     }

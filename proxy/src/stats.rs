@@ -1,4 +1,5 @@
-//! Counters: per tenant (requests, errors, bytes) and per server (frames,
+//! Counters: per tenant (requests by operation, errors by status, bytes, queue depth,
+//! latency histogram: [`pov_metrics::TenantCounters`]) and per server (frames,
 //! connections); the QoS stage's own are in [`crate::qos::QosGate::stats_json`].
 //!
 //! Counters are relaxed atomics shared by every reactor. Each connection caches the
@@ -9,48 +10,23 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use pov_metrics::CounterRegistry;
+pub use pov_metrics::{TenantCounters, TenantSnapshot as TenantStats};
 
 /// Most distinct tenants counted separately.
-pub const MAX_TRACKED_TENANTS: usize = 4096;
+pub const MAX_TRACKED_TENANTS: usize = pov_metrics::counters::DEFAULT_MAX_NAMES;
 /// Name under which tenants beyond [`MAX_TRACKED_TENANTS`] are counted.
-pub const OVERFLOW_TENANT: &str = "*other*";
-
-/// Live counters of one tenant.
-#[derive(Debug, Default)]
-pub struct TenantCounters {
-    /// Requests answered (any status).
-    pub requests: AtomicU64,
-    /// Requests answered with a status other than `Ok`.
-    pub errors: AtomicU64,
-    /// File data returned by reads, bytes.
-    pub read_bytes: AtomicU64,
-    /// File data accepted by writes and appends, bytes.
-    pub write_bytes: AtomicU64,
-}
-
-/// A copy of one tenant's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct TenantStats {
-    /// Tenant name (or [`OVERFLOW_TENANT`]).
-    pub tenant: String,
-    /// Requests answered (any status).
-    pub requests: u64,
-    /// Requests answered with an error status.
-    pub errors: u64,
-    /// Bytes returned by reads.
-    pub read_bytes: u64,
-    /// Bytes accepted by writes and appends.
-    pub write_bytes: u64,
-}
+pub const OVERFLOW_TENANT: &str = pov_metrics::OVERFLOW_NAME;
 
 /// Server-wide counters plus the tenant registry.
 #[derive(Debug, Default)]
 pub struct ProxyStats {
-    tenants: Registry,
+    tenants: CounterRegistry,
     /// Plain volumes' traffic (volume operations name the volume, not a tenant), by
     /// volume name, counted as tenants are.
-    volumes: Registry,
+    volumes: CounterRegistry,
     /// Frames received that decoded as requests.
     pub frames: AtomicU64,
     /// Frames that did not decode (answered with an error when they carried a tag).
@@ -154,45 +130,6 @@ pub fn json_histogram(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
     })
 }
 
-/// Names → counters, at most [`MAX_TRACKED_TENANTS`] names (then [`OVERFLOW_TENANT`]).
-#[derive(Debug, Default)]
-struct Registry {
-    map: Mutex<HashMap<String, Arc<TenantCounters>>>,
-    overflow: Arc<TenantCounters>,
-}
-
-impl Registry {
-    fn get(&self, name: &str) -> Arc<TenantCounters> {
-        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = m.get(name) {
-            return c.clone();
-        }
-        if m.len() >= MAX_TRACKED_TENANTS {
-            return self.overflow.clone();
-        }
-        let c = Arc::new(TenantCounters::default());
-        m.insert(name.to_string(), c.clone());
-        c
-    }
-
-    fn snapshot(&self) -> Vec<TenantStats> {
-        let snap = |name: &str, c: &TenantCounters| TenantStats {
-            tenant: name.to_string(),
-            requests: c.requests.load(Ordering::Relaxed),
-            errors: c.errors.load(Ordering::Relaxed),
-            read_bytes: c.read_bytes.load(Ordering::Relaxed),
-            write_bytes: c.write_bytes.load(Ordering::Relaxed),
-        };
-        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<TenantStats> = m.iter().map(|(k, c)| snap(k, c)).collect();
-        v.sort_by(|a, b| a.tenant.cmp(&b.tenant));
-        if self.overflow.requests.load(Ordering::Relaxed) > 0 {
-            v.push(snap(OVERFLOW_TENANT, &self.overflow));
-        }
-        v
-    }
-}
-
 /// One connection's cache of tenant counters (avoids the registry lock per request).
 #[derive(Debug)]
 pub struct TenantCache {
@@ -231,6 +168,16 @@ impl TenantCache {
         &self.volumes[name]
     }
 
+    /// The counters `req` is counted under: its volume's for volume operations (they
+    /// name the volume in the tenant field), else its tenant's.
+    pub fn of(&mut self, req: &pov_proto::wire::ProxyRequest) -> &TenantCounters {
+        if req.op.is_volume() {
+            self.volume(&req.tenant)
+        } else {
+            self.get(&req.tenant)
+        }
+    }
+
     /// The server-wide counters.
     pub fn server(&self) -> &ProxyStats {
         &self.stats
@@ -240,24 +187,23 @@ impl TenantCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pov_proto::io::Op;
+    use pov_proto::Status;
 
     #[test]
-    fn counts_per_tenant_and_caps_the_registry() {
+    fn the_cache_hands_out_the_registry_counters() {
         let s = Arc::new(ProxyStats::default());
         let mut c = TenantCache::new(s.clone());
-        c.get("b").requests.fetch_add(2, Ordering::Relaxed);
-        c.get("a").read_bytes.fetch_add(10, Ordering::Relaxed);
-        c.get("b").errors.fetch_add(1, Ordering::Relaxed);
+        let d = std::time::Duration::from_micros(5);
+        c.get("b").record(Op::Stat, Status::Ok, 0, 0, d);
+        c.get("a").record(Op::Read, Status::Ok, 10, 0, d);
+        c.get("b").record(Op::Open, Status::Io, 0, 0, d);
+        c.volume("v").record(Op::VolumeWrite, Status::Ok, 0, 7, d);
         let v = s.tenants();
-        assert_eq!(v.len(), 2);
-        assert_eq!(v[0], TenantStats { tenant: "a".into(), read_bytes: 10, ..Default::default() });
-        assert_eq!(v[1], TenantStats { tenant: "b".into(), requests: 2, errors: 1, ..Default::default() });
-        for i in 0..MAX_TRACKED_TENANTS + 10 {
-            s.tenant(&format!("t{i}")).requests.fetch_add(1, Ordering::Relaxed);
-        }
-        let v = s.tenants();
-        assert_eq!(v.len(), MAX_TRACKED_TENANTS + 1);
-        assert_eq!(v.last().unwrap().tenant, OVERFLOW_TENANT);
-        assert_eq!(v.last().unwrap().requests, 12);
+        assert_eq!(
+            v.iter().map(|t| (t.tenant.as_str(), t.requests, t.errors, t.read_bytes)).collect::<Vec<_>>(),
+            [("a", 1, 0, 10), ("b", 2, 1, 0)]
+        );
+        assert_eq!(s.volumes()[0].write_bytes, 7);
     }
 }

@@ -84,14 +84,44 @@ pub struct ReactorStats {
     pub busy_iterations: AtomicU64,
     /// Loop iterations in which no poller was busy.
     pub idle_iterations: AtomicU64,
+    /// Wall time spent in busy iterations, ns (SPDK's `busy` ticks at a tick rate of
+    /// 10⁹/s).
+    pub busy_ns: AtomicU64,
+    /// Wall time spent otherwise: idle iterations and sleeping, ns (SPDK's `idle`).
+    pub idle_ns: AtomicU64,
     /// Times the reactor went to sleep.
     pub sleeps: AtomicU64,
     /// Messages executed.
     pub messages: AtomicU64,
     /// CPU time of the reactor thread, µs (updated before each sleep).
     pub cpu_time_us: AtomicU64,
-    /// Names of the registered pollers.
-    pub pollers: Mutex<Vec<String>>,
+    /// The registered pollers, in the order they run.
+    pub pollers: Mutex<Vec<PollerStats>>,
+}
+
+/// One registered poller as [`ReactorStats`] shows it.
+#[derive(Debug, Clone)]
+pub struct PollerStats {
+    /// [`Poller::name`].
+    pub name: String,
+    /// Its counters, updated by the reactor.
+    pub counters: Arc<PollerCounters>,
+}
+
+/// Counters of one poller (SPDK's `run_count` and `busy_count`).
+#[derive(Debug, Default)]
+pub struct PollerCounters {
+    /// Times it was polled.
+    pub runs: AtomicU64,
+    /// Times it reported work ([`PollStatus::Busy`]).
+    pub busy: AtomicU64,
+}
+
+/// A poller with its id and counters, as the reactor holds it.
+struct Registered {
+    id: PollerId,
+    poller: Box<dyn Poller>,
+    counters: Arc<PollerCounters>,
 }
 
 /// A cloneable, `Send` handle to a reactor.
@@ -157,9 +187,9 @@ pub struct ReactorContext {
     epoll: Epoll,
     waker: Arc<EventFd>,
     next_id: u64,
-    added: Vec<(PollerId, Box<dyn Poller>)>,
+    added: Vec<Registered>,
     removed: Vec<PollerId>,
-    pollers: Vec<(PollerId, Box<dyn Poller>)>,
+    pollers: Vec<Registered>,
     handle: Option<ReactorHandle>,
     stop: bool,
 }
@@ -179,7 +209,7 @@ impl ReactorContext {
     pub fn add_poller(&mut self, p: Box<dyn Poller>) -> PollerId {
         self.next_id += 1;
         let id = PollerId(self.next_id);
-        self.added.push((id, p));
+        self.added.push(Registered { id, poller: p, counters: Arc::default() });
         id
     }
 
@@ -190,7 +220,7 @@ impl ReactorContext {
 
     /// Borrows a registered poller as its concrete type.
     pub fn poller_mut<T: Poller>(&mut self, id: PollerId) -> Option<&mut T> {
-        let p = self.pollers.iter_mut().chain(self.added.iter_mut()).find(|(pid, _)| *pid == id).map(|(_, p)| p)?;
+        let p = self.pollers.iter_mut().chain(self.added.iter_mut()).find(|r| r.id == id).map(|r| &mut r.poller)?;
         (p.as_mut() as &mut dyn Any).downcast_mut::<T>()
     }
 
@@ -225,12 +255,13 @@ impl ReactorContext {
         self.pollers.extend(added);
         let removed = std::mem::take(&mut self.removed);
         for id in removed {
-            if let Some(pos) = self.pollers.iter().position(|(pid, _)| *pid == id) {
-                let (_, mut p) = self.pollers.remove(pos);
-                p.on_unregister(self);
+            if let Some(pos) = self.pollers.iter().position(|r| r.id == id) {
+                let mut r = self.pollers.remove(pos);
+                r.poller.on_unregister(self);
             }
         }
-        *stats.pollers.lock().unwrap() = self.pollers.iter().map(|(_, p)| p.name()).collect();
+        *stats.pollers.lock().unwrap_or_else(|e| e.into_inner()) =
+            self.pollers.iter().map(|r| PollerStats { name: r.poller.name(), counters: r.counters.clone() }).collect();
     }
 }
 
@@ -279,6 +310,8 @@ impl Reactor {
             return;
         }
         let mut last_busy = Instant::now();
+        // Start of the span not yet counted as busy or idle time.
+        let mut mark = last_busy;
         loop {
             let mut busy = false;
             while let Ok(m) = self.rx.try_recv() {
@@ -288,8 +321,10 @@ impl Reactor {
             }
             self.ctx.apply_changes(&self.stats);
             let mut pollers = std::mem::take(&mut self.ctx.pollers);
-            for (_, p) in pollers.iter_mut() {
-                if p.poll(&mut self.ctx) == PollStatus::Busy {
+            for r in pollers.iter_mut() {
+                r.counters.runs.fetch_add(1, Ordering::Relaxed);
+                if r.poller.poll(&mut self.ctx) == PollStatus::Busy {
+                    r.counters.busy.fetch_add(1, Ordering::Relaxed);
                     busy = true;
                 }
             }
@@ -300,12 +335,16 @@ impl Reactor {
                 break;
             }
             let now = Instant::now();
+            let span = u64::try_from(now.duration_since(mark).as_nanos()).unwrap_or(u64::MAX);
+            mark = now;
             if busy {
                 self.stats.busy_iterations.fetch_add(1, Ordering::Relaxed);
+                self.stats.busy_ns.fetch_add(span, Ordering::Relaxed);
                 last_busy = now;
                 continue;
             }
             self.stats.idle_iterations.fetch_add(1, Ordering::Relaxed);
+            self.stats.idle_ns.fetch_add(span, Ordering::Relaxed);
             if now.duration_since(last_busy) < self.cfg.idle_window {
                 // Yield rather than spin: on a shared CPU a spinning reactor starves
                 // the very client whose next request it waits for.
@@ -316,9 +355,9 @@ impl Reactor {
             let mut pollers = std::mem::take(&mut self.ctx.pollers);
             let mut vetoed = false;
             let mut deadline = now + self.cfg.max_sleep;
-            for (_, p) in pollers.iter_mut() {
-                vetoed |= p.prepare_sleep(&mut self.ctx);
-                if let Some(d) = p.deadline() {
+            for r in pollers.iter_mut() {
+                vetoed |= r.poller.prepare_sleep(&mut self.ctx);
+                if let Some(d) = r.poller.deadline() {
                     deadline = deadline.min(d);
                 }
             }
@@ -333,6 +372,11 @@ impl Reactor {
             let timeout = deadline.saturating_duration_since(Instant::now());
             let woken = !timeout.is_zero() && self.ctx.epoll.wait(timeout) > 0;
             self.ctx.waker.drain();
+            let now = Instant::now();
+            self.stats
+                .idle_ns
+                .fetch_add(u64::try_from(now.duration_since(mark).as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+            mark = now;
             if woken {
                 // Something arrived: poll for a window, new work tends to come in bursts.
                 last_busy = Instant::now();
@@ -341,8 +385,8 @@ impl Reactor {
             // again at once.
         }
         let mut pollers = std::mem::take(&mut self.ctx.pollers);
-        for (_, p) in pollers.iter_mut() {
-            p.on_unregister(&mut self.ctx);
+        for r in pollers.iter_mut() {
+            r.poller.on_unregister(&mut self.ctx);
         }
     }
 }
@@ -466,7 +510,15 @@ mod tests {
         let s1 = r.stats().idle_iterations.load(Ordering::Relaxed);
         assert!(s1 - s0 < 100, "idle reactor spun {} times in 300 ms", s1 - s0);
         assert!(r.stats().sleeps.load(Ordering::Relaxed) > 0);
-        assert_eq!(*r.stats().pollers.lock().unwrap(), vec!["counter".to_string()]);
+        let pollers = r.stats().pollers.lock().unwrap().clone();
+        assert_eq!(pollers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["counter"]);
+        let (runs, busy) = (pollers[0].counters.runs.load(Ordering::Relaxed), pollers[0].counters.busy.load(Ordering::Relaxed));
+        assert_eq!(busy, 1000);
+        assert!(runs > busy, "idle polls are runs too: {runs}");
+        // Busy and idle time add up to about the reactor's life (600 ms of it idle).
+        let (b, i) = (r.stats().busy_ns.load(Ordering::Relaxed), r.stats().idle_ns.load(Ordering::Relaxed));
+        assert!(b > 0 && i >= 500_000_000, "busy {b} ns, idle {i} ns");
+        assert!(b + i < t.elapsed().as_nanos() as u64 + 50_000_000, "busy {b} + idle {i} ns exceed the wall time");
         rt.shutdown();
         assert!(!r.send(|_| {}));
     }

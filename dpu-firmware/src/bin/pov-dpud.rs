@@ -44,8 +44,10 @@ struct Args {
     /// The CA certificate(s) (PEM) that sign the proxies' certificates.
     #[arg(long, value_name = "FILE", env = "POV_DPUD_TLS_CA", requires = "tls_cert")]
     tls_ca: Option<PathBuf>,
-    /// Log level: off, error, warn, info, debug or trace; RUST_LOG adds per-module
-    /// filters (e.g. `RUST_LOG=pov_dpu_firmware=debug`) and wins where both speak.
+    /// Log level: off, error, warn, info, debug or trace (changed at run time with
+    /// the `log_set_level` RPC). RUST_LOG, when set, adds per-module filters (e.g.
+    /// `RUST_LOG=pov_dpu_firmware=debug`), wins where both speak and bounds what
+    /// `log_set_level` can raise the level to.
     #[arg(long, value_name = "LEVEL", env = "POV_DPUD_LOG_LEVEL", default_value = "info")]
     log_level: log::LevelFilter,
     /// Most JSON-RPC connections served at once; one more is answered with error -16
@@ -68,6 +70,23 @@ struct Args {
     /// request), or that takes no byte of an answer for that long. 0: never.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs_f64(), value_parser = parse_secs)]
     rpc_idle_timeout: f64,
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics, e.g.
+    /// `127.0.0.1:9464`; off by default. No authentication: bind a management address.
+    #[arg(long, value_name = "ADDR", env = "POV_DPUD_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// Logging with `level` as the run-time maximum (`log::set_max_level`, which
+/// `log_set_level` changes later): the logger itself passes everything unless RUST_LOG
+/// gives filters.
+fn init_logging(level: log::LevelFilter) {
+    let rust_log = std::env::var_os("RUST_LOG").is_some();
+    let base = if rust_log { level } else { log::LevelFilter::Trace };
+    let logger = env_logger::Builder::new().filter_level(base).parse_default_env().format_timestamp_micros().build();
+    let max = if rust_log { logger.filter() } else { level };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(max);
+    }
 }
 
 /// Seconds, 0 to one day, fractions allowed.
@@ -80,7 +99,7 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 
 fn main() {
     let args = Args::parse();
-    env_logger::Builder::new().filter_level(args.log_level).parse_default_env().format_timestamp_micros().init();
+    init_logging(args.log_level);
     let cores = match &args.cpus {
         Some(list) => match parse_cpu_list(list) {
             Ok(c) => c.into_iter().map(Some).collect(),
@@ -107,7 +126,15 @@ fn main() {
         (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
         _ => None,
     };
-    if let Err(e) = run(DaemonOptions { rpc_socket: args.rpc_socket, cores, reactor, config: args.config, rpc_limits, tls }) {
+    if let Err(e) = run(DaemonOptions {
+        rpc_socket: args.rpc_socket,
+        cores,
+        reactor,
+        config: args.config,
+        rpc_limits,
+        tls,
+        metrics_listen: args.metrics_listen,
+    }) {
         eprintln!("pov-dpud: {e:#}");
         std::process::exit(1);
     }

@@ -14,13 +14,13 @@
 //! * Methods are `<subsystem>_<object>_<verb>`; each decodes its parameters into an
 //!   options struct (unknown fields rejected) and calls the [`Daemon`] API. The method
 //!   table is assembled from the modules that own the methods ([`methods`]): the
-//!   framework methods here, [`crate::tenant`], [`crate::gathering`], the device
+//!   framework methods here, [`crate::stats`], [`crate::tenant`], [`crate::gathering`], the device
 //!   registry and each device kind ([`crate::kinds`]).
 //!
 //! | method | params | result |
 //! |---|---|---|
 //! | `rpc_get_methods` | `current?`, `include_aliases?` (ignored) | method names |
-//! | `framework_get_reactors` | — | see [`Daemon::reactors_info`] |
+//! | `framework_get_reactors`, `thread_get_stats`, `thread_get_pollers`, `bdev_get_bdevs`, `bdev_get_iostat`, `spdk_get_version`, `log_set_level`, `log_get_level`, `pov_get_reactors` | see [`crate::stats`] | |
 //! | `pov_tenant_create` | `name`, `secret` | `true` |
 //! | `pov_tenant_delete` | `name` | `true` |
 //! | `pov_tenant_get_tenants` | — | `[{"name"}]` |
@@ -120,7 +120,6 @@ pub type Handler = fn(&Daemon, Option<Value>) -> Result<Value, RpcError>;
 /// The framework methods (SPDK's).
 const FRAMEWORK: &[(&str, Handler)] = &[
     ("rpc_get_methods", rpc_get_methods),
-    ("framework_get_reactors", framework_get_reactors),
     ("save_config", save_config),
     ("framework_get_subsystems", framework_get_subsystems),
     ("framework_get_config", framework_get_config),
@@ -139,6 +138,7 @@ pub fn methods() -> Vec<(&'static str, Handler)> {
         crate::kinds::METHODS,
         crate::routes::METHODS,
         crate::qos::METHODS,
+        crate::stats::METHODS,
     ] {
         all.extend_from_slice(table);
     }
@@ -182,11 +182,6 @@ struct GetMethodsOpts {
 fn rpc_get_methods(_d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
     let _: GetMethodsOpts = params(p)?;
     Ok(json!(method_names()))
-}
-
-fn framework_get_reactors(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
-    let _: NoOpts = params(p)?;
-    Ok(d.reactors_info())
 }
 
 fn save_config(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {

@@ -25,7 +25,7 @@ mod backend;
 mod poller;
 pub mod request;
 
-pub use poller::{AdapterStats, BATCH};
+pub use poller::{AdapterStats, IoStat, BATCH, IOSTAT_TICK_RATE};
 
 use backend::{BlkBackend, ConnState, DeviceShared};
 use bdev_pov::{BlockDevice, GatheringControl};

@@ -20,7 +20,7 @@
 
 use super::backend::{ConnState, DeviceShared};
 use super::request::{parse_chain, GuestBuffer};
-use bdev_pov::{BlockCompletion, BlockDevice, BlockRequest, BlockStatus, GatheringControl};
+use bdev_pov::{BlockCompletion, BlockDevice, BlockOp, BlockRequest, BlockStatus, GatheringControl};
 use pov_runtime::{FdRegistry, PollStatus, Poller, ReactorContext};
 use serde::Serialize;
 use std::sync::atomic::Ordering;
@@ -51,6 +51,97 @@ pub struct AdapterStats {
     pub completions: u64,
 }
 
+/// Block IO counters of one device, in the shape of SPDK's `bdev_get_iostat`
+/// (`struct spdk_bdev_io_stat`): operations and bytes by type, and latency from the
+/// descriptor chain's arrival to its completion in ticks of [`IOSTAT_TICK_RATE`]
+/// (ns). `min_*` is 0 until the first IO of its type.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IoStat {
+    /// Bytes of completed READ IOs.
+    pub bytes_read: u64,
+    /// Completed READ IOs.
+    pub num_read_ops: u64,
+    /// Bytes of completed WRITE IOs.
+    pub bytes_written: u64,
+    /// Completed WRITE IOs.
+    pub num_write_ops: u64,
+    /// Bytes of completed unmap (not offered) IOs.
+    pub bytes_unmapped: u64,
+    /// Completed unmap (not offered) IOs.
+    pub num_unmap_ops: u64,
+    /// Bytes of completed copy (not offered) IOs.
+    pub bytes_copied: u64,
+    /// Completed copy (not offered) IOs.
+    pub num_copy_ops: u64,
+    /// Summed latency of READ IOs, ticks.
+    pub read_latency_ticks: u64,
+    /// Longest latency of READ IOs, ticks.
+    pub max_read_latency_ticks: u64,
+    /// Shortest latency of READ IOs, ticks.
+    pub min_read_latency_ticks: u64,
+    /// Summed latency of WRITE IOs, ticks.
+    pub write_latency_ticks: u64,
+    /// Longest latency of WRITE IOs, ticks.
+    pub max_write_latency_ticks: u64,
+    /// Shortest latency of WRITE IOs, ticks.
+    pub min_write_latency_ticks: u64,
+    /// Summed latency of unmap (not offered) IOs, ticks.
+    pub unmap_latency_ticks: u64,
+    /// Longest latency of unmap (not offered) IOs, ticks.
+    pub max_unmap_latency_ticks: u64,
+    /// Shortest latency of unmap (not offered) IOs, ticks.
+    pub min_unmap_latency_ticks: u64,
+    /// Summed latency of copy (not offered) IOs, ticks.
+    pub copy_latency_ticks: u64,
+    /// Longest latency of copy (not offered) IOs, ticks.
+    pub max_copy_latency_ticks: u64,
+    /// Shortest latency of copy (not offered) IOs, ticks.
+    pub min_copy_latency_ticks: u64,
+    /// FLUSHes completed (SPDK counts them only in its per-type error and channel
+    /// stats; PoV shows them here).
+    pub num_flush_ops: u64,
+    /// IOs completed with an error status (IOERR or UNSUPP).
+    pub num_io_errors: u64,
+}
+
+/// Ticks per second of [`IoStat`]'s latencies: nanoseconds.
+pub const IOSTAT_TICK_RATE: u64 = 1_000_000_000;
+
+impl IoStat {
+    fn record(&mut self, op: BlockOp, bytes: u64, ok: bool, ticks: u64) {
+        if !ok {
+            self.num_io_errors += 1;
+            return;
+        }
+        let (n, b, sum, max, min) = match op {
+            BlockOp::Read => (
+                &mut self.num_read_ops,
+                &mut self.bytes_read,
+                &mut self.read_latency_ticks,
+                &mut self.max_read_latency_ticks,
+                &mut self.min_read_latency_ticks,
+            ),
+            BlockOp::Write => (
+                &mut self.num_write_ops,
+                &mut self.bytes_written,
+                &mut self.write_latency_ticks,
+                &mut self.max_write_latency_ticks,
+                &mut self.min_write_latency_ticks,
+            ),
+            BlockOp::Flush => {
+                self.num_flush_ops += 1;
+                return;
+            }
+            _ => return,
+        };
+        *n += 1;
+        *b += bytes;
+        *sum += ticks;
+        *max = (*max).max(ticks);
+        *min = if *min == 0 { ticks } else { (*min).min(ticks) };
+    }
+}
+
 /// A request in flight: where its completion goes.
 struct Inflight {
     conn: Arc<ConnState>,
@@ -59,6 +150,10 @@ struct Inflight {
     head: u16,
     status: GuestAddress,
     mem: Arc<GuestMemoryMmap>,
+    /// For the IO statistics: type, data bytes, arrival.
+    op: BlockOp,
+    bytes: u64,
+    since: Instant,
 }
 
 /// What to put in a used element.
@@ -133,6 +228,7 @@ pub(crate) struct DevicePoller {
     chains: Vec<DescriptorChain<Arc<GuestMemoryMmap>>>,
     completions: Vec<BlockCompletion>,
     stats: AdapterStats,
+    iostat: IoStat,
     shut_down: bool,
     gathering: GatheringControl,
     /// Version of `gathering` last applied (`u64::MAX`: never).
@@ -160,6 +256,7 @@ impl DevicePoller {
             chains: Vec::with_capacity(BATCH),
             completions: Vec::new(),
             stats: AdapterStats::default(),
+            iostat: IoStat::default(),
             shut_down: false,
             gathering,
             gathering_version: u64::MAX,
@@ -189,6 +286,17 @@ impl DevicePoller {
             "device": self.dev.stats_json(),
             "vhost": vhost,
             "in_flight": self.inflight.len(),
+            "bdev": {
+                "block_size": self.dev.block_size(),
+                "num_blocks": self.dev.capacity_sectors() * 512 / u64::from(self.dev.block_size().max(1)),
+                "supported_io_types": {
+                    "read": self.dev.io_type_supported(BlockOp::Read),
+                    "write": self.dev.io_type_supported(BlockOp::Write),
+                    "flush": self.dev.io_type_supported(BlockOp::Flush),
+                    "unmap": false, "write_zeroes": false, "reset": false, "nvme_admin": false, "nvme_io": false,
+                },
+                "iostat": self.iostat,
+            },
         })
     }
 
@@ -274,6 +382,7 @@ impl DevicePoller {
             }
             match parsed {
                 Ok(req) => {
+                    let buf = Box::new(GuestBuffer::new(mem.clone(), req.data));
                     let tag = self.inflight.insert(Inflight {
                         conn: conn.clone(),
                         queue,
@@ -281,9 +390,11 @@ impl DevicePoller {
                         head,
                         status: req.status,
                         mem: mem.clone(),
+                        op: req.op,
+                        bytes: bdev_pov::IoBuffer::len(buf.as_ref()) as u64,
+                        since: Instant::now(),
                     });
                     self.stats.requests += 1;
-                    let buf = Box::new(GuestBuffer::new(mem.clone(), req.data));
                     self.dev.submit(BlockRequest { op: req.op, offset: req.offset, buf, tag });
                 }
                 Err(bad) => {
@@ -312,6 +423,8 @@ impl DevicePoller {
                 log::warn!("{}: completion with unknown tag {:#x}", self.shared.name, c.tag);
                 continue;
             };
+            let ticks = u64::try_from(inf.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.iostat.record(inf.op, inf.bytes, c.status == BlockStatus::Ok, ticks);
             self.finish(Finish {
                 conn: inf.conn,
                 queue: inf.queue,
