@@ -25,10 +25,20 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 for pkg in ceph-mon ceph-osd ceph-mds ceph-common librados-dev librbd-dev libcephfs-dev libclang-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
 done
+# scripts/prometheus-test: a real Prometheus server scraping both daemons.
+command -v prometheus >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+  # Packages with a service (prometheus, ceph) must not start it on install: the tests
+  # start their own, on loopback, and stop them. policy-rc.d's 101 = "action forbidden".
+  policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null && $SUDO chmod 755 /usr/sbin/policy-rc.d
+    policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" || { [ -n "$policy" ] && $SUDO rm -f /usr/sbin/policy-rc.d; exit 1; }
+  [ -n "$policy" ] && $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 if ! command -v cargo >/dev/null; then
   [ -x "$HOME/.cargo/bin/cargo" ] || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }

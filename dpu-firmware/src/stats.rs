@@ -7,7 +7,7 @@
 //! | `thread_get_stats` | — | `{"tick_rate", "threads": [{"name", "id", "cpumask", "busy", "idle", "active_pollers_count", "timed_pollers_count", "paused_pollers_count"}]}` |
 //! | `thread_get_pollers` | — | `{"tick_rate", "threads": [{"name", "id", "active_pollers": [{"name", "state", "run_count", "busy_count"}], "timed_pollers", "paused_pollers"}]}` |
 //! | `bdev_get_bdevs` | `name?`, `timeout?` (ignored) | `[{"name", "aliases", "product_name", "block_size", "num_blocks", "claimed", "zoned", "supported_io_types", "driver_specific": {"pov": ..}}]` |
-//! | `bdev_get_iostat` | `name?` | `{"tick_rate", "ticks", "bdevs": [{"name", "bytes_read", "num_read_ops", .., "read_latency_ticks", ..}]}` |
+//! | `bdev_get_iostat` | `name?`, `per_channel?` (`true` refused) | `{"tick_rate", "ticks", "bdevs": [{"name", "bytes_read", "num_read_ops", .., "read_latency_ticks", ..}]}` |
 //! | `spdk_get_version` | — | `{"version", "fields": {"major", "minor", "patch", "suffix"}}` |
 //! | `log_set_level`, `log_set_print_level` | `level` (`ERROR`, `WARNING`, `NOTICE`, `INFO`, `DEBUG`, `DISABLED`) | `true` |
 //! | `log_get_level`, `log_get_print_level` | — | the level's name |
@@ -202,6 +202,9 @@ struct BdevOpts {
 struct IostatOpts {
     #[serde(default)]
     name: Option<String>,
+    /// SPDK's per-io-channel breakdown; PoV counts per device only.
+    #[serde(default)]
+    per_channel: Option<bool>,
 }
 
 /// `(name, live counters)` of every bdev, or only `name`.
@@ -257,6 +260,9 @@ fn ticks_now() -> u64 {
 
 fn bdev_get_iostat(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
     let o: IostatOpts = params(p)?;
+    if o.per_channel == Some(true) {
+        return Err(RpcError::invalid_params("per_channel: PoV keeps bdev statistics per device, not per io channel"));
+    }
     let out: Vec<Value> = bdevs(d, o.name.as_deref())?
         .into_iter()
         .map(|(id, b)| {

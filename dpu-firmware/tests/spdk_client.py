@@ -83,8 +83,54 @@ class SpdkClient(unittest.TestCase):
     def test_framework_get_reactors(self):
         r = self.c.framework_get_reactors()
         self.assertGreaterEqual(len(r["reactors"]), 1)
-        pollers = [p["name"] for x in r["reactors"] for p in x["pollers"]]
+        self.assertEqual(r["tick_rate"], 10**9)
+        # Exactly the fields spdk_top's decoders take (they reject unknown keys).
+        self.assertEqual(sorted(r["reactors"][0]), ["busy", "idle", "lcore", "lw_threads"])
+        self.assertGreater(r["reactors"][0]["busy"] + r["reactors"][0]["idle"], 0)
+        t = self.c.thread_get_pollers()
+        pollers = [p["name"] for x in t["threads"] for p in x["active_pollers"]]
         self.assertIn("vhost_blk_pov0", pollers)
+        s = self.c.thread_get_stats()
+        self.assertEqual(sorted(s["threads"][0]), ["active_pollers_count", "busy", "cpumask", "id", "idle",
+                                                   "name", "paused_pollers_count", "timed_pollers_count"])
+        self.assertEqual(s["threads"][0]["id"], 1)
+
+    def test_bdev_statistics_count_real_io(self):
+        """pov-host lists the device's root: block IO the adapter counts, seen through
+        SPDK's bdev_get_iostat (client method and command line)."""
+        bdevs = self.c.bdev_get_bdevs(name="pov0")
+        self.assertEqual(len(bdevs), 1)
+        self.assertEqual((bdevs[0]["name"], bdevs[0]["block_size"]), ("pov0", 512))
+        self.assertGreater(bdevs[0]["num_blocks"], 0)
+        before = self.c.bdev_get_iostat(name="pov0")["bdevs"][0]
+        env = dict(os.environ, POV_DEVICE="vhost-user:" + os.path.join(os.path.dirname(SOCK), "pov0.sock"))
+        r = subprocess.run([os.path.join(BIN, "pov-host"), "ls", "pov:/"], capture_output=True, text=True,
+                           timeout=60, env=env)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        io = self.c.bdev_get_iostat(name="pov0")
+        self.assertEqual(io["tick_rate"], 10**9)
+        after = io["bdevs"][0]
+        self.assertGreater(after["num_read_ops"], before["num_read_ops"])
+        self.assertGreater(after["num_write_ops"], before["num_write_ops"])
+        self.assertGreater(after["bytes_written"], before["bytes_written"])
+        self.assertGreater(after["read_latency_ticks"], before["read_latency_ticks"])
+        self.assertGreaterEqual(after["max_read_latency_ticks"], after["min_read_latency_ticks"])
+        # The device's per-tenant counters saw the session and its List request.
+        dev = self.c.pov_device_get_devices(name="pov0")[0]
+        tenants = {t["tenant"]: t for t in dev["stats"]["tenants"]}
+        self.assertGreaterEqual(tenants[os.environ.get("POV_TENANT", "spdk")]["by_op"].get("list", 0), 1)
+        self.expect_error(-19, "bdev_get_iostat", name="no-such-bdev")
+
+    def test_version_and_log_level(self):
+        v = self.c.spdk_get_version()
+        self.assertTrue(v["version"].startswith("PoV v"), v)
+        self.assertEqual(sorted(v["fields"]), ["major", "minor", "patch", "suffix"])
+        self.assertEqual(self.c.log_get_level(), "INFO")
+        self.assertEqual(self.c.log_set_level(level="DEBUG"), True)
+        self.assertEqual(self.c.log_get_level(), "DEBUG")
+        self.assertEqual(self.c.log_get_print_level(), "DEBUG")
+        self.assertEqual(self.c.log_set_level(level="INFO"), True)
+        self.expect_error(-32602, "log_set_level", level="verbose")
 
     def test_tenant_device_and_save_config(self):
         path = key_file("spdk-t.key", "spdk-secret")
@@ -211,6 +257,12 @@ class SpdkClient(unittest.TestCase):
         r = run("framework_get_reactors")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("reactors", json.loads(r.stdout))
+        for cmd in (["bdev_get_iostat"], ["bdev_get_bdevs"], ["thread_get_stats"], ["thread_get_pollers"],
+                    ["spdk_get_version"], ["log_get_level"]):
+            r = run(*cmd)
+            self.assertEqual(r.returncode, 0, " ".join(cmd) + ": " + r.stdout + r.stderr)
+            json.loads(r.stdout)
+        self.assertIn("pov0", [b["name"] for b in json.loads(run("bdev_get_iostat").stdout)["bdevs"]])
         r = run("save_config")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertEqual(json.loads(r.stdout)["subsystems"][0]["subsystem"], "pov")
@@ -225,7 +277,7 @@ class SpdkClient(unittest.TestCase):
         r = run("keyring_file_remove_key", "cli-key")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         # An SPDK method pov-dpud does not have: a clear error and exit status 1.
-        r = run("bdev_get_bdevs")
+        r = run("nvmf_get_subsystems")
         self.assertEqual(r.returncode, 1)
         self.assertIn("-32601", r.stdout + r.stderr)
 

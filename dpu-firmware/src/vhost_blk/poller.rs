@@ -791,7 +791,17 @@ mod tests {
         let mut s = Slab::default();
         let m = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4096)]).unwrap());
         let conn = Arc::new(ConnState::new(0, 1, GuestMemoryAtomic::new(GuestMemoryMmap::new())));
-        let mk = || Inflight { conn: conn.clone(), queue: 0, generation: 0, head: 0, status: GuestAddress(0), mem: m.clone() };
+        let mk = || Inflight {
+            conn: conn.clone(),
+            queue: 0,
+            generation: 0,
+            head: 0,
+            status: GuestAddress(0),
+            mem: m.clone(),
+            op: BlockOp::Read,
+            bytes: 0,
+            since: Instant::now(),
+        };
         let a = s.insert(mk());
         assert!(s.take(a).is_some());
         assert!(s.take(a).is_none());
