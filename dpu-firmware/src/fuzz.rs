@@ -555,7 +555,7 @@ pub fn rpc(data: &[u8]) {
     }
     // The server's entry point for decoded values as well.
     if let Ok(v) = serde_json::from_slice::<Value>(raw) {
-        if let Some(r) = handle_value(&bare, v) {
+        if let Some(r) = handle_value(&*bare, v) {
             match &r {
                 Value::Array(rs) => rs.iter().for_each(|r| check_response(r, None)),
                 r => check_response(r, None),

@@ -40,4 +40,3 @@ pub mod tenant;
 pub mod vhost_blk;
 
 mod sys;
-mod util;

@@ -252,6 +252,6 @@ fn pov_rpc_says_when_no_daemon_runs() {
         let out = pov_rpc(&sock, &["spdk_get_version"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1));
-        assert!(err.contains("pov-dpud is not running") && err.contains("--rpc-socket"), "{err}");
+        assert!(err.contains("no daemon is listening") && err.contains("--rpc-socket"), "{err}");
     }
 }

@@ -201,24 +201,14 @@ impl fmt::Display for StatusError {
 
 impl std::error::Error for StatusError {}
 
-/// Lower-case name of an operation, for messages.
-pub fn op_name(op: Op) -> &'static str {
-    match op {
-        Op::Open => "open",
-        Op::Close => "close",
-        Op::Read => "read",
-        Op::Write => "write",
-        Op::Append => "append",
-        Op::Truncate => "truncate",
-        Op::Stat => "stat",
-        Op::List => "list",
-        Op::Remove => "remove",
-        Op::Fsync => "fsync",
-        Op::VolumeOpen => "volume open",
-        Op::VolumeRead => "volume read",
-        Op::VolumeWrite => "volume write",
-        Op::VolumeFlush => "volume flush",
-        Op::Ping => "ping",
+/// Lower-case name of an operation, for messages ([`Op::name`] with spaces:
+/// `"volume open"`).
+pub fn op_name(op: Op) -> std::borrow::Cow<'static, str> {
+    let n = op.name();
+    if n.contains('_') {
+        n.replace('_', " ").into()
+    } else {
+        n.into()
     }
 }
 

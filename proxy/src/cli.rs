@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! pov-proxy [--listen ENDPOINT] [--backend SPEC] [--reactors N | --cpus LIST] [--log-level LEVEL]
+//!           [--rpc-socket PATH] [--metrics-listen ADDR] [--stats-file FILE]
 //!           [--tls-cert FILE --tls-key FILE --tls-ca FILE --enrolled FILE [--tls-handshake-timeout-ms MS]]
 //!           [--insecure-tcp] [--max-outstanding-bytes SIZE] [--max-requests N]
 //!           [--frame-timeout SECS] [--idle-timeout SECS]
@@ -170,6 +171,16 @@ pub struct Args {
     /// `127.0.0.1:9465`; off by default. No authentication: bind a management address.
     #[arg(long, value_name = "ADDR", env = "POV_PROXY_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Serve the JSON-RPC control socket (SPDK's conventions; `pov-rpc -s PATH
+    /// proxy_get_stats`, `rpc_get_methods` lists the methods) at PATH; off by
+    /// default. Whoever may connect to PATH (its permissions) may read every counter
+    /// and change the log level.
+    #[arg(long, value_name = "PATH", env = "POV_PROXY_RPC_SOCKET")]
+    pub rpc_socket: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub rpc: pov_jsonrpc::cli::RpcArgs,
 }
 
 /// `on` or `off`.
@@ -365,8 +376,8 @@ impl Args {
 /// ([`Args::peers`]), or the server cannot start (bad backend directory, address in
 /// use, ...).
 pub fn run(args: Args) -> anyhow::Result<()> {
-    // The same format as pov-dpud's: microsecond timestamps.
-    let _ = env_logger::Builder::new().filter_level(args.log_level).parse_default_env().format_timestamp_micros().try_init();
+    // The same logger as pov-dpud's (log_set_level changes the level at run time).
+    pov_jsonrpc::common::init_logging(args.log_level);
     // signal-hook's handlers only write to a self-pipe; `forever()` below reads it (the
     // same design as `pov-dpud`).
     if let Some(list) = &args.cpus {
@@ -406,10 +417,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let rpc = match &args.rpc_socket {
+        Some(path) => Some(
+            pov_jsonrpc::RpcServer::start_with(path, server.clone(), args.rpc.limits())
+                .with_context(|| format!("starting the control socket (--rpc-socket {})", path.display()))?,
+        ),
+        None => None,
+    };
     let sig = signals.forever().next().context("waiting for a termination signal")?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    // Joins its thread: no scrape holds the server past this point.
+    // Each joins its threads: no scrape or call holds the server past this point.
     drop(metrics);
+    drop(rpc);
     if let Some(w) = writer {
         let _ = w.join();
     }

@@ -22,7 +22,8 @@
 //!   first, a PID controller bounding BC requests at the backend (paper §4.5).
 //! * [`cluster`]: cluster membership, route table and redirects.
 //! * [`stats`]: per-tenant and server-wide counters (`--stats-file` writes them with
-//!   the QoS stage's).
+//!   the QoS stage's); [`metrics`] serves them to Prometheus (`--metrics-listen`) and
+//!   [`rpc`] over the JSON-RPC control socket (`--rpc-socket`).
 //! * [`cli`]: the `pov-proxy` command line (the binary only parses and calls
 //!   [`cli::run`]).
 //! * [`sys`]: the crate's only `unsafe` code (`*at` system calls, the Ceph libraries).
@@ -48,6 +49,7 @@ pub mod cluster;
 pub mod metrics;
 pub mod offload;
 pub mod qos;
+pub mod rpc;
 pub mod server;
 pub mod service;
 pub mod stats;

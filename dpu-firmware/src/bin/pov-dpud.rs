@@ -2,10 +2,7 @@
 
 use clap::Parser;
 use pov_dpu_firmware::app::{parse_cpu_list, run, DaemonOptions};
-use pov_dpu_firmware::rpc::{
-    RpcLimits, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RPC_SOCKET,
-    MAX_REQUEST_BYTES, MIN_RESPONSE_BYTES,
-};
+use pov_dpu_firmware::rpc::DEFAULT_RPC_SOCKET;
 use pov_runtime::transport::tls::TlsFiles;
 use pov_runtime::ReactorConfig;
 use std::path::PathBuf;
@@ -50,56 +47,17 @@ struct Args {
     /// `log_set_level` can raise the level to.
     #[arg(long, value_name = "LEVEL", env = "POV_DPUD_LOG_LEVEL", default_value = "info")]
     log_level: log::LevelFilter,
-    /// Most JSON-RPC connections served at once; one more is answered with error -16
-    /// ("too many connections") and closed.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS as u32,
-          value_parser = clap::value_parser!(u32).range(1..=65536))]
-    rpc_max_connections: u32,
-    /// Most calls in one JSON-RPC batch (array); a larger batch is answered with one
-    /// -32600 error and none of its calls runs.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_BATCH as u32,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    rpc_max_batch: u32,
-    /// Largest JSON-RPC answer, bytes; a call whose answer is larger gets a -32603
-    /// error instead (min 1024).
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_RESPONSE_BYTES as u64,
-          value_parser = clap::value_parser!(u64).range(MIN_RESPONSE_BYTES as u64..=1 << 32))]
-    rpc_max_response_bytes: u64,
-    /// Close a JSON-RPC connection that has not sent a complete request this many
-    /// seconds after connecting or after its last answer (nothing, or half a
-    /// request), or that takes no byte of an answer for that long. 0: never.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs_f64(), value_parser = parse_secs)]
-    rpc_idle_timeout: f64,
+    #[command(flatten)]
+    rpc: pov_jsonrpc::cli::RpcArgs,
     /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics, e.g.
     /// `127.0.0.1:9464`; off by default. No authentication: bind a management address.
     #[arg(long, value_name = "ADDR", env = "POV_DPUD_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
 }
 
-/// Logging with `level` as the run-time maximum (`log::set_max_level`, which
-/// `log_set_level` changes later): the logger itself passes everything unless RUST_LOG
-/// gives filters.
-fn init_logging(level: log::LevelFilter) {
-    let rust_log = std::env::var_os("RUST_LOG").is_some();
-    let base = if rust_log { level } else { log::LevelFilter::Trace };
-    let logger = env_logger::Builder::new().filter_level(base).parse_default_env().format_timestamp_micros().build();
-    let max = if rust_log { logger.filter() } else { level };
-    if log::set_boxed_logger(Box::new(logger)).is_ok() {
-        log::set_max_level(max);
-    }
-}
-
-/// Seconds, 0 to one day, fractions allowed.
-fn parse_secs(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(v) if (0.0..=86_400.0).contains(&v) => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds from 0 to 86400")),
-    }
-}
-
 fn main() {
     let args = Args::parse();
-    init_logging(args.log_level);
+    pov_jsonrpc::common::init_logging(args.log_level);
     let cores = match &args.cpus {
         Some(list) => match parse_cpu_list(list) {
             Ok(c) => c.into_iter().map(Some).collect(),
@@ -114,14 +72,6 @@ fn main() {
     if let Some(us) = args.poll_idle_us {
         reactor.idle_window = Duration::from_micros(us);
     }
-    let rpc_limits = RpcLimits {
-        max_connections: args.rpc_max_connections as usize,
-        max_request_bytes: MAX_REQUEST_BYTES,
-        max_batch: args.rpc_max_batch as usize,
-        max_response_bytes: usize::try_from(args.rpc_max_response_bytes).unwrap_or(usize::MAX),
-        idle_timeout: (args.rpc_idle_timeout > 0.0).then(|| Duration::from_secs_f64(args.rpc_idle_timeout)),
-        ..RpcLimits::default()
-    };
     let tls = match (args.tls_cert, args.tls_key, args.tls_ca) {
         (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
         _ => None,
@@ -131,7 +81,7 @@ fn main() {
         cores,
         reactor,
         config: args.config,
-        rpc_limits,
+        rpc_limits: args.rpc.limits(),
         tls,
         metrics_listen: args.metrics_listen,
     }) {

@@ -1,4 +1,5 @@
-//! `pov-rpc`: call a `pov-dpud` JSON-RPC method (our `rpc.py`).
+//! `pov-rpc`: call a JSON-RPC method of `pov-dpud` (or of `pov-proxy --rpc-socket`;
+//! our `rpc.py`).
 
 use clap::Parser;
 use pov_dpu_firmware::rpc::client::{call, params_from_arg, ClientError};
@@ -6,11 +7,12 @@ use pov_dpu_firmware::rpc::DEFAULT_RPC_SOCKET;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Calls METHOD on pov-dpud's control socket and prints the result as JSON.
+/// Calls METHOD on pov-dpud's control socket (or, with -s, pov-proxy's) and prints
+/// the result as JSON.
 #[derive(Parser)]
 #[command(name = "pov-rpc", version)]
 struct Args {
-    /// Control socket of pov-dpud.
+    /// Control socket: pov-dpud's (`--rpc-socket`), or pov-proxy's (`--rpc-socket`).
     #[arg(short = 's', long = "server", value_name = "SOCK", default_value = DEFAULT_RPC_SOCKET)]
     server: PathBuf,
     /// Seconds to wait for the answer.
@@ -56,8 +58,8 @@ fn main() {
         Err(ClientError::Io(e)) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
             let sock = args.server.display();
             eprintln!(
-                "pov-rpc: pov-dpud is not running on {sock} ({e}): start it with `pov-dpud --rpc-socket {sock}`, \
-                 or name its socket with -s PATH"
+                "pov-rpc: no daemon is listening on {sock} ({e}): start it with `pov-dpud --rpc-socket {sock}` \
+                 (or `pov-proxy --rpc-socket {sock}`), or name its socket with -s PATH"
             );
             std::process::exit(1);
         }

@@ -263,7 +263,7 @@ fn thread_name(prefix: &str, name: &str) -> String {
 
 /// Binds the socket, replacing a stale socket file.
 fn bind(path: &Path) -> Result<Listener, VhostBlkError> {
-    crate::util::claim_socket_path(path).map_err(|e| match e.kind() {
+    pov_jsonrpc::claim_socket_path(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => VhostBlkError::SocketInUse(path.to_path_buf()),
         _ => VhostBlkError::Socket { path: path.to_path_buf(), source: e },
     })?;

@@ -3,7 +3,7 @@
 //! limits").
 //!
 //! * **Threads**: `rpc-poll` accepts, reads, splits the stream into JSON values
-//!   ([`super::scan`]) and writes answers with non-blocking IO, sleeping in `poll(2)`
+//!   ([`crate::scan`]) and writes answers with non-blocking IO, sleeping in `poll(2)`
 //!   when nothing happens; `rpc-worker-N` ([`RpcLimits::workers`]) parse and run
 //!   calls, so a slow call (a volume open waiting for a proxy) holds one worker, not
 //!   the socket. The thread count does not depend on the number of clients.
@@ -25,9 +25,8 @@
 //!   limit plus one such error per call that did not fit (at most `max_batch` of
 //!   them).
 
-use super::scan::{Scan, Scanner};
-use super::{codes, error_response, handle_value, RpcError};
-use crate::daemon::Daemon;
+use crate::scan::{Scan, Scanner};
+use crate::{codes, error_response, handle_value, RpcError, Service};
 use pov_runtime::sys::EventFd;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use serde_json::Value;
@@ -87,7 +86,7 @@ impl Default for RpcLimits {
     fn default() -> Self {
         RpcLimits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_request_bytes: super::MAX_REQUEST_BYTES,
+            max_request_bytes: crate::MAX_REQUEST_BYTES,
             max_batch: DEFAULT_MAX_BATCH,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
@@ -132,23 +131,23 @@ impl std::fmt::Debug for RpcServer {
 }
 
 impl RpcServer {
-    /// Listens on `path` (a stale socket file there is replaced) and serves `daemon`
+    /// Listens on `path` (a stale socket file there is replaced) and serves `service`
     /// with the default [`RpcLimits`].
     ///
     /// # Errors
     /// As [`RpcServer::start_with`].
-    pub fn start(path: &Path, daemon: Arc<Daemon>) -> io::Result<RpcServer> {
-        RpcServer::start_with(path, daemon, RpcLimits::default())
+    pub fn start(path: &Path, service: Arc<dyn Service>) -> io::Result<RpcServer> {
+        RpcServer::start_with(path, service, RpcLimits::default())
     }
 
-    /// Listens on `path` and serves `daemon` within `limits`.
+    /// Listens on `path` and serves `service` within `limits`.
     ///
     /// # Errors
     /// [`io::ErrorKind::AddrInUse`] if another server listens on `path` or `path` is
     /// not a socket; any error from `bind`, creating the wake-up eventfd or starting
     /// the threads.
-    pub fn start_with(path: &Path, daemon: Arc<Daemon>, limits: RpcLimits) -> io::Result<RpcServer> {
-        crate::util::claim_socket_path(path)?;
+    pub fn start_with(path: &Path, service: Arc<dyn Service>, limits: RpcLimits) -> io::Result<RpcServer> {
+        crate::claim_socket_path(path)?;
         let listener = UnixListener::bind(path)?;
         listener.set_nonblocking(true)?;
         let limits = RpcLimits {
@@ -170,8 +169,8 @@ impl RpcServer {
             workers: Vec::new(),
         };
         for i in 0..limits.workers {
-            let (rx, done, d, l) = (jobs_rx.clone(), finished.clone(), daemon.clone(), limits.clone());
-            let t = std::thread::Builder::new().name(format!("rpc-worker-{i}")).spawn(move || worker(&d, &rx, &done, &l));
+            let (rx, done, d, l) = (jobs_rx.clone(), finished.clone(), service.clone(), limits.clone());
+            let t = std::thread::Builder::new().name(format!("rpc-worker-{i}")).spawn(move || worker(d.as_ref(), &rx, &done, &l));
             match t {
                 Ok(t) => server.workers.push(t),
                 Err(e) => {
@@ -240,13 +239,13 @@ impl Drop for RpcServer {
 }
 
 /// A worker: parses and runs one value at a time.
-fn worker(daemon: &Daemon, jobs: &Mutex<Receiver<Job>>, finished: &Finished, limits: &RpcLimits) {
+fn worker(service: &dyn Service, jobs: &Mutex<Receiver<Job>>, finished: &Finished, limits: &RpcLimits) {
     loop {
         let job = match jobs.lock().unwrap_or_else(|e| e.into_inner()).recv() {
             Ok(j) => j,
             Err(_) => return,
         };
-        let (answer, close) = answer(daemon, &job.value, limits);
+        let (answer, close) = answer(service, &job.value, limits);
         finished.list.lock().unwrap_or_else(|e| e.into_inner()).push(Done { conn: job.conn, answer, close });
         finished.wake.notify();
     }
@@ -265,12 +264,12 @@ fn line(v: &Value) -> Vec<u8> {
 
 /// Parses and answers one value: the answer's bytes (empty for notifications only)
 /// and whether the connection must close after it (a parse error).
-fn answer(daemon: &Daemon, value: &[u8], limits: &RpcLimits) -> (Vec<u8>, bool) {
+fn answer(service: &dyn Service, value: &[u8], limits: &RpcLimits) -> (Vec<u8>, bool) {
     let v: Value = match serde_json::from_slice(value) {
         Ok(v) => v,
         Err(e) => return (error_line(codes::PARSE_ERROR, format!("Parse error: {e}")), true),
     };
-    let Some(reply) = handle_value(daemon, v) else { return (Vec::new(), false) };
+    let Some(reply) = handle_value(service, v) else { return (Vec::new(), false) };
     (encode_bounded(reply, limits.max_response_bytes), false)
 }
 

@@ -1,4 +1,5 @@
-//! Small helpers shared by the socket servers.
+//! Unix socket paths shared by the daemons' socket servers (the control socket here,
+//! vhost-user sockets on the DPU).
 
 use std::io;
 use std::os::unix::fs::FileTypeExt;

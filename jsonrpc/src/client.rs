@@ -1,6 +1,6 @@
-//! A small JSON-RPC 2.0 client for the control socket (used by `pov-rpc` and tests).
+//! A small JSON-RPC 2.0 client for a control socket (used by `pov-rpc` and tests).
 
-use super::RpcError;
+use crate::RpcError;
 use serde_json::{json, Value};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
