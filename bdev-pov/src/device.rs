@@ -21,6 +21,7 @@ use pov_proto::admin::ADMIN_REQUEST_SIZE;
 use pov_proto::io::{flags, Op, RequestHeader, ResponseHeader, REQUEST_TAG_OFFSET};
 use pov_proto::layout::{ConfigSpace, Geometry, Region};
 use pov_proto::route::RouteInput;
+use pov_proto::trace::{nanos, Trace};
 use pov_proto::wire::ProxyRequestView;
 use pov_proto::Status;
 use pov_runtime::sched::{Fifo, Scheduler, Ticket};
@@ -267,6 +268,9 @@ struct InFlight {
     since: Instant,
     /// Its bytes counted in the device's BC work in flight (0 for LC).
     bc_bytes: u64,
+    /// A traced request ([`flags::TRACE`]): when its last try was sent, and how many
+    /// tries there were.
+    traced: Option<(Instant, u32)>,
 }
 
 /// How many times one request may be sent (the first try included).
@@ -591,7 +595,8 @@ impl PovDevice {
         let bytes = if h.op == Op::Read { u64::from(h.length) } else { u64::from(h.payload_len) };
         let bc_bytes = if tries.class == pov_runtime::qos::BC && windowed { bytes } else { 0 };
         let (class, since) = (tries.class, tries.since);
-        let mut ctx = InFlight { queue, request_id: h.request_id, op: h.op, open, resend: None, class, since, bc_bytes };
+        let traced = None;
+        let mut ctx = InFlight { queue, request_id: h.request_id, op: h.op, open, resend: None, class, since, bc_bytes, traced };
         for _ in 0..self.fwd.conns() {
             let resend = tries.count > 0;
             let avoid = |i: usize| tries.tried & conn_bit(i) != 0 || (resend && h.hint.forbids(i as u32));
@@ -602,6 +607,9 @@ impl PovDevice {
             // redirect: it was not run; only idempotent ones are resent after a failure).
             if tries.count < MAX_TRIES {
                 ctx.resend = Some(Resend { header: h.clone(), target: target.clone(), tries });
+            }
+            if view.trace {
+                ctx.traced = Some((Instant::now(), tries.count));
             }
             match self.fwd.send_until(conn, view, payload, ctx, tries.deadline) {
                 Ok(_) => {
@@ -862,6 +870,20 @@ impl DeviceState {
         flags: u32,
         payload: &[u8],
     ) {
+        self.respond_traced(queue, op, request_id, (status, result, flags), payload, None)
+    }
+
+    /// [`DeviceState::respond`] with the trace of a traced request: completed with the
+    /// DPU's total here and put in the response header ([`Trace`]).
+    pub(crate) fn respond_traced(
+        &mut self,
+        queue: u32,
+        op: u16,
+        request_id: u64,
+        (status, result, flags): (Status, u64, u32),
+        payload: &[u8],
+        mut trace: Option<Trace>,
+    ) {
         if status == Status::NotFound {
             self.stats.requests_not_found += 1;
         } else if !status.is_ok() {
@@ -871,6 +893,9 @@ impl DeviceState {
         let area = (queue / self.geometry.queues_per_area) as usize;
         let Some(s) = self.areas.get(area).and_then(Option::as_ref).filter(|s| s.id == q.owner.session_id) else { return };
         if let Some((since, data)) = q.current.take() {
+            if let Some(t) = trace.as_mut() {
+                t.dpu_ns = nanos(since.elapsed());
+            }
             if let Ok(o) = Op::from_u16(op) {
                 let read = if status.is_ok() && o == Op::Read { payload.len() as u64 } else { 0 };
                 let written = if status.is_ok() { data } else { 0 };
@@ -878,8 +903,9 @@ impl DeviceState {
             }
             s.counters.add_in_flight(-1);
         }
+        let flags = if trace.is_some() { flags | flags::TRACED } else { flags & !flags::TRACED };
         let h = ResponseHeader { op, status, queue_id: queue, request_id, result, payload_len: 0, flags };
-        q.respond(queue, h, payload, (&s.keys, s.protection), &mut self.out);
+        q.respond(queue, h, trace.as_ref(), payload, (&s.keys, s.protection), &mut self.out);
     }
 
     /// The session in the IO area of `queue` (queue IDs are numbered area by area), if
@@ -985,10 +1011,21 @@ impl DeviceState {
             }
             return self.respond(f.queue, f.op as u16, f.request_id, Status::Unavailable, 0, 0, &[]);
         }
-        let (mut status, mut result, flags, payload) = match outcome {
-            Outcome::Answered { status, result, flags, payload } => (status, result, flags, payload),
-            Outcome::Failed(status) => (status, 0, 0, &[][..]),
+        let (mut status, mut result, flags, payload, proxy) = match outcome {
+            Outcome::Answered { status, result, flags, payload, trace } => (status, result, flags, payload, trace),
+            Outcome::Failed(status) => (status, 0, 0, &[][..], None),
         };
+        // A traced request: the DPU's legs; respond() adds its total.
+        let trace = f.traced.map(|(sent, tries)| {
+            let accepted = self.queues.get(&f.queue).and_then(|q| q.current).map_or(f.since, |(t, _)| t);
+            Trace {
+                dpu_ns: 0,
+                dpu_queue_ns: nanos(sent.saturating_duration_since(accepted)),
+                proxy_rtt_ns: nanos(sent.elapsed()),
+                proxy,
+                tries,
+            }
+        });
         if let (Some(mut handle), true) = (f.open, status.is_ok()) {
             // The proxy's Open result is the file's location key.
             handle.location = result;
@@ -1016,7 +1053,7 @@ impl DeviceState {
                 }
             }
         }
-        self.respond(f.queue, f.op as u16, f.request_id, status, result, flags, payload);
+        self.respond_traced(f.queue, f.op as u16, f.request_id, (status, result, flags), payload, trace);
     }
 
     /// Answers `Invalid` to requests whose remaining bytes never came. Returns `true`

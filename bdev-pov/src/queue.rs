@@ -248,14 +248,15 @@ impl Queue {
         }
     }
 
-    /// Puts the response `header` (its `queue_id` and `payload_len` are set here) and
-    /// `payload` (at most 1 MiB kept) in the response slot, sealed with the session's
+    /// Puts the response `header` (its `queue_id` and `payload_len` are set here), the
+    /// `trace` of a traced request (in the header's reserved bytes) and `payload` (at most 1 MiB kept) in the response slot, sealed with the session's
     /// keys (`pov_proto::crypto`: encrypted with [`Protection::Confidential`]), ends
     /// the request in progress, and completes every parked READ into `out`.
     pub(crate) fn respond(
         &mut self,
         queue: u32,
         mut header: ResponseHeader,
+        trace: Option<&pov_proto::trace::Trace>,
         payload: &[u8],
         seal: (&SessionKeys, Protection),
         out: &mut Completions,
@@ -264,6 +265,9 @@ impl Queue {
         header.queue_id = queue;
         header.payload_len = payload.len() as u32;
         header.encode_into(&mut self.resp_buf[..HEADER_SIZE]);
+        if let Some(t) = trace {
+            t.encode_into(&mut self.resp_buf[..HEADER_SIZE]);
+        }
         self.resp_buf[HEADER_SIZE..HEADER_SIZE + payload.len()].copy_from_slice(payload);
         self.resp_len = HEADER_SIZE + payload.len();
         let (keys, protection) = seal;

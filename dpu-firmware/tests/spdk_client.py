@@ -1,4 +1,5 @@
-"""SPDK's own JSON-RPC client (PyPI package `spdk`) against pov-dpud's control socket.
+"""SPDK's own JSON-RPC client (PyPI package `spdk`) against pov-dpud's control socket (and
+a pov-proxy's, started here with --rpc-socket).
 
 Run by scripts/spdk-rpc-test, which installs the package in a venv, starts pov-proxy
 and pov-dpud and passes their coordinates in the environment:
@@ -332,6 +333,72 @@ class SpdkClient(unittest.TestCase):
         r = run("pov_device_delete", "-n", "plugdev")
         self.assertEqual(r.returncode, 1)
         self.assertIn('"code": -19', r.stdout)
+
+
+class SpdkClientOnProxy(unittest.TestCase):
+    """pov-proxy --rpc-socket: SPDK's client (library and spdk-rpc) reads its reactor
+    and thread statistics, its version and log level, and PoV's proxy_* methods."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sock = os.path.join(WORK, "proxy-rpc.sock")
+        cls.proxy = subprocess.Popen(
+            [os.path.join(BIN, "pov-proxy"), "--listen", "tcp:127.0.0.1:0", "--backend", "null",
+             "--reactors", "2", "--rpc-socket", cls.sock],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = cls.proxy.stdout.readline()
+        assert line.startswith("pov-proxy listening on "), line
+        for _ in range(100):
+            if os.path.exists(cls.sock):
+                break
+            time.sleep(0.05)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proxy.terminate()
+        cls.proxy.wait(timeout=30)
+
+    def setUp(self):
+        self.c = JSONRPCClient(self.sock, timeout=30.0)
+
+    def tearDown(self):
+        self.c.close()
+
+    def test_statistics_version_and_log_level(self):
+        methods = self.c.rpc_get_methods()
+        for m in ["proxy_get_stats", "proxy_get_tenants", "framework_get_reactors", "thread_get_stats",
+                  "log_set_level", "spdk_get_version"]:
+            self.assertIn(m, methods)
+        r = self.c.framework_get_reactors()
+        self.assertEqual(len(r["reactors"]), 2)
+        self.assertEqual(sorted(r["reactors"][0]), ["busy", "idle", "lcore", "lw_threads"])
+        s = self.c.thread_get_stats()
+        self.assertEqual([t["id"] for t in s["threads"]], [1, 2])
+        self.assertTrue(self.c.spdk_get_version()["version"].startswith("PoV v"))
+        self.assertEqual(self.c.log_set_level(level="DEBUG"), True)
+        self.assertEqual(self.c.log_get_level(), "DEBUG")
+        stats = self.c.call("proxy_get_stats")
+        self.assertEqual(stats["backend"], "null")
+        self.assertEqual(stats["server"]["frames"], 0)
+        self.assertEqual(self.c.call("proxy_get_tenants"), [])
+        with self.assertRaises(JSONRPCException) as cm:
+            self.c.call("proxy_get_tenants", {"name": "nobody"})
+        self.assertEqual(error_of(cm.exception)["code"], -19)
+        with self.assertRaises(JSONRPCException) as cm:
+            self.c.call("bdev_get_iostat")
+        self.assertEqual(error_of(cm.exception)["code"], -32601)
+
+    def test_spdk_rpc_command_line(self):
+        self.assertIsNotNone(SPDK_RPC, "spdk-rpc not on PATH")
+        for cmd in (["thread_get_stats"], ["thread_get_pollers"], ["framework_get_reactors"],
+                    ["spdk_get_version"], ["log_get_level"]):
+            r = subprocess.run([SPDK_RPC, "-s", self.sock, *cmd], capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, " ".join(cmd) + ": " + r.stdout + r.stderr)
+            json.loads(r.stdout)
+        r = subprocess.run([os.path.join(BIN, "pov-rpc"), "-s", self.sock, "proxy_get_stats"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("tenants", json.loads(r.stdout))
 
 
 if __name__ == "__main__":

@@ -98,6 +98,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub integrity_only: bool,
 
+    /// Print, for every request, where its time went (host↔DPU, DPU queue, network,
+    /// proxy queue, backend) as one `trace:` line on standard error
+    #[arg(long, global = true)]
+    pub trace: bool,
+
     /// More log output (-v info, -vv debug)
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
@@ -237,7 +242,11 @@ fn open_session(cli: &Cli) -> anyhow::Result<Session> {
         protection,
         ..SessionOptions::default()
     };
-    Ok(Session::open_with(&dev, tenant, &secret, &opts)?)
+    let session = Session::open_with(&dev, tenant, &secret, &opts)?;
+    if cli.trace {
+        session.set_tracer(Some(std::sync::Arc::new(|t: &crate::trace::RequestTrace| eprintln!("{t}"))));
+    }
+    Ok(session)
 }
 
 /// The secret from `file` (preferred; `-` is standard input) or the `POV_SECRET` value

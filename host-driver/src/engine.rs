@@ -215,6 +215,8 @@ pub(crate) struct Engine {
     /// How to open the session again; unset: no failover.
     reestablish: OnceLock<(Box<Reestablish>, Duration)>,
     failovers: AtomicU64,
+    /// With a tracer, every request is traced and its times reported to it.
+    tracer: RwLock<Option<crate::trace::Tracer>>,
 }
 
 /// A channel taken from the pool for one round trip; returned on drop.
@@ -267,7 +269,14 @@ impl Engine {
             next_handle: AtomicU64::new(1),
             reestablish: OnceLock::new(),
             failovers: AtomicU64::new(0),
+            tracer: RwLock::new(None),
         }
+    }
+
+    /// Installs (or, with `None`, removes) the tracer: while one is installed every
+    /// request carries the trace switch and its times are reported to it.
+    pub(crate) fn set_tracer(&self, tracer: Option<crate::trace::Tracer>) {
+        *self.tracer.write().unwrap_or_else(|e| e.into_inner()) = tracer;
     }
 
     /// Turns failover on: when the device loses the session (see [`Engine::call`]),
@@ -565,6 +574,8 @@ impl Engine {
         F: FnOnce(&ResponseHeader, &[u8]) -> io::Result<R>,
     {
         let geometry = self.device.geometry();
+        let tracer = self.tracer.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let started = Instant::now();
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let hdr = RequestHeader {
             op: c.op,
@@ -575,7 +586,7 @@ impl Engine {
             file_handle: handle,
             offset: c.offset,
             length: c.length,
-            flags: c.flags,
+            flags: if tracer.is_some() { c.flags | pov_proto::io::flags::TRACE } else { c.flags },
             payload_len: c.payload.len() as u32,
             hint: SdkHint { location_key: location, ..SdkHint::default() },
         };
@@ -631,6 +642,21 @@ impl Engine {
             .map_err(|e| {
                 Failure::Lost(protocol_error(format!("queue {}: response to request {request_id}: {e}", ch.queue_id)), None)
             })?;
+        if let Some(t) = tracer {
+            let traced = resp.flags & pov_proto::io::flags::TRACED != 0;
+            t(&crate::trace::RequestTrace {
+                op: c.op,
+                target: c.target.to_string(),
+                status: resp.status,
+                bytes: match c.op {
+                    Op::Read => u64::from(resp.payload_len),
+                    op if op.carries_data() => c.payload.len() as u64,
+                    _ => 0,
+                },
+                host: started.elapsed(),
+                dpu: traced.then(|| pov_proto::trace::Trace::decode(&ch.resp[..HEADER_SIZE])).flatten(),
+            });
+        }
         if !resp.status.is_ok() {
             let e = status_error(resp.status, c.op, c.target);
             if resp.status == Status::BadSession {

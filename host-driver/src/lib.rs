@@ -75,6 +75,7 @@ pub mod kernel;
 pub mod mem;
 pub mod session;
 pub mod spec;
+pub mod trace;
 pub mod transport;
 pub mod vhost;
 
@@ -93,4 +94,5 @@ pub use pov_proto::entry::{DirEntry, Kind, Stat};
 pub use pov_proto::Status;
 pub use session::{Session, SessionInfo, SessionOptions};
 pub use spec::{DeviceOptions, DeviceSpec};
+pub use trace::{RequestTrace, Tracer};
 pub use transport::BlockTransport;

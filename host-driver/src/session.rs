@@ -318,6 +318,14 @@ impl Session {
         self.engine.health().heartbeats()
     }
 
+    /// Traces every request of this session (and of its [`File`]s) from now on,
+    /// reporting each one's times to `tracer` ([`crate::trace`]); `None` stops.
+    /// Tracing costs a little on the DPU and the proxy (a few clock readings and 24
+    /// bytes per answer) and whatever `tracer` does, on the thread of the request.
+    pub fn set_tracer(&self, tracer: Option<crate::trace::Tracer>) {
+        self.engine.set_tracer(tracer);
+    }
+
     /// `Ok` while the session is open and the device has not reclaimed it.
     ///
     /// Errors: `NotConnected`, saying whether the session was closed or lost.

@@ -205,8 +205,12 @@ pub mod flags {
     pub const SYNC: u32 = 1 << 4;
     /// Response to List: more entries remain after the ones returned.
     pub const MORE: u32 = 1 << 8;
-    /// Request: ask the proxy to trace this request.
+    /// Request: trace this request (each stage reports its times, [`crate::trace`]).
     pub const TRACE: u32 = 1 << 9;
+    /// Response (IO and proxy): a trace block is present ([`crate::trace::Trace`] in
+    /// the IO response header, [`crate::trace::ProxyTrace`] after the proxy
+    /// response header).
+    pub const TRACED: u32 = 1 << 10;
 }
 
 /// SDK hint (paper §4.3.2): information the host SDK passes to the proxy side for
@@ -398,10 +402,11 @@ pub struct PeekedIds {
 /// | 16 | 8 | request ID echoed |
 /// | 24 | 8 | result (see [`Op`]) |
 /// | 32 | 4 | payload length, bytes |
-/// | 36 | 4 | flags ([`flags::MORE`]) |
+/// | 36 | 4 | flags ([`flags::MORE`], [`flags::TRACED`]) |
 /// | 40 | 8 | reserved (0) |
 /// | 48 | 16 | AES-256-GCM tag ([`crate::crypto::SessionKeys::seal_response`]: header authenticated, payload encrypted or authenticated) |
-/// | 64 | 448 | reserved (0) |
+/// | 64 | 64 | with [`flags::TRACED`]: the request's trace ([`crate::trace::Trace`]), else reserved (0) |
+/// | 128 | 384 | reserved (0) |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHeader {
     pub op: u16,

@@ -38,6 +38,7 @@ pub mod path;
 pub mod route;
 pub mod status;
 pub mod testing;
+pub mod trace;
 pub mod wire;
 
 mod codec;

@@ -8,7 +8,9 @@
 //! [`crate::route`]), so that a proxy can tell a request routed by a stale table.
 
 use crate::codec::*;
+use crate::io::flags::TRACED;
 use crate::io::{Op, SdkHint, MAX_PATH};
+use crate::trace::{ProxyTrace, PROXY_TRACE_LEN};
 use crate::{DecodeError, Status, MAX_IO_BYTES, PROTOCOL_VERSION};
 
 /// Magic of a proxy request: ASCII `PoVP`.
@@ -286,9 +288,10 @@ impl ProxyRequest {
 /// | 16 | 4 | status ([`Status`]) |
 /// | 20 | 4 | payload length |
 /// | 24 | 8 | result (as in the IO response) |
-/// | 32 | 4 | flags (IO response flags) |
+/// | 32 | 4 | flags (IO response flags; [`crate::io::flags::TRACED`]: a trace block follows the header) |
 /// | 36 | 4 | reserved |
-/// | 40 | … | payload |
+/// | 40 | 24 | with `TRACED` only: the proxy's times ([`crate::trace::ProxyTrace`]) |
+/// | 40 or 64 | … | payload |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyResponse {
     pub op: u16,
@@ -302,7 +305,14 @@ impl ProxyResponse {
     /// Encodes the frame (length prefix included) with `payload`, into `out` (cleared
     /// first).
     pub fn encode_frame(&self, payload: &[u8], out: &mut Vec<u8>) {
-        let body = PROXY_RESPONSE_HEADER + payload.len();
+        self.encode_frame_traced(None, payload, out)
+    }
+
+    /// As [`ProxyResponse::encode_frame`], with the proxy's times of a traced request
+    /// after the header (and [`crate::io::flags::TRACED`] set in its flags).
+    pub fn encode_frame_traced(&self, trace: Option<&ProxyTrace>, payload: &[u8], out: &mut Vec<u8>) {
+        let traced = if trace.is_some() { PROXY_TRACE_LEN } else { 0 };
+        let body = PROXY_RESPONSE_HEADER + traced + payload.len();
         out.clear();
         out.reserve(LEN_PREFIX + body);
         out.extend_from_slice(&(body as u32).to_le_bytes());
@@ -314,29 +324,46 @@ impl ProxyResponse {
         put_u32(&mut h, 16, self.status.as_u32());
         put_u32(&mut h, 20, payload.len() as u32);
         put_u64(&mut h, 24, self.result);
-        put_u32(&mut h, 32, self.flags);
+        let flags = (self.flags & !TRACED) | if trace.is_some() { TRACED } else { 0 };
+        put_u32(&mut h, 32, flags);
         out.extend_from_slice(&h);
+        if let Some(t) = trace {
+            let mut b = [0u8; PROXY_TRACE_LEN];
+            t.encode_into(&mut b);
+            out.extend_from_slice(&b);
+        }
         out.extend_from_slice(payload);
     }
 
     /// Decodes a frame body (without the length prefix), returning the response and
     /// its payload.
     pub fn decode(b: &[u8]) -> Result<(ProxyResponse, &[u8]), DecodeError> {
+        Self::decode_traced(b).map(|(r, _, p)| (r, p))
+    }
+
+    /// Decodes a frame body with its trace block, if any: the response (its flags
+    /// without [`crate::io::flags::TRACED`], which describes the frame), the proxy's
+    /// times and the payload.
+    pub fn decode_traced(b: &[u8]) -> Result<(ProxyResponse, Option<ProxyTrace>, &[u8]), DecodeError> {
         need(b, PROXY_RESPONSE_HEADER)?;
         check_magic(b, PROXY_RESPONSE_MAGIC)?;
+        let flags = get_u32(b, 32);
+        let traced = if flags & TRACED != 0 { PROXY_TRACE_LEN } else { 0 };
         let dl = get_u32(b, 20) as usize;
-        if dl > MAX_IO_BYTES as usize || b.len() != PROXY_RESPONSE_HEADER + dl {
+        if dl > MAX_IO_BYTES as usize || b.len() != PROXY_RESPONSE_HEADER + traced + dl {
             return Err(DecodeError::Invalid { field: "payload length", why: "does not match frame" });
         }
+        let trace = (traced > 0).then(|| ProxyTrace::decode(&b[PROXY_RESPONSE_HEADER..])).flatten();
         Ok((
             ProxyResponse {
                 op: get_u16(b, 6),
                 tag: get_u64(b, 8),
                 status: Status::from_u32(get_u32(b, 16)),
                 result: get_u64(b, 24),
-                flags: get_u32(b, 32),
+                flags: flags & !TRACED,
             },
-            &b[PROXY_RESPONSE_HEADER..],
+            trace,
+            &b[PROXY_RESPONSE_HEADER + traced..],
         ))
     }
 }
@@ -392,6 +419,16 @@ mod tests {
         let (d, p) = ProxyResponse::decode(&out[4..]).unwrap();
         assert_eq!(d, r);
         assert_eq!(p, b"xy");
+        let t = ProxyTrace { proxy_ns: 30, queue_ns: 10, backend_ns: 15 };
+        r.encode_frame_traced(Some(&t), b"xy", &mut out);
+        assert_eq!(frame_len(&out).unwrap(), Some(PROXY_RESPONSE_HEADER + PROXY_TRACE_LEN + 2));
+        let (d, got, p) = ProxyResponse::decode_traced(&out[4..]).unwrap();
+        assert_eq!((d, got, p), (r.clone(), Some(t), &b"xy"[..]));
+        // The untraced decoder skips the block; a frame whose flag lies does not decode.
+        assert_eq!(ProxyResponse::decode(&out[4..]).unwrap().1, b"xy");
+        let mut lie = out.clone();
+        lie[4 + 33] &= !((TRACED >> 8) as u8);
+        assert!(ProxyResponse::decode(&lie[4..]).is_err());
     }
 
     #[test]

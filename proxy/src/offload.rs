@@ -60,6 +60,8 @@ struct Job {
     /// QoS class (0 LC, 1 BC) and when it was handed to the pool.
     class: u8,
     since: Instant,
+    /// When the connection received it (a trace's start).
+    received: Instant,
 }
 
 /// Completed responses of one connection: `(sequence number, frame)`; an empty frame
@@ -118,7 +120,7 @@ impl WorkerPool {
                     if abandoned {
                         stats.abandoned.fetch_add(1, Ordering::Relaxed);
                     }
-                    if expired || abandoned || !service.handle_frame(&job.body, &mut out) {
+                    if expired || abandoned || !service.handle_frame_at(&job.body, job.received, &mut out) {
                         out.clear();
                     }
                     if let Some(g) = &gate {
@@ -177,8 +179,8 @@ struct Pending {
     reserved: usize,
 }
 
-/// A request waiting for the pool: its frame body.
-type Waiting = Vec<u8>;
+/// A request waiting for the pool: its frame body and when it was received.
+type Waiting = (Vec<u8>, Instant);
 
 /// One connection's view of a [`WorkerPool`].
 pub struct Offload {
@@ -258,7 +260,7 @@ impl Offload {
         self.reserved += answer_bound(body);
         let (class, tenant, bytes) = ProxyRequest::peek_ticket(body).unwrap_or((0, "", 0));
         // The proxy sets no limits: the direction does not matter here.
-        self.backlog.push(Ticket { class, tenant, bytes, write: false }, body.to_vec());
+        self.backlog.push(Ticket { class, tenant, bytes, write: false }, (body.to_vec(), Instant::now()));
         self.pump();
     }
 
@@ -269,19 +271,19 @@ impl Offload {
         let now = Instant::now();
         while self.pending.len() < MAX_IN_FLIGHT && !self.backlog.is_empty() {
             let bc = self.pool.qos.as_ref().map_or(true, |g| g.bc_room());
-            let Some((class, body)) = self.backlog.pop_class(now, bc) else {
+            let Some((class, (body, received))) = self.backlog.pop_class(now, bc) else {
                 if let Some(g) = &self.pool.qos {
                     g.held();
                 }
                 break;
             };
             moved = true;
-            self.dispatch(body, class);
+            self.dispatch(body, received, class);
         }
         moved
     }
 
-    fn dispatch(&mut self, body: Vec<u8>, class: u8) {
+    fn dispatch(&mut self, body: Vec<u8>, received: Instant, class: u8) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let deadline = self.pool.timeout.map(|t| Instant::now() + t);
@@ -297,7 +299,7 @@ impl Offload {
             g.started(class);
         }
         let since = Instant::now();
-        let job = Job { seq, body, deadline, done: self.done.clone(), class, since };
+        let job = Job { seq, body, deadline, done: self.done.clone(), class, since, received };
         let queue = usize::from(class.min(1) == 1 && self.pool.qos.is_some());
         let sent = self.pool.jobs.as_ref().is_some_and(|tx| tx[queue].send(job).is_ok());
         if !sent {

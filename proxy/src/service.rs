@@ -37,6 +37,7 @@ use crate::backend::{resolve, Backend};
 use crate::stats::{ProxyStats, TenantCache};
 use pov_proto::entry::STAT_SIZE;
 use pov_proto::io::{flags, Op};
+use pov_proto::trace::nanos;
 use pov_proto::wire::{ProxyRequest, ProxyResponse, LEN_PREFIX, PROXY_RESPONSE_HEADER};
 use pov_proto::{Status, MAX_IO_BYTES};
 use std::sync::atomic::Ordering;
@@ -212,6 +213,13 @@ impl Service {
     /// frame (length prefix included) into `out` and returns `true`, or returns
     /// `false` when the frame is dropped without an answer (too short to carry a tag).
     pub fn handle_frame(&mut self, body: &[u8], out: &mut Vec<u8>) -> bool {
+        self.handle_frame_at(body, std::time::Instant::now(), out)
+    }
+
+    /// [`Service::handle_frame`] for a frame received at `received` (before it waited
+    /// for a worker): a traced request's answer carries the proxy's times from then
+    /// ([`pov_proto::trace::ProxyTrace`]).
+    pub fn handle_frame_at(&mut self, body: &[u8], received: std::time::Instant, out: &mut Vec<u8>) -> bool {
         let r = match ProxyRequest::decode(body) {
             Ok(r) => r,
             Err(e) => return self.answer_bad_frame(body, e, out),
@@ -224,18 +232,27 @@ impl Service {
         stats.frames.fetch_add(1, Ordering::Relaxed);
         let mut payload = std::mem::take(&mut self.payload);
         payload.clear();
+        let started = std::time::Instant::now();
         let c = self.execute(&r.req, r.payload, &mut payload);
         let req = &r.req;
-        if req.trace || req.flags & flags::TRACE != 0 {
+        let trace = (req.trace || req.flags & flags::TRACE != 0).then(|| {
+            let done = std::time::Instant::now();
+            let t = pov_proto::trace::ProxyTrace {
+                proxy_ns: nanos(done.saturating_duration_since(received)),
+                queue_ns: nanos(started.saturating_duration_since(received)),
+                backend_ns: nanos(done.saturating_duration_since(started)),
+            };
             log::info!(
                 target: "pov_proxy::trace",
-                "session {:#x} tenant {} {:?} {:?} offset {} length {} payload {} -> {} result {} flags {:#x}",
+                "session {:#x} tenant {} {:?} {:?} offset {} length {} payload {} -> {} result {} flags {:#x}: \
+                 queue {} µs, backend {} µs, proxy {} µs",
                 req.session_id, req.tenant, req.op, req.path, req.offset, req.length, r.payload.len(),
-                c.status, c.result, c.flags
+                c.status, c.result, c.flags, t.queue_ns / 1000, t.backend_ns / 1000, t.proxy_ns / 1000
             );
-        }
+            t
+        });
         ProxyResponse { op: req.op as u16, tag: req.tag, status: c.status, result: c.result, flags: c.flags }
-            .encode_frame(&payload, out);
+            .encode_frame_traced(trace.as_ref(), &payload, out);
         self.payload = payload;
         true
     }

@@ -53,6 +53,8 @@ pub enum Outcome<'a> {
         flags: u32,
         /// Its payload, borrowed from the receive buffer.
         payload: &'a [u8],
+        /// The proxy's times, for a traced request whose proxy sent them.
+        trace: Option<pov_proto::trace::ProxyTrace>,
     },
     /// No answer: [`Status::Timeout`] (the request timeout passed) or
     /// [`Status::Unavailable`] (the connection broke or the device stopped).
@@ -513,13 +515,14 @@ impl<C> Forwarder<C> {
             let polled = conn.poll(&g, name, &mut |f| {
                 busy = true;
                 heard = true;
-                match ProxyResponse::decode(f) {
-                    Ok((r, _)) if Some(r.tag) == ping_tag => {}
-                    Ok((r, payload)) => match in_flight.get(&r.tag) {
+                match ProxyResponse::decode_traced(f) {
+                    Ok((r, _, _)) if Some(r.tag) == ping_tag => {}
+                    Ok((r, trace, payload)) => match in_flight.get(&r.tag) {
                         Some(p) if p.conn == i => {
                             let p = in_flight.remove(&r.tag).expect("present");
                             answered += 1;
-                            on_done(p.ctx, Outcome::Answered { status: r.status, result: r.result, flags: r.flags, payload });
+                            let (status, result, flags) = (r.status, r.result, r.flags);
+                            on_done(p.ctx, Outcome::Answered { status, result, flags, payload, trace });
                         }
                         _ => *stale += 1,
                     },
