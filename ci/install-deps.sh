@@ -1,32 +1,48 @@
 #!/usr/bin/env bash
 # Installs what building and testing PoV needs on a fresh Debian machine; a no-op when
 # everything is there. Safe to run repeatedly.
+#
+#   ci/install-deps.sh               everything: build, tests, guest, Ceph, fuzzing, CI
+#   ci/install-deps.sh --build-only  only what building the binaries and running a stack
+#                                    on local files needs (scripts/dev-stack, the demo)
 set -euo pipefail
+full=1
+case "${1:-}" in
+  "") ;;
+  --build-only) full= ;;
+  *) echo "usage: ci/install-deps.sh [--build-only]" >&2; exit 2 ;;
+esac
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
-# The guest test (scripts/guest-test): QEMU, a Debian kernel with its modules, a static
-# busybox, e2fsprogs (mke2fs/e2fsck copied into the initramfs), cpio, kmod (modinfo).
-command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
-ls /boot/vmlinuz-* >/dev/null 2>&1 || need_apt+=(linux-image-amd64)
-dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
-[ -x /sbin/mke2fs ] && [ -x /sbin/e2fsck ] || need_apt+=(e2fsprogs)
-command -v cpio >/dev/null || need_apt+=(cpio)
-command -v modinfo >/dev/null || need_apt+=(kmod)
-command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 # scripts/dev-ca (the dev CA of the storage network's mutual TLS: demo, dev stack, tests).
 command -v openssl >/dev/null || need_apt+=(openssl)
-# Fault tests with network namespaces and veth pairs (e2e/tests/failover.rs): ip.
-command -v ip >/dev/null || need_apt+=(iproute2)
-# Ceph: client libraries and headers the proxy's `ceph` feature binds (vendor/ceph-sys:
-# libcephfs, librados, librbd) and the daemons of the single-node dev cluster
-# (scripts/ceph-dev) that tests, the demo and benchmarks use. bindgen, which generates
-# the bindings at build time, loads libclang (libclang-dev).
-for pkg in ceph-mon ceph-osd ceph-mds ceph-common librados-dev librbd-dev libcephfs-dev libclang-dev; do
+# Building: the proxy's `ceph` feature (on by default) binds the Ceph client libraries
+# (vendor/ceph-sys: libcephfs, librados, librbd); bindgen, which generates the bindings
+# at build time, loads libclang (libclang-dev).
+for pkg in librados-dev librbd-dev libcephfs-dev libclang-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
 done
-# scripts/prometheus-test: a real Prometheus server scraping both daemons.
-command -v prometheus >/dev/null || need_apt+=(prometheus)
+if [ -n "$full" ]; then
+  # The guest test (scripts/guest-test): QEMU, a Debian kernel with its modules, a static
+  # busybox, e2fsprogs (mke2fs/e2fsck copied into the initramfs), cpio, kmod (modinfo).
+  command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
+  ls /boot/vmlinuz-* >/dev/null 2>&1 || need_apt+=(linux-image-amd64)
+  dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
+  [ -x /sbin/mke2fs ] && [ -x /sbin/e2fsck ] || need_apt+=(e2fsprogs)
+  command -v cpio >/dev/null || need_apt+=(cpio)
+  command -v modinfo >/dev/null || need_apt+=(kmod)
+  command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+  # Fault tests with network namespaces and veth pairs (e2e/tests/failover.rs): ip.
+  command -v ip >/dev/null || need_apt+=(iproute2)
+  # Ceph: the daemons of the single-node dev cluster (scripts/ceph-dev) that tests, the
+  # demo and benchmarks use.
+  for pkg in ceph-mon ceph-osd ceph-mds ceph-common; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
+  done
+  # scripts/prometheus-test: a real Prometheus server scraping both daemons.
+  command -v prometheus >/dev/null || need_apt+=(prometheus)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
   $SUDO apt-get update -qq
@@ -43,6 +59,7 @@ fi
 if ! command -v cargo >/dev/null; then
   [ -x "$HOME/.cargo/bin/cargo" ] || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
 fi
+[ -n "$full" ] || exit 0
 # .ci/run checks formatting and lints: rustfmt and clippy come with the toolchain.
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add rustfmt clippy

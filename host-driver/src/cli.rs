@@ -123,11 +123,25 @@ pub enum Command {
     /// Copy files and directory trees into, out of, or within PoV
     #[command(after_help = "Either SRC or DST (or both) is pov:/path. If DST is an existing \
         directory or ends with '/', SRC is copied into it under its own name; otherwise SRC is \
-        copied to DST. Directories need -r. Prints a summary: files, bytes, MiB/s.")]
+        copied to DST. Directories need -r. Like cp(1): existing destination files are \
+        overwritten unless -n or -i says otherwise; SRC itself is followed if it is a symbolic \
+        link, but links inside a tree are skipped with a warning (PoV has no symbolic links) \
+        unless -L copies what they point to (a link back into the tree is skipped). Prints a \
+        summary: files, bytes, MiB/s, and what was skipped.")]
     Cp {
         /// Copy directories recursively
         #[arg(short, long)]
         recursive: bool,
+        /// Follow symbolic links inside local trees (copy what they point to)
+        #[arg(short = 'L', long)]
+        dereference: bool,
+        /// Do not overwrite existing destination files (skip them)
+        #[arg(short, long, conflicts_with = "interactive")]
+        no_clobber: bool,
+        /// Ask on standard error before overwriting each existing destination file
+        /// (answer y to overwrite; anything else, or end of input, skips it)
+        #[arg(short, long)]
+        interactive: bool,
         /// Source: pov:/path or a local path
         src: String,
         /// Destination: pov:/path or a local path
@@ -318,8 +332,22 @@ pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::R
     let stdout = io::stdout();
     match cmd {
         Command::List => list_devices(None),
-        Command::Cp { recursive, src, dst } => {
-            let summary = copy(s, &Loc::parse(src), &Loc::parse(dst), *recursive, workers)?;
+        Command::Cp { recursive, dereference, no_clobber, interactive, src, dst } => {
+            let ask = |d: &Loc| -> io::Result<bool> {
+                eprint!("pov-host: overwrite {d}? ");
+                let mut answer = String::new();
+                io::stdin().read_line(&mut answer)?;
+                Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes"))
+            };
+            let overwrite = if *no_clobber {
+                Overwrite::Never
+            } else if *interactive {
+                Overwrite::Ask(&ask)
+            } else {
+                Overwrite::Always
+            };
+            let opts = CopyOptions { recursive: *recursive, dereference: *dereference, overwrite };
+            let summary = copy(s, &Loc::parse(src), &Loc::parse(dst), &opts, workers)?;
             writeln!(stdout.lock(), "{summary}")?;
             Ok(())
         }
@@ -459,6 +487,37 @@ pub struct Plan {
     pub dirs: Vec<Loc>,
     /// Files to copy.
     pub files: Vec<Job>,
+    /// Symbolic links inside the tree not followed (no `-L`), and links back into it.
+    pub skipped_links: usize,
+}
+
+/// What `copy` does with a destination file that exists.
+#[derive(Clone, Copy)]
+pub enum Overwrite<'a> {
+    /// Overwrite it (cp's default).
+    Always,
+    /// Skip it (`-n`).
+    Never,
+    /// Ask: the function says whether to overwrite (`-i`).
+    Ask(&'a dyn Fn(&Loc) -> io::Result<bool>),
+}
+
+/// How `cp` copies.
+#[derive(Clone, Copy)]
+pub struct CopyOptions<'a> {
+    /// Copy directories (`-r`).
+    pub recursive: bool,
+    /// Follow symbolic links inside local trees (`-L`).
+    pub dereference: bool,
+    /// Existing destination files.
+    pub overwrite: Overwrite<'a>,
+}
+
+impl CopyOptions<'_> {
+    /// `cp` or `cp -r`: overwrite, do not follow links inside trees.
+    pub fn new(recursive: bool) -> CopyOptions<'static> {
+        CopyOptions { recursive, dereference: false, overwrite: Overwrite::Always }
+    }
 }
 
 /// Where `src` lands when copied to `dst`: into `dst` if it is an existing directory
@@ -482,7 +541,7 @@ fn dst_ends_with_slash(dst: &Loc) -> bool {
 /// Decides what `cp [-r] src dst` copies.
 ///
 /// Errors: a missing source, a directory without `-r`, a directory onto a file.
-pub fn plan(s: &Session, src: &Loc, dst: &Loc, recursive: bool) -> anyhow::Result<Plan> {
+pub fn plan(s: &Session, src: &Loc, dst: &Loc, opts: &CopyOptions<'_>) -> anyhow::Result<Plan> {
     if let (Loc::Local(_), Loc::Local(_)) = (src, dst) {
         bail!("cp: one of SRC and DST must be a pov:/path (use cp(1) for local copies)");
     }
@@ -496,19 +555,42 @@ pub fn plan(s: &Session, src: &Loc, dst: &Loc, recursive: bool) -> anyhow::Resul
         What::File(size) => plan.files.push(Job { src: src.clone(), dst: to, size }),
         What::Other => bail!("cp: {src}: not a regular file or directory"),
         What::Dir => {
-            if !recursive {
+            if !opts.recursive {
                 bail!("cp: {src} is a directory (use -r)");
             }
             if let Some(What::File(_)) = what(s, &to).with_context(|| format!("cp: {to}"))? {
                 bail!("cp: cannot copy directory {src} onto file {to}");
             }
-            walk(s, src, &to, &mut plan)?;
+            let mut ancestors = Vec::new();
+            walk(s, src, &to, opts.dereference, &mut ancestors, &mut plan)?;
         }
     }
     Ok(plan)
 }
 
-fn walk(s: &Session, src: &Loc, dst: &Loc, plan: &mut Plan) -> anyhow::Result<()> {
+/// The identity (device, inode) of a local directory.
+fn dir_id(p: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Adds `src`'s tree to `plan`. `ancestors`: the local directories being walked (a
+/// followed link to one of them would loop).
+fn walk(
+    s: &Session,
+    src: &Loc,
+    dst: &Loc,
+    dereference: bool,
+    ancestors: &mut Vec<(u64, u64)>,
+    plan: &mut Plan,
+) -> anyhow::Result<()> {
+    let mut entered = false;
+    if let Loc::Local(p) = src {
+        if let Some(id) = dir_id(p) {
+            ancestors.push(id);
+            entered = true;
+        }
+    }
     let mut entries: Vec<(String, What)> = Vec::new();
     match src {
         Loc::Pov(p) => {
@@ -522,8 +604,20 @@ fn walk(s: &Session, src: &Loc, dst: &Loc, plan: &mut Plan) -> anyhow::Result<()
                 let e = e.with_context(|| format!("cp: read directory {src}"))?;
                 let name =
                     e.file_name().into_string().map_err(|n| anyhow!("cp: {}: file name is not UTF-8", p.join(n).display()))?;
-                // Follow symbolic links, like `find -L`.
+                let link = e.file_type().map(|t| t.is_symlink()).unwrap_or(false);
+                if link && !dereference {
+                    log::warn!(
+                        "cp: skipping symbolic link {} (PoV has no symbolic links; -L copies what it points to)",
+                        e.path().display()
+                    );
+                    plan.skipped_links += 1;
+                    continue;
+                }
                 match fs::metadata(e.path()) {
+                    Ok(m) if m.is_dir() && dir_id(&e.path()).is_some_and(|id| ancestors.contains(&id)) => {
+                        log::warn!("cp: skipping {}: a link back into the tree being copied", e.path().display());
+                        plan.skipped_links += 1;
+                    }
                     Ok(m) if m.is_dir() => entries.push((name, What::Dir)),
                     Ok(m) if m.is_file() => entries.push((name, What::File(m.len()))),
                     Ok(_) => log::warn!("cp: skipping {} (not a regular file or directory)", e.path().display()),
@@ -539,20 +633,52 @@ fn walk(s: &Session, src: &Loc, dst: &Loc, plan: &mut Plan) -> anyhow::Result<()
     for (name, w) in entries {
         let (cs, cd) = (src.join(&name), dst.join(&name));
         match w {
-            What::Dir => walk(s, &cs, &cd, plan)?,
+            What::Dir => walk(s, &cs, &cd, dereference, ancestors, plan)?,
             What::File(size) => plan.files.push(Job { src: cs, dst: cd, size }),
             What::Other => {}
         }
     }
+    if entered {
+        ancestors.pop();
+    }
     Ok(())
 }
 
-/// Copies as `cp [-r] src dst` and returns a one-line summary.
+/// Whether file `d` exists.
+fn exists(s: &Session, d: &Loc) -> io::Result<bool> {
+    match d {
+        Loc::Local(p) => Ok(fs::symlink_metadata(p).is_ok()),
+        Loc::Pov(p) => match s.stat(p) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Copies as `cp [-r] [-L] [-n|-i] src dst` and returns a one-line summary.
 ///
 /// Errors: the first failure, naming the file.
-pub fn copy(s: &Session, src: &Loc, dst: &Loc, recursive: bool, workers: usize) -> anyhow::Result<String> {
+pub fn copy(s: &Session, src: &Loc, dst: &Loc, opts: &CopyOptions<'_>, workers: usize) -> anyhow::Result<String> {
     let started = Instant::now();
-    let plan = plan(s, src, dst, recursive)?;
+    let mut plan = plan(s, src, dst, opts)?;
+    let mut kept_existing = 0usize;
+    if !matches!(opts.overwrite, Overwrite::Always) {
+        let mut files = Vec::with_capacity(plan.files.len());
+        for j in std::mem::take(&mut plan.files) {
+            let overwrite = match opts.overwrite {
+                _ if !exists(s, &j.dst).with_context(|| format!("cp: {}", j.dst))? => true,
+                Overwrite::Ask(ask) => ask(&j.dst).with_context(|| format!("cp: asking about {}", j.dst))?,
+                _ => false,
+            };
+            if overwrite {
+                files.push(j);
+            } else {
+                kept_existing += 1;
+            }
+        }
+        plan.files = files;
+    }
     for d in &plan.dirs {
         match d {
             Loc::Local(p) => fs::create_dir_all(p).with_context(|| format!("cp: create directory {}", p.display()))?,
@@ -613,8 +739,15 @@ pub fn copy(s: &Session, src: &Loc, dst: &Loc, recursive: bool, workers: usize) 
     let mib = bytes as f64 / (1024.0 * 1024.0);
     let rate = if secs > 0.0 { mib / secs } else { 0.0 };
     let files = plan.files.len();
+    let mut skipped = String::new();
+    if kept_existing > 0 {
+        skipped += &format!("; {kept_existing} existing not overwritten");
+    }
+    if plan.skipped_links > 0 {
+        skipped += &format!("; {} symbolic link{} skipped", plan.skipped_links, if plan.skipped_links == 1 { "" } else { "s" });
+    }
     Ok(format!(
-        "copied {files} file{} ({bytes} bytes, {mib:.1} MiB) in {secs:.2} s: {rate:.1} MiB/s",
+        "copied {files} file{} ({bytes} bytes, {mib:.1} MiB) in {secs:.2} s: {rate:.1} MiB/s{skipped}",
         if files == 1 { "" } else { "s" }
     ))
 }
@@ -880,7 +1013,12 @@ mod tests {
         assert_eq!(c.device.as_deref(), Some("/dev/vdb"));
         assert_eq!(c.tenant.as_deref(), Some("acme"));
         assert_eq!(c.queues, 4);
-        assert!(matches!(c.command, Command::Cp { recursive: true, ref src, ref dst } if src == "a" && dst == "pov:/b"));
+        assert!(matches!(c.command, Command::Cp { recursive: true, ref src, ref dst, .. } if src == "a" && dst == "pov:/b"));
+        assert!(matches!(
+            parse(&["cp", "-nL", "a", "pov:/b"]).unwrap().command,
+            Command::Cp { no_clobber: true, dereference: true, interactive: false, .. }
+        ));
+        assert!(parse(&["cp", "-n", "-i", "a", "pov:/b"]).is_err(), "-n and -i conflict");
         let c = parse(&["ls", "pov:/x", "--secret-file", "/s", "-q", "8"]).unwrap();
         assert_eq!(c.secret_file.as_deref(), Some(Path::new("/s")));
         assert_eq!(c.queues, 8);

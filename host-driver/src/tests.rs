@@ -429,7 +429,7 @@ fn tree_of(root: &std::path::Path) -> Vec<(String, Option<Vec<u8>>)> {
 #[cfg(feature = "cli")]
 #[test]
 fn cli_copies_trees_in_and_out() {
-    use crate::cli::{cat, copy, ls, rm, Loc};
+    use crate::cli::{cat, copy, ls, rm, CopyOptions, Loc};
     let (stack, _dev, s) = setup();
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
@@ -442,9 +442,9 @@ fn cli_copies_trees_in_and_out() {
     std::fs::write(src.join("sub/exact"), pattern(5, 1 << 20)).unwrap();
 
     let local = |p: &std::path::Path| Loc::Local(p.to_path_buf());
-    let e = copy(&s, &local(&src), &Loc::parse("pov:/tree"), false, 4).unwrap_err();
+    let e = copy(&s, &local(&src), &Loc::parse("pov:/tree"), &CopyOptions::new(false), 4).unwrap_err();
     assert!(e.to_string().contains("use -r"), "{e}");
-    let summary = copy(&s, &local(&src), &Loc::parse("pov:/tree"), true, 4).unwrap();
+    let summary = copy(&s, &local(&src), &Loc::parse("pov:/tree"), &CopyOptions::new(true), 4).unwrap();
     assert!(summary.starts_with("copied 5 files"), "{summary}");
     assert!(summary.contains("MiB/s"), "{summary}");
     assert_eq!(stack.file("tree/sub/deeper/big").unwrap(), pattern(4, 3 * (1 << 20) + 7));
@@ -452,17 +452,17 @@ fn cli_copies_trees_in_and_out() {
     assert_eq!(s.stat("/tree/empty").unwrap().kind, Kind::Dir, "empty directories are kept");
 
     let out = tmp.path().join("out");
-    copy(&s, &Loc::parse("pov:/tree"), &local(&out), true, 4).unwrap();
+    copy(&s, &Loc::parse("pov:/tree"), &local(&out), &CopyOptions::new(true), 4).unwrap();
     assert_eq!(tree_of(&src), tree_of(&out));
 
     // Into an existing directory: lands under the source's name.
-    copy(&s, &Loc::parse("pov:/tree/one"), &local(&out), false, 1).unwrap();
+    copy(&s, &Loc::parse("pov:/tree/one"), &local(&out), &CopyOptions::new(false), 1).unwrap();
     assert_eq!(std::fs::read(out.join("one")).unwrap(), b"1");
-    copy(&s, &local(&src.join("sub/page")), &Loc::parse("pov:/tree/sub/"), false, 2).unwrap();
-    copy(&s, &Loc::parse("pov:/tree/sub/deeper/big"), &Loc::parse("pov:/copy/big2"), false, 3).unwrap();
+    copy(&s, &local(&src.join("sub/page")), &Loc::parse("pov:/tree/sub/"), &CopyOptions::new(false), 2).unwrap();
+    copy(&s, &Loc::parse("pov:/tree/sub/deeper/big"), &Loc::parse("pov:/copy/big2"), &CopyOptions::new(false), 3).unwrap();
     assert_eq!(stack.file("copy/big2").unwrap(), pattern(4, 3 * (1 << 20) + 7));
-    assert!(copy(&s, &local(&src), &local(&out), true, 1).is_err(), "local to local refused");
-    let e = copy(&s, &Loc::parse("pov:/nothing"), &local(&out), false, 1).unwrap_err();
+    assert!(copy(&s, &local(&src), &local(&out), &CopyOptions::new(true), 1).is_err(), "local to local refused");
+    let e = copy(&s, &Loc::parse("pov:/nothing"), &local(&out), &CopyOptions::new(false), 1).unwrap_err();
     assert!(e.to_string().contains("no such file"), "{e}");
 
     let mut text = Vec::new();
@@ -487,6 +487,64 @@ fn cli_copies_trees_in_and_out() {
     assert_eq!(s.stat("/tree").unwrap_err().kind(), std::io::ErrorKind::NotFound);
     assert_eq!(stack.open_handles(), 0);
     assert!(stack.violations().is_empty());
+}
+
+/// `cp` as cp(1) decides: symbolic links inside a tree are skipped unless `-L`, a link
+/// back into the tree never loops, the operand itself is followed, `-n` keeps existing
+/// files and `-i` asks about each.
+#[cfg(feature = "cli")]
+#[test]
+fn cli_copy_links_and_overwrites() {
+    use crate::cli::{copy, CopyOptions, Loc, Overwrite};
+    use std::os::unix::fs::symlink;
+    let (stack, _dev, s) = setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("real"), b"real").unwrap();
+    std::fs::write(tmp.path().join("outside"), b"outside").unwrap();
+    symlink(tmp.path().join("outside"), src.join("to-file")).unwrap();
+    symlink(&src, src.join("d/loop")).unwrap();
+    symlink(tmp.path().join("missing"), src.join("dangling")).unwrap();
+    let local = |p: &std::path::Path| Loc::Local(p.to_path_buf());
+
+    let summary = copy(&s, &local(&src), &Loc::parse("pov:/links"), &CopyOptions::new(true), 2).unwrap();
+    assert!(summary.starts_with("copied 1 file") && summary.contains("3 symbolic links skipped"), "{summary}");
+    assert_eq!(s.stat("/links/to-file").unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    let deref = CopyOptions { dereference: true, ..CopyOptions::new(true) };
+    let summary = copy(&s, &local(&src), &Loc::parse("pov:/deref"), &deref, 2).unwrap();
+    assert!(summary.starts_with("copied 2 files") && summary.contains("1 symbolic link skipped"), "{summary}");
+    assert_eq!(stack.file("deref/to-file").unwrap(), b"outside");
+    assert_eq!(s.stat("/deref/d/loop").unwrap_err().kind(), std::io::ErrorKind::NotFound, "the loop is not entered");
+    // The operand itself is followed.
+    copy(&s, &local(&src.join("to-file")), &Loc::parse("pov:/op"), &CopyOptions::new(false), 1).unwrap();
+    assert_eq!(stack.file("op").unwrap(), b"outside");
+
+    // -n keeps the existing file; the default overwrites; -i asks and obeys.
+    std::fs::write(src.join("real"), b"changed").unwrap();
+    let keep = CopyOptions { overwrite: Overwrite::Never, ..CopyOptions::new(false) };
+    let summary = copy(&s, &local(&src.join("real")), &Loc::parse("pov:/links/real"), &keep, 1).unwrap();
+    assert!(summary.starts_with("copied 0 files") && summary.contains("1 existing not overwritten"), "{summary}");
+    assert_eq!(stack.file("links/real").unwrap(), b"real");
+    let asked = std::cell::RefCell::new(Vec::new());
+    let no = |d: &Loc| {
+        asked.borrow_mut().push(d.to_string());
+        Ok(false)
+    };
+    let ask = CopyOptions { overwrite: Overwrite::Ask(&no), ..CopyOptions::new(false) };
+    copy(&s, &local(&src.join("real")), &Loc::parse("pov:/links/real"), &ask, 1).unwrap();
+    copy(&s, &local(&src.join("real")), &Loc::parse("pov:/links/new"), &ask, 1).unwrap();
+    assert_eq!(*asked.borrow(), ["pov:/links/real"], "asked only about the existing file");
+    assert_eq!(stack.file("links/real").unwrap(), b"real");
+    assert_eq!(stack.file("links/new").unwrap(), b"changed");
+    let yes = |_: &Loc| Ok(true);
+    let ask = CopyOptions { overwrite: Overwrite::Ask(&yes), ..CopyOptions::new(false) };
+    copy(&s, &local(&src.join("real")), &Loc::parse("pov:/links/real"), &ask, 1).unwrap();
+    assert_eq!(stack.file("links/real").unwrap(), b"changed");
+    copy(&s, &Loc::parse("pov:/links/real"), &local(&src.join("d/x")), &keep, 1).unwrap();
+    std::fs::write(src.join("d/x"), b"local").unwrap();
+    copy(&s, &Loc::parse("pov:/links/real"), &local(&src.join("d/x")), &keep, 1).unwrap();
+    assert_eq!(std::fs::read(src.join("d/x")).unwrap(), b"local", "-n protects local files too");
 }
 
 /// The SDK hint's location key: a file opened with one carries it on every request
