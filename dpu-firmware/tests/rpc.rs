@@ -273,7 +273,7 @@ fn volumes_over_the_socket() {
     assert!(methods.as_array().unwrap().contains(&json!("pov_volume_create")));
     let sock = env.path("nv.sock");
     let ok = json!({"name": "nv", "socket": sock, "size": 1 << 20, "block_size": 4096, "null": true});
-    assert_eq!(c.call("pov_volume_create", Some(ok.clone())).unwrap(), json!(true));
+    assert_eq!(c.call("pov_volume_create", Some(ok.clone())).unwrap(), ok["name"], "SPDK's bdev convention: the name");
     assert!(sock.exists());
     assert_eq!(code(c.call("pov_volume_create", Some(ok.clone()))), codes::EEXIST, "duplicate name");
     let other_sock = json!({"name": "nv2", "socket": sock, "size": 4096, "null": true});

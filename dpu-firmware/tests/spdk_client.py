@@ -217,7 +217,7 @@ class SpdkClient(unittest.TestCase):
         self.assertIn("pov_volume_create", self.c.rpc_get_methods())
         sock = os.path.join(WORK, "spdk-vol.sock")
         self.assertEqual(self.c.pov_volume_create(name="spdkvol", socket=sock, size=16 << 20,
-                                                  proxies=[PROXY]), True)
+                                                  proxies=[PROXY]), "spdkvol")
         devs = {d["name"]: d for d in self.c.pov_device_get_devices()}
         self.assertEqual(devs["spdkvol"]["kind"], "volume")
         self.assertEqual(devs["pov0"]["kind"], "pov")
@@ -318,7 +318,7 @@ class SpdkClient(unittest.TestCase):
         self.assertEqual(dev["config"]["max_sessions_per_tenant"], 3)
         vsock = os.path.join(WORK, "plugin-vol.sock")
         self.assertEqual(ok("pov_volume_create", "-n", "plugvol", "--socket", vsock,
-                            "--size", str(8 << 20), "--block-size", "4096", "--proxy", PROXY), True)
+                            "--size", str(8 << 20), "--block-size", "4096", "--proxy", PROXY), "plugvol")
         self.assertEqual(ok("pov_device_get_devices", "-n", "plugvol")[0]["kind"], "volume")
         # Errors keep SPDK's codes and fail the command.
         r = run("pov_volume_create", "-n", "plugvol", "--socket", vsock + "2", "--size", str(8 << 20),

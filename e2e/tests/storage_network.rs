@@ -298,7 +298,7 @@ fn an_enrolled_dpu_acts_only_for_its_tenants_and_volumes() {
         "pov_volume_create",
         json!({"name": "bvol", "socket": stack.dir.path().join("bvol.sock"), "size": 1 << 20, "proxies": [stack.proxy_endpoint()]}),
     );
-    assert_eq!(ok, Ok(json!(true)));
+    assert_eq!(ok, Ok(json!("bvol")));
 
     // Nothing of the refused requests reached the backend: only bravo's file and bvol
     // are new.

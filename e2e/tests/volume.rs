@@ -101,13 +101,13 @@ fn volume_survives_restarts_and_flush_reaches_the_backend() {
     let null_sock = stack.dir.path().join("null1.sock");
     let created =
         rpc(&stack.rpc_sock, "pov_volume_create", json!({"name": "vol1", "socket": sock, "size": VOL_SIZE, "proxies": proxies}));
-    assert_eq!(created, Ok(json!(true)));
+    assert_eq!(created, Ok(json!("vol1")), "SPDK's bdev convention: the new bdev's name");
     let created = rpc(
         &stack.rpc_sock,
         "pov_volume_create",
         json!({"name": "null1", "socket": null_sock, "size": 16 * MIB, "block_size": 4096, "null": true}),
     );
-    assert_eq!(created, Ok(json!(true)));
+    assert_eq!(created, Ok(json!("null1")));
     let file = stack.backend_root().join("@volumes").join("vol1");
     assert_eq!(std::fs::metadata(&file).expect("backing file created").len(), VOL_SIZE as u64);
 
@@ -214,7 +214,7 @@ fn volume_io_fails_while_proxy_is_down_and_recovers() {
     let sock = stack.dir.path().join("volr.sock");
     let params =
         json!({"name": "volr", "socket": sock, "size": 8 * MIB, "proxies": [stack.proxy_endpoint()], "request_timeout_ms": 2000});
-    assert_eq!(rpc(&stack.rpc_sock, "pov_volume_create", params), Ok(json!(true)));
+    assert_eq!(rpc(&stack.rpc_sock, "pov_volume_create", params.clone()), Ok(params["name"].clone()));
     let mut c = Client::connect(&sock);
     assert_eq!(c.write(0, &pattern(4096, 1)), 0);
     stack.proxy.kill();
@@ -245,7 +245,7 @@ fn replay_with_the_proxy_down_opens_the_volume_in_the_background() {
     let mut stack = Stack::start(json!({}));
     let sock = stack.dir.path().join("volb.sock");
     let params = json!({"name": "volb", "socket": sock, "size": 8 * MIB, "proxies": [stack.proxy_endpoint()]});
-    assert_eq!(rpc(&stack.rpc_sock, "pov_volume_create", params), Ok(json!(true)));
+    assert_eq!(rpc(&stack.rpc_sock, "pov_volume_create", params.clone()), Ok(params["name"].clone()));
     let mut c = Client::connect(&sock);
     assert_eq!(c.write(0, &pattern(4096, 7)), 0);
     assert_eq!(c.flush(), 0);
@@ -291,7 +291,7 @@ fn volume_on_ceph_is_an_rbd_image() {
     let mut stack = Stack::start_on(Some(&format!("ceph:conf={conf},root=/e2e-vol,session_uuid=e2e-vol-proxy")), json!({}));
     let sock = stack.dir.path().join("rbd1.sock");
     let params = json!({"name": "rbd1", "socket": sock, "size": VOL_SIZE, "proxies": [stack.proxy_endpoint()]});
-    assert_eq!(rpc(&stack.rpc_sock, "pov_volume_create", params), Ok(json!(true)));
+    assert_eq!(rpc(&stack.rpc_sock, "pov_volume_create", params.clone()), Ok(params["name"].clone()));
     let mut c = Client::connect(&sock);
     assert_eq!(c.capacity, VOL_SIZE as u64);
     for (i, &(off, len)) in layout().iter().enumerate() {

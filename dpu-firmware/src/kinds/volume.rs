@@ -245,7 +245,9 @@ fn volume_error(e: VolumeError) -> DaemonError {
 fn pov_volume_create(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
     let o: VolumeCreateOpts = params(p)?;
     d.volume_create(&o)?;
-    Ok(json!(true))
+    // SPDK's convention for methods that create a bdev (bdev_malloc_create, …): the
+    // new bdev's name.
+    Ok(json!(o.name))
 }
 
 fn pov_volume_delete(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {

@@ -29,7 +29,7 @@
 //! | `pov_device_create` | see [`DeviceCreateOpts`] | the device name |
 //! | `pov_device_delete` | `name` | `true` |
 //! | `pov_device_get_devices` | `name?` | `[DeviceInfo]` (`"kind": "pov"`) then `[VolumeInfo]` (`"kind": "volume"`) |
-//! | `pov_volume_create` | see [`VolumeCreateOpts`] | `true` |
+//! | `pov_volume_create` | see [`VolumeCreateOpts`] | the volume name (as `pov_device_create` and SPDK's `bdev_*_create`) |
 //! | `pov_volume_delete` | `name` | `true` |
 //! | `pov_set_gathering` | `enabled?`, `batch_size?`, `window_us?` (see [`GatheringOpts`]) | the setting now in force |
 //! | `pov_get_gathering` | — | `{"enabled", "batch_size", "window_us"}` |
