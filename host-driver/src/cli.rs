@@ -69,38 +69,38 @@ pub struct Cli {
     pub device: Option<String>,
 
     /// Tenant to open the session as
-    #[arg(short, long, env = "POV_TENANT", global = true, value_name = "NAME")]
+    #[arg(short, long, env = "POV_TENANT", global = true, help_heading = SESSION_OPTIONS, value_name = "NAME")]
     pub tenant: Option<String>,
 
     /// Read the tenant secret from FILE (one trailing newline is dropped; `-` reads
     /// standard input); without it the secret comes from the POV_SECRET environment
     /// variable
-    #[arg(long, env = "POV_SECRET_FILE", global = true, value_name = "FILE")]
+    #[arg(long, env = "POV_SECRET_FILE", global = true, help_heading = SESSION_OPTIONS, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
 
     /// IO queues of the session: requests in flight at once (1-64)
-    #[arg(short, long, global = true, default_value_t = 4, value_name = "N",
+    #[arg(short, long, global = true, help_heading = SESSION_OPTIONS, default_value_t = 4, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub queues: u32,
 
     /// Open a read-only session: the DPU and the proxy refuse anything that would
     /// create, write, truncate or remove
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = SESSION_OPTIONS)]
     pub read_only: bool,
 
     /// Limit the session to this PoV directory and what lies below it (pov:/dir or
     /// /dir); paths stay relative to the tenant's root
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, help_heading = SESSION_OPTIONS, value_name = "PATH")]
     pub prefix: Option<String>,
 
     /// Authenticate responses but do not encrypt their payloads (cheaper; any process
     /// that can open the device can read them: for processes that trust each other)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = SESSION_OPTIONS)]
     pub integrity_only: bool,
 
     /// Print, for every request, where its time went (host↔DPU, DPU queue, network,
     /// proxy queue, backend) as one `trace:` line on standard error
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = SESSION_OPTIONS)]
     pub trace: bool,
 
     /// More log output (-v info, -vv debug)
@@ -111,6 +111,10 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// Help heading of the options that shape the session (every command but `list`,
+/// which opens none).
+const SESSION_OPTIONS: &str = "Session options (all commands but list)";
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
@@ -1005,6 +1009,18 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// `list` opens no session: its help puts the session options under a heading
+    /// that says so, apart from the options it uses.
+    #[test]
+    fn list_help_sets_the_session_options_apart() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let list = cmd.find_subcommand_mut("list").expect("list").render_help().to_string();
+        let (own, session) = list.split_once(SESSION_OPTIONS).unwrap_or_else(|| panic!("no session heading: {list}"));
+        assert!(own.contains("--device") && !own.contains("--tenant"), "{own}");
+        assert!(session.contains("--tenant") && session.contains("--secret-file") && !session.contains("--device"), "{session}");
     }
 
     #[test]
