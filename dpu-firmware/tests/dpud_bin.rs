@@ -130,6 +130,16 @@ fn dpud_config_rpc_vhost_and_sigterm() {
     let saved_file = dir.path().join("saved.json");
     std::fs::write(&saved_file, &saved).unwrap();
 
+    // Per-method help from the daemon: one method, all of them, an unknown one.
+    let out = pov_rpc(&rpc_sock, &["help", "pov_volume_create"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.starts_with("pov_volume_create\n    name, socket, size"), "{out:?}");
+    let out = pov_rpc(&rpc_sock, &["help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\nkeyring_file_add_key\n") && text.contains("\nlog_set_level\n"), "{text}");
+    let out = pov_rpc(&rpc_sock, &["help", "no_such_method"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no method named"), "{out:?}");
     let out = pov_rpc(&rpc_sock, &["no_such_method"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Method not found"), "{out:?}");

@@ -31,6 +31,39 @@ pub fn init_logging(level: LevelFilter) {
     }
 }
 
+/// One line of help per method of this module (`rpc_get_method_help`).
+pub const HELP: &[(&str, &str)] = &[
+    ("spdk_get_version", "→ {version: \"PoV vX.Y.Z\", fields: {major, minor, patch, suffix}}"),
+    ("log_set_level", "level (ERROR, WARNING, NOTICE, INFO, DEBUG, TRACE, DISABLED) → true: the daemon's log level from now on"),
+    ("log_get_level", "→ the log level's name"),
+    ("log_set_print_level", "as log_set_level (one log output: the same level)"),
+    ("log_get_print_level", "as log_get_level"),
+];
+
+/// Answers `rpc_get_method_help` from a daemon's help `tables`: with `name`, `{name,
+/// help}` of that method (-19 if none); without, `[{name, help}]` of every method.
+///
+/// # Errors
+/// -32602 for bad parameters, -19 for an unknown method.
+pub fn method_help(tables: &[&[(&'static str, &'static str)]], p: Option<Value>) -> Result<Value, RpcError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct HelpOpts {
+        #[serde(default)]
+        name: Option<String>,
+    }
+    let o: HelpOpts = params(p)?;
+    let all = tables.iter().flat_map(|t| t.iter());
+    match o.name {
+        Some(n) => all
+            .into_iter()
+            .find(|(m, _)| *m == n)
+            .map(|(m, h)| json!({ "name": m, "help": h }))
+            .ok_or_else(|| RpcError::not_found(format!("no method named {n:?} (rpc_get_methods lists them)"))),
+        None => Ok(Value::Array(all.map(|(m, h)| json!({ "name": m, "help": h })).collect())),
+    }
+}
+
 /// The methods of this module, for any daemon's method table.
 pub fn methods<C>() -> [(&'static str, Handler<C>); 5] {
     [

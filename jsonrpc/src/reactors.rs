@@ -29,6 +29,14 @@ pub trait Reactors {
     fn reactors(&self) -> &[ReactorHandle];
 }
 
+/// One line of help per method of this module (`rpc_get_method_help`).
+pub const HELP: &[(&str, &str)] = &[
+    ("framework_get_reactors", "→ {tick_rate, reactors: [{lcore, busy, idle, lw_threads: [{name, id, cpumask, elapsed}]}]} (ticks: ns; spdk_top's fields)"),
+    ("thread_get_stats", "→ {tick_rate, threads: [{name, id, cpumask, busy, idle, active_pollers_count, timed_pollers_count, paused_pollers_count}]}"),
+    ("thread_get_pollers", "→ {tick_rate, threads: [{name, id, active_pollers: [{name, state, run_count, busy_count}], timed_pollers, paused_pollers}]}"),
+    ("pov_get_reactors", "→ {reactors: [{reactor, lcore, pinned, busy_iterations, idle_iterations, busy_ns, idle_ns, sleeps, messages, cpu_time_us, pollers}]}"),
+];
+
 /// The methods of this module, for any daemon's method table.
 pub fn methods<C: Reactors>() -> [(&'static str, Handler<C>); 4] {
     [

@@ -5,6 +5,7 @@
 //! | method | params | result |
 //! |---|---|---|
 //! | `rpc_get_methods` | `current?`, `include_aliases?` (ignored) | method names |
+//! | `rpc_get_method_help` | `name?` | `{"name", "help"}`, or all of them |
 //! | `proxy_get_stats` | — | `{"listen", "backend", "server": {frames, bad_frames, denied, connections_open, …}, "tenants": [TenantStats], "volumes": [TenantStats], "qos": {..} \| null}` (what `--stats-file` writes, plus `listen` and `backend`) |
 //! | `proxy_get_tenants` | `name?` | `[TenantStats]`: per tenant, requests by operation, errors by status, bytes, requests in flight, latency histogram; `-19` if `name` has no counters |
 //! | `proxy_get_volumes` | `name?` | the same for plain volumes (`tenant` holds the volume's name) |
@@ -29,6 +30,7 @@ use serde_json::{json, Value};
 pub fn methods() -> Vec<(&'static str, Handler<Server>)> {
     let mut all: Vec<(&'static str, Handler<Server>)> = vec![
         ("rpc_get_methods", rpc_get_methods),
+        ("rpc_get_method_help", rpc_get_method_help),
         ("proxy_get_stats", proxy_get_stats),
         ("proxy_get_tenants", proxy_get_tenants),
         ("proxy_get_volumes", proxy_get_volumes),
@@ -48,6 +50,20 @@ impl pov_jsonrpc::reactors::Reactors for Server {
     fn reactors(&self) -> &[pov_runtime::ReactorHandle] {
         Server::reactors(self)
     }
+}
+
+/// One line of help per method of this module (`rpc_get_method_help`, `pov-rpc -s
+/// SOCK help METHOD`).
+pub const HELP: &[(&str, &str)] = &[
+    ("rpc_get_methods", "current?, include_aliases? (both ignored) → every method's name"),
+    ("rpc_get_method_help", "name? → {name, help} of that method, or the list of all"),
+    ("proxy_get_stats", "→ {listen, backend, server: {frames, bad_frames, denied, connections_open, …}, tenants: [TenantStats], volumes: [TenantStats], qos}"),
+    ("proxy_get_tenants", "name? → [{tenant, requests, errors, read_bytes, write_bytes, in_flight, by_op, errors_by_status, latency}] (-19: no counters for name)"),
+    ("proxy_get_volumes", "name? → the same for plain volumes (tenant holds the volume's name)"),
+];
+
+fn rpc_get_method_help(_s: &Server, p: Option<Value>) -> Result<Value, RpcError> {
+    pov_jsonrpc::common::method_help(&[HELP, pov_jsonrpc::common::HELP, pov_jsonrpc::reactors::HELP], p)
 }
 
 fn rpc_get_methods(_s: &Server, p: Option<Value>) -> Result<Value, RpcError> {
@@ -86,4 +102,20 @@ fn proxy_get_tenants(s: &Server, p: Option<Value>) -> Result<Value, RpcError> {
 
 fn proxy_get_volumes(s: &Server, p: Option<Value>) -> Result<Value, RpcError> {
     select(s.volume_stats(), params(p)?, "volume")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_has_one_help_line() {
+        let names: Vec<&str> = methods().into_iter().map(|(n, _)| n).collect();
+        let mut helped: Vec<&str> =
+            [HELP, pov_jsonrpc::common::HELP, pov_jsonrpc::reactors::HELP].concat().into_iter().map(|(n, _)| n).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        helped.sort_unstable();
+        assert_eq!(sorted, helped);
+    }
 }

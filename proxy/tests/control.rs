@@ -119,6 +119,10 @@ fn counters_log_level_and_hostile_clients() {
         assert!(methods.as_array().unwrap().contains(&json!(m)), "{m} missing from {methods}");
     }
 
+    let help = call(&sock, "rpc_get_method_help", Some(json!({"name": "proxy_get_tenants"}))).unwrap();
+    assert!(help["help"].as_str().unwrap().starts_with("name?"), "{help}");
+    assert_eq!(code(call(&sock, "rpc_get_method_help", Some(json!({"name": "bdev_get_iostat"})))), codes::ENODEV);
+
     let stats = call(&sock, "proxy_get_stats", None).unwrap();
     assert_eq!(stats["listen"], json!(addr));
     assert_eq!(stats["backend"], "local");

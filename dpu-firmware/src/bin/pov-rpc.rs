@@ -18,7 +18,9 @@ struct Args {
     /// Seconds to wait for the answer.
     #[arg(short = 't', long, default_value_t = 60.0)]
     timeout: f64,
-    /// Method, e.g. `pov_device_get_devices` (`rpc_get_methods` lists them).
+    /// Method, e.g. `pov_device_get_devices` (`rpc_get_methods` lists them); `help
+    /// [METHOD]` prints what a method takes and returns (every method without one),
+    /// as the daemon answers `rpc_get_method_help`.
     method: String,
     /// Parameters as a JSON object, e.g. '{"name":"pov0"}'; `@FILE` reads them from
     /// FILE and `-` from standard input (keeps them off the command line).
@@ -29,15 +31,35 @@ use std::io::ErrorKind;
 
 fn main() {
     let args = Args::parse();
-    let params = match params_from_arg(args.params.as_deref(), std::io::stdin().lock()) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("pov-rpc: {}", pov_proto::ErrorChain(&e));
-            std::process::exit(2);
-        }
-    };
     let timeout = Duration::try_from_secs_f64(args.timeout).ok().filter(|t| !t.is_zero());
-    match call(&args.server, &args.method, params, timeout) {
+    // `help [METHOD]`: the daemon's own help lines, as text.
+    let help = args.method == "help";
+    let (method, params) = match (help, args.params.as_deref()) {
+        (true, Some(m)) => ("rpc_get_method_help", Some(serde_json::json!({ "name": m }))),
+        (true, None) => ("rpc_get_method_help", None),
+        (false, p) => match params_from_arg(p, std::io::stdin().lock()) {
+            Ok(p) => (args.method.as_str(), p),
+            Err(e) => {
+                eprintln!("pov-rpc: {}", pov_proto::ErrorChain(&e));
+                std::process::exit(2);
+            }
+        },
+    };
+    match call(&args.server, method, params, timeout) {
+        Ok(v) if help => {
+            let lines: Vec<serde_json::Value> = match v {
+                serde_json::Value::Array(a) => a,
+                one => vec![one],
+            };
+            let mut out = std::io::stdout().lock();
+            for l in lines {
+                use std::io::Write;
+                let (name, text) = (l["name"].as_str().unwrap_or("?"), l["help"].as_str().unwrap_or(""));
+                if writeln!(out, "{name}\n    {text}").is_err() {
+                    break;
+                }
+            }
+        }
         Ok(v) => {
             use std::io::Write;
             let text = serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string());

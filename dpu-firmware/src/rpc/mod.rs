@@ -22,6 +22,7 @@
 //! | method | params | result |
 //! |---|---|---|
 //! | `rpc_get_methods` | `current?`, `include_aliases?` (ignored) | method names |
+//! | `rpc_get_method_help` | `name?` | `{"name", "help"}` (one line: parameters → result), or all of them (`pov-rpc help [METHOD]`) |
 //! | `framework_get_reactors`, `thread_get_stats`, `thread_get_pollers`, `bdev_get_bdevs`, `bdev_get_iostat`, `spdk_get_version`, `log_set_level`, `log_get_level`, `pov_get_reactors` | see [`crate::stats`] | |
 //! | `pov_tenant_create` | `name`, `secret` | `true` |
 //! | `pov_tenant_delete` | `name` | `true` |
@@ -51,6 +52,8 @@ use crate::daemon::{Daemon, DaemonError};
 use pov_jsonrpc::GetMethodsOpts;
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+mod help;
 
 /// Default control socket path.
 pub const DEFAULT_RPC_SOCKET: &str = "/var/tmp/pov-dpu.sock";
@@ -85,6 +88,7 @@ impl Service for Daemon {
 /// The framework methods (SPDK's).
 const FRAMEWORK: &[(&str, Handler)] = &[
     ("rpc_get_methods", rpc_get_methods),
+    ("rpc_get_method_help", rpc_get_method_help),
     ("save_config", save_config),
     ("framework_get_subsystems", framework_get_subsystems),
     ("framework_get_config", framework_get_config),
@@ -123,6 +127,15 @@ pub fn method_names() -> Vec<&'static str> {
 fn rpc_get_methods(_d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
     let _: GetMethodsOpts = params(p)?;
     Ok(json!(method_names()))
+}
+
+/// Every method's help line, in no particular order.
+pub fn help_table() -> Vec<(&'static str, &'static str)> {
+    [help::HELP, pov_jsonrpc::common::HELP, pov_jsonrpc::reactors::HELP].concat()
+}
+
+fn rpc_get_method_help(_d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
+    pov_jsonrpc::common::method_help(&[help::HELP, pov_jsonrpc::common::HELP, pov_jsonrpc::reactors::HELP], p)
 }
 
 fn save_config(d: &Daemon, p: Option<Value>) -> Result<Value, RpcError> {
