@@ -73,6 +73,24 @@ fn thread_json(r: &ReactorHandle, fields: Value) -> Value {
     Value::Object(o)
 }
 
+/// The pollers of reactor `r` with their counts, each with `state` if given.
+fn pollers_json(r: &ReactorHandle, state: Option<&str>) -> Vec<Value> {
+    let list = r.stats().pollers.lock().unwrap_or_else(|e| e.into_inner());
+    list.iter()
+        .map(|p| {
+            let mut v = json!({
+                "name": p.name,
+                "run_count": p.counters.runs.load(Ordering::Relaxed),
+                "busy_count": p.counters.busy.load(Ordering::Relaxed),
+            });
+            if let Some(st) = state {
+                v["state"] = json!(st);
+            }
+            v
+        })
+        .collect()
+}
+
 fn busy_idle(r: &ReactorHandle) -> (u64, u64) {
     let s = r.stats();
     (s.busy_ns.load(Ordering::Relaxed), s.idle_ns.load(Ordering::Relaxed))
@@ -126,21 +144,7 @@ fn thread_get_pollers<C: Reactors>(d: &C, p: Option<Value>) -> Result<Value, Rpc
         .reactors()
         .iter()
         .map(|r| {
-            let pollers: Vec<Value> = r
-                .stats()
-                .pollers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|p| {
-                    json!({
-                        "name": p.name,
-                        "state": "waiting",
-                        "run_count": p.counters.runs.load(Ordering::Relaxed),
-                        "busy_count": p.counters.busy.load(Ordering::Relaxed),
-                    })
-                })
-                .collect();
+            let pollers = pollers_json(r, Some("waiting"));
             thread_json(r, json!({ "active_pollers": pollers, "timed_pollers": [], "paused_pollers": [] }))
         })
         .collect();
@@ -154,19 +158,7 @@ fn pov_get_reactors<C: Reactors>(d: &C, p: Option<Value>) -> Result<Value, RpcEr
         .iter()
         .map(|r| {
             let s = r.stats();
-            let pollers: Vec<Value> = s
-                .pollers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|p| {
-                    json!({
-                        "name": p.name,
-                        "run_count": p.counters.runs.load(Ordering::Relaxed),
-                        "busy_count": p.counters.busy.load(Ordering::Relaxed),
-                    })
-                })
-                .collect();
+            let pollers = pollers_json(r, None);
             json!({
                 "reactor": r.id(),
                 "lcore": r.core().unwrap_or(r.id() as usize),

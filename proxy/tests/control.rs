@@ -4,89 +4,24 @@
 
 use pov_jsonrpc::client::{call as rpc, ClientError, RpcClient};
 use pov_jsonrpc::codes;
-use pov_proto::io::{flags, Op, SdkHint};
-use pov_proto::wire::{ProxyRequest, ProxyResponse};
+use pov_proto::io::{flags, Op};
 use pov_proto::Status;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
-const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Starts the binary; returns it and the address from its "listening on" line.
-fn spawn(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pov-proxy"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn pov-proxy");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let line = rx.recv_timeout(TIMEOUT).expect("pov-proxy printed its address");
-    let addr = line.strip_prefix("pov-proxy listening on ").unwrap_or_else(|| panic!("unexpected line {line:?}"));
-    (child, addr.to_string())
-}
+mod common;
+use common::{spawn, wait_exit, TIMEOUT};
 
 fn stop(mut child: Child) -> std::process::ExitStatus {
-    let st = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    assert!(st.success());
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("pov-proxy did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::signal(&child, "TERM");
+    wait_exit(&mut child)
 }
 
 fn request(addr: &str, tenant: &str, op: Op, path: &str, fl: u32, payload: &[u8]) -> Status {
-    let mut t = pov_runtime::transport::connect(addr).unwrap();
-    let r = ProxyRequest {
-        op,
-        tag: 9,
-        offset: 0,
-        length: 0,
-        flags: fl,
-        hint: SdkHint::default(),
-        trace: false,
-        qos: 0,
-        load: 0,
-        epoch: 0,
-        session_id: 1,
-        tenant: tenant.into(),
-        path: path.into(),
-        grant: Default::default(),
-    };
-    let mut f = Vec::new();
-    r.encode_frame(payload, &mut f).unwrap();
-    t.send_frame(&f).unwrap();
-    let mut got = None;
-    let deadline = Instant::now() + TIMEOUT;
-    while got.is_none() {
-        assert!(Instant::now() < deadline, "no answer");
-        if !t.poll(&mut |b| got = Some(ProxyResponse::decode(b).unwrap().0)).unwrap() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    got.unwrap().status
+    common::request(addr, tenant, op, path, fl, payload).status
 }
 
 fn call(sock: &Path, method: &str, params: Option<Value>) -> Result<Value, ClientError> {

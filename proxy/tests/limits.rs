@@ -7,13 +7,13 @@
 use pov_proto::io::{Op, SdkHint};
 use pov_proto::wire::{ProxyRequest, ProxyResponse, LEN_PREFIX, MAX_FRAME};
 use pov_proto::Status;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+mod common;
+use common::TIMEOUT;
 const MIB: usize = 1 << 20;
 
 /// The proxy process, killed when the test ends (pass or fail).
@@ -31,25 +31,9 @@ impl Drop for Proxy {
 
 impl Proxy {
     fn spawn(args: &[&str]) -> Proxy {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pov-proxy"))
-            .args(["--listen", "tcp:127.0.0.1:0", "--log-level", "warn"])
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn pov-proxy");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let line = rx.recv_timeout(TIMEOUT).expect("pov-proxy printed its address");
-        let addr = line.strip_prefix("pov-proxy listening on ").unwrap_or_else(|| panic!("unexpected line {line:?}")).to_string();
+        let all: Vec<&str> =
+            ["--listen", "tcp:127.0.0.1:0", "--log-level", "warn"].into_iter().chain(args.iter().copied()).collect();
+        let (child, addr) = common::spawn(&all);
         Proxy { child, addr }
     }
 
