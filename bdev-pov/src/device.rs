@@ -236,8 +236,12 @@ fn latency_histogram() -> Histogram<u64> {
 /// Where a request's path comes from.
 #[derive(Clone)]
 enum Target {
-    /// Resolved from the request payload (Open, List, Remove, Stat by path).
+    /// Resolved from the request payload (Open, List, Remove, Stat by path, Mkdir,
+    /// SetAttr, StatFs).
     Path(String),
+    /// Rename's two names, both normalized and inside the session's grant; the
+    /// destination travels to the proxy as the payload.
+    Rename { from: String, to: String },
     /// The path of the open file the request's handle names.
     Handle,
 }
@@ -550,6 +554,7 @@ impl PovDevice {
         };
         let (path, location) = match &target {
             Target::Path(p) => (p.as_str(), 0),
+            Target::Rename { from, .. } => (from.as_str(), 0),
             Target::Handle => match s.handles.get(&h.file_handle) {
                 Some(handle) => (handle.path.as_str(), handle.location),
                 None => return fail(st, Status::BadHandle),
@@ -560,7 +565,11 @@ impl PovDevice {
         if hint.location_key == 0 {
             hint.location_key = location;
         }
-        let payload = if h.op.carries_data() { q.payload(h.payload_len as usize) } else { &[] };
+        let payload = match &target {
+            _ if h.op.carries_data() => q.payload(h.payload_len as usize),
+            Target::Rename { to, .. } => to.as_bytes(),
+            _ => &[],
+        };
         let view = ProxyRequestView {
             op: h.op,
             tag: 0,
@@ -931,16 +940,19 @@ impl DeviceState {
         // Resolve the target path inside the tenant's namespace.
         let mut open = None;
         let target = match h.op {
-            Op::Open | Op::List | Op::Remove => match pov_proto::path::normalize(payload) {
-                Ok(p) if h.op == Op::Open && p.is_empty() => Err(Status::IsDir),
-                Ok(p) => {
-                    if h.op == Op::Open {
-                        open = Some(Handle { path: p.clone(), writable: h.flags & flags::WRITE != 0, location: 0 });
+            Op::Rename => pov_proto::path::split_rename(payload).map(|(from, to)| Target::Rename { from, to }),
+            Op::Open | Op::List | Op::Remove | Op::Mkdir | Op::SetAttr | Op::StatFs => {
+                match pov_proto::path::normalize(payload) {
+                    Ok(p) if h.op == Op::Open && p.is_empty() => Err(Status::IsDir),
+                    Ok(p) => {
+                        if h.op == Op::Open {
+                            open = Some(Handle { path: p.clone(), writable: h.flags & flags::WRITE != 0, location: 0 });
+                        }
+                        Ok(Target::Path(p))
                     }
-                    Ok(Target::Path(p))
+                    Err(st) => Err(st),
                 }
-                Err(st) => Err(st),
-            },
+            }
             Op::Stat if h.file_handle == 0 => pov_proto::path::normalize(payload).map(Target::Path),
             _ => match s.handles.get(&h.file_handle) {
                 None => Err(Status::BadHandle),
@@ -959,6 +971,10 @@ impl DeviceState {
         let target = target.and_then(|t| {
             let path = match &t {
                 Target::Path(p) => p.as_str(),
+                // Both names must be inside the grant: the destination is checked
+                // here, the source below.
+                Target::Rename { from, to } if s.grant.allows(h.op, h.flags, to) => from.as_str(),
+                Target::Rename { .. } => return Err(Status::Permission),
                 Target::Handle => s.handles.get(&h.file_handle).map_or("", |x| x.path.as_str()),
             };
             if s.grant.allows(h.op, h.flags, path) {

@@ -71,6 +71,14 @@ fn fake_proxy() -> String {
                             let e = (s + r.req.length as usize).min(f.len());
                             (Status::Ok, (e - s) as u64, f[s..e].to_vec())
                         }
+                        // The destination arrives as the payload.
+                        Op::Rename => match files.remove(&key) {
+                            Some(v) => {
+                                files.insert(format!("{}/{}", r.req.tenant, String::from_utf8_lossy(r.payload)), v);
+                                (Status::Ok, 0, vec![])
+                            }
+                            None => (Status::NotFound, 0, vec![]),
+                        },
                         _ => (Status::Ok, 0, vec![]),
                     };
                     ProxyResponse { op: r.req.op as u16, tag: r.req.tag, status, result, flags: 0 }
@@ -738,6 +746,50 @@ fn grants_limit_what_a_session_may_do() {
         ..AdminRequest::new(AdminOp::OpenSession, 7)
     };
     assert_eq!(h.exchange(open, None).status(), Status::AuthFailed);
+}
+
+/// Rename names two paths: both must lie inside the session's grant (an attacker
+/// holding a prefix grant can neither move a file out of it nor pull one in), and a
+/// malformed payload is refused at the DPU. The names reach the proxy normalized.
+#[test]
+fn rename_checks_both_names_against_the_grant() {
+    let proxy = fake_proxy();
+    let mut h = Harness::new(&proxy, |_| {});
+    let (full, q) = setup(&mut h, 5);
+    assert_eq!(open_file(&mut h, &full, q, 10, "/pub/a", flags::CREATE | flags::WRITE).0, Status::Ok);
+    assert_eq!(open_file(&mut h, &full, q, 11, "/private/b", flags::CREATE | flags::WRITE).0, Status::Ok);
+    let (r, rw) = h.open_with("acme", b"pw", 6, 0, "pub");
+    assert_eq!(r.status(), Status::Ok);
+    let mut rw = rw.unwrap();
+    let q2 = h.create_queue(&mut rw).queue_id;
+    let rename = |h: &mut Harness, s: &Sess, q: u32, id: u64, payload: &[u8]| {
+        let mut m = hdr(Op::Rename, q, s, id);
+        m.payload_len = payload.len() as u32;
+        h.call(s, q, &m, payload, 0).0.status
+    };
+    let join = pov_proto::path::join_rename;
+    assert_eq!(rename(&mut h, &rw, q2, 1, &join("/pub/a", "/private/a")), Status::Permission, "moving a file out");
+    assert_eq!(rename(&mut h, &rw, q2, 2, &join("/private/b", "/pub/b")), Status::Permission, "pulling one in");
+    assert_eq!(rename(&mut h, &rw, q2, 3, &join("/pub/a", "/pub/../private/a")), Status::Permission, "dot-dot");
+    assert_eq!(rename(&mut h, &rw, q2, 4, b"/pub/a/pub/c"), Status::Invalid, "no separator");
+    assert_eq!(rename(&mut h, &rw, q2, 5, &join("/pub", "/")), Status::Permission, "onto the root");
+    assert_eq!(rename(&mut h, &rw, q2, 6, &join("//pub/./a", "pub/c")), Status::Ok, "inside the prefix");
+    assert_eq!(open_file(&mut h, &full, q, 12, "/pub/c", 0).0, Status::Ok, "the proxy got both names, normalized");
+    assert_eq!(open_file(&mut h, &full, q, 13, "/pub/a", 0).0, Status::NotFound);
+    // A read-only session may not rename, make directories or set attributes.
+    let (r, ro) = h.open_with("acme", b"pw", 7, GRANT_READ_ONLY, "");
+    assert_eq!(r.status(), Status::Ok);
+    let mut ro = ro.unwrap();
+    let q3 = h.create_queue(&mut ro).queue_id;
+    assert_eq!(rename(&mut h, &ro, q3, 1, &join("/pub/c", "/pub/d")), Status::Permission);
+    for (i, op) in [Op::Mkdir, Op::SetAttr].into_iter().enumerate() {
+        let mut m = hdr(op, q3, &ro, 10 + i as u64);
+        m.payload_len = 4;
+        assert_eq!(h.call(&ro, q3, &m, b"/pub", 0).0.status, Status::Permission, "{op:?}");
+    }
+    let mut f = hdr(Op::StatFs, q3, &ro, 20);
+    f.payload_len = 1;
+    assert_eq!(h.call(&ro, q3, &f, b"/", 0).0.status, Status::Ok, "statfs reads nothing of anyone's");
 }
 
 /// Per-tenant limits: one tenant opening sessions until refused leaves room for another.

@@ -177,12 +177,62 @@ pub enum Command {
         #[arg(required = true)]
         paths: Vec<String>,
     },
-    /// Show the kind, size and modification time of PoV files or directories
+    /// Show the kind, permission bits, size and modification time of PoV files or
+    /// directories
     Stat {
         /// Paths (pov:/path; the pov: prefix is optional)
         #[arg(required = true)]
         paths: Vec<String>,
     },
+    /// Make PoV directories
+    Mkdir {
+        /// Make missing parents too; an existing directory is no error
+        #[arg(short, long)]
+        parents: bool,
+        /// Permission bits of the new directories, in octal (e.g. 755; default: the
+        /// backend's, 700 on local files)
+        #[arg(short, long, value_parser = parse_mode)]
+        mode: Option<u32>,
+        /// Directories (pov:/path; the pov: prefix is optional)
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Rename or move a PoV file or directory tree, in one atomic step
+    #[command(
+        after_help = "Both SRC and DST are inside PoV. If DST is an existing directory,         SRC moves into it under its own name; otherwise SRC is renamed to DST, replacing a file         (or empty directory) there unless -n is given. Open files elsewhere keep naming the old         path."
+    )]
+    Mv {
+        /// Do not replace an existing destination (fail instead)
+        #[arg(short, long)]
+        no_clobber: bool,
+        /// Source (pov:/path; the pov: prefix is optional)
+        src: String,
+        /// Destination (pov:/path; the pov: prefix is optional)
+        dst: String,
+    },
+    /// Set the permission bits of PoV files or directories
+    Chmod {
+        /// Permission bits in octal (e.g. 640); set-id and sticky bits are not kept
+        #[arg(value_parser = parse_mode)]
+        mode: u32,
+        /// Paths (pov:/path; the pov: prefix is optional)
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Show the capacity of the storage behind the tenant's namespace
+    Df {
+        /// Path to ask about (default: the tenant's root)
+        path: Option<String>,
+    },
+}
+
+/// Permission bits from an octal argument (`755`, `0640`): at most `0o777`.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        Ok(_) => Err(format!("{s}: PoV keeps only permission bits (at most 777; no set-id or sticky bits)")),
+        Err(_) => Err(format!("{s}: not an octal mode (e.g. 755)")),
+    }
 }
 
 /// Runs the tool with the process's arguments; returns the exit code (0 success,
@@ -382,11 +432,63 @@ pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::R
                 let p = pov_path(p);
                 let st = s.stat(&p).with_context(|| format!("stat pov:{p}"))?;
                 let kind = if st.kind == Kind::Dir { "directory" } else { "file" };
-                writeln!(out, "  path: pov:{p}\n  kind: {kind}\n  size: {} bytes", st.size)?;
+                writeln!(out, "  path: pov:{p}\n  kind: {kind}\n  mode: {:04o}\n  size: {} bytes", st.mode, st.size)?;
                 writeln!(out, " mtime: {} ({} ns since the epoch)", format_utc(st.mtime_ns), st.mtime_ns)?;
             }
             Ok(())
         }
+        Command::Mkdir { parents, mode, paths } => {
+            for p in paths {
+                let p = pov_path(p);
+                let r = match (*parents, *mode) {
+                    (true, None) => s.create_dir_all(&p),
+                    (true, Some(m)) => match s.stat(&p) {
+                        Ok(st) if st.kind == Kind::Dir => Ok(()),
+                        _ => s.create_dir_all(parent_of(&p)).and_then(|()| s.create_dir(&p, Some(m))),
+                    },
+                    (false, m) => s.create_dir(&p, m),
+                };
+                r.with_context(|| format!("mkdir pov:{p}"))?;
+            }
+            Ok(())
+        }
+        Command::Mv { no_clobber, src, dst } => {
+            let (src, mut dst) = (pov_path(src), pov_path(dst));
+            if matches!(s.stat(&dst), Ok(st) if st.kind == Kind::Dir) && dst.trim_end_matches('/') != src.trim_end_matches('/') {
+                dst = join(&dst, Loc::Pov(src.clone()).name().as_str());
+            }
+            let r = if *no_clobber { s.rename_noreplace(&src, &dst) } else { s.rename(&src, &dst) };
+            r.with_context(|| format!("mv pov:{src} pov:{dst}"))?;
+            Ok(())
+        }
+        Command::Chmod { mode, paths } => {
+            for p in paths {
+                let p = pov_path(p);
+                s.set_attr(&p, Some(*mode), None).with_context(|| format!("chmod pov:{p}"))?;
+            }
+            Ok(())
+        }
+        Command::Df { path } => {
+            let p = pov_path(path.as_deref().unwrap_or("/"));
+            let f = s.statfs(&p).with_context(|| format!("df pov:{p}"))?;
+            let used = f.blocks.saturating_sub(f.blocks_free).saturating_mul(u64::from(f.block_size));
+            let mut out = stdout.lock();
+            writeln!(out, "{:>16} {:>16} {:>16} {:>5}  path", "bytes", "used", "available", "use%")?;
+            let pct = match f.total_bytes() {
+                0 => "-".to_string(),
+                t => format!("{}%", (u128::from(used) * 100).div_ceil(u128::from(t))),
+            };
+            writeln!(out, "{:>16} {:>16} {:>16} {:>5}  pov:{p}", f.total_bytes(), used, f.available_bytes(), pct)?;
+            Ok(())
+        }
+    }
+}
+
+/// The parent of an absolute PoV path (`/` for a top-level name).
+fn parent_of(p: &str) -> &str {
+    match p.trim_end_matches('/').rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &p[..i],
     }
 }
 

@@ -360,20 +360,10 @@ impl Engine {
         self.incarnation().queue_ids.len()
     }
 
-    /// Process ID sent in every request header.
-    pub(crate) fn pid(&self) -> u32 {
-        self.pid
-    }
-
     /// Takes `n` request IDs out of the sequence for someone else's use; returns the
     /// first.
     pub(crate) fn reserve_request_ids(&self, n: u64) -> u64 {
         self.next_request.fetch_add(n, Ordering::Relaxed)
-    }
-
-    /// The request ID the next call will use (for unique names; not reserved).
-    pub(crate) fn next_request_id(&self) -> u64 {
-        self.next_request.load(Ordering::Relaxed)
     }
 
     fn pool(&self) -> MutexGuard<'_, Pool> {

@@ -90,7 +90,7 @@ pub use file::{File, OpenOptions};
 pub use mem::IoBuf;
 pub use pov_proto::admin::QosClass;
 pub use pov_proto::crypto::{Protection, SessionKeys};
-pub use pov_proto::entry::{DirEntry, Kind, Stat};
+pub use pov_proto::entry::{DirEntry, Kind, Stat, StatFs};
 pub use pov_proto::Status;
 pub use session::{Session, SessionInfo, SessionOptions};
 pub use spec::{DeviceOptions, DeviceSpec};

@@ -17,7 +17,7 @@ use pov_proto::admin::{
     AdminOp, AdminRequest, AdminResponse, QosClass, GRANT_INTEGRITY_ONLY, GRANT_READ_ONLY, MAX_PREFIX, MAX_SECRET,
 };
 use pov_proto::crypto::{self, Protection, SessionKeys};
-use pov_proto::entry::{DirEntry, Kind, Stat, STAT_SIZE};
+use pov_proto::entry::{DirEntry, Kind, Stat, StatFs, STATFS_SIZE, STAT_SIZE};
 use pov_proto::io::{flags, Op};
 use pov_proto::layout::{HEADER_SIZE, SLOT_SIZE};
 use pov_proto::Status;
@@ -413,24 +413,94 @@ impl Session {
         Ok(())
     }
 
-    /// Makes sure a directory exists at `path`, creating it and its parents if needed.
+    /// Creates the directory `path` (its parent must exist), like
+    /// `std::fs::create_dir`; its permission bits are the backend's default (local:
+    /// `0700`) unless `mode` is given (`0o777` at most).
     ///
-    /// PoV has no mkdir operation (creating a file creates its parents), so a missing
-    /// directory is made by creating and removing a placeholder file inside it; the
-    /// directory stays. Only needed for directories that will stay empty.
+    /// Errors: `AlreadyExists` (anything at `path`, the root included), `NotFound` (a
+    /// missing parent), `NotADirectory` (a parent is a file), `PermissionDenied` (a
+    /// read-only session, or outside its path prefix).
+    pub fn create_dir(&self, path: &str, mode: Option<u32>) -> io::Result<()> {
+        self.mkdir(path, mode, false)
+    }
+
+    /// Makes sure a directory exists at `path`, creating it and its missing parents
+    /// (`mkdir -p`; one request).
     ///
-    /// Errors: `AlreadyExists` if `path` is a file; the statuses of Open and Remove.
+    /// Errors: `AlreadyExists` if `path` (or a parent) is a file; as
+    /// [`Session::create_dir`].
     pub fn create_dir_all(&self, path: &str) -> io::Result<()> {
-        match self.stat(path) {
-            Ok(st) if st.kind == Kind::Dir => return Ok(()),
-            Ok(_) => return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{path}: exists and is not a directory"))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        self.mkdir(path, None, true)
+    }
+
+    fn mkdir(&self, path: &str, mode: Option<u32>, parents: bool) -> io::Result<()> {
+        let wire = wire_path(path, Op::Mkdir)?;
+        let mut flags = if parents { flags::PARENTS } else { 0 };
+        if mode.is_some() {
+            flags |= flags::SET_MODE;
         }
-        let n = self.engine.next_request_id();
-        let placeholder = join(path, &format!(".pov-mkdir-{}-{n}", self.engine.pid()));
-        OpenOptions::new().write(true).create_new(true).open(self, &placeholder)?.close()?;
-        self.remove(&placeholder)
+        let c = Call { flags, length: mode.unwrap_or(0), ..Call::path(Op::Mkdir, &wire, 0) };
+        self.engine.call(&c, |_, _| Ok(()))
+    }
+
+    /// Renames `from` to `to` in one step, replacing a file (or empty directory) at
+    /// `to`, like `std::fs::rename`: readers see the old `to` or the new one, never
+    /// neither. `to`'s parent must exist. Open [`File`]s name paths: one opened on
+    /// `from` does not follow the rename (`docs/protocol.md`, "Names and attributes").
+    ///
+    /// Errors: `NotFound` (`from`, or `to`'s parent), `IsADirectory` (a file onto a
+    /// directory), `NotADirectory`, `DirectoryNotEmpty`, `InvalidInput` (a directory
+    /// into its own subtree), `PermissionDenied` (the root, a read-only session, a
+    /// name outside the session's path prefix).
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.rename_with(from, to, true, false)
+    }
+
+    /// As [`Session::rename`], and durable on the backend's storage before it
+    /// returns (the directories holding both names are synced): after a crash the
+    /// file is found under `to`, not `from`.
+    pub fn rename_sync(&self, from: &str, to: &str) -> io::Result<()> {
+        self.rename_with(from, to, true, true)
+    }
+
+    /// As [`Session::rename`], but fails with `AlreadyExists` instead of replacing
+    /// anything at `to` (`RENAME_NOREPLACE`; on the Ceph backend checked just before
+    /// the rename, not atomically with it).
+    pub fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
+        self.rename_with(from, to, false, false)
+    }
+
+    fn rename_with(&self, from: &str, to: &str, replace: bool, sync: bool) -> io::Result<()> {
+        let (f, t) = (wire_path(from, Op::Rename)?, wire_path(to, Op::Rename)?);
+        let payload = pov_proto::path::join_rename(&f, &t);
+        let target = format!("{from} -> {to}");
+        let flags = if replace { 0 } else { flags::EXCL } | if sync { flags::SYNC } else { 0 };
+        let c = Call { flags, payload: &payload, target: &target, ..Call::path(Op::Rename, &f, 0) };
+        self.engine.call(&c, |_, _| Ok(()))
+    }
+
+    /// Sets the permission bits (`mode & 0o777`; set-id and sticky bits are never
+    /// kept) and/or the modification time (ns since the Unix epoch) of the file or
+    /// directory at `path`; `None` leaves that attribute alone.
+    ///
+    /// Errors: `NotFound`, `PermissionDenied` (the root, a read-only session, outside
+    /// the path prefix).
+    pub fn set_attr(&self, path: &str, mode: Option<u32>, mtime_ns: Option<u64>) -> io::Result<()> {
+        let wire = wire_path(path, Op::SetAttr)?;
+        let flags = if mode.is_some() { flags::SET_MODE } else { 0 } | if mtime_ns.is_some() { flags::SET_MTIME } else { 0 };
+        let c = Call { flags, length: mode.unwrap_or(0), offset: mtime_ns.unwrap_or(0), ..Call::path(Op::SetAttr, &wire, 0) };
+        self.engine.call(&c, |_, _| Ok(()))
+    }
+
+    /// Capacity of the storage behind `path` (`statvfs`).
+    ///
+    /// Errors: the statuses of the device; a record that does not decode is
+    /// `InvalidData`.
+    pub fn statfs(&self, path: &str) -> io::Result<StatFs> {
+        let wire = wire_path(path, Op::StatFs)?;
+        self.engine.call(&Call::path(Op::StatFs, &wire, STATFS_SIZE), |_, p| {
+            StatFs::decode(p).map_err(|e| protocol_error(format!("statfs record: {e}")))
+        })
     }
 
     /// Reads a whole file, like `std::fs::read`.

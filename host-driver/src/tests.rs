@@ -220,6 +220,44 @@ fn file_operations() {
     assert_eq!(stack.open_handles(), 0, "every handle closed");
 }
 
+/// Names and attributes end to end (library → DPU → proxy → local backend): mkdir,
+/// rename (replacing or not), modes and mtimes, statfs; each one request.
+#[test]
+fn names_and_attributes() {
+    let (stack, _dev, s) = setup();
+    let kind = |e: std::io::Error| e.kind();
+    s.create_dir("/a", None).unwrap();
+    assert_eq!(s.create_dir("/a", None).map_err(kind), Err(std::io::ErrorKind::AlreadyExists));
+    assert_eq!(s.create_dir("/x/y", None).map_err(kind), Err(std::io::ErrorKind::NotFound));
+    let before = stack.count(Op::Mkdir);
+    s.create_dir_all("/x/y/z").unwrap();
+    assert_eq!(stack.count(Op::Mkdir), before + 1, "mkdir -p is one request");
+    s.create_dir("/m", Some(0o751)).unwrap();
+    assert_eq!(s.stat("/m").unwrap().mode, 0o751);
+    // An atomic replace, the way a careful writer updates a file.
+    s.write("/a/f", b"old").unwrap();
+    s.write("/a/f.tmp", b"new").unwrap();
+    assert_eq!(s.rename_noreplace("/a/f.tmp", "/a/f").map_err(kind), Err(std::io::ErrorKind::AlreadyExists));
+    s.rename("/a/f.tmp", "/a/f").unwrap();
+    assert_eq!(s.read("/a/f").unwrap(), b"new");
+    assert_eq!(s.stat("/a/f.tmp").map_err(kind).unwrap_err(), std::io::ErrorKind::NotFound);
+    s.rename("/a", "/x/y/z/a").unwrap();
+    assert_eq!(s.read("/x/y/z/a/f").unwrap(), b"new", "a tree moves whole");
+    let e = s.rename("/x", "/x/y/inside").unwrap_err();
+    assert_eq!(status_of(&e), Some(Status::Invalid), "{e}");
+    assert!(e.to_string().contains("/x -> /x/y/inside"), "the error names both paths: {e}");
+    assert_eq!(stack.file("x/y/z/a/f").as_deref(), Some(&b"new"[..]), "on the backend, under the new name");
+    // Modes and times.
+    s.set_attr("/x/y/z/a/f", Some(0o640), Some(1_234_567_890_000_000_007)).unwrap();
+    let st = s.stat("/x/y/z/a/f").unwrap();
+    assert_eq!((st.mode, st.mtime_ns, st.size), (0o640, 1_234_567_890_000_000_007, 3));
+    assert_eq!(s.set_attr("/", Some(0o777), None).map_err(kind), Err(std::io::ErrorKind::PermissionDenied));
+    let f = s.statfs("/").unwrap();
+    assert!(f.block_size > 0 && f.blocks > 0 && f.blocks_available <= f.blocks, "{f:?}");
+    s.remove_all("/x").unwrap();
+    s.remove_all("/m").unwrap();
+}
+
 #[test]
 fn listing_pages_and_large_responses() {
     let (stack, _dev, s) = setup();
@@ -493,6 +531,41 @@ fn cli_copies_trees_in_and_out() {
 /// back into the tree never loops, the operand itself is followed, `-n` keeps existing
 /// files and `-i` asks about each.
 #[cfg(feature = "cli")]
+/// `pov-host mkdir`, `mv`, `chmod`, `df`, parsed as the command line would be.
+#[test]
+fn cli_mkdir_mv_chmod_df() {
+    use crate::cli::{run_with_session, Cli};
+    use clap::Parser;
+    let (stack, _dev, s) = setup();
+    let run = |args: &[&str]| {
+        let cli = Cli::try_parse_from(std::iter::once("pov-host").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+        run_with_session(&cli.command, &s, 2).map_err(|e| crate::cli::error_chain(&e))
+    };
+    run(&["mkdir", "-p", "-m", "750", "pov:/a/b/c"]).unwrap();
+    assert_eq!(s.stat("/a/b/c").unwrap().mode, 0o750);
+    run(&["mkdir", "-p", "-m", "750", "pov:/a/b/c"]).unwrap();
+    let e = run(&["mkdir", "pov:/a"]).unwrap_err();
+    assert!(e.contains("mkdir pov:/a") && e.contains("exists"), "{e}");
+    assert!(run(&["mkdir", "-m", "4755", "/x"]).unwrap_err().contains("at most 777"));
+    assert!(run(&["chmod", "9", "/x"]).unwrap_err().contains("not an octal mode"));
+    s.write("/f", b"data").unwrap();
+    run(&["chmod", "604", "/f"]).unwrap();
+    assert_eq!(s.stat("/f").unwrap().mode, 0o604);
+    // mv into an existing directory keeps the name; -n refuses to replace.
+    run(&["mv", "pov:/f", "pov:/a/b"]).unwrap();
+    assert_eq!(stack.file("a/b/f").as_deref(), Some(&b"data"[..]));
+    s.write("/g", b"other").unwrap();
+    let e = run(&["mv", "-n", "/g", "/a/b/f"]).unwrap_err();
+    assert!(e.contains("mv pov:/g pov:/a/b/f") && e.contains("exists"), "{e}");
+    run(&["mv", "/g", "/a/b/f"]).unwrap();
+    assert_eq!(stack.file("a/b/f").as_deref(), Some(&b"other"[..]), "replaced");
+    let e = run(&["mv", "/a", "/a/b/c/a"]).unwrap_err();
+    assert!(e.contains("invalid"), "{e}");
+    run(&["df"]).unwrap();
+    run(&["stat", "/a/b/f"]).unwrap();
+    s.remove_all("/a").unwrap();
+}
+
 #[test]
 fn cli_copy_links_and_overwrites() {
     use crate::cli::{copy, CopyOptions, Loc, Overwrite};

@@ -28,13 +28,16 @@ impl Kind {
 /// | offset | size | field |
 /// |---|---|---|
 /// | 0 | 1 | kind (1 file, 2 directory) |
-/// | 1 | 7 | reserved |
+/// | 1 | 3 | reserved |
+/// | 4 | 4 | permission bits (`0o777` at most; 0 from a backend that keeps none) |
 /// | 8 | 8 | size, bytes |
 /// | 16 | 8 | modification time, ns since the Unix epoch |
 /// | 24 | 8 | reserved |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
     pub kind: Kind,
+    /// Permission bits, `0o777` at most (`rwxrwxrwx`; no set-id or sticky bits).
+    pub mode: u32,
     pub size: u64,
     pub mtime_ns: u64,
 }
@@ -47,6 +50,7 @@ impl Stat {
     pub fn encode(&self) -> [u8; STAT_SIZE] {
         let mut b = [0u8; STAT_SIZE];
         b[0] = self.kind as u8;
+        put_u32(&mut b, 4, self.mode & MODE_MASK);
         put_u64(&mut b, 8, self.size);
         put_u64(&mut b, 16, self.mtime_ns);
         b
@@ -55,7 +59,81 @@ impl Stat {
     /// Decodes 32 bytes.
     pub fn decode(b: &[u8]) -> Result<Stat, DecodeError> {
         need(b, STAT_SIZE)?;
-        Ok(Stat { kind: Kind::from_u8(b[0])?, size: get_u64(b, 8), mtime_ns: get_u64(b, 16) })
+        let mode = get_u32(b, 4) & MODE_MASK;
+        Ok(Stat { kind: Kind::from_u8(b[0])?, mode, size: get_u64(b, 8), mtime_ns: get_u64(b, 16) })
+    }
+}
+
+/// The permission bits PoV carries (`rwxrwxrwx`): set-user-ID, set-group-ID and
+/// sticky bits are never stored or reported.
+pub const MODE_MASK: u32 = 0o777;
+
+/// Capacity of the storage behind a tenant's namespace (48 bytes on the wire), the
+/// response payload of `StatFs`; the fields of POSIX `statvfs`.
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 4 | block size, bytes (the unit of the block counts) |
+/// | 4 | 4 | longest name component, bytes |
+/// | 8 | 8 | blocks in total |
+/// | 16 | 8 | free blocks |
+/// | 24 | 8 | blocks available to the tenant |
+/// | 32 | 8 | file slots (inodes) in total (0: no limit known) |
+/// | 40 | 8 | free file slots |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[allow(missing_docs)]
+pub struct StatFs {
+    pub block_size: u32,
+    pub name_max: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_available: u64,
+    pub files: u64,
+    pub files_free: u64,
+}
+
+/// Encoded size of a [`StatFs`].
+pub const STATFS_SIZE: usize = 48;
+
+impl StatFs {
+    /// Encodes into 48 bytes.
+    pub fn encode(&self) -> [u8; STATFS_SIZE] {
+        let mut b = [0u8; STATFS_SIZE];
+        put_u32(&mut b, 0, self.block_size);
+        put_u32(&mut b, 4, self.name_max);
+        for (i, v) in [self.blocks, self.blocks_free, self.blocks_available, self.files, self.files_free].into_iter().enumerate()
+        {
+            put_u64(&mut b, 8 + 8 * i, v);
+        }
+        b
+    }
+
+    /// Decodes 48 bytes. A zero block size is [`DecodeError::Invalid`].
+    pub fn decode(b: &[u8]) -> Result<StatFs, DecodeError> {
+        need(b, STATFS_SIZE)?;
+        let s = StatFs {
+            block_size: get_u32(b, 0),
+            name_max: get_u32(b, 4),
+            blocks: get_u64(b, 8),
+            blocks_free: get_u64(b, 16),
+            blocks_available: get_u64(b, 24),
+            files: get_u64(b, 32),
+            files_free: get_u64(b, 40),
+        };
+        if s.block_size == 0 {
+            return Err(DecodeError::Invalid { field: "block_size", why: "zero" });
+        }
+        Ok(s)
+    }
+
+    /// Total capacity in bytes (saturating).
+    pub fn total_bytes(&self) -> u64 {
+        self.blocks.saturating_mul(u64::from(self.block_size))
+    }
+
+    /// Bytes available to the tenant (saturating).
+    pub fn available_bytes(&self) -> u64 {
+        self.blocks_available.saturating_mul(u64::from(self.block_size))
     }
 }
 
@@ -105,8 +183,16 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let s = Stat { kind: Kind::File, size: 5, mtime_ns: 6 };
+        let s = Stat { kind: Kind::File, mode: 0o640, size: 5, mtime_ns: 6 };
         assert_eq!(Stat::decode(&s.encode()).unwrap(), s);
+        let setuid = Stat { mode: 0o4755, ..s };
+        assert_eq!(Stat::decode(&setuid.encode()).unwrap().mode, 0o755, "set-id bits are never carried");
+        let f =
+            StatFs { block_size: 4096, name_max: 255, blocks: 10, blocks_free: 4, blocks_available: 3, files: 9, files_free: 1 };
+        assert_eq!(StatFs::decode(&f.encode()).unwrap(), f);
+        assert_eq!((f.total_bytes(), f.available_bytes()), (40960, 12288));
+        assert!(StatFs::decode(&StatFs::default().encode()).is_err(), "block size 0");
+        assert!(StatFs::decode(&f.encode()[..47]).is_err());
         let es = vec![
             DirEntry { kind: Kind::Dir, size: 0, name: "a".into() },
             DirEntry { kind: Kind::File, size: 9, name: "bé".into() },

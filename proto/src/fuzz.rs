@@ -30,7 +30,7 @@ pub fn io_headers(data: &[u8]) {
     if let Ok(h) = &req {
         assert!(h.payload_len <= MAX_IO_BYTES && h.length <= MAX_IO_BYTES, "{h:?}");
         assert!(!h.op.is_dpu_only(), "a host request never carries a DPU-only operation: {h:?}");
-        assert!(!h.op.carries_path() || h.payload_len as usize <= MAX_PATH, "{h:?}");
+        assert!(!h.op.carries_path() || h.payload_len as usize <= h.op.max_path_payload(), "{h:?}");
         assert!(h.hint.retry_forbidden_len <= 12, "{h:?}");
         let _ = h.hint.forbids(h.queue_id);
         let mut b = [0u8; HEADER_SIZE];
@@ -509,7 +509,7 @@ pub fn valid_seeds(target: &str) -> Vec<Vec<u8>> {
             ] {
                 e.encode_into(&mut list);
             }
-            vec![Stat { kind: Kind::File, size: 12345, mtime_ns: 1_700_000_000_000_000_000 }.encode().to_vec(), list]
+            vec![Stat { kind: Kind::File, mode: 0o644, size: 12345, mtime_ns: 1_700_000_000_000_000_000 }.encode().to_vec(), list]
         }
         "proto_path" => ["/a//b/./c", "../other/secret", "dir/file.txt", "acme-1", "/", "a/\0b"]
             .iter()

@@ -46,6 +46,27 @@ pub enum Op {
     Remove = 9,
     /// Make `file_handle`'s data durable on the backend.
     Fsync = 10,
+    /// Create the directory at the path in the payload. Flags: [`flags::PARENTS`]
+    /// (create missing parents; an existing directory is then no error, like
+    /// `mkdir -p`), [`flags::SET_MODE`] (permission bits in `length`, else the
+    /// backend's default). Without `PARENTS`, an existing entry gives `Exists` and a
+    /// missing parent `NotFound`.
+    Mkdir = 11,
+    /// Rename: the payload is the source path, one NUL byte, the destination path.
+    /// An existing destination is replaced atomically (a file by a file, a directory
+    /// by an empty directory: else `IsDir`, `NotDir`, `NotEmpty`), unless
+    /// [`flags::EXCL`] is set (then `Exists`). The destination's parent must exist.
+    /// With [`flags::SYNC`] the rename is durable on the backend before the answer.
+    /// Handles are bound to paths: one opened on the source path does not follow the
+    /// file (`docs/protocol.md`, "Names and attributes").
+    Rename = 12,
+    /// Set attributes of the file or directory at the path in the payload:
+    /// [`flags::SET_MODE`] (permission bits in `length`, `0o777` at most),
+    /// [`flags::SET_MTIME`] (modification time in `offset`, ns since the Unix epoch).
+    SetAttr = 13,
+    /// Capacity of the storage holding the path in the payload; the response payload
+    /// is one [`crate::entry::StatFs`].
+    StatFs = 14,
     /// Plain volume (DPU → proxy only): open the volume named in the tenant field,
     /// creating it when [`flags::CREATE`] is set; `offset` = size in bytes, `length` =
     /// block size in bytes. Result = the volume size in bytes. An existing volume of
@@ -81,6 +102,10 @@ impl Op {
             Op::List => "list",
             Op::Remove => "remove",
             Op::Fsync => "fsync",
+            Op::Mkdir => "mkdir",
+            Op::Rename => "rename",
+            Op::SetAttr => "set_attr",
+            Op::StatFs => "stat_fs",
             Op::VolumeOpen => "volume_open",
             Op::VolumeRead => "volume_read",
             Op::VolumeWrite => "volume_write",
@@ -102,6 +127,10 @@ impl Op {
             8 => Op::List,
             9 => Op::Remove,
             10 => Op::Fsync,
+            11 => Op::Mkdir,
+            12 => Op::Rename,
+            13 => Op::SetAttr,
+            14 => Op::StatFs,
             16 => Op::VolumeOpen,
             17 => Op::VolumeRead,
             18 => Op::VolumeWrite,
@@ -135,19 +164,33 @@ impl Op {
     /// and rerouting"). Positional reads and writes, stat, list, fsync, truncate to a
     /// size and open without [`flags::EXCL`] are; append (the data would land twice),
     /// exclusive create (the second try would answer `Exists`) and remove (`NotFound`)
-    /// are not. Close never reaches a proxy.
+    /// are not. Close never reaches a proxy. Set-attributes and statfs are;
+    /// mkdir is only with [`flags::PARENTS`] (else the second try answers `Exists`),
+    /// rename never (the second try would answer `NotFound`).
     pub fn is_idempotent(self, flags: u32) -> bool {
         match self {
             Op::Open => flags & flags::EXCL == 0,
+            Op::Mkdir => flags & flags::PARENTS != 0,
             Op::Read | Op::Write | Op::Truncate | Op::Stat | Op::List | Op::Fsync | Op::Close => true,
+            Op::SetAttr | Op::StatFs => true,
             Op::VolumeOpen | Op::VolumeRead | Op::VolumeWrite | Op::VolumeFlush | Op::Ping => true,
-            Op::Append | Op::Remove => false,
+            Op::Append | Op::Remove | Op::Rename => false,
         }
     }
 
-    /// `true` if the payload carries a path.
+    /// `true` if the payload carries a path (two, NUL-separated, for [`Op::Rename`]).
     pub fn carries_path(self) -> bool {
-        matches!(self, Op::Open | Op::List | Op::Remove)
+        matches!(self, Op::Open | Op::List | Op::Remove | Op::Mkdir | Op::Rename | Op::SetAttr | Op::StatFs)
+    }
+
+    /// Longest payload of an operation that [`Op::carries_path`], in bytes:
+    /// [`MAX_PATH`], or two paths and their separator for [`Op::Rename`].
+    pub fn max_path_payload(self) -> usize {
+        if self == Op::Rename {
+            2 * MAX_PATH + 1
+        } else {
+            MAX_PATH
+        }
     }
 
     /// `true` if the request (with its `flags`) may change the tenant's files: what a
@@ -157,8 +200,9 @@ impl Op {
         match self {
             Op::Open => flags & (flags::WRITE | flags::CREATE | flags::TRUNCATE) != 0,
             Op::Write | Op::Append | Op::Truncate | Op::Remove => true,
+            Op::Mkdir | Op::Rename | Op::SetAttr => true,
             Op::VolumeWrite | Op::VolumeOpen | Op::VolumeFlush => true,
-            Op::Close | Op::Read | Op::Stat | Op::List | Op::Fsync | Op::VolumeRead | Op::Ping => false,
+            Op::Close | Op::Read | Op::Stat | Op::List | Op::Fsync | Op::StatFs | Op::VolumeRead | Op::Ping => false,
         }
     }
 }
@@ -201,8 +245,15 @@ pub mod flags {
     /// Open: the handle may be used for writes.
     pub const WRITE: u32 = 1 << 3;
     /// Write/Append: make the data durable before answering (like `O_DSYNC`).
-    /// VolumeWrite: FUA (forced unit access), same meaning.
+    /// VolumeWrite: FUA (forced unit access), same meaning. Rename: the rename is
+    /// durable before answering.
     pub const SYNC: u32 = 1 << 4;
+    /// Mkdir, SetAttr: set the permission bits to `length & 0o777`.
+    pub const SET_MODE: u32 = 1 << 5;
+    /// SetAttr: set the modification time to `offset` (ns since the Unix epoch).
+    pub const SET_MTIME: u32 = 1 << 6;
+    /// Mkdir: create missing parent directories; an existing directory is no error.
+    pub const PARENTS: u32 = 1 << 7;
     /// Response to List: more entries remain after the ones returned.
     pub const MORE: u32 = 1 << 8;
     /// Request: trace this request (each stage reports its times, [`crate::trace`]).
@@ -357,8 +408,8 @@ impl RequestHeader {
         if h.payload_len > crate::MAX_IO_BYTES || h.length > crate::MAX_IO_BYTES {
             return Err(DecodeError::TooLarge(h.payload_len.max(h.length)));
         }
-        if h.op.carries_path() && h.payload_len as usize > MAX_PATH {
-            return Err(DecodeError::Invalid { field: "payload_len", why: "path over 4096 bytes" });
+        if h.op.carries_path() && h.payload_len as usize > h.op.max_path_payload() {
+            return Err(DecodeError::Invalid { field: "payload_len", why: "path (or rename's two paths) over 4096 bytes" });
         }
         Ok(h)
     }

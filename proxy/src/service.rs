@@ -12,6 +12,8 @@
 //! | op | result | response payload |
 //! |---|---|---|
 //! | Open, Close, Remove, Fsync, Stat | 0 | Stat: one 32-byte [`pov_proto::entry::Stat`] |
+//! | Mkdir, Rename, SetAttr | 0 | — (Rename: the request payload is the destination path) |
+//! | StatFs | 0 | one 48-byte [`pov_proto::entry::StatFs`] |
 //! | Read | bytes read | the data |
 //! | Write | bytes written | — |
 //! | Append | offset the data landed at | — |
@@ -311,7 +313,7 @@ impl Service {
     }
 
     fn run(&mut self, req: &ProxyRequest, path: &str, payload: &[u8], out: &mut Vec<u8>) -> Completion {
-        if !req.op.carries_data() && !payload.is_empty() {
+        if !req.op.carries_data() && req.op != Op::Rename && !payload.is_empty() {
             return Completion::err(Status::Invalid);
         }
         let t = req.tenant.as_str();
@@ -352,6 +354,25 @@ impl Service {
             }),
             Op::Remove => b.remove(t, path).map(|()| Completion::ok(0)),
             Op::Fsync => b.fsync(t, path).map(|()| Completion::ok(0)),
+            Op::Mkdir => {
+                let mode = (req.flags & flags::SET_MODE != 0).then_some(req.length);
+                b.mkdir(t, path, mode, req.flags & flags::PARENTS != 0).map(|()| Completion::ok(0))
+            }
+            // The destination travels as the payload; it is held to the same checks
+            // as the source (normalized, inside the grant).
+            Op::Rename => pov_proto::path::normalize(payload)
+                .and_then(|to| granted(req, to))
+                .and_then(|to| b.rename(t, path, &to, req.flags & flags::EXCL == 0, sync))
+                .map(|()| Completion::ok(0)),
+            Op::SetAttr => {
+                let mode = (req.flags & flags::SET_MODE != 0).then_some(req.length);
+                let mtime = (req.flags & flags::SET_MTIME != 0).then_some(req.offset);
+                b.set_attr(t, path, mode, mtime).map(|()| Completion::ok(0))
+            }
+            Op::StatFs => b.statfs(t, path).map(|f| {
+                out.extend_from_slice(&f.encode());
+                Completion::ok(0)
+            }),
             Op::VolumeOpen => b.volume_open(t, req.offset, req.length, req.flags & flags::CREATE != 0).map(Completion::ok),
             Op::VolumeRead => {
                 if req.length > MAX_IO_BYTES {

@@ -53,6 +53,8 @@ pub(crate) struct EntryStat {
     pub size: u64,
     /// Nanoseconds since the Unix epoch (0 if before it).
     pub mtime_ns: u64,
+    /// Permission bits (`st_mode & 0o777`).
+    pub mode: u32,
 }
 
 fn cstr(name: &str) -> io::Result<CString> {
@@ -115,7 +117,69 @@ fn stat_from(st: &libc::stat) -> EntryStat {
         kind: EntryType::from_mode(st.st_mode),
         size: st.st_size.max(0) as u64,
         mtime_ns: ns.clamp(0, u64::MAX as i128) as u64,
+        mode: st.st_mode & 0o777,
     }
+}
+
+/// Fails with the last OS error when a libc call returned a negative value.
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `renameat2(from_dir, from, to_dir, to, RENAME_NOREPLACE if !replace)`: one atomic
+/// step; neither name is followed if it is a symbolic link (rename never follows the
+/// last component).
+pub(crate) fn rename_at(from_dir: BorrowedFd<'_>, from: &str, to_dir: BorrowedFd<'_>, to: &str, replace: bool) -> io::Result<()> {
+    let (f, t) = (cstr(from)?, cstr(to)?);
+    let flags = if replace { 0 } else { libc::RENAME_NOREPLACE };
+    // SAFETY: `f` and `t` are NUL-terminated and outlive the call; both directory
+    // descriptors are open for the call.
+    check(unsafe { libc::renameat2(from_dir.as_raw_fd(), f.as_ptr(), to_dir.as_raw_fd(), t.as_ptr(), flags) })
+}
+
+/// `fchmodat(dir, name, mode)`. Linux cannot refuse to follow a link here: callers
+/// check with [`stat_at`] that `name` is a file or directory first.
+pub(crate) fn chmod_at(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: `c` is NUL-terminated and outlives the call; `dir` is open.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, 0) })
+}
+
+/// Sets the modification time of `name` under `dir` (`utimensat` with
+/// `AT_SYMLINK_NOFOLLOW`; the access time is left alone).
+pub(crate) fn set_mtime_at(dir: BorrowedFd<'_>, name: &str, mtime_ns: u64) -> io::Result<()> {
+    let c = cstr(name)?;
+    let omit = libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT };
+    let mtime = libc::timespec {
+        tv_sec: (mtime_ns / 1_000_000_000).min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: (mtime_ns % 1_000_000_000) as libc::c_long,
+    };
+    let times = [omit, mtime];
+    // SAFETY: `c` is NUL-terminated, `times` is an array of two timespecs, both
+    // outlive the call; `dir` is open.
+    check(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+}
+
+/// `fstatvfs(fd)`: (block size, name max, blocks, free, available, files, free files).
+pub(crate) fn statvfs_fd(fd: BorrowedFd<'_>) -> io::Result<pov_proto::entry::StatFs> {
+    // SAFETY: `struct statvfs` is plain data; all-zero is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer and `fd` is open.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
+    let block = if st.f_frsize > 0 { st.f_frsize } else { st.f_bsize };
+    Ok(pov_proto::entry::StatFs {
+        block_size: u32::try_from(block).unwrap_or(4096).max(1),
+        name_max: u32::try_from(st.f_namemax).unwrap_or(255),
+        blocks: st.f_blocks,
+        blocks_free: st.f_bfree,
+        blocks_available: st.f_bavail,
+        files: st.f_files,
+        files_free: st.f_ffree,
+    })
 }
 
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
@@ -253,7 +317,17 @@ mod tests {
         names.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(names.iter().map(|(n, _)| n.as_slice()).collect::<Vec<_>>(), [&b"f"[..], b"l", b"sub"]);
         mkdir_at(root.as_fd(), "new", 0o755).unwrap();
-        unlink_at(root.as_fd(), "new", true).unwrap();
+        rename_at(root.as_fd(), "new", root.as_fd(), "moved", false).unwrap();
+        assert_eq!(
+            rename_at(root.as_fd(), "moved", root.as_fd(), "sub", false).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        chmod_at(root.as_fd(), "moved", 0o701).unwrap();
+        set_mtime_at(root.as_fd(), "moved", 1_500_000_000_123_456_789).unwrap();
+        let m = stat_at(root.as_fd(), "moved").unwrap();
+        assert_eq!((m.mode, m.mtime_ns), (0o701, 1_500_000_000_123_456_789));
+        assert!(statvfs_fd(root.as_fd()).unwrap().blocks > 0);
+        unlink_at(root.as_fd(), "moved", true).unwrap();
         unlink_at(root.as_fd(), "f", false).unwrap();
         assert_eq!(stat_at(root.as_fd(), "f").unwrap_err().kind(), io::ErrorKind::NotFound);
         assert!(open_at(root.as_fd(), "a\0b", libc::O_RDONLY, 0).is_err());

@@ -446,6 +446,18 @@ impl pov_proxy::backend::Backend for SlowBackend {
     fn fsync(&mut self, t: &str, p: &str) -> Result<(), Status> {
         self.inner.fsync(t, p)
     }
+    fn mkdir(&mut self, t: &str, p: &str, m: Option<u32>, parents: bool) -> Result<(), Status> {
+        self.inner.mkdir(t, p, m, parents)
+    }
+    fn rename(&mut self, t: &str, from: &str, to: &str, replace: bool, sync: bool) -> Result<(), Status> {
+        self.inner.rename(t, from, to, replace, sync)
+    }
+    fn set_attr(&mut self, t: &str, p: &str, m: Option<u32>, mtime: Option<u64>) -> Result<(), Status> {
+        self.inner.set_attr(t, p, m, mtime)
+    }
+    fn statfs(&mut self, t: &str, p: &str) -> Result<pov_proto::entry::StatFs, Status> {
+        self.inner.statfs(t, p)
+    }
     fn volume_open(&mut self, v: &str, size: u64, bs: u32, create: bool) -> Result<u64, Status> {
         self.inner.volume_open(v, size, bs, create)
     }

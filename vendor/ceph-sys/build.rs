@@ -26,6 +26,10 @@ const FUNCTIONS: &[&str] = &[
     "ceph_fstatx",
     "ceph_statx",
     "ceph_mkdir",
+    "ceph_rename",
+    "ceph_setattrx",
+    "ceph_statfs",
+    "ceph_sync_fs",
     "ceph_unlink",
     "ceph_rmdir",
     "ceph_opendir",
@@ -55,10 +59,19 @@ const FUNCTIONS: &[&str] = &[
 ];
 
 /// Types named by the wrappers (the argument types of [`FUNCTIONS`] come along anyway).
-const TYPES: &[&str] = &["ceph_mount_info", "ceph_dir_result", "ceph_statx", "dirent", "rados_t", "rados_ioctx_t", "rbd_image_t"];
+const TYPES: &[&str] =
+    &["ceph_mount_info", "ceph_dir_result", "ceph_statx", "dirent", "statvfs", "rados_t", "rados_ioctx_t", "rbd_image_t"];
 
 /// Macros the wrappers use.
-const VARS: &[&str] = &["CEPH_STATX_INO", "CEPH_STATX_MODE", "CEPH_STATX_SIZE", "CEPH_STATX_MTIME", "CEPH_RECLAIM_RESET"];
+const VARS: &[&str] = &[
+    "CEPH_STATX_INO",
+    "CEPH_STATX_MODE",
+    "CEPH_STATX_SIZE",
+    "CEPH_STATX_MTIME",
+    "CEPH_RECLAIM_RESET",
+    "CEPH_SETATTR_MODE",
+    "CEPH_SETATTR_MTIME",
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=wrapper.h");

@@ -41,10 +41,10 @@
 //! appending to one file are not serialized (see `docs/ceph.md`).
 
 use super::{check_volume_geometry, check_volume_name, check_volume_range};
-use super::{resolve, Backend, Listing};
+use super::{mkdir_root, resolve, resolve_rename, Backend, Listing};
 use crate::sys::cephfs::{CephFile, CephMount, CephStat, Errno};
 use crate::sys::rados::{IoCtx, Rados, RbdImage};
-use pov_proto::entry::{DirEntry, Kind, Stat};
+use pov_proto::entry::{DirEntry, Kind, Stat, StatFs, MODE_MASK};
 use pov_proto::io::flags;
 use pov_proto::Status;
 use std::collections::hash_map::DefaultHasher;
@@ -353,6 +353,12 @@ impl CephBackend {
         self.inner.files.lock().unwrap_or_else(|e| e.into_inner()).remove(abs);
     }
 
+    /// Forgets the cached handles of `abs` and of everything below it (after a
+    /// rename, a handle cached under an old name must not serve the new occupant).
+    fn forget_tree(&self, abs: &str) {
+        self.inner.files.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| !pov_proto::path::is_within(k, abs));
+    }
+
     /// Maps an error of a call on tenant path `p`. libcephfs answers a walk through a
     /// regular file with `EACCES` (the file has no search permission) where POSIX
     /// gives `ENOTDIR`: when a parent of `p` is a file, the status is
@@ -558,11 +564,11 @@ impl Backend for CephBackend {
         let p = resolve(tenant, path)?;
         match self.m().stat(&self.abs(tenant, &p)) {
             Ok(s) => match kind_of(&s)? {
-                Kind::File => Ok(Stat { kind: Kind::File, size: s.size, mtime_ns: s.mtime_ns }),
-                Kind::Dir => Ok(Stat { kind: Kind::Dir, size: 0, mtime_ns: s.mtime_ns }),
+                Kind::File => Ok(Stat { kind: Kind::File, mode: s.mode & MODE_MASK, size: s.size, mtime_ns: s.mtime_ns }),
+                Kind::Dir => Ok(Stat { kind: Kind::Dir, mode: s.mode & MODE_MASK, size: 0, mtime_ns: s.mtime_ns }),
             },
             // The root of a tenant without files is an empty directory.
-            Err(Errno(libc::ENOENT)) if p.is_empty() => Ok(Stat { kind: Kind::Dir, size: 0, mtime_ns: 0 }),
+            Err(Errno(libc::ENOENT)) if p.is_empty() => Ok(Stat { kind: Kind::Dir, mode: DIR_MODE, size: 0, mtime_ns: 0 }),
             Err(e) => Err(self.path_err(tenant, &p, e)),
         }
     }
@@ -616,6 +622,81 @@ impl Backend for CephBackend {
             libc::ENOTEMPTY | libc::EEXIST => Status::NotEmpty,
             _ => st(e),
         })
+    }
+
+    fn mkdir(&mut self, tenant: &str, path: &str, mode: Option<u32>, parents: bool) -> Result<(), Status> {
+        let p = resolve(tenant, path)?;
+        // The tenant directory always; with `parents`, every parent of `p` too
+        // (make_parents creates the parents of the path it is given).
+        self.make_parents(tenant, if parents { &p } else { "-" })?;
+        if let Some(r) = mkdir_root(&p, parents) {
+            return r;
+        }
+        let abs = self.abs(tenant, &p);
+        match self.m().mkdir(&abs, DIR_MODE) {
+            Ok(()) => {}
+            Err(Errno(libc::EEXIST)) => {
+                let s = self.m().stat(&abs).map_err(st)?;
+                return if parents && s.is_dir() { Ok(()) } else { Err(Status::Exists) };
+            }
+            Err(e) => return Err(self.path_err(tenant, &p, e)),
+        }
+        match mode {
+            Some(m) => self.m().set_attr(&abs, Some(m & MODE_MASK), None).map_err(st),
+            None => Ok(()),
+        }
+    }
+
+    fn rename(&mut self, tenant: &str, from: &str, to: &str, replace: bool, sync: bool) -> Result<(), Status> {
+        let (from, to) = resolve_rename(tenant, from, to)?;
+        let (from_abs, to_abs) = (self.abs(tenant, &from), self.abs(tenant, &to));
+        let kind = kind_of(&self.m().stat(&from_abs).map_err(|e| self.path_err(tenant, &from, e))?)?;
+        if from == to {
+            // POSIX: nothing to do. (libcephfs would unlink the name.)
+            return Ok(());
+        }
+        match self.m().stat(&to_abs) {
+            // libcephfs has no RENAME_NOREPLACE: checked, then renamed (two renames
+            // racing onto one new name may both succeed; the later one wins).
+            Ok(_) if !replace => return Err(Status::Exists),
+            // What POSIX answers (libcephfs says ENOTEMPTY for a file onto a
+            // non-empty directory).
+            Ok(s) => match (kind, kind_of(&s)?) {
+                (Kind::File, Kind::Dir) => return Err(Status::IsDir),
+                (Kind::Dir, Kind::File) => return Err(Status::NotDir),
+                _ => {}
+            },
+            Err(_) => {}
+        }
+        let r = self.m().rename(&from_abs, &to_abs).map_err(|e| match e.0 {
+            libc::ENOTEMPTY | libc::EEXIST => Status::NotEmpty,
+            _ => self.path_err(tenant, &to, e),
+        });
+        self.forget_tree(&from_abs);
+        self.forget_tree(&to_abs);
+        r?;
+        if sync {
+            // The MDS journals the rename; syncing the client waits until it has.
+            self.m().sync_fs().map_err(st)?;
+        }
+        Ok(())
+    }
+
+    fn set_attr(&mut self, tenant: &str, path: &str, mode: Option<u32>, mtime_ns: Option<u64>) -> Result<(), Status> {
+        let p = resolve(tenant, path)?;
+        if p.is_empty() {
+            return Err(Status::Permission);
+        }
+        let abs = self.abs(tenant, &p);
+        kind_of(&self.m().stat(&abs).map_err(|e| self.path_err(tenant, &p, e))?)?;
+        self.m().set_attr(&abs, mode.map(|m| m & MODE_MASK), mtime_ns).map_err(st)
+    }
+
+    fn statfs(&mut self, tenant: &str, path: &str) -> Result<StatFs, Status> {
+        resolve(tenant, path)?;
+        // The backend's root exists from open on; the tenant's directory may not yet.
+        let root = if self.inner.config.root.is_empty() { "/" } else { self.inner.config.root.as_str() };
+        self.m().statfs(root).map_err(st)
     }
 
     fn volume_open(&mut self, volume: &str, size: u64, block_size: u32, create: bool) -> Result<u64, Status> {

@@ -22,12 +22,18 @@
 //! descriptor (they share the page cache). The block size is checked but not stored.
 //!
 //! Directories are created `0700`, files `0600` (before umask): only the proxy's user
-//! reads tenant data. Directory entries that are not regular files or directories, or
+//! reads tenant data. A tenant may set its entries' permission bits (`0o777` at
+//! most, never set-id bits), but never those of its namespace root `DIR/T`, which
+//! stays `0700`: whatever a tenant sets below it, no other user of the proxy's
+//! machine can reach the tree. Modes are real: a file a tenant made `0000` cannot be
+//! opened by a proxy that does not run as root, as on any POSIX file system. Directory entries that are not regular files or directories, or
 //! whose names are not UTF-8, are left out of listings.
 
-use super::{check_volume_geometry, check_volume_name, check_volume_range, resolve, Backend, Listing};
+use super::{
+    check_volume_geometry, check_volume_name, check_volume_range, mkdir_root, resolve, resolve_rename, Backend, Listing,
+};
 use crate::sys::{self, EntryType};
-use pov_proto::entry::{DirEntry, Kind, Stat};
+use pov_proto::entry::{DirEntry, Kind, Stat, StatFs, MODE_MASK};
 use pov_proto::io::flags;
 use pov_proto::Status;
 use std::collections::hash_map::DefaultHasher;
@@ -322,17 +328,17 @@ impl Backend for LocalBackend {
             return match self.tenant_dir(tenant, false)? {
                 Some(fd) => {
                     let s = sys::stat_fd(fd.as_fd()).map_err(|e| Status::from_io_error(&e))?;
-                    Ok(Stat { kind: Kind::Dir, size: 0, mtime_ns: s.mtime_ns })
+                    Ok(Stat { kind: Kind::Dir, mode: s.mode, size: 0, mtime_ns: s.mtime_ns })
                 }
-                None => Ok(Stat { kind: Kind::Dir, size: 0, mtime_ns: 0 }),
+                None => Ok(Stat { kind: Kind::Dir, mode: DIR_MODE, size: 0, mtime_ns: 0 }),
             };
         }
         let (parents, name) = split(&p);
         let parent = self.parent_dir(tenant, &parents, false)?;
         let s = sys::stat_at(parent.as_fd(), name).map_err(|e| classify(parent.as_fd(), name, e))?;
         match s.kind {
-            EntryType::File => Ok(Stat { kind: Kind::File, size: s.size, mtime_ns: s.mtime_ns }),
-            EntryType::Dir => Ok(Stat { kind: Kind::Dir, size: 0, mtime_ns: s.mtime_ns }),
+            EntryType::File => Ok(Stat { kind: Kind::File, mode: s.mode, size: s.size, mtime_ns: s.mtime_ns }),
+            EntryType::Dir => Ok(Stat { kind: Kind::Dir, mode: s.mode, size: 0, mtime_ns: s.mtime_ns }),
             EntryType::Symlink | EntryType::Other => Err(Status::Permission),
         }
     }
@@ -427,6 +433,89 @@ impl Backend for LocalBackend {
         sync(fd)?;
         // Also the directory entry, so that a newly created file survives a crash.
         sync(parent)
+    }
+
+    fn mkdir(&mut self, tenant: &str, path: &str, mode: Option<u32>, parents: bool) -> Result<(), Status> {
+        let p = resolve(tenant, path)?;
+        // The namespace root exists as soon as anyone asks.
+        self.tenant_dir(tenant, true)?;
+        if let Some(r) = mkdir_root(&p, parents) {
+            return r;
+        }
+        let (dirs, name) = split(&p);
+        let parent = self.parent_dir(tenant, &dirs, parents)?;
+        match sys::mkdir_at(parent.as_fd(), name, DIR_MODE) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let existing = sys::stat_at(parent.as_fd(), name).map_err(|e| classify(parent.as_fd(), name, e))?;
+                return if parents && existing.kind == EntryType::Dir { Ok(()) } else { Err(Status::Exists) };
+            }
+            Err(e) => return Err(classify(parent.as_fd(), name, e)),
+        }
+        if let Some(m) = mode {
+            sys::chmod_at(parent.as_fd(), name, m & MODE_MASK).map_err(|e| Status::from_io_error(&e))?;
+        }
+        Ok(())
+    }
+
+    fn rename(&mut self, tenant: &str, from: &str, to: &str, replace: bool, sync: bool) -> Result<(), Status> {
+        let (from, to) = resolve_rename(tenant, from, to)?;
+        let ((from_dirs, from_name), (to_dirs, to_name)) = (split(&from), split(&to));
+        let from_parent = self.parent_dir(tenant, &from_dirs, false)?;
+        let kind = sys::stat_at(from_parent.as_fd(), from_name).map_err(|e| classify(from_parent.as_fd(), from_name, e))?.kind;
+        if !matches!(kind, EntryType::File | EntryType::Dir) {
+            return Err(Status::Permission);
+        }
+        let to_parent = self.parent_dir(tenant, &to_dirs, false)?;
+        match sys::stat_at(to_parent.as_fd(), to_name) {
+            Ok(s) if !matches!(s.kind, EntryType::File | EntryType::Dir) => return Err(Status::Permission),
+            _ => {}
+        }
+        sys::rename_at(from_parent.as_fd(), from_name, to_parent.as_fd(), to_name, replace).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::EEXIST) if !replace => Status::Exists,
+                Some(libc::ENOTEMPTY) | Some(libc::EEXIST) => Status::NotEmpty,
+                _ => Status::from_io_error(&e),
+            }
+        })?;
+        if sync {
+            // Both directory entries: the new name exists and the old one is gone.
+            let sync_dir = |fd: &OwnedFd| {
+                let d = fd.try_clone().map_err(|e| Status::from_io_error(&e))?;
+                File::from(d).sync_all().map_err(|e| Status::from_io_error(&e))
+            };
+            sync_dir(&to_parent)?;
+            if from_dirs != to_dirs {
+                sync_dir(&from_parent)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_attr(&mut self, tenant: &str, path: &str, mode: Option<u32>, mtime_ns: Option<u64>) -> Result<(), Status> {
+        let p = resolve(tenant, path)?;
+        if p.is_empty() {
+            return Err(Status::Permission);
+        }
+        let (dirs, name) = split(&p);
+        let parent = self.parent_dir(tenant, &dirs, false)?;
+        let s = sys::stat_at(parent.as_fd(), name).map_err(|e| classify(parent.as_fd(), name, e))?;
+        if !matches!(s.kind, EntryType::File | EntryType::Dir) {
+            return Err(Status::Permission);
+        }
+        if let Some(m) = mode {
+            sys::chmod_at(parent.as_fd(), name, m & MODE_MASK).map_err(|e| Status::from_io_error(&e))?;
+        }
+        if let Some(t) = mtime_ns {
+            sys::set_mtime_at(parent.as_fd(), name, t).map_err(|e| Status::from_io_error(&e))?;
+        }
+        Ok(())
+    }
+
+    fn statfs(&mut self, tenant: &str, path: &str) -> Result<StatFs, Status> {
+        resolve(tenant, path)?;
+        // One file system holds every tenant's tree: its figures are the answer.
+        sys::statvfs_fd(self.inner.root.as_fd()).map_err(|e| Status::from_io_error(&e))
     }
 
     fn volume_open(&mut self, volume: &str, size: u64, block_size: u32, create: bool) -> Result<u64, Status> {

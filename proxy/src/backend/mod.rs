@@ -50,7 +50,7 @@ pub mod conformance;
 pub mod local;
 pub mod null;
 
-use pov_proto::entry::{DirEntry, Stat};
+use pov_proto::entry::{DirEntry, Stat, StatFs};
 use pov_proto::Status;
 
 /// One page of a directory listing.
@@ -175,6 +175,45 @@ pub trait Backend: Send {
     /// Errors: [`Status::NotFound`].
     fn fsync(&mut self, tenant: &str, path: &str) -> Result<(), Status>;
 
+    /// Creates the directory `path` with permission bits `mode` (masked with
+    /// [`pov_proto::entry::MODE_MASK`]; `None`: the backend's default). With
+    /// `parents`, missing parents are created too and an existing directory is no
+    /// error (`mkdir -p`).
+    ///
+    /// Errors: [`Status::Exists`] (an entry at `path`: without `parents` any, with it
+    /// a file; the root, which always exists, without `parents`),
+    /// [`Status::NotFound`] (a missing parent, without `parents`), [`Status::NotDir`]
+    /// (a parent is a file).
+    fn mkdir(&mut self, tenant: &str, path: &str, mode: Option<u32>, parents: bool) -> Result<(), Status>;
+
+    /// Renames `from` to `to` in one step: at no time is `to` missing if it existed
+    /// before, and never does a reader see a partly renamed tree. An existing `to` is
+    /// replaced when `replace` is set (a file by a file, a directory by an empty
+    /// directory), else the call fails with [`Status::Exists`]. With `sync`, the
+    /// rename is durable on the backend's storage before the call returns (both
+    /// parent directories synced). Both paths are re-normalized like every other.
+    ///
+    /// Errors: [`Status::NotFound`] (`from`, or `to`'s parent, missing),
+    /// [`Status::IsDir`] (a file onto a directory), [`Status::NotDir`] (a directory
+    /// onto a file, or a parent is a file), [`Status::NotEmpty`],
+    /// [`Status::Invalid`] (a directory into its own subtree), [`Status::Permission`]
+    /// (the root, or anything that is not a file or directory).
+    fn rename(&mut self, tenant: &str, from: &str, to: &str, replace: bool, sync: bool) -> Result<(), Status>;
+
+    /// Sets the permission bits (masked with [`pov_proto::entry::MODE_MASK`]) and/or
+    /// the modification time (ns since the Unix epoch) of the file or directory at
+    /// `path`; `None` leaves an attribute as it is.
+    ///
+    /// Errors: [`Status::NotFound`], [`Status::Permission`] (the namespace root,
+    /// whose attributes belong to the proxy).
+    fn set_attr(&mut self, tenant: &str, path: &str, mode: Option<u32>, mtime_ns: Option<u64>) -> Result<(), Status>;
+
+    /// Capacity of the storage that holds `path` (the namespace root may not exist
+    /// yet: the storage's figures are still given).
+    ///
+    /// Errors: [`Status::Io`].
+    fn statfs(&mut self, tenant: &str, path: &str) -> Result<StatFs, Status>;
+
     /// Opens the volume `volume`, creating it (zero-filled) with `size` bytes when it
     /// does not exist and `create` is set; returns its size in bytes. `block_size`
     /// (bytes) is the volume's block size: a power of two from 512 to 65536 that
@@ -238,6 +277,32 @@ pub fn check_volume_range(offset: u64, len: usize, size: u64) -> Result<(), Stat
         Some(end) if end <= size => Ok(()),
         _ => Err(Status::Invalid),
     }
+}
+
+/// How [`Backend::mkdir`] answers for the namespace root (normalized path `""`):
+/// `Some(Ok)` with `parents` (`mkdir -p /`), `Some(Err(Exists))` without; `None` for
+/// any other path (the backend goes on).
+pub fn mkdir_root(path: &str, parents: bool) -> Option<Result<(), Status>> {
+    match (path.is_empty(), parents) {
+        (false, _) => None,
+        (true, true) => Some(Ok(())),
+        (true, false) => Some(Err(Status::Exists)),
+    }
+}
+
+/// Checks the paths of [`Backend::rename`] that do not depend on storage: neither may
+/// be the root ([`Status::Permission`]) and a directory cannot move into its own
+/// subtree ([`Status::Invalid`]; checked on names, so it holds for files too, whose
+/// "subtree" cannot exist anyway). Returns the normalized `(from, to)`.
+pub fn resolve_rename(tenant: &str, from: &str, to: &str) -> Result<(String, String), Status> {
+    let (from, to) = (resolve(tenant, from)?, resolve(tenant, to)?);
+    if from.is_empty() || to.is_empty() {
+        return Err(Status::Permission);
+    }
+    if to != from && pov_proto::path::is_within(&to, &from) {
+        return Err(Status::Invalid);
+    }
+    Ok((from, to))
 }
 
 /// Checks a tenant name and re-normalizes a path, as every backend must before

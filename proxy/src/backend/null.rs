@@ -5,8 +5,10 @@
 //! * Open succeeds (the namespace root gives [`Status::IsDir`]); nothing is created.
 //! * Read returns `buf.len()` zero bytes (there is no end of file).
 //! * Write drops the data and reports it all written; Append reports offset 0.
-//! * Truncate reports the requested size; Stat says "file, size 0, mtime 0" (the root
-//!   is a directory); List is always empty; Remove and Fsync succeed.
+//! * Truncate reports the requested size; Stat says "file, mode 0644, size 0, mtime
+//!   0" (the root is a directory, mode 0755); List is always empty; Remove, Fsync,
+//!   Mkdir, Rename and SetAttr succeed (the root is answered as everywhere); StatFs
+//!   reports [`NULL_STATFS`] (1 PiB, all free).
 //!
 //! * Volumes: open succeeds for any valid name and geometry (returning the asked
 //!   size: nothing is kept, so there is no size to mismatch); reads return zeros at
@@ -15,8 +17,20 @@
 //! Invalid tenants, paths and volume names are refused like in every other backend.
 
 use super::{check_volume_geometry, check_volume_name, resolve, Backend, Listing};
-use pov_proto::entry::{Kind, Stat};
+use pov_proto::entry::{Kind, Stat, StatFs};
 use pov_proto::Status;
+
+/// What the null backend's StatFs reports: 2^38 blocks of 4 KiB (1 PiB), all free,
+/// no file limit.
+pub const NULL_STATFS: StatFs = StatFs {
+    block_size: 4096,
+    name_max: 255,
+    blocks: 1 << 38,
+    blocks_free: 1 << 38,
+    blocks_available: 1 << 38,
+    files: 0,
+    files_free: 0,
+};
 
 /// A backend that drops writes and reads zeros. See the module documentation.
 #[derive(Debug, Default, Clone)]
@@ -71,8 +85,8 @@ impl Backend for NullBackend {
     }
 
     fn stat(&mut self, tenant: &str, path: &str) -> Result<Stat, Status> {
-        let kind = if resolve(tenant, path)?.is_empty() { Kind::Dir } else { Kind::File };
-        Ok(Stat { kind, size: 0, mtime_ns: 0 })
+        let (kind, mode) = if resolve(tenant, path)?.is_empty() { (Kind::Dir, 0o755) } else { (Kind::File, 0o644) };
+        Ok(Stat { kind, mode, size: 0, mtime_ns: 0 })
     }
 
     fn list(&mut self, tenant: &str, path: &str, _start: u64, _max_bytes: usize) -> Result<Listing, Status> {
@@ -90,6 +104,23 @@ impl Backend for NullBackend {
     fn fsync(&mut self, tenant: &str, path: &str) -> Result<(), Status> {
         resolve(tenant, path)?;
         Ok(())
+    }
+
+    fn mkdir(&mut self, tenant: &str, path: &str, _mode: Option<u32>, parents: bool) -> Result<(), Status> {
+        super::mkdir_root(&resolve(tenant, path)?, parents).unwrap_or(Ok(()))
+    }
+
+    fn rename(&mut self, tenant: &str, from: &str, to: &str, _replace: bool, _sync: bool) -> Result<(), Status> {
+        super::resolve_rename(tenant, from, to).map(|_| ())
+    }
+
+    fn set_attr(&mut self, tenant: &str, path: &str, _mode: Option<u32>, _mtime_ns: Option<u64>) -> Result<(), Status> {
+        self.remove(tenant, path)
+    }
+
+    fn statfs(&mut self, tenant: &str, path: &str) -> Result<StatFs, Status> {
+        resolve(tenant, path)?;
+        Ok(NULL_STATFS)
     }
 
     fn volume_open(&mut self, volume: &str, size: u64, block_size: u32, _create: bool) -> Result<u64, Status> {
@@ -140,7 +171,13 @@ mod tests {
         assert_eq!(b.append("t", "f", b"x", false), Ok(0));
         assert_eq!(b.append("t", "f", b"y", false), Ok(0));
         assert_eq!(b.truncate("t", "f", 77), Ok(77));
-        assert_eq!(b.stat("t", "f"), Ok(Stat { kind: Kind::File, size: 0, mtime_ns: 0 }));
+        assert_eq!(b.stat("t", "f"), Ok(Stat { kind: Kind::File, mode: 0o644, size: 0, mtime_ns: 0 }));
+        assert_eq!(b.mkdir("t", "d", None, false), Ok(()));
+        assert_eq!(b.mkdir("t", "d", None, false), Ok(()), "nothing exists, so nothing is in the way");
+        assert_eq!(b.rename("t", "f", "g", false, false), Ok(()));
+        assert_eq!(b.set_attr("t", "f", Some(0o600), Some(1)), Ok(()));
+        assert_eq!(b.stat("t", "f").unwrap().mode, 0o644, "attributes are not kept");
+        assert_eq!(b.statfs("t", ""), Ok(NULL_STATFS));
         assert_eq!(b.stat("t", "").unwrap().kind, Kind::Dir);
         assert_eq!(b.list("t", "", 0, 1 << 20), Ok(Listing::default()));
         assert_eq!(b.remove("t", "f"), Ok(()));
@@ -177,5 +214,11 @@ mod tests {
         assert_eq!(b.open("t", "a\0", 0), Err(Status::Invalid));
         assert_eq!(b.open("t", "", 0), Err(Status::IsDir));
         assert_eq!(b.remove("t", "/"), Err(Status::Permission));
+        assert_eq!(b.mkdir("t", "/", None, true), Ok(()), "mkdir -p of the root: it exists");
+        assert_eq!(b.mkdir("t", "/", None, false), Err(Status::Exists));
+        assert_eq!(b.set_attr("t", "", Some(0o777), None), Err(Status::Permission));
+        assert_eq!(b.rename("t", "a", "../u/a", true, false), Err(Status::Permission));
+        assert_eq!(b.rename("t", "a", "a/b", true, false), Err(Status::Invalid), "into its own subtree");
+        assert_eq!(b.statfs("../u", ""), Err(Status::Permission));
     }
 }

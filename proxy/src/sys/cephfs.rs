@@ -11,8 +11,9 @@
 use ceph_sys::{
     ceph_close, ceph_closedir, ceph_conf_read_file, ceph_conf_set, ceph_create, ceph_dir_result, ceph_finish_reclaim,
     ceph_fstatx, ceph_fsync, ceph_ftruncate, ceph_init, ceph_mkdir, ceph_mount, ceph_mount_info, ceph_open, ceph_opendir,
-    ceph_read, ceph_readdir_r, ceph_release, ceph_rmdir, ceph_set_uuid, ceph_start_reclaim, ceph_statx, ceph_unlink,
-    ceph_unmount, ceph_write, dirent, CEPH_RECLAIM_RESET, CEPH_STATX_INO, CEPH_STATX_MODE, CEPH_STATX_MTIME, CEPH_STATX_SIZE,
+    ceph_read, ceph_readdir_r, ceph_release, ceph_rename, ceph_rmdir, ceph_set_uuid, ceph_setattrx, ceph_start_reclaim,
+    ceph_statfs, ceph_statx, ceph_sync_fs, ceph_unlink, ceph_unmount, ceph_write, dirent, statvfs, CEPH_RECLAIM_RESET,
+    CEPH_SETATTR_MODE, CEPH_SETATTR_MTIME, CEPH_STATX_INO, CEPH_STATX_MODE, CEPH_STATX_MTIME, CEPH_STATX_SIZE,
 };
 use std::ffi::{c_int, CStr, CString};
 use std::ptr;
@@ -185,6 +186,61 @@ impl CephMount {
         let p = cstr(path)?;
         // SAFETY: mounted handle, NUL-terminated path.
         check(unsafe { ceph_mkdir(self.raw, p.as_ptr(), mode) }).map(|_| ())
+    }
+
+    /// Renames `from` to `to` (replacing an existing `to`, as POSIX `rename`).
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), Errno> {
+        let (f, t) = (cstr(from)?, cstr(to)?);
+        // SAFETY: mounted handle, two NUL-terminated paths that outlive the call.
+        check(unsafe { ceph_rename(self.raw, f.as_ptr(), t.as_ptr()) }).map(|_| ())
+    }
+
+    /// Sets the permission bits (`mode`, type bits ignored) and/or the modification
+    /// time (ns since the Unix epoch) of `path`, not following a final symbolic link.
+    pub fn set_attr(&self, path: &str, mode: Option<u32>, mtime_ns: Option<u64>) -> Result<(), Errno> {
+        let p = cstr(path)?;
+        let mut s = ceph_statx::default();
+        let mut mask = 0;
+        if let Some(m) = mode {
+            s.stx_mode = (m & 0o7777) as u16;
+            mask |= CEPH_SETATTR_MODE;
+        }
+        if let Some(t) = mtime_ns {
+            s.stx_mtime.tv_sec = (t / 1_000_000_000).min(i64::MAX as u64) as _;
+            s.stx_mtime.tv_nsec = (t % 1_000_000_000) as _;
+            mask |= CEPH_SETATTR_MTIME;
+        }
+        if mask == 0 {
+            return Ok(());
+        }
+        // SAFETY: mounted handle, NUL-terminated path, `s` is a valid statx whose
+        // fields named by `mask` are set.
+        check(unsafe { ceph_setattrx(self.raw, p.as_ptr(), &mut s, mask as c_int, libc::AT_SYMLINK_NOFOLLOW) }).map(|_| ())
+    }
+
+    /// `statvfs` of the file system holding `path`.
+    pub fn statfs(&self, path: &str) -> Result<pov_proto::entry::StatFs, Errno> {
+        let p = cstr(path)?;
+        let mut v = statvfs::default();
+        // SAFETY: mounted handle, NUL-terminated path, `v` is a valid out-struct.
+        check(unsafe { ceph_statfs(self.raw, p.as_ptr(), &mut v) })?;
+        let block = if v.f_frsize > 0 { v.f_frsize } else { v.f_bsize };
+        Ok(pov_proto::entry::StatFs {
+            block_size: u32::try_from(block).unwrap_or(4096).max(1),
+            name_max: u32::try_from(v.f_namemax).unwrap_or(255),
+            blocks: v.f_blocks,
+            blocks_free: v.f_bfree,
+            blocks_available: v.f_bavail,
+            files: v.f_files,
+            files_free: v.f_ffree,
+        })
+    }
+
+    /// Waits until every metadata and data change of this client is durable in the
+    /// cluster (`ceph_sync_fs`).
+    pub fn sync_fs(&self) -> Result<(), Errno> {
+        // SAFETY: mounted handle.
+        check(unsafe { ceph_sync_fs(self.raw) }).map(|_| ())
     }
 
     /// Removes a file (`unlink`) or an empty directory (`rmdir`).
