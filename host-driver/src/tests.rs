@@ -530,8 +530,8 @@ fn cli_copies_trees_in_and_out() {
 /// `cp` as cp(1) decides: symbolic links inside a tree are skipped unless `-L`, a link
 /// back into the tree never loops, the operand itself is followed, `-n` keeps existing
 /// files and `-i` asks about each.
-#[cfg(feature = "cli")]
 /// `pov-host mkdir`, `mv`, `chmod`, `df`, parsed as the command line would be.
+#[cfg(feature = "cli")]
 #[test]
 fn cli_mkdir_mv_chmod_df() {
     use crate::cli::{run_with_session, Cli};
@@ -566,6 +566,7 @@ fn cli_mkdir_mv_chmod_df() {
     s.remove_all("/a").unwrap();
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn cli_copy_links_and_overwrites() {
     use crate::cli::{copy, CopyOptions, Loc, Overwrite};
