@@ -527,9 +527,6 @@ fn cli_copies_trees_in_and_out() {
     assert!(stack.violations().is_empty());
 }
 
-/// `cp` as cp(1) decides: symbolic links inside a tree are skipped unless `-L`, a link
-/// back into the tree never loops, the operand itself is followed, `-n` keeps existing
-/// files and `-i` asks about each.
 /// `pov-host mkdir`, `mv`, `chmod`, `df`, parsed as the command line would be.
 #[cfg(feature = "cli")]
 #[test]
@@ -566,6 +563,9 @@ fn cli_mkdir_mv_chmod_df() {
     s.remove_all("/a").unwrap();
 }
 
+/// `cp` as cp(1) decides: symbolic links inside a tree are skipped unless `-L`, a link
+/// back into the tree never loops, the operand itself is followed, `-n` keeps existing
+/// files and `-i` asks about each.
 #[cfg(feature = "cli")]
 #[test]
 fn cli_copy_links_and_overwrites() {
