@@ -130,8 +130,12 @@ pub enum Command {
         copied to DST. Directories need -r. Like cp(1): existing destination files are \
         overwritten unless -n or -i says otherwise; SRC itself is followed if it is a symbolic \
         link, but links inside a tree are skipped with a warning (PoV has no symbolic links) \
-        unless -L copies what they point to (a link back into the tree is skipped). Prints a \
-        summary: files, bytes, MiB/s, and what was skipped.")]
+        unless -L copies what they point to (a link back into the tree is skipped). Each file \
+        is written under a temporary name in its destination directory (.NAME.pov-part-*), \
+        made durable, and renamed into place in one step: an interrupted copy never leaves a \
+        partial file under the real name (only, at worst, a .pov-part file to remove), and an \
+        overwritten file is the old one or the new one, never a mix. Prints a summary: files, \
+        bytes, MiB/s, and what was skipped.")]
     Cp {
         /// Copy directories recursively
         #[arg(short, long)]
@@ -146,6 +150,13 @@ pub enum Command {
         /// (answer y to overwrite; anything else, or end of input, skips it)
         #[arg(short, long)]
         interactive: bool,
+        /// Keep each file's permission bits and modification time
+        #[arg(short, long)]
+        preserve: bool,
+        /// Do not make each file durable before reporting it copied (faster; a crash
+        /// soon after may lose files the summary counted)
+        #[arg(long)]
+        no_sync: bool,
         /// Source: pov:/path or a local path
         src: String,
         /// Destination: pov:/path or a local path
@@ -386,7 +397,7 @@ pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::R
     let stdout = io::stdout();
     match cmd {
         Command::List => list_devices(None),
-        Command::Cp { recursive, dereference, no_clobber, interactive, src, dst } => {
+        Command::Cp { recursive, dereference, no_clobber, interactive, preserve, no_sync, src, dst } => {
             let ask = |d: &Loc| -> io::Result<bool> {
                 eprint!("pov-host: overwrite {d}? ");
                 let mut answer = String::new();
@@ -400,7 +411,8 @@ pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::R
             } else {
                 Overwrite::Always
             };
-            let opts = CopyOptions { recursive: *recursive, dereference: *dereference, overwrite };
+            let opts =
+                CopyOptions { recursive: *recursive, dereference: *dereference, overwrite, preserve: *preserve, sync: !*no_sync };
             let summary = copy(s, &Loc::parse(src), &Loc::parse(dst), &opts, workers)?;
             writeln!(stdout.lock(), "{summary}")?;
             Ok(())
@@ -617,12 +629,18 @@ pub struct CopyOptions<'a> {
     pub dereference: bool,
     /// Existing destination files.
     pub overwrite: Overwrite<'a>,
+    /// Keep permission bits and modification times (`-p`).
+    pub preserve: bool,
+    /// Make each file (and its name) durable before counting it copied (the default;
+    /// `--no-sync` turns it off).
+    pub sync: bool,
 }
 
 impl CopyOptions<'_> {
-    /// `cp` or `cp -r`: overwrite, do not follow links inside trees.
+    /// `cp` or `cp -r`: overwrite, do not follow links inside trees, sync, do not
+    /// preserve attributes.
     pub fn new(recursive: bool) -> CopyOptions<'static> {
-        CopyOptions { recursive, dereference: false, overwrite: Overwrite::Always }
+        CopyOptions { recursive, dereference: false, overwrite: Overwrite::Always, preserve: false, sync: true }
     }
 }
 
@@ -803,6 +821,7 @@ pub fn copy(s: &Session, src: &Loc, dst: &Loc, opts: &CopyOptions<'_>, workers: 
     };
     let copied = AtomicU64::new(0);
     let workers = workers.max(1);
+    let per = PerFile { preserve: opts.preserve, sync: opts.sync };
     // Small files: one worker per file. Large files: one at a time, chunks in parallel.
     let (small, large): (Vec<&Job>, Vec<&Job>) = plan.files.iter().partition(|j| j.size <= CHUNK as u64);
     let next = AtomicUsize::new(0);
@@ -817,7 +836,7 @@ pub fn copy(s: &Session, src: &Loc, dst: &Loc, opts: &CopyOptions<'_>, workers: 
                     return;
                 }
                 let j = small[i];
-                if let Err(e) = copy_file(s, j, 1, &mut buf, &copied, &bar) {
+                if let Err(e) = copy_file(s, j, per, 1, &mut buf, &copied, &bar) {
                     stop.store(true, Ordering::Relaxed);
                     failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
                 }
@@ -834,7 +853,7 @@ pub fn copy(s: &Session, src: &Loc, dst: &Loc, opts: &CopyOptions<'_>, workers: 
     }
     let mut buf = Vec::new();
     for j in large {
-        if let Err(e) = copy_file(s, j, workers, &mut buf, &copied, &bar) {
+        if let Err(e) = copy_file(s, j, per, workers, &mut buf, &copied, &bar) {
             bar.abandon();
             return Err(e);
         }
@@ -898,10 +917,100 @@ impl Dst {
     }
 }
 
-/// Copies one file with `workers` threads (1 MiB chunks), adding to `copied` and `bar`.
+/// What [`copy_file`] needs of the [`CopyOptions`] (which are not `Sync`).
+#[derive(Clone, Copy)]
+struct PerFile {
+    preserve: bool,
+    sync: bool,
+}
+
+/// Temporary names of files being copied, unique in this process.
+static PART: AtomicU64 = AtomicU64::new(0);
+
+/// The temporary name a copy to `dst` is written under: `.NAME.pov-part-PID-N` in the
+/// same directory (NAME cut to 200 bytes so the whole stays a valid component).
+fn part_name(dst: &Loc) -> Loc {
+    let name = dst.name();
+    let mut cut = name.len().min(200);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let n = PART.fetch_add(1, Ordering::Relaxed);
+    let part = format!(".{}.pov-part-{}-{n}", &name[..cut], std::process::id());
+    match dst {
+        Loc::Pov(p) => Loc::Pov(join(parent_of(p), &part)),
+        Loc::Local(p) => Loc::Local(p.with_file_name(part)),
+    }
+}
+
+/// Permission bits and modification time (ns since the epoch) of a copy's source.
+fn attributes(s: &Session, src: &Loc) -> io::Result<(u32, u64)> {
+    match src {
+        Loc::Pov(p) => s.stat(p).map(|st| (st.mode, st.mtime_ns)),
+        Loc::Local(p) => {
+            use std::os::unix::fs::PermissionsExt;
+            let m = fs::metadata(p)?;
+            let ns = m.modified()?.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64);
+            Ok((m.permissions().mode() & 0o777, ns))
+        }
+    }
+}
+
+/// Copies one file (see [`copy_file_to`]) under a temporary name, then renames it
+/// into place; on failure the temporary file is removed (best effort).
 fn copy_file(
     s: &Session,
     j: &Job,
+    opts: PerFile,
+    workers: usize,
+    buf: &mut Vec<u8>,
+    copied: &AtomicU64,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
+    let ctx = || format!("cp: {} -> {}", j.src, j.dst);
+    let part = part_name(&j.dst);
+    let r = copy_file_to(s, j, &part, opts, workers, buf, copied, bar).and_then(|()| match (&part, &j.dst) {
+        (Loc::Pov(from), Loc::Pov(to)) => {
+            let r = if opts.sync { s.rename_sync(from, to) } else { s.rename(from, to) };
+            match r {
+                Ok(()) => Ok(()),
+                // A failover while the rename was in flight: it ran if the temporary
+                // name is gone and the real one is there.
+                Err(e) if matches!(s.stat(from), Err(ref g) if g.kind() == io::ErrorKind::NotFound) && s.stat(to).is_ok() => {
+                    log::info!("{}: rename outcome was unknown ({e}); it ran", ctx());
+                    Ok(())
+                }
+                Err(e) => Err(anyhow::Error::new(e).context(format!("{}: rename into place", ctx()))),
+            }
+        }
+        (Loc::Local(from), Loc::Local(to)) => {
+            fs::rename(from, to).with_context(|| format!("{}: rename into place", ctx()))?;
+            if opts.sync {
+                let dir = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+                fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("{}: sync {}", ctx(), dir.display()))?;
+            }
+            Ok(())
+        }
+        _ => unreachable!("part_name keeps the side"),
+    });
+    if r.is_err() {
+        let _ = match &part {
+            Loc::Pov(p) => s.remove(p),
+            Loc::Local(p) => fs::remove_file(p),
+        };
+    }
+    r
+}
+
+/// Copies `j.src` to `to` with `workers` threads (1 MiB chunks), adding to `copied`
+/// and `bar`; with `opts.sync` the data is durable, with `opts.preserve` the source's
+/// mode and modification time are set, before it returns.
+#[allow(clippy::too_many_arguments)]
+fn copy_file_to(
+    s: &Session,
+    j: &Job,
+    to: &Loc,
+    opts: PerFile,
     workers: usize,
     buf: &mut Vec<u8>,
     copied: &AtomicU64,
@@ -912,7 +1021,8 @@ fn copy_file(
         Loc::Local(p) => Src::Local(fs::File::open(p).with_context(ctx)?),
         Loc::Pov(p) => Src::Pov(s.open_file(p, &OpenOptions::new()).with_context(ctx)?),
     };
-    let dst = match &j.dst {
+    let attrs = if opts.preserve { Some(attributes(s, &j.src).with_context(ctx)?) } else { None };
+    let dst = match to {
         Loc::Local(p) => {
             if let Some(parent) = p.parent().filter(|p| !p.as_os_str().is_empty()) {
                 fs::create_dir_all(parent).with_context(ctx)?;
@@ -973,8 +1083,32 @@ fn copy_file(
     if let Src::Pov(f) = src {
         f.close().with_context(ctx)?;
     }
-    if let Dst::Pov(f) = dst {
-        f.close().with_context(ctx)?;
+    match dst {
+        Dst::Pov(f) => {
+            if opts.sync {
+                f.sync().with_context(|| format!("{}: sync", ctx()))?;
+            }
+            f.close().with_context(ctx)?;
+        }
+        Dst::Local(f) => {
+            if let Some((_, mtime)) = attrs {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(mtime);
+                f.set_modified(t).with_context(|| format!("{}: set the modification time", ctx()))?;
+            }
+            if opts.sync {
+                f.sync_all().with_context(|| format!("{}: sync", ctx()))?;
+            }
+        }
+    }
+    if let Some((mode, mtime)) = attrs {
+        match to {
+            Loc::Pov(p) => s.set_attr(p, Some(mode), Some(mtime)),
+            Loc::Local(p) => {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(p, fs::Permissions::from_mode(mode))
+            }
+        }
+        .with_context(|| format!("{}: set mode and modification time", ctx()))?;
     }
     Ok(())
 }

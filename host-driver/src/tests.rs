@@ -527,6 +527,53 @@ fn cli_copies_trees_in_and_out() {
     assert!(stack.violations().is_empty());
 }
 
+/// `cp` writes each file under a temporary name and renames it into place (no
+/// `.pov-part` file is left, an overwrite replaces the whole file), `-p` keeps mode
+/// and mtime both ways, and a failed copy leaves nothing under the real name.
+#[cfg(feature = "cli")]
+#[test]
+fn cli_copies_land_whole_and_keep_attributes() {
+    use crate::cli::{copy, CopyOptions, Loc};
+    use std::os::unix::fs::PermissionsExt;
+    let (stack, _dev, s) = setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/big"), pattern(7, 3 << 20)).unwrap();
+    std::fs::write(src.join("small"), b"small").unwrap();
+    std::fs::set_permissions(src.join("small"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    std::fs::File::options().write(true).open(src.join("small")).unwrap().set_modified(when).unwrap();
+    let local = |p: &std::path::Path| Loc::Local(p.to_path_buf());
+    s.write("/t/src/d/big", b"an older, shorter version").unwrap();
+    let renames = stack.count(Op::Rename);
+    let p = CopyOptions { preserve: true, ..CopyOptions::new(true) };
+    copy(&s, &local(&src), &Loc::parse("pov:/t"), &p, 4).unwrap();
+    assert_eq!(stack.count(Op::Rename), renames + 2, "each file renamed into place");
+    assert_eq!(stack.file("t/src/d/big").unwrap(), pattern(7, 3 << 20), "overwritten whole");
+    let st = s.stat("/t/src/small").unwrap();
+    assert_eq!((st.mode, st.mtime_ns), (0o640, 1_500_000_000 * 1_000_000_000), "-p into PoV");
+    let names = |dir: &str| s.list(dir).unwrap().into_iter().map(|e| e.name).collect::<Vec<_>>();
+    assert_eq!(names("/t/src"), ["d", "small"], "no temporary name left");
+    assert_eq!(names("/t/src/d"), ["big"]);
+    // Out again with -p: the local file gets PoV's attributes.
+    s.set_attr("/t/src/d/big", Some(0o604), Some(1_600_000_000 * 1_000_000_000)).unwrap();
+    let out = tmp.path().join("out");
+    copy(&s, &Loc::parse("pov:/t/src"), &local(&out), &p, 4).unwrap();
+    let m = std::fs::metadata(out.join("d/big")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o604);
+    assert_eq!(m.modified().unwrap(), std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000));
+    assert_eq!(std::fs::read(out.join("d/big")).unwrap(), pattern(7, 3 << 20));
+    let mut left: Vec<_> = std::fs::read_dir(out.join("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["big"], "no temporary name left locally");
+    // A copy that fails (its destination's parent is a file) leaves nothing behind.
+    s.write("/blocker", b"x").unwrap();
+    assert!(copy(&s, &local(&src.join("small")), &Loc::parse("pov:/blocker/x"), &CopyOptions::new(false), 1).is_err());
+    assert_eq!(names("/"), ["blocker", "t"]);
+    s.remove_all("/t").unwrap();
+}
+
 /// `pov-host mkdir`, `mv`, `chmod`, `df`, parsed as the command line would be.
 #[cfg(feature = "cli")]
 #[test]
