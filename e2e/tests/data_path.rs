@@ -135,16 +135,55 @@ fn cli_tree_round_trip_two_processes_at_once() {
     let mut c = stack.host_cmd();
     c.args(["stat", "pov:/trees/a/d0/sub0/file0.bin"]);
     assert!(run_ok(c).contains('0'));
-    let mut c = stack.host_cmd();
-    c.args(["rm", "-r", "pov:/trees/b"]);
-    run_ok(c);
-    assert!(!stack.backend_dir("acme").join("trees/b").exists());
-    // Sessions with grants: read-only, limited to a directory, integrity-only.
     let fails = |mut c: std::process::Command| {
         let out = c.output().unwrap();
         assert!(!out.status.success(), "should fail: {}", String::from_utf8_lossy(&out.stdout));
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
+    // Machine-readable output.
+    let mut c = stack.host_cmd();
+    c.args(["ls", "--json", "pov:/trees"]);
+    let v: serde_json::Value = serde_json::from_str(&run_ok(c)).expect("ls --json is JSON");
+    assert_eq!(v, json!([{"name": "a", "kind": "dir", "size": 0}, {"name": "b", "kind": "dir", "size": 0}]));
+    let mut c = stack.host_cmd();
+    c.args(["stat", "--json", "pov:/trees/a/small3.txt"]);
+    let v: serde_json::Value = serde_json::from_str(&run_ok(c)).expect("stat --json is JSON");
+    assert_eq!((v[0]["kind"].as_str(), v[0]["size"].as_u64()), (Some("file"), Some("small file 3 100\n".len() as u64)), "{v}");
+    let mut c = stack.host_cmd();
+    c.args(["df", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&run_ok(c)).expect("df --json is JSON");
+    assert!(v["total_bytes"].as_u64().unwrap() > 0 && v["block_size"].as_u64().unwrap() > 0, "{v}");
+    // Names and attributes through the binary, checked on the backend's disk.
+    let mut c = stack.host_cmd();
+    c.args(["mkdir", "-p", "-m", "750", "pov:/made/deep"]);
+    run_ok(c);
+    let mut c = stack.host_cmd();
+    c.args(["mv", "pov:/trees/a/small3.txt", "pov:/made/deep"]);
+    run_ok(c);
+    let moved = stack.backend_dir("acme").join("made/deep/small3.txt");
+    assert_eq!(std::fs::read(&moved).unwrap(), b"small file 3 100\n");
+    assert!(!stack.backend_dir("acme").join("trees/a/small3.txt").exists());
+    let mut c = stack.host_cmd();
+    c.args(["chmod", "640", "pov:/made/deep/small3.txt"]);
+    run_ok(c);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&moved).unwrap().permissions().mode() & 0o777, 0o640);
+    // A session limited to /made cannot move a file out of it, nor pull one in.
+    let mut c = stack.host_cmd();
+    c.args(["--prefix", "pov:/made", "mv", "pov:/made/deep/small3.txt", "pov:/stolen"]);
+    assert!(fails(c).contains("ermission"));
+    let mut c = stack.host_cmd();
+    c.args(["--prefix", "pov:/made", "mv", "pov:/trees/a/small1.txt", "pov:/made/x"]);
+    assert!(fails(c).contains("ermission"));
+    assert!(moved.exists() && !stack.backend_dir("acme").join("stolen").exists());
+    let mut c = stack.host_cmd();
+    c.args(["mv", "pov:/made/deep/small3.txt", "pov:/trees/a/small3.txt"]);
+    run_ok(c);
+    let mut c = stack.host_cmd();
+    c.args(["rm", "-r", "pov:/trees/b"]);
+    run_ok(c);
+    assert!(!stack.backend_dir("acme").join("trees/b").exists());
+    // Sessions with grants: read-only, limited to a directory, integrity-only.
     let mut c = stack.host_cmd();
     c.args(["--read-only", "cat", "pov:/trees/a/small3.txt"]);
     assert_eq!(run_ok(c), "small file 3 100\n");

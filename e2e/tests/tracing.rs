@@ -67,7 +67,14 @@ fn every_stage_reports_and_the_stages_nest() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("trace: ")).collect();
-    assert!(lines.iter().any(|l| l.starts_with("trace: write /t/cli.bin 5000 B success:") && l.contains("backend")), "{err}");
+    // cp writes under a temporary name, syncs, and renames into place.
+    let write = |l: &&&str| l.starts_with("trace: write /t/.cli.bin.pov-part-") && l.contains(" 5000 B success:");
+    assert!(lines.iter().any(|l| write(&l) && l.contains("backend")), "{err}");
+    assert!(lines.iter().any(|l| l.starts_with("trace: fsync /t/.cli.bin.pov-part-")), "{err}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("trace: rename /t/.cli.bin.pov-part-") && l.contains(" -> /t/cli.bin success:")),
+        "{err}"
+    );
     let out = stack.host_cmd().args(["--trace", "cat", "pov:/t/cli.bin"]).output().unwrap();
     assert!(out.status.success());
     assert_eq!(out.stdout, pattern(5000, 1), "trace lines stay off stdout");

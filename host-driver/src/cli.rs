@@ -123,7 +123,11 @@ pub enum Command {
     /// (/sys/block/vd*/serial), with capacity and whether the configuration space
     /// validates. With --device vhost-user:SOCKET, probe that device too. Exits 1 when
     /// none is found or one does not validate.
-    List,
+    List {
+        /// Print one JSON array (objects with device, serial, capacity_bytes, config)
+        #[arg(long)]
+        json: bool,
+    },
     /// Copy files and directory trees into, out of, or within PoV
     #[command(after_help = "Either SRC or DST (or both) is pov:/path. If DST is an existing \
         directory or ends with '/', SRC is copied into it under its own name; otherwise SRC is \
@@ -173,6 +177,9 @@ pub enum Command {
         /// Long format: kind, size in bytes, name
         #[arg(short, long)]
         long: bool,
+        /// Print one JSON array (objects with name, kind "file"/"dir", size)
+        #[arg(long, conflicts_with = "long")]
+        json: bool,
         /// Directory or file (pov:/path; the pov: prefix is optional)
         path: Option<String>,
     },
@@ -191,6 +198,9 @@ pub enum Command {
     /// Show the kind, permission bits, size and modification time of PoV files or
     /// directories
     Stat {
+        /// Print one JSON array (objects with path, kind, mode, size, mtime_ns)
+        #[arg(long)]
+        json: bool,
         /// Paths (pov:/path; the pov: prefix is optional)
         #[arg(required = true)]
         paths: Vec<String>,
@@ -232,6 +242,9 @@ pub enum Command {
     },
     /// Show the capacity of the storage behind the tenant's namespace
     Df {
+        /// Print one JSON object (the statvfs fields and the byte totals)
+        #[arg(long)]
+        json: bool,
         /// Path to ask about (default: the tenant's root)
         path: Option<String>,
     },
@@ -290,8 +303,8 @@ pub fn error_chain(e: &anyhow::Error) -> String {
 ///
 /// Errors: anything that makes the command fail, with context.
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
-    if let Command::List = cli.command {
-        return list_devices(cli.device.as_deref());
+    if let Command::List { json } = cli.command {
+        return list_devices(cli.device.as_deref(), json);
     }
     let session = open_session(cli)?;
     let res = run_with_session(&cli.command, &session, cli.queues as usize);
@@ -396,7 +409,7 @@ fn read_bounded(mut r: impl io::Read) -> io::Result<Zeroizing<Vec<u8>>> {
 pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::Result<()> {
     let stdout = io::stdout();
     match cmd {
-        Command::List => list_devices(None),
+        Command::List { json } => list_devices(None, *json),
         Command::Cp { recursive, dereference, no_clobber, interactive, preserve, no_sync, src, dst } => {
             let ask = |d: &Loc| -> io::Result<bool> {
                 eprint!("pov-host: overwrite {d}? ");
@@ -425,10 +438,19 @@ pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::R
             out.flush()?;
             Ok(())
         }
-        Command::Ls { long, path } => {
+        Command::Ls { long, json, path } => {
             let p = pov_path(path.as_deref().unwrap_or("/"));
             let mut out = stdout.lock();
-            ls(s, &p, *long, &mut out)?;
+            if *json {
+                let entries = ls_entries(s, &p)?;
+                let v: Vec<_> = entries
+                    .iter()
+                    .map(|e| serde_json::json!({"name": e.name, "kind": kind_name(e.kind), "size": e.size}))
+                    .collect();
+                writeln!(out, "{}", serde_json::Value::Array(v))?;
+            } else {
+                ls(s, &p, *long, &mut out)?;
+            }
             out.flush()?;
             Ok(())
         }
@@ -438,7 +460,19 @@ pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::R
             }
             Ok(())
         }
-        Command::Stat { paths } => {
+        Command::Stat { json: true, paths } => {
+            let mut v = Vec::new();
+            for p in paths {
+                let p = pov_path(p);
+                let st = s.stat(&p).with_context(|| format!("stat pov:{p}"))?;
+                v.push(serde_json::json!({
+                    "path": format!("pov:{p}"), "kind": kind_name(st.kind), "mode": st.mode, "size": st.size, "mtime_ns": st.mtime_ns,
+                }));
+            }
+            writeln!(stdout.lock(), "{}", serde_json::Value::Array(v))?;
+            Ok(())
+        }
+        Command::Stat { json: false, paths } => {
             let mut out = stdout.lock();
             for p in paths {
                 let p = pov_path(p);
@@ -480,11 +514,21 @@ pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::R
             }
             Ok(())
         }
-        Command::Df { path } => {
+        Command::Df { json, path } => {
             let p = pov_path(path.as_deref().unwrap_or("/"));
             let f = s.statfs(&p).with_context(|| format!("df pov:{p}"))?;
             let used = f.blocks.saturating_sub(f.blocks_free).saturating_mul(u64::from(f.block_size));
             let mut out = stdout.lock();
+            if *json {
+                let v = serde_json::json!({
+                    "path": format!("pov:{p}"), "block_size": f.block_size, "name_max": f.name_max, "blocks": f.blocks,
+                    "blocks_free": f.blocks_free, "blocks_available": f.blocks_available, "files": f.files,
+                    "files_free": f.files_free, "total_bytes": f.total_bytes(), "used_bytes": used,
+                    "available_bytes": f.available_bytes(),
+                });
+                writeln!(out, "{v}")?;
+                return Ok(());
+            }
             writeln!(out, "{:>16} {:>16} {:>16} {:>5}  path", "bytes", "used", "available", "use%")?;
             let pct = match f.total_bytes() {
                 0 => "-".to_string(),
@@ -493,6 +537,15 @@ pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::R
             writeln!(out, "{:>16} {:>16} {:>16} {:>5}  pov:{p}", f.total_bytes(), used, f.available_bytes(), pct)?;
             Ok(())
         }
+    }
+}
+
+/// `"file"` or `"dir"`, as JSON output names kinds.
+fn kind_name(k: Kind) -> &'static str {
+    if k == Kind::Dir {
+        "dir"
+    } else {
+        "file"
     }
 }
 
@@ -1138,16 +1191,7 @@ pub fn cat(s: &Session, path: &str, out: &mut dyn Write) -> anyhow::Result<()> {
 ///
 /// Errors: list/stat failures, write failures on `out`.
 pub fn ls(s: &Session, path: &str, long: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let entries = match s.list(path) {
-        Ok(e) => e,
-        Err(e) if crate::status_of(&e) == Some(crate::Status::NotDir) => {
-            let st = s.stat(path).with_context(|| format!("ls pov:{path}"))?;
-            let name = path.rsplit('/').next().unwrap_or(path).to_string();
-            vec![crate::DirEntry { kind: st.kind, size: st.size, name }]
-        }
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("ls pov:{path}"))),
-    };
-    for e in entries {
+    for e in ls_entries(s, path)? {
         let dir = e.kind == Kind::Dir;
         let slash = if dir { "/" } else { "" };
         if long {
@@ -1157,6 +1201,19 @@ pub fn ls(s: &Session, path: &str, long: bool, out: &mut dyn Write) -> anyhow::R
         }
     }
     Ok(())
+}
+
+/// What `ls` shows for `path`: a directory's entries, or the file itself.
+fn ls_entries(s: &Session, path: &str) -> anyhow::Result<Vec<crate::DirEntry>> {
+    match s.list(path) {
+        Ok(e) => Ok(e),
+        Err(e) if crate::status_of(&e) == Some(crate::Status::NotDir) => {
+            let st = s.stat(path).with_context(|| format!("ls pov:{path}"))?;
+            let name = path.rsplit('/').next().unwrap_or(path).to_string();
+            Ok(vec![crate::DirEntry { kind: st.kind, size: st.size, name }])
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("ls pov:{path}"))),
+    }
 }
 
 /// Removes `path`; directories need `recursive`. `force` ignores a missing path.
@@ -1198,7 +1255,7 @@ fn probe(spec: &DeviceSpec) -> String {
     }
 }
 
-fn list_devices(extra: Option<&str>) -> anyhow::Result<()> {
+fn list_devices(extra: Option<&str>, json: bool) -> anyhow::Result<()> {
     let found = discover::discover();
     let mut out = io::stdout().lock();
     let mut rows = Vec::new();
@@ -1219,10 +1276,21 @@ fn list_devices(extra: Option<&str>) -> anyhow::Result<()> {
         );
     }
     let invalid = rows.iter().filter(|r| r.3.starts_with("INVALID")).count();
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(path, serial, cap, status)| {
+                serde_json::json!({"device": path, "serial": serial, "capacity_bytes": cap, "config": status})
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::Value::Array(v))?;
+    }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(6);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(6);
-    writeln!(out, "{:<w0$}  {:<w1$}  {:>10}  CONFIG", "DEVICE", "SERIAL", "CAPACITY")?;
-    for (path, serial, cap, status) in rows {
+    if !json {
+        writeln!(out, "{:<w0$}  {:<w1$}  {:>10}  CONFIG", "DEVICE", "SERIAL", "CAPACITY")?;
+    }
+    for (path, serial, cap, status) in rows.into_iter().filter(|_| !json) {
         let cap = cap.map_or("-".to_string(), |c| format!("{} MiB", c >> 20));
         writeln!(out, "{path:<w0$}  {serial:<w1$}  {cap:>10}  {status}")?;
     }
@@ -1274,7 +1342,7 @@ mod tests {
         let c = parse(&["ls", "pov:/x", "--secret-file", "/s", "-q", "8"]).unwrap();
         assert_eq!(c.secret_file.as_deref(), Some(Path::new("/s")));
         assert_eq!(c.queues, 8);
-        assert!(matches!(c.command, Command::Ls { long: false, path: Some(ref p) } if p == "pov:/x"));
+        assert!(matches!(c.command, Command::Ls { long: false, json: false, path: Some(ref p) } if p == "pov:/x"));
         assert!(matches!(parse(&["rm", "-rf", "pov:/x", "pov:/y"]).unwrap().command,
             Command::Rm { recursive: true, force: true, ref paths } if paths.len() == 2));
         assert!(parse(&["-q", "0", "ls"]).is_err());

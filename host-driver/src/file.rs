@@ -6,7 +6,7 @@
 //! [`crate::session`]) opens the handle.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pov_proto::entry::{Stat, STAT_SIZE};
@@ -101,7 +101,7 @@ impl OpenOptions {
         }
         // The engine maps our ID to the device's handle (a failover opens it again).
         let handle = engine.register_handle(device, &wire, f, self.location);
-        Ok(File { engine: Arc::clone(engine), handle, path: wire, closed: AtomicBool::new(false) })
+        Ok(File { engine: Arc::clone(engine), handle, path: wire, closed: AtomicBool::new(false), pos: AtomicU64::new(0) })
     }
 }
 
@@ -112,6 +112,12 @@ impl OpenOptions {
 /// most 1 MiB that run in parallel on the session's queues; each request is atomic on
 /// the device, the whole call is not.
 ///
+/// `File` (and `&File`, as with `std::fs::File`) also implements [`io::Read`],
+/// [`io::Write`] and [`io::Seek`] on a cursor kept in the library (bytes from the start
+/// of the file, 0 at open), so `io::copy`, `BufReader` and `BufWriter` work; the
+/// positional methods neither use nor move it. Threads sharing one `File` through
+/// `&File` share its cursor, as with std's.
+///
 /// Dropping a `File` closes the handle, ignoring errors; [`File::close`] reports them.
 pub struct File {
     engine: Arc<Engine>,
@@ -120,6 +126,8 @@ pub struct File {
     handle: u64,
     path: String,
     closed: AtomicBool,
+    /// The cursor of `Read`/`Write`/`Seek`, bytes.
+    pos: AtomicU64,
 }
 
 impl std::fmt::Debug for File {
@@ -286,6 +294,72 @@ impl Drop for File {
                 log::debug!("close {} on drop: {}", self.path, Chain(&e));
             }
         }
+    }
+}
+
+impl io::Read for &File {
+    /// Reads at the cursor and moves it past what was read.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let at = self.pos.load(Ordering::Relaxed);
+        let n = self.read_at(buf, at)?;
+        self.pos.store(at + n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl io::Write for &File {
+    /// Writes all of `buf` at the cursor (in 1 MiB requests) and moves it past.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let at = self.pos.load(Ordering::Relaxed);
+        let n = self.write_at(buf, at)?;
+        self.pos.store(at + n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Nothing to do: every write has been answered by the device (use
+    /// [`File::sync`] for durability on the backend).
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl io::Seek for &File {
+    /// Moves the cursor; `SeekFrom::End` asks the device for the size (one Stat).
+    ///
+    /// Errors: `InvalidInput` for a position before 0 or past `u64::MAX`; Stat's.
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        let (base, delta) = match to {
+            io::SeekFrom::Start(n) => (n, 0),
+            io::SeekFrom::Current(d) => (self.pos.load(Ordering::Relaxed), d),
+            io::SeekFrom::End(d) => (self.stat()?.size, d),
+        };
+        let new = base
+            .checked_add_signed(delta)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("seek {}: position out of range", self.path)))?;
+        self.pos.store(new, Ordering::Relaxed);
+        Ok(new)
+    }
+}
+
+impl io::Read for File {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+}
+
+impl io::Write for File {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl io::Seek for File {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        (&*self).seek(to)
     }
 }
 

@@ -220,6 +220,34 @@ fn file_operations() {
     assert_eq!(stack.open_handles(), 0, "every handle closed");
 }
 
+/// `File` as std's: `io::copy` in and out, `BufReader` lines, seeks from each end.
+#[test]
+fn files_are_read_write_seek() {
+    use std::io::{BufRead, Read, Seek, SeekFrom, Write};
+    let (_stack, _dev, s) = setup();
+    let data = pattern(11, 3 * MAX_IO_BYTES as usize + 77);
+    let mut f = s.create("/rws/big").unwrap();
+    assert_eq!(std::io::copy(&mut &data[..], &mut f).unwrap(), data.len() as u64);
+    f.write_all(b"\nline two\nline three\n").unwrap();
+    f.flush().unwrap();
+    assert_eq!(f.stream_position().unwrap(), data.len() as u64 + 21);
+    assert_eq!(f.seek(SeekFrom::End(-11)).unwrap(), data.len() as u64 + 10);
+    let mut tail = String::new();
+    f.read_to_string(&mut tail).unwrap();
+    assert_eq!(tail, "line three\n");
+    assert_eq!(f.seek(SeekFrom::Current(-20)).unwrap(), data.len() as u64 + 1);
+    let lines: Vec<String> = std::io::BufReader::new(&f).lines().map(Result::unwrap).collect();
+    assert_eq!(lines, ["line two", "line three"]);
+    assert_eq!(f.seek(SeekFrom::Current(-(i64::MAX))).unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+    f.rewind().unwrap();
+    let mut back = Vec::new();
+    std::io::copy(&mut (&f).take(data.len() as u64), &mut back).unwrap();
+    assert!(back == data, "io::copy out");
+    assert_eq!(f.read_at(&mut [0u8; 4], 0).unwrap(), 4, "positional reads leave the cursor alone");
+    assert_eq!(f.stream_position().unwrap(), data.len() as u64);
+    f.close().unwrap();
+}
+
 /// Names and attributes end to end (library → DPU → proxy → local backend): mkdir,
 /// rename (replacing or not), modes and mtimes, statfs; each one request.
 #[test]
