@@ -170,16 +170,24 @@ pub(crate) fn statvfs_fd(fd: BorrowedFd<'_>) -> io::Result<pov_proto::entry::Sta
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid out-pointer and `fd` is open.
     check(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
-    let block = if st.f_frsize > 0 { st.f_frsize } else { st.f_bsize };
-    Ok(pov_proto::entry::StatFs {
+    Ok(statfs_from(st.f_frsize, st.f_bsize, st.f_namemax, [st.f_blocks, st.f_bfree, st.f_bavail, st.f_files, st.f_ffree]))
+}
+
+/// A [`pov_proto::entry::StatFs`] from `statvfs` fields: the fragment size (the unit
+/// of the block counts; `bsize` when 0), the longest name, and `[blocks, bfree,
+/// bavail, files, ffree]`.
+pub(crate) fn statfs_from(frsize: u64, bsize: u64, name_max: u64, counts: [u64; 5]) -> pov_proto::entry::StatFs {
+    let block = if frsize > 0 { frsize } else { bsize };
+    let [blocks, blocks_free, blocks_available, files, files_free] = counts;
+    pov_proto::entry::StatFs {
         block_size: u32::try_from(block).unwrap_or(4096).max(1),
-        name_max: u32::try_from(st.f_namemax).unwrap_or(255),
-        blocks: st.f_blocks,
-        blocks_free: st.f_bfree,
-        blocks_available: st.f_bavail,
-        files: st.f_files,
-        files_free: st.f_ffree,
-    })
+        name_max: u32::try_from(name_max).unwrap_or(255),
+        blocks,
+        blocks_free,
+        blocks_available,
+        files,
+        files_free,
+    }
 }
 
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.

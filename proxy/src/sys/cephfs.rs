@@ -224,16 +224,7 @@ impl CephMount {
         let mut v = statvfs::default();
         // SAFETY: mounted handle, NUL-terminated path, `v` is a valid out-struct.
         check(unsafe { ceph_statfs(self.raw, p.as_ptr(), &mut v) })?;
-        let block = if v.f_frsize > 0 { v.f_frsize } else { v.f_bsize };
-        Ok(pov_proto::entry::StatFs {
-            block_size: u32::try_from(block).unwrap_or(4096).max(1),
-            name_max: u32::try_from(v.f_namemax).unwrap_or(255),
-            blocks: v.f_blocks,
-            blocks_free: v.f_bfree,
-            blocks_available: v.f_bavail,
-            files: v.f_files,
-            files_free: v.f_ffree,
-        })
+        Ok(super::statfs_from(v.f_frsize, v.f_bsize, v.f_namemax, [v.f_blocks, v.f_bfree, v.f_bavail, v.f_files, v.f_ffree]))
     }
 
     /// Waits until every metadata and data change of this client is durable in the
