@@ -153,6 +153,18 @@ fn cli_tree_round_trip_two_processes_at_once() {
     c.args(["df", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&run_ok(c)).expect("df --json is JSON");
     assert!(v["total_bytes"].as_u64().unwrap() > 0 && v["block_size"].as_u64().unwrap() > 0, "{v}");
+    // `cp -` reads standard input.
+    let mut c = stack.host_cmd();
+    c.args(["cp", "-", "pov:/piped.txt"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(b"from a pipe\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(stack.backend_dir("acme").join("piped.txt")).unwrap(), b"from a pipe\n");
     // Names and attributes through the binary, checked on the backend's disk.
     let mut c = stack.host_cmd();
     c.args(["mkdir", "-p", "-m", "750", "pov:/made/deep"]);

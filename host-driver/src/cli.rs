@@ -161,7 +161,8 @@ pub enum Command {
         /// soon after may lose files the summary counted)
         #[arg(long)]
         no_sync: bool,
-        /// Source: pov:/path or a local path
+        /// Source: pov:/path, a local path, or - for standard input (DST must then be
+        /// a pov:/path naming a file)
         src: String,
         /// Destination: pov:/path or a local path
         dst: String,
@@ -426,7 +427,11 @@ pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::R
             };
             let opts =
                 CopyOptions { recursive: *recursive, dereference: *dereference, overwrite, preserve: *preserve, sync: !*no_sync };
-            let summary = copy(s, &Loc::parse(src), &Loc::parse(dst), &opts, workers)?;
+            let summary = if src == "-" {
+                copy_stdin(s, &mut io::stdin().lock(), &Loc::parse(dst), opts.sync)?
+            } else {
+                copy(s, &Loc::parse(src), &Loc::parse(dst), &opts, workers)?
+            };
             writeln!(stdout.lock(), "{summary}")?;
             Ok(())
         }
@@ -966,6 +971,65 @@ impl Dst {
         match self {
             Dst::Local(f) => f.write_all_at(buf, off),
             Dst::Pov(f) => f.write_at(buf, off).map(|_| ()),
+        }
+    }
+}
+
+/// `cp - pov:/file`: copies everything `input` yields into the PoV file `dst`, as
+/// [`copy`] copies a file (a temporary name, synced unless `sync` is off, renamed
+/// into place); returns the summary line.
+///
+/// Errors: `dst` is local or an existing directory; read, write, sync and rename
+/// failures (the temporary file is then removed).
+pub fn copy_stdin(s: &Session, input: &mut dyn io::Read, dst: &Loc, sync: bool) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let Loc::Pov(to) = dst else { bail!("cp: -: the destination of standard input must be a pov:/path") };
+    if to.ends_with('/') || matches!(s.stat(to), Ok(st) if st.kind == Kind::Dir) {
+        bail!("cp: -: {dst} is a directory (name the file to create)");
+    }
+    let Loc::Pov(part) = part_name(dst) else { unreachable!("part_name keeps the side") };
+    let ctx = || format!("cp: - -> {dst}");
+    let mut run = || -> anyhow::Result<u64> {
+        let f = s.create(&part).with_context(ctx)?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut off = 0u64;
+        loop {
+            // Fill a whole chunk unless the input ends: one 1 MiB request per chunk.
+            let mut n = 0;
+            while n < buf.len() {
+                match input.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(anyhow::Error::new(e).context(format!("{}: read standard input", ctx()))),
+                }
+            }
+            if n > 0 {
+                f.write_at(&buf[..n], off).with_context(|| format!("{}: write {n} at {off}", ctx()))?;
+                off += n as u64;
+            }
+            if n < buf.len() {
+                break;
+            }
+        }
+        if sync {
+            f.sync().with_context(|| format!("{}: sync", ctx()))?;
+        }
+        f.close().with_context(ctx)?;
+        if sync { s.rename_sync(&part, to) } else { s.rename(&part, to) }
+            .with_context(|| format!("{}: rename into place", ctx()))?;
+        Ok(off)
+    };
+    match run() {
+        Ok(bytes) => {
+            let secs = started.elapsed().as_secs_f64();
+            let mib = bytes as f64 / (1024.0 * 1024.0);
+            let rate = if secs > 0.0 { mib / secs } else { 0.0 };
+            Ok(format!("copied standard input ({bytes} bytes, {mib:.1} MiB) in {secs:.2} s: {rate:.1} MiB/s"))
+        }
+        Err(e) => {
+            let _ = s.remove(&part);
+            Err(e)
         }
     }
 }

@@ -595,6 +595,21 @@ fn cli_copies_land_whole_and_keep_attributes() {
     let mut left: Vec<_> = std::fs::read_dir(out.join("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
     left.sort();
     assert_eq!(left, ["big"], "no temporary name left locally");
+    // Standard input, 2.5 MiB through a reader that hands out odd-sized pieces.
+    struct Dribble(std::io::Cursor<Vec<u8>>);
+    impl std::io::Read for Dribble {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            let n = b.len().min(70_001);
+            self.0.read(&mut b[..n])
+        }
+    }
+    let piped = pattern(9, 5 << 19);
+    let summary =
+        crate::cli::copy_stdin(&s, &mut Dribble(std::io::Cursor::new(piped.clone())), &Loc::parse("pov:/t/in"), true).unwrap();
+    assert!(summary.starts_with(&format!("copied standard input ({} bytes", piped.len())), "{summary}");
+    assert!(stack.file("t/in").unwrap() == piped, "stdin copied whole");
+    let e = crate::cli::copy_stdin(&s, &mut &b"x"[..], &Loc::parse("pov:/t"), true).unwrap_err().to_string();
+    assert!(e.contains("is a directory"), "{e}");
     // A copy that fails (its destination's parent is a file) leaves nothing behind.
     s.write("/blocker", b"x").unwrap();
     assert!(copy(&s, &local(&src.join("small")), &Loc::parse("pov:/blocker/x"), &CopyOptions::new(false), 1).is_err());
