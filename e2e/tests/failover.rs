@@ -364,7 +364,7 @@ fn pov_host_cp_survives_a_pov_dpud_restart() {
     let mut cp = stack.host_cmd();
     cp.args(["cp", "-r"]).arg(&src).arg("pov:/tree");
     let t0 = Instant::now();
-    let child = cp.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = cp.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(400));
     stack.restart_dpud(Some(&cfg));
     let restarted_at = t0.elapsed();
@@ -374,7 +374,12 @@ fn pov_host_cp_survives_a_pov_dpud_restart() {
     let took = t0.elapsed();
     assert!(out.status.success(), "cp failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(took > restarted_at, "the copy spanned the restart");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let again = stderr.matches("copying it again").count();
     println!("pov-host cp -r of 1500 files ({bytes} bytes) with pov-dpud restarted at {restarted_at:?}: done in {took:?}");
+    println!("  cp said: {}; files started over after an unknown outcome: {again}", summary.trim());
+    assert!(summary.contains(&format!("copied 1500 files ({bytes} bytes")), "cp's summary: {summary}");
     let back = work.path().join("back");
     let mut cp = stack.host_cmd();
     cp.args(["cp", "-r", "pov:/tree"]).arg(&back);

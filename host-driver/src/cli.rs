@@ -270,9 +270,16 @@ pub fn main() -> i32 {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).format_timestamp(None).init();
-    match run(&cli) {
+    exit_code(run(&cli))
+}
+
+/// The process's exit status for a command's result: 0 for success and for a command
+/// cut short because the reader of standard output went away (`pov-host cat … |
+/// head`); otherwise the error is printed and the status is 1.
+fn exit_code(r: anyhow::Result<()>) -> i32 {
+    match r {
         Ok(()) => 0,
-        Err(e) if is_broken_pipe(&e) => 0,
+        Err(_) if STDOUT_CLOSED.load(Ordering::Relaxed) => 0,
         Err(e) => {
             eprintln!("pov-host: error: {}", error_chain(&e));
             1
@@ -280,8 +287,38 @@ pub fn main() -> i32 {
     }
 }
 
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
+/// Set once a write to standard output failed with `BrokenPipe` (its reader closed
+/// it). Only that makes a failed command exit 0: a `BrokenPipe` from anything else (a
+/// PoV device's transport, a failover's "outcome unknown") is an error like any other.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Standard output, locked, noting in [`STDOUT_CLOSED`] when its reader is gone.
+fn stdout() -> Stdout {
+    Stdout(io::stdout().lock())
+}
+
+/// See [`stdout`].
+struct Stdout(io::StdoutLock<'static>);
+
+impl Stdout {
+    fn noted<T>(r: io::Result<T>) -> io::Result<T> {
+        if matches!(&r, Err(e) if e.kind() == io::ErrorKind::BrokenPipe) {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Self::noted(self.0.write(buf))
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        Self::noted(self.0.write_all(buf))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Self::noted(self.0.flush())
+    }
 }
 
 /// `a: b: c` from an error chain, leaving out causes already in the previous message.
@@ -408,7 +445,6 @@ fn read_bounded(mut r: impl io::Read) -> io::Result<Zeroizing<Vec<u8>>> {
 ///
 /// Errors: anything that makes the command fail, with context.
 pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::Result<()> {
-    let stdout = io::stdout();
     match cmd {
         Command::List { json } => list_devices(None, *json),
         Command::Cp { recursive, dereference, no_clobber, interactive, preserve, no_sync, src, dst } => {
@@ -432,11 +468,11 @@ pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::R
             } else {
                 copy(s, &Loc::parse(src), &Loc::parse(dst), &opts, workers)?
             };
-            writeln!(stdout.lock(), "{summary}")?;
+            writeln!(stdout(), "{summary}")?;
             Ok(())
         }
         Command::Cat { paths } => {
-            let mut out = stdout.lock();
+            let mut out = stdout();
             for p in paths {
                 cat(s, &pov_path(p), &mut out)?;
             }
@@ -445,7 +481,7 @@ pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::R
         }
         Command::Ls { long, json, path } => {
             let p = pov_path(path.as_deref().unwrap_or("/"));
-            let mut out = stdout.lock();
+            let mut out = stdout();
             if *json {
                 let entries = ls_entries(s, &p)?;
                 let v: Vec<_> = entries
@@ -474,11 +510,11 @@ pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::R
                     "path": format!("pov:{p}"), "kind": kind_name(st.kind), "mode": st.mode, "size": st.size, "mtime_ns": st.mtime_ns,
                 }));
             }
-            writeln!(stdout.lock(), "{}", serde_json::Value::Array(v))?;
+            writeln!(stdout(), "{}", serde_json::Value::Array(v))?;
             Ok(())
         }
         Command::Stat { json: false, paths } => {
-            let mut out = stdout.lock();
+            let mut out = stdout();
             for p in paths {
                 let p = pov_path(p);
                 let st = s.stat(&p).with_context(|| format!("stat pov:{p}"))?;
@@ -523,7 +559,7 @@ pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::R
             let p = pov_path(path.as_deref().unwrap_or("/"));
             let f = s.statfs(&p).with_context(|| format!("df pov:{p}"))?;
             let used = f.blocks.saturating_sub(f.blocks_free).saturating_mul(u64::from(f.block_size));
-            let mut out = stdout.lock();
+            let mut out = stdout();
             if *json {
                 let v = serde_json::json!({
                     "path": format!("pov:{p}"), "block_size": f.block_size, "name_max": f.name_max, "blocks": f.blocks,
@@ -1073,9 +1109,48 @@ fn attributes(s: &Session, src: &Loc) -> io::Result<(u32, u64)> {
     }
 }
 
+/// How often [`copy_file`] starts a file over after a failover left a step's outcome
+/// unknown.
+const COPY_TRIES: usize = 3;
+
+/// Copies one file (see [`copy_file_once`]). When a PoV session failover leaves the
+/// outcome of a non-idempotent step unknown (the exclusive create of the temporary
+/// file, its removal, the rename), the file is copied again under a new temporary
+/// name, up to [`COPY_TRIES`] times in all: the temporary name is the copy's own, so
+/// starting over loses nothing and never touches anyone else's file.
+fn copy_file(
+    s: &Session,
+    j: &Job,
+    opts: PerFile,
+    workers: usize,
+    buf: &mut Vec<u8>,
+    copied: &AtomicU64,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
+    let mut tries = 1;
+    loop {
+        let this_try = AtomicU64::new(0);
+        let r = copy_file_once(s, j, opts, workers, buf, &this_try, bar);
+        let bytes = this_try.into_inner();
+        match r {
+            Err(e)
+                if tries < COPY_TRIES && e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(crate::outcome_unknown)) =>
+            {
+                log::warn!("{}; copying it again under a new temporary name", error_chain(&e));
+                bar.dec(bytes);
+                tries += 1;
+            }
+            r => {
+                copied.fetch_add(bytes, Ordering::Relaxed);
+                return r;
+            }
+        }
+    }
+}
+
 /// Copies one file (see [`copy_file_to`]) under a temporary name, then renames it
 /// into place; on failure the temporary file is removed (best effort).
-fn copy_file(
+fn copy_file_once(
     s: &Session,
     j: &Job,
     opts: PerFile,
@@ -1321,7 +1396,7 @@ fn probe(spec: &DeviceSpec) -> String {
 
 fn list_devices(extra: Option<&str>, json: bool) -> anyhow::Result<()> {
     let found = discover::discover();
-    let mut out = io::stdout().lock();
+    let mut out = stdout();
     let mut rows = Vec::new();
     for d in &found {
         rows.push((d.path.display().to_string(), d.serial.clone(), Some(d.capacity), probe(&d.spec())));
@@ -1490,6 +1565,21 @@ mod tests {
         assert_eq!(chain.matches("No such file or directory").count(), 1, "{chain}");
         // The types no longer repeat their sources, so nothing is left to deduplicate.
         assert_eq!(error_chain(&e), chain);
+    }
+
+    /// A `BrokenPipe` that is not standard output's (here: a failover leaving a
+    /// create's outcome unknown, of the transport's kind) fails the command: it used
+    /// to exit 0, so `cp -r` across a pov-dpud restart "succeeded" with files missing.
+    #[test]
+    fn a_broken_pipe_not_of_stdout_fails_the_command() {
+        let e = io::Error::new(io::ErrorKind::BrokenPipe, crate::OutcomeUnknown("open /x: outcome unknown".into()));
+        assert!(crate::outcome_unknown(&e));
+        assert_eq!(exit_code(Err(anyhow::Error::new(e).context("cp: a -> pov:/x"))), 1);
+        assert_eq!(exit_code(Ok(())), 0);
+        let mut out = Stdout(io::stdout().lock());
+        assert!(Stdout::noted::<()>(Err(io::ErrorKind::Other.into())).is_err());
+        assert!(!STDOUT_CLOSED.load(Ordering::Relaxed), "only a BrokenPipe of stdout counts");
+        out.flush().unwrap();
     }
 
     #[test]

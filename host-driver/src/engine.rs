@@ -537,11 +537,11 @@ impl Engine {
                     if !c.op.is_idempotent(c.flags) {
                         return Err(io::Error::new(
                             e.kind(),
-                            format!(
+                            crate::error::OutcomeUnknown(format!(
                                 "{} {}: the PoV session failed over while it was in flight; whether it ran is unknown ({e})",
                                 crate::error::op_name(c.op),
                                 c.target
-                            ),
+                            )),
                         ));
                     }
                 }

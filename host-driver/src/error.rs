@@ -228,6 +228,27 @@ pub fn status_of(e: &io::Error) -> Option<Status> {
     inner.downcast_ref::<Error>().and_then(Error::status)
 }
 
+/// The error of a non-idempotent request (`Op::is_idempotent`: append, remove,
+/// rename, exclusive create) that was in flight when the session failed over: it may
+/// or may not have run. Carried inside an [`io::Error`] of the transport failure's
+/// kind; [`outcome_unknown`] finds it.
+#[derive(Debug)]
+pub struct OutcomeUnknown(pub String);
+
+impl fmt::Display for OutcomeUnknown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OutcomeUnknown {}
+
+/// `true` if `e` is an [`OutcomeUnknown`]: the request may have run; an application
+/// that can tell (or can redo it elsewhere, e.g. under a new temporary name) should.
+pub fn outcome_unknown(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.downcast_ref::<OutcomeUnknown>().is_some())
+}
+
 /// An `InvalidData` error for a response that breaks the protocol.
 pub(crate) fn protocol_error(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("PoV protocol error: {}", msg.into()))
