@@ -128,6 +128,31 @@ fn cli_tree_round_trip_two_processes_at_once() {
     let mut c = stack.host_cmd();
     c.args(["cat", "pov:/trees/a/small3.txt"]);
     assert_eq!(run_ok(c), "small file 3 100\n");
+    // `pov-host cat … | head`: the reader leaving early is not an error (exit 0, nothing
+    // on stderr); only standard output's broken pipe counts as that.
+    let big = work.path().join("big");
+    std::fs::write(&big, vec![7u8; 4 << 20]).unwrap();
+    let mut c = stack.host_cmd();
+    c.args(["cp"]).arg(&big).arg("pov:/big");
+    run_ok(c);
+    let mut c = stack.host_cmd();
+    let mut h = c
+        .args(["cat", "pov:/big"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(h.stdout.as_mut().unwrap(), &mut first).unwrap();
+    assert_eq!(first, [7u8; 16]);
+    drop(h.stdout.take());
+    let out = h.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "cat | head: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut c = stack.host_cmd();
     c.args(["ls", "pov:/trees"]);
     let ls = run_ok(c);
