@@ -136,12 +136,8 @@ fn cli_tree_round_trip_two_processes_at_once() {
     c.args(["cp"]).arg(&big).arg("pov:/big");
     run_ok(c);
     let mut c = stack.host_cmd();
-    let mut h = c
-        .args(["cat", "pov:/big"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut h =
+        c.args(["cat", "pov:/big"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let mut first = [0u8; 16];
     std::io::Read::read_exact(h.stdout.as_mut().unwrap(), &mut first).unwrap();
     assert_eq!(first, [7u8; 16]);
