@@ -40,6 +40,12 @@ if [ -n "$full" ]; then
   for pkg in ceph-mon ceph-osd ceph-mds ceph-common; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
   done
+  # The FUSE mount's tests (host-driver/src/tests.rs, e2e/tests/data_path.rs): real
+  # programs on the mount (tar, sqlite3, git), fusermount, setpriv (another user).
+  command -v fusermount >/dev/null || command -v fusermount3 >/dev/null || need_apt+=(fuse3)
+  command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
+  command -v git >/dev/null || need_apt+=(git)
+  command -v setpriv >/dev/null || need_apt+=(util-linux)
   # scripts/prometheus-test: a real Prometheus server scraping both daemons.
   command -v prometheus >/dev/null || need_apt+=(prometheus)
 fi

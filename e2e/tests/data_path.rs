@@ -316,3 +316,42 @@ fn concurrent_session_opens_never_collide() {
     let failures = failures.into_inner().unwrap();
     assert!(failures.is_empty(), "{} of {} opens failed: {failures:#?}", failures.len(), THREADS * ROUNDS);
 }
+
+/// `pov-host mount` as an operator runs it: it prints when the mount is up, unmodified
+/// programs see the tenant's files, and SIGTERM unmounts it and exits 0.
+#[test]
+fn pov_host_mount_serves_until_a_signal() {
+    use std::io::BufRead;
+    let stack = Stack::start(json!({}));
+    let work = tempfile::tempdir().unwrap();
+    let mp = work.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let mut c = stack.host_cmd();
+    c.args(["mkdir", "-p", "pov:/shown"]);
+    run_ok(c);
+    let mut c = stack.host_cmd();
+    let mut h = c
+        .args(["mount", "--root", "pov:/shown"])
+        .arg(&mp)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(h.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains("mounted at"), "pov-host mount said: {line:?}");
+    std::fs::write(mp.join("hello.txt"), b"through the kernel\n").unwrap();
+    let out = std::process::Command::new("cat").arg(mp.join("hello.txt")).output().unwrap();
+    assert_eq!(out.stdout, b"through the kernel\n");
+    let mut c = stack.host_cmd();
+    c.args(["cat", "pov:/shown/hello.txt"]);
+    assert_eq!(run_ok(c), "through the kernel\n", "the file is in PoV");
+    // kill(1): SIGTERM to the mount process, as systemd or an operator sends it.
+    assert!(std::process::Command::new("kill").arg(h.id().to_string()).status().unwrap().success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(h.wait_with_output()).ok());
+    let out = rx.recv_timeout(Duration::from_secs(30)).expect("pov-host mount did not exit on SIGTERM").unwrap();
+    assert!(out.status.success(), "mount exit: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(mp.to_str().unwrap()), "unmounted after SIGTERM");
+}

@@ -241,6 +241,30 @@ pub enum Command {
         #[arg(required = true)]
         paths: Vec<String>,
     },
+    /// Mount a PoV directory as a local file system (FUSE), for programs that know
+    /// nothing of PoV; serves it until unmounted
+    #[command(after_help = "Runs in the foreground until the mount goes away: `fusermount -u MOUNTPOINT` \
+        (or `umount` as root), or SIGINT/SIGTERM (Ctrl-C), which unmount it; a second signal \
+        detaches a busy mount lazily. Files are owned by the mounting user; permission bits are \
+        PoV's (set-id and sticky bits are refused); no links, device nodes or extended \
+        attributes. --read-only mounts read-only. Example:\n  \
+        pov-host mount --root pov:/projects /mnt/pov & tar -C /mnt/pov -xf src.tar")]
+    Mount {
+        /// PoV directory shown at the mount point (pov:/dir or /dir; default: the
+        /// tenant's root)
+        #[arg(long, value_name = "PATH", default_value = "/")]
+        root: String,
+        /// Let other users of this host reach the mount (FUSE allow_other; needs
+        /// user_allow_other in /etc/fuse.conf unless root); permission bits still apply
+        #[arg(long)]
+        allow_other: bool,
+        /// How long the kernel may cache names and attributes (e.g. 1s, 250ms, 0s):
+        /// changes made through other sessions show up after at most this
+        #[arg(long, value_name = "TIME", default_value = "1s", value_parser = humantime::parse_duration)]
+        cache_timeout: std::time::Duration,
+        /// Local directory to mount on
+        mountpoint: PathBuf,
+    },
     /// Show the capacity of the storage behind the tenant's namespace
     Df {
         /// Print one JSON object (the statvfs fields and the byte totals)
@@ -350,6 +374,56 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         log::warn!("{}", crate::error::Chain(&e));
     }
     res
+}
+
+/// `pov-host mount`: serves the mount until it is unmounted; SIGINT, SIGTERM and
+/// SIGHUP unmount it (a second one detaches a busy mount lazily).
+fn mount(s: &Session, mountpoint: &Path, opts: &crate::fuse::MountOptions) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // Registered before mounting: a signal that arrives once the mount exists unmounts it.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).context("install signal handlers")?;
+    let mp = mountpoint.to_path_buf();
+    let root = opts.root.strip_prefix("pov:").unwrap_or(&opts.root).to_string();
+    crate::fuse::serve(s, mountpoint, opts, |mut unmounter| {
+        let mut out = stdout();
+        let _ = writeln!(out, "pov:{root} mounted at {} (unmount with `fusermount -u {0}` or Ctrl-C)", mp.display());
+        let _ = out.flush();
+        drop(out);
+        std::thread::spawn(move || {
+            for (i, sig) in signals.forever().enumerate() {
+                log::info!("signal {sig}: unmounting {}", mp.display());
+                match unmounter.unmount() {
+                    Ok(()) => return,
+                    Err(e) if i == 0 => eprintln!(
+                        "pov-host: cannot unmount {}: {e} (a process is using it); signal again to detach it lazily",
+                        mp.display()
+                    ),
+                    Err(_) => match lazy_unmount(&mp) {
+                        Ok(()) => return,
+                        Err(e) => eprintln!("pov-host: lazy unmount of {} failed: {e}", mp.display()),
+                    },
+                }
+            }
+        });
+    })
+    .with_context(|| format!("mount pov:{} at {}", opts.root, mountpoint.display()))?;
+    eprintln!("pov-host: {} unmounted", mountpoint.display());
+    Ok(())
+}
+
+/// Detaches the mount at `mp` now; the kernel drops it once nothing uses it
+/// (`fusermount3 -u -z`, else `fusermount -u -z`).
+fn lazy_unmount(mp: &Path) -> io::Result<()> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "neither fusermount3 nor fusermount found");
+    for tool in ["fusermount3", "fusermount"] {
+        match std::process::Command::new(tool).arg("-u").arg("-z").arg(mp).status() {
+            Ok(st) if st.success() => return Ok(()),
+            Ok(st) => last = io::Error::other(format!("{tool} -u -z exited with {st}")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Opens the device and a session as the command line says.
@@ -470,6 +544,15 @@ pub fn run_with_session(cmd: &Command, s: &Session, workers: usize) -> anyhow::R
             };
             writeln!(stdout(), "{summary}")?;
             Ok(())
+        }
+        Command::Mount { root, allow_other, cache_timeout, mountpoint } => {
+            let opts = crate::fuse::MountOptions {
+                root: root.clone(),
+                allow_other: *allow_other,
+                read_only: false,
+                cache_timeout: *cache_timeout,
+            };
+            mount(s, mountpoint, &opts)
         }
         Command::Cat { paths } => {
             let mut out = stdout();

@@ -53,6 +53,8 @@
 //! Beside them:
 //! * [`discover`]: finds the host's PoV devices (`/sys/block/vd*/serial` starting with
 //!   `pov-`) and probes their configuration space.
+//! * `fuse` (cargo feature `fuse`, part of `cli`): a FUSE mount of a session, for
+//!   programs that know nothing of PoV (`pov-host mount`).
 //! * `cli` (cargo feature `cli`, on by default): the `pov-host` command-line tool.
 //!   With `default-features = false` the crate is the library alone, without clap,
 //!   indicatif, env_logger, anyhow or humantime.
@@ -71,6 +73,8 @@ pub mod discover;
 mod engine;
 pub mod error;
 pub mod file;
+#[cfg(feature = "fuse")]
+pub mod fuse;
 pub mod kernel;
 pub mod mem;
 pub mod session;

@@ -277,6 +277,14 @@ pub(crate) fn blkio_err(what: &'static str) -> impl Fn(blkio::Error) -> io::Erro
     }
 }
 
+/// The real user and group IDs of this process (`getuid(2)`, `getgid(2)`): the owner
+/// a FUSE mount reports for every file.
+#[cfg(feature = "fuse")]
+pub(crate) fn process_ids() -> (u32, u32) {
+    // SAFETY: getuid and getgid take no arguments, cannot fail and touch no memory.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

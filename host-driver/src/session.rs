@@ -124,6 +124,9 @@ pub struct SessionInfo {
     pub heartbeat_interval: Duration,
     /// Silence after which the device reclaims the session.
     pub session_timeout: Duration,
+    /// Whether the session was opened read-only ([`SessionOptions::read_only`]): the
+    /// DPU and the proxy refuse anything that would change the namespace.
+    pub read_only: bool,
 }
 
 struct Heartbeat {
@@ -217,6 +220,7 @@ impl Session {
             max_queues: resp.max_queues,
             heartbeat_interval: Duration::from_millis(hb_ms),
             session_timeout: Duration::from_millis(u64::from(resp.session_timeout_ms)),
+            read_only: opts.read_only,
         };
         let want = if resp.max_queues > 0 { opts.queues.min(resp.max_queues) } else { opts.queues };
         if want < opts.queues {
