@@ -743,7 +743,7 @@ mod tests {
         });
         assert_eq!(errno(&e), libc::ENOENT);
         assert_eq!(errno(&io::Error::from_raw_os_error(libc::ENOSPC)), libc::ENOSPC);
-        assert_eq!(errno(&io::Error::new(io::ErrorKind::DirectoryNotEmpty, "x")), libc::ENOTEMPTY);
+        assert_eq!(errno(&io::Error::new(io::ErrorKind::AlreadyExists, "x")), libc::EEXIST);
         assert_eq!(errno(&io::Error::new(io::ErrorKind::NotConnected, "session lost")), libc::EIO);
         assert!(provisional_ino("/a") & (1 << 63) != 0);
     }
