@@ -46,6 +46,10 @@ if [ -n "$full" ]; then
   command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
   command -v git >/dev/null || need_apt+=(git)
   command -v setpriv >/dev/null || need_apt+=(util-linux)
+  # scripts/bindings-test: the C++ compiler (the header's C++ check) and Python's venv
+  # (maturin and pytest come from PyPI into a venv of the test's own).
+  command -v c++ >/dev/null || need_apt+=(g++)
+  python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
   # scripts/prometheus-test: a real Prometheus server scraping both daemons.
   command -v prometheus >/dev/null || need_apt+=(prometheus)
 fi

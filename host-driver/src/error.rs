@@ -228,6 +228,30 @@ pub fn status_of(e: &io::Error) -> Option<Status> {
     inner.downcast_ref::<Error>().and_then(Error::status)
 }
 
+/// The POSIX errno for a failed file operation: the device's PoV status if it answered
+/// one ([`Status::errno`]), else the OS error, else the closest errno of the
+/// `io::ErrorKind` the library returned (`EIO` for the rest: transport failures, a lost
+/// session). What the FUSE mount and the C ABI report.
+pub fn errno_of(e: &io::Error) -> i32 {
+    if let Some(n) = status_of(e).map(|s| s.errno()).filter(|&n| n != 0) {
+        return n;
+    }
+    if let Some(n) = e.raw_os_error() {
+        return n;
+    }
+    // The device's statuses and OS errors were mapped above; these kinds are what the
+    // library itself returns (kinds newer than the MSRV, 1.80, are not named).
+    use io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => libc::ENOENT,
+        K::PermissionDenied => libc::EACCES,
+        K::AlreadyExists => libc::EEXIST,
+        K::InvalidInput => libc::EINVAL,
+        K::Unsupported => libc::ENOTSUP,
+        _ => libc::EIO,
+    }
+}
+
 /// The error of a non-idempotent request (`Op::is_idempotent`: append, remove,
 /// rename, exclusive create) that was in flight when the session failed over: it may
 /// or may not have run. Carried inside an [`io::Error`] of the transport failure's
@@ -257,6 +281,15 @@ pub(crate) fn protocol_error(msg: impl Into<String>) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errnos_follow_the_pov_status_then_the_os_error_then_the_io_kind() {
+        assert_eq!(errno_of(&status_error(Status::NotFound, Op::Stat, "/x")), libc::ENOENT);
+        assert_eq!(errno_of(&status_error(Status::Exists, Op::Open, "/x")), libc::EEXIST);
+        assert_eq!(errno_of(&io::Error::from_raw_os_error(libc::ENOSPC)), libc::ENOSPC);
+        assert_eq!(errno_of(&io::Error::new(io::ErrorKind::AlreadyExists, "x")), libc::EEXIST);
+        assert_eq!(errno_of(&io::Error::new(io::ErrorKind::NotConnected, "session lost")), libc::EIO);
+    }
 
     #[test]
     fn status_errors_map_to_errno_kinds_and_keep_the_status() {

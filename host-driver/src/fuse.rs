@@ -42,7 +42,8 @@
 //! a lost session is `EIO`.
 
 use crate::engine::join;
-use crate::{status_of, File, Kind, OpenOptions, Session, Stat};
+use crate::error::errno_of;
+use crate::{File, Kind, OpenOptions, Session, Stat};
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
@@ -132,27 +133,6 @@ pub fn serve(session: &Session, mountpoint: &Path, opts: &MountOptions, ready: i
     let mut fuse = fuser::Session::new(fs, mountpoint, &mount_opts)?;
     ready(Unmounter(fuse.unmount_callable()));
     fuse.run()
-}
-
-/// The errno for a failed session call.
-fn errno(e: &io::Error) -> i32 {
-    if let Some(n) = status_of(e).map(|s| s.errno()).filter(|&n| n != 0) {
-        return n;
-    }
-    if let Some(n) = e.raw_os_error() {
-        return n;
-    }
-    // The device's statuses and OS errors were mapped above; these kinds are what the
-    // library itself returns (kinds newer than the MSRV, 1.80, are not named).
-    use io::ErrorKind as K;
-    match e.kind() {
-        K::NotFound => libc::ENOENT,
-        K::PermissionDenied => libc::EACCES,
-        K::AlreadyExists => libc::EEXIST,
-        K::InvalidInput => libc::EINVAL,
-        K::Unsupported => libc::ENOTSUP,
-        _ => libc::EIO,
-    }
 }
 
 /// One inode of the mount: its current PoV path (`None` once unlinked or replaced:
@@ -335,7 +315,7 @@ impl<'a> PovFs<'a> {
 
     /// Stats `path`, remembers it and answers an entry.
     fn entry(&mut self, path: String) -> Result<(u64, FileAttr), i32> {
-        let st = self.session.stat(&path).map_err(|e| errno(&e))?;
+        let st = self.session.stat(&path).map_err(|e| errno_of(&e))?;
         let ino = self.nodes.remember(path);
         Ok((ino, self.attr(ino, &st)))
     }
@@ -343,10 +323,10 @@ impl<'a> PovFs<'a> {
     /// Attributes of `ino` (by its open handle `fh` if given, else by its path).
     fn stat(&self, ino: u64, fh: Option<u64>) -> Result<Stat, i32> {
         if let Some(h) = fh.and_then(|fh| self.files.get(&fh)) {
-            return h.file.stat().map_err(|e| errno(&e));
+            return h.file.stat().map_err(|e| errno_of(&e));
         }
         let path = self.nodes.path(ino)?;
-        self.session.stat(path).map_err(|e| errno(&e))
+        self.session.stat(path).map_err(|e| errno_of(&e))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -368,12 +348,12 @@ impl<'a> PovFs<'a> {
         }
         if let Some(size) = size {
             match fh.and_then(|fh| self.files.get(&fh)) {
-                Some(h) => h.file.set_len(size).map_err(|e| errno(&e))?,
+                Some(h) => h.file.set_len(size).map_err(|e| errno_of(&e))?,
                 None => {
                     let path = self.nodes.path(ino)?;
-                    let f = self.session.open_file(path, OpenOptions::new().write(true)).map_err(|e| errno(&e))?;
-                    f.set_len(size).map_err(|e| errno(&e))?;
-                    f.close().map_err(|e| errno(&e))?;
+                    let f = self.session.open_file(path, OpenOptions::new().write(true)).map_err(|e| errno_of(&e))?;
+                    f.set_len(size).map_err(|e| errno_of(&e))?;
+                    f.close().map_err(|e| errno_of(&e))?;
                 }
             }
         }
@@ -386,7 +366,7 @@ impl<'a> PovFs<'a> {
         });
         if mode.is_some() || mtime_ns.is_some() {
             let path = self.nodes.path(ino)?;
-            self.session.set_attr(path, mode.map(|m| m & 0o777), mtime_ns).map_err(|e| errno(&e))?;
+            self.session.set_attr(path, mode.map(|m| m & 0o777), mtime_ns).map_err(|e| errno_of(&e))?;
         }
         let st = self.stat(ino, fh)?;
         Ok(self.attr(ino, &st))
@@ -394,7 +374,7 @@ impl<'a> PovFs<'a> {
 
     fn open_dir(&mut self, ino: u64) -> Result<u64, i32> {
         let path = self.nodes.path(ino)?.to_string();
-        let entries = self.session.list(&path).map_err(|e| errno(&e))?;
+        let entries = self.session.list(&path).map_err(|e| errno_of(&e))?;
         let parent = match path.rfind('/') {
             _ if ino == ROOT_INO => ROOT_INO,
             Some(0) => self.nodes.by_path.get("/").copied().unwrap_or(ROOT_INO),
@@ -420,7 +400,7 @@ impl<'a> PovFs<'a> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let mut o = OpenOptions::new();
         o.write(write).truncate(write && flags & libc::O_TRUNC != 0);
-        let file = self.session.open_file(path, &o).map_err(|e| errno(&e))?;
+        let file = self.session.open_file(path, &o).map_err(|e| errno_of(&e))?;
         let fh = self.fh();
         self.files.insert(fh, Handle { file, append: flags & libc::O_APPEND != 0 });
         Ok(fh)
@@ -434,12 +414,12 @@ impl<'a> PovFs<'a> {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && flags & libc::O_EXCL == 0 => {
                 let mut o = OpenOptions::new();
                 o.write(true).truncate(flags & libc::O_TRUNC != 0);
-                (self.session.open_file(&path, &o).map_err(|e| errno(&e))?, false)
+                (self.session.open_file(&path, &o).map_err(|e| errno_of(&e))?, false)
             }
-            Err(e) => return Err(errno(&e)),
+            Err(e) => return Err(errno_of(&e)),
         };
         if made {
-            self.session.set_attr(&path, Some(mode & 0o777), None).map_err(|e| errno(&e))?;
+            self.session.set_attr(&path, Some(mode & 0o777), None).map_err(|e| errno_of(&e))?;
         }
         let (_, attr) = self.entry(path)?;
         let fh = self.fh();
@@ -456,7 +436,7 @@ impl<'a> PovFs<'a> {
             // RENAME_EXCHANGE, RENAME_WHITEOUT: not in PoV.
             _ => return Err(libc::EINVAL),
         };
-        r.map_err(|e| errno(&e))?;
+        r.map_err(|e| errno_of(&e))?;
         self.nodes.renamed(&from, &to);
         Ok(())
     }
@@ -515,7 +495,7 @@ impl Filesystem for PovFs<'_> {
 
     fn mkdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let r = self.child(parent, name).and_then(|p| {
-            self.session.create_dir(&p, Some(mode & !umask & 0o777)).map_err(|e| errno(&e))?;
+            self.session.create_dir(&p, Some(mode & !umask & 0o777)).map_err(|e| errno_of(&e))?;
             self.entry(p)
         });
         match r {
@@ -571,7 +551,7 @@ impl Filesystem for PovFs<'_> {
         let mut buf = vec![0u8; size as usize];
         match h.file.read_at(&mut buf, offset) {
             Ok(n) => reply.data(&buf[..n]),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(errno_of(&e)),
         }
     }
 
@@ -592,7 +572,7 @@ impl Filesystem for PovFs<'_> {
         let r = if h.append { h.file.append(data).map(|_| data.len()) } else { h.file.write_at(data, offset) };
         match r {
             Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(errno_of(&e)),
         }
     }
 
@@ -618,7 +598,7 @@ impl Filesystem for PovFs<'_> {
         match self.files.remove(&fh).map(|h| h.file.close()) {
             Some(Err(e)) => {
                 log::warn!("FUSE release: {e}");
-                reply.error(errno(&e))
+                reply.error(errno_of(&e))
             }
             _ => reply.ok(),
         }
@@ -627,7 +607,7 @@ impl Filesystem for PovFs<'_> {
     fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
         match self.files.get(&fh).map(|h| h.file.sync()) {
             Some(Ok(())) => reply.ok(),
-            Some(Err(e)) => reply.error(errno(&e)),
+            Some(Err(e)) => reply.error(errno_of(&e)),
             None => reply.error(libc::EBADF),
         }
     }
@@ -672,7 +652,7 @@ impl Filesystem for PovFs<'_> {
                 s.name_max,
                 s.block_size,
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(errno_of(&e)),
         }
     }
 
@@ -687,7 +667,7 @@ impl Filesystem for PovFs<'_> {
 impl PovFs<'_> {
     fn remove(&mut self, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let r = self.child(parent, name).and_then(|p| {
-            self.session.remove(&p).map_err(|e| errno(&e))?;
+            self.session.remove(&p).map_err(|e| errno_of(&e))?;
             self.nodes.detach(&p);
             Ok(())
         });
@@ -734,17 +714,7 @@ mod tests {
     }
 
     #[test]
-    fn errnos_follow_the_pov_status_then_the_io_kind() {
-        use crate::StatusError;
-        let e = io::Error::other(StatusError {
-            status: pov_proto::Status::NotFound,
-            op: pov_proto::io::Op::Stat,
-            target: "/x".into(),
-        });
-        assert_eq!(errno(&e), libc::ENOENT);
-        assert_eq!(errno(&io::Error::from_raw_os_error(libc::ENOSPC)), libc::ENOSPC);
-        assert_eq!(errno(&io::Error::new(io::ErrorKind::AlreadyExists, "x")), libc::EEXIST);
-        assert_eq!(errno(&io::Error::new(io::ErrorKind::NotConnected, "session lost")), libc::EIO);
+    fn provisional_inodes_have_the_top_bit() {
         assert!(provisional_ino("/a") & (1 << 63) != 0);
     }
 }

@@ -89,7 +89,7 @@ mod harness;
 mod tests;
 
 pub use device::Device;
-pub use error::{outcome_unknown, status_of, Error, ErrorKind, OutcomeUnknown, Result, StatusError};
+pub use error::{errno_of, outcome_unknown, status_of, Error, ErrorKind, OutcomeUnknown, Result, StatusError};
 pub use file::{File, OpenOptions};
 pub use mem::IoBuf;
 pub use pov_proto::admin::QosClass;
