@@ -41,10 +41,11 @@ if [ -n "$full" ]; then
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
   done
   # The FUSE mount's tests (host-driver/src/tests.rs, e2e/tests/data_path.rs): real
-  # programs on the mount (tar, sqlite3, git), fusermount, setpriv (another user).
+  # programs on the mount (tar, sqlite3, git, rsync), fusermount, setpriv (another user).
   command -v fusermount >/dev/null || command -v fusermount3 >/dev/null || need_apt+=(fuse3)
   command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
   command -v git >/dev/null || need_apt+=(git)
+  command -v rsync >/dev/null || need_apt+=(rsync)
   command -v setpriv >/dev/null || need_apt+=(util-linux)
   # scripts/bindings-test: the C++ compiler (the header's C++ check) and Python's venv
   # (maturin and pytest come from PyPI into a venv of the test's own).

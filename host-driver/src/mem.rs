@@ -209,58 +209,65 @@ pub(crate) struct Reaped {
     pub(crate) result: io::Result<()>,
 }
 
-/// Calls `do_io` on `q` until `want` completions have been reaped (or an error or the
-/// timeout, which covers the whole wait). `EINTR` is retried.
+/// Submits what is enqueued on `q` and reaps the completions that are ready, up to
+/// `max`, without waiting (`do_io` with `min_completions` 0). `EINTR` is retried.
 ///
-/// Errors: `TimedOut` when `timeout` passes, any other `do_io` error.
-pub(crate) fn blkio_reap(
-    q: &mut blkio::Blkioq,
-    want: usize,
-    timeout: Option<std::time::Duration>,
-    abandoned: &std::sync::atomic::AtomicBool,
-) -> io::Result<Vec<Reaped>> {
-    // Waits in slices so that an abandoned transport (see
-    // `BlockTransport::abandon`) is noticed while the device stays silent.
-    const SLICE: std::time::Duration = std::time::Duration::from_millis(100);
-    let mut slots: Vec<std::mem::MaybeUninit<blkio::Completion>> = (0..want).map(|_| std::mem::MaybeUninit::uninit()).collect();
-    let mut out = Vec::with_capacity(want);
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
-    while out.len() < want {
-        if abandoned.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the connection to the device was abandoned"));
-        }
-        let now = std::time::Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "libblkio do_io: timed out waiting for the device"));
-        }
-        let mut slice = deadline.map_or(SLICE, |d| (d - now).min(SLICE));
-        let need = want - out.len();
-        let n = match q.do_io(&mut slots[..need], 1, Some(&mut slice), None) {
-            Ok(n) => n.min(need),
-            Err(e) if e.errno() == blkio::Errno::INTR || e.errno() == blkio::Errno::TIME => continue,
+/// Errors: any other `do_io` error.
+pub(crate) fn blkio_reap_ready(q: &mut blkio::Blkioq, max: usize) -> io::Result<Vec<Reaped>> {
+    let mut slots: Vec<std::mem::MaybeUninit<blkio::Completion>> = (0..max).map(|_| std::mem::MaybeUninit::uninit()).collect();
+    let n = loop {
+        match q.do_io(&mut slots, 0, None, None) {
+            Ok(n) => break n.min(max),
+            Err(e) if e.errno() == blkio::Errno::INTR => continue,
             Err(e) => return Err(blkio_err("do_io")(e)),
-        };
-        for slot in &slots[..n] {
-            // SAFETY: do_io initialised the first `n` elements of the slice it was given.
-            let c = unsafe { slot.assume_init_read() };
-            let result = if c.ret < 0 {
-                let msg = if c.error_msg.is_null() {
-                    String::new()
-                } else {
-                    // SAFETY: libblkio sets `error_msg` to null or to a static
-                    // NUL-terminated string (see `Completion::for_failed_req`).
-                    let m = unsafe { std::ffi::CStr::from_ptr(c.error_msg) };
-                    format!(": {}", m.to_string_lossy())
-                };
-                let os = io::Error::from_raw_os_error(-c.ret);
-                Err(io::Error::new(os.kind(), format!("IO completed with error {os}{msg}")))
-            } else {
-                Ok(())
-            };
-            out.push(Reaped { user_data: c.user_data, result });
         }
+    };
+    let mut out = Vec::with_capacity(n);
+    for slot in &slots[..n] {
+        // SAFETY: do_io initialised the first `n` elements of the slice it was given.
+        let c = unsafe { slot.assume_init_read() };
+        let result = if c.ret < 0 {
+            let msg = if c.error_msg.is_null() {
+                String::new()
+            } else {
+                // SAFETY: libblkio sets `error_msg` to null or to a static
+                // NUL-terminated string (see `Completion::for_failed_req`).
+                let m = unsafe { std::ffi::CStr::from_ptr(c.error_msg) };
+                format!(": {}", m.to_string_lossy())
+            };
+            let os = io::Error::from_raw_os_error(-c.ret);
+            Err(io::Error::new(os.kind(), format!("IO completed with error {os}{msg}")))
+        } else {
+            Ok(())
+        };
+        out.push(Reaped { user_data: c.user_data, result });
     }
     Ok(out)
+}
+
+/// Waits up to `timeout` for the eventfd `fd` (a libblkio queue's completion fd) to
+/// become readable, then resets it (reads its counter), so the next wait sleeps until
+/// the device signals again. Returns whether it was signalled; `EINTR` counts as not.
+///
+/// Errors: `poll(2)` failures other than `EINTR`.
+pub(crate) fn wait_eventfd(fd: std::os::fd::RawFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_millis().clamp(0, i32::MAX as u128) as libc::c_int;
+    // SAFETY: `pfd` is one valid pollfd that outlives the call.
+    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+    }
+    if r == 0 || pfd.revents & libc::POLLIN == 0 {
+        return Ok(false);
+    }
+    let mut counter = 0u64;
+    // SAFETY: reads at most 8 bytes into `counter`, which outlives the call. The fd is
+    // non-blocking (libblkio's eventfd); an EAGAIN (another reader reset it first) is
+    // harmless.
+    let _ = unsafe { libc::read(fd, (&mut counter as *mut u64).cast(), 8) };
+    Ok(true)
 }
 
 /// Converts a libblkio error into an `io::Error` that keeps its errno and message.

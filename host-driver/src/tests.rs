@@ -794,7 +794,8 @@ fn mounted(mp: &std::path::Path) -> bool {
 }
 
 /// Real programs on a FUSE mount of a PoV directory: tar extracts a tree (modes kept),
-/// SQLite runs transactions, git commits and fscks, shell tools rename and remove; the
+/// SQLite runs transactions, git commits, fscks and clones, `cp -a` and `rsync -a` copy
+/// a tree, shell tools rename and remove; the
 /// bytes are checked through the session, on the backend and through the mount. Another
 /// user of the host cannot enter the mount; what PoV cannot keep (links, set-id bits,
 /// foreign owners, non-UTF-8 names) fails with a clear errno; a read-only mount refuses
@@ -856,6 +857,23 @@ fn fuse_mount_serves_real_programs() {
         let (ok, out, err) = sh(work.path(), &git);
         assert!(ok && out.trim_end().ends_with("first"), "git: {out} {err}");
         assert_eq!(s.read("/m/repo/README").unwrap(), b"hello\n");
+
+        // git clone of a local repository onto the mount, and back out of it; cp -a and
+        // rsync -a (temporary names renamed into place, modes and mtimes) of the tree.
+        let clone = format!(
+            "git clone -q {m}/repo {m}/clone && git -C {m}/clone fsck --strict 2>&1 && \
+             git clone -q {m}/clone out-clone && cat out-clone/README"
+        );
+        let (ok, out, err) = sh(work.path(), &clone);
+        assert!(ok && out.ends_with("hello\n"), "git clone: {out} {err}");
+        let (ok, _, err) = sh(work.path(), &format!("cp -a src {m}/cpa && diff -r src {m}/cpa"));
+        assert!(ok, "cp -a: {err}");
+        let (ok, out, err) = sh(
+            work.path(),
+            &format!("rsync -a src/ {m}/rs/ && diff -r src {m}/rs && rsync -a -i --dry-run src/ {m}/rs/ | wc -l"),
+        );
+        assert!(ok && out.trim() == "0", "rsync -a (a second run has nothing to do: times and modes kept): {out} {err}");
+        assert_eq!(s.read("/m/rs/d/big").unwrap(), pattern(7, 3 << 20));
 
         // Renames (a whole tree, and over an existing file), appends, truncation,
         // removal; the inode table follows the renames.
