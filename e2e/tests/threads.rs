@@ -118,3 +118,38 @@ fn bench_sixteen_threads_on_four_libblkio_queues() {
         );
     }
 }
+
+/// `cargo test --release -p pov-e2e --test threads -- --ignored --nocapture`: how long
+/// opening a device and a session takes on the libblkio path (issue 15's goal: a
+/// session open under 1 ms): 3 rounds of 30 device opens (vhost-user connect,
+/// configuration space) and 30 session opens (Hello + OpenSession + 4 CreateQueue
+/// admin exchanges, on an open device), printing each round's p50 and max.
+#[test]
+#[ignore = "benchmark: prints figures"]
+fn bench_device_and_session_open() {
+    let stack = Stack::start(json!({}));
+    let spec: DeviceSpec = stack.device_spec().parse().unwrap();
+    let pct = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    for round in 0..3 {
+        let (mut dev_ms, mut sess_ms, mut close_ms) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..30 {
+            let t0 = Instant::now();
+            let device = Device::open_with(&spec, &DeviceOptions::default()).unwrap();
+            dev_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            let t1 = Instant::now();
+            let session = Session::open(&device, "acme", SECRET.as_bytes(), 4).unwrap();
+            sess_ms.push(t1.elapsed().as_secs_f64() * 1e3);
+            let t2 = Instant::now();
+            session.close().unwrap();
+            close_ms.push(t2.elapsed().as_secs_f64() * 1e3);
+        }
+        let ((d50, dmax), (s50, smax), (c50, cmax)) = (pct(&mut dev_ms), pct(&mut sess_ms), pct(&mut close_ms));
+        println!(
+            "round {round}: device open p50 {d50:.2} ms (max {dmax:.2}); session open p50 {s50:.2} ms (max {smax:.2}); \
+             session close p50 {c50:.2} ms (max {cmax:.2})"
+        );
+    }
+}

@@ -398,7 +398,7 @@ fn mount(s: &Session, mountpoint: &Path, opts: &crate::fuse::MountOptions) -> an
                         "pov-host: cannot unmount {}: {e} (a process is using it); signal again to detach it lazily",
                         mp.display()
                     ),
-                    Err(_) => match lazy_unmount(&mp) {
+                    Err(_) => match crate::fuse::lazy_unmount(&mp) {
                         Ok(()) => return,
                         Err(e) => eprintln!("pov-host: lazy unmount of {} failed: {e}", mp.display()),
                     },
@@ -409,21 +409,6 @@ fn mount(s: &Session, mountpoint: &Path, opts: &crate::fuse::MountOptions) -> an
     .with_context(|| format!("mount pov:{} at {}", opts.root, mountpoint.display()))?;
     eprintln!("pov-host: {} unmounted", mountpoint.display());
     Ok(())
-}
-
-/// Detaches the mount at `mp` now; the kernel drops it once nothing uses it
-/// (`fusermount3 -u -z`, else `fusermount -u -z`).
-fn lazy_unmount(mp: &Path) -> io::Result<()> {
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "neither fusermount3 nor fusermount found");
-    for tool in ["fusermount3", "fusermount"] {
-        match std::process::Command::new(tool).arg("-u").arg("-z").arg(mp).status() {
-            Ok(st) if st.success() => return Ok(()),
-            Ok(st) => last = io::Error::other(format!("{tool} -u -z exited with {st}")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 /// Opens the device and a session as the command line says.
@@ -998,7 +983,7 @@ pub fn copy(s: &Session, src: &Loc, dst: &Loc, opts: &CopyOptions<'_>, workers: 
     };
     let copied = AtomicU64::new(0);
     let workers = workers.max(1);
-    let per = PerFile { preserve: opts.preserve, sync: opts.sync };
+    let fc = FileCopy { s, opts: PerFile { preserve: opts.preserve, sync: opts.sync }, bar: &bar };
     // Small files: one worker per file. Large files: one at a time, chunks in parallel.
     let (small, large): (Vec<&Job>, Vec<&Job>) = plan.files.iter().partition(|j| j.size <= CHUNK as u64);
     let next = AtomicUsize::new(0);
@@ -1013,7 +998,7 @@ pub fn copy(s: &Session, src: &Loc, dst: &Loc, opts: &CopyOptions<'_>, workers: 
                     return;
                 }
                 let j = small[i];
-                if let Err(e) = copy_file(s, j, per, 1, &mut buf, &copied, &bar) {
+                if let Err(e) = copy_file(fc, j, 1, &mut buf, &copied) {
                     stop.store(true, Ordering::Relaxed);
                     failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
                 }
@@ -1030,7 +1015,7 @@ pub fn copy(s: &Session, src: &Loc, dst: &Loc, opts: &CopyOptions<'_>, workers: 
     }
     let mut buf = Vec::new();
     for j in large {
-        if let Err(e) = copy_file(s, j, per, workers, &mut buf, &copied, &bar) {
+        if let Err(e) = copy_file(fc, j, workers, &mut buf, &copied) {
             bar.abandon();
             return Err(e);
         }
@@ -1160,6 +1145,15 @@ struct PerFile {
     sync: bool,
 }
 
+/// What every file of one `cp` shares: the session, the per-file options, the
+/// progress bar.
+#[derive(Clone, Copy)]
+struct FileCopy<'a> {
+    s: &'a Session,
+    opts: PerFile,
+    bar: &'a ProgressBar,
+}
+
 /// Temporary names of files being copied, unique in this process.
 static PART: AtomicU64 = AtomicU64::new(0);
 
@@ -1201,19 +1195,12 @@ const COPY_TRIES: usize = 3;
 /// file, its removal, the rename), the file is copied again under a new temporary
 /// name, up to [`COPY_TRIES`] times in all: the temporary name is the copy's own, so
 /// starting over loses nothing and never touches anyone else's file.
-fn copy_file(
-    s: &Session,
-    j: &Job,
-    opts: PerFile,
-    workers: usize,
-    buf: &mut Vec<u8>,
-    copied: &AtomicU64,
-    bar: &ProgressBar,
-) -> anyhow::Result<()> {
+fn copy_file(c: FileCopy<'_>, j: &Job, workers: usize, buf: &mut Vec<u8>, copied: &AtomicU64) -> anyhow::Result<()> {
+    let bar = c.bar;
     let mut tries = 1;
     loop {
         let this_try = AtomicU64::new(0);
-        let r = copy_file_once(s, j, opts, workers, buf, &this_try, bar);
+        let r = copy_file_once(c, j, workers, buf, &this_try);
         let bytes = this_try.into_inner();
         match r {
             Err(e)
@@ -1233,18 +1220,11 @@ fn copy_file(
 
 /// Copies one file (see [`copy_file_to`]) under a temporary name, then renames it
 /// into place; on failure the temporary file is removed (best effort).
-fn copy_file_once(
-    s: &Session,
-    j: &Job,
-    opts: PerFile,
-    workers: usize,
-    buf: &mut Vec<u8>,
-    copied: &AtomicU64,
-    bar: &ProgressBar,
-) -> anyhow::Result<()> {
+fn copy_file_once(c: FileCopy<'_>, j: &Job, workers: usize, buf: &mut Vec<u8>, copied: &AtomicU64) -> anyhow::Result<()> {
+    let FileCopy { s, opts, .. } = c;
     let ctx = || format!("cp: {} -> {}", j.src, j.dst);
     let part = part_name(&j.dst);
-    let r = copy_file_to(s, j, &part, opts, workers, buf, copied, bar).and_then(|()| match (&part, &j.dst) {
+    let r = copy_file_to(c, j, &part, workers, buf, copied).and_then(|()| match (&part, &j.dst) {
         (Loc::Pov(from), Loc::Pov(to)) => {
             let r = if opts.sync { s.rename_sync(from, to) } else { s.rename(from, to) };
             match r {
@@ -1280,17 +1260,8 @@ fn copy_file_once(
 /// Copies `j.src` to `to` with `workers` threads (1 MiB chunks), adding to `copied`
 /// and `bar`; with `opts.sync` the data is durable, with `opts.preserve` the source's
 /// mode and modification time are set, before it returns.
-#[allow(clippy::too_many_arguments)]
-fn copy_file_to(
-    s: &Session,
-    j: &Job,
-    to: &Loc,
-    opts: PerFile,
-    workers: usize,
-    buf: &mut Vec<u8>,
-    copied: &AtomicU64,
-    bar: &ProgressBar,
-) -> anyhow::Result<()> {
+fn copy_file_to(c: FileCopy<'_>, j: &Job, to: &Loc, workers: usize, buf: &mut Vec<u8>, copied: &AtomicU64) -> anyhow::Result<()> {
+    let FileCopy { s, opts, bar } = c;
     let ctx = || format!("cp: {} -> {}", j.src, j.dst);
     let src = match &j.src {
         Loc::Local(p) => Src::Local(fs::File::open(p).with_context(ctx)?),

@@ -678,6 +678,24 @@ impl PovFs<'_> {
     }
 }
 
+/// Detaches the mount at `mp` lazily (`fusermount3 -u -z`, else `fusermount -u -z`):
+/// for a mount still busy when its server must stop (a second signal to `pov-host
+/// mount`, a test that failed with the mount up).
+///
+/// Errors: neither tool found, or the tool's failure.
+pub fn lazy_unmount(mp: &Path) -> io::Result<()> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "neither fusermount3 nor fusermount found");
+    for tool in ["fusermount3", "fusermount"] {
+        match std::process::Command::new(tool).arg("-u").arg("-z").arg(mp).status() {
+            Ok(st) if st.success() => return Ok(()),
+            Ok(st) => last = io::Error::other(format!("{tool} -u -z exited with {st}")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

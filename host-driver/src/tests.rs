@@ -781,7 +781,7 @@ impl Drop for Mounted<'_> {
     fn drop(&mut self) {
         if let Some(mut u) = self.unmounter.take() {
             if u.unmount().is_err() {
-                let _ = std::process::Command::new("fusermount").args(["-u", "-z"]).arg(self.mp).status();
+                let _ = crate::fuse::lazy_unmount(self.mp);
             }
         }
     }
