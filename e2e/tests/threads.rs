@@ -146,10 +146,24 @@ fn bench_device_and_session_open() {
             session.close().unwrap();
             close_ms.push(t2.elapsed().as_secs_f64() * 1e3);
         }
+        // Sessions of 1 and 8 queues: the difference is what each CreateQueue costs.
+        let device = Device::open_with(&spec, &DeviceOptions::default()).unwrap();
+        let mut by_queues = Vec::new();
+        for queues in [1, 8] {
+            let mut ms = Vec::new();
+            for _ in 0..30 {
+                let t0 = Instant::now();
+                let session = Session::open(&device, "acme", SECRET.as_bytes(), queues).unwrap();
+                ms.push(t0.elapsed().as_secs_f64() * 1e3);
+                session.close().unwrap();
+            }
+            by_queues.push(pct(&mut ms).0);
+        }
         let ((d50, dmax), (s50, smax), (c50, cmax)) = (pct(&mut dev_ms), pct(&mut sess_ms), pct(&mut close_ms));
         println!(
-            "round {round}: device open p50 {d50:.2} ms (max {dmax:.2}); session open p50 {s50:.2} ms (max {smax:.2}); \
-             session close p50 {c50:.2} ms (max {cmax:.2})"
+            "round {round}: device open p50 {d50:.2} ms (max {dmax:.2}); session open (4 queues) p50 {s50:.2} ms (max \
+             {smax:.2}), with 1 queue {:.2} ms, with 8 queues {:.2} ms; session close p50 {c50:.2} ms (max {cmax:.2})",
+            by_queues[0], by_queues[1]
         );
     }
 }
