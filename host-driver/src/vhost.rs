@@ -272,6 +272,7 @@ impl BlockTransport for VhostUserTransport {
             if missing == 0 {
                 break;
             }
+            let slice = deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(Instant::now()).min(WAIT_SLICE));
             outcome = if let Some(why) = &st.broken {
                 Err(io::Error::new(io::ErrorKind::BrokenPipe, format!("libblkio queue {qi} retired: {why}")))
             } else if self.abandoned.load(Ordering::Acquire) {
@@ -282,7 +283,6 @@ impl BlockTransport for VhostUserTransport {
                 // Be the reaper: sleep on the completion fd without the lock.
                 st.reaping = true;
                 drop(st);
-                let slice = deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(Instant::now()).min(WAIT_SLICE));
                 let waited = wait_eventfd(queue.completion_fd, slice);
                 st = queue.lock();
                 st.reaping = false;
@@ -290,7 +290,6 @@ impl BlockTransport for VhostUserTransport {
                 queue.reaped.notify_all();
                 r
             } else {
-                let slice = deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(Instant::now()).min(WAIT_SLICE));
                 st = queue.reaped.wait_timeout(st, slice).unwrap_or_else(|e| e.into_inner()).0;
                 Ok(())
             };

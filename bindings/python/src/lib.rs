@@ -385,14 +385,10 @@ impl File {
         if pybuf.readonly() {
             return Err(PyValueError::new_err("readinto needs a writable buffer"));
         }
-        let mut tmp = vec![0u8; pybuf.len_bytes()];
-        let n = self.with(py, |mut f| f.read(&mut tmp))?;
-        pybuf.copy_from_slice(py, &{
-            // Keep the buffer's bytes past `n` as they were.
-            let mut whole = pybuf.to_vec(py)?;
-            whole[..n].copy_from_slice(&tmp[..n]);
-            whole
-        })?;
+        // The buffer's bytes past what is read stay as they were.
+        let mut whole = pybuf.to_vec(py)?;
+        let n = self.with(py, |mut f| f.read(&mut whole))?;
+        pybuf.copy_from_slice(py, &whole)?;
         Ok(n)
     }
 
