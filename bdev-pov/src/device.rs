@@ -19,7 +19,7 @@ use crate::tenant::TenantTable;
 use hdrhistogram::Histogram;
 use pov_proto::admin::ADMIN_REQUEST_SIZE;
 use pov_proto::io::{flags, Op, RequestHeader, ResponseHeader, REQUEST_TAG_OFFSET};
-use pov_proto::layout::{ConfigSpace, Geometry, Region};
+use pov_proto::layout::{features, ConfigSpace, Geometry, Region};
 use pov_proto::route::RouteInput;
 use pov_proto::trace::{nanos, Trace};
 use pov_proto::wire::ProxyRequestView;
@@ -156,6 +156,20 @@ pub struct DeviceStats {
     pub max_request_write_bytes: u64,
     /// Largest single block READ received on a response slot, bytes.
     pub max_response_read_bytes: u64,
+    /// Block WRITEs received on request slots (one per request unless the host's
+    /// block layer split it).
+    pub request_writes: u64,
+    /// Block READs received on response slots and windows (one per request when the
+    /// host guessed the response's size).
+    pub response_reads: u64,
+    /// Of `response_reads`, those on a response window (`docs/protocol.md`, "Response
+    /// windows").
+    pub window_reads: u64,
+    /// Window READs that arrived before their request's WRITE and waited for it.
+    pub window_reads_early: u64,
+    /// Window READs answered after `EARLY_READ_TIMEOUT` (1 s) without a request of
+    /// their parity (a host that gave up on its request, or another process).
+    pub window_reads_expired: u64,
     /// Block IOs (virtio-blk READ/WRITE/...) completed with `VIRTIO_BLK_S_IOERR` or
     /// `UNSUPP`: unaligned, crossing, aimed at guard or read-only space, a request slot
     /// overwritten while in flight, a foreign owner. A correct host never causes one.
@@ -399,7 +413,7 @@ impl PovDevice {
             session_timeout_ms: cfg.session_timeout_ms,
             max_sessions_per_tenant: cfg.tenant_session_limit(),
             max_queues_per_tenant: cfg.max_queues_per_tenant,
-            config_record: ConfigSpace { geometry, name: cfg.name.clone() }.encode().to_vec(),
+            config_record: ConfigSpace { geometry, name: cfg.name.clone(), features: features::ALL }.encode().to_vec(),
             serial: pov_proto::layout::serial_for(&cfg.name),
             admin_state: AdminState::new(),
             areas: (0..geometry.areas).map(|_| None).collect(),
@@ -774,6 +788,9 @@ impl DeviceState {
             }
             Region::RequestSlot { queue, offset } if !is_read => self.write_request_slot(req, queue, offset as usize),
             Region::ResponseSlot { queue, offset } if is_read => self.read_response_slot(req, queue, offset as usize),
+            Region::ResponseWindow { queue, parity, offset } if is_read => {
+                self.read_response_window(req, queue, parity, offset as usize)
+            }
             Region::Crossing => {
                 self.stats.crossing_ios += 1;
                 self.out.complete(req, BlockStatus::IoErr, 0)
@@ -786,6 +803,7 @@ impl DeviceState {
     }
 
     fn write_request_slot(&mut self, req: BlockRequest, queue: u32, offset: usize) {
+        self.stats.request_writes += 1;
         let len = req.buf.len();
         self.stats.max_request_write_bytes = self.stats.max_request_write_bytes.max(len as u64);
         let Some(q) = self.queues.get_mut(&queue) else {
@@ -860,9 +878,24 @@ impl DeviceState {
     }
 
     fn read_response_slot(&mut self, req: BlockRequest, queue: u32, offset: usize) {
+        self.stats.response_reads += 1;
         self.stats.max_response_read_bytes = self.stats.max_response_read_bytes.max(req.buf.len() as u64);
         match self.queues.get_mut(&queue) {
             Some(q) => q.read(queue, req, offset, &mut self.out),
+            None => self.out.complete(req, BlockStatus::IoErr, 0),
+        }
+    }
+
+    fn read_response_window(&mut self, req: BlockRequest, queue: u32, parity: u8, offset: usize) {
+        self.stats.response_reads += 1;
+        self.stats.window_reads += 1;
+        self.stats.max_response_read_bytes = self.stats.max_response_read_bytes.max(req.buf.len() as u64);
+        match self.queues.get_mut(&queue) {
+            Some(q) => {
+                if q.read_window(queue, req, offset, parity, Instant::now(), &mut self.out) {
+                    self.stats.window_reads_early += 1;
+                }
+            }
             None => self.out.complete(req, BlockStatus::IoErr, 0),
         }
     }
@@ -1072,7 +1105,8 @@ impl DeviceState {
         self.respond_traced(f.queue, f.op as u16, f.request_id, (status, result, flags), payload, trace);
     }
 
-    /// Answers `Invalid` to requests whose remaining bytes never came. Returns `true`
+    /// Answers `Invalid` to requests whose remaining bytes never came, and window READs
+    /// that waited too long for a request ([`Queue::expire_windows`]). Returns `true`
     /// if there was one.
     ///
     /// The request's ID is taken as used (`accept`), so the rest arriving late cannot
@@ -1082,6 +1116,9 @@ impl DeviceState {
     fn expire_incomplete(&mut self, now: Instant) -> bool {
         let (mut stuck, mut any) = (Vec::new(), false);
         for (id, q) in self.queues.iter_mut() {
+            let expired = q.expire_windows(*id, now, &mut self.out);
+            self.stats.window_reads_expired += expired as u64;
+            any |= expired > 0;
             if let Some((op, rid)) = q.expire_incomplete(now) {
                 any = true;
                 self.stats.incomplete_requests += 1;

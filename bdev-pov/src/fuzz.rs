@@ -93,6 +93,8 @@ enum Place {
     ResponseSlot(Pick),
     Capacity,
     Anywhere(u64),
+    /// A response window of the picked queue, for request IDs of this parity.
+    ResponseWindow(Pick, bool),
 }
 
 /// How an admin request is authenticated.
@@ -528,6 +530,7 @@ impl Host {
             Place::ResponseSlot(p) => self.geometry.response_slot(self.queue(p).0),
             Place::Capacity => self.geometry.capacity_bytes(),
             Place::Anywhere(o) => o,
+            Place::ResponseWindow(p, odd) => self.geometry.response_window(self.queue(p).0, u64::from(odd)),
         }
     }
 }

@@ -16,6 +16,22 @@ use std::time::{Duration, Instant};
 /// layer split delivers them within microseconds).
 pub(crate) const INCOMPLETE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a response-window READ waits for a request of its parity to arrive
+/// (submitted with its WRITE, it arrives within microseconds of it). After that it is
+/// answered with whatever the slot holds, which its host sees as a mismatch.
+pub(crate) const EARLY_READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A response-window READ waiting for a response of its parity.
+struct WindowRead {
+    req: BlockRequest,
+    /// Byte offset within the window.
+    offset: usize,
+    /// `request_id % 2` of the response it waits for.
+    parity: u8,
+    /// When it arrived.
+    since: Instant,
+}
+
 /// State of a queue's response slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RespState {
@@ -57,6 +73,10 @@ pub(crate) struct Queue {
     resp: RespState,
     /// Response-slot READs waiting for the response, with their slot offsets.
     parked: Vec<(BlockRequest, usize)>,
+    /// Response-window READs waiting for a response of their parity.
+    windows: Vec<WindowRead>,
+    /// Request ID of the response in `resp_buf` (when `Ready`).
+    resp_request: u64,
     /// A request of this queue is being served (one at a time).
     pub busy: bool,
     /// Request ID of the last request accepted: a request must carry a larger one
@@ -81,6 +101,8 @@ impl Queue {
             resp_len: 0,
             resp: RespState::Empty,
             parked: Vec::new(),
+            windows: Vec::new(),
+            resp_request: 0,
             busy: false,
             last_request: 0,
             current: None,
@@ -188,11 +210,19 @@ impl Queue {
     /// Rejects the complete request in the slot (its tag did not verify, or its ID is
     /// not above the last): the response slot is as it was, READs parked by a split of
     /// this request are answered from it into `out`.
+    ///
+    /// Window READs waiting for a response are answered at once from the slot as it is
+    /// (their host sees that its request did not come through instead of waiting).
     pub(crate) fn reject(&mut self, queue: u32, out: &mut Completions) {
         if self.resp == RespState::Pending && !self.busy {
             self.resp = self.prior;
             for (r, offset) in std::mem::take(&mut self.parked) {
                 self.read(queue, r, offset, out);
+            }
+        }
+        if self.resp != RespState::Pending {
+            for w in std::mem::take(&mut self.windows) {
+                self.serve_now(queue, w.req, w.offset, out);
             }
         }
     }
@@ -215,9 +245,71 @@ impl Queue {
         Some(ids.map_or((0, 0), |i| (i.op, i.request_id)))
     }
 
-    /// When [`Queue::expire_incomplete`] must look next, if a request is incomplete.
+    /// When [`Queue::expire_incomplete`] or [`Queue::expire_windows`] must look next.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.incomplete_since.map(|t| t + INCOMPLETE_TIMEOUT)
+        let windows = self.windows.iter().filter(|w| !self.served_by_pending(w.parity)).map(|w| w.since);
+        let incomplete = self.incomplete_since.map(|t| t + INCOMPLETE_TIMEOUT);
+        windows.min().map(|t| t + EARLY_READ_TIMEOUT).into_iter().chain(incomplete).min()
+    }
+
+    /// `true` if the request being served will answer a window READ of `parity`.
+    fn served_by_pending(&self, parity: u8) -> bool {
+        self.resp == RespState::Pending && self.last_request % 2 == u64::from(parity)
+    }
+
+    /// Answers, from the slot as it is, window READs that waited
+    /// [`EARLY_READ_TIMEOUT`] for a request of their parity (the request being served
+    /// is waited for however long it takes). Returns how many.
+    pub(crate) fn expire_windows(&mut self, queue: u32, now: Instant, out: &mut Completions) -> usize {
+        let mut n = 0;
+        let mut i = 0;
+        while i < self.windows.len() {
+            let w = &self.windows[i];
+            if !self.served_by_pending(w.parity) && now.duration_since(w.since) >= EARLY_READ_TIMEOUT {
+                let w = self.windows.swap_remove(i);
+                self.serve_now(queue, w.req, w.offset, out);
+                n += 1;
+            } else {
+                i += 1;
+            }
+        }
+        n
+    }
+
+    /// A READ of response window `parity` at byte `offset`: completed into `out` at once
+    /// if the slot holds the response to a request of that parity, else kept until one
+    /// is there (the READ may arrive before its request's WRITE) or, when no such
+    /// request comes, for [`EARLY_READ_TIMEOUT`]. Returns `true` if it waits for a
+    /// request that has not arrived.
+    pub(crate) fn read_window(
+        &mut self,
+        queue: u32,
+        req: BlockRequest,
+        offset: usize,
+        parity: u8,
+        now: Instant,
+        out: &mut Completions,
+    ) -> bool {
+        if self.resp == RespState::Ready && self.resp_request % 2 == u64::from(parity) {
+            self.serve_now(queue, req, offset, out);
+            return false;
+        }
+        let early = !self.served_by_pending(parity);
+        self.windows.push(WindowRead { req, offset, parity, since: now });
+        early
+    }
+
+    /// Completes a READ with the slot's contents now (a `NoRequest` header if nothing
+    /// was answered yet; the last response, even while another request is served).
+    fn serve_now(&mut self, queue: u32, mut req: BlockRequest, offset: usize, out: &mut Completions) {
+        if self.resp_len > 0 {
+            let r = copy_out(&mut req, &self.resp_buf[..self.resp_len], offset);
+            out.complete_copy(req, r);
+        } else {
+            let state = std::mem::replace(&mut self.resp, RespState::Empty);
+            self.read(queue, req, offset, out);
+            self.resp = state;
+        }
     }
 
     /// A READ of the response slot at byte `offset`: completed into `out` at once (the
@@ -280,16 +372,29 @@ impl Queue {
             protection,
         );
         self.resp = RespState::Ready;
+        self.resp_request = header.request_id;
         self.busy = false;
         for (mut r, offset) in self.parked.drain(..) {
             let c = copy_out(&mut r, &self.resp_buf[..self.resp_len], offset);
             out.complete_copy(r, c);
         }
+        let parity = (header.request_id % 2) as u8;
+        let mut i = 0;
+        while i < self.windows.len() {
+            if self.windows[i].parity == parity {
+                let mut w = self.windows.swap_remove(i);
+                let c = copy_out(&mut w.req, &self.resp_buf[..self.resp_len], w.offset);
+                out.complete_copy(w.req, c);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Frees the queue: parked READs complete with IOERR into `out`.
     pub(crate) fn free(self, out: &mut Completions) {
-        for (r, _) in self.parked {
+        let windows = self.windows.into_iter().map(|w| w.req);
+        for r in self.parked.into_iter().map(|(r, _)| r).chain(windows) {
             out.complete(r, BlockStatus::IoErr, 0);
         }
     }

@@ -904,3 +904,106 @@ fn dead_session_is_reclaimed() {
     );
     assert_eq!(h.dev.stats().sessions, 0);
 }
+
+/// Response windows (`docs/protocol.md`, "Response windows"): a READ of window
+/// `request_id % 2` submitted with its request's WRITE gets that request's response in
+/// either order of arrival, a stale response of the other parity is never served to
+/// it, another process's READs neither steal nor delay the owner's, and a READ whose
+/// request never comes is answered after `EARLY_READ_TIMEOUT`, not held forever.
+#[test]
+fn response_windows_serve_reads_that_arrive_before_their_write() {
+    let proxy = fake_proxy();
+    let mut h = Harness::new(&proxy, |_| {});
+    let (s, q) = setup(&mut h, 5);
+    let g = h.dev.geometry();
+    let cfg = ConfigSpace::decode(&h.io(BlockOp::Read, 0, vec![0; 4096]).1).unwrap();
+    assert!(cfg.has(layout::features::RESPONSE_WINDOWS));
+    assert_eq!(h.dev.capacity_sectors() * 512, g.capacity_bytes());
+    let read_window = |h: &mut Harness, rid: u64| h.submit(BlockOp::Read, g.response_window(q, rid), vec![0; 4096]);
+    let opened = |h: &mut Harness, tag: u64| {
+        let (st, mut b) = h.wait(tag);
+        assert_eq!(st, BlockStatus::Ok);
+        Harness::open_response(&s, q, &mut b).0
+    };
+
+    // READ first, WRITE second: the READ waits (no request of its parity yet), then
+    // gets the response to request 1.
+    let r = read_window(&mut h, 1);
+    h.pump();
+    assert!(!h.done.contains_key(&r), "a window READ before any request waits");
+    let mut o = hdr(Op::Open, q, &s, 1);
+    o.flags = flags::CREATE;
+    o.payload_len = 2;
+    assert_eq!(h.io(BlockOp::Write, g.request_slot(q), Harness::request_bytes(&s, &o, b"/a")).0, BlockStatus::Ok);
+    assert_eq!(opened(&mut h, r).request_id, 1);
+    assert_eq!(h.dev.stats().window_reads_early, 1);
+
+    // The slot now holds response 1 (odd). A READ for request 2 (even) sent before its
+    // WRITE is not answered with response 1.
+    let r = read_window(&mut h, 2);
+    std::thread::sleep(Duration::from_millis(20));
+    h.pump();
+    assert!(!h.done.contains_key(&r), "a stale response of the other parity is not served");
+    // Another process reads both windows meanwhile: its READs wait like the owner's
+    // and change nothing for it.
+    let spy_even = read_window(&mut h, 2);
+    let spy_odd = read_window(&mut h, 3);
+    h.pump();
+    assert!(h.done.contains_key(&spy_odd), "the odd window serves response 1 at once");
+    let mut st = hdr(Op::Stat, q, &s, 2);
+    st.payload_len = 2;
+    assert_eq!(h.io(BlockOp::Write, g.request_slot(q), Harness::request_bytes(&s, &st, b"/a")).0, BlockStatus::Ok);
+    assert_eq!(opened(&mut h, r).request_id, 2);
+    assert_eq!(opened(&mut h, spy_even).request_id, 2, "the spy sees only ciphertext of the same response");
+
+    // WRITE first, response ready, READ last: served at once (the usual order).
+    let mut st3 = hdr(Op::Stat, q, &s, 3);
+    st3.payload_len = 2;
+    let w = h.submit(BlockOp::Write, g.request_slot(q), Harness::request_bytes(&s, &st3, b"/a"));
+    assert_eq!(h.wait(w).0, BlockStatus::Ok);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.dev.stats().in_flight > 0 {
+        assert!(Instant::now() < deadline, "request 3 never answered");
+        h.pump();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let r = read_window(&mut h, 3);
+    h.pump();
+    assert!(h.done.contains_key(&r), "a ready response of the READ's parity is served at once");
+    assert_eq!(opened(&mut h, r).request_id, 3);
+    // The legacy slot still serves the last response.
+    assert_eq!(h.read_response(&s, q, 4096).0.request_id, 3);
+
+    // A READ whose request never comes is answered after EARLY_READ_TIMEOUT with the
+    // slot as it is (its host sees a mismatch), and the device's poller wakes up for it.
+    let t0 = Instant::now();
+    let r = read_window(&mut h, 4);
+    h.pump();
+    let wake = h.dev.deadline().expect("a waiting window READ sets a deadline");
+    assert!(wake > t0 && wake <= t0 + Duration::from_millis(1100), "{:?}", wake - t0);
+    assert_eq!(opened(&mut h, r).request_id, 3);
+    assert!(t0.elapsed() >= Duration::from_millis(900), "{:?}", t0.elapsed());
+    let stats = h.dev.stats();
+    assert_eq!(stats.window_reads_expired, 1);
+    assert_eq!(stats.window_reads, 6);
+
+    // A window READ parked behind a request whose tag fails is answered at once.
+    let r = read_window(&mut h, 4);
+    let mut bad = Harness::request_bytes(&s, &hdr(Op::Stat, q, &s, 4), &[]);
+    bad[REQUEST_TAG_OFFSET] ^= 1;
+    assert_eq!(h.io(BlockOp::Write, g.request_slot(q), bad).0, BlockStatus::IoErr);
+    h.pump();
+    assert!(h.done.contains_key(&r), "a rejected request releases the READ waiting for it");
+
+    // Windows of a queue nobody opened fail like its response slot; their guard reads
+    // zeros (what blkid probes at the end of the device finds).
+    assert_eq!(h.io(BlockOp::Read, g.response_window(q + 1, 0), vec![0; 512]).0, BlockStatus::IoErr);
+    let (st, b) = h.io(BlockOp::Read, g.capacity_bytes() - 4096, vec![1; 4096]);
+    assert_eq!((st, b.iter().all(|x| *x == 0)), (BlockStatus::Ok, true));
+    // Freeing the queue's session fails a READ still waiting in a window.
+    let r = read_window(&mut h, 6);
+    h.pump();
+    h.dev.shutdown(&mut ());
+    h.pump();
+    assert_eq!(h.wait(r).0, BlockStatus::IoErr);
+}

@@ -128,6 +128,102 @@ fn block_stat(dev: &str) -> Result<Vec<u64>, String> {
     Ok(s.split_whitespace().filter_map(|v| v.parse().ok()).collect())
 }
 
+/// Block IOs (reads + writes) the kernel completed on `dev` so far.
+fn block_ios(dev: &str) -> Result<u64, String> {
+    let st = block_stat(dev)?;
+    Ok(st.first().copied().unwrap_or(0) + st.get(4).copied().unwrap_or(0))
+}
+
+/// The `q`-quantile of sorted `v` (nearest rank).
+fn quantile(v: &[Duration], q: f64) -> Duration {
+    v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+/// Reads per mode and round in [`round_trips`].
+const RT_READS: usize = 100;
+/// Rounds of [`round_trips`] (the modes alternate, so drift hits both alike).
+const RT_ROUNDS: usize = 5;
+
+/// 4 KiB reads on `/dev/vdX` with the request WRITE and the response READ submitted
+/// together (io_uring, response windows) and one after the other, A/B in one run:
+/// latency p50/p99, block IOs per request (every one must stay 2: one WRITE, one READ),
+/// and session-open times. Figures only; the check fails on wrong data or extra IOs.
+fn round_trips(cfg: &GuestConfig, path: &Path, name: &str) -> Result<String, String> {
+    let spec: pov_host::DeviceSpec = path.to_string_lossy().parse().map_err(err("spec"))?;
+    let data = pattern(4096, 4242);
+    let mut modes = Vec::new();
+    for joint in [false, true] {
+        let opts = pov_host::DeviceOptions { joint_round_trip: joint, ..pov_host::DeviceOptions::default() };
+        let dev = Device::open_with(&spec, &opts).map_err(err("open device"))?;
+        if dev.joint_round_trip() != joint {
+            return Err(format!("joint round trip {joint} asked, the device says {}", dev.joint_round_trip()));
+        }
+        let mut opens = Vec::new();
+        for queues in [1, 4] {
+            let mut t = Vec::new();
+            for _ in 0..5 {
+                let t0 = Instant::now();
+                let s = Session::open(&dev, &cfg.tenant, &cfg.secret, queues).map_err(err("open session"))?;
+                t.push(t0.elapsed());
+                s.close().map_err(err("close"))?;
+            }
+            t.sort();
+            opens.push(t[2]);
+        }
+        let s = Session::open(&dev, &cfg.tenant, &cfg.secret, 1).map_err(err("open session"))?;
+        let p = format!("/guest/rt-{joint}");
+        s.write(&p, &data).map_err(err("write"))?;
+        let f = OpenOptions::new().open(&s, &p).map_err(err("open"))?;
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..20 {
+            f.read_exact_at(&mut buf, 0).map_err(err("warm-up read"))?;
+        }
+        modes.push((joint, dev, s, f, opens, Vec::new(), 0u64));
+    }
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..RT_ROUNDS {
+        for (_, _, _, f, _, lat, ios) in modes.iter_mut() {
+            let before = block_ios(name)?;
+            for _ in 0..RT_READS {
+                let t0 = Instant::now();
+                f.read_exact_at(&mut buf, 0).map_err(err("read"))?;
+                lat.push(t0.elapsed());
+                if buf != data {
+                    return Err("4 KiB read back differs".into());
+                }
+            }
+            *ios += block_ios(name)? - before;
+        }
+    }
+    let mut summary = Vec::new();
+    for (joint, _dev, s, f, opens, mut lat, ios) in modes {
+        lat.sort();
+        let n = lat.len();
+        let per_request = ios as f64 / n as f64;
+        let mode = if joint { "joint (io_uring, response window)" } else { "serial (pwrite, then pread)" };
+        println!(
+            "ROUND-TRIPS {mode}: 4 KiB reads n={n} p50 {:.0} us p99 {:.0} us; {per_request:.3} block IOs per request; \
+             session open (median of 5) 1 queue {:.2} ms, 4 queues {:.2} ms",
+            quantile(&lat, 0.5).as_secs_f64() * 1e6,
+            quantile(&lat, 0.99).as_secs_f64() * 1e6,
+            opens[0].as_secs_f64() * 1e3,
+            opens[1].as_secs_f64() * 1e3,
+        );
+        // One WRITE and one READ per request; heartbeats add a few admin IOs a second.
+        if !(2.0..2.1).contains(&per_request) {
+            return Err(format!("{mode}: {per_request:.3} block IOs per 4 KiB read, expected 2 (one WRITE, one READ)"));
+        }
+        f.close().map_err(err("close"))?;
+        s.close().map_err(err("close"))?;
+        summary.push(format!(
+            "{}: p50 {:.0} us",
+            if joint { "joint" } else { "serial" },
+            quantile(&lat, 0.5).as_secs_f64() * 1e6
+        ));
+    }
+    Ok(summary.join(", "))
+}
+
 fn sysfs_queue(dev: &str, attr: &str) -> String {
     fs::read_to_string(format!("/sys/block/{dev}/queue/{attr}")).map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
 }
@@ -313,6 +409,8 @@ pub fn run(cfg: &GuestConfig) -> usize {
         }
         Ok(format!("2 concurrent pov-host processes, {files} files in and out, every byte verified"))
     });
+
+    c.run("round-trips", || round_trips(cfg, &path, &name));
 
     c.run("session-close", || {
         s.close().map_err(err("close"))?;

@@ -1,5 +1,6 @@
 //! An opened PoV device: validated configuration space plus the admin channel.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -7,7 +8,7 @@ use pov_proto::admin::{
     AdminOp, AdminRequest, AdminResponse, ADMIN_MAC_OFFSET, ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE, SESSION_MAILBOX,
 };
 use pov_proto::crypto::{self, SessionKeys};
-use pov_proto::layout::{mailbox_offset, ConfigSpace, Geometry, ADMIN_MAILBOXES, ADMIN_REQ_OFFSET, CONFIG_SIZE};
+use pov_proto::layout::{features, mailbox_offset, ConfigSpace, Geometry, ADMIN_MAILBOXES, ADMIN_REQ_OFFSET, CONFIG_SIZE};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernel::KernelTransport;
@@ -32,6 +33,10 @@ struct DeviceInner {
     reopen: Option<(DeviceSpec, DeviceOptions)>,
     /// Held while reconnecting (sessions sharing the device reconnect it once).
     reconnecting: std::sync::Mutex<()>,
+    /// Requests read their response from the response window, submitted with their
+    /// WRITE ([`DeviceOptions::joint_round_trip`] and the device's feature; updated on
+    /// reconnect, the device may have been upgraded or downgraded).
+    joint: AtomicBool,
 }
 
 impl std::fmt::Debug for Device {
@@ -59,7 +64,7 @@ pub fn read_config(transport: &dyn BlockTransport) -> Result<ConfigSpace> {
     transport.submit(Lane::Admin, &mut [BlockOp::read(0, &mut buf, CONFIG_SIZE as usize)]).map_err(access)?;
     let config = ConfigSpace::decode(&buf[..CONFIG_SIZE as usize])
         .map_err(|e| Error::new(ErrorKind::NotPovDevice, what.clone()).with_source(e))?;
-    let need = config.geometry.capacity_bytes();
+    let need = config.needed_capacity();
     if transport.capacity() < need {
         return Err(Error::new(
             ErrorKind::NotPovDevice,
@@ -90,7 +95,9 @@ impl Device {
     pub fn open_with(spec: &DeviceSpec, opts: &DeviceOptions) -> Result<Device> {
         let transport = open_transport(spec, opts)?;
         let mut d = Device::from_transport(transport)?;
-        Arc::get_mut(&mut d.inner).expect("not shared yet").reopen = Some((spec.clone(), opts.clone()));
+        let inner = Arc::get_mut(&mut d.inner).expect("not shared yet");
+        inner.reopen = Some((spec.clone(), opts.clone()));
+        *inner.joint.get_mut() &= opts.joint_round_trip;
         Ok(d)
     }
 
@@ -102,12 +109,14 @@ impl Device {
         let config = read_config(transport.as_ref())?;
         log::debug!("{}: PoV device {:?}, {:?}", transport.describe(), config.name, config.geometry);
         let transport: Arc<dyn BlockTransport> = Arc::from(transport);
+        let joint = AtomicBool::new(config.has(features::RESPONSE_WINDOWS));
         Ok(Device {
             inner: Arc::new(DeviceInner {
                 transport: RwLock::new(transport),
                 config,
                 reopen: None,
                 reconnecting: std::sync::Mutex::new(()),
+                joint,
             }),
         })
     }
@@ -144,6 +153,8 @@ impl Device {
                             ),
                         ));
                     }
+                    let joint = opts.joint_round_trip && c.has(features::RESPONSE_WINDOWS);
+                    self.inner.joint.store(joint, Ordering::Relaxed);
                     *self.inner.transport.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(t);
                     log::info!("{spec}: reconnected");
                     return Ok(());
@@ -173,6 +184,12 @@ impl Device {
     /// The validated configuration record.
     pub fn config(&self) -> &ConfigSpace {
         &self.inner.config
+    }
+
+    /// `true` if requests submit their WRITE and response READ together and read the
+    /// response window ([`DeviceOptions::joint_round_trip`]).
+    pub fn joint_round_trip(&self) -> bool {
+        self.inner.joint.load(Ordering::Relaxed)
     }
 
     /// The device geometry (IO areas and queues per area).
@@ -356,13 +373,26 @@ mod tests {
         assert!(Chain(&e).to_string().contains("bad magic"), "{e}");
 
         let g = Geometry::new(2, 2).unwrap();
-        f.write_all_at(&ConfigSpace { geometry: g, name: "img0".into() }.encode(), 0).unwrap();
+        let windows = ConfigSpace { geometry: g, name: "img0".into(), features: features::RESPONSE_WINDOWS };
+        f.write_all_at(&windows.encode(), 0).unwrap();
         let e = Device::open(img.to_str().unwrap()).unwrap_err();
         assert_eq!(e.kind(), &ErrorKind::NotPovDevice);
         assert!(e.to_string().contains("smaller than its geometry"), "{e}");
 
+        // A device without response windows (an older pov-dpud) needs no room for
+        // them, and requests then take the READ-after-WRITE path.
+        f.set_len(g.window_base()).unwrap();
+        f.write_all_at(&ConfigSpace { features: 0, ..windows.clone() }.encode(), 0).unwrap();
+        let dev = Device::open(img.to_str().unwrap()).unwrap();
+        assert!(!dev.joint_round_trip());
+        f.write_all_at(&windows.encode(), 0).unwrap();
+        assert!(Device::open(img.to_str().unwrap()).is_err(), "windows advertised but not in the capacity");
+
         f.set_len(g.capacity_bytes()).unwrap();
         let dev = Device::open(img.to_str().unwrap()).unwrap();
+        assert!(dev.joint_round_trip());
+        let serial = DeviceOptions { joint_round_trip: false, ..DeviceOptions::default() };
+        assert!(!Device::open_with(&img.to_str().unwrap().parse().unwrap(), &serial).unwrap().joint_round_trip());
         assert_eq!(dev.name(), "img0");
         assert_eq!(dev.geometry(), g);
         // A plain file does not execute admin requests: the mailbox holds no answer.

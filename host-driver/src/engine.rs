@@ -50,14 +50,40 @@ pub(crate) struct Channel {
     resp: IoBuf,
     /// The session incarnation it belongs to (see [`Engine::recover`]).
     generation: u64,
+    /// Next request ID of this queue and the end of its block of IDs (taken from the
+    /// session's sequence, [`REQUEST_ID_BLOCK`] at a time): consecutive IDs per queue
+    /// alternate between its two response windows.
+    next_request: u64,
+    request_ids_end: u64,
 }
+
+/// Request IDs a channel takes from its session's sequence at once (IDs stay unique
+/// in the session; within a block they are consecutive).
+const REQUEST_ID_BLOCK: u64 = 1 << 32;
+
+/// Times a joint round trip reads its response window again when it got another
+/// request's response (its READ waited out `EARLY_READ_TIMEOUT` on the device, or the
+/// queue's IDs jumped to a new block).
+const WINDOW_REREADS: usize = 2;
 
 impl Channel {
     /// The channel of queue `queue_id`, the `index`-th queue of its session, with
     /// buffers of at least [`SLOT_SIZE`] bytes from the device's transport.
     pub(crate) fn new(index: usize, queue_id: u32, req: IoBuf, resp: IoBuf) -> Channel {
         debug_assert!(req.len() >= SLOT_SIZE as usize && resp.len() >= SLOT_SIZE as usize);
-        Channel { index, queue_id, req, resp, generation: 0 }
+        Channel { index, queue_id, req, resp, generation: 0, next_request: 0, request_ids_end: 0 }
+    }
+
+    /// The next request ID of this queue, taking a new block from `sequence` when the
+    /// current one is used up.
+    fn take_request_id(&mut self, sequence: &AtomicU64) -> u64 {
+        if self.next_request >= self.request_ids_end {
+            self.next_request = sequence.fetch_add(REQUEST_ID_BLOCK, Ordering::Relaxed);
+            self.request_ids_end = self.next_request + REQUEST_ID_BLOCK;
+        }
+        let id = self.next_request;
+        self.next_request += 1;
+        id
     }
 }
 
@@ -566,7 +592,7 @@ impl Engine {
         let geometry = self.device.geometry();
         let tracer = self.tracer.read().unwrap_or_else(|e| e.into_inner()).clone();
         let started = Instant::now();
-        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let request_id = ch.take_request_id(&self.next_request);
         let hdr = RequestHeader {
             op: c.op,
             queue_id: ch.queue_id,
@@ -584,7 +610,9 @@ impl Engine {
         inc.keys.seal_request(ch.queue_id, request_id, &mut ch.req[..HEADER_SIZE + c.payload.len()], REQUEST_TAG_OFFSET);
         let mut rlen = response_read_len(c.expect);
         let req_slot = geometry.request_slot(ch.queue_id);
-        let resp_slot = geometry.response_slot(ch.queue_id);
+        let joint = self.device.joint_round_trip();
+        let resp_slot =
+            if joint { geometry.response_window(ch.queue_id, request_id) } else { geometry.response_slot(ch.queue_id) };
         let t = self.device.transport();
         // A transport error is a lost session only when the device is gone or silent;
         // an IO error completion is an error for this call.
@@ -595,13 +623,24 @@ impl Engine {
                 Failure::Other(e)
             }
         };
-        t.submit(
-            Lane::Data(ch.index),
-            &mut [BlockOp::write(req_slot, &mut ch.req, wlen), BlockOp::read(resp_slot, &mut ch.resp, rlen)],
-        )
-        .map_err(|e| lost(e, &t))?;
-        let resp = ResponseHeader::decode(&ch.resp[..HEADER_SIZE])
-            .map_err(|e| Failure::Lost(protocol_error(format!("queue {}: bad response header: {e}", ch.queue_id)), None))?;
+        let mut ops = [BlockOp::write(req_slot, &mut ch.req, wlen), BlockOp::read(resp_slot, &mut ch.resp, rlen)];
+        if joint { t.submit_joint(Lane::Data(ch.index), &mut ops) } else { t.submit(Lane::Data(ch.index), &mut ops) }
+            .map_err(|e| lost(e, &t))?;
+        let decode = |b: &IoBuf| {
+            ResponseHeader::decode(&b[..HEADER_SIZE])
+                .map_err(|e| Failure::Lost(protocol_error(format!("queue {}: bad response header: {e}", ch.queue_id)), None))
+        };
+        let mut resp = decode(&ch.resp)?;
+        for _ in 0..WINDOW_REREADS {
+            // An older response in the window: the READ gave up waiting for this
+            // request before it arrived (see the const); the request is in, so reading
+            // again waits for its answer.
+            if !joint || resp.request_id >= request_id || resp.queue_id != ch.queue_id {
+                break;
+            }
+            t.submit(Lane::Data(ch.index), &mut [BlockOp::read(resp_slot, &mut ch.resp, rlen)]).map_err(|e| lost(e, &t))?;
+            resp = decode(&ch.resp)?;
+        }
         if resp.request_id != request_id || resp.queue_id != ch.queue_id {
             return Err(Failure::Lost(
                 protocol_error(format!(

@@ -230,24 +230,38 @@ impl Pump {
     ///
     /// Errors: `TimedOut`, or `BrokenPipe` once the pump has stopped.
     fn run(&self, req: BlockRequest) -> io::Result<BlockCompletion> {
+        Pump::finish(self.start(req)?)
+    }
+
+    /// Sends `req` to the device (after every request sent before it); its completion
+    /// comes from [`Pump::finish`].
+    ///
+    /// Errors: `BrokenPipe` once the pump has stopped.
+    fn start(&self, req: BlockRequest) -> io::Result<mpsc::Receiver<BlockCompletion>> {
         let (done, rx) = mpsc::sync_channel(1);
         let id = self.poller;
         let job = Job { req, done };
-        let stopped = || io::Error::new(io::ErrorKind::BrokenPipe, "the harness device has stopped");
         let sent = self.reactor.send(move |ctx| {
             if let Some(p) = ctx.poller_mut::<DevicePoller>(id) {
                 p.submit(job);
             }
         });
         if !sent {
-            return Err(stopped());
+            return Err(pump_stopped());
         }
+        Ok(rx)
+    }
+
+    /// Waits for the completion of a request [`Pump::start`]ed, at most [`IO_TIMEOUT`].
+    ///
+    /// Errors: `TimedOut`, or `BrokenPipe` once the pump has stopped.
+    fn finish(rx: mpsc::Receiver<BlockCompletion>) -> io::Result<BlockCompletion> {
         match rx.recv_timeout(IO_TIMEOUT) {
             Ok(c) => Ok(c),
             Err(RecvTimeoutError::Timeout) => {
                 Err(io::Error::new(io::ErrorKind::TimedOut, format!("no completion within {IO_TIMEOUT:?}")))
             }
-            Err(RecvTimeoutError::Disconnected) => Err(stopped()),
+            Err(RecvTimeoutError::Disconnected) => Err(pump_stopped()),
         }
     }
 
@@ -256,6 +270,10 @@ impl Pump {
         let id = self.poller;
         self.reactor.call(move |ctx| ctx.poller_mut::<DevicePoller>(id).map(|p| f(&mut p.dev))).flatten()
     }
+}
+
+fn pump_stopped() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the harness device has stopped")
 }
 
 /// State shared by the stack and its transports.
@@ -404,6 +422,13 @@ impl HarnessTransport {
     fn io(&self, op: bdev_pov::BlockOp, offset: u64, data: Vec<u8>) -> io::Result<Vec<u8>> {
         let len = data.len();
         let c = self.shared.pump.run(BlockRequest { op, offset, buf: Box::new(data), tag: 0 })?;
+        Self::completed(op, offset, len, c)
+    }
+
+    /// The data of completion `c` of a block IO of `len` bytes at `offset`.
+    ///
+    /// Errors: `EIO` for a failed completion or a short READ.
+    fn completed(op: bdev_pov::BlockOp, offset: u64, len: usize, c: BlockCompletion) -> io::Result<Vec<u8>> {
         let eio = |why: String| io::Error::other(format!("{op:?} at {offset:#x}: {why}"));
         if c.status != BlockStatus::Ok {
             return Err(eio(format!("completed with {:?}", c.status)));
@@ -454,7 +479,9 @@ impl HarnessTransport {
                             f(&mut data);
                         }
                     }
-                    Region::ResponseSlot { queue, offset: 0 } => s.tap.lock().unwrap().response_read(s.geometry, queue, &data),
+                    Region::ResponseSlot { queue, offset: 0 } | Region::ResponseWindow { queue, offset: 0, .. } => {
+                        s.tap.lock().unwrap().response_read(s.geometry, queue, &data)
+                    }
                     _ => {}
                 }
                 op.buf[range].copy_from_slice(&data);
@@ -491,5 +518,34 @@ impl BlockTransport for HarnessTransport {
         // The device takes the IOs of a batch in order; a parked response READ waits
         // here while the pump keeps serving other callers.
         ops.iter_mut().try_for_each(|op| self.one(op))
+    }
+
+    /// A request WRITE and its response READ reach the device in reverse order: the
+    /// READ first (the order a kernel block layer may produce from one io_uring
+    /// submission, and the harder one for the response windows), so every driver test
+    /// exercises it. Other batches run as [`BlockTransport::submit`].
+    fn submit_joint(&self, lane: Lane, ops: &mut [BlockOp<'_>]) -> io::Result<()> {
+        let [w, r] = ops else { return self.submit(lane, ops) };
+        if w.dir != Dir::Write || r.dir != Dir::Read {
+            return self.submit(lane, ops);
+        }
+        r.check()?;
+        let s = &self.shared;
+        let read = s.pump.start(BlockRequest {
+            op: bdev_pov::BlockOp::Read,
+            offset: r.dev_offset,
+            buf: Box::new(vec![0u8; r.len]),
+            tag: 0,
+        })?;
+        let written = self.one(w);
+        // The READ is waited for even when the WRITE failed (the device answers it).
+        let c = Pump::finish(read);
+        written?;
+        let data = Self::completed(bdev_pov::BlockOp::Read, r.dev_offset, r.len, c?)?;
+        if let Region::ResponseWindow { queue, offset: 0, .. } = s.geometry.classify(r.dev_offset, r.len as u64) {
+            s.tap.lock().unwrap().response_read(s.geometry, queue, &data);
+        }
+        r.buf[r.buf_offset..r.buf_offset + r.len].copy_from_slice(&data);
+        Ok(())
     }
 }

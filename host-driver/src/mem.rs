@@ -6,6 +6,8 @@
 //!   device can only reach memory the client announced to it).
 //! * `RegionPool`: hands out [`IoBuf`]s backed by libblkio memory regions
 //!   (`alloc_mem_region` + `map_mem_region`) and takes them back for reuse.
+//! * [`uring_rw`]: several reads and writes of one file descriptor submitted together
+//!   through io_uring (the kernel path's joint round trip).
 
 use std::alloc::Layout;
 use std::io;
@@ -290,6 +292,74 @@ pub(crate) fn blkio_err(what: &'static str) -> impl Fn(blkio::Error) -> io::Erro
 pub(crate) fn process_ids() -> (u32, u32) {
     // SAFETY: getuid and getgid take no arguments, cannot fail and touch no memory.
     unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// One IO of [`uring_rw`]: `len` bytes between file offset `offset` and `buf` at
+/// `buf_offset` (the caller checked that the range is inside `buf`).
+pub(crate) struct RingOp<'a> {
+    /// `true` for a write (`IORING_OP_WRITE`), `false` for a read.
+    pub write: bool,
+    /// File byte offset.
+    pub offset: u64,
+    /// The memory side.
+    pub buf: &'a mut IoBuf,
+    /// Byte offset into `buf`.
+    pub buf_offset: usize,
+    /// Bytes to move.
+    pub len: usize,
+}
+
+/// Submits every op of `ops` on `fd` through `ring` with one `io_uring_enter(2)` (no
+/// ordering between them: the device may see them in any order) and waits for all of
+/// them. Returns each op's result as the kernel gave it (bytes moved, or `-errno`),
+/// in `ops` order.
+///
+/// Errors: the ring is too small for `ops` (`InvalidInput`), or `io_uring_enter`
+/// failed before the ops were submitted.
+pub(crate) fn uring_rw(ring: &mut io_uring::IoUring, fd: std::os::fd::RawFd, ops: &mut [RingOp<'_>]) -> io::Result<Vec<i32>> {
+    use io_uring::{opcode, types};
+    if ops.len() > ring.params().sq_entries() as usize || ops.iter().any(|o| o.buf_offset + o.len > o.buf.len()) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "io_uring batch larger than the ring or its buffers"));
+    }
+    // Completions left over from an earlier call that failed midway are not ours.
+    ring.completion().for_each(drop);
+    for (i, o) in ops.iter_mut().enumerate() {
+        let ptr = o.buf.ptr_at(o.buf_offset);
+        let len = o.len as u32;
+        let entry = if o.write {
+            opcode::Write::new(types::Fd(fd), ptr, len).offset(o.offset).build()
+        } else {
+            opcode::Read::new(types::Fd(fd), ptr, len).offset(o.offset).build()
+        };
+        // SAFETY: `ptr..ptr + len` lies inside `o.buf` (checked above), which `ops`
+        // borrows mutably until this function returns, and it returns only after every
+        // submitted entry has completed (the loop below), so the kernel never touches
+        // the memory after the borrow ends. The ring had room for all of `ops`, and it
+        // is empty at this point (every earlier call waited for all its entries).
+        unsafe { ring.submission().push(&entry.user_data(i as u64)) }
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "io_uring submission queue full"))?;
+    }
+    let mut res = vec![None; ops.len()];
+    let mut left = ops.len();
+    while left > 0 {
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => continue,
+            // io_uring_enter(2) fails only for a call that submitted nothing (a partial
+            // submission returns its count), and with everything submitted the wait
+            // fails only with EINTR. So nothing of ours is in flight: the caller must
+            // drop the ring, whose unsubmitted entries go with it.
+            Err(e) => return Err(e),
+        }
+        for c in ring.completion() {
+            if let Some(slot) = res.get_mut(c.user_data() as usize) {
+                if slot.replace(c.result()).is_none() {
+                    left -= 1;
+                }
+            }
+        }
+    }
+    Ok(res.into_iter().map(|r| r.unwrap_or(-libc::EIO)).collect())
 }
 
 #[cfg(test)]

@@ -68,11 +68,19 @@ pub struct DeviceOptions {
     /// Longest wait for one device round trip on the vhost-user path; `None` (default)
     /// waits as long as the device takes, like a kernel block device.
     pub io_timeout: Option<Duration>,
+    /// Submit a request's WRITE and its response READ together — one device round
+    /// trip per request: one `io_uring_enter(2)` on `/dev/vdX`, one libblkio batch on
+    /// vhost-user — reading the response from the queue's response window, when the
+    /// device advertises `features::RESPONSE_WINDOWS` (`docs/protocol.md`, "Response
+    /// windows"). `false`: the READ goes out only after the WRITE completed (two round
+    /// trips on `/dev/vdX`; kept for comparison and for devices without windows,
+    /// which get this anyway). Default `true`.
+    pub joint_round_trip: bool,
 }
 
 impl Default for DeviceOptions {
     fn default() -> Self {
-        DeviceOptions { blkio_queues: 4, io_timeout: None }
+        DeviceOptions { blkio_queues: 4, io_timeout: None, joint_round_trip: true }
     }
 }
 

@@ -113,6 +113,19 @@ pub trait BlockTransport: Send + Sync {
     /// an invalid op per [`BlockOp::check`]).
     fn submit(&self, lane: Lane, ops: &mut [BlockOp<'_>]) -> io::Result<()>;
 
+    /// Executes `ops` on `lane` like [`BlockTransport::submit`], but the device may
+    /// receive them in any order and the caller waits for one round trip, not one per
+    /// op: the kernel path submits all of them with one `io_uring_enter(2)`. For ops
+    /// that do not depend on each other's order, e.g. a request WRITE and the READ of
+    /// its response window (`pov_proto::layout`, "response windows").
+    ///
+    /// Default: [`BlockTransport::submit`] (in order, which is one of the orders).
+    ///
+    /// Errors: as [`BlockTransport::submit`].
+    fn submit_joint(&self, lane: Lane, ops: &mut [BlockOp<'_>]) -> io::Result<()> {
+        self.submit(lane, ops)
+    }
+
     /// Gives up on this transport (the session is moving to a new connection): IO
     /// waiting for a device that will never answer (a `pov-dpud` that died) returns an
     /// error within about 100 ms instead of waiting on, and nothing is submitted any

@@ -204,6 +204,8 @@ pub fn config_space(data: &[u8]) {
             g.response_slot(q),
             g.session_mailbox(g.areas - 1),
             g.response_slot(first),
+            g.window_base(),
+            g.response_window(q, 1),
             g.capacity_bytes(),
         ] {
             check_classify(g, base.wrapping_add(near).wrapping_sub(SLOT_SIZE), len);
@@ -233,6 +235,10 @@ fn check_classify(g: Geometry, offset: u64, len: u64) {
         Region::ResponseSlot { queue, offset: rel } => {
             assert!(queue < g.total_queues() && within(g.response_slot(queue), SLOT_SIZE, rel), "{got:?} for {offset}+{len}")
         }
+        Region::ResponseWindow { queue, parity, offset: rel } => assert!(
+            queue < g.total_queues() && parity < 2 && within(g.response_window(queue, parity.into()), SLOT_SIZE, rel),
+            "{got:?} for {offset}+{len}"
+        ),
         Region::Guard | Region::Crossing => {}
     }
     if len > 0 {
@@ -268,6 +274,16 @@ fn reference_classify(g: Geometry, offset: u64, len: u64) -> Region {
             }
         }
     }
+    // The response windows of every queue the IO touches past the IO areas.
+    let window_of = |b: u64| b.checked_sub(g.window_base()).map(|r| r / QUEUE_STRIDE);
+    if let (first, Some(last)) = (window_of(offset).unwrap_or(0), window_of(end - 1)) {
+        for q in first..=last.min(g.total_queues() as u64 - 1) {
+            for parity in 0..2u8 {
+                let start = g.response_window(q as u32, parity.into());
+                regions.push((start, SLOT_SIZE, Region::ResponseWindow { queue: q as u32, parity, offset: 0 }));
+            }
+        }
+    }
     for (start, size, region) in &regions {
         if offset >= *start && end <= start + size {
             let rel = offset - start;
@@ -278,6 +294,7 @@ fn reference_classify(g: Geometry, offset: u64, len: u64) -> Region {
                 Region::SessionMailbox { area, .. } => Region::SessionMailbox { area, offset: rel },
                 Region::RequestSlot { queue, .. } => Region::RequestSlot { queue, offset: rel },
                 Region::ResponseSlot { queue, .. } => Region::ResponseSlot { queue, offset: rel },
+                Region::ResponseWindow { queue, parity, .. } => Region::ResponseWindow { queue, parity, offset: rel },
                 r => r,
             };
         }
@@ -494,7 +511,7 @@ pub fn valid_seeds(target: &str) -> Vec<Vec<u8>> {
                 b
             };
             vec![
-                ConfigSpace { geometry: g, name: "pov0".into() }.encode().to_vec(),
+                ConfigSpace { geometry: g, name: "pov0".into(), features: crate::layout::features::ALL }.encode().to_vec(),
                 io(64, 16, ADMIN_REQ_OFFSET, 512),
                 io(2, 2, Geometry { areas: 2, queues_per_area: 2 }.capacity_bytes(), 0),
                 io(1, 1, Geometry { areas: 1, queues_per_area: 1 }.request_slot(0) + SLOT_SIZE - 512, 1024),

@@ -10,7 +10,17 @@
 //! IO area a (area_stride bytes) = queues_per_area queues, each queue_stride (4 MiB) bytes:
 //! | request slot (1 MiB + 4 KiB) | guard | response slot (1 MiB + 4 KiB) | guard |
 //! ^ +0                                   ^ +2 MiB
+//!
+//! After the last IO area (window_base), when the configuration space advertises
+//! features::RESPONSE_WINDOWS, 4 MiB per queue q (global ID):
+//! | response window 0 (1 MiB + 4 KiB) | guard | response window 1 (1 MiB + 4 KiB) | guard |
 //! ```
+//!
+//! A **response window** is a second view of a queue's response slot for the host that
+//! submits the request WRITE and the response READ together (io_uring, libblkio): a READ
+//! of window `p` is served only by a response to a request whose ID has parity `p`
+//! (`request_id % 2`), and waits for one otherwise — so the READ may reach the device
+//! before or after its WRITE (`docs/protocol.md`, "Response windows").
 //!
 //! Guard space is never part of a valid IO, so the host block layer can never merge
 //! two requests aimed at different slots into one (they are never adjacent), and an IO
@@ -74,6 +84,17 @@ pub const SERIAL_LEN: usize = 20;
 /// Magic at byte 0 of the configuration space: ASCII `PoVD`.
 pub const CONFIG_MAGIC: u32 = u32::from_le_bytes(*b"PoVD");
 
+/// Feature bits of the configuration record (its `features` field, byte 22). A host
+/// uses a feature only if the device sets its bit; a device ignores bits it does not
+/// know. Older devices write 0 there.
+pub mod features {
+    /// The device serves response windows ([`super::Geometry::response_window`]) and
+    /// its capacity covers them ([`super::Geometry::capacity_bytes`]).
+    pub const RESPONSE_WINDOWS: u16 = 1 << 0;
+    /// Every feature this version of the protocol crate knows.
+    pub const ALL: u16 = RESPONSE_WINDOWS;
+}
+
 /// Geometry of one PoV device; the configuration space carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
@@ -98,6 +119,8 @@ pub enum Region {
     RequestSlot { queue: u32, offset: u64 },
     /// A queue's response slot; `offset` is relative to the slot start.
     ResponseSlot { queue: u32, offset: u64 },
+    /// Response window `parity` (0 or 1) of a queue; `offset` is relative to its start.
+    ResponseWindow { queue: u32, parity: u8, offset: u64 },
     /// Guard or unused space (reads return zeros, writes fail).
     Guard,
     /// The IO crosses a region boundary or leaves the device.
@@ -122,9 +145,16 @@ impl Geometry {
         self.queues_per_area as u64 * QUEUE_STRIDE
     }
 
-    /// Device capacity in bytes.
-    pub fn capacity_bytes(&self) -> u64 {
+    /// End of the last IO area, in bytes: where the response windows start, and the
+    /// capacity of a device without [`features::RESPONSE_WINDOWS`].
+    pub fn window_base(&self) -> u64 {
         IO_BASE + self.areas as u64 * self.area_stride()
+    }
+
+    /// Device capacity in bytes: the IO areas and, after them, two response windows per
+    /// queue ([`QUEUE_STRIDE`] bytes per queue).
+    pub fn capacity_bytes(&self) -> u64 {
+        self.window_base() + self.total_queues() as u64 * QUEUE_STRIDE
     }
 
     /// Device capacity in 512-byte sectors (virtio-blk `capacity`).
@@ -162,6 +192,12 @@ impl Geometry {
         self.request_slot(queue) + RESP_SLOT_OFFSET
     }
 
+    /// Byte offset of the queue's response window for requests whose ID has parity
+    /// `request_id % 2` ([`SLOT_SIZE`] bytes; see the module docs).
+    pub fn response_window(&self, queue: u32, request_id: u64) -> u64 {
+        self.window_base() + queue as u64 * QUEUE_STRIDE + (request_id % 2) * RESP_SLOT_OFFSET
+    }
+
     /// Classifies an IO of `len` bytes at byte `offset`. A zero-length IO is classified
     /// by its offset (one at or past the capacity leaves the device).
     pub fn classify(&self, offset: u64, len: u64) -> Region {
@@ -187,6 +223,26 @@ impl Geometry {
         }
         if offset < IO_BASE {
             return if end <= IO_BASE { Region::Guard } else { Region::Crossing };
+        }
+        let windows = self.window_base();
+        if offset >= windows {
+            let queue = ((offset - windows) / QUEUE_STRIDE) as u32;
+            let base = windows + queue as u64 * QUEUE_STRIDE;
+            let (rel, rel_end) = (offset - base, end - base);
+            for parity in 0..2u8 {
+                let start = parity as u64 * RESP_SLOT_OFFSET;
+                if rel >= start && rel_end <= start + SLOT_SIZE {
+                    return Region::ResponseWindow { queue, parity, offset: rel - start };
+                }
+            }
+            let touches_window = |start: u64| rel < start + SLOT_SIZE && rel_end > start;
+            if rel_end > QUEUE_STRIDE || touches_window(0) || touches_window(RESP_SLOT_OFFSET) {
+                return Region::Crossing;
+            }
+            return Region::Guard;
+        }
+        if end > windows {
+            return Region::Crossing;
         }
         let queue = ((offset - IO_BASE) / QUEUE_STRIDE) as u32;
         let base = self.request_slot(queue);
@@ -225,7 +281,7 @@ impl Geometry {
 /// | 12 | 4 | areas |
 /// | 16 | 4 | queues per area |
 /// | 20 | 2 | admin mailboxes |
-/// | 22 | 2 | reserved (0) |
+/// | 22 | 2 | features ([`features`]) |
 /// | 24 | 8 | admin offset (bytes) |
 /// | 32 | 8 | IO base (bytes) |
 /// | 40 | 8 | queue stride (bytes) |
@@ -238,6 +294,8 @@ pub struct ConfigSpace {
     pub geometry: Geometry,
     /// Device name given at `pov_device_create`.
     pub name: String,
+    /// Feature bits ([`features`]); a decoded record keeps unknown bits.
+    pub features: u16,
 }
 
 /// Bytes of the configuration record that carry data.
@@ -256,6 +314,7 @@ impl ConfigSpace {
         put_u32(&mut b, 12, self.geometry.areas);
         put_u32(&mut b, 16, self.geometry.queues_per_area);
         put_u16(&mut b, 20, ADMIN_MAILBOXES);
+        put_u16(&mut b, 22, self.features);
         put_u64(&mut b, 24, ADMIN_OFFSET);
         put_u64(&mut b, 32, IO_BASE);
         put_u64(&mut b, 40, QUEUE_STRIDE);
@@ -291,7 +350,22 @@ impl ConfigSpace {
         let geometry = Geometry::new(get_u32(b, 12), get_u32(b, 16))?;
         let name = get_short_str(b, 64, MAX_DEVICE_NAME, "name")?;
         let name = String::from_utf8(name).map_err(|_| DecodeError::Invalid { field: "name", why: "not UTF-8" })?;
-        Ok(ConfigSpace { geometry, name })
+        Ok(ConfigSpace { geometry, name, features: get_u16(b, 22) })
+    }
+
+    /// `true` if the device advertises every bit of `feature`.
+    pub fn has(&self, feature: u16) -> bool {
+        self.features & feature == feature
+    }
+
+    /// Bytes of device the host needs: [`Geometry::capacity_bytes`] with response
+    /// windows, [`Geometry::window_base`] without.
+    pub fn needed_capacity(&self) -> u64 {
+        if self.has(features::RESPONSE_WINDOWS) {
+            self.geometry.capacity_bytes()
+        } else {
+            self.geometry.window_base()
+        }
     }
 }
 
@@ -320,7 +394,7 @@ mod tests {
 
     #[test]
     fn config_round_trip_and_validation() {
-        let c = ConfigSpace { geometry: g(), name: "dev0".into() };
+        let c = ConfigSpace { geometry: g(), name: "dev0".into(), features: features::ALL };
         let b = c.encode();
         assert_eq!(ConfigSpace::decode(&b).unwrap(), c);
         let mut bad = b;
@@ -331,6 +405,33 @@ mod tests {
         assert!(matches!(ConfigSpace::decode(&bad), Err(DecodeError::Invalid { .. })));
         assert!(matches!(ConfigSpace::decode(&b[..10]), Err(DecodeError::Truncated { .. })));
         assert!(ConfigSpace::decode(&[0u8; 4096]).is_err());
+        // A record of an older device (features 0) still decodes; it needs no windows.
+        let mut old = b;
+        old[22..24].fill(0);
+        let old = ConfigSpace::decode(&old).unwrap();
+        assert!(!old.has(features::RESPONSE_WINDOWS));
+        assert_eq!(old.needed_capacity(), g().window_base());
+        assert_eq!(ConfigSpace::decode(&b).unwrap().needed_capacity(), g().capacity_bytes());
+    }
+
+    #[test]
+    fn response_windows() {
+        let g = g();
+        let q = g.total_queues() - 1;
+        let w0 = g.response_window(q, 10);
+        let w1 = g.response_window(q, 11);
+        assert_eq!(w1 - w0, RESP_SLOT_OFFSET);
+        assert_eq!(g.classify(w0, SLOT_SIZE), Region::ResponseWindow { queue: q, parity: 0, offset: 0 });
+        assert_eq!(g.classify(w1 + 512, 4096), Region::ResponseWindow { queue: q, parity: 1, offset: 512 });
+        assert_eq!(g.classify(g.response_window(0, 1), 512), Region::ResponseWindow { queue: 0, parity: 1, offset: 0 });
+        assert_eq!(g.classify(w0 + SLOT_SIZE, 512), Region::Guard);
+        assert_eq!(g.classify(w0 + SLOT_SIZE - 512, 1024), Region::Crossing);
+        assert_eq!(g.classify(w1 + SLOT_SIZE, 512), Region::Guard, "the guard after window 1");
+        assert_eq!(g.classify(g.window_base() - 512, 1024), Region::Crossing, "IO areas into windows");
+        assert_eq!(g.classify(w1, QUEUE_STRIDE), Region::Crossing);
+        assert_eq!(g.capacity_bytes(), g.response_window(q, 0) + QUEUE_STRIDE);
+        assert_eq!(g.classify(g.capacity_bytes() - 512, 512), Region::Guard);
+        assert_eq!(g.classify(g.capacity_bytes(), 512), Region::Crossing);
     }
 
     #[test]
