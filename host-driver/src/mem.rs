@@ -28,7 +28,7 @@ enum Owner {
     /// Allocated with the global allocator with this layout.
     Heap(Layout),
     /// Lent by a [`RegionPool`]; goes back to it on drop.
-    Pool { pool: Arc<RegionPool>, region: blkio::MemoryRegion },
+    Pool { pool: Arc<RegionPool>, piece: Piece },
 }
 
 /// A zero-initialised IO buffer aligned to [`IO_ALIGN`] whose length is a multiple of
@@ -132,28 +132,46 @@ impl Drop for IoBuf {
                 // SAFETY: `ptr` came from `alloc_zeroed(layout)` and is freed only here.
                 unsafe { std::alloc::dealloc(self.ptr.as_ptr(), *layout) }
             }
-            Owner::Pool { pool, region } => {
+            Owner::Pool { pool, piece } => {
                 if self.in_doubt {
-                    log::warn!("not reusing device memory region {:#x}: an IO on it was abandoned", region.addr);
+                    log::warn!("not reusing device memory at {:#x}: an IO on it was abandoned", piece.addr);
                 } else {
-                    pool.give_back(*region)
+                    pool.give_back(Piece { fresh: false, ..*piece })
                 }
             }
         }
     }
 }
 
-/// Memory regions mapped for one libblkio instance, handed out as [`IoBuf`]s and reused
-/// after they are dropped (mapping a region is a round trip to the vhost-user device,
-/// and the device accepts a limited number of regions).
+/// Device memory the pool lends at most: a region mapped at once holds up to this many
+/// bytes' worth of equal buffers (mapping a region is a vhost-user round trip, about
+/// 0.5 ms, and the device accepts a limited number of regions).
+const REGION_TARGET_BYTES: usize = 16 << 20;
+/// Most buffers cut from one region.
+const REGION_MAX_PIECES: usize = 64;
+
+/// One buffer's worth of a mapped region.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Piece {
+    addr: usize,
+    len: usize,
+    /// Never lent yet: still zero (a new memfd reads as zeros), so no need to clear it.
+    fresh: bool,
+}
+
+/// Memory regions mapped for one libblkio instance, cut into equal buffers and handed
+/// out as [`IoBuf`]s, reused after they are dropped.
 ///
-/// Each buffer is a whole region. The pool keeps the `Blkio` alive, and libblkio frees a
-/// region only when the `Blkio` and all its queues are dropped, so a lent buffer's memory
-/// stays valid for as long as the buffer exists.
+/// A region is mapped for up to [`REGION_MAX_PIECES`] buffers of one size at a time (up
+/// to [`REGION_TARGET_BYTES`]), so that a session's queues cost one mapping, not two
+/// per queue; pieces never used cost no memory (the memfd's pages are allocated when
+/// first touched). The pool keeps the `Blkio` alive, and libblkio frees regions only
+/// when the `Blkio` and all its queues are dropped, so a lent buffer's memory stays
+/// valid for as long as the buffer exists.
 pub(crate) struct RegionPool {
     blkio: Arc<Mutex<blkio::Blkio>>,
     align: usize,
-    free: Mutex<Vec<blkio::MemoryRegion>>,
+    free: Mutex<Vec<Piece>>,
 }
 
 impl RegionPool {
@@ -170,38 +188,52 @@ impl RegionPool {
         Ok(Arc::new(RegionPool { blkio, align, free: Mutex::new(Vec::new()) }))
     }
 
-    /// A buffer of at least `len` bytes in device-mapped memory.
+    /// A zeroed buffer of at least `len` bytes in device-mapped memory.
     pub(crate) fn alloc(self: &Arc<Self>, len: usize) -> io::Result<IoBuf> {
         let want = round_up(len.max(1), self.align);
         let reused = {
             let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            free.iter().position(|r| r.len == want).map(|i| free.swap_remove(i))
+            free.iter().position(|p| p.len == want).map(|i| free.swap_remove(i))
         };
-        let region = match reused {
-            Some(r) => r,
-            None => {
-                let mut b = self.blkio.lock().unwrap_or_else(|e| e.into_inner());
-                let r = b.alloc_mem_region(want).map_err(blkio_err("alloc_mem_region"))?;
-                if let Err(e) = b.map_mem_region(&r) {
-                    b.free_mem_region(&r);
-                    return Err(blkio_err("map_mem_region")(e));
-                }
-                log::debug!("mapped device memory region of {want} bytes at {:#x}", r.addr);
-                r
-            }
+        let piece = match reused {
+            Some(p) => p,
+            None => self.map_pieces(want)?,
         };
         let ptr =
-            NonNull::new(region.addr as *mut u8).ok_or_else(|| io::Error::other("libblkio returned a null memory region"))?;
-        if region.addr % IO_ALIGN != 0 || region.len < want {
-            return Err(io::Error::other("libblkio memory region is misaligned or short"));
+            NonNull::new(piece.addr as *mut u8).ok_or_else(|| io::Error::other("libblkio returned a null memory region"))?;
+        let mut buf = IoBuf { ptr, len: want, owner: Owner::Pool { pool: Arc::clone(self), piece }, in_doubt: false };
+        if !piece.fresh {
+            buf.fill(0);
         }
-        let mut buf = IoBuf { ptr, len: want, owner: Owner::Pool { pool: Arc::clone(self), region }, in_doubt: false };
-        buf.fill(0);
         Ok(buf)
     }
 
-    fn give_back(&self, region: blkio::MemoryRegion) {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(region);
+    /// Maps a new region for buffers of `want` bytes; keeps all but one of its pieces
+    /// in the free list and returns that one.
+    fn map_pieces(&self, want: usize) -> io::Result<Piece> {
+        let pieces = (REGION_TARGET_BYTES / want).clamp(1, REGION_MAX_PIECES);
+        let size = want.checked_mul(pieces).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "IO buffer too large"))?;
+        let r = {
+            let mut b = self.blkio.lock().unwrap_or_else(|e| e.into_inner());
+            let r = b.alloc_mem_region(size).map_err(blkio_err("alloc_mem_region"))?;
+            if let Err(e) = b.map_mem_region(&r) {
+                b.free_mem_region(&r);
+                return Err(blkio_err("map_mem_region")(e));
+            }
+            r
+        };
+        if r.addr == 0 || r.addr % IO_ALIGN != 0 || r.len < size {
+            return Err(io::Error::other("libblkio memory region is misaligned or short"));
+        }
+        log::debug!("mapped device memory region of {size} bytes at {:#x}: {pieces} buffers of {want} bytes", r.addr);
+        let mut all = (0..pieces).map(|i| Piece { addr: r.addr + i * want, len: want, fresh: true });
+        let first = all.next().expect("at least one piece");
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).extend(all);
+        Ok(first)
+    }
+
+    fn give_back(&self, piece: Piece) {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(piece);
     }
 }
 
