@@ -11,7 +11,7 @@ use crate::queue::Queue;
 use crate::session::{QueueOwner, Session, SessionState};
 use pov_proto::admin::{
     AdminOp, AdminRequest, AdminResponse, ADMIN_MAC_OFFSET, ADMIN_REQUEST_SIZE, ADMIN_RESPONSE_SIZE, GRANT_INTEGRITY_ONLY,
-    GRANT_READ_ONLY, MAILBOX_HOLD_MS, SESSION_MAILBOX,
+    GRANT_READ_ONLY, MAILBOX_HOLD_MS, MAX_BATCH_QUEUES, SESSION_MAILBOX,
 };
 use pov_proto::crypto::{self, Protection, NONCE_LEN};
 use pov_proto::io::Grant;
@@ -314,7 +314,15 @@ impl DeviceState {
         }
     }
 
+    /// Creates `req.count` queues (0 = 1) of the session, all or none: `Quota` past
+    /// the tenant's queue limit, `NoResources` when its IO area has too few free
+    /// queues, `Invalid` above [`MAX_BATCH_QUEUES`]. Answers the first queue's ID, and
+    /// every ID in `queue_ids` when a count was given.
     fn create_queue(&mut self, req: &AdminRequest, resp: &mut AdminResponse) -> Status {
+        let want = usize::from(req.count.max(1));
+        if want > MAX_BATCH_QUEUES {
+            return Status::Invalid;
+        }
         let limit = self.max_queues_per_tenant;
         let s = match owned_session(&mut self.areas, req) {
             Ok(s) => s,
@@ -323,8 +331,12 @@ impl DeviceState {
         let tenant = s.tenant.clone();
         let tenant_queues: usize =
             self.areas.iter().flatten().filter(|x| x.tenant == tenant).map(|x| x.queues.len()).sum::<usize>();
-        if limit.is_some_and(|l| tenant_queues as u32 >= l) {
-            log::warn!("device {}: tenant {tenant} is at its limit of {} queues", self.name, limit.unwrap_or(0));
+        if limit.is_some_and(|l| tenant_queues + want > l as usize) {
+            log::warn!(
+                "device {}: tenant {tenant} asked for {want} queue(s) with {tenant_queues} of its limit of {} in use",
+                self.name,
+                limit.unwrap_or(0)
+            );
             return Status::Quota;
         }
         let s = match owned_session(&mut self.areas, req) {
@@ -332,15 +344,21 @@ impl DeviceState {
             Err(st) => return st,
         };
         let g = self.geometry;
-        let Some(index) = (0..g.queues_per_area).find(|i| !s.queues.contains(&g.queue_id(s.area, *i))) else {
+        let free: Vec<u32> =
+            (0..g.queues_per_area).map(|i| g.queue_id(s.area, i)).filter(|q| !s.queues.contains(q)).take(want).collect();
+        if free.len() < want {
             return Status::NoResources;
-        };
-        let qid = g.queue_id(s.area, index);
-        // Mapping table: queue -> proxy connection.
-        let proxy = self.router.route(RouteKey::Queue(qid));
-        self.queues.insert(qid, Queue::new(QueueOwner { session_id: s.id, pid: s.pid, qos: req.qos, proxy }));
-        s.queues.push(qid);
-        resp.queue_id = qid;
+        }
+        for &qid in &free {
+            // Mapping table: queue -> proxy connection.
+            let proxy = self.router.route(RouteKey::Queue(qid));
+            self.queues.insert(qid, Queue::new(QueueOwner { session_id: s.id, pid: s.pid, qos: req.qos, proxy }));
+            s.queues.push(qid);
+        }
+        resp.queue_id = free[0];
+        if req.count > 0 {
+            resp.queue_ids = free;
+        }
         Status::Ok
     }
 

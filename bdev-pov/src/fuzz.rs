@@ -703,6 +703,8 @@ pub fn pov_device(data: &[u8]) {
                     qos: if qos % 2 == 0 { QosClass::Latency } else { QosClass::Bandwidth },
                     grant_flags: grant,
                     mailbox,
+                    // CreateQueue batches of 0..=69 queues (over 64 is refused).
+                    count: (exchange_id >> 56) as u16 % 70,
                     exchange_key: crypto::random(),
                     nonce: [nonce; NONCE_LEN],
                     exchange_id,

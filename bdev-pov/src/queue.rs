@@ -94,10 +94,13 @@ impl Queue {
     pub(crate) fn new(owner: QueueOwner) -> Queue {
         Queue {
             owner,
-            req_buf: vec![0; SLOT_SIZE as usize],
+            // Both slots grow to the largest request and response the queue has seen
+            // (a 4 KiB workload keeps ~5 KiB per slot, not 1 MiB): opening a queue
+            // costs no page faults, and idle queues of thousands of sessions no memory.
+            req_buf: vec![0; HEADER_SIZE],
             covered: Vec::new(),
             incomplete_since: None,
-            resp_buf: vec![0; SLOT_SIZE as usize],
+            resp_buf: vec![0; HEADER_SIZE],
             resp_len: 0,
             resp: RespState::Empty,
             parked: Vec::new(),
@@ -150,6 +153,7 @@ impl Queue {
             return SlotWrite::Refused;
         }
         let len = buf.len();
+        grow(&mut self.req_buf, offset + len);
         if buf.read_at(0, &mut self.req_buf[offset..offset + len]).is_err() {
             return SlotWrite::Refused;
         }
@@ -197,6 +201,7 @@ impl Queue {
     /// The request in the slot, header and `payload_len` payload bytes (to verify its
     /// tag in place).
     pub(crate) fn request_mut(&mut self, payload_len: usize) -> &mut [u8] {
+        grow(&mut self.req_buf, HEADER_SIZE + payload_len);
         &mut self.req_buf[..HEADER_SIZE + payload_len]
     }
 
@@ -229,7 +234,9 @@ impl Queue {
 
     /// The first `len` payload bytes of the request in the slot.
     pub(crate) fn payload(&self, len: usize) -> &[u8] {
-        &self.req_buf[HEADER_SIZE..HEADER_SIZE + len]
+        // The slot holds that much once the request is complete; never index past it.
+        let end = (HEADER_SIZE + len).min(self.req_buf.len());
+        &self.req_buf[HEADER_SIZE.min(end)..end]
     }
 
     /// A request whose remaining bytes have not arrived by `now` is given up: returns
@@ -360,6 +367,7 @@ impl Queue {
         if let Some(t) = trace {
             t.encode_into(&mut self.resp_buf[..HEADER_SIZE]);
         }
+        grow(&mut self.resp_buf, HEADER_SIZE + payload.len());
         self.resp_buf[HEADER_SIZE..HEADER_SIZE + payload.len()].copy_from_slice(payload);
         self.resp_len = HEADER_SIZE + payload.len();
         let (keys, protection) = seal;
@@ -397,6 +405,14 @@ impl Queue {
         for r in self.parked.into_iter().map(|(r, _)| r).chain(windows) {
             out.complete(r, BlockStatus::IoErr, 0);
         }
+    }
+}
+
+/// Makes `buf` at least `len` bytes long (zero-filled), never longer than a slot.
+fn grow(buf: &mut Vec<u8>, len: usize) {
+    let len = len.min(SLOT_SIZE as usize);
+    if buf.len() < len {
+        buf.resize(len, 0);
     }
 }
 

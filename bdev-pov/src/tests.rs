@@ -1007,3 +1007,41 @@ fn response_windows_serve_reads_that_arrive_before_their_write() {
     h.pump();
     assert_eq!(h.wait(r).0, BlockStatus::IoErr);
 }
+
+/// CreateQueue with a count creates every queue in one exchange, all or none: past the
+/// tenant's limit or the area's free queues nothing is created; without a count the
+/// answer is as before (one queue, no ID list).
+#[test]
+fn create_queue_batches_are_all_or_nothing() {
+    let mut h = Harness::new("127.0.0.1:1", |c| {
+        c.max_queues_per_tenant = Some(6);
+        c.request_timeout_ms = 200;
+    });
+    let (r, s) = h.open_session("acme", b"pw", 5);
+    assert_eq!(r.status(), Status::Ok);
+    let mut s = s.unwrap();
+    let r = h.admin_in(&mut s, AdminOp::CreateQueue, |r| r.count = 3);
+    assert_eq!(r.status(), Status::Ok);
+    let g = h.dev.geometry();
+    let ids: Vec<u32> = (0..3).map(|i| g.queue_id(s.area, i)).collect();
+    assert_eq!((r.queue_id, r.queue_ids.clone()), (ids[0], ids.clone()));
+    assert_eq!(h.dev.stats().queues, 3);
+    // The area holds 4 queues: 2 more do not fit, and none is created.
+    assert_eq!(h.admin_in(&mut s, AdminOp::CreateQueue, |r| r.count = 2).status(), Status::NoResources);
+    assert_eq!(h.dev.stats().queues, 3);
+    assert_eq!(h.admin_in(&mut s, AdminOp::CreateQueue, |r| r.count = 65).status(), Status::Invalid);
+    let one = h.create_queue(&mut s);
+    assert_eq!((one.status(), one.queue_id, one.queue_ids.len()), (Status::Ok, g.queue_id(s.area, 3), 0));
+    // A second session of the tenant: 4 more would pass its limit of 6 (4 in use).
+    let (_, s2) = h.open_session("acme", b"pw", 6);
+    let mut s2 = s2.unwrap();
+    assert_eq!(h.admin_in(&mut s2, AdminOp::CreateQueue, |r| r.count = 4).status(), Status::Quota);
+    assert_eq!(h.dev.stats().queues, 4);
+    let two = h.admin_in(&mut s2, AdminOp::CreateQueue, |r| r.count = 2);
+    assert_eq!((two.status(), two.queue_ids.len()), (Status::Ok, 2));
+    // The queues work: a request on the last one of the batch is taken and answered
+    // (no proxy listens here: Unavailable at its deadline).
+    let q = two.queue_ids[1];
+    let (rh, _) = h.call(&s2, q, &hdr(Op::Stat, q, &s2, 1), &[], 0);
+    assert_eq!(rh.status, Status::Unavailable);
+}

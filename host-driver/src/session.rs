@@ -14,7 +14,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pov_proto::admin::{
-    AdminOp, AdminRequest, AdminResponse, QosClass, GRANT_INTEGRITY_ONLY, GRANT_READ_ONLY, MAX_PREFIX, MAX_SECRET,
+    AdminOp, AdminRequest, AdminResponse, QosClass, GRANT_INTEGRITY_ONLY, GRANT_READ_ONLY, MAX_BATCH_QUEUES, MAX_PREFIX,
+    MAX_SECRET,
 };
 use pov_proto::crypto::{self, Protection, SessionKeys};
 use pov_proto::entry::{DirEntry, Kind, Stat, StatFs, STATFS_SIZE, STAT_SIZE};
@@ -529,11 +530,11 @@ impl Session {
         f.close()
     }
 
-    /// Stops heartbeats, waits for requests in flight, deletes the queues and closes
-    /// the session on the device. Files of this session fail with `NotConnected`
+    /// Stops heartbeats, waits for requests in flight and closes the session on the device
+    /// (one admin exchange: its queues go with it). Files of this session fail with `NotConnected`
     /// afterwards.
     ///
-    /// Errors: the first admin failure; [`ErrorKind::Closed`] if the device had already
+    /// Errors: the CloseSession failure; [`ErrorKind::Closed`] if the device had already
     /// reclaimed the session.
     pub fn close(self) -> Result<()> {
         self.shutdown()
@@ -552,21 +553,9 @@ impl Session {
         if let Some(why) = self.engine.health().dead() {
             return Err(Error::new(ErrorKind::Closed, format!("{ctx}: session already lost: {why}")));
         }
-        let admin = current(&self.admin);
-        let mut first: Option<Error> = None;
-        for q in self.engine.queue_ids() {
-            if let Err(e) = admin.call(AdminOp::DeleteQueue, |r| r.queue_id = q) {
-                log::warn!("{ctx}: delete queue {q}: {}", Chain(&e));
-                first.get_or_insert(e.recontext(format!("{ctx}: delete queue {q}")));
-            }
-        }
-        if let Err(e) = admin.call(AdminOp::CloseSession, |_| {}) {
-            first.get_or_insert(e.recontext(&ctx));
-        }
-        match first {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        // One exchange: CloseSession frees the session's queues with it (the device
+        // frees them once their requests are answered; none is in flight here).
+        current(&self.admin).call(AdminOp::CloseSession, |_| {}).map(drop).map_err(|e| e.recontext(&ctx))
     }
 }
 
@@ -676,24 +665,45 @@ fn authenticate(
 
 /// Creates `want` queues of class `qos` in `admin`'s session, with their buffers;
 /// undoes everything (queues and the session) if a step fails.
+///
+/// One CreateQueue asks for all of them (`AdminRequest::count`); a device that creates
+/// one queue per request (it answers no ID list) gets one request per further queue.
 fn create_channels(device: &Device, admin: &SessionAdmin, want: u32, qos: QosClass, ctx: &str) -> Result<Vec<Channel>> {
     let mut created: Vec<u32> = Vec::new();
     let mut channels = Vec::new();
     let setup = (|| -> Result<()> {
         let t = device.transport();
         let g = device.geometry();
-        for index in 0..want as usize {
+        let batch = want.min(MAX_BATCH_QUEUES as u32) as u16;
+        while created.len() < want as usize {
+            let index = created.len();
+            let count = if index == 0 && want > 1 { batch } else { 0 };
             let resp = admin
-                .call(AdminOp::CreateQueue, |r| r.qos = qos)
+                .call(AdminOp::CreateQueue, |r| {
+                    r.qos = qos;
+                    r.count = count;
+                })
                 .map_err(|e| e.recontext(format!("{ctx}: create queue {index}")))?;
-            let queue_id = resp.queue_id;
-            created.push(queue_id);
-            if queue_id >= g.total_queues() || created[..index].contains(&queue_id) {
+            let got = if resp.queue_ids.is_empty() { vec![resp.queue_id] } else { resp.queue_ids.clone() };
+            if got.len() > want as usize - index {
+                created.extend(&got);
                 return Err(Error::new(
                     ErrorKind::Protocol,
-                    format!("{ctx}: device granted queue {queue_id} (device has {} queues)", g.total_queues()),
+                    format!("{ctx}: device created {} queues, {} asked", got.len(), want as usize - index),
                 ));
             }
+            for queue_id in got {
+                let dup = created.contains(&queue_id);
+                created.push(queue_id);
+                if queue_id >= g.total_queues() || dup {
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        format!("{ctx}: device granted queue {queue_id} (device has {} queues)", g.total_queues()),
+                    ));
+                }
+            }
+        }
+        for (index, &queue_id) in created.iter().enumerate() {
             let alloc = |what: &str, e| Error::new(ErrorKind::Access, format!("{ctx}: allocate {what} buffer")).with_source(e);
             let req = t.alloc_buf(SLOT_SIZE as usize).map_err(|e| alloc("request", e))?;
             let resp = t.alloc_buf(SLOT_SIZE as usize).map_err(|e| alloc("response", e))?;

@@ -128,7 +128,8 @@ pub enum QosClass {
 /// | 32 | 1 | QoS class (CreateQueue) |
 /// | 33 | 1 | grant flags (OpenSession): [`GRANT_READ_ONLY`], [`GRANT_INTEGRITY_ONLY`] |
 /// | 34 | 2 | mailbox index for the answer |
-/// | 36 | 4 | reserved (0) |
+/// | 36 | 2 | queues to create (CreateQueue; 0 = 1, at most [`MAX_BATCH_QUEUES`]): all or none |
+/// | 38 | 2 | reserved (0) |
 /// | 40 | 32 | exchange key: seals the answer (fresh random bytes for every request) |
 /// | 72 | 32 | client nonce `Nc` (Hello) |
 /// | 104 | 8 | exchange ID (OpenSession: from the Hello's answer) |
@@ -147,6 +148,8 @@ pub struct AdminRequest {
     pub qos: QosClass,
     pub grant_flags: u8,
     pub mailbox: u16,
+    /// CreateQueue: how many queues to create at once (0 = 1; see [`MAX_BATCH_QUEUES`]).
+    pub count: u16,
     pub exchange_key: [u8; NONCE_LEN],
     pub nonce: [u8; NONCE_LEN],
     pub exchange_id: u64,
@@ -181,6 +184,7 @@ impl AdminRequest {
             qos: QosClass::Latency,
             grant_flags: 0,
             mailbox: 0,
+            count: 0,
             exchange_key: [0; NONCE_LEN],
             nonce: [0; NONCE_LEN],
             exchange_id: 0,
@@ -207,6 +211,7 @@ impl AdminRequest {
         b[32] = self.qos as u8;
         b[33] = self.grant_flags;
         put_u16(&mut b, 34, self.mailbox);
+        put_u16(&mut b, 36, self.count);
         b[40..72].copy_from_slice(&self.exchange_key);
         b[72..104].copy_from_slice(&self.nonce);
         put_u64(&mut b, 104, self.exchange_id);
@@ -266,6 +271,7 @@ impl AdminRequest {
             qos,
             grant_flags: b[33],
             mailbox: get_u16(b, 34),
+            count: get_u16(b, 36),
             exchange_key: arr(40..72),
             nonce: arr(72..104),
             exchange_id: get_u64(b, 104),
@@ -293,9 +299,10 @@ impl AdminRequest {
 /// | 48 | 4 | most queues this session may create |
 /// | 52 | 4 | heartbeat interval, ms |
 /// | 56 | 4 | session timeout, ms (no heartbeat for this long: session reclaimed) |
+/// | 60 | 2 | number of queue IDs at 104 (CreateQueue with a count; 0 from devices without batches) |
 /// | 64 | 8 | exchange ID (Hello) |
 /// | 72 | 32 | device nonce `Nd` (Hello) |
-/// | 104 | 392 | reserved |
+/// | 104 | 4 × n | queue IDs created (CreateQueue with a count), then reserved up to 496 |
 /// | 496 | 16 | AES-256-GCM tag |
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[allow(missing_docs)]
@@ -311,7 +318,16 @@ pub struct AdminResponse {
     pub session_timeout_ms: u32,
     pub exchange_id: u64,
     pub device_nonce: [u8; NONCE_LEN],
+    /// CreateQueue with a count: every queue created, in order (empty otherwise, and
+    /// from devices that create one queue per request). At most [`MAX_BATCH_QUEUES`].
+    pub queue_ids: Vec<u32>,
 }
+
+/// Most queues one CreateQueue may create ([`AdminRequest::count`]): every queue an IO
+/// area can hold (`layout::MAX_QUEUES_PER_AREA`).
+pub const MAX_BATCH_QUEUES: usize = crate::layout::MAX_QUEUES_PER_AREA as usize;
+const QUEUE_IDS_OFFSET: usize = 104;
+const _: () = assert!(QUEUE_IDS_OFFSET + 4 * MAX_BATCH_QUEUES <= ADMIN_RESPONSE_SIZE - TAG_LEN);
 
 impl AdminResponse {
     /// The answer's status.
@@ -336,6 +352,11 @@ impl AdminResponse {
         put_u32(&mut b, 56, self.session_timeout_ms);
         put_u64(&mut b, 64, self.exchange_id);
         b[72..104].copy_from_slice(&self.device_nonce);
+        let ids = &self.queue_ids[..self.queue_ids.len().min(MAX_BATCH_QUEUES)];
+        put_u16(&mut b, 60, ids.len() as u16);
+        for (i, id) in ids.iter().enumerate() {
+            put_u32(&mut b, QUEUE_IDS_OFFSET + 4 * i, *id);
+        }
         crypto::seal_mailbox(exchange_key, &mut b, ADMIN_AAD_LEN);
         b
     }
@@ -357,6 +378,11 @@ impl AdminResponse {
         }
         let mut device_nonce = [0u8; NONCE_LEN];
         device_nonce.copy_from_slice(&b[72..104]);
+        let n = get_u16(&b, 60) as usize;
+        if n > MAX_BATCH_QUEUES {
+            return Err(DecodeError::Invalid { field: "queue_ids", why: "more than 64" });
+        }
+        let queue_ids = (0..n).map(|i| get_u32(&b, QUEUE_IDS_OFFSET + 4 * i)).collect();
         Ok(AdminResponse {
             op: get_u16(&b, 16),
             status: get_u32(&b, 20),
@@ -369,6 +395,7 @@ impl AdminResponse {
             session_timeout_ms: get_u32(&b, 56),
             exchange_id: get_u64(&b, 64),
             device_nonce,
+            queue_ids,
         })
     }
 }
@@ -390,6 +417,7 @@ mod tests {
             qos: QosClass::Bandwidth,
             grant_flags: GRANT_READ_ONLY,
             mailbox: 200,
+            count: 3,
             exchange_key: [4; 32],
             nonce: [5; 32],
             exchange_id: 6,
@@ -420,6 +448,7 @@ mod tests {
             session_timeout_ms: 10000,
             exchange_id: 11,
             device_nonce: [12; 32],
+            queue_ids: vec![9, 10, 63],
         };
         let sealed = resp.seal(200, &[4; 32]);
         assert!(!sealed.windows(8).any(|w| w == 5u64.to_le_bytes()), "the session ID is not in clear");

@@ -86,6 +86,8 @@ pub fn admin(data: &[u8]) {
         session_timeout_ms: word(6) as u32,
         exchange_id: word(7),
         device_nonce: key,
+        // Up to 64 queue IDs, as many as the input's ninth word says.
+        queue_ids: (0..word(8) % 65).map(|i| word(9 + i as usize) as u32).collect(),
     };
     let mut sealed = answer.seal(mailbox, &key);
     assert_eq!(AdminResponse::open(&sealed, mailbox, &key).as_ref(), Ok(&answer), "sealed admin answer opens");
