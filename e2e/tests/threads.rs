@@ -167,3 +167,49 @@ fn bench_device_and_session_open() {
         );
     }
 }
+
+/// Benchmark (`--ignored --nocapture`): 4 KiB reads at QD1 on libblkio, the response
+/// read from the response window (`joint_round_trip`, the default) and from the
+/// response slot, A/B in rounds on one stack. Both are one libblkio submission per
+/// request; the window costs the device a parity check.
+#[test]
+#[ignore = "benchmark: prints figures"]
+fn bench_round_trip_modes_on_libblkio() {
+    let stack = Stack::start(json!({}));
+    let spec: DeviceSpec = stack.device_spec().parse().unwrap();
+    let mut modes: Vec<(bool, Device, Session, pov_host::File, Vec<Duration>)> = [true, false]
+        .into_iter()
+        .map(|joint| {
+            let device =
+                Device::open_with(&spec, &DeviceOptions { joint_round_trip: joint, ..DeviceOptions::default() }).unwrap();
+            assert_eq!(device.joint_round_trip(), joint);
+            let session = Session::open(&device, "acme", SECRET.as_bytes(), 1).unwrap();
+            let p = format!("/rt/{joint}");
+            session.write(&p, &[7u8; BLOCK]).unwrap();
+            let file = OpenOptions::new().open(&session, &p).unwrap();
+            (joint, device, session, file, Vec::new())
+        })
+        .collect();
+    let mut buf = vec![0u8; BLOCK];
+    for _ in 0..10 {
+        for (_, _, _, file, lat) in modes.iter_mut() {
+            for _ in 0..200 {
+                let t0 = Instant::now();
+                file.read_exact_at(&mut buf, 0).unwrap();
+                lat.push(t0.elapsed());
+            }
+            assert_eq!(buf, [7u8; BLOCK]);
+        }
+    }
+    for (joint, _, _, _, mut lat) in modes {
+        lat.sort();
+        let q = |f: f64| lat[((lat.len() as f64 * f) as usize).min(lat.len() - 1)].as_secs_f64() * 1e6;
+        println!(
+            "{}: 4 KiB reads n={} p50 {:.1} us p99 {:.1} us",
+            if joint { "response window (joint)" } else { "response slot (serial)" },
+            lat.len(),
+            q(0.5),
+            q(0.99)
+        );
+    }
+}

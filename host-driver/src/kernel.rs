@@ -21,7 +21,9 @@ thread_local! {
     /// This thread's io_uring for joint batches: created at first use; `Err` (kept, so
     /// that it is tried once per thread) where the kernel or a seccomp filter refuses
     /// io_uring, and then joint batches run op by op.
-    static RING: RefCell<Option<io::Result<io_uring::IoUring>>> = const { RefCell::new(None) };
+    /// Kept with the PID that made it: after a `fork(2)` the child's copy of this
+    /// thread's ring is the parent's (shared mappings), so the child makes its own.
+    static RING: RefCell<Option<(u32, io::Result<io_uring::IoUring>)>> = const { RefCell::new(None) };
 }
 
 /// A PoV device seen through the kernel's block layer.
@@ -59,9 +61,16 @@ impl KernelTransport {
         }
         RING.with(|cell| {
             let mut cell = cell.borrow_mut();
-            let ring = cell.get_or_insert_with(|| {
-                io_uring::IoUring::new(RING_ENTRIES)
-                    .inspect_err(|e| log::debug!("no io_uring ({e}): requests take two round trips"))
+            let pid = std::process::id();
+            if cell.as_ref().is_some_and(|(made_by, _)| *made_by != pid) {
+                // A forked child: drop its view of the parent's ring (closing the child's
+                // descriptor and mappings leaves the parent's ring alone).
+                *cell = None;
+            }
+            let (_, ring) = cell.get_or_insert_with(|| {
+                let ring = io_uring::IoUring::new(RING_ENTRIES)
+                    .inspect_err(|e| log::debug!("no io_uring ({e}): requests take two round trips"));
+                (pid, ring)
             });
             let ring = ring.as_mut().ok()?;
             let mut ring_ops: Vec<RingOp<'_>> = ops

@@ -127,6 +127,15 @@ fn session_lifecycle() {
         assert_eq!((st.sessions, st.queues), (1, 3));
     }
     stack.wait_for("the dropped session to go", |st| (st.sessions, st.queues) == (0, 0));
+
+    // Opening and closing a session of 8 queues takes four admin exchanges: Hello,
+    // OpenSession, one CreateQueue for all 8, CloseSession (it was 2 + 8 + 8 + 1).
+    let before = stack.stats().admin_requests;
+    let s = Session::open(&dev, TENANT, SECRET, 8).unwrap();
+    assert_eq!(s.queue_ids().len(), 8);
+    s.close().unwrap();
+    assert_eq!(stack.stats().admin_requests - before, 4);
+    stack.wait_for("the 8-queue session to go", |st| (st.sessions, st.queues) == (0, 0));
 }
 
 /// Another process writing admin requests between ours and our read of the answer,
