@@ -252,12 +252,19 @@ impl DeviceState {
             Ok(p) => p,
             Err(st) => return st,
         };
-        let tenant_sessions = self.areas.iter().flatten().filter(|s| s.tenant == x.tenant).count() as u32;
+        // A closed session that holds no queue any more (its area goes at the next
+        // reclaim check) no longer counts against the tenant.
+        let leaving = |s: &Session| s.state == SessionState::Reclaiming && s.queues.is_empty();
+        let tenant_sessions = self.areas.iter().flatten().filter(|s| s.tenant == x.tenant && !leaving(s)).count() as u32;
         if tenant_sessions >= self.max_sessions_per_tenant {
             log::warn!("device {dev}: tenant {name} is at its limit of {} sessions", self.max_sessions_per_tenant);
             return Status::Quota;
         }
-        let Some(area) = self.areas.iter().position(|a| a.is_none()) else { return Status::NoResources };
+        let n = self.areas.len();
+        let Some(area) = (0..n).map(|i| (self.next_area + i) % n).find(|&a| self.areas[a].is_none()) else {
+            return Status::NoResources;
+        };
+        self.next_area = (area + 1) % n;
         let mut id = 0;
         while id == 0 || self.areas.iter().flatten().any(|s| s.id == id) {
             id = u64::from_le_bytes(crypto::random());
@@ -298,6 +305,24 @@ impl DeviceState {
             AdminOp::CloseSession => {
                 s.state = SessionState::Reclaiming;
                 s.closed_by_host = true;
+                // Its idle queues go now (the host closes a session with this one
+                // exchange: a session opened right after must find the tenant's queue
+                // count down); busy ones, and the area, at the next reclaim check.
+                let queues = &self.queues;
+                let (busy, idle): (Vec<u32>, Vec<u32>) =
+                    s.queues.iter().partition(|q| queues.get(q).is_some_and(|q| q.busy || q.current.is_some()));
+                s.queues = busy;
+                let (area, done) = (s.area as usize, s.queues.is_empty());
+                for q in idle {
+                    self.free_queue(q);
+                }
+                if done {
+                    // Nothing in flight: the session and its area go now too.
+                    if let Some(s) = self.areas.get_mut(area).and_then(Option::take) {
+                        s.counters.add_sessions(-1);
+                        self.stats.sessions_closed += 1;
+                    }
+                }
                 Status::Ok
             }
             AdminOp::Heartbeat if !self.tenants.exists(&s.tenant) => {

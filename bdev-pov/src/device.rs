@@ -335,6 +335,10 @@ pub(crate) struct DeviceState {
     pub(crate) admin_state: AdminState,
     /// Sessions by IO area.
     pub(crate) areas: Vec<Option<Session>>,
+    /// Where the search for a free IO area starts at the next OpenSession (areas are
+    /// handed out in turn, so a just-freed one, whose session mailbox its closing host
+    /// may still be reading, is reused last).
+    pub(crate) next_area: usize,
     /// Open queues by global queue ID (FxHash: the keys are IDs this device assigns,
     /// so a peer cannot choose colliding ones).
     pub(crate) queues: FxHashMap<u32, Queue>,
@@ -417,6 +421,7 @@ impl PovDevice {
             serial: pov_proto::layout::serial_for(&cfg.name),
             admin_state: AdminState::new(),
             areas: (0..geometry.areas).map(|_| None).collect(),
+            next_area: 0,
             queues: FxHashMap::default(),
             router: Box::new(RoundRobin::new(endpoints.len())),
             ready: Box::new(Fifo::default()),

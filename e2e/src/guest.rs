@@ -178,12 +178,13 @@ fn round_trips(cfg: &GuestConfig, path: &Path, name: &str) -> Result<String, Str
         for _ in 0..20 {
             f.read_exact_at(&mut buf, 0).map_err(err("warm-up read"))?;
         }
-        modes.push((joint, dev, s, f, opens, Vec::new(), 0u64));
+        modes.push((joint, dev, s, f, opens, Vec::new(), 0u64, 0u64));
     }
     let mut buf = vec![0u8; 4096];
     for _ in 0..RT_ROUNDS {
-        for (_, _, _, f, _, lat, ios) in modes.iter_mut() {
+        for (_, dev, _, f, _, lat, ios, trips) in modes.iter_mut() {
             let before = block_ios(name)?;
+            let trips_before = dev.round_trips();
             for _ in 0..RT_READS {
                 let t0 = Instant::now();
                 f.read_exact_at(&mut buf, 0).map_err(err("read"))?;
@@ -193,16 +194,19 @@ fn round_trips(cfg: &GuestConfig, path: &Path, name: &str) -> Result<String, Str
                 }
             }
             *ios += block_ios(name)? - before;
+            *trips += dev.round_trips() - trips_before;
         }
     }
     let mut summary = Vec::new();
-    for (joint, _dev, s, f, opens, mut lat, ios) in modes {
+    for (joint, _dev, s, f, opens, mut lat, ios, trips) in modes {
         lat.sort();
         let n = lat.len();
         let per_request = ios as f64 / n as f64;
+        let trips = trips as f64 / n as f64;
         let mode = if joint { "joint (io_uring, response window)" } else { "serial (pwrite, then pread)" };
         println!(
-            "ROUND-TRIPS {mode}: 4 KiB reads n={n} p50 {:.0} us p99 {:.0} us; {per_request:.3} block IOs per request; \
+            "ROUND-TRIPS {mode}: 4 KiB reads n={n} p50 {:.0} us p99 {:.0} us; {per_request:.3} block IOs and {trips:.3} \
+             device round trips per request; \
              session open (median of 5) 1 queue {:.2} ms, 4 queues {:.2} ms",
             quantile(&lat, 0.5).as_secs_f64() * 1e6,
             quantile(&lat, 0.99).as_secs_f64() * 1e6,
@@ -212,6 +216,12 @@ fn round_trips(cfg: &GuestConfig, path: &Path, name: &str) -> Result<String, Str
         // One WRITE and one READ per request; heartbeats add a few admin IOs a second.
         if !(2.0..2.1).contains(&per_request) {
             return Err(format!("{mode}: {per_request:.3} block IOs per 4 KiB read, expected 2 (one WRITE, one READ)"));
+        }
+        // The library's own count of waits on the device (heartbeats of the session
+        // add two per second): one per request when joint, two when not.
+        let expect = if joint { 1.0 } else { 2.0 };
+        if !(expect..expect + 0.05).contains(&trips) {
+            return Err(format!("{mode}: {trips:.3} device round trips per 4 KiB read, expected {expect}"));
         }
         f.close().map_err(err("close"))?;
         s.close().map_err(err("close"))?;

@@ -207,6 +207,13 @@ impl Device {
         self.transport().describe()
     }
 
+    /// Device round trips this connection has waited for ([`BlockTransport::round_trips`]:
+    /// one per request with [`Device::joint_round_trip`], two without, two per admin
+    /// exchange). Counts from 0 again after [`Device::reconnect`].
+    pub fn round_trips(&self) -> u64 {
+        self.transport().round_trips()
+    }
+
     /// Device capacity in bytes.
     pub fn capacity(&self) -> u64 {
         self.transport().capacity()

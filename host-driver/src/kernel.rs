@@ -10,6 +10,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::mem::{IoBuf, RingOp};
 use crate::transport::{BlockOp, BlockTransport, Dir, Lane};
@@ -35,6 +36,8 @@ pub struct KernelTransport {
     file: File,
     path: PathBuf,
     capacity: u64,
+    /// See [`BlockTransport::round_trips`].
+    round_trips: AtomicU64,
 }
 
 impl KernelTransport {
@@ -50,7 +53,7 @@ impl KernelTransport {
             .open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("open {} (O_RDWR|O_DIRECT): {e}", path.display())))?;
         let capacity = file.seek(SeekFrom::End(0))?;
-        Ok(KernelTransport { file, path: path.to_path_buf(), capacity })
+        Ok(KernelTransport { file, path: path.to_path_buf(), capacity, round_trips: AtomicU64::new(0) })
     }
 
     /// Runs a checked joint batch through this thread's io_uring. `None`: no io_uring
@@ -83,6 +86,7 @@ impl KernelTransport {
                     len: o.len,
                 })
                 .collect();
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
             let results = match crate::mem::uring_rw(ring, self.file.as_raw_fd(), &mut ring_ops) {
                 Ok(r) => r,
                 Err(e) => {
@@ -113,6 +117,7 @@ impl KernelTransport {
 
     fn one(&self, op: &mut BlockOp<'_>) -> io::Result<()> {
         op.check()?;
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
         let range = op.buf_offset..op.buf_offset + op.len;
         let res = match op.dir {
             Dir::Write => self.file.write_all_at(&op.buf[range], op.dev_offset),
@@ -143,6 +148,10 @@ impl BlockTransport for KernelTransport {
 
     fn submit(&self, _lane: Lane, ops: &mut [BlockOp<'_>]) -> io::Result<()> {
         ops.iter_mut().try_for_each(|op| self.one(op))
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
     }
 
     fn submit_joint(&self, lane: Lane, ops: &mut [BlockOp<'_>]) -> io::Result<()> {
@@ -198,5 +207,12 @@ mod tests {
             .submit_joint(Lane::Data(0), &mut [BlockOp::read(0, &mut r, 512), BlockOp::read((1 << 20) - 512, &mut r2, 1024)])
             .unwrap_err();
         assert!(e.to_string().contains("1024 bytes at device offset 0xffe00"), "{e}");
+        // Joint batches are one round trip each (where io_uring works), ops one by one
+        // one each: 1 + 1 + 2 for the first `submit`, 1 for the failed read.
+        let rt = t.round_trips();
+        t.submit_joint(Lane::Data(0), &mut [BlockOp::write(131072, &mut w, 4096), BlockOp::read(65536, &mut r2, 8192)]).unwrap();
+        t.submit(Lane::Data(0), &mut [BlockOp::write(131072, &mut w, 4096), BlockOp::read(65536, &mut r2, 8192)]).unwrap();
+        let joint = if io_uring::IoUring::new(2).is_ok() { 1 } else { 2 };
+        assert_eq!(t.round_trips() - rt, joint + 2);
     }
 }

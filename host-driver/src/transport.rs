@@ -126,6 +126,13 @@ pub trait BlockTransport: Send + Sync {
         self.submit(lane, ops)
     }
 
+    /// Device round trips waited for so far: every time a caller waited for the device
+    /// to answer (a batch submitted together counts once; ops run one after the other
+    /// count one each). A diagnostic; 0 from a transport that does not count.
+    fn round_trips(&self) -> u64 {
+        0
+    }
+
     /// Gives up on this transport (the session is moving to a new connection): IO
     /// waiting for a device that will never answer (a `pov-dpud` that died) returns an
     /// error within about 100 ms instead of waiting on, and nothing is submitted any

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,8 @@ pub struct VhostUserTransport {
     timeout: Option<Duration>,
     /// Set by [`BlockTransport::abandon`].
     abandoned: AtomicBool,
+    /// See [`BlockTransport::round_trips`]: one per submitted batch.
+    round_trips: AtomicU64,
 }
 
 /// Longest wait for one admin exchange's IO: admin requests never wait for a proxy, so
@@ -166,6 +168,7 @@ impl VhostUserTransport {
             capacity,
             timeout,
             abandoned: AtomicBool::new(false),
+            round_trips: AtomicU64::new(0),
         })
     }
 
@@ -189,6 +192,10 @@ impl VhostUserTransport {
 impl BlockTransport for VhostUserTransport {
     fn abandon(&self) {
         self.abandoned.store(true, Ordering::Release);
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
     }
 
     fn describe(&self) -> String {
@@ -219,6 +226,7 @@ impl BlockTransport for VhostUserTransport {
         if self.abandoned.load(Ordering::Acquire) {
             return Err(io::Error::new(io::ErrorKind::NotConnected, format!("{}: connection abandoned", self.describe())));
         }
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
         let qi = queue_for(lane, self.queues.len());
         let queue = &self.queues[qi];
         // Admin exchanges never wait for a proxy: a short bound tells a dead device.
