@@ -103,7 +103,8 @@ impl std::ops::Deref for IoBuf {
     fn deref(&self) -> &[u8] {
         // SAFETY: `ptr` is valid for reads of `len` bytes for the life of `self` (heap
         // memory we own, or a mapped region the pool keeps alive), the bytes are
-        // initialised (zeroed at allocation), and `&self` rules out a `&mut` alias.
+        // initialised (zeroed when the memory was first allocated: heap memory by
+        // alloc_zeroed, device memory by its new memfd; written since), and `&self` rules out a `&mut` alias.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
@@ -188,8 +189,9 @@ impl RegionPool {
         Ok(Arc::new(RegionPool { blkio, align, free: Mutex::new(Vec::new()) }))
     }
 
-    /// A zeroed buffer of at least `len` bytes in device-mapped memory.
-    pub(crate) fn alloc(self: &Arc<Self>, len: usize) -> io::Result<IoBuf> {
+    /// A buffer of at least `len` bytes in device-mapped memory: zeroed if `zero`, else
+    /// holding what this process last put there if it was lent before.
+    pub(crate) fn alloc(self: &Arc<Self>, len: usize, zero: bool) -> io::Result<IoBuf> {
         let want = round_up(len.max(1), self.align);
         let reused = {
             let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
@@ -202,7 +204,7 @@ impl RegionPool {
         let ptr =
             NonNull::new(piece.addr as *mut u8).ok_or_else(|| io::Error::other("libblkio returned a null memory region"))?;
         let mut buf = IoBuf { ptr, len: want, owner: Owner::Pool { pool: Arc::clone(self), piece }, in_doubt: false };
-        if !piece.fresh {
+        if zero && !piece.fresh {
             buf.fill(0);
         }
         Ok(buf)

@@ -705,8 +705,10 @@ fn create_channels(device: &Device, admin: &SessionAdmin, want: u32, qos: QosCla
         }
         for (index, &queue_id) in created.iter().enumerate() {
             let alloc = |what: &str, e| Error::new(ErrorKind::Access, format!("{ctx}: allocate {what} buffer")).with_source(e);
-            let req = t.alloc_buf(SLOT_SIZE as usize).map_err(|e| alloc("request", e))?;
-            let resp = t.alloc_buf(SLOT_SIZE as usize).map_err(|e| alloc("response", e))?;
+            // Every byte of a request is written before it is sent (padding zeroed) and
+            // only bytes the device wrote are read back: no need to clear them.
+            let req = t.alloc_scratch_buf(SLOT_SIZE as usize).map_err(|e| alloc("request", e))?;
+            let resp = t.alloc_scratch_buf(SLOT_SIZE as usize).map_err(|e| alloc("response", e))?;
             channels.push(Channel::new(index, queue_id, req, resp));
         }
         Ok(())

@@ -207,7 +207,11 @@ impl BlockTransport for VhostUserTransport {
     }
 
     fn alloc_buf(&self, len: usize) -> io::Result<IoBuf> {
-        self.pool.alloc(len)
+        self.pool.alloc(len, true)
+    }
+
+    fn alloc_scratch_buf(&self, len: usize) -> io::Result<IoBuf> {
+        self.pool.alloc(len, false)
     }
 
     fn submit(&self, lane: Lane, ops: &mut [BlockOp<'_>]) -> io::Result<()> {
