@@ -24,9 +24,16 @@ pub(crate) fn round_up(n: usize, align: usize) -> usize {
     (n + align - 1) & !(align - 1)
 }
 
+/// Heap buffers at least this large are mapped straight from the kernel (fresh zero
+/// pages, nothing to clear; glibc would serve them from its heap once earlier ones were
+/// freed and clear every byte: ~1 ms per 1 MiB buffer in a TCG guest), bytes.
+const MMAP_MIN: usize = 256 << 10;
+
 enum Owner {
     /// Allocated with the global allocator with this layout.
     Heap(Layout),
+    /// An anonymous private mapping of `len` bytes of its own.
+    Mapped,
     /// Lent by a [`RegionPool`]; goes back to it on drop.
     Pool { pool: Arc<RegionPool>, piece: Piece },
 }
@@ -54,11 +61,33 @@ unsafe impl Sync for IoBuf {}
 
 impl IoBuf {
     /// Allocates a zeroed heap buffer of at least `len` bytes (rounded up to a multiple
-    /// of [`IO_ALIGN`], and at least [`IO_ALIGN`]), aligned to [`IO_ALIGN`].
+    /// of [`IO_ALIGN`], and at least [`IO_ALIGN`]), aligned to [`IO_ALIGN`]; one of
+    /// 256 KiB or more is an anonymous mapping of its own (`mmap(2)`).
     ///
     /// Errors: `OutOfMemory` if the allocation fails, `InvalidInput` if `len` is absurd.
     pub fn aligned(len: usize) -> io::Result<IoBuf> {
         let size = round_up(len.max(1), IO_ALIGN);
+        if size >= MMAP_MIN {
+            // SAFETY: an anonymous private mapping of `size` bytes at an address the
+            // kernel picks: no existing memory is touched. Pages are page aligned
+            // (≥ IO_ALIGN) and read as zeros.
+            let raw = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    size,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if raw == libc::MAP_FAILED {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(io::ErrorKind::OutOfMemory, format!("cannot map a {size}-byte IO buffer: {e}")));
+            }
+            let ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned a null IO buffer"))?;
+            return Ok(IoBuf { ptr, len: size, owner: Owner::Mapped, in_doubt: false });
+        }
         let layout = Layout::from_size_align(size, IO_ALIGN)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "IO buffer too large"))?;
         // SAFETY: `layout` has a non-zero size (at least IO_ALIGN bytes).
@@ -104,7 +133,8 @@ impl std::ops::Deref for IoBuf {
         // SAFETY: `ptr` is valid for reads of `len` bytes for the life of `self` (heap
         // memory we own, or a mapped region the pool keeps alive), the bytes are
         // initialised (zeroed when the memory was first allocated: heap memory by
-        // alloc_zeroed, device memory by its new memfd; written since), and `&self` rules out a `&mut` alias.
+        // alloc_zeroed or a fresh anonymous mapping, device memory by its new memfd;
+        // written since), and `&self` rules out a `&mut` alias.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
@@ -129,6 +159,11 @@ impl std::fmt::Debug for IoBuf {
 impl Drop for IoBuf {
     fn drop(&mut self) {
         match &self.owner {
+            Owner::Mapped => {
+                // SAFETY: `ptr..ptr + len` is the whole mapping `aligned` made, unmapped
+                // only here; nothing borrows it any more.
+                unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+            }
             Owner::Heap(layout) => {
                 // SAFETY: `ptr` came from `alloc_zeroed(layout)` and is freed only here.
                 unsafe { std::alloc::dealloc(self.ptr.as_ptr(), *layout) }
