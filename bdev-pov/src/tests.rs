@@ -658,6 +658,11 @@ fn another_process_can_neither_read_responses_nor_place_requests() {
     for qid in 0..g.total_queues() {
         seen.extend(h.io(BlockOp::Read, g.response_slot(qid), vec![0; HEADER_SIZE + data.len()]).1);
     }
+    // The response window that serves the last answer (request 12: parity 0) at once.
+    let (st, b) = h.io(BlockOp::Read, g.response_window(q, 12), vec![0; HEADER_SIZE + data.len()]);
+    assert_eq!(st, BlockStatus::Ok);
+    assert_eq!(ResponseHeader::decode(&b).unwrap().request_id, 12, "the window holds the answer, sealed");
+    seen.extend(b);
     seen.extend(h.io(BlockOp::Read, layout::ADMIN_MAILBOX_OFFSET, vec![0; 256 * 512]).1);
     assert!(!seen.windows(marker.len()).any(|w| w == marker), "plaintext leaked to another process");
     assert!(!seen.windows(8).any(|w| w == s.id.to_le_bytes()), "the honest session ID is readable");
