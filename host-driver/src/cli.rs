@@ -1442,7 +1442,13 @@ fn probe(spec: &DeviceSpec) -> String {
     match discover::probe(spec) {
         Ok(d) => {
             let g = d.geometry();
-            format!("ok (name {:?}, {} areas x {} queues)", d.name(), g.areas, g.queues_per_area)
+            // What a host gains from this device's version of the protocol.
+            let windows = if d.config().has(pov_proto::layout::features::RESPONSE_WINDOWS) {
+                ", response windows: 1 round trip per request"
+            } else {
+                ", no response windows: 2 round trips per request on /dev/vdX"
+            };
+            format!("ok (name {:?}, {} areas x {} queues{windows})", d.name(), g.areas, g.queues_per_area)
         }
         Err(e) => format!("INVALID: {}", crate::error::Chain(&e)),
     }
