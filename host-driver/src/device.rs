@@ -244,7 +244,9 @@ impl Device {
         let ctx = || format!("admin {:?} on {}", req.op, self.describe());
         let t = self.transport();
         let access = |e: std::io::Error| Error::new(ErrorKind::Access, ctx()).with_source(e);
-        let mut buf = t.alloc_buf(ADMIN_REQUEST_SIZE.max(ADMIN_RESPONSE_SIZE)).map_err(access)?;
+        let mut buf = t.alloc_buf(ADMIN_REQUEST_SIZE).map_err(access)?;
+        let mut answer = t.alloc_buf(ADMIN_RESPONSE_SIZE).map_err(access)?;
+        let joint = self.joint_round_trip();
         let mut last = None;
         for attempt in 0..ADMIN_ATTEMPTS {
             if attempt >= ADMIN_QUICK_ATTEMPTS {
@@ -260,25 +262,42 @@ impl Device {
                 k.mac_admin(&mut bytes, ADMIN_MAC_OFFSET);
             }
             buf[..ADMIN_REQUEST_SIZE].copy_from_slice(&bytes);
-            // The device executes the request before completing the WRITE; only then is
-            // the answer readable, so the two IOs are not batched.
-            if let Err(e) = t.submit(Lane::Admin, &mut [BlockOp::write(ADMIN_REQ_OFFSET, &mut buf, ADMIN_REQUEST_SIZE)]) {
-                last = Some(e);
-                continue;
-            }
             // The session's authentic request is answered in its session mailbox; one the
             // device did not take as the session's (the session is gone, say) in the
             // shared mailbox it names.
-            if let Some((_, area)) = session {
-                let at = self.geometry().session_mailbox(area);
-                t.submit(Lane::Admin, &mut [BlockOp::read(at, &mut buf, ADMIN_RESPONSE_SIZE)]).map_err(access)?;
-                if let Ok(resp) = AdminResponse::open(&buf[..ADMIN_RESPONSE_SIZE], SESSION_MAILBOX, &req.exchange_key) {
+            let (at, mailbox) = match session {
+                Some((_, area)) => (self.geometry().session_mailbox(area), SESSION_MAILBOX),
+                None => (mailbox_offset(req.mailbox), req.mailbox),
+            };
+            // The device executes the request before completing the WRITE. The READ of
+            // the answer goes with it: in order on libblkio (one batch, one round trip),
+            // with one io_uring submission on /dev/vdX, where it may reach the device
+            // first and then finds an older answer: it is read again below. A failed
+            // WRITE (a held mailbox) is retried on another mailbox.
+            let mut ops = [
+                BlockOp::write(ADMIN_REQ_OFFSET, &mut buf, ADMIN_REQUEST_SIZE),
+                BlockOp::read(at, &mut answer, ADMIN_RESPONSE_SIZE),
+            ];
+            let sent = if joint { t.submit_joint(Lane::Admin, &mut ops) } else { t.submit(Lane::Admin, &mut ops) };
+            if let Err(e) = sent {
+                last = Some(e);
+                continue;
+            }
+            let opened = |b: &crate::IoBuf, m: u16| AdminResponse::open(&b[..ADMIN_RESPONSE_SIZE], m, &req.exchange_key);
+            let mut got = opened(&answer, mailbox);
+            if got.is_err() && joint {
+                t.submit(Lane::Admin, &mut [BlockOp::read(at, &mut answer, ADMIN_RESPONSE_SIZE)]).map_err(access)?;
+                got = opened(&answer, mailbox);
+            }
+            if session.is_some() {
+                if let Ok(resp) = got {
                     return check_echo(resp, &req, ctx);
                 }
+                let at = mailbox_offset(req.mailbox);
+                t.submit(Lane::Admin, &mut [BlockOp::read(at, &mut answer, ADMIN_RESPONSE_SIZE)]).map_err(access)?;
+                got = opened(&answer, req.mailbox);
             }
-            let at = mailbox_offset(req.mailbox);
-            t.submit(Lane::Admin, &mut [BlockOp::read(at, &mut buf, ADMIN_RESPONSE_SIZE)]).map_err(access)?;
-            let resp = match AdminResponse::open(&buf[..ADMIN_RESPONSE_SIZE], req.mailbox, &req.exchange_key) {
+            let resp = match got {
                 Ok(r) => r,
                 // A Hello's answer is unprotected: another session's authentic request
                 // may take its mailbox before we read it. A Hello is repeated freely.
