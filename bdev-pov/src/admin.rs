@@ -252,10 +252,7 @@ impl DeviceState {
             Ok(p) => p,
             Err(st) => return st,
         };
-        // A closed session that holds no queue any more (its area goes at the next
-        // reclaim check) no longer counts against the tenant.
-        let leaving = |s: &Session| s.state == SessionState::Reclaiming && s.queues.is_empty();
-        let tenant_sessions = self.areas.iter().flatten().filter(|s| s.tenant == x.tenant && !leaving(s)).count() as u32;
+        let tenant_sessions = self.areas.iter().flatten().filter(|s| s.tenant == x.tenant).count() as u32;
         if tenant_sessions >= self.max_sessions_per_tenant {
             log::warn!("device {dev}: tenant {name} is at its limit of {} sessions", self.max_sessions_per_tenant);
             return Status::Quota;

@@ -226,7 +226,7 @@ impl Queue {
             }
         }
         if self.resp != RespState::Pending {
-            for w in std::mem::take(&mut self.windows) {
+            for w in self.take_windows(|_| true) {
                 self.serve_now(queue, w.req, w.offset, out);
             }
         }
@@ -268,19 +268,21 @@ impl Queue {
     /// [`EARLY_READ_TIMEOUT`] for a request of their parity (the request being served
     /// is waited for however long it takes). Returns how many.
     pub(crate) fn expire_windows(&mut self, queue: u32, now: Instant, out: &mut Completions) -> usize {
-        let mut n = 0;
-        let mut i = 0;
-        while i < self.windows.len() {
-            let w = &self.windows[i];
-            if !self.served_by_pending(w.parity) && now.duration_since(w.since) >= EARLY_READ_TIMEOUT {
-                let w = self.windows.swap_remove(i);
-                self.serve_now(queue, w.req, w.offset, out);
-                n += 1;
-            } else {
-                i += 1;
-            }
+        // The parity the request being served will answer (see `served_by_pending`).
+        let served = (self.resp == RespState::Pending).then_some((self.last_request % 2) as u8);
+        let gone = self.take_windows(|w| Some(w.parity) != served && now.duration_since(w.since) >= EARLY_READ_TIMEOUT);
+        let n = gone.len();
+        for w in gone {
+            self.serve_now(queue, w.req, w.offset, out);
         }
         n
+    }
+
+    /// Removes and returns the waiting window READs for which `pick` says yes.
+    fn take_windows(&mut self, mut pick: impl FnMut(&WindowRead) -> bool) -> Vec<WindowRead> {
+        let (taken, kept) = std::mem::take(&mut self.windows).into_iter().partition(|w| pick(w));
+        self.windows = kept;
+        taken
     }
 
     /// A READ of response window `parity` at byte `offset`: completed into `out` at once
@@ -309,14 +311,12 @@ impl Queue {
     /// Completes a READ with the slot's contents now (a `NoRequest` header if nothing
     /// was answered yet; the last response, even while another request is served).
     fn serve_now(&mut self, queue: u32, mut req: BlockRequest, offset: usize, out: &mut Completions) {
-        if self.resp_len > 0 {
-            let r = copy_out(&mut req, &self.resp_buf[..self.resp_len], offset);
-            out.complete_copy(req, r);
+        let r = if self.resp_len > 0 {
+            copy_out(&mut req, &self.resp_buf[..self.resp_len], offset)
         } else {
-            let state = std::mem::replace(&mut self.resp, RespState::Empty);
-            self.read(queue, req, offset, out);
-            self.resp = state;
-        }
+            copy_out(&mut req, &no_request(queue), offset)
+        };
+        out.complete_copy(req, r);
     }
 
     /// A READ of the response slot at byte `offset`: completed into `out` at once (the
@@ -330,18 +330,7 @@ impl Queue {
                 out.complete_copy(req, r);
             }
             RespState::Empty => {
-                let mut b = [0u8; HEADER_SIZE];
-                let h = ResponseHeader {
-                    op: 0,
-                    status: Status::NoRequest,
-                    queue_id: queue,
-                    request_id: 0,
-                    result: 0,
-                    payload_len: 0,
-                    flags: 0,
-                };
-                h.encode_into(&mut b);
-                let r = copy_out(&mut req, &b, offset);
+                let r = copy_out(&mut req, &no_request(queue), offset);
                 out.complete_copy(req, r);
             }
         }
@@ -387,15 +376,8 @@ impl Queue {
             out.complete_copy(r, c);
         }
         let parity = (header.request_id % 2) as u8;
-        let mut i = 0;
-        while i < self.windows.len() {
-            if self.windows[i].parity == parity {
-                let mut w = self.windows.swap_remove(i);
-                let c = copy_out(&mut w.req, &self.resp_buf[..self.resp_len], w.offset);
-                out.complete_copy(w.req, c);
-            } else {
-                i += 1;
-            }
+        for w in self.take_windows(|w| w.parity == parity) {
+            self.serve_now(queue, w.req, w.offset, out);
         }
     }
 
@@ -406,6 +388,15 @@ impl Queue {
             out.complete(r, BlockStatus::IoErr, 0);
         }
     }
+}
+
+/// The response header a READ gets before queue `queue` answered anything.
+fn no_request(queue: u32) -> [u8; HEADER_SIZE] {
+    let mut b = [0u8; HEADER_SIZE];
+    let h =
+        ResponseHeader { op: 0, status: Status::NoRequest, queue_id: queue, request_id: 0, result: 0, payload_len: 0, flags: 0 };
+    h.encode_into(&mut b);
+    b
 }
 
 /// Makes `buf` at least `len` bytes long (zero-filled), never longer than a slot.

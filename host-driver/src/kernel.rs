@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::mem::{IoBuf, RingOp};
+use crate::mem::IoBuf;
 use crate::transport::{BlockOp, BlockTransport, Dir, Lane};
 
 /// Entries of each thread's io_uring: the largest joint batch.
@@ -76,18 +76,8 @@ impl KernelTransport {
                 (pid, ring)
             });
             let ring = ring.as_mut().ok()?;
-            let mut ring_ops: Vec<RingOp<'_>> = ops
-                .iter_mut()
-                .map(|o| RingOp {
-                    write: o.dir == Dir::Write,
-                    offset: o.dev_offset,
-                    buf: &mut *o.buf,
-                    buf_offset: o.buf_offset,
-                    len: o.len,
-                })
-                .collect();
             self.round_trips.fetch_add(1, Ordering::Relaxed);
-            let results = match crate::mem::uring_rw(ring, self.file.as_raw_fd(), &mut ring_ops) {
+            let results = match crate::mem::uring_rw(ring, self.file.as_raw_fd(), ops) {
                 Ok(r) => r,
                 Err(e) => {
                     // Nothing is in flight (see uring_rw): a fresh ring next time.

@@ -363,21 +363,6 @@ pub(crate) fn process_ids() -> (u32, u32) {
     unsafe { (libc::getuid(), libc::getgid()) }
 }
 
-/// One IO of [`uring_rw`]: `len` bytes between file offset `offset` and `buf` at
-/// `buf_offset` (the caller checked that the range is inside `buf`).
-pub(crate) struct RingOp<'a> {
-    /// `true` for a write (`IORING_OP_WRITE`), `false` for a read.
-    pub write: bool,
-    /// File byte offset.
-    pub offset: u64,
-    /// The memory side.
-    pub buf: &'a mut IoBuf,
-    /// Byte offset into `buf`.
-    pub buf_offset: usize,
-    /// Bytes to move.
-    pub len: usize,
-}
-
 /// Submits every op of `ops` on `fd` through `ring` with one `io_uring_enter(2)` (no
 /// ordering between them: the device may see them in any order) and waits for all of
 /// them. Returns each op's result as the kernel gave it (bytes moved, or `-errno`),
@@ -385,7 +370,11 @@ pub(crate) struct RingOp<'a> {
 ///
 /// Errors: the ring is too small for `ops` (`InvalidInput`), or `io_uring_enter`
 /// failed before the ops were submitted.
-pub(crate) fn uring_rw(ring: &mut io_uring::IoUring, fd: std::os::fd::RawFd, ops: &mut [RingOp<'_>]) -> io::Result<Vec<i32>> {
+pub(crate) fn uring_rw(
+    ring: &mut io_uring::IoUring,
+    fd: std::os::fd::RawFd,
+    ops: &mut [crate::transport::BlockOp<'_>],
+) -> io::Result<Vec<i32>> {
     use io_uring::{opcode, types};
     if ops.len() > ring.params().sq_entries() as usize || ops.iter().any(|o| o.buf_offset + o.len > o.buf.len()) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "io_uring batch larger than the ring or its buffers"));
@@ -395,10 +384,9 @@ pub(crate) fn uring_rw(ring: &mut io_uring::IoUring, fd: std::os::fd::RawFd, ops
     for (i, o) in ops.iter_mut().enumerate() {
         let ptr = o.buf.ptr_at(o.buf_offset);
         let len = o.len as u32;
-        let entry = if o.write {
-            opcode::Write::new(types::Fd(fd), ptr, len).offset(o.offset).build()
-        } else {
-            opcode::Read::new(types::Fd(fd), ptr, len).offset(o.offset).build()
+        let entry = match o.dir {
+            crate::transport::Dir::Write => opcode::Write::new(types::Fd(fd), ptr, len).offset(o.dev_offset).build(),
+            crate::transport::Dir::Read => opcode::Read::new(types::Fd(fd), ptr, len).offset(o.dev_offset).build(),
         };
         // SAFETY: `ptr..ptr + len` lies inside `o.buf` (checked above), which `ops`
         // borrows mutably until this function returns, and it returns only after every
